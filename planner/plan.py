@@ -1,0 +1,152 @@
+"""The Plan: the contract between planner, runner, launchers and scripts.
+
+A frozen dataclass; `plan.json` is its serialized form (stable keys, `schema_version`).
+Bytes are ints everywhere in here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Quantization:
+    method: str | None  # "mxfp4" or None
+    kept: bool  # True: weights stay quantized in memory; False: dequantized (or never quantized)
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # profile name, or the directory name for model.path
+    source: str  # hub id or local path
+    model_type: str
+    params_total: int  # exact parameter count (tied weights once)
+    weight_bytes: int  # bytes resident in memory as loaded
+    checkpoint_bytes: int | None  # bytes as shipped, when known
+    dtype: str  # compute dtype
+    quantization: Quantization
+    max_context_tokens: int = 0  # the model's own maximum (max_position_embeddings / n_positions)
+    num_layers: int = 0
+    trust_remote_code: bool = False
+    chat_template: str | None = None  # profile template for models without one
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    device: str  # "cuda:0" / "0" ... key as in max_memory: "0", "1", "cpu", "disk"
+    weights: int
+    kv_cache: int
+    activations: int
+    overhead: int
+    planned: int
+    usable: int
+    free_after: int
+    node: int = 0
+    layers: tuple = ()  # (first, last) layer indices placed here, () when none
+
+
+@dataclass(frozen=True)
+class Limits:
+    context_tokens: int  # per session, prompt + reply
+    sessions: int  # concurrent sequences
+    max_new_tokens: int
+    kv_bytes_per_token: int  # one sequence, all attention layers, while shorter than every window
+    prefill_chunk_tokens: int = 0  # 0: prefill in one pass
+
+
+@dataclass(frozen=True)
+class Decision:
+    what: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    command: str
+    env: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelInfo
+    hardware: dict  # Hardware.to_dict(): source, fingerprint, devices[], host_ram_bytes, ...
+    strategy: str  # cpu | single_gpu | pipeline | tensor_parallel | offload
+    nodes: int
+    tp_size: int
+    pp_size: int
+    device_map: dict  # module name -> device (int GPU index, "cpu" or "disk"), as from_pretrained takes it
+    max_memory: dict  # device -> bytes, as from_pretrained takes it
+    budget: tuple  # DeviceBudget per device used
+    limits: Limits
+    fits: bool
+    decisions: tuple = ()  # Decision, in the order they were made
+    warnings: tuple = ()
+    fallbacks: tuple = ()  # ({"model": name, "hardware": "cpu"|..., "reason": ...}, ...) the runner's chain
+    launch: Launch = Launch(command="")
+    attn_implementation: str = "sdpa"
+    kv_cache_dtype: str = "bfloat16"
+    offload_folder: str | None = None
+    binding: dict = field(default_factory=dict)  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def fingerprint(self) -> str:
+        return self.hardware.get("fingerprint", "")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        # JSON object keys are strings: keep GPU indices as ints in values, stringify keys.
+        data["max_memory"] = {str(k): v for k, v in self.max_memory.items()}
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ShardwiseError(f"plan schema_version {version!r} is not {SCHEMA_VERSION}: re-create it with `shardwise plan`")
+        data = dict(data)
+        model = dict(data.pop("model"))
+        model["quantization"] = Quantization(**model["quantization"])
+        max_memory = {(int(k) if str(k).isdigit() else k): v for k, v in data.pop("max_memory").items()}
+        return cls(
+            model=ModelInfo(**model),
+            budget=tuple(DeviceBudget(**{**b, "layers": tuple(b.get("layers", ()))}) for b in data.pop("budget")),
+            limits=Limits(**data.pop("limits")),
+            decisions=tuple(Decision(**d) for d in data.pop("decisions", ())),
+            warnings=tuple(data.pop("warnings", ())),
+            fallbacks=tuple(data.pop("fallbacks", ())),
+            launch=Launch(**data.pop("launch", {"command": ""})),
+            max_memory=max_memory,
+            **data,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ShardwiseError(f"plan file {str(path)!r} does not exist: write one with `shardwise plan out={path}`") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ShardwiseError(f"plan file {str(path)!r} is not readable JSON ({exc}): re-create it with `shardwise plan`") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as exc:
+            raise ShardwiseError(f"plan file {str(path)!r} is missing or has unexpected keys ({exc}): re-create it with `shardwise plan`") from None

@@ -1,0 +1,138 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore under `schema/`.
+
+Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_, _self_]`,
+so a typo'd key in YAML or on the command line is an error that names the key. Enums are
+`str` Enums because OmegaConf 2.3 rejects `Literal`. Cross-field rules live in `validate()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class HardwareKind(str, Enum):
+    auto = "auto"  # probe this machine through NVML
+    cpu = "cpu"  # no GPU: plan for the host
+    snapshot = "snapshot"  # replay a recorded probe (hardware.path)
+    tier = "tier"  # a named GPU kind scaled by count and nodes
+
+
+class Interconnect(str, Enum):
+    nvlink = "nvlink"
+    pcie = "pcie"
+    none = "none"
+
+
+class Strategy(str, Enum):
+    auto = "auto"
+    single_gpu = "single_gpu"
+    pipeline = "pipeline"
+    tensor_parallel = "tensor_parallel"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class QuantPolicy(str, Enum):
+    auto = "auto"  # keep the shipped quantization where the target can run it, else dequantize
+    keep = "keep"  # insist on the shipped quantization: refuse where it cannot be kept
+    none = "none"  # dequantize to the plan dtype
+
+
+class Attention(str, Enum):
+    auto = "auto"  # sdpa where available (what transformers picks), eager otherwise
+    eager = "eager"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+
+
+@dataclass
+class HardwareConfig:
+    kind: HardwareKind = HardwareKind.tier  # where the hardware description comes from
+    name: str = ""  # GPU name as nvidia-smi prints it (tiers)
+    memory_mib: int = 0  # total memory of one GPU as nvidia-smi prints it, MiB (tiers)
+    compute_capability: str = ""  # CUDA compute capability, "major.minor" (tiers)
+    interconnect: Interconnect = Interconnect.pcie  # link between GPUs of one node
+    count: int = 1  # GPUs per node (tiers)
+    nodes: int = 1  # identical nodes (tiers)
+    host_ram_gib: float = 64.0  # host RAM per node, GiB (tiers and cpu)
+    cpu_count: int = 8  # CPU cores per node (tiers and cpu)
+    path: Optional[str] = None  # snapshot file written by `shardwise probe probe.save=FILE`
+    description: str = ""  # one line shown in listings
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""  # profile name (the file name in conf/model/)
+    hub_id: str = ""  # Hugging Face hub id the weights come from
+    path: Optional[str] = None  # local model directory or config.json; overrides the profile's architecture
+    dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
+    quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
+    fallback: Optional[str] = None  # next smaller profile to fall back to, null for the last one
+    trust_remote_code: bool = False  # run code shipped with the model; off unless the profile says so
+    chat_template: Optional[str] = None  # Jinja template for models without one (null: model's own or plain fallback)
+    description: str = ""  # one line shown in listings
+    architecture: Dict[str, Any] = field(default_factory=dict)  # the model's config.json content
+
+
+@dataclass
+class OverheadConfig:
+    cuda_context_mib: int = 500  # CUDA context + cuBLAS/cuDNN handles per GPU, MiB
+    workspace_mib: int = 256  # library workspaces (cuBLAS, attention kernels) per GPU, MiB
+    fragmentation_fraction: float = 0.05  # allocator fragmentation, fraction of planned tensors
+    cpu_runtime_mib: int = 1024  # Python + torch + tokenizer resident memory for a CPU plan, MiB
+
+
+@dataclass
+class PolicyConfig:
+    context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
+    sessions: int = 1  # concurrent sequences the KV cache must hold
+    headroom_fraction: float = 0.05  # per-GPU memory kept free, fraction of free memory
+    headroom_mib: int = 0  # per-GPU memory kept free in addition, MiB
+    host_headroom_fraction: float = 0.2  # host RAM kept free when planning on CPU, fraction
+    allow_cpu_offload: bool = False  # let layers that do not fit on GPUs live in host RAM
+    allow_disk_offload: bool = False  # let layers that do not fit anywhere live on disk
+    offload_folder: str = "offload"  # directory for disk-offloaded weights
+    strategy: Strategy = Strategy.auto  # how to split the model over GPUs
+    dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
+    quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
+    kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
+    attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
+    prefill_chunk_tokens: int = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
+    min_context_tokens: int = 512  # a plan with less context than this does not fit
+    candidates: List[str] = field(default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"])  # model=auto picks the largest that fits
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)  # runtime overhead constants
+
+
+@dataclass
+class GenerationConfig:
+    max_tokens: int = 256  # tokens to generate per reply at most
+    temperature: float = 0.7  # sampling temperature; 0 is greedy
+    top_p: float = 1.0  # nucleus sampling mass
+    seed: Optional[int] = None  # sampling seed; null: random
+    stop: List[str] = field(default_factory=list)  # stop strings, matched on generated text only
+    system_prompt: Optional[str] = None  # system message prepended to every conversation
+
+
+@dataclass
+class ProbeSettings:
+    save: Optional[str] = None  # write the probe as a JSON snapshot to this file
+    json: bool = False  # print the probe as JSON instead of a table
+
+
+def register() -> None:
+    """Register every schema; idempotent."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="hardware", node=HardwareConfig)
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="policy", node=PolicyConfig)
+    cs.store(group="schema", name="generation", node=GenerationConfig)
+    cs.store(group="schema", name="probe", node=ProbeSettings)

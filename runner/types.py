@@ -1,0 +1,36 @@
+"""Plain data shared by the chat session, the Python API and the server (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256  # new tokens at most
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # matched on generated text only, trimmed
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    usage: Usage
+    token_ids: list[int] = field(default_factory=list)
+    time_to_first_token_s: float | None = None
+    tokens_per_s: float | None = None
