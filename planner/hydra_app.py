@@ -30,18 +30,19 @@ def conf_dir() -> Path:
     raise ShardwiseError(f"shardwise's config tree is missing (looked in {checkout} and {installed}): reinstall shardwise")
 
 
-_HUB_ID = re.compile(r"^hub_id:\s*['\"]?([^'\"#\s]+)", re.MULTILINE)
-
-
 @lru_cache(maxsize=None)
 def model_aliases() -> dict[str, str]:
     """Lower-cased hub id (and profile name) -> profile name, read from conf/model/*.yaml."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     aliases: dict[str, str] = {}
     for path in sorted((conf_dir() / "model").glob("*.yaml")):
         aliases[path.stem.lower()] = path.stem
-        match = _HUB_ID.search(path.read_text())
-        if match:
-            aliases[match.group(1).lower()] = path.stem
+        data = yaml.load(path.read_text(), Loader=loader) or {}
+        for hub_id in [data.get("hub_id"), *(data.get("aliases") or [])]:
+            if hub_id:
+                aliases[str(hub_id).lower()] = path.stem
     return aliases
 
 

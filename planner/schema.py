@@ -73,6 +73,7 @@ class HardwareConfig:
 class ModelConfig:
     name: str = ""  # profile name (the file name in conf/model/)
     hub_id: str = ""  # Hugging Face hub id the weights come from
+    aliases: List[str] = field(default_factory=list)  # other hub ids with the same architecture (base/instruct variants)
     path: Optional[str] = None  # local model directory or config.json; overrides the profile's architecture
     dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
     quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
@@ -87,7 +88,7 @@ class ModelConfig:
 class OverheadConfig:
     cuda_context_mib: int = 500  # CUDA context + cuBLAS/cuDNN handles per GPU, MiB
     workspace_mib: int = 256  # library workspaces (cuBLAS, attention kernels) per GPU, MiB
-    fragmentation_fraction: float = 0.05  # allocator fragmentation, fraction of planned tensors
+    fragmentation_fraction: float = 0.03  # allocator fragmentation, fraction of planned tensors
     cpu_runtime_mib: int = 1024  # Python + torch + tokenizer resident memory for a CPU plan, MiB
 
 
@@ -95,7 +96,7 @@ class OverheadConfig:
 class PolicyConfig:
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
     sessions: int = 1  # concurrent sequences the KV cache must hold
-    headroom_fraction: float = 0.05  # per-GPU memory kept free, fraction of free memory
+    headroom_fraction: float = 0.02  # per-GPU memory kept free, fraction of free memory (covers NVML total vs CUDA-allocatable)
     headroom_mib: int = 0  # per-GPU memory kept free in addition, MiB
     host_headroom_fraction: float = 0.2  # host RAM kept free when planning on CPU, fraction
     allow_cpu_offload: bool = False  # let layers that do not fit on GPUs live in host RAM

@@ -1,0 +1,120 @@
+"""Per-device memory terms: weights, KV cache, activations and runtime overhead, in bytes.
+
+planned(d) = weights(d) + kv(d) + activations(d) + overhead(d) <= usable(d) = free(d) - headroom(d)
+
+Weights come from the inventory (exact). KV cache is per layer on the device that holds the
+layer (window-aware, see planner.kv). Activations are the prefill peak of the attention kernel
+that will really run, for one sequence in flight (the runner serves one prefill at a time),
+plus the sampling logits of every concurrent session on the lm_head device. Overhead is the
+CUDA context and library workspaces plus an allocator fragmentation share; the constants come
+from `policy.overhead` so measured runs can calibrate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.hardware import MIB, Device
+from planner.inventory import DTYPE_BYTES, Inventory, LayerSpec
+from planner.kv import layer_kv_bytes
+
+# Eager attention keeps the score matrix in the compute dtype while a float32 softmax copy is
+# made from it: bytes per score element = 2 x dtype + 4 (conservative for every family).
+FP32_BYTES = 4
+INDEX_BYTES = 8  # int64 routing masks in the MoE expert loops
+
+
+@dataclass(frozen=True)
+class Overheads:
+    cuda_context_bytes: int
+    workspace_bytes: int
+    fragmentation_fraction: float
+    cpu_runtime_bytes: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "Overheads":
+        return cls(
+            cuda_context_bytes=int(cfg.cuda_context_mib) * MIB,
+            workspace_bytes=int(cfg.workspace_mib) * MIB,
+            fragmentation_fraction=float(cfg.fragmentation_fraction),
+            cpu_runtime_bytes=int(cfg.cpu_runtime_mib) * MIB,
+        )
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Everything needed to price a layer or a device at a given context."""
+
+    inv: Inventory
+    dtype: str
+    kv_dtype: str
+    attn: str  # "eager" | "sdpa" | flash kernels
+    sessions: int
+    overheads: Overheads
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_elem_bytes(self) -> int:
+        return DTYPE_BYTES[self.kv_dtype]
+
+    @property
+    def eager(self) -> bool:
+        return self.attn == "eager"
+
+    def layer_kv(self, layer: LayerSpec, context_tokens: int) -> int:
+        return layer_kv_bytes(layer, context_tokens, self.sessions, self.kv_elem_bytes)
+
+    def _keys_in_pass(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
+        """Key length attended to in the worst prefill pass of `chunk` query tokens."""
+        if chunk >= context_tokens or layer.window is None:
+            return context_tokens
+        # chunked prefill: a sliding layer's cache holds at most its window before the new chunk
+        return min(context_tokens, chunk + layer.window)
+
+    def layer_transient(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
+        """Peak temporary bytes while one layer runs a prefill pass of `chunk` tokens."""
+        inv, b = self.inv, self.dtype_bytes
+        heads, kv_heads, head_dim, hidden = inv.num_attention_heads, layer.num_kv_heads, layer.head_dim, inv.hidden_size
+        keys = self._keys_in_pass(layer, chunk, context_tokens)
+        qkv = chunk * (heads + 2 * kv_heads) * head_dim * b
+        repeated_kv = 2 * heads * keys * head_dim * b if kv_heads < heads else 0
+        if self.eager:
+            scores = heads * chunk * keys * (2 * b + FP32_BYTES)
+        elif self.attn == "sdpa":
+            scores = chunk * keys  # boolean mask materialized for windows / padding
+        else:
+            scores = 0  # flash kernels: no mask, no scores
+        attention = qkv + repeated_kv + scores + chunk * heads * head_dim * b
+        if layer.moe and inv.num_experts:
+            routing = chunk * inv.num_experts * FP32_BYTES + chunk * inv.experts_per_token * inv.num_experts * INDEX_BYTES
+            mlp = routing + 3 * chunk * inv.intermediate_size * b + chunk * hidden * b
+        else:
+            mlp = 3 * chunk * inv.intermediate_size * b
+        residual = 2 * chunk * hidden * b
+        return residual + max(attention, mlp)
+
+    def logits_bytes(self) -> int:
+        """Last-position logits of every session plus their float32 sampling copies."""
+        return self.sessions * self.inv.vocab_size * (self.dtype_bytes + 2 * FP32_BYTES)
+
+    def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int) -> int:
+        peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in layers), default=0)
+        if layers or has_head:
+            peak += chunk * self.inv.hidden_size * self.dtype_bytes  # the hidden state entering the device
+        return peak + (self.logits_bytes() if has_head else 0)
+
+    def gpu_fixed_overhead(self) -> int:
+        return self.overheads.cuda_context_bytes + self.overheads.workspace_bytes
+
+    def overhead(self, device: Device | None, tensors: int) -> int:
+        """Runtime overhead for a GPU (context, workspaces, fragmentation) or the CPU process."""
+        if device is None:
+            return self.overheads.cpu_runtime_bytes
+        return self.gpu_fixed_overhead() + int(self.overheads.fragmentation_fraction * tensors)
+
+
+def headroom(free_bytes: int, fraction: float, extra_bytes: int) -> int:
+    return int(free_bytes * fraction) + extra_bytes

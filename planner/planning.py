@@ -1,0 +1,463 @@
+"""Turn a composed config (model, hardware, policy, generation) into a Plan.
+
+Order matters and mirrors the design: hardware -> dtype and quantization (decided before
+sizing) -> inventory -> cost model -> strategy search (fewest GPUs, then tensor parallel across
+nodes, then offload) -> limits -> why it does or does not fit -> fallbacks -> launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.dtypes import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
+from planner.errors import ShardwiseError
+from planner.hardware import GIB, Hardware
+from planner.inventory import Inventory, build_inventory
+from planner.kv import kv_bytes_per_token
+from planner.memory import CostModel, Overheads, headroom
+from planner.model_source import ModelSpec, load_profile, spec_from_config
+from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
+from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+@dataclass
+class Attempt:
+    """One candidate arrangement: how to lay it out at (context, chunk), and what it is called."""
+
+    strategy: str
+    build: object  # callable (context, chunk) -> list[Slot] | None
+    gpus: int
+    tp_size: int = 1
+    pp_size: int = 1
+    nodes: int = 1
+    note: str = ""
+    slots: list = field(default_factory=list)
+
+    def fits_at(self, cost: CostModel, context: int, chunk: int) -> bool:
+        slots = self.build(context, chunk)
+        return bool(slots) and all(p.fits for p in evaluate(slots, cost, context, chunk))
+
+
+def _parse_context(value, max_ctx: int) -> int | None:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        tokens = int(text)
+    except ValueError:
+        raise ShardwiseError(f"policy.context_tokens={value!r} is neither a number nor auto: use e.g. policy.context_tokens=8192") from None
+    if tokens <= 0:
+        raise ShardwiseError(f"policy.context_tokens={tokens} must be positive: use e.g. policy.context_tokens=8192 or auto")
+    if tokens > max_ctx:
+        raise ShardwiseError(f"policy.context_tokens={tokens} exceeds the model's maximum of {max_ctx} tokens: use at most {max_ctx} or auto")
+    return tokens
+
+
+def _validate_policy(policy) -> None:
+    checks = [
+        (policy.sessions >= 1, f"policy.sessions={policy.sessions} must be >= 1"),
+        (0 <= policy.headroom_fraction < 1, f"policy.headroom_fraction={policy.headroom_fraction} must be in [0, 1)"),
+        (policy.headroom_mib >= 0, f"policy.headroom_mib={policy.headroom_mib} must be >= 0"),
+        (0 <= policy.host_headroom_fraction < 1, f"policy.host_headroom_fraction={policy.host_headroom_fraction} must be in [0, 1)"),
+        (policy.prefill_chunk_tokens >= 0, f"policy.prefill_chunk_tokens={policy.prefill_chunk_tokens} must be >= 0 (0: auto)"),
+        (policy.min_context_tokens >= 1, f"policy.min_context_tokens={policy.min_context_tokens} must be >= 1"),
+        (policy.overhead.fragmentation_fraction >= 0, "policy.overhead.fragmentation_fraction must be >= 0"),
+        (policy.overhead.cuda_context_mib >= 0 and policy.overhead.workspace_mib >= 0, "policy.overhead sizes must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ShardwiseError(message)
+
+
+class Planner:
+    """One planning run. `plan()` returns the Plan; nothing here touches a GPU."""
+
+    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True):
+        _validate_policy(policy)
+        self.spec, self.hw, self.policy, self.generation = spec, hw, policy, generation
+        self.with_fallbacks = with_fallbacks
+        self.decisions: list[Decision] = []
+        self.warnings: list[str] = list(hw.notes)
+
+    def decide(self, what: str, value, reason: str) -> None:
+        self.decisions.append(Decision(what, str(value), reason))
+
+    # ---- sizing inputs -------------------------------------------------------------------
+    def _decide_formats(self) -> None:
+        spec, hw, policy = self.spec, self.hw, self.policy
+        dtype = decide_dtype(str(policy.dtype.value if hasattr(policy.dtype, "value") else policy.dtype), spec.shipped_dtype, hw)
+        self.dtype = dtype.value
+        self.decide("dtype", dtype.value, dtype.reason)
+        quant_policy = str(getattr(policy.quantization, "value", policy.quantization))
+        self.quant_kept, quant_reason = decide_quantization(spec.quantization, quant_policy, hw, self.dtype)
+        self.quant_reason = quant_reason
+        if spec.quantization:
+            self.decide("quantization", f"{spec.quantization} {'kept' if self.quant_kept else 'dequantized'}", quant_reason)
+            if not self.quant_kept:
+                self.warnings.append(f"{spec.quantization} weights are dequantized to {self.dtype}: {quant_reason}")
+        kv = decide_kv_dtype(str(getattr(policy.kv_cache_dtype, "value", policy.kv_cache_dtype)), self.dtype)
+        self.kv_dtype = kv.value
+        self.decide("kv_cache_dtype", kv.value, kv.reason)
+        attn = decide_attention(str(getattr(policy.attn_implementation, "value", policy.attn_implementation)),
+                                spec.architecture.get("model_type", ""), hw, self.quant_kept)
+        self.attn = attn.value
+        self.decide("attn_implementation", attn.value, attn.reason)
+
+    def _inventory(self) -> Inventory:
+        return build_inventory(
+            self.spec.architecture,
+            dtype=self.dtype,
+            quantization=self.spec.quantization,
+            keep_quantized=self.quant_kept,
+            checkpoint_dtype=self.spec.shipped_dtype,
+            model_dir=self.spec.model_dir,
+        )
+
+    # ---- devices -------------------------------------------------------------------------
+    def _gpu_entries(self, node: int = 0) -> list[tuple]:
+        entries = []
+        for d in self.hw.devices:
+            if d.node != node:
+                continue
+            reserve = headroom(d.free_bytes, self.policy.headroom_fraction, self.policy.headroom_mib * (1 << 20))
+            entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
+        return entries
+
+    def _host_entry(self):
+        ram = self.hw.host_ram_bytes
+        return (None, "cpu", int(ram * (1 - self.policy.host_headroom_fraction)), ram)
+
+    def _disk_entry(self):
+        return (None, "disk", 1 << 50, 1 << 50)
+
+    def _attempts(self, inv: Inventory, cost: CostModel) -> list[Attempt]:
+        strategy = str(getattr(self.policy.strategy, "value", self.policy.strategy))
+        gpus = self._gpu_entries(0)
+        attempts: list[Attempt] = []
+        if not gpus:
+            if strategy not in ("auto",):
+                raise ShardwiseError(f"policy.strategy={strategy} needs GPUs, but {self.hw.source} has none: use policy.strategy=auto")
+            attempts.append(Attempt("cpu", lambda c, k: layout_layers(inv, cost, [self._host_entry()], c, k), gpus=0))
+            if self.policy.allow_disk_offload:
+                attempts.append(Attempt("offload", lambda c, k: _nonempty(layout_offload(inv, cost, [self._host_entry()], None, self._disk_entry(), c, k)), gpus=0,
+                                        note="layers beyond host RAM on disk"))
+            return attempts
+        by_room = sorted(gpus, key=lambda e: (-e[2], e[1]))
+        if strategy == "tensor_parallel":
+            return self._tp_attempts(inv, cost, gpus, explicit=True)
+        if strategy in ("auto", "single_gpu"):
+            attempts.append(Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1))
+        if strategy in ("auto", "pipeline"):
+            if strategy == "pipeline" and len(gpus) < 2:
+                raise ShardwiseError(f"policy.strategy=pipeline needs at least 2 GPUs, {self.hw.source} has {len(gpus)}: raise hardware.count or use auto")
+            for n in range(2, len(gpus) + 1):
+                chosen = sorted(by_room[:n], key=lambda e: e[1])
+                attempts.append(Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n))
+        if strategy == "auto" and self.hw.nodes > 1:
+            attempts.extend(self._tp_attempts(inv, cost, gpus, explicit=False))
+        if strategy == "auto" and (self.policy.allow_cpu_offload or self.policy.allow_disk_offload):
+            host = self._host_entry() if self.policy.allow_cpu_offload else None
+            disk = self._disk_entry() if self.policy.allow_disk_offload else None
+            ordered = sorted(gpus, key=lambda e: e[1])
+            attempts.append(Attempt("offload", lambda c, k: _nonempty(layout_offload(inv, cost, ordered, host, disk, c, k)),
+                                    gpus=len(gpus), note="layers beyond GPU memory in host RAM / on disk"))
+        return attempts
+
+    def _tp_attempts(self, inv: Inventory, cost: CostModel, gpus: list, explicit: bool) -> list[Attempt]:
+        per_node = len(gpus)
+        problems = []
+        if not inv.has_tp_plan:
+            problems.append(f"{inv.model_type} has no tensor-parallel plan in transformers")
+        if self.hw.interconnect != "nvlink":
+            problems.append(f"GPUs are linked by {self.hw.interconnect}, tensor parallel needs NVLink")
+        if explicit and per_node * self.hw.nodes < 2:
+            problems.append(f"tensor parallel needs at least 2 GPUs, {self.hw.source} has {per_node * self.hw.nodes}")
+        if problems:
+            if explicit:
+                raise ShardwiseError(f"policy.strategy=tensor_parallel is not possible: {'; '.join(problems)}: use policy.strategy=auto")
+            self.decide("tensor_parallel", "no", "; ".join(problems))
+            return []
+        attempts = []
+        ordered = sorted(gpus, key=lambda e: e[1])
+        sizes = [t for t in range(2, per_node + 1) if _divides(t, inv)] if explicit else []
+        for t in sizes:
+            attempts.append(Attempt("tensor_parallel", lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
+                                    gpus=t, tp_size=t))
+        if self.hw.nodes > 1 and _divides(per_node, inv):
+            for nodes in range(2, self.hw.nodes + 1):
+                stages = [self._gpu_entries(n)[0] for n in range(nodes)]
+                attempts.append(Attempt("tensor_parallel", lambda c, k, st=stages: layout_layers(inv, cost, st, c, k, shard=per_node),
+                                        gpus=per_node * nodes, tp_size=per_node, pp_size=nodes, nodes=nodes))
+        elif self.hw.nodes > 1:
+            self.decide("tensor_parallel", "no", f"head counts ({inv.num_attention_heads}, {inv.num_kv_heads} kv) do not divide by {per_node} GPUs per node")
+        if explicit and not attempts:
+            raise ShardwiseError(
+                f"policy.strategy=tensor_parallel: no GPU count divides {inv.num_attention_heads} attention and {inv.num_kv_heads} KV heads: use policy.strategy=auto"
+            )
+        return attempts
+
+    # ---- the search ----------------------------------------------------------------------
+    def plan(self) -> Plan:
+        self._decide_formats()
+        inv = self._inventory()
+        self.inv = inv
+        sessions = int(self.policy.sessions)
+        cost = CostModel(inv, self.dtype, self.kv_dtype, self.attn, sessions, Overheads.from_config(self.policy.overhead))
+        self.cost = cost
+        max_ctx = inv.max_context_tokens
+        requested = _parse_context(self.policy.context_tokens, max_ctx)
+        low = min(int(self.policy.min_context_tokens), max_ctx)
+        chunk_req = int(self.policy.prefill_chunk_tokens)
+        attempts = self._attempts(inv, cost)
+
+        chosen, context, chunk = None, requested or low, None
+        for attempt in attempts:
+            fits = lambda c, k, a=attempt: a.fits_at(cost, c, k)
+            if requested is not None:
+                from planner.placement import best_chunk
+
+                found = best_chunk(fits, requested, chunk_req)
+                if found is not None:
+                    chosen, context, chunk = attempt, requested, found
+                    break
+            else:
+                found = largest_context(fits, low, max_ctx, chunk_req)
+                if found is not None:
+                    chosen, (context, chunk) = attempt, found
+                    break
+        if chosen is None:
+            return self._does_not_fit(inv, cost, attempts, context)
+        return self._assemble(inv, cost, chosen, context, chunk, requested)
+
+    # ---- results -------------------------------------------------------------------------
+    def _budget(self, priced: list[Priced], slots: list[Slot]) -> tuple:
+        rows = []
+        for p, slot in zip(priced, slots):
+            layers = (min(slot.layer_ids), max(slot.layer_ids)) if slot.layer_ids else ()
+            node = slot.device.node if slot.device is not None else 0
+            rows.append(DeviceBudget(str(p.key), p.weights, p.kv, p.activations, p.overhead, p.planned, p.usable,
+                                     p.usable - p.planned if p.key != "disk" else 0, node=node, layers=layers))
+        return tuple(rows)
+
+    def _device_map(self, slots: list[Slot], strategy: str) -> dict:
+        if strategy == "tensor_parallel":
+            return {}
+        if len(slots) == 1:
+            return {"": slots[0].key}
+        return {m.name: s.key for s in slots for m in s.modules}
+
+    def _max_memory(self, priced: list[Priced], strategy: str) -> dict:
+        if strategy == "tensor_parallel":
+            return {}
+        out = {}
+        for p in priced:
+            if p.key == "disk":
+                continue
+            out[p.key] = max(p.usable - p.kv - p.activations - p.overhead, p.weights)
+        return out
+
+    def _assemble(self, inv, cost, attempt: Attempt, context: int, chunk: int, requested) -> Plan:
+        slots = attempt.build(context, chunk)
+        priced = evaluate(slots, cost, context, chunk)
+        strategy = attempt.strategy
+        total_gpus = len(self.hw.devices)
+        if strategy == "single_gpu":
+            self.decide("strategy", "single_gpu", f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: never spread a model that fits on one")
+        elif strategy == "pipeline":
+            ranges = ", ".join(f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}" for s in slots if s.layer_ids)
+            self.decide("strategy", f"pipeline over {attempt.gpus} GPUs", f"does not fit on fewer; contiguous layer ranges proportional to usable memory: {ranges}")
+        elif strategy == "tensor_parallel":
+            where = f"tensor parallel {attempt.tp_size} inside each node" + (f", pipeline over {attempt.nodes} nodes" if attempt.nodes > 1 else "")
+            self.decide("strategy", f"tensor_parallel tp={attempt.tp_size} pp={attempt.pp_size}", f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide")
+        elif strategy == "offload":
+            offloaded = sum(p.weights for p in priced if p.key in ("cpu", "disk"))
+            self.decide("strategy", "offload", f"does not fit in GPU memory; {gib(offloaded)} of weights in host RAM/disk, streamed to the GPU every token")
+            self.warnings.append(f"offload: every generated token streams {gib(offloaded)} over PCIe (~25 GB/s): expect at most ~{25e9 / max(offloaded, 1):.1f} tokens/s")
+        else:
+            self.decide("strategy", "cpu", f"no GPU on {self.hw.source}: running on the CPU with {gib(self.hw.host_ram_bytes)} of host RAM")
+        binding = {}
+        if requested is None:
+            if context >= inv.max_context_tokens:
+                self.decide("context_tokens", context, "the model's maximum context: memory allows it")
+            else:
+                over = evaluate(attempt.build(context + 1, min(chunk, context + 1)), cost, context + 1, min(chunk, context + 1))
+                worst = max(over, key=lambda p: p.planned - p.usable)
+                term = "kv_cache" if worst.kv >= worst.activations else "activations"
+                self.decide("context_tokens", context, f"largest that fits: one more token overflows device {worst.key} ({term})")
+                binding = {"device": str(worst.key), "term": term}
+        else:
+            self.decide("context_tokens", context, f"policy.context_tokens={requested}")
+        if chunk < context:
+            self.decide("prefill_chunk_tokens", chunk, f"a one-pass prefill of {context} tokens would overflow memory ({self.attn} attention): prefill in chunks of {chunk}")
+        sessions = int(self.policy.sessions)
+        self.decide("sessions", sessions, f"KV cache sized for {sessions} concurrent sequence(s) (policy.sessions)")
+        return self._make_plan(inv, cost, strategy, attempt, slots, priced, context, chunk, True, binding)
+
+    def _does_not_fit(self, inv, cost, attempts: list[Attempt], context: int) -> Plan:
+        # Report against the largest arrangement we tried (all GPUs of one node, or the CPU).
+        candidates = [a for a in attempts if a.strategy != "offload"] or attempts
+        attempt = max(candidates, key=lambda a: a.gpus) if candidates else None
+        if attempt is None:
+            raise ShardwiseError("nothing to plan on: no devices")
+        chunk = min(context, 512)
+        slots = attempt.build(context, chunk) or []
+        priced = evaluate(slots, cost, context, chunk) if slots else []
+        worst = max(priced, key=lambda p: p.planned - p.usable) if priced else None
+        fixes = self._fixes(inv, cost, context)
+        binding = {}
+        if worst is not None:
+            fixed_overhead = cost.gpu_fixed_overhead() if worst.key not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
+            term = "weights" if worst.weights + fixed_overhead > worst.usable else ("kv_cache" if worst.kv >= worst.activations else "activations")
+            binding = {"device": str(worst.key), "term": term, "needed": worst.planned, "usable": worst.usable, "fixes": fixes}
+            where = "GPU " + str(worst.key) if worst.key not in ("cpu", "disk") else str(worst.key)
+            self.decide("fits", "no", f"{where} needs {gib(worst.planned)} but has {gib(worst.usable)} usable; {term} binds at {context} tokens")
+        return self._make_plan(inv, cost, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
+
+    def _fixes(self, inv, cost, context) -> list[str]:
+        fixes = []
+        gpus = self._gpu_entries(0)
+        if gpus:
+            need = _gpus_needed(inv, cost, gpus[0], min(context, inv.max_context_tokens))
+            if need:
+                fixes.append(f"{need} GPUs of this kind (hardware.count={need}) fit it at {context} tokens")
+        if self.spec.quantization and not self.quant_kept:
+            kept = build_inventory(self.spec.architecture, dtype=self.dtype, quantization=self.spec.quantization, keep_quantized=True,
+                                   checkpoint_dtype=self.spec.shipped_dtype)
+            fixes.append(f"keep {self.spec.quantization} ({gib(kept.weight_bytes)} of weights instead of {gib(inv.weight_bytes)}): {self.quant_reason}")
+        if self.dtype == "float32":
+            fixes.append("policy.dtype=bfloat16 (or float16) halves the weight memory")
+        if self.policy.sessions > 1:
+            fixes.append(f"fewer concurrent sessions (policy.sessions={self.policy.sessions} multiplies the KV cache)")
+        if str(self.policy.context_tokens) != "auto" or context > 512:
+            fixes.append("a shorter context (policy.context_tokens=...)")
+        if gpus and not self.policy.allow_cpu_offload:
+            fixes.append("policy.allow_cpu_offload=true (slow: weights stream over PCIe every token)")
+        return fixes
+
+    def _make_plan(self, inv, cost, strategy, attempt, slots, priced, context, chunk, fits, binding) -> Plan:
+        spec = self.spec
+        model = ModelInfo(
+            name=spec.name,
+            source=spec.source,
+            model_type=inv.model_type,
+            params_total=inv.params_total,
+            weight_bytes=inv.weight_bytes,
+            checkpoint_bytes=inv.checkpoint_bytes,
+            dtype=self.dtype,
+            quantization=Quantization(spec.quantization, self.quant_kept, self.quant_reason),
+            max_context_tokens=inv.max_context_tokens,
+            num_layers=len(inv.layers),
+            trust_remote_code=spec.trust_remote_code,
+            chat_template=spec.chat_template,
+        )
+        limits = Limits(
+            context_tokens=context,
+            sessions=int(self.policy.sessions),
+            max_new_tokens=min(int(self.generation.max_tokens), context),
+            kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
+            prefill_chunk_tokens=chunk if chunk < context else 0,
+        )
+        if not fits:
+            self.warnings.append("the plan does not fit: see the binding device and the fixes")
+        offload_folder = str(self.policy.offload_folder) if any(p.key == "disk" for p in priced) else None
+        return Plan(
+            model=model,
+            hardware=self.hw.to_dict(),
+            strategy=strategy,
+            nodes=attempt.nodes,
+            tp_size=attempt.tp_size,
+            pp_size=attempt.pp_size,
+            device_map=self._device_map(slots, strategy) if slots else {},
+            max_memory=self._max_memory(priced, strategy),
+            budget=self._budget(priced, slots),
+            limits=limits,
+            fits=fits,
+            decisions=tuple(self.decisions),
+            warnings=tuple(self.warnings),
+            fallbacks=tuple(self._fallbacks()) if self.with_fallbacks else (),
+            launch=_launch(strategy),
+            attn_implementation=self.attn,
+            kv_cache_dtype=self.kv_dtype,
+            offload_folder=offload_folder,
+            binding=binding,
+        )
+
+    def _fallbacks(self) -> list[dict]:
+        chain, seen, name = [], {self.spec.name}, self.spec.fallback
+        while name and name not in seen:
+            seen.add(name)
+            profile = load_profile(name)
+            sub = Planner(spec_from_config(profile), self.hw, self.policy, self.generation, with_fallbacks=False).plan()
+            chain.append({"model": name, "hardware": "same", "fits": sub.fits,
+                          "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here ({sub.strategy}, {sub.limits.context_tokens} tokens)"})
+            name = profile.fallback
+        if self.hw.devices:
+            last = chain[-1]["model"] if chain else self.spec.name
+            chain.append({"model": last, "hardware": "cpu", "fits": None, "reason": "no GPU memory needed: run on the CPU (slow)"})
+        return chain
+
+
+def _nonempty(slots):
+    return slots or None
+
+
+def _divides(t: int, inv: Inventory) -> bool:
+    return t >= 1 and inv.num_attention_heads % t == 0 and inv.num_kv_heads % t == 0
+
+
+def _gpus_needed(inv, cost, entry, context: int, limit: int = 64) -> int | None:
+    """How many GPUs like `entry` a pipeline needs at `context` (None beyond `limit`)."""
+    from planner.placement import best_chunk
+
+    for n in range(1, limit + 1):
+        entries = [(entry[0], i, entry[2], entry[3]) for i in range(n)]
+        fits = lambda c, k, e=entries: all(p.fits for p in evaluate(layout_layers(inv, cost, e, c, k), cost, c, k))
+        if best_chunk(fits, context, 0) is not None:
+            return n
+    return None
+
+
+def _launch(strategy: str) -> Launch:
+    env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    if strategy == "tensor_parallel":
+        return Launch(command="shardwise launch plan_file=plan.json", env=env)
+    if strategy == "cpu":
+        return Launch(command="shardwise chat plan_file=plan.json", env={})
+    return Launch(command="shardwise chat plan_file=plan.json", env=env)
+
+
+def plan_from_config(cfg, hardware: Hardware) -> Plan:
+    """The Plan for a composed config (`model`, `policy`, `generation` nodes) on `hardware`."""
+    if cfg.model.name == "auto" and not cfg.model.get("path"):
+        return plan_auto_model(cfg, hardware)
+    return Planner(spec_from_config(cfg.model), hardware, cfg.policy, cfg.generation).plan()
+
+
+def plan_auto_model(cfg, hardware: Hardware) -> Plan:
+    """model=auto: the largest candidate that fits, decided by the memory model."""
+    tried = []
+    candidates = list(cfg.policy.candidates)
+    if not candidates:
+        raise ShardwiseError("model=auto needs policy.candidates, a list of profiles from largest to smallest")
+    for name in candidates:
+        profile = load_profile(name)
+        planner = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation)
+        plan = planner.plan()
+        if plan.fits or name == candidates[-1]:
+            reason = f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}" if tried else "largest of policy.candidates, and it fits"
+            if not plan.fits:
+                reason = f"no candidate fits; showing the smallest ({', '.join(tried)} did not fit)"
+            decision = Decision("model", name, reason)
+            return _with_first_decision(plan, decision)
+        tried.append(f"{name} ({plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')})")
+    raise AssertionError("unreachable")
+
+
+def _with_first_decision(plan: Plan, decision: Decision) -> Plan:
+    from dataclasses import replace
+
+    return replace(plan, decisions=(decision, *plan.decisions))
