@@ -24,7 +24,9 @@ def compose(config_name: str = "plan", overrides: list[str] = ()):
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
+        cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
+    schema.validate(cfg)
+    return cfg
 
 
 def _choice(overrides: list[str], group: str, default: str) -> str:

@@ -119,6 +119,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
 
     def guarded(cfg):
         try:
+            schema.validate(cfg)
             return task(cfg)
         except ShardwiseError as exc:
             fail(verb, str(exc), exc.exit_code)

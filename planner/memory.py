@@ -12,7 +12,7 @@ from `policy.overhead` so measured runs can calibrate them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner.hardware import MIB, Device
 from planner.inventory import DTYPE_BYTES, Inventory, LayerSpec
@@ -51,6 +51,12 @@ class CostModel:
     attn: str  # "eager" | "sdpa" | flash kernels
     sessions: int
     overheads: Overheads
+    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @staticmethod
+    def _kind(layer: LayerSpec) -> tuple:
+        """Layers of one kind cost the same: price each kind once per context (the search asks a lot)."""
+        return (layer.attention, layer.window, layer.num_kv_heads, layer.head_dim, layer.moe)
 
     @property
     def dtype_bytes(self) -> int:
@@ -64,8 +70,20 @@ class CostModel:
     def eager(self) -> bool:
         return self.attn == "eager"
 
+    def kv_by_layer(self, context_tokens: int) -> list[int]:
+        """KV bytes of every decoder layer at `context_tokens`, indexed by layer."""
+        key = ("kv-all", context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = [self.layer_kv(layer, context_tokens) for layer in self.inv.layers]
+        return found
+
     def layer_kv(self, layer: LayerSpec, context_tokens: int) -> int:
-        return layer_kv_bytes(layer, context_tokens, self.sessions, self.kv_elem_bytes)
+        key = ("kv", self._kind(layer), context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = layer_kv_bytes(layer, context_tokens, self.sessions, self.kv_elem_bytes)
+        return found
 
     def _keys_in_pass(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
         """Key length attended to in the worst prefill pass of `chunk` query tokens."""
@@ -76,6 +94,13 @@ class CostModel:
 
     def layer_transient(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
         """Peak temporary bytes while one layer runs a prefill pass of `chunk` tokens."""
+        key = ("act", self._kind(layer), chunk, context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._layer_transient(layer, chunk, context_tokens)
+        return found
+
+    def _layer_transient(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
         inv, b = self.inv, self.dtype_bytes
         heads, kv_heads, head_dim, hidden = inv.num_attention_heads, layer.num_kv_heads, layer.head_dim, inv.hidden_size
         keys = self._keys_in_pass(layer, chunk, context_tokens)
@@ -101,7 +126,8 @@ class CostModel:
         return self.sessions * self.inv.vocab_size * (self.dtype_bytes + 2 * FP32_BYTES)
 
     def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int) -> int:
-        peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in layers), default=0)
+        kinds = {self._kind(layer): layer for layer in layers}
+        peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in kinds.values()), default=0)
         if layers or has_head:
             peak += chunk * self.inv.hidden_size * self.dtype_bytes  # the hidden state entering the device
         return peak + (self.logits_bytes() if has_head else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import ShardwiseError
@@ -82,6 +83,7 @@ def spec_from_config(model_cfg) -> ModelSpec:
     )
 
 
+@lru_cache(maxsize=None)
 def load_profile(name: str):
     """A model profile by name, validated against the schema, without Hydra's composition."""
     from omegaconf import OmegaConf

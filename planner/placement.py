@@ -68,7 +68,8 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> Priced:
     else:
         weights = sum(m.bytes if m.kind in ("embed", "norm", "other") else -(-m.bytes // shard) for m in slot.modules)
     weights += slot.extra_weights
-    kv = sum(cost.layer_kv(layer, context) for layer in layers + [inv.layers[i] for i in slot.extra_kv_layers])
+    kv_all = cost.kv_by_layer(context)
+    kv = sum(kv_all[i] for i in slot.layer_ids) + sum(kv_all[i] for i in slot.extra_kv_layers)
     kv = -(-kv // shard)
     run_layers = layers + [inv.layers[i] for i in slot.extra_kv_layers]
     activations = cost.activations(run_layers, slot.has_head, chunk, context)
@@ -113,10 +114,8 @@ def layout_layers(
         slots[0].layer_ids = [m.layer_index for m in layer_modules]
         return slots
 
-    def layer_cost(m: ModuleEntry) -> int:
-        return -(-(m.bytes + cost.layer_kv(inv.layers[m.layer_index], context)) // shard)
-
-    costs = [layer_cost(m) for m in layer_modules]
+    kv_all = cost.kv_by_layer(context)
+    costs = [-(-(m.bytes + kv_all[m.layer_index]) // shard) for m in layer_modules]
     capacities = []
     for slot in slots:
         edge = price(slot, cost, context, chunk)

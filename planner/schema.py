@@ -137,3 +137,31 @@ def register() -> None:
     cs.store(group="schema", name="policy", node=PolicyConfig)
     cs.store(group="schema", name="generation", node=GenerationConfig)
     cs.store(group="schema", name="probe", node=ProbeSettings)
+
+
+GROUP_SCHEMAS = {
+    "hardware": HardwareConfig,
+    "model": ModelConfig,
+    "policy": PolicyConfig,
+    "generation": GenerationConfig,
+    "probe": ProbeSettings,
+}
+
+
+def validate(cfg) -> None:
+    """Reject keys no schema knows, even ones forced in with `+key=value`, naming the key."""
+    from dataclasses import fields
+
+    from planner.errors import ShardwiseError
+
+    def check(node, cls, prefix: str) -> None:
+        known = {f.name: f for f in fields(cls)}
+        for key in node.keys():
+            if key not in known:
+                raise ShardwiseError(f"unknown key {prefix}{key}: {cls.__name__} has {', '.join(sorted(known))}")
+        if cls is PolicyConfig and "overhead" in node:
+            check(node.overhead, OverheadConfig, f"{prefix}overhead.")
+
+    for group, cls in GROUP_SCHEMAS.items():
+        if group in cfg and cfg[group] is not None:
+            check(cfg[group], cls, f"{group}.")
