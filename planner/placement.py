@@ -15,9 +15,6 @@ from planner.inventory import Inventory, ModuleEntry
 from planner.memory import CostModel
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
-# A longer context wins over a larger prefill chunk only when it is this much longer: small
-# chunks cost prefill speed, so a chunk that keeps 90% of the best context is preferred.
-CONTEXT_KEEP_FRACTION = 0.9
 
 
 @dataclass
@@ -233,17 +230,8 @@ def _largest(fits_at, low: int, high: int, requested_chunk: int, candidates) -> 
 
 
 def largest_context(fits_at, low: int, high: int, requested_chunk: int) -> tuple[int, int] | None:
-    """Largest context in [low, high] and the prefill chunk for it; None when even `low` does not fit.
+    """Largest context in [low, high], then the largest prefill chunk for it; None when even `low` does not fit.
 
-    Among chunk sizes, the largest one that keeps CONTEXT_KEEP_FRACTION of the best context wins.
+    Context comes first so that more memory never gives a shorter context.
     """
-    best = _largest(fits_at, low, high, requested_chunk, CHUNK_CANDIDATES)
-    if best is None or requested_chunk or best[1] >= best[0]:
-        return best
-    for i, chunk in enumerate(CHUNK_CANDIDATES):
-        if chunk <= best[1]:
-            break
-        found = _largest(fits_at, low, high, 0, (chunk,))
-        if found is not None and found[0] >= CONTEXT_KEEP_FRACTION * best[0]:
-            return found
-    return best
+    return _largest(fits_at, low, high, requested_chunk, CHUNK_CANDIDATES)

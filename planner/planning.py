@@ -76,10 +76,11 @@ def _validate_policy(policy) -> None:
 class Planner:
     """One planning run. `plan()` returns the Plan; nothing here touches a GPU."""
 
-    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True):
+    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True, cap_context: bool = False):
         _validate_policy(policy)
         self.spec, self.hw, self.policy, self.generation = spec, hw, policy, generation
         self.with_fallbacks = with_fallbacks
+        self.cap_context = cap_context  # fallbacks and model=auto candidates: a context beyond the model's maximum is capped
         self.decisions: list[Decision] = []
         self.warnings: list[str] = list(hw.notes)
 
@@ -209,7 +210,11 @@ class Planner:
         cost = CostModel(inv, self.dtype, self.kv_dtype, self.attn, sessions, Overheads.from_config(self.policy.overhead))
         self.cost = cost
         max_ctx = inv.max_context_tokens
-        requested = _parse_context(self.policy.context_tokens, max_ctx)
+        context_setting = self.policy.context_tokens
+        if self.cap_context and str(context_setting).isdigit() and int(context_setting) > max_ctx:
+            self.decide("context_cap", max_ctx, f"policy.context_tokens={context_setting} exceeds {self.spec.name}'s maximum: capped")
+            context_setting = max_ctx
+        requested = _parse_context(context_setting, max_ctx)
         low = min(int(self.policy.min_context_tokens), max_ctx)
         chunk_req = int(self.policy.prefill_chunk_tokens)
         attempts = self._attempts(inv, cost)
@@ -391,7 +396,7 @@ class Planner:
         while name and name not in seen:
             seen.add(name)
             profile = load_profile(name)
-            sub = Planner(spec_from_config(profile), self.hw, self.policy, self.generation, with_fallbacks=False).plan()
+            sub = Planner(spec_from_config(profile), self.hw, self.policy, self.generation, with_fallbacks=False, cap_context=True).plan()
             chain.append({"model": name, "hardware": "same", "fits": sub.fits,
                           "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here ({sub.strategy}, {sub.limits.context_tokens} tokens)"})
             name = profile.fallback
@@ -445,7 +450,7 @@ def plan_auto_model(cfg, hardware: Hardware) -> Plan:
         raise ShardwiseError("model=auto needs policy.candidates, a list of profiles from largest to smallest")
     for name in candidates:
         profile = load_profile(name)
-        planner = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation)
+        planner = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation, cap_context=True)
         plan = planner.plan()
         if plan.fits or name == candidates[-1]:
             reason = f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}" if tried else "largest of policy.candidates, and it fits"
