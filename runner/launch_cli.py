@@ -1,0 +1,194 @@
+"""`shardwise launch`: start a plan on the engine it needs, or print the exact commands (launch.dry_run=true).
+
+    shardwise launch model=gpt-oss-120b hardware=h100_80gb launch.dry_run=true
+    shardwise launch plan_file=plan.json launch.prompt='[hello]'
+    shardwise launch plan_file=plan.json launch.engine=vllm
+    shardwise launch -m hydra/launcher=submitit_slurm hydra.launcher.nodes=2 ... plan_file=plan.json
+
+Hydra runs here, in the parent only: the plan is made (or read and checked against this
+machine) and written to the run directory as plan.json; torchrun ranks and SLURM tasks read that
+file. Refusals are one-line errors with exit status 2 (see runner.launch for the rules).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+from planner.plan import Decision, Plan
+from runner import launch as L
+
+
+def run(argv: list[str]) -> None:
+    from planner.hydra_app import run_verb
+
+    L.register_schema()
+    run_verb("launch", "launch", task, argv)
+
+
+def task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    settings: L.LaunchSettings = OmegaConf.to_object(cfg.launch)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    notes: list[str] = []
+    if cfg.plan_file:
+        plan_path = Path(cfg.plan_file).resolve()
+        plan = Plan.load(plan_path)
+        if settings.dry_run:
+            notes.append("dry run: the plan's hardware was not compared with this machine")
+        else:
+            notes += check_hardware(plan, settings)
+    else:
+        plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
+        plan_path = plan.save(out_dir / "plan.json")
+    if not plan.fits:
+        binding = plan.binding or {}
+        raise ShardwiseError(
+            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on {binding.get('device', '?')}): "
+            f"see `shardwise plan` for what would make it fit ({'; '.join(binding.get('fixes', [])[:2]) or 'shorter context, more GPUs'})"
+        )
+    if settings.cpu_tp_size:
+        plan = rehearsal_plan(plan, settings.cpu_tp_size)
+        plan_path = plan.save(out_dir / "plan.json")
+
+    engine = settings.engine
+    if engine == L.Engine.auto:
+        engine = L.Engine.torchrun if L.needs_torchrun(plan) else L.Engine.accelerate
+    L.check_engine(plan, settings.engine, settings.task)
+    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+
+    if engine == L.Engine.vllm:
+        commands, vnotes = L.vllm_commands(plan, settings)
+        notes += vnotes
+        if not importlib.util.find_spec("vllm"):
+            notes.append("vllm is not installed here: these commands were printed, not run (pip install vllm on the GPU machines)")
+            settings.dry_run = True
+    elif engine == L.Engine.torchrun:
+        from planner.hydra_app import conf_dir
+
+        notes += L.check_distributed(plan, L.plan_architecture(plan, conf_dir()))
+        node_rank = None if settings.dry_run else this_node_rank(plan, settings)
+        commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
+    else:
+        commands = [L.single_process_command(plan, str(plan_path), settings)]
+
+    if settings.dry_run:
+        print_dry_run(plan, plan_path, engine, commands, settings, notes)
+        return
+    for note in notes:
+        print(f"shardwise launch: note: {note}", file=sys.stderr)
+    rc = execute(plan, engine, commands, settings)
+    if rc:
+        raise SystemExit(rc)
+
+
+def fresh_plan(cfg, hardware_choice: str) -> Plan:
+    from planner.planning import plan_from_config
+    from planner.resolve_hardware import resolve_hardware
+
+    return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
+
+
+def current_hardware(plan: Plan) -> dict:
+    """This machine now (Hardware.to_dict()), seen the way the plan's hardware was made."""
+    from planner.api import current_hardware as planner_current
+
+    return planner_current(str(plan.hardware.get("source", ""))).to_dict()
+
+
+def check_hardware(plan: Plan, settings: L.LaunchSettings) -> list[str]:
+    rank = settings.node_rank if settings.node_rank is not None else int(os.environ.get("SLURM_NODEID", "0"))
+    why = L.hardware_mismatch(plan, current_hardware(plan), rank)
+    if why is None:
+        return []
+    if not settings.check_hardware:
+        return [f"launch.check_hardware=false: running anyway although {why}"]
+    raise ShardwiseError(f"{why}: re-plan on this machine with `shardwise plan`, or launch.dry_run=true to only print the commands")
+
+
+def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
+    """A CPU plan turned into a tensor-parallel one over `ranks` local gloo processes (to rehearse a TP launch)."""
+    if plan.strategy != "cpu":
+        raise ShardwiseError(
+            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is {plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
+        )
+    if ranks < 2:
+        raise ShardwiseError(f"launch.cpu_tp_size={ranks} needs at least 2 ranks to shard anything: use 2 or more, or 0 to turn it off")
+    decision = Decision("strategy", "tensor_parallel", f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a rehearsal, not a speed-up)")
+    return replace(plan, strategy="tensor_parallel", tp_size=ranks, pp_size=1, device_map={}, decisions=(*plan.decisions, decision))
+
+
+def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
+    """Which node this is: launch.node_rank, else SLURM_NODEID; None for one node or a c10d rendezvous."""
+    if plan.nodes <= 1 or settings.rdzv_endpoint:
+        return None
+    slurm_nodes = os.environ.get("SLURM_NNODES")
+    if slurm_nodes and int(slurm_nodes) != plan.nodes:
+        raise ShardwiseError(
+            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with hydra.launcher.nodes={plan.nodes}"
+        )
+    rank = settings.node_rank
+    if rank is None and "SLURM_NODEID" in os.environ:
+        rank = int(os.environ["SLURM_NODEID"])
+        if not settings.master_addr:
+            settings.master_addr = slurm_master_addr()
+    if rank is None:
+        raise ShardwiseError(f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or launch.rdzv_endpoint=HOST:PORT)")
+    if not 0 <= rank < plan.nodes:
+        raise ShardwiseError(f"launch.node_rank={rank} is outside this {plan.nodes}-node plan: use 0..{plan.nodes - 1}")
+    if not settings.master_addr:
+        raise ShardwiseError(f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or launch.rdzv_endpoint=HOST:PORT")
+    return rank
+
+
+def slurm_master_addr() -> str:
+    """Node 0 of this SLURM job (submitit expands SLURM_JOB_NODELIST)."""
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().hostnames[0]
+    except Exception as exc:  # submitit missing or not inside a submitit job
+        raise ShardwiseError(f"could not find node 0 of this SLURM job ({exc}): set launch.master_addr=HOST") from None
+
+
+def print_dry_run(plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]) -> None:
+    print(f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; engine {engine.value}")
+    print(f"# plan: {plan_path}")
+    for command in commands:
+        print(f"# {command.where}: {command.reason}")
+        print(command.line())
+    if L.gpus_per_node(plan):
+        config, reasons = L.slurm_launcher(plan, settings.slurm)
+        print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
+        print(" ".join(L.slurm_overrides(config)))
+    for note in notes:
+        print(f"# note: {note}")
+
+
+def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSettings) -> int:
+    """Run the command meant for this machine; torchrun and shardwise through this interpreter."""
+    env = dict(os.environ)
+    if engine == L.Engine.vllm:
+        rank = settings.node_rank or int(os.environ.get("SLURM_NODEID", "0"))
+        mine = [c for c in commands if (c.where == "every node but node 0") == (rank != 0)]
+    else:
+        mine = commands
+    rc = 0
+    for command in mine:
+        argv = list(command.argv)
+        if argv[0] == "torchrun":
+            argv[:1] = [sys.executable, "-m", "torch.distributed.run"]
+        elif argv[0] == "shardwise":
+            argv[:1] = [sys.executable, "-m", "planner"]
+        print(f"shardwise launch: {command.line()}", file=sys.stderr, flush=True)
+        rc = subprocess.call(argv, env={**env, **dict(command.env)})
+        if rc:
+            return rc
+    return rc
