@@ -51,9 +51,16 @@ def make_plan(model: str = "gpt2", hardware: str = "auto", overrides: list[str] 
 
 
 def current_hardware(hardware_source: str) -> Hardware:
-    """This machine now, seen the way a plan with `hardware_source` was made (probe, tier or snapshot)."""
-    from planner.probe import probe
+    """This machine now, seen the way a plan with `hardware_source` was made.
 
+    A CPU plan is compared with this host measured as `hardware=cpu` does; every other plan (probe,
+    snapshot, tier) with what NVML sees here, so a dry-run plan for a tier is stale on a real box.
+    """
+    from planner.probe import probe
+    from planner.resolve_hardware import resolve_hardware
+
+    if hardware_source in ("cpu",):
+        return resolve_hardware({"kind": "cpu", "host_ram_gib": 0, "cpu_count": 0}, name="cpu")
     return probe()
 
 

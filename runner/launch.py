@@ -22,59 +22,18 @@ from typing import List, Optional
 from planner.errors import ShardwiseError
 from planner.plan import Plan
 
+from planner.schema import Engine, LaunchSettings, LaunchTask, SlurmSettings  # noqa: E402
+
 GIB = 1 << 30
 TORCHRUN_WORKER = "runner.tp_worker"
 SINGLE_PROCESS_STRATEGIES = ("cpu", "single_gpu", "pipeline", "offload")
 
 
-class LaunchTask(str, Enum):
-    chat = "chat"  # a conversation on the terminal (prompts from launch.prompt or stdin)
-    serve = "serve"  # the OpenAI-compatible HTTP server
-
-
-class Engine(str, Enum):
-    auto = "auto"  # torchrun for tensor-parallel or multi-node plans, one process otherwise
-    accelerate = "accelerate"  # one process, accelerate device_map (single_gpu, pipeline, offload, cpu)
-    torchrun = "torchrun"  # torch.distributed ranks with transformers' tensor (and pipeline) parallelism
-    vllm = "vllm"  # the equivalent `vllm serve` command line
-
-
-@dataclass
-class SlurmSettings:
-    partition: Optional[str] = None  # SLURM partition (null: the cluster's default)
-    account: Optional[str] = None  # SLURM account to charge (null: your default)
-    timeout_min: int = 240  # wall-clock limit of the job, minutes
-    cpus_per_gpu: int = 8  # CPU cores requested per GPU the plan uses (capped at the node's cores)
-    mem_gib_per_gpu: int = 64  # host RAM requested per GPU the plan uses, GiB (capped at the node's RAM)
-
-
-@dataclass
-class LaunchSettings:
-    task: LaunchTask = LaunchTask.chat  # what rank 0 (or the single process) runs: chat or serve
-    engine: Engine = Engine.auto  # which engine starts the plan
-    dry_run: bool = False  # print the exact command lines and environment instead of running them
-    node_rank: Optional[int] = None  # this node's index for multi-node plans (null: SLURM_NODEID under SLURM)
-    master_addr: Optional[str] = None  # host name or IP of node 0 (static rendezvous for multi-node plans)
-    master_port: int = 29500  # TCP port on node 0 for torch.distributed's store
-    rdzv_endpoint: Optional[str] = None  # HOST:PORT of a c10d rendezvous (replaces master_addr/master_port)
-    rdzv_id: str = "shardwise"  # job id shared by all nodes of one c10d rendezvous
-    prompt: List[str] = field(default_factory=list)  # user turns sent one after another (empty: read stdin)
-    record_dir: Optional[str] = None  # each rank writes rank<N>.jsonl with the token ids it generated
-    cpu_tp_size: int = 0  # rehearse tensor parallel on a CPU plan with this many local gloo ranks (0: off)
-    check_hardware: bool = True  # refuse a plan_file made for other hardware (false: run it anyway, with a warning)
-    host: str = "127.0.0.1"  # address the HTTP server (serve, vllm) binds
-    port: int = 8000  # TCP port the HTTP server (serve, vllm) listens on
-    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: the plan's usable/total)
-    ray_port: int = 6379  # port of the Ray head for multi-node vLLM
-    vllm_args: List[str] = field(default_factory=list)  # extra arguments appended to `vllm serve`
-    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
-
-
 def register_schema() -> None:
-    """Register `schema/launch` so conf/launch.yaml's `launch:` block is typed; idempotent."""
-    from hydra.core.config_store import ConfigStore
+    """Register every schema, `schema/launch` included; idempotent."""
+    from planner import schema
 
-    ConfigStore.instance().store(group="schema", name="launch", node=LaunchSettings)
+    schema.register()
 
 
 @dataclass(frozen=True)
