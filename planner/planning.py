@@ -296,11 +296,25 @@ class Planner:
                 binding = {"device": str(worst.key), "term": term}
         else:
             self.decide("context_tokens", context, f"policy.context_tokens={requested}")
+        self._more_context_hint(inv, cost, attempt, context, requested)
         if chunk < context:
             self.decide("prefill_chunk_tokens", chunk, f"a one-pass prefill of {context} tokens would overflow memory ({self.attn} attention): prefill in chunks of {chunk}")
         sessions = int(self.policy.sessions)
         self.decide("sessions", sessions, f"KV cache sized for {sessions} concurrent sequence(s) (policy.sessions)")
         return self._make_plan(inv, cost, strategy, attempt, slots, priced, context, chunk, True, binding)
+
+    def _more_context_hint(self, inv, cost, attempt: Attempt, context: int, requested) -> None:
+        """When fewer GPUs than available were used and memory capped the context, say what all of them give."""
+        gpus = self._gpu_entries(0)
+        if requested is not None or attempt.strategy not in ("single_gpu", "pipeline") or attempt.gpus >= len(gpus):
+            return
+        if context >= inv.max_context_tokens:
+            return
+        entries = sorted(gpus, key=lambda e: e[1])
+        best = largest_context(lambda c, k: _fits_on(inv, cost, entries, c, k), context, inv.max_context_tokens, 0)
+        if best and best[0] > context:
+            self.decide("more_context", f"{best[0]} tokens on {len(gpus)} GPUs",
+                        f"the fewest GPUs were used; spreading over all {len(gpus)} gives {best[0]:,} tokens: set policy.context_tokens={best[0]}")
 
     def _does_not_fit(self, inv, cost, attempts: list[Attempt], context: int) -> Plan:
         # Report against the largest arrangement we tried (all GPUs of one node, or the CPU).
@@ -328,7 +342,10 @@ class Planner:
         if gpus:
             need = _gpus_needed(inv, cost, gpus[0], min(context, inv.max_context_tokens))
             if need:
-                fixes.append(f"{need} GPUs of this kind (hardware.count={need}) fit it at {context} tokens")
+                entries = [(gpus[0][0], i, gpus[0][2], gpus[0][3]) for i in range(need)]
+                best = largest_context(lambda c, k: _fits_on(inv, cost, entries, c, k), context, inv.max_context_tokens, 0)
+                upto = f" (up to {best[0]:,} tokens of context)" if best else ""
+                fixes.append(f"{need} GPUs of this kind: hardware.count={need}{upto}")
         if self.spec.quantization and not self.quant_kept:
             kept = build_inventory(self.spec.architecture, dtype=self.dtype, quantization=self.spec.quantization, keep_quantized=True,
                                    checkpoint_dtype=self.spec.shipped_dtype)
@@ -420,10 +437,13 @@ def _gpus_needed(inv, cost, entry, context: int, limit: int = 64) -> int | None:
 
     for n in range(1, limit + 1):
         entries = [(entry[0], i, entry[2], entry[3]) for i in range(n)]
-        fits = lambda c, k, e=entries: all(p.fits for p in evaluate(layout_layers(inv, cost, e, c, k), cost, c, k))
-        if best_chunk(fits, context, 0) is not None:
+        if best_chunk(lambda c, k, e=entries: _fits_on(inv, cost, e, c, k), context, 0) is not None:
             return n
     return None
+
+
+def _fits_on(inv, cost, entries, context: int, chunk: int) -> bool:
+    return all(p.fits for p in evaluate(layout_layers(inv, cost, entries, context, chunk), cost, context, chunk))
 
 
 def _launch(strategy: str) -> Launch:
