@@ -1,0 +1,131 @@
+"""`shardwise serve` as users run it: conf/serve.yaml, the serve block's checks, the real CLI process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hydra import compose, initialize_config_dir
+from openai import OpenAI
+
+from planner.errors import ShardwiseError
+from planner.hydra_app import conf_dir
+from runner import serve_cli
+
+try:
+    from tests.tiny_models import tiny_llama
+except ImportError:
+    from tiny_models import tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_serve(overrides: list[str]):
+    from planner import schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("serve", overrides=overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_default_serve_config_binds_loopback_port_8000_without_key(monkeypatch):
+    monkeypatch.delenv("SHARDWISE_API_KEY", raising=False)
+    settings, block = serve_cli.settings_from_config(compose_serve(["hardware=cpu"]))
+    assert (settings.host, settings.port, settings.api_key) == ("127.0.0.1", 8000, None)
+    assert (settings.max_queue, settings.max_body_bytes, block.models) == (8, 1048576, [])
+    assert settings.defaults.max_tokens == compose_serve(["hardware=cpu"]).generation.max_tokens
+
+
+def test_api_key_comes_from_the_environment_when_the_config_has_none(monkeypatch):
+    monkeypatch.setenv("SHARDWISE_API_KEY", "from-env")
+    assert serve_cli.settings_from_config(compose_serve(["hardware=cpu"]))[0].api_key == "from-env"
+    assert serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.api_key=from-conf"]))[0].api_key == "from-conf"
+
+
+@pytest.mark.parametrize("block,fragment", [
+    ({"port": 0}, "serve.port=0"),
+    ({"max_queue": -1}, "serve.max_queue=-1"),
+    ({"log_level": "loud"}, "serve.log_level='loud'"),
+    ({"prot": 8000}, "prot"),
+    ({"max_queue": "many"}, "max_queue"),
+])
+def test_bad_serve_block_is_one_line_error_naming_the_key(block, fragment):
+    with pytest.raises(ShardwiseError) as caught:
+        serve_cli.read_serve_block(block)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_busy_port_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ShardwiseError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve_cli.listen_socket("127.0.0.1", port)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("models"))
+
+
+def test_model_path_is_served_under_its_directory_name(model_dir):
+    sources = serve_cli.model_sources(compose_serve(["hardware=cpu", f"model.path={model_dir}"]))
+    assert [(s.name, s.aliases) for s in sources] == [("tiny-llama", ())]
+
+
+@pytest.mark.slow
+def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
+    """The real CLI: plans, listens, turns ready, answers, and stops on SIGINT."""
+    port = free_port()
+    env = {**os.environ, "SHARDWISE_API_KEY": "k-test"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "planner", "serve", "hardware=cpu", f"model.path={model_dir}", f"serve.port={port}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 60 s"
+            time.sleep(0.2)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-test", max_retries=0, timeout=30)
+        reply = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens >= 1 and reply.model == "tiny-llama"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, output
+    assert "POST /v1/chat/completions status=200" in output
+
+
+def test_shardwise_serve_with_a_bad_block_exits_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "planner", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("shardwise serve: error: serve.port=70000 is out of range")

@@ -1,0 +1,105 @@
+"""`shardwise serve` with a real model: a tiny Llama (random weights, chat template) on the CPU.
+
+The server path (runner.loader.load -> ChatSession -> create_app) is the one `shardwise serve`
+runs; the official `openai` client talks to it on loopback. Replies are gibberish but
+deterministic, so the server's output is compared with the session's own, called directly.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from runner.server import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.types import SamplingParams
+
+try:
+    from tests.tiny_models import cpu_plan, tiny_llama
+except ImportError:
+    from tiny_models import cpu_plan, tiny_llama
+
+HELLO = [{"role": "user", "content": "hello world, how are you today?"}]
+CONTEXT_TOKENS = 128
+TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    from runner.loader import load
+    from runner.session import ChatSession
+
+    model_dir = tiny_llama(tmp_path_factory.mktemp("models"))
+    plan = cpu_plan(model_dir, context_tokens=CONTEXT_TOKENS, max_new_tokens=32)
+    return ChatSession(load(plan, log=lambda line: None), defaults=SamplingParams(max_tokens=16), plan=plan, on_notice=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def server(session):
+    app = create_app([ModelSource(session.plan.model.name, load=lambda: session, fingerprint=session.plan.fingerprint)], ServeSettings())
+    with BackgroundServer(app) as server:
+        ready = threading.Event()
+        for _ in range(500):
+            if httpx.get(server.url + "/health", timeout=TIMEOUT_S).status_code == 200:
+                ready.set()
+                break
+            ready.wait(0.02)
+        assert ready.is_set()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def model(session):
+    return session.plan.model.name
+
+
+def test_greedy_reply_matches_the_session_and_stream_matches_reply(client, session, model):
+    direct = session.generate(HELLO, SamplingParams(max_tokens=12, temperature=0))
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content == direct.text
+    assert reply.usage.prompt_tokens == session.prompt_token_count(HELLO) == direct.usage.prompt_tokens
+    assert reply.usage.completion_tokens == direct.usage.completion_tokens
+    assert reply.system_fingerprint == "hw-test-cpu"
+    chunks = list(client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct.text
+    assert chunks[-1].usage.completion_tokens == direct.usage.completion_tokens
+
+
+def test_seeded_sampling_is_reproducible_and_n2_choices_follow_seed_plus_index(client, session, model):
+    def ask(**kwargs):
+        return client.chat.completions.create(model=model, messages=HELLO, max_tokens=10, temperature=1.0, **kwargs)
+
+    first, again = ask(seed=11), ask(seed=11)
+    assert first.choices[0].message.content == again.choices[0].message.content
+    pair = ask(seed=11, n=2)
+    assert [c.message.content for c in pair.choices] == [first.choices[0].message.content, ask(seed=12).choices[0].message.content]
+
+
+def test_stop_string_from_the_middle_of_a_reply_is_trimmed(client, session, model):
+    full = session.generate(HELLO, SamplingParams(max_tokens=20, temperature=0)).text
+    assert len(full) >= 6, full
+    stop = full[3:6]
+    prefix = full[: full.find(stop)]
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=20, temperature=0, stop=[stop])
+    assert reply.choices[0].message.content == prefix
+    assert reply.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model=model, messages=HELLO, max_tokens=20, temperature=0, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == prefix
+
+
+def test_prompt_longer_than_context_is_context_length_exceeded(client, model, server):
+    long = [{"role": "user", "content": "one two three four five six seven " * 40}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model, messages=long, max_tokens=4)
+    assert caught.value.code == "context_length_exceeded"
+    assert str(CONTEXT_TOKENS) in caught.value.message
+    assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).status_code == 200
