@@ -18,8 +18,9 @@ from planner.hardware import MIB, Device
 from planner.inventory import DTYPE_BYTES, Inventory, LayerSpec
 from planner.kv import layer_kv_bytes
 
-# Eager attention keeps the score matrix in the compute dtype while a float32 softmax copy is
-# made from it: bytes per score element = 2 x dtype + 4 (conservative for every family).
+# Eager attention holds the score matrix in the compute dtype while the softmax (float32 in most
+# families) is taken from it: about dtype + 4 bytes per score element at the peak. Measured on an
+# H200 for gpt-oss-20b at 8192 tokens: ~6 bytes per element in bf16 (benchmarks/gpu_memory_check.py).
 FP32_BYTES = 4
 INDEX_BYTES = 8  # int64 routing masks in the MoE expert loops
 
@@ -107,7 +108,7 @@ class CostModel:
         qkv = chunk * (heads + 2 * kv_heads) * head_dim * b
         repeated_kv = 2 * heads * keys * head_dim * b if kv_heads < heads else 0
         if self.eager:
-            scores = heads * chunk * keys * (2 * b + FP32_BYTES)
+            scores = heads * chunk * keys * (b + FP32_BYTES)
         elif self.attn == "sdpa":
             scores = chunk * keys  # boolean mask materialized for windows / padding
         else:
@@ -125,9 +126,26 @@ class CostModel:
         """Last-position logits of every session plus their float32 sampling copies."""
         return self.sessions * self.inv.vocab_size * (self.dtype_bytes + 2 * FP32_BYTES)
 
+    def prefill_kv_extra(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
+        """KV a sliding layer holds beyond its decode state right after a prefill pass of `chunk` tokens.
+
+        transformers' sliding cache keeps the whole pass's keys alive until the next step, so a
+        one-shot prefill of T tokens briefly costs full-attention KV on every sliding layer.
+        """
+        if layer.attention != "sliding":
+            return 0
+        key = ("prefill-kv", self._kind(layer), chunk, context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            after_prefill = layer_kv_bytes(layer, context_tokens, 1, self.kv_elem_bytes, new_tokens=chunk)
+            decoding = layer_kv_bytes(layer, context_tokens, 1, self.kv_elem_bytes)
+            found = self._cache[key] = max(after_prefill - decoding, 0)
+        return found
+
     def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int) -> int:
         kinds = {self._kind(layer): layer for layer in layers}
         peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in kinds.values()), default=0)
+        peak += sum(self.prefill_kv_extra(layer, chunk, context_tokens) for layer in layers)
         if layers or has_head:
             peak += chunk * self.inv.hidden_size * self.dtype_bytes  # the hidden state entering the device
         return peak + (self.logits_bytes() if has_head else 0)

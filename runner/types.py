@@ -34,3 +34,4 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     time_to_first_token_s: float | None = None
     tokens_per_s: float | None = None
+    notices: list[str] = field(default_factory=list)  # one-line notes about this turn (dropped turns, recovery)

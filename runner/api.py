@@ -1,0 +1,225 @@
+"""The Python API with the seed's shape: OpenAIChat, create_chat_completion, clear_memory.
+
+    from runner import OpenAIChat, create_chat_completion
+    chat = OpenAIChat(model="gpt2", use_cpu=True)
+    print(chat.chat([{"role": "user", "content": "Hello"}], max_tokens=100))
+    chat.create(messages)                     # the full OpenAI chat.completion dict
+    create_chat_completion(model="gpt2", messages=[...], max_tokens=50, stream=True)  # chunk dicts
+
+A model name may be a profile name or a hub id (`openai/gpt-oss-120b`); `model_path=` plans any
+local model directory. The plan is made for this machine (`use_cpu=True`: for the CPU); when
+it does not fit, the plan's fallback chain (smaller model, then CPU) is walked, announced.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+from planner.errors import ShardwiseError
+from runner.types import Completion, SamplingParams
+
+_UNSET = object()
+
+
+def _notice(line: str) -> None:
+    print(f"shardwise: {line}", file=sys.stderr, flush=True)
+
+
+_UNITS = {"gib": 1 << 30, "gb": 10**9, "mib": 1 << 20, "mb": 10**6, "b": 1}
+
+
+def parse_max_memory(max_memory: dict | None) -> dict:
+    """`{0: "20GiB", "cpu": 30 * 2**30}` -> {"0": bytes, "cpu": bytes} (plan budget keys)."""
+    caps = {}
+    for device, value in (max_memory or {}).items():
+        if isinstance(value, (int, float)):
+            caps[str(device)] = int(value)
+            continue
+        text = str(value).strip().lower().replace(" ", "")
+        unit = next((u for u in _UNITS if text.endswith(u)), None)
+        try:
+            caps[str(device)] = int(float(text[: -len(unit)] if unit else text) * _UNITS[unit or "b"])
+        except ValueError:
+            raise ShardwiseError(f"max_memory[{device!r}]={value!r} is not a size: write bytes or e.g. '20GiB'") from None
+    return caps
+
+
+def apply_max_memory(plan, caps: dict):
+    """The plan marked as not fitting when it plans more than a cap on some device."""
+    from dataclasses import replace
+
+    for budget in plan.budget:
+        cap = caps.get(str(budget.device))
+        if cap is not None and budget.planned > cap:
+            return replace(plan, fits=False, binding={
+                "device": str(budget.device), "term": "max_memory", "needed": budget.planned, "usable": cap,
+                "fixes": [f"raise max_memory[{budget.device!r}] or use a smaller model"]})
+    return plan
+
+
+def plan_that_fits(plan, *, notice: Callable[[str], None] = _notice, plan_fallback=None, caps: dict | None = None):
+    """`plan` when it fits, else the first of its fallbacks that does (each step announced)."""
+    from runner.recovery import default_plan_fallback
+
+    caps = caps or {}
+    plan = apply_max_memory(plan, caps)
+    if plan.fits:
+        return plan
+    binding = plan.binding or {}
+    why = f"{plan.model.name} does not fit ({binding.get('device', '?')}: {binding.get('term', 'memory')})"
+    for entry in plan.fallbacks:
+        if entry.get("fits") is False:
+            continue
+        candidate = apply_max_memory((plan_fallback or (lambda e: default_plan_fallback(e, plan)))(entry), caps)
+        if candidate.fits:
+            notice(f"{why}: using {candidate.model.name} on {candidate.hardware.get('source')} ({entry.get('reason', '')})")
+            return candidate
+    fixes = "; ".join(binding.get("fixes", [])) or "use a smaller model or more GPUs"
+    raise ShardwiseError(f"{why} and no fallback fits either: {fixes}")
+
+
+class OpenAIChat:
+    """One model, planned and loaded once, answering chat messages in OpenAI's shapes."""
+
+    def __init__(self, model: str = "gpt2", use_cpu: bool = False, max_memory: dict | None = None, *,
+                 model_path: str | None = None, hardware: str | None = None, overrides: list[str] = (),
+                 plan=None, system_prompt: str | None = None, defaults: SamplingParams | None = None,
+                 notice: Callable[[str], None] = _notice, recovery=None):
+        from runner.recovery import RecoveryPolicy, load_with_fallbacks
+        from runner.session import ChatSession
+
+        if plan is None:
+            from planner.api import make_plan
+
+            hw = "cpu" if use_cpu else (hardware or "auto")
+            plan = make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
+        self.recovery = recovery or RecoveryPolicy()
+        plan = plan_that_fits(plan, notice=notice, plan_fallback=self.recovery.plan_fallback,
+                              caps=parse_max_memory(max_memory))
+        loaded = load_with_fallbacks(plan, policy=self.recovery, notice=notice)
+        self.session = ChatSession(loaded, defaults=defaults or SamplingParams(), plan=loaded.plan,
+                                   system_prompt=system_prompt, recovery=self.recovery, on_notice=notice)
+
+    @property
+    def model_name(self) -> str:
+        return self.session.loaded.name
+
+    @property
+    def plan(self):
+        return self.session.plan
+
+    def _params(self, max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty) -> SamplingParams:
+        base = self.session.defaults
+        if isinstance(stop, str):
+            stop = [stop]
+        pick = lambda value, default: default if value is _UNSET or value is None else value  # noqa: E731
+        return SamplingParams(
+            max_tokens=int(pick(max_tokens, base.max_tokens)),
+            temperature=float(pick(temperature, base.temperature)),
+            top_p=float(pick(top_p, base.top_p)),
+            seed=None if seed is _UNSET else seed,
+            stop=list(pick(stop, base.stop)),
+            presence_penalty=float(pick(presence_penalty, base.presence_penalty)),
+            frequency_penalty=float(pick(frequency_penalty, base.frequency_penalty)),
+        )
+
+    def completion(self, messages: list[dict], *, max_tokens=_UNSET, temperature=_UNSET, top_p=_UNSET, seed=_UNSET,
+                   stop=_UNSET, presence_penalty=_UNSET, frequency_penalty=_UNSET) -> Completion:
+        params = self._params(max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty)
+        return self.session.generate(list(messages), params)
+
+    def chat(self, messages: list[dict], max_tokens=100, **sampling) -> str:
+        """The assistant's reply text (the seed's `chat.chat(messages, max_tokens=100)`)."""
+        return self.completion(messages, max_tokens=max_tokens, **sampling).text
+
+    def create(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> dict:
+        """The full OpenAI `chat.completion` object as a dict."""
+        return completion_dict(self.completion(messages, max_tokens=max_tokens, **sampling), self.model_name)
+
+    def stream(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> Iterator[dict]:
+        """`chat.completion.chunk` dicts: role first, then content deltas, then finish_reason (and usage)."""
+        params = self._params(max_tokens, *(sampling.get(k, _UNSET) for k in
+                              ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")))
+        cancel = threading.Event()
+        text_stream = self.session.stream(list(messages), params, cancel=cancel)
+        return _chunks(text_stream, self.model_name)
+
+    def clear_memory(self) -> None:
+        self.session.clear_memory()
+
+
+def _new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _usage_dict(completion: Completion) -> dict:
+    usage = completion.usage
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def completion_dict(completion: Completion, model: str) -> dict:
+    return {
+        "id": _new_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": completion.text},
+            "finish_reason": completion.finish_reason,
+        }],
+        "usage": _usage_dict(completion),
+    }
+
+
+def _chunks(text_stream, model: str) -> Iterator[dict]:
+    ident, created = _new_id(), int(time.time())
+
+    def chunk(delta: dict, finish_reason=None, **extra) -> dict:
+        return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for delta in text_stream:
+            yield chunk({"content": delta})
+        completion = text_stream.completion
+        yield chunk({}, completion.finish_reason, usage=_usage_dict(completion))
+    finally:
+        text_stream.close()
+
+
+_CACHE: dict[tuple, OpenAIChat] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached_chat(model: str, use_cpu: bool, hardware: str | None, model_path: str | None) -> OpenAIChat:
+    key = (model, use_cpu, hardware, model_path)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = OpenAIChat(model=model, use_cpu=use_cpu, hardware=hardware, model_path=model_path)
+        return _CACHE[key]
+
+
+def create_chat_completion(model: str = "gpt2", messages: list[dict] = (), max_tokens=_UNSET, temperature=_UNSET,
+                           stream: bool = False, *, use_cpu: bool = False, hardware: str | None = None,
+                           model_path: str | None = None, **sampling):
+    """OpenAI-shaped dict (or an iterator of chunk dicts with stream=True); one loaded model per (model, hardware)."""
+    if not messages:
+        raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
+    chat = _cached_chat(model, use_cpu, hardware, model_path)
+    if stream:
+        return chat.stream(messages, max_tokens=max_tokens, temperature=temperature, **sampling)
+    return chat.create(messages, max_tokens=max_tokens, temperature=temperature, **sampling)
+
+
+def clear_memory() -> None:
+    """Free Python garbage and cached GPU memory (models stay loaded)."""
+    from runner.memory import clear_memory as _clear
+
+    _clear()

@@ -1,0 +1,112 @@
+"""`shardwise chat [overrides]`: chat with a model from a fresh plan or a reviewed plan.json.
+
+    shardwise chat model=gpt2 hardware=cpu                 # interactive REPL (see runner.repl)
+    shardwise chat model=gpt2 prompt="Hello"               # answer once and exit
+    echo "Hello" | shardwise chat model=gpt2               # piped stdin is the prompt
+    shardwise chat plan_file=plan.json                     # run a reviewed plan (refused if hardware changed)
+    shardwise chat model.path=./my-model use_cpu=true      # any local model directory
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from planner.hydra_app import run_verb
+
+
+def _notice(line: str) -> None:
+    print(f"shardwise: {line}", file=sys.stderr, flush=True)
+
+
+def build_plan(cfg):
+    """The plan to run: plan_file (checked against this machine) or a fresh one from the composed config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from planner.plan import Plan
+
+    if cfg.plan_file:
+        plan = Plan.load(cfg.plan_file)
+        if not cfg.replan:
+            from runner.loader import check_fresh
+
+            check_fresh(plan, str(cfg.plan_file))
+            return plan
+        from planner.api import make_plan
+
+        source = plan.model.source
+        _notice(f"replan=true: planning {plan.model.name} afresh for this machine")
+        if Path(source).exists():
+            return make_plan(model_path=source, hardware="auto")
+        return make_plan(model=plan.model.name, hardware="auto")
+    from planner.planning import plan_from_config
+    from planner.resolve_hardware import resolve_hardware
+
+    hardware = resolve_hardware(cfg.hardware, name=HydraConfig.get().runtime.choices.get("hardware"))
+    return plan_from_config(cfg, hardware)
+
+
+def sampling_defaults(cfg):
+    from runner.types import SamplingParams
+
+    gen = cfg.generation
+    return SamplingParams(max_tokens=int(gen.max_tokens), temperature=float(gen.temperature), top_p=float(gen.top_p),
+                          seed=None if gen.seed is None else int(gen.seed), stop=list(gen.stop or []))
+
+
+def answer_once(session, prompt: str, stream: bool) -> None:
+    from runner.repl import stats_line
+
+    if stream:
+        text_stream = session.send(prompt, stream=True)
+        for delta in text_stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        completion = text_stream.completion
+        sys.stdout.write("\n")
+    else:
+        completion = session.send(prompt)
+        print(completion.text)
+    print(stats_line(completion), file=sys.stderr)
+
+
+def task(cfg):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from runner.api import parse_max_memory, plan_that_fits
+    from runner.loader import set_runtime_env
+    from runner.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.session import ChatSession
+    from runner.telemetry import Telemetry
+
+    set_runtime_env(cfg.alloc_conf, _notice)  # before anything can touch CUDA
+    caps = parse_max_memory(OmegaConf.to_container(cfg.max_memory) if cfg.max_memory else None)
+    plan = plan_that_fits(build_plan(cfg), notice=_notice, caps=caps)
+    policy = RecoveryPolicy()
+    loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
+    metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if cfg.metrics else None
+    session = ChatSession(loaded, defaults=sampling_defaults(cfg), plan=loaded.plan,
+                          system_prompt=cfg.generation.system_prompt, recovery=policy, on_notice=_notice,
+                          telemetry=Telemetry(metrics))
+    prompt = cfg.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    if prompt is not None:
+        if not str(prompt).strip():
+            from planner.errors import ShardwiseError
+
+            raise ShardwiseError("the prompt is empty: pass prompt=\"...\" or pipe text into shardwise chat")
+        answer_once(session, str(prompt), bool(cfg.stream))
+        return
+    from runner.repl import Repl
+
+    Repl(session, history_file=cfg.history_file).run()
+
+
+def run(argv: list[str]) -> None:
+    # use_cpu=true is a shortcut for the hardware group choice, which Hydra picks before the task runs.
+    argv = list(argv)
+    if any(a.lower() in ("use_cpu=true", "use_cpu=1", "use_cpu=yes") for a in argv):
+        argv = [a for a in argv if not a.startswith("hardware=")] + ["hardware=cpu"]
+    run_verb("chat", "chat", task, argv)

@@ -1,0 +1,233 @@
+"""The interactive chat loop behind `shardwise chat`: streaming replies, slash commands, history.
+
+Type a message and press Enter; a message spanning several lines goes between two lines of
+three double quotes. Ctrl+C while a reply streams stops that reply (the partial reply is kept),
+Ctrl+C at the prompt clears the line, Ctrl+D or /exit leaves. Input lines are remembered across
+runs in a readline history file. After each reply a dim line shows tokens, time to first token
+and tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+from runner.session import with_overrides
+from runner.types import SamplingParams
+
+HELP = """commands:
+  /help                 this list
+  /clear                forget the conversation (and free cached memory)
+  /system [TEXT]        set the system prompt (no TEXT: show it; '-' removes it)
+  /set KEY VALUE        sampling: temperature, max_tokens, top_p, seed (none: random), stop, presence_penalty, frequency_penalty
+  /save FILE            write the conversation as JSON
+  /load FILE            read a conversation written by /save
+  /stats                tokens, speed and peak memory so far, next to the plan's budget
+  /exit                 leave (Ctrl+D works too)
+a message over several lines goes between two lines of \"\"\"; Ctrl+C stops a reply."""
+
+_SETTABLE = {"temperature": float, "max_tokens": int, "top_p": float, "seed": int, "stop": str,
+             "presence_penalty": float, "frequency_penalty": float}
+MULTILINE = '"""'
+GIB = 1 << 30
+
+
+def stats_line(completion) -> str:
+    usage = completion.usage
+    parts = [f"{usage.completion_tokens} tokens", f"prompt {usage.prompt_tokens}"]
+    if completion.time_to_first_token_s is not None:
+        parts.append(f"first token {completion.time_to_first_token_s:.2f}s")
+    if completion.tokens_per_s is not None:
+        parts.append(f"{completion.tokens_per_s:.1f} tok/s")
+    if completion.finish_reason != "stop":
+        parts.append(completion.finish_reason)
+    return " · ".join(parts)
+
+
+class Repl:
+    def __init__(self, session, *, history_file: str | None = None, console=None, out=None):
+        from rich.console import Console
+
+        self.session = session
+        self.params: SamplingParams = session.defaults
+        self.out = out or sys.stdout
+        self.console = console or Console(file=self.out, highlight=False)
+        self.history_file = Path(history_file).expanduser() if history_file else None
+        self._readline = None
+
+    # -- input -------------------------------------------------------------------------------
+    def _setup_readline(self) -> None:
+        try:
+            import readline
+        except ImportError:  # not on every platform; input() still works
+            return
+        self._readline = readline
+        readline.set_history_length(1000)
+        if self.history_file is not None and self.history_file.is_file():
+            try:
+                readline.read_history_file(str(self.history_file))
+            except OSError:
+                pass
+
+    def _save_readline(self) -> None:
+        if self._readline is None or self.history_file is None:
+            return
+        try:
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            self._readline.write_history_file(str(self.history_file))
+        except OSError as exc:
+            self.console.print(f"[dim]could not save input history to {self.history_file}: {exc}[/dim]")
+
+    def read_message(self) -> str | None:
+        """One message (None at end of input); lines between two \"\"\" lines form one message."""
+        line = input(">>> ")
+        if line.strip() != MULTILINE:
+            return line
+        lines = []
+        while True:
+            more = input("... ")
+            if more.strip() == MULTILINE:
+                return "\n".join(lines)
+            lines.append(more)
+
+    # -- commands ----------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run a slash command; False means leave."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        if name in ("exit", "quit"):
+            return False
+        if name == "help":
+            self.console.print(HELP, markup=False)
+        elif name == "clear":
+            self.session.clear()
+            self.session.clear_memory()
+            self.console.print("[dim]conversation cleared[/dim]")
+        elif name == "system":
+            self._system(arg)
+        elif name == "set":
+            self._set(arg)
+        elif name == "save":
+            self._save(arg)
+        elif name == "load":
+            self._load(arg)
+        elif name == "stats":
+            self._stats()
+        else:
+            self.console.print(f"unknown command /{name}: /help lists them", markup=False)
+        return True
+
+    def _system(self, arg: str) -> None:
+        if not arg:
+            self.console.print(f"system prompt: {self.session.system_prompt or '(none)'}", markup=False)
+            return
+        self.session.system_prompt = None if arg == "-" else arg
+        self.console.print("[dim]system prompt set[/dim]" if arg != "-" else "[dim]system prompt removed[/dim]")
+
+    def _set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        value = value.strip()
+        if key not in _SETTABLE or not value:
+            self.console.print(f"usage: /set KEY VALUE with KEY one of {', '.join(_SETTABLE)}", markup=False)
+            return
+        try:
+            if key == "seed" and value.lower() in ("none", "null", "-"):
+                self.params = with_overrides(self.params)
+                self.params.seed = None
+            elif key == "stop":
+                self.params = with_overrides(self.params, stop=[] if value == "-" else [*self.params.stop, value])
+            else:
+                self.params = with_overrides(self.params, **{key: _SETTABLE[key](value)})
+        except ValueError:
+            self.console.print(f"/set {key}: {value!r} is not a {_SETTABLE[key].__name__}", markup=False)
+            return
+        self.console.print(f"[dim]{key} = {getattr(self.params, key)}[/dim]")
+
+    def _save(self, path: str) -> None:
+        if not path:
+            self.console.print("usage: /save FILE", markup=False)
+            return
+        data = {"system_prompt": self.session.system_prompt, "messages": self.session.history,
+                "params": asdict(self.params), "model": self.session.loaded.name}
+        Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
+        self.console.print(f"[dim]saved {len(self.session.history)} messages to {path}[/dim]")
+
+    def _load(self, path: str) -> None:
+        if not path:
+            self.console.print("usage: /load FILE", markup=False)
+            return
+        try:
+            data = json.loads(Path(path).expanduser().read_text())
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.console.print(f"cannot load {path}: {exc}", markup=False)
+            return
+        self.session.history = messages
+        self.session.system_prompt = data.get("system_prompt")
+        known = {f.name for f in fields(SamplingParams)}
+        self.params = SamplingParams(**{k: v for k, v in (data.get("params") or {}).items() if k in known})
+        self.console.print(f"[dim]loaded {len(messages)} messages from {path}[/dim]")
+
+    def _stats(self) -> None:
+        turns = self.session.telemetry.turns
+        prompt = sum(t["prompt_tokens"] for t in turns)
+        completion = sum(t["completion_tokens"] for t in turns)
+        speeds = [t["tokens_per_s"] for t in turns if t["tokens_per_s"]]
+        lines = [f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
+                 f"{len(turns)} turns, {prompt} prompt + {completion} completion tokens, "
+                 f"{len(self.session.history)} messages in the conversation"]
+        if speeds:
+            lines.append(f"mean {sum(speeds) / len(speeds):.1f} tok/s")
+        if turns:
+            planned = turns[-1]["planned_bytes"]
+            for device, peak in turns[-1]["peak_bytes"].items():
+                budget = f" of {planned[device] / GIB:.2f} GiB planned" if device in planned else ""
+                lines.append(f"peak {device}: {peak / GIB:.2f} GiB{budget} (last turn)")
+        self.console.print("\n".join(lines), markup=False)
+
+    # -- replies -----------------------------------------------------------------------------
+    def reply(self, text: str) -> None:
+        stream = self.session.send(text, self.params, stream=True)
+        try:
+            for delta in stream:
+                self.out.write(delta)
+                self.out.flush()
+        except KeyboardInterrupt:
+            stream.close()
+            self.out.write("\n")
+            self.console.print("[dim]\\[stopped][/dim]")
+        except ShardwiseError as exc:
+            self.out.write("\n")
+            self.console.print(f"error: {exc}", markup=False)
+            return
+        else:
+            self.out.write("\n")
+        completion = stream.completion
+        if completion is not None:
+            self.console.print(f"[dim]{stats_line(completion)}[/dim]")
+
+    def run(self) -> None:
+        self._setup_readline()
+        self.console.print(f"[dim]chatting with {self.session.loaded.name}; /help for commands, Ctrl+D to leave[/dim]")
+        try:
+            while True:
+                try:
+                    message = self.read_message()
+                except KeyboardInterrupt:
+                    self.out.write("\n")
+                    continue
+                except EOFError:
+                    self.out.write("\n")
+                    break
+                if not message.strip():
+                    continue
+                if message.startswith("/") and "\n" not in message:
+                    if not self.command(message.strip()):
+                        break
+                    continue
+                self.reply(message)
+        finally:
+            self._save_readline()

@@ -1,0 +1,235 @@
+"""ChatSession on tiny random models: templates, context window, stops, sampling, usage, streaming."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from runner.loader import load
+from runner.session import FALLBACK_TEMPLATE, ChatSession, ContextLengthError
+from runner.types import SamplingParams
+from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0)
+HELLO = [{"role": "user", "content": "hello world, how are you today?"}]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"llama": tiny_llama(root), "gpt2": tiny_gpt2(root)}
+
+
+@pytest.fixture(scope="module")
+def llama(dirs):
+    return load(cpu_plan(dirs["llama"]), log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def gpt2(dirs):
+    return load(cpu_plan(dirs["gpt2"]), log=lambda line: None)
+
+
+def session(loaded, plan=None, **kw):
+    return ChatSession(loaded, defaults=GREEDY, plan=plan, on_notice=lambda line: None, **kw)
+
+
+def test_model_chat_template_renders_the_prompt(llama):
+    s = session(llama)
+    expected = llama.tokenizer.apply_chat_template(HELLO, tokenize=True, add_generation_prompt=True)
+    expected = list(expected["input_ids"]) if hasattr(expected, "keys") else list(expected)
+    assert s.fit_prompt(HELLO, 8)[0] == expected
+    assert s.template_stops == ()
+
+
+def test_model_without_template_gets_the_plain_fallback(gpt2):
+    s = session(gpt2)
+    assert s.template == FALLBACK_TEMPLATE
+    ids, _ = s.fit_prompt([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], 8)
+    assert gpt2.tokenizer.decode(ids) == "System: be brief\n\nUser: hi\n\nAssistant:"
+    assert "\nUser:" in s.template_stops
+
+
+def test_profile_chat_template_wins_over_the_fallback(dirs, gpt2):
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    s = session(gpt2, plan=cpu_plan(dirs["gpt2"], chat_template=template))
+    assert gpt2.tokenizer.decode(s.fit_prompt([{"role": "user", "content": "hi"}], 8)[0]) == "<user>hi<assistant>"
+
+
+def test_system_prompt_is_prepended_once(llama):
+    s = session(llama, system_prompt="be brief")
+    with_system = [{"role": "system", "content": "be brief"}, *HELLO]
+    assert s.prompt_token_count(HELLO) == s.prompt_token_count(with_system)
+
+
+def test_oldest_turns_are_dropped_to_fit_the_context(dirs, llama):
+    s = session(llama, plan=cpu_plan(dirs["llama"], context_tokens=96))
+    long_turns = []
+    for i in range(6):
+        long_turns += [{"role": "user", "content": f"question {i}: the quick brown fox jumps over the lazy dog"},
+                       {"role": "assistant", "content": "one two three four five six seven eight nine ten"}]
+    messages = [{"role": "system", "content": "be brief"}, *long_turns, {"role": "user", "content": "last one"}]
+    ids, dropped = s.fit_prompt(messages, 16)
+    assert dropped >= 2 and len(ids) + 16 <= 96
+    text = llama.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nbe brief") and "last one" in text and "question 0" not in text
+    completion = s.generate(messages, SamplingParams(max_tokens=16, temperature=0))
+    assert completion.usage.prompt_tokens == len(ids) and any("dropped" in n for n in completion.notices)
+
+
+def test_single_message_longer_than_the_context_raises(dirs, llama):
+    s = session(llama, plan=cpu_plan(dirs["llama"], context_tokens=32))
+    with pytest.raises(ContextLengthError, match="context window holds 32"):
+        s.generate([{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 8}])
+
+
+def test_max_tokens_is_capped_by_the_room_left_in_the_context(dirs, llama):
+    s = session(llama, plan=cpu_plan(dirs["llama"], context_tokens=40, max_new_tokens=1000))
+    prompt = s.prompt_token_count(HELLO)
+    completion = s.generate(HELLO, SamplingParams(max_tokens=500, temperature=0))
+    assert completion.usage.total_tokens <= 40 and completion.usage.prompt_tokens == prompt
+
+
+def _clean_substring(text: str, start: int, length: int) -> str:
+    """The first `length` characters from `start` on without a replacement character (random weights emit bytes)."""
+    for at in range(start, len(text) - length + 1):
+        piece = text[at:at + length]
+        if "\ufffd" not in piece and text.find(piece) == at:
+            return piece
+    raise AssertionError(f"no usable stop string in the reference text {text!r}")
+
+
+def test_stop_string_trims_the_reply_and_reports_stop(llama):
+    s = session(llama)
+    reference = s.generate(HELLO, SamplingParams(max_tokens=20, temperature=0)).text
+    stop = _clean_substring(reference, 6, 2)
+    stopped = s.generate(HELLO, SamplingParams(max_tokens=20, temperature=0, stop=[stop]))
+    assert stopped.text == reference[: reference.find(stop)]
+    assert stopped.finish_reason == "stop"
+
+
+def test_stop_string_straddling_the_prompt_boundary_does_not_trigger(llama):
+    s = session(llama)
+    reference = s.generate(HELLO, SamplingParams(max_tokens=20, temperature=0))
+    straddling = "assistant\n" + reference.text[:2]  # prompt ends with "<|im_start|>assistant\n"
+    assert straddling not in reference.text
+    again = s.generate(HELLO, SamplingParams(max_tokens=20, temperature=0, stop=[straddling]))
+    assert again.token_ids == reference.token_ids and again.finish_reason == reference.finish_reason
+
+
+def test_streamed_deltas_equal_the_non_streamed_text_with_a_stop(llama):
+    s = session(llama)
+    reference = s.generate(HELLO, SamplingParams(max_tokens=20, temperature=0)).text
+    params = SamplingParams(max_tokens=20, temperature=0, stop=[_clean_substring(reference, 9, 3)])
+    plain = s.generate(HELLO, params)
+    stream = s.stream(HELLO, params)
+    joined = "".join(stream)
+    assert joined == plain.text and stream.completion.token_ids == plain.token_ids
+
+
+def test_streaming_and_non_streaming_produce_the_same_ids(llama):
+    s = session(llama)
+    params = SamplingParams(max_tokens=16, temperature=0)
+    stream = s.stream(HELLO, params)
+    deltas = list(stream)
+    assert stream.completion.token_ids == s.generate(HELLO, params).token_ids
+    assert "".join(deltas) == stream.completion.text
+
+
+def test_same_seed_same_sample_other_seed_other_sample(llama):
+    s = session(llama)
+    sample = lambda seed: s.generate(HELLO, SamplingParams(max_tokens=16, temperature=1.0, seed=seed)).token_ids  # noqa: E731
+    assert sample(123) == sample(123)
+    assert sample(123) != sample(124)
+
+
+def test_usage_counts_prompt_and_generated_tokens(llama):
+    s = session(llama)
+    completion = s.generate(HELLO, SamplingParams(max_tokens=7, temperature=0))
+    usage = completion.usage
+    assert usage.prompt_tokens == s.prompt_token_count(HELLO)
+    eos = 0 if completion.finish_reason == "length" else 1
+    assert usage.completion_tokens == len(completion.token_ids) + eos
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert completion.finish_reason == "length" and usage.completion_tokens == 7
+
+
+def test_frequency_penalty_changes_a_repetitive_greedy_reply(gpt2):
+    s = session(gpt2)
+    plain = s.generate(HELLO, SamplingParams(max_tokens=16, temperature=0)).token_ids
+    assert len(set(plain)) < len(plain), "the reference reply should repeat a token"
+    penalised = s.generate(HELLO, SamplingParams(max_tokens=16, temperature=0, frequency_penalty=2.0)).token_ids
+    assert len(set(penalised)) > len(set(plain))
+
+
+def test_exception_in_the_generation_thread_surfaces_instead_of_hanging(dirs):
+    loaded = load(cpu_plan(dirs["llama"]), log=lambda line: None)
+
+    def broken(*args, **kwargs):
+        raise ValueError("kernel exploded")
+
+    loaded.model.generate = broken
+    s = session(loaded)
+    outcome = {}
+
+    def consume():
+        try:
+            list(s.stream(HELLO))
+        except ValueError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the stream reader hung"
+    assert outcome == {"error": "kernel exploded"}
+
+
+def test_closing_a_stream_cancels_the_generation(llama):
+    s = session(llama)
+    stream = s.stream(HELLO, SamplingParams(max_tokens=200, temperature=0))
+    next(stream)
+    stream.close()
+    assert stream.completion.finish_reason in ("cancelled", "stop")
+    assert stream.completion.usage.completion_tokens < 200
+
+
+def test_preset_cancel_event_stops_after_the_first_token(llama):
+    cancel = threading.Event()
+    cancel.set()
+    completion = session(llama).generate(HELLO, SamplingParams(max_tokens=50, temperature=0), cancel=cancel)
+    assert completion.finish_reason == "cancelled" and completion.usage.completion_tokens == 1
+
+
+def test_send_keeps_history_and_clear_forgets_it(llama):
+    s = session(llama)
+    first = s.send("hello")
+    stream = s.send("and again", stream=True)
+    second = "".join(stream)
+    assert [m["role"] for m in s.history] == ["user", "assistant", "user", "assistant"]
+    assert s.history[1]["content"] == first.text and s.history[3]["content"] == second
+    assert stream.completion.usage.prompt_tokens > first.usage.prompt_tokens
+    s.clear()
+    assert s.history == []
+
+
+def test_failed_send_does_not_leave_an_unanswered_user_turn(dirs, llama):
+    s = session(llama, plan=cpu_plan(dirs["llama"], context_tokens=32))
+    with pytest.raises(ContextLengthError):
+        s.send("the quick brown fox jumps over the lazy dog " * 8)
+    assert s.history == []
+
+
+def test_telemetry_appends_one_json_line_per_turn(llama, tmp_path):
+    import json
+
+    from runner.telemetry import Telemetry
+
+    s = session(llama, telemetry=Telemetry(tmp_path / "metrics.jsonl"))
+    s.generate(HELLO)
+    s.generate(HELLO)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert records[0]["completion_tokens"] + records[0]["prompt_tokens"] == records[0]["total_tokens"]
+    assert records[0]["peak_bytes"]["cpu"] > 0 and records[0]["time_to_first_token_s"] > 0
