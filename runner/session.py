@@ -349,9 +349,12 @@ class ChatSession:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
+                chunk = self.plan.limits.prefill_chunk_tokens if self.plan is not None else 0
+                cache = prefill_in_chunks(loaded.model, input_ids, chunk) if chunk else None
                 loaded.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
+                    **({cache_keyword(loaded.model): cache} if cache is not None else {}),
                     generation_config=generation_config,
                     stopping_criteria=StoppingCriteriaList([tracker]),
                     logits_processor=processors,
@@ -443,3 +446,31 @@ class ChatSession:
 def with_overrides(params: SamplingParams, **changes) -> SamplingParams:
     """A copy of `params` with the given fields changed (None leaves a field alone)."""
     return replace(params, **{k: v for k, v in changes.items() if v is not None})
+
+
+def prefill_in_chunks(model, input_ids, chunk: int):
+    """Run all but the last prompt token through the model `chunk` tokens at a time; return the cache.
+
+    The plan asks for this when a one-pass prefill would not fit (eager attention's T x T scores,
+    or a sliding cache holding a whole long prompt). generate() then feeds only the last token.
+    None when the prompt is short enough for one pass.
+    """
+    from transformers import DynamicCache
+
+    total = input_ids.shape[1]
+    if chunk <= 0 or total <= chunk:
+        return None
+    cache = DynamicCache(config=model.config)
+    keyword = cache_keyword(model)
+    for start in range(0, total - 1, chunk):
+        piece = input_ids[:, start : min(start + chunk, total - 1)]
+        model(input_ids=piece, use_cache=True, logits_to_keep=1, **{keyword: cache})
+    return cache
+
+
+def cache_keyword(model) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever this version takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+

@@ -233,3 +233,22 @@ def test_telemetry_appends_one_json_line_per_turn(llama, tmp_path):
     assert len(records) == 2
     assert records[0]["completion_tokens"] + records[0]["prompt_tokens"] == records[0]["total_tokens"]
     assert records[0]["peak_bytes"]["cpu"] > 0 and records[0]["time_to_first_token_s"] > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_oss"])
+def test_chunked_prefill_gives_the_same_greedy_ids_as_one_pass(dirs, tmp_path_factory, name):
+    """A plan's prefill_chunk_tokens feeds the prompt in chunks; the reply must not change."""
+    from dataclasses import replace
+
+    from tiny_models import tiny_gpt_oss
+
+    model_dir = dirs.get(name) or tiny_gpt_oss(tmp_path_factory.mktemp("oss"))
+    whole = cpu_plan(model_dir, attn_implementation="eager" if name == "gpt_oss" else "sdpa")
+    chunked = replace(whole, limits=replace(whole.limits, prefill_chunk_tokens=3))
+    loaded = load(whole, log=lambda line: None)
+    long_prompt = [{"role": "user", "content": "count the words in this rather long sentence, one by one, please"}]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    one_pass = session(loaded, whole).generate(long_prompt, params)
+    in_chunks = session(loaded, chunked).generate(long_prompt, params)
+    assert in_chunks.usage.prompt_tokens > 3 * 3  # several chunks really ran
+    assert in_chunks.token_ids == one_pass.token_ids
