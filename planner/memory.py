@@ -107,12 +107,7 @@ class CostModel:
         keys = self._keys_in_pass(layer, chunk, context_tokens)
         qkv = chunk * (heads + 2 * kv_heads) * head_dim * b
         repeated_kv = 2 * heads * keys * head_dim * b if kv_heads < heads else 0
-        if self.eager:
-            scores = heads * chunk * keys * (b + FP32_BYTES)
-        elif self.attn == "sdpa":
-            scores = chunk * keys  # boolean mask materialized for windows / padding
-        else:
-            scores = 0  # flash kernels: no mask, no scores
+        scores = heads * chunk * keys * (b + FP32_BYTES) if self.eager else 0  # sdpa/flash: no score matrix
         attention = qkv + repeated_kv + scores + chunk * heads * head_dim * b
         if layer.moe and inv.num_experts:
             routing = chunk * inv.num_experts * FP32_BYTES + chunk * inv.experts_per_token * inv.num_experts * INDEX_BYTES
@@ -142,10 +137,31 @@ class CostModel:
             found = self._cache[key] = max(after_prefill - decoding, 0)
         return found
 
+    def forward_state(self, layers: list[LayerSpec], chunk: int, context_tokens: int) -> int:
+        """What lives through a whole forward pass beside the layers: attention masks and rotary tables.
+
+        transformers builds one mask per attention kind before the first layer (float for eager,
+        boolean for sdpa; measured on an H200: sdpa keeps a full causal mask too) and the rotary
+        cos/sin once per pass; flash kernels take no mask.
+        """
+        attention_kinds = {(layer.attention, layer.window) for layer in layers}
+        state = 0
+        for attention, window in attention_kinds:
+            keys = context_tokens if (chunk >= context_tokens or window is None) else min(context_tokens, chunk + window)
+            if self.eager:
+                state += chunk * keys * self.dtype_bytes
+            elif self.attn == "sdpa":
+                state += chunk * keys
+            head_dim = max(layer.head_dim for layer in layers if (layer.attention, layer.window) == (attention, window))
+            state += 2 * chunk * head_dim * self.dtype_bytes
+        return state
+
     def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int) -> int:
         kinds = {self._kind(layer): layer for layer in layers}
         peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in kinds.values()), default=0)
         peak += sum(self.prefill_kv_extra(layer, chunk, context_tokens) for layer in layers)
+        if layers:
+            peak += self.forward_state(list(kinds.values()), chunk, context_tokens)
         if layers or has_head:
             peak += chunk * self.inv.hidden_size * self.dtype_bytes  # the hidden state entering the device
         return peak + (self.logits_bytes() if has_head else 0)

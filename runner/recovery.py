@@ -99,6 +99,16 @@ def next_fallback(chain: list[dict], policy: RecoveryPolicy, notice: Callable[[s
     return None
 
 
+def _load_fix(error: str, plan) -> str:
+    """What to do about a failed load: fetch the weights when they were missing, else make room."""
+    missing = ("couldn't connect", "could not connect", "not a valid model identifier", "does not appear to have",
+               "no such file", "couldn't find", "not found", "offline")
+    if isinstance(error, str) and any(text in error.lower() for text in missing):
+        return (f"the weights are not here: download them first (hf download {plan.model.source}) or point "
+                f"model.path=DIR at a local copy; HF_HUB_OFFLINE=1 skips the network retries")
+    return "use a smaller model, hardware=cpu, or allow offload (policy.allow_cpu_offload=true)"
+
+
 def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: Callable[[str], None] = print):
     """Load `plan`; when that fails for lack of memory (or weights/kernels), walk its fallback chain."""
     policy = policy or RecoveryPolicy()
@@ -117,7 +127,7 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
     if found is None:
         raise MemoryExhaustedError(
             f"could not load {plan.model.name} ({first_error}) nor any of its {len(plan.fallbacks)} fallback(s): "
-            f"use a smaller model, hardware=cpu, or allow offload (policy.allow_cpu_offload=true)"
+            + _load_fix(first_error, plan)
         )
     return found[1]
 
