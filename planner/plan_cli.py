@@ -36,7 +36,7 @@ def task(cfg):
     else:
         from planner.report import render
 
-        render(plan)
+        render(plan, plan_path=str(written[-1]))
         print("plan.json: " + ", ".join(str(p) for p in written))
     return {"fits": plan.fits, "strategy": plan.strategy}
 

@@ -26,7 +26,7 @@ def _bar(row) -> str:
     return "".join(cells)
 
 
-def render(plan: Plan, console=None) -> None:
+def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -80,7 +80,10 @@ def render(plan: Plan, console=None) -> None:
         console.print(f"fallbacks: {chain}")
     console.print()
     if plan.fits:
-        console.print(f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: {plan.launch.command}")
+        command = plan.launch.command
+        if plan_path:
+            command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
+        console.print(f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: {command}")
     else:
         b = plan.binding
         console.print(f"[bold red]DOES NOT FIT[/bold red]: device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
