@@ -16,7 +16,12 @@ from planner.hardware import Hardware
 EAGER_ONLY = {"gpt_oss", "gemma2"}
 
 MXFP4_MIN_CC = (7, 5)
-TRITON_MIN = (3, 4)
+# What transformers' MXFP4 quantizer checks before it keeps the packed weights (quantizer_mxfp4.py
+# and utils/import_utils.py in transformers 5.24; tests/test_dtypes.py compares them with the source).
+TRITON_MIN_CUDA = (3, 4)
+TRITON_MIN_CPU = (3, 5)
+KERNELS_MIN = (0, 18, 2)
+KERNELS_MAX = (0, 19, 0)  # exclusive
 
 
 @dataclass(frozen=True)
@@ -74,37 +79,55 @@ def decide_quantization(method: str | None, policy: str, hw: Hardware, dtype: st
     if policy == "none":
         return False, f"MXFP4 dequantized to {dtype} (policy.quantization=none)"
 
-    blocker = None
-    if not hw.devices:
-        blocker = f"MXFP4 needs a CUDA GPU with compute capability >= 7.5; on CPU transformers dequantizes to {dtype}"
-    else:
-        cc, name = _gpu_cc_summary(hw)
-        if cc < MXFP4_MIN_CC:
-            blocker = f"{name} has compute capability {cc[0]}.{cc[1]} < 7.5: transformers dequantizes MXFP4 to {dtype}"
-        elif hw.source == "probe" or hw.installed:
-            triton = hw.installed.get("triton")
-            kernels = hw.installed.get("kernels")
-            missing = []
-            if not triton or _version_tuple(triton) < TRITON_MIN:
-                missing.append(f"triton >= 3.4 (found {triton or 'none'})")
-            if not kernels:
-                missing.append("the `kernels` package")
-            if missing:
-                blocker = (
-                    f"this machine lacks {' and '.join(missing)}: transformers would dequantize MXFP4 to {dtype} "
-                    "(pip install 'triton>=3.4' kernels to keep it)"
-                )
+    blocker = _mxfp4_blocker(hw, dtype)
     if blocker:
         if policy == "keep":
             raise ShardwiseError(f"policy.quantization=keep cannot be honoured: {blocker}")
         return False, blocker
+    if not hw.devices:
+        return True, "MXFP4 kept on CPU: triton >= 3.5 and kernels are installed here"
     cc, name = _gpu_cc_summary(hw)
-    if hw.source == "probe" or hw.installed:
+    if hw.probed:
         return True, f"MXFP4 kept: compute capability {cc[0]}.{cc[1]} >= 7.5, triton and kernels installed"
     return True, (
         f"MXFP4 kept: compute capability {cc[0]}.{cc[1]} >= 7.5; the target needs triton >= 3.4 and the "
-        f"`kernels` package installed, otherwise transformers dequantizes to {dtype}"
+        f"`kernels` package (>= 0.18.2, < 0.19) installed, otherwise transformers dequantizes to {dtype}"
     )
+
+
+def _missing_kernels(installed: dict, triton_min: tuple) -> list[str]:
+    triton, kernels = installed.get("triton"), installed.get("kernels")
+    missing = []
+    if not triton or _version_tuple(triton) < triton_min:
+        missing.append(f"triton >= {triton_min[0]}.{triton_min[1]} (found {triton or 'none'})")
+    if not kernels or not (KERNELS_MIN <= _version_tuple(kernels) < KERNELS_MAX):
+        missing.append(f"kernels >= 0.18.2, < 0.19 (found {kernels or 'none'})")
+    return missing
+
+
+def _mxfp4_blocker(hw: Hardware, dtype: str) -> str | None:
+    """Why transformers would dequantize MXFP4 on this hardware, or None when it keeps it."""
+    if not hw.devices:
+        missing = _missing_kernels(hw.installed, TRITON_MIN_CPU) if hw.probed else ["triton >= 3.5 and kernels (not known for a CPU tier)"]
+        if missing:
+            return f"on CPU transformers keeps MXFP4 only with {' and '.join(missing)}: dequantized to {dtype}"
+        return None
+    cc, name = _gpu_cc_summary(hw)
+    if cc < MXFP4_MIN_CC:
+        return f"{name} has compute capability {cc[0]}.{cc[1]} < 7.5: transformers dequantizes MXFP4 to {dtype}"
+    if hw.probed:
+        missing = _missing_kernels(hw.installed, TRITON_MIN_CUDA)
+        if missing:
+            return (f"this machine lacks {' and '.join(missing)}: transformers would dequantize MXFP4 to {dtype} "
+                    "(pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19' to keep it)")
+    return None
+
+
+def mxfp4_blocked_by_hardware(hw: Hardware) -> bool:
+    """True when no package install would let MXFP4 stay packed (old GPU, or an unprobed CPU)."""
+    if not hw.devices:
+        return not hw.probed
+    return _gpu_cc_summary(hw)[0] < MXFP4_MIN_CC
 
 
 def decide_kv_dtype(requested: str, dtype: str) -> Choice:
@@ -126,7 +149,9 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
         )
     if requested != "auto":
         return Choice(requested, f"policy.attn_implementation={requested}")
-    if model_type == "gpt_oss" and on_gpu and quant_kept and _gpu_cc_summary(hw)[0] >= (9, 0):
+    if model_type == "gpt_oss" and on_gpu and quant_kept and _gpu_cc_summary(hw)[0] >= (9, 0) and not (
+        hw.probed and _missing_kernels(hw.installed, TRITON_MIN_CUDA)
+    ):
         return Choice(
             FLASH_ATTN3_HUB,
             "gpt-oss on Hopper or newer with the kernels package: FlashAttention-3 kernel (with sinks), no T x T scores",

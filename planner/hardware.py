@@ -53,7 +53,8 @@ class Hardware:
     nvlink_pairs: tuple = ()  # ((i, j), ...) where NVML reports NVLink between devices i and j
     driver_version: str = ""
     cuda_driver_version: str = ""
-    installed: dict = field(default_factory=dict)  # kernels seen on a probed machine: {"triton": "3.4.0", "kernels": "0.9"}
+    installed: dict = field(default_factory=dict)  # kernel packages seen on a probed machine: {"triton": "3.4.0", "kernels": "0.18.2"}
+    probed: bool = False  # read off a real machine (probe, or a snapshot of one): `installed` is a fact, not an assumption
     notes: tuple = ()  # one-line notes from probing ("no NVIDIA driver found: planning for CPU")
 
     @property

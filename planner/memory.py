@@ -156,14 +156,22 @@ class CostModel:
             state += 2 * chunk * head_dim * self.dtype_bytes
         return state
 
-    def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int) -> int:
+    def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int, shard: int = 1) -> int:
+        """Prefill peak on one device (one tensor-parallel rank when shard > 1).
+
+        Tensor parallelism splits the heads and the MLP (and so the per-layer transients and the
+        extra prefill KV) but every rank holds the residual stream, the masks and the logits whole.
+        """
+        b, hidden = self.dtype_bytes, self.inv.hidden_size
         kinds = {self._kind(layer): layer for layer in layers}
-        peak = max((self.layer_transient(layer, chunk, context_tokens) for layer in kinds.values()), default=0)
-        peak += sum(self.prefill_kv_extra(layer, chunk, context_tokens) for layer in layers)
+        residual = 2 * chunk * hidden * b
+        transient = max((self.layer_transient(layer, chunk, context_tokens) - residual for layer in kinds.values()), default=0)
+        extra_kv = sum(self.prefill_kv_extra(layer, chunk, context_tokens) for layer in layers)
+        peak = -(-(transient + extra_kv) // shard)
         if layers:
-            peak += self.forward_state(list(kinds.values()), chunk, context_tokens)
+            peak += residual + self.forward_state(list(kinds.values()), chunk, context_tokens)
         if layers or has_head:
-            peak += chunk * self.inv.hidden_size * self.dtype_bytes  # the hidden state entering the device
+            peak += chunk * hidden * b  # the hidden state entering the device
         return peak + (self.logits_bytes() if has_head else 0)
 
     def gpu_fixed_overhead(self) -> int:

@@ -31,6 +31,7 @@ class Slot:
     shard: int = 1  # tensor-parallel degree: this slot holds 1/shard of its layers' weights and KV
     extra_weights: int = 0  # streaming buffer for offloaded layers (on the execution GPU)
     extra_kv_layers: list = field(default_factory=list)  # offloaded layers whose KV lives here
+    executes: bool = True  # False for host RAM / disk holding offloaded weights that run on the first device
 
 
 @dataclass
@@ -69,14 +70,13 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> Priced:
     kv = sum(kv_all[i] for i in slot.layer_ids) + sum(kv_all[i] for i in slot.extra_kv_layers)
     kv = -(-kv // shard)
     run_layers = layers + [inv.layers[i] for i in slot.extra_kv_layers]
-    activations = cost.activations(run_layers, slot.has_head, chunk, context)
-    if shard > 1:
-        activations = -(-activations // shard) + chunk * inv.hidden_size * cost.dtype_bytes
+    activations = cost.activations(run_layers, slot.has_head, chunk, context, shard)
+    if not slot.executes:
+        kv = activations = 0  # offloaded layers run (and keep their KV) on the first device
     tensors = weights + kv + activations
     overhead = cost.overhead(slot.device, tensors)
     if slot.key == "disk":
-        kv = activations = overhead = 0
-        tensors = weights
+        overhead = 0
     return Priced(slot.key, weights, kv, activations, overhead, tensors + overhead, slot.usable, slot.free)
 
 
@@ -113,14 +113,7 @@ def layout_layers(
 
     kv_all = cost.kv_by_layer(context)
     costs = [-(-(m.bytes + kv_all[m.layer_index]) // shard) for m in layer_modules]
-    capacities = []
-    for slot in slots:
-        edge = price(slot, cost, context, chunk)
-        layer_act = cost.activations([inv.layers[0]], False, chunk, context) // shard
-        frac = cost.overheads.fragmentation_fraction if slot.device is not None else 0.0
-        fixed = cost.gpu_fixed_overhead() if slot.device is not None else cost.overheads.cpu_runtime_bytes
-        room = int((slot.usable - fixed) / (1 + frac)) - (edge.weights + edge.activations) - layer_act
-        capacities.append(max(room, 0))
+    capacities = [_room(slot, cost, context, chunk) for slot in slots]
     total_cap = sum(capacities) or 1
     total_cost = sum(costs)
     assignment = []
@@ -139,6 +132,16 @@ def layout_layers(
     return _apply(slots, layer_modules, assignment, len(pre))
 
 
+def _room(slot: Slot, cost: CostModel, context: int, chunk: int) -> int:
+    """Bytes of layer weights + KV the slot can still take, after its fixed overhead, edge modules and activations."""
+    edge = price(slot, cost, context, chunk)
+    layer_act = cost.activations([cost.inv.layers[0]], False, chunk, context, slot.shard)
+    frac = cost.overheads.fragmentation_fraction if slot.device is not None else 0.0
+    fixed = cost.gpu_fixed_overhead() if slot.device is not None else cost.overheads.cpu_runtime_bytes
+    room = int((slot.usable - fixed) / (1 + frac)) - (edge.weights + edge.kv + edge.activations) - layer_act
+    return max(room, 0)
+
+
 def _apply(slots: list[Slot], layer_modules, assignment, pre_count: int) -> list[Slot]:
     for module, index in zip(layer_modules, assignment):
         slots[index].layer_ids.append(module.layer_index)
@@ -152,50 +155,66 @@ def _apply(slots: list[Slot], layer_modules, assignment, pre_count: int) -> list
 
 
 def layout_offload(
-    inv: Inventory, cost: CostModel, gpus: list, host: tuple | None, disk: tuple | None, context: int, chunk: int
+    inv: Inventory, cost: CostModel, runners: list, host: tuple | None, disk: tuple | None, context: int, chunk: int
 ) -> list[Slot] | None:
-    """Fill GPUs in order, spill the remaining layers to CPU, then disk. None if kept-quantized layers would spill."""
+    """Layers 0..k-1 in order on the devices that run them, the tail of offloaded layers in host RAM, then on disk.
+
+    Offloaded layers execute on the first running device (accelerate streams their weights in),
+    so that device also holds their KV cache and a buffer for the largest of them. Returns []
+    when the tail would hold kept-quantized (MXFP4) weights, which must never be offloaded.
+    """
     pre, layer_modules, post = split_modules(inv)
-    slots = _fresh(gpus)
-    _attach_edges(slots, inv, pre, post)
-    spill_slots = _fresh([d for d in (host, disk) if d is not None])
-    main = slots[0]
-    index = 0
-    for slot in slots:
-        while index < len(layer_modules):
-            module = layer_modules[index]
-            slot.layer_ids.append(module.layer_index)
-            slot.modules.append(module)
-            if not price(slot, cost, context, chunk).fits:
-                slot.layer_ids.pop()
-                slot.modules.pop()
-                break
+    total = len(layer_modules)
+    kv_all = cost.kv_by_layer(context)
+    slots: list[Slot] = []
+    for offloaded in range(0, total + 1):
+        kept, tail = layer_modules[: total - offloaded], layer_modules[total - offloaded :]
+        if any(m.quantized_bytes for m in tail):
+            return []
+        slots = _fresh(runners)
+        _attach_edges(slots, inv, pre, post)
+        if tail:
+            slots[0].extra_weights = max(m.bytes for m in tail)
+            slots[0].extra_kv_layers = [m.layer_index for m in tail]
+        if not _fill_in_order(slots, kept, cost, context, chunk, kv_all, len(pre)):
+            continue
+        return slots + _spill(tail, host, disk, cost, context, chunk)
+    return slots
+
+
+def _fill_in_order(slots: list[Slot], layers, cost: CostModel, context: int, chunk: int, kv_all, pre_count: int) -> bool:
+    """Put `layers` on `slots` in order, each slot up to what it can hold; False when they do not all fit."""
+    assignment, index = [], 0
+    for slot_index, slot in enumerate(slots):
+        room = _room(slot, cost, context, chunk)
+        used = 0
+        while index < len(layers) and used + layers[index].bytes + kv_all[layers[index].layer_index] <= room:
+            used += layers[index].bytes + kv_all[layers[index].layer_index]
+            assignment.append(slot_index)
             index += 1
-    rest = layer_modules[index:]
-    if not rest:
-        return None  # everything fits on GPUs: no offload needed
-    if any(m.quantized_bytes for m in rest):
-        return []  # kept-MXFP4 experts must never be offloaded
-    main.extra_weights = max(m.bytes for m in rest)
-    main.extra_kv_layers = [m.layer_index for m in rest]
-    for slot in spill_slots:
+    if index < len(layers):
+        return False
+    _apply(slots, layers, assignment, pre_count)
+    return all(price(slot, cost, context, chunk).fits for slot in slots)
+
+
+def _spill(tail, host: tuple | None, disk: tuple | None, cost: CostModel, context: int, chunk: int) -> list[Slot]:
+    """Offloaded layers into host RAM while it has room, the rest on disk (or over the host's budget when disk is not allowed)."""
+    if not tail:
+        return []
+    places = [entry for entry in (host, disk) if entry is not None]
+    spill = [Slot(key=key, device=dev, usable=usable, free=free, executes=False) for dev, key, usable, free in places]
+    rest = list(tail)
+    for position, slot in enumerate(spill):
+        last = position == len(spill) - 1
         while rest:
             slot.modules.append(rest[0])
-            if price(slot, cost, context, chunk).planned > slot.usable:
+            if not last and price(slot, cost, context, chunk).planned > slot.usable:
                 slot.modules.pop()
                 break
             rest.pop(0)
-    if rest:
-        spill_slots[-1].modules.extend(rest)
-    # the main GPU must still fit with the streaming buffer and the offloaded layers' KV
-    while main.layer_ids and not price(main, cost, context, chunk).fits:
-        module = next(m for m in reversed(main.modules) if m.kind == "layer")
-        main.modules.remove(module)
-        main.layer_ids.remove(module.layer_index)
-        main.extra_kv_layers.insert(0, module.layer_index)
-        main.extra_weights = max(main.extra_weights, module.bytes)
-        spill_slots[0].modules.insert(0, module)
-    return slots + [s for s in spill_slots if s.modules]
+        slot.layer_ids = [m.layer_index for m in slot.modules]
+    return [slot for slot in spill if slot.modules]
 
 
 def best_chunk(fits_at, context: int, requested_chunk: int, candidates=CHUNK_CANDIDATES) -> int | None:

@@ -7,7 +7,7 @@ nodes, then offload) -> limits -> why it does or does not fit -> fallbacks -> la
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.dtypes import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
 from planner.errors import ShardwiseError
@@ -18,6 +18,10 @@ from planner.memory import CostModel, Overheads, headroom
 from planner.model_source import ModelSpec, load_profile, spec_from_config
 from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization
+
+
+PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
+DISK_BYTES_PER_S = 2e9  # a fast NVMe drive, sequential reads
 
 
 def gib(n: int) -> str:
@@ -76,10 +80,12 @@ def _validate_policy(policy) -> None:
 class Planner:
     """One planning run. `plan()` returns the Plan; nothing here touches a GPU."""
 
-    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True, cap_context: bool = False):
+    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True, cap_context: bool = False,
+                 explain: bool = True):
         _validate_policy(policy)
         self.spec, self.hw, self.policy, self.generation = spec, hw, policy, generation
         self.with_fallbacks = with_fallbacks
+        self.explain = explain  # work out (by re-planning) what would make a does-not-fit plan fit
         self.cap_context = cap_context  # fallbacks and model=auto candidates: a context beyond the model's maximum is capped
         self.decisions: list[Decision] = []
         self.warnings: list[str] = list(hw.notes)
@@ -133,7 +139,19 @@ class Planner:
         return (None, "cpu", int(ram * (1 - self.policy.host_headroom_fraction)), ram)
 
     def _disk_entry(self):
-        return (None, "disk", 1 << 50, 1 << 50)
+        """Free space where the offload folder goes (on the machine that plans: re-plan on the target)."""
+        import shutil
+        from pathlib import Path
+
+        budget_gib = float(getattr(self.policy, "offload_disk_gib", 0) or 0)
+        if budget_gib > 0:
+            free = int(budget_gib * GIB)
+            return (None, "disk", free, free)
+        where = Path(str(self.policy.offload_folder)).expanduser().resolve()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        return (None, "disk", free, free)
 
     def _attempts(self, inv: Inventory, cost: CostModel) -> list[Attempt]:
         strategy = str(getattr(self.policy.strategy, "value", self.policy.strategy))
@@ -203,6 +221,9 @@ class Planner:
 
     # ---- the search ----------------------------------------------------------------------
     def plan(self) -> Plan:
+        stronger = self._on_stronger_gpus()
+        if stronger is not None:
+            return stronger
         self._decide_formats()
         inv = self._inventory()
         self.inv = inv
@@ -238,6 +259,30 @@ class Planner:
             return self._does_not_fit(inv, cost, attempts, context)
         return self._assemble(inv, cost, chosen, context, chunk, requested)
 
+    def _on_stronger_gpus(self) -> Plan | None:
+        """Mixed GPUs: first try only those that keep bf16 / MXFP4, so a weaker card never downgrades the plan.
+
+        dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
+        ones alone keeps their formats and leaves the weaker ones out.
+        """
+        def capability(d) -> tuple[bool, bool]:
+            return (d.cc_major_minor >= (8, 0), d.cc_major_minor >= (7, 5))
+
+        if not self.hw.devices or len({capability(d) for d in self.hw.devices}) == 1:
+            return None
+        best = max(capability(d) for d in self.hw.devices)
+        chosen = tuple(d for d in self.hw.devices if capability(d) == best)
+        ids = {d.id for d in chosen}
+        subset = replace(self.hw, devices=chosen, nvlink_pairs=tuple(p for p in self.hw.nvlink_pairs if set(p) <= ids))
+        plan = Planner(self.spec, subset, self.policy, self.generation, self.with_fallbacks, self.cap_context, self.explain).plan()
+        if not plan.fits:
+            return None
+        left_out = ", ".join(f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in self.hw.devices if d.id not in ids)
+        note = Decision("gpus", f"{len(chosen)} of {len(self.hw.devices)}",
+                        f"left out {left_out}: the model fits on the GPUs that keep {plan.model.dtype}"
+                        + (" and MXFP4" if plan.model.quantization.kept else ""))
+        return replace(plan, hardware=self.hw.to_dict(), decisions=(note, *plan.decisions))
+
     # ---- results -------------------------------------------------------------------------
     def _budget(self, priced: list[Priced], slots: list[Slot]) -> tuple:
         rows = []
@@ -269,19 +314,30 @@ class Planner:
         slots = attempt.build(context, chunk)
         priced = evaluate(slots, cost, context, chunk)
         strategy = attempt.strategy
+        if strategy == "offload" and all(s.executes for s in slots):
+            # filling devices in order fitted without offloading anything
+            strategy = "cpu" if slots[0].device is None else ("single_gpu" if len(slots) == 1 else "pipeline")
         total_gpus = len(self.hw.devices)
         if strategy == "single_gpu":
             self.decide("strategy", "single_gpu", f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: never spread a model that fits on one")
         elif strategy == "pipeline":
             ranges = ", ".join(f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}" for s in slots if s.layer_ids)
-            self.decide("strategy", f"pipeline over {attempt.gpus} GPUs", f"does not fit on fewer; contiguous layer ranges proportional to usable memory: {ranges}")
+            why = ("policy.strategy=pipeline: the fewest GPUs (at least 2) that fit" if _value(self.policy.strategy) == "pipeline"
+                   else "does not fit on fewer")
+            self.decide("strategy", f"pipeline over {attempt.gpus} GPUs", f"{why}; contiguous layer ranges proportional to usable memory: {ranges}")
         elif strategy == "tensor_parallel":
             where = f"tensor parallel {attempt.tp_size} inside each node" + (f", pipeline over {attempt.nodes} nodes" if attempt.nodes > 1 else "")
             self.decide("strategy", f"tensor_parallel tp={attempt.tp_size} pp={attempt.pp_size}", f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide")
         elif strategy == "offload":
-            offloaded = sum(p.weights for p in priced if p.key in ("cpu", "disk"))
-            self.decide("strategy", "offload", f"does not fit in GPU memory; {gib(offloaded)} of weights in host RAM/disk, streamed to the GPU every token")
-            self.warnings.append(f"offload: every generated token streams {gib(offloaded)} over PCIe (~25 GB/s): expect at most ~{25e9 / max(offloaded, 1):.1f} tokens/s")
+            in_ram = sum(p.weights for p in priced if p.key == "cpu" and slots[0].device is not None)
+            on_disk = sum(p.weights for p in priced if p.key == "disk")
+            where = "GPU" if slots[0].device is not None else "CPU"
+            # per generated token every offloaded layer is read again: host RAM over PCIe (~25 GB/s), disk (~2 GB/s NVMe)
+            seconds = in_ram / PCIE_BYTES_PER_S + on_disk / DISK_BYTES_PER_S
+            parts = [f"{gib(in_ram)} from host RAM over PCIe"] if in_ram else []
+            parts += [f"{gib(on_disk)} from disk"] if on_disk else []
+            self.decide("strategy", "offload", f"does not fit in {where} memory; offloaded layers run on the {where}, their weights streamed in every token")
+            self.warnings.append(f"offload: every generated token reads {' and '.join(parts)}: expect at most ~{1 / max(seconds, 1e-9):.2f} tokens/s")
         else:
             self.decide("strategy", "cpu", f"no GPU on {self.hw.source}: running on the CPU with {gib(self.hw.host_ram_bytes)} of host RAM")
         binding = {}
@@ -326,7 +382,7 @@ class Planner:
         slots = attempt.build(context, chunk) or []
         priced = evaluate(slots, cost, context, chunk) if slots else []
         worst = max(priced, key=lambda p: p.planned - p.usable) if priced else None
-        fixes = self._fixes(inv, cost, context)
+        fixes = self._fixes()
         binding = {}
         if worst is not None:
             fixed_overhead = cost.gpu_fixed_overhead() if worst.key not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
@@ -336,29 +392,12 @@ class Planner:
             self.decide("fits", "no", f"{where} needs {gib(worst.planned)} but has {gib(worst.usable)} usable; {term} binds at {context} tokens")
         return self._make_plan(inv, cost, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
 
-    def _fixes(self, inv, cost, context) -> list[str]:
-        fixes = []
-        gpus = self._gpu_entries(0)
-        if gpus:
-            need = _gpus_needed(inv, cost, gpus[0], min(context, inv.max_context_tokens))
-            if need:
-                entries = [(gpus[0][0], i, gpus[0][2], gpus[0][3]) for i in range(need)]
-                best = largest_context(lambda c, k: _fits_on(inv, cost, entries, c, k), context, inv.max_context_tokens, 0)
-                upto = f" (up to {best[0]:,} tokens of context)" if best else ""
-                fixes.append(f"{need} GPUs of this kind: hardware.count={need}{upto}")
-        if self.spec.quantization and not self.quant_kept:
-            kept = build_inventory(self.spec.architecture, dtype=self.dtype, quantization=self.spec.quantization, keep_quantized=True,
-                                   checkpoint_dtype=self.spec.shipped_dtype)
-            fixes.append(f"keep {self.spec.quantization} ({gib(kept.weight_bytes)} of weights instead of {gib(inv.weight_bytes)}): {self.quant_reason}")
-        if self.dtype == "float32":
-            fixes.append("policy.dtype=bfloat16 (or float16) halves the weight memory")
-        if self.policy.sessions > 1:
-            fixes.append(f"fewer concurrent sessions (policy.sessions={self.policy.sessions} multiplies the KV cache)")
-        if str(self.policy.context_tokens) != "auto" or context > 512:
-            fixes.append("a shorter context (policy.context_tokens=...)")
-        if gpus and not self.policy.allow_cpu_offload:
-            fixes.append("policy.allow_cpu_offload=true (slow: weights stream over PCIe every token)")
-        return fixes
+    def _fixes(self) -> list[dict]:
+        if not self.explain:
+            return []
+        from planner.fixes import what_would_fit
+
+        return what_would_fit(self)
 
     def _make_plan(self, inv, cost, strategy, attempt, slots, priced, context, chunk, fits, binding) -> Plan:
         spec = self.spec
@@ -423,23 +462,16 @@ class Planner:
         return chain
 
 
+def _value(setting) -> str:
+    return str(getattr(setting, "value", setting))
+
+
 def _nonempty(slots):
     return slots or None
 
 
 def _divides(t: int, inv: Inventory) -> bool:
     return t >= 1 and inv.num_attention_heads % t == 0 and inv.num_kv_heads % t == 0
-
-
-def _gpus_needed(inv, cost, entry, context: int, limit: int = 64) -> int | None:
-    """How many GPUs like `entry` a pipeline needs at `context` (None beyond `limit`)."""
-    from planner.placement import best_chunk
-
-    for n in range(1, limit + 1):
-        entries = [(entry[0], i, entry[2], entry[3]) for i in range(n)]
-        if best_chunk(lambda c, k, e=entries: _fits_on(inv, cost, e, c, k), context, 0) is not None:
-            return n
-    return None
 
 
 def _fits_on(inv, cost, entries, context: int, chunk: int) -> bool:
@@ -463,26 +495,26 @@ def plan_from_config(cfg, hardware: Hardware) -> Plan:
 
 
 def plan_auto_model(cfg, hardware: Hardware) -> Plan:
-    """model=auto: the largest candidate that fits, decided by the memory model."""
+    """model=auto: the largest candidate that fits (at the requested context, if any), decided by the memory model."""
     tried = []
     candidates = list(cfg.policy.candidates)
     if not candidates:
         raise ShardwiseError("model=auto needs policy.candidates, a list of profiles from largest to smallest")
+    requested = str(cfg.policy.context_tokens)
     for name in candidates:
         profile = load_profile(name)
-        planner = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation, cap_context=True)
-        plan = planner.plan()
-        if plan.fits or name == candidates[-1]:
-            reason = f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}" if tried else "largest of policy.candidates, and it fits"
-            if not plan.fits:
-                reason = f"no candidate fits; showing the smallest ({', '.join(tried)} did not fit)"
-            decision = Decision("model", name, reason)
-            return _with_first_decision(plan, decision)
-        tried.append(f"{name} ({plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')})")
+        plan = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation, cap_context=True).plan()
+        short = requested.isdigit() and plan.limits.context_tokens < int(requested)
+        if (plan.fits and not short) or name == candidates[-1]:
+            if plan.fits and not short:
+                reason = (f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}" if tried
+                          else "largest of policy.candidates, and it fits")
+            else:
+                reason = f"no candidate fits{' at ' + requested + ' tokens' if short else ''}; showing the smallest ({', '.join(tried) or 'none other'} did not fit)"
+                if short and plan.fits:
+                    plan = replace(plan, fits=False, binding={"device": "-", "term": "context", "needed": 0, "usable": 0,
+                                                              "fixes": [f"policy.context_tokens={plan.limits.context_tokens} or less"]})
+            return replace(plan, decisions=(Decision("model", name, reason), *plan.decisions))
+        why = f"its maximum context {plan.limits.context_tokens} < {requested}" if short else f"{plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')}"
+        tried.append(f"{name} ({why})")
     raise AssertionError("unreachable")
-
-
-def _with_first_decision(plan: Plan, decision: Decision) -> Plan:
-    from dataclasses import replace
-
-    return replace(plan, decisions=(decision, *plan.decisions))

@@ -213,6 +213,7 @@ def _linked(a: _Gpu, b: _Gpu) -> bool:
 
 def _cpu_hardware(host: HostInfo, installed: dict, note: str, **extra) -> Hardware:
     return Hardware(
+        probed=True,
         source="probe",
         devices=(),
         host_ram_bytes=host.ram_bytes,
@@ -300,6 +301,7 @@ def _probe_started(nvml, environ: Mapping[str, str], host: HostInfo, installed: 
     if any(d.mig for d in devices):
         ordered_notes.append("MIG slices are separate GPUs: a CUDA process uses one slice, a model is never split across slices")
     return Hardware(
+        probed=True,
         source="probe",
         devices=devices,
         host_ram_bytes=host.ram_bytes,

@@ -13,16 +13,17 @@ def _gib(n: int) -> str:
     return f"{n / GIB:,.2f}"
 
 
-def _bar(row) -> str:
+def _bar(row, width: int = BAR_WIDTH) -> str:
     scale = max(row.usable, row.planned, 1)
     cells, used = [], 0
     for attr, char, color in SEGMENTS:
-        width = round(getattr(row, attr) / scale * BAR_WIDTH)
-        width = min(width, BAR_WIDTH - used)
-        if width:
-            cells.append(f"[{color}]{char * width}[/{color}]")
-            used += width
-    cells.append("·" * (BAR_WIDTH - used))
+        cells_here = round(getattr(row, attr) / scale * width)
+        cells_here = min(cells_here, width - used)
+        width_here = cells_here
+        if width_here:
+            cells.append(f"[{color}]{char * width_here}[/{color}]")
+            used += width_here
+    cells.append("·" * (width - used))
     return "".join(cells)
 
 
@@ -42,22 +43,29 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print(f"dtype {m.dtype}, quantization {quant_text}, attention {plan.attn_implementation}, KV {plan.kv_cache_dtype}")
     hw = plan.hardware
     gpus = hw.get("devices", [])
-    hw_text = f"{len(gpus)} x {gpus[0]['name']}" if gpus else "CPU only"
+    names: dict[str, int] = {}
+    for gpu in gpus:
+        names[gpu["name"]] = names.get(gpu["name"], 0) + 1
+    hw_text = " + ".join(f"{count} x {name}" for name, count in names.items()) if gpus else "CPU only"
     console.print(f"hardware: {hw.get('source')} ({hw_text}, {hw.get('nodes', 1)} node(s), host RAM {_gib(hw.get('host_ram_bytes', 0))} GiB), fingerprint {hw.get('fingerprint')}")
     shape = plan.strategy + (f" tp={plan.tp_size} pp={plan.pp_size} nodes={plan.nodes}" if plan.strategy == "tensor_parallel" else "")
     console.print(f"strategy: [bold]{shape}[/bold]")
     console.print()
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    bar_width = max(10, min(BAR_WIDTH, console.width - 84))
     for col in ("device", "memory", "weights", "kv", "act", "overhead", "planned", "usable", "free", "layers"):
-        table.add_column(col, justify="left" if col in ("device", "memory") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("device", "memory") else "right", no_wrap=True,
+                         min_width=bar_width if col == "memory" else None)
     for row in plan.budget:
         label = f"GPU {row.device}" if row.device not in ("cpu", "disk") else row.device
-        if plan.nodes > 1:
+        if plan.strategy == "tensor_parallel":
+            label = f"each of {plan.tp_size} GPUs" + (f" on node {row.node}" if plan.nodes > 1 else "")
+        elif plan.nodes > 1:
             label += f" (node {row.node})"
         layers = f"{row.layers[0]}-{row.layers[1]}" if row.layers else "-"
         free_style = "red" if row.free_after < 0 else "green"
-        table.add_row(label, _bar(row), _gib(row.weights), _gib(row.kv_cache), _gib(row.activations), _gib(row.overhead),
+        table.add_row(label, _bar(row, bar_width), _gib(row.weights), _gib(row.kv_cache), _gib(row.activations), _gib(row.overhead),
                       _gib(row.planned), _gib(row.usable), f"[{free_style}]{_gib(row.free_after)}[/{free_style}]", layers)
     console.print(table)
     console.print("memory in GiB; bar: █ weights ▓ KV cache ▒ activations ░ overhead · free (scaled to usable)")
@@ -89,4 +97,4 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         console.print(f"[bold red]DOES NOT FIT[/bold red]: device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
                       f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.")
         for fix in b.get("fixes", []):
-            console.print(f"  would fit with: {fix}")
+            console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}")

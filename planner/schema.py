@@ -102,6 +102,7 @@ class PolicyConfig:
     allow_cpu_offload: bool = False  # let layers that do not fit on GPUs live in host RAM
     allow_disk_offload: bool = False  # let layers that do not fit anywhere live on disk
     offload_folder: str = "offload"  # directory for disk-offloaded weights
+    offload_disk_gib: float = 0.0  # disk space for offloaded weights, GiB (0: the free space where offload_folder is, measured here)
     strategy: Strategy = Strategy.auto  # how to split the model over GPUs
     dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
