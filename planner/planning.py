@@ -178,12 +178,24 @@ class Planner:
                 attempts.append(Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n))
         if strategy == "auto" and self.hw.nodes > 1:
             attempts.extend(self._tp_attempts(inv, cost, gpus, explicit=False))
+            attempts.extend(self._cross_node_pipeline_attempts(inv, cost, len(gpus)))
         if strategy == "auto" and (self.policy.allow_cpu_offload or self.policy.allow_disk_offload):
             host = self._host_entry() if self.policy.allow_cpu_offload else None
             disk = self._disk_entry() if self.policy.allow_disk_offload else None
             ordered = sorted(gpus, key=lambda e: e[1])
             attempts.append(Attempt("offload", lambda c, k: _nonempty(layout_offload(inv, cost, ordered, host, disk, c, k)),
                                     gpus=len(gpus), note="layers beyond GPU memory in host RAM / on disk"))
+        return attempts
+
+    def _cross_node_pipeline_attempts(self, inv: Inventory, cost: CostModel, per_node: int) -> list[Attempt]:
+        """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot be used."""
+        shapes = sorted({(nodes * per_stage_node, nodes, per_stage_node)
+                         for nodes in range(2, self.hw.nodes + 1) for per_stage_node in range(1, per_node + 1)})
+        attempts = []
+        for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
+            stages = [entry for node in range(nodes) for entry in self._gpu_entries(node)[:per_stage_node]]
+            attempts.append(Attempt("pipeline", lambda c, k, st=stages: layout_layers(inv, cost, st, c, k),
+                                    gpus=count, pp_size=count, nodes=nodes))
         return attempts
 
     def _tp_attempts(self, inv: Inventory, cost: CostModel, gpus: list, explicit: bool) -> list[Attempt]:
@@ -293,15 +305,15 @@ class Planner:
                                      p.usable - p.planned if p.key != "disk" else 0, node=node, layers=layers))
         return tuple(rows)
 
-    def _device_map(self, slots: list[Slot], strategy: str) -> dict:
-        if strategy == "tensor_parallel":
-            return {}
+    def _device_map(self, slots: list[Slot], strategy: str, nodes: int = 1) -> dict:
+        if strategy == "tensor_parallel" or nodes > 1:
+            return {}  # distributed ranks load their own share: no single-process device_map
         if len(slots) == 1:
             return {"": slots[0].key}
         return {m.name: s.key for s in slots for m in s.modules}
 
-    def _max_memory(self, priced: list[Priced], strategy: str) -> dict:
-        if strategy == "tensor_parallel":
+    def _max_memory(self, priced: list[Priced], strategy: str, nodes: int = 1) -> dict:
+        if strategy == "tensor_parallel" or nodes > 1:
             return {}
         out = {}
         for p in priced:
@@ -321,9 +333,12 @@ class Planner:
         if strategy == "single_gpu":
             self.decide("strategy", "single_gpu", f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: never spread a model that fits on one")
         elif strategy == "pipeline":
-            ranges = ", ".join(f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}" for s in slots if s.layer_ids)
+            ranges = ", ".join(f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}"
+                               + (f" of node {s.device.node}" if attempt.nodes > 1 else "") for s in slots if s.layer_ids)
             why = ("policy.strategy=pipeline: the fewest GPUs (at least 2) that fit" if _value(self.policy.strategy) == "pipeline"
                    else "does not fit on fewer")
+            if attempt.nodes > 1:
+                why += f"; across {attempt.nodes} nodes: torchrun pipeline stages, one GPU each (no tensor parallel here)"
             self.decide("strategy", f"pipeline over {attempt.gpus} GPUs", f"{why}; contiguous layer ranges proportional to usable memory: {ranges}")
         elif strategy == "tensor_parallel":
             where = f"tensor parallel {attempt.tp_size} inside each node" + (f", pipeline over {attempt.nodes} nodes" if attempt.nodes > 1 else "")
@@ -432,8 +447,8 @@ class Planner:
             nodes=attempt.nodes,
             tp_size=attempt.tp_size,
             pp_size=attempt.pp_size,
-            device_map=self._device_map(slots, strategy) if slots else {},
-            max_memory=self._max_memory(priced, strategy),
+            device_map=self._device_map(slots, strategy, attempt.nodes) if slots else {},
+            max_memory=self._max_memory(priced, strategy, attempt.nodes),
             budget=self._budget(priced, slots),
             limits=limits,
             fits=fits,

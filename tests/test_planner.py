@@ -319,3 +319,11 @@ def test_tensor_parallel_ranks_hold_the_residual_stream_whole():
     chunk = plan.limits.prefill_chunk_tokens or plan.limits.context_tokens
     hidden_bytes = chunk * 8192 * 2
     assert plan.budget[0].activations >= 3 * hidden_bytes  # residual (2x) + incoming hidden state, not divided by 4
+
+
+def test_pcie_nodes_without_tensor_parallel_pipeline_across_nodes():
+    plan = make_plan("llama-3.1-70b", "t4", ["hardware.count=4", "hardware.nodes=4", "policy.context_tokens=4096"])
+    assert plan.fits and plan.strategy == "pipeline" and plan.tp_size == 1
+    assert plan.nodes > 1 and plan.pp_size % plan.nodes == 0 and len(plan.budget) == plan.pp_size
+    assert plan.device_map == {}  # ranks load their own stages: no single-process device_map
+    assert any(d.what == "tensor_parallel" and "pcie" in d.reason for d in plan.decisions)
