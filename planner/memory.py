@@ -174,6 +174,24 @@ class CostModel:
             peak += chunk * hidden * b  # the hidden state entering the device
         return peak + (self.logits_bytes() if has_head else 0)
 
+    def group_kv(self, ids: tuple, context_tokens: int) -> int:
+        """KV bytes of the layers `ids` (cached: the search prices the same ranges many times)."""
+        key = ("group-kv", ids, context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            kv_all = self.kv_by_layer(context_tokens)
+            found = self._cache[key] = sum(kv_all[i] for i in ids)
+        return found
+
+    def group_activations(self, ids: tuple, has_head: bool, chunk: int, context_tokens: int, shard: int = 1) -> int:
+        """activations() for the layers `ids`, cached."""
+        key = ("group-act", ids, has_head, chunk, context_tokens, shard)
+        found = self._cache.get(key)
+        if found is None:
+            layers = [self.inv.layers[i] for i in ids]
+            found = self._cache[key] = self.activations(layers, has_head, chunk, context_tokens, shard)
+        return found
+
     def gpu_fixed_overhead(self) -> int:
         return self.overheads.cuda_context_bytes + self.overheads.workspace_bytes
 

@@ -58,20 +58,17 @@ def split_modules(inv: Inventory) -> tuple[list[ModuleEntry], list[ModuleEntry],
 
 
 def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> Priced:
-    inv = cost.inv
-    layers = [inv.layers[i] for i in slot.layer_ids]
     shard = slot.shard
     if shard == 1:
         weights = sum(m.bytes for m in slot.modules)
     else:
         weights = sum(m.bytes if m.kind in ("embed", "norm", "other") else -(-m.bytes // shard) for m in slot.modules)
     weights += slot.extra_weights
-    kv_all = cost.kv_by_layer(context)
-    kv = sum(kv_all[i] for i in slot.layer_ids) + sum(kv_all[i] for i in slot.extra_kv_layers)
-    kv = -(-kv // shard)
-    run_layers = layers + [inv.layers[i] for i in slot.extra_kv_layers]
-    activations = cost.activations(run_layers, slot.has_head, chunk, context, shard)
-    if not slot.executes:
+    if slot.executes:
+        ids = tuple(slot.layer_ids) + tuple(slot.extra_kv_layers)
+        kv = -(-cost.group_kv(ids, context) // shard)
+        activations = cost.group_activations(ids, slot.has_head, chunk, context, shard)
+    else:
         kv = activations = 0  # offloaded layers run (and keep their KV) on the first device
     tensors = weights + kv + activations
     overhead = cost.overhead(slot.device, tensors)
@@ -222,6 +219,9 @@ def best_chunk(fits_at, context: int, requested_chunk: int, candidates=CHUNK_CAN
     if requested_chunk:
         chunk = min(requested_chunk, context)
         return chunk if fits_at(context, chunk) else None
+    smallest = min([context, *candidates])
+    if not fits_at(context, smallest):
+        return None  # a smaller prefill chunk never needs more memory: nothing larger can fit either
     if fits_at(context, context):
         return context
     for chunk in candidates:
