@@ -50,7 +50,12 @@ def spec_from_config(model_cfg) -> ModelSpec:
     if path:
         arch, model_dir = _read_config(Path(path).expanduser())
         shipped = _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
-        quant = (arch.get("quantization_config") or {}).get("quant_method")
+        quant_config = arch.get("quantization_config") or {}
+        if not isinstance(quant_config, dict):
+            raise ShardwiseError(
+                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: fix or re-download config.json"
+            )
+        quant = quant_config.get("quant_method")
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
         return ModelSpec(
             name=name or str(path),
@@ -85,15 +90,19 @@ def spec_from_config(model_cfg) -> ModelSpec:
 
 @lru_cache(maxsize=None)
 def load_profile(name: str):
-    """A model profile by name, validated against the schema, without Hydra's composition."""
+    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema."""
     from omegaconf import OmegaConf
 
-    from planner.hydra_app import conf_dir
+    from planner.hydra_app import conf_dir, model_aliases, profile_names
     from planner.schema import ModelConfig
 
-    path = conf_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise ShardwiseError(f"fallback profile {name!r} does not exist in conf/model/")
+    profile = model_aliases().get(str(name).lower())
+    path = conf_dir() / "model" / f"{profile}.yaml"
+    if profile in (None, "auto") or not path.is_file():
+        choices = ", ".join(p for p in profile_names("model") if p != "auto")
+        raise ShardwiseError(
+            f"model profile {name!r} (in policy.candidates or a profile's fallback) does not exist: choose from {choices}"
+        )
     raw = OmegaConf.load(path)
     raw.pop("defaults", None)
     return OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)

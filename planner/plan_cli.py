@@ -3,6 +3,8 @@
     shardwise plan model=gpt-oss-120b hardware=h100_80gb
     shardwise plan model=llama-3.1-70b hardware=h100_80gb hardware.count=2 out=plan.json
     shardwise plan -m model=gpt2,gpt-oss-20b hardware=t4,a100_80gb     # summary table at the end
+
+out=DIR (an existing directory) writes DIR/plan.json; a path that cannot be written is a one-line error.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from planner.hydra_app import run_verb
+from planner.errors import ShardwiseError
+from planner.hydra_app import flag, run_verb
 
 
 def hardware_choice() -> str | None:
@@ -19,19 +22,36 @@ def hardware_choice() -> str | None:
     return HydraConfig.get().runtime.choices.get("hardware")
 
 
+def out_path(out) -> Path | None:
+    """Where `out=` asks for plan.json: a file, or DIR/plan.json for an existing directory."""
+    if out is None or str(out) == "":
+        return None
+    path = Path(str(out)).expanduser()
+    return path / "plan.json" if path.is_dir() else path
+
+
+def save_to(plan, path: Path) -> Path:
+    try:
+        return plan.save(path)
+    except OSError as exc:
+        raise ShardwiseError(f"cannot write the plan to {str(path)!r} ({exc.strerror or exc}): choose a writable out=FILE") from None
+
+
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from planner.planning import plan_from_config
     from planner.resolve_hardware import resolve_hardware
 
+    as_json = flag(cfg, "json")
+    out = out_path(cfg.get("out"))
     hardware = resolve_hardware(cfg.hardware, name=hardware_choice())
     plan = plan_from_config(cfg, hardware)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    written = [plan.save(run_dir / "plan.json")]
-    if cfg.get("out"):
-        written.append(plan.save(cfg.out))
-    if cfg.get("json"):
+    written = [save_to(plan, run_dir / "plan.json")]
+    if out is not None:
+        written.append(save_to(plan, out))
+    if as_json:
         print(plan.to_json())
     else:
         from planner.report import render

@@ -8,7 +8,7 @@
 - kind=snapshot: replay `hardware.path` (written by `shardwise probe probe.save=FILE`).
 - kind=tier: `count` GPUs per node x `nodes` nodes of one kind, all memory free; source = tier name.
 
-Tier fields given to auto or snapshot have no effect; the result carries a note saying so.
+Tier fields given to auto, snapshot or cpu have no effect; the result carries a note saying so.
 Bad values raise a one-line ShardwiseError naming the key, the value and the fix.
 """
 
@@ -126,7 +126,7 @@ def resolve_hardware(hw_cfg, name: str | None = None) -> Hardware:
 
         hw = load_snapshot(str(path))
     elif kind == "cpu":
-        return _cpu(hw_cfg, name)
+        hw = _cpu(hw_cfg, name)
     elif kind == "tier":
         return _tier(hw_cfg, name)
     else:

@@ -22,6 +22,7 @@ _DEVICE_REQUIRED = ("id", "name", "total_bytes", "free_bytes", "compute_capabili
 _DEVICE_KEYS = set(Device.__dataclass_fields__)
 _HARDWARE_KEYS = set(Hardware.__dataclass_fields__) | {"fingerprint"}
 _SNAPSHOT_REQUIRED = ("snapshot_version", "devices", "host_ram_bytes")
+_INTERCONNECTS = ("nvlink", "pcie", "none")
 
 
 def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
@@ -52,17 +53,63 @@ def _check_device(path, index: int, device) -> dict:
         raise _snapshot_error(path, f"has devices[{index}] with missing keys {missing} / unknown keys {unknown}")
     for key in ("id", "total_bytes", "free_bytes", "reserved_bytes", "node"):
         value = device.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _count(value):
             raise _snapshot_error(path, f"has devices[{index}].{key} = {value!r}, not a byte count or index >= 0")
+    if device["free_bytes"] > device["total_bytes"]:
+        raise _snapshot_error(path, f"has devices[{index}].free_bytes = {device['free_bytes']} above its total_bytes = {device['total_bytes']}")
     major, dot, minor = str(device["compute_capability"]).partition(".")
     if not (major.isdigit() and dot and minor.isdigit()):
         raise _snapshot_error(path, f"has devices[{index}].compute_capability = {device['compute_capability']!r}, not like '8.0'")
+    for key, kind, what in (("name", str, "a string"), ("uuid", str, "a string"), ("pci_bus_id", str, "a string"),
+                            ("mig", bool, "true or false"), ("processes", list, "a list")):
+        if key in device and not isinstance(device[key], kind):
+            raise _snapshot_error(path, f"has devices[{index}].{key} = {device[key]!r}, not {what}")
+    for process in device.get("processes", []):
+        if not (isinstance(process, dict) and _count(process.get("pid")) and _count(process.get("used_bytes"))):
+            raise _snapshot_error(path, f"has devices[{index}].processes entry {process!r}, not {{pid, used_bytes, name}}")
     return device
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_host(path, data: dict) -> None:
+    """Host-level fields: counts are integers, texts are strings, pairs are pairs of device ids."""
+    for key in ("host_ram_bytes", "cpu_count"):
+        if key in data and not _count(data[key]):
+            raise _snapshot_error(path, f"has {key} = {data[key]!r}, not an integer >= 0")
+    nodes = data.get("nodes", 1)
+    if not _count(nodes) or nodes < 1:
+        raise _snapshot_error(path, f"has nodes = {nodes!r}, not an integer >= 1")
+    for key in ("source", "interconnect", "driver_version", "cuda_driver_version"):
+        if key in data and not isinstance(data[key], str):
+            raise _snapshot_error(path, f"has {key} = {data[key]!r}, not a string")
+    if data.get("interconnect", "pcie") not in _INTERCONNECTS:
+        raise _snapshot_error(path, f"has interconnect = {data['interconnect']!r}, not one of {', '.join(_INTERCONNECTS)}")
+    pairs = data.get("nvlink_pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(_count(i) for i in p) for p in pairs):
+        raise _snapshot_error(path, f"has nvlink_pairs = {pairs!r}, not a list of [i, j] device id pairs")
+    if not isinstance(data.get("installed", {}), dict):
+        raise _snapshot_error(path, f"has installed = {data['installed']!r}, not an object of package versions")
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise _snapshot_error(path, f"has notes = {notes!r}, not a list of strings")
+    seen = set()
+    for index, device in enumerate(data["devices"]):
+        where = (device.get("node", 0), device["id"])
+        if device.get("node", 0) >= nodes:
+            raise _snapshot_error(path, f"has devices[{index}].node = {where[0]} but nodes = {nodes}")
+        if where in seen:
+            raise _snapshot_error(path, f"has two devices with id {where[1]} on node {where[0]}")
+        seen.add(where)
 
 
 def load_snapshot(path: str | os.PathLike) -> Hardware:
     """The Hardware recorded in a snapshot file; its source is the path. Bad files raise a one-line ShardwiseError."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ShardwiseError(f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe probe.save=FILE`")
     if not file.is_file():
         raise ShardwiseError(f"hardware snapshot {str(path)!r} does not exist: record one with `shardwise probe probe.save={path}`")
     try:
@@ -86,6 +133,7 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
     if not isinstance(data["devices"], list):
         raise _snapshot_error(path, "has 'devices' that is not a list")
     data["devices"] = [_check_device(path, i, d) for i, d in enumerate(data["devices"])]
+    _check_host(path, data)
     data["source"] = str(path)
     try:
         return Hardware.from_dict(data)

@@ -13,10 +13,13 @@ it does not fit, the plan's fallback chain (smaller model, then CPU) is walked, 
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Callable, Iterator
 
 from planner.errors import ShardwiseError
@@ -29,7 +32,52 @@ def _notice(line: str) -> None:
     print(f"shardwise: {line}", file=sys.stderr, flush=True)
 
 
-_UNITS = {"gib": 1 << 30, "gb": 10**9, "mib": 1 << 20, "mb": 10**6, "b": 1}
+# (field, check, what it must be, an example): the ranges of OpenAI's chat completions API.
+_SAMPLING_RULES = (
+    ("max_tokens", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "256"),
+    ("temperature", lambda v: _is_real(v) and 0 <= v <= 2, "a number from 0 (greedy) to 2", "0.7"),
+    ("top_p", lambda v: _is_real(v) and 0 < v <= 1, "a number above 0 and at most 1", "1.0"),
+    ("presence_penalty", lambda v: _is_real(v) and -2 <= v <= 2, "a number from -2 to 2", "0"),
+    ("frequency_penalty", lambda v: _is_real(v) and -2 <= v <= 2, "a number from -2 to 2", "0"),
+    ("seed", lambda v: v is None or (_is_int(v) and -(2**63) <= v < 2**63), "null or a 64-bit integer", "1234"),
+    ("stop", lambda v: isinstance(v, list) and all(isinstance(s, str) and s for s in v), "a list of non-empty strings", "[END]"),
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampling(params: SamplingParams, prefix: str = "") -> SamplingParams:
+    """`params` as plain ints and floats when generation can use every value, else a one-line ShardwiseError.
+
+    The error names `prefix + field`: the CLI passes prefix="generation." so the message names the
+    override to fix; the API and the REPL pass "". The server checks requests itself (runner.openai_schema).
+    """
+    for name, ok, must_be, example in _SAMPLING_RULES:
+        value = getattr(params, name)
+        if not ok(value):
+            raise ShardwiseError(f"{prefix}{name}={value!r} must be {must_be}: use e.g. {prefix}{name}={example}")
+    return replace(params, max_tokens=int(params.max_tokens), temperature=float(params.temperature), top_p=float(params.top_p),
+                   seed=None if params.seed is None else int(params.seed), stop=list(params.stop),
+                   presence_penalty=float(params.presence_penalty), frequency_penalty=float(params.frequency_penalty))
+
+
+def checked_messages(messages) -> list[dict]:
+    """Chat messages checked the way the server checks them (roles, text content); a one-line ShardwiseError otherwise."""
+    from runner.openai_schema import APIError, _messages
+
+    try:
+        return _messages(list(messages) if isinstance(messages, tuple) else messages)
+    except APIError as exc:
+        raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
+
+
+_UNITS = {"tib": 1 << 40, "tb": 10**12, "gib": 1 << 30, "gb": 10**9, "mib": 1 << 20, "mb": 10**6, "kib": 1 << 10, "kb": 10**3, "b": 1}
 
 
 def parse_max_memory(max_memory: dict | None) -> dict:
@@ -43,8 +91,11 @@ def parse_max_memory(max_memory: dict | None) -> dict:
         unit = next((u for u in _UNITS if text.endswith(u)), None)
         try:
             caps[str(device)] = int(float(text[: -len(unit)] if unit else text) * _UNITS[unit or "b"])
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ShardwiseError(f"max_memory[{device!r}]={value!r} is not a size: write bytes or e.g. '20GiB'") from None
+    for device, cap in caps.items():
+        if cap <= 0:
+            raise ShardwiseError(f"max_memory[{device!r}] must be a positive size, got {cap} bytes: write e.g. '20GiB'")
     return caps
 
 
@@ -78,8 +129,29 @@ def plan_that_fits(plan, *, notice: Callable[[str], None] = _notice, plan_fallba
         if candidate.fits:
             notice(f"{why}: using {candidate.model.name} on {candidate.hardware.get('source')} ({entry.get('reason', '')})")
             return candidate
-    fixes = "; ".join(binding.get("fixes", [])) or "use a smaller model or more GPUs"
+    fixes = "; ".join(fix_texts(binding)) or "use a smaller model or more GPUs"
     raise ShardwiseError(f"{why} and no fallback fits either: {fixes}")
+
+
+def fix_texts(binding: dict | None) -> list[str]:
+    """The plan's "what would make it fit" lines; a fix is a {"text", "overrides"} dict or a plain string."""
+    return [str(f.get("text", f)) if isinstance(f, dict) else str(f) for f in (binding or {}).get("fixes", [])]
+
+
+def _make_plan(**kwargs):
+    """planner.api.make_plan, with what Hydra refuses in `overrides` turned into a one-line ShardwiseError."""
+    from planner.api import make_plan
+    from planner.hydra_app import composition_error
+
+    try:
+        return make_plan(**kwargs)
+    except ShardwiseError:
+        raise
+    except Exception as exc:
+        error = composition_error(exc, "plan")
+        if error is None:
+            raise
+        raise error from None
 
 
 class OpenAIChat:
@@ -92,11 +164,11 @@ class OpenAIChat:
         from runner.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.session import ChatSession
 
+        if defaults is not None:
+            defaults = check_sampling(defaults)
         if plan is None:
-            from planner.api import make_plan
-
             hw = "cpu" if use_cpu else (hardware or "auto")
-            plan = make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
+            plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
         self.recovery = recovery or RecoveryPolicy()
         plan = plan_that_fits(plan, notice=notice, plan_fallback=self.recovery.plan_fallback,
                               caps=parse_max_memory(max_memory))
@@ -113,24 +185,26 @@ class OpenAIChat:
         return self.session.plan
 
     def _params(self, max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty) -> SamplingParams:
+        """The request's sampling values over the defaults, checked (a one-line ShardwiseError names a bad one)."""
         base = self.session.defaults
         if isinstance(stop, str):
             stop = [stop]
         pick = lambda value, default: default if value is _UNSET or value is None else value  # noqa: E731
-        return SamplingParams(
-            max_tokens=int(pick(max_tokens, base.max_tokens)),
-            temperature=float(pick(temperature, base.temperature)),
-            top_p=float(pick(top_p, base.top_p)),
+        stops = pick(stop, base.stop)
+        return check_sampling(SamplingParams(
+            max_tokens=pick(max_tokens, base.max_tokens),
+            temperature=pick(temperature, base.temperature),
+            top_p=pick(top_p, base.top_p),
             seed=None if seed is _UNSET else seed,
-            stop=list(pick(stop, base.stop)),
-            presence_penalty=float(pick(presence_penalty, base.presence_penalty)),
-            frequency_penalty=float(pick(frequency_penalty, base.frequency_penalty)),
-        )
+            stop=list(stops) if isinstance(stops, (list, tuple)) else stops,
+            presence_penalty=pick(presence_penalty, base.presence_penalty),
+            frequency_penalty=pick(frequency_penalty, base.frequency_penalty),
+        ))
 
     def completion(self, messages: list[dict], *, max_tokens=_UNSET, temperature=_UNSET, top_p=_UNSET, seed=_UNSET,
                    stop=_UNSET, presence_penalty=_UNSET, frequency_penalty=_UNSET) -> Completion:
         params = self._params(max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty)
-        return self.session.generate(list(messages), params)
+        return self.session.generate(checked_messages(messages), params)
 
     def chat(self, messages: list[dict], max_tokens=100, **sampling) -> str:
         """The assistant's reply text (the seed's `chat.chat(messages, max_tokens=100)`)."""
@@ -145,7 +219,7 @@ class OpenAIChat:
         params = self._params(max_tokens, *(sampling.get(k, _UNSET) for k in
                               ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")))
         cancel = threading.Event()
-        text_stream = self.session.stream(list(messages), params, cancel=cancel)
+        text_stream = self.session.stream(checked_messages(messages), params, cancel=cancel)
         return _chunks(text_stream, self.model_name)
 
     def clear_memory(self) -> None:
@@ -212,6 +286,7 @@ def create_chat_completion(model: str = "gpt2", messages: list[dict] = (), max_t
     """OpenAI-shaped dict (or an iterator of chunk dicts with stream=True); one loaded model per (model, hardware)."""
     if not messages:
         raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
+    messages = checked_messages(messages)
     chat = _cached_chat(model, use_cpu, hardware, model_path)
     if stream:
         return chat.stream(messages, max_tokens=max_tokens, temperature=temperature, **sampling)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from planner.hydra_app import run_verb
+from planner.errors import ShardwiseError
+from planner.hydra_app import flag, run_verb
 
 
 def _notice(line: str) -> None:
@@ -27,7 +28,7 @@ def build_plan(cfg):
 
     if cfg.plan_file:
         plan = Plan.load(cfg.plan_file)
-        if not cfg.replan:
+        if not flag(cfg, "replan"):
             from runner.loader import check_fresh
 
             check_fresh(plan, str(cfg.plan_file))
@@ -47,11 +48,37 @@ def build_plan(cfg):
 
 
 def sampling_defaults(cfg):
+    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
+    from runner.api import check_sampling
     from runner.types import SamplingParams
 
     gen = cfg.generation
-    return SamplingParams(max_tokens=int(gen.max_tokens), temperature=float(gen.temperature), top_p=float(gen.top_p),
-                          seed=None if gen.seed is None else int(gen.seed), stop=list(gen.stop or []))
+    return check_sampling(SamplingParams(max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                         seed=gen.seed, stop=list(gen.stop or [])), prefix="generation.")
+
+
+def max_memory_caps(cfg) -> dict:
+    """max_memory={0: 20GiB, cpu: 30GiB} as byte caps; anything but a mapping is a one-line error."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from runner.api import parse_max_memory
+
+    value = cfg.get("max_memory")
+    if value is None:
+        return {}
+    if not isinstance(value, DictConfig):
+        raise ShardwiseError(f"max_memory={value!r} is not a per-device mapping: write e.g. 'max_memory={{0: 20GiB, cpu: 30GiB}}'")
+    return parse_max_memory(OmegaConf.to_container(value))
+
+
+def read_prompt(cfg) -> str | None:
+    """The one prompt to answer (prompt=..., else a piped stdin), None for the REPL; an empty one is an error."""
+    prompt = cfg.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    if prompt is not None and not str(prompt).strip():
+        raise ShardwiseError("the prompt is empty: pass prompt=\"...\" or pipe text into shardwise chat")
+    return None if prompt is None else str(prompt)
 
 
 def answer_once(session, prompt: str, stream: bool) -> None:
@@ -72,32 +99,29 @@ def answer_once(session, prompt: str, stream: bool) -> None:
 
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    from runner.api import parse_max_memory, plan_that_fits
+    from runner.api import plan_that_fits
     from runner.loader import set_runtime_env
     from runner.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.session import ChatSession
     from runner.telemetry import Telemetry
 
+    # Everything the user typed is checked before the (slow) model load.
+    defaults = sampling_defaults(cfg)
+    caps = max_memory_caps(cfg)
+    stream, metrics_on = flag(cfg, "stream"), flag(cfg, "metrics")
+    flag(cfg, "replan")
+    prompt = read_prompt(cfg)
     set_runtime_env(cfg.alloc_conf, _notice)  # before anything can touch CUDA
-    caps = parse_max_memory(OmegaConf.to_container(cfg.max_memory) if cfg.max_memory else None)
     plan = plan_that_fits(build_plan(cfg), notice=_notice, caps=caps)
     policy = RecoveryPolicy()
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
-    metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if cfg.metrics else None
-    session = ChatSession(loaded, defaults=sampling_defaults(cfg), plan=loaded.plan,
+    metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None
+    session = ChatSession(loaded, defaults=defaults, plan=loaded.plan,
                           system_prompt=cfg.generation.system_prompt, recovery=policy, on_notice=_notice,
                           telemetry=Telemetry(metrics))
-    prompt = cfg.prompt
-    if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read()
     if prompt is not None:
-        if not str(prompt).strip():
-            from planner.errors import ShardwiseError
-
-            raise ShardwiseError("the prompt is empty: pass prompt=\"...\" or pipe text into shardwise chat")
-        answer_once(session, str(prompt), bool(cfg.stream))
+        answer_once(session, prompt, stream)
         return
     from runner.repl import Repl
 

@@ -36,6 +36,8 @@ def task(cfg) -> None:
     from omegaconf import OmegaConf
 
     settings: L.LaunchSettings = OmegaConf.to_object(cfg.launch)
+    check_settings(settings)
+    check_generation(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     notes: list[str] = []
     if cfg.plan_file:
@@ -49,10 +51,12 @@ def task(cfg) -> None:
         plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
         plan_path = plan.save(out_dir / "plan.json")
     if not plan.fits:
+        from runner.api import fix_texts
+
         binding = plan.binding or {}
         raise ShardwiseError(
-            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on {binding.get('device', '?')}): "
-            f"see `shardwise plan` for what would make it fit ({'; '.join(binding.get('fixes', [])[:2]) or 'shorter context, more GPUs'})"
+            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device {binding.get('device', '?')}): "
+            f"see `shardwise plan` for what would make it fit ({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
         )
     if settings.cpu_tp_size:
         plan = rehearsal_plan(plan, settings.cpu_tp_size)
@@ -82,11 +86,53 @@ def task(cfg) -> None:
     if settings.dry_run:
         print_dry_run(plan, plan_path, engine, commands, settings, notes)
         return
+    if not cfg.plan_file:  # a fresh plan for a tier this machine lacks: refuse here, not in the child
+        notes += check_hardware(plan, settings)
     for note in notes:
         print(f"shardwise launch: note: {note}", file=sys.stderr)
     rc = execute(plan, engine, commands, settings)
     if rc:
         raise SystemExit(rc)
+
+
+def _port_ok(port) -> bool:
+    return isinstance(port, int) and 1 <= port <= 65535
+
+
+def check_settings(settings: L.LaunchSettings) -> None:
+    """launch.* values no engine could use are one-line errors before anything is planned or started."""
+    slurm = settings.slurm
+    checks = [
+        (_port_ok(settings.port), "launch.port", settings.port, "use a TCP port from 1 to 65535"),
+        (_port_ok(settings.master_port), "launch.master_port", settings.master_port, "use a TCP port from 1 to 65535"),
+        (_port_ok(settings.ray_port), "launch.ray_port", settings.ray_port, "use a TCP port from 1 to 65535"),
+        (settings.node_rank is None or settings.node_rank >= 0, "launch.node_rank", settings.node_rank, "use 0 for the first node, 1 for the next, ..."),
+        (settings.cpu_tp_size >= 0, "launch.cpu_tp_size", settings.cpu_tp_size, "use 0 (off) or 2 or more ranks"),
+        (settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1, "launch.gpu_memory_utilization",
+         settings.gpu_memory_utilization, "use a fraction above 0 and at most 1, or null for the plan's"),
+        (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
+        (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
+        (slurm.mem_gib_per_gpu >= 1, "launch.slurm.mem_gib_per_gpu", slurm.mem_gib_per_gpu, "use GiB >= 1"),
+    ]
+    for ok, key, value, fix in checks:
+        if not ok:
+            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
+    if settings.rdzv_endpoint:
+        host, _, port = str(settings.rdzv_endpoint).rpartition(":")
+        if not host or not port.isdigit() or not _port_ok(int(port)):
+            raise ShardwiseError(f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: write e.g. launch.rdzv_endpoint=node0.cluster:29400")
+    if any(not str(p).strip() for p in settings.prompt):
+        raise ShardwiseError(f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it")
+
+
+def check_generation(cfg) -> None:
+    """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
+    from runner.api import check_sampling
+    from runner.types import SamplingParams
+
+    g = cfg.generation
+    check_sampling(SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
+                                  stop=list(g.stop or [])), prefix="generation.")
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:

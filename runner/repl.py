@@ -3,7 +3,8 @@
 Type a message and press Enter; a message spanning several lines goes between two lines of
 three double quotes. Ctrl+C while a reply streams stops that reply (the partial reply is kept),
 Ctrl+C at the prompt clears the line, Ctrl+D or /exit leaves. Input lines are remembered across
-runs in a readline history file. After each reply a dim line shows tokens, time to first token
+runs in a readline history file. A bad /set value, an unwritable /save path, a malformed /load
+file or a failed reply prints one line and the chat goes on with its conversation intact. After each reply a dim line shows tokens, time to first token
 and tokens/s.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from runner.api import check_sampling, checked_messages
 from runner.session import with_overrides
 from runner.types import SamplingParams
 
@@ -135,14 +137,19 @@ class Repl:
             return
         try:
             if key == "seed" and value.lower() in ("none", "null", "-"):
-                self.params = with_overrides(self.params)
-                self.params.seed = None
+                params = with_overrides(self.params)
+                params.seed = None
             elif key == "stop":
-                self.params = with_overrides(self.params, stop=[] if value == "-" else [*self.params.stop, value])
+                params = with_overrides(self.params, stop=[] if value == "-" else [*self.params.stop, value])
             else:
-                self.params = with_overrides(self.params, **{key: _SETTABLE[key](value)})
+                params = with_overrides(self.params, **{key: _SETTABLE[key](value)})
         except ValueError:
             self.console.print(f"/set {key}: {value!r} is not a {_SETTABLE[key].__name__}", markup=False)
+            return
+        try:
+            self.params = check_sampling(params)
+        except ShardwiseError as exc:  # out of range: keep the settings as they were
+            self.console.print(f"/set {key}: {exc}", markup=False)
             return
         self.console.print(f"[dim]{key} = {getattr(self.params, key)}[/dim]")
 
@@ -152,7 +159,11 @@ class Repl:
             return
         data = {"system_prompt": self.session.system_prompt, "messages": self.session.history,
                 "params": asdict(self.params), "model": self.session.loaded.name}
-        Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
+        try:
+            Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            self.console.print(f"cannot save to {path} ({exc.strerror or exc}): choose a writable /save FILE", markup=False)
+            return
         self.console.print(f"[dim]saved {len(self.session.history)} messages to {path}[/dim]")
 
     def _load(self, path: str) -> None:
@@ -161,14 +172,23 @@ class Repl:
             return
         try:
             data = json.loads(Path(path).expanduser().read_text())
-            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a {type(data).__name__}, not what /save writes")
+            messages = checked_messages(data["messages"]) if data["messages"] else []
+            system_prompt = data.get("system_prompt")
+            if system_prompt is not None and not isinstance(system_prompt, str):
+                raise ValueError(f"system_prompt is {system_prompt!r}, not a string")
+            known = {f.name for f in fields(SamplingParams)}
+            saved = data.get("params") or {}
+            if not isinstance(saved, dict):
+                raise ValueError(f"params is {saved!r}, not an object")
+            params = check_sampling(SamplingParams(**{k: v for k, v in saved.items() if k in known}))
+        except (OSError, ValueError, KeyError, TypeError, ShardwiseError) as exc:
             self.console.print(f"cannot load {path}: {exc}", markup=False)
             return
         self.session.history = messages
-        self.session.system_prompt = data.get("system_prompt")
-        known = {f.name for f in fields(SamplingParams)}
-        self.params = SamplingParams(**{k: v for k, v in (data.get("params") or {}).items() if k in known})
+        self.session.system_prompt = system_prompt
+        self.params = params
         self.console.print(f"[dim]loaded {len(messages)} messages from {path}[/dim]")
 
     def _stats(self) -> None:
@@ -190,22 +210,29 @@ class Repl:
 
     # -- replies -----------------------------------------------------------------------------
     def reply(self, text: str) -> None:
-        stream = self.session.send(text, self.params, stream=True)
+        stream = None
         try:
+            stream = self.session.send(text, self.params, stream=True)
             for delta in stream:
                 self.out.write(delta)
                 self.out.flush()
         except KeyboardInterrupt:
-            stream.close()
+            if stream is not None:
+                stream.close()
             self.out.write("\n")
             self.console.print("[dim]\\[stopped][/dim]")
         except ShardwiseError as exc:
             self.out.write("\n")
             self.console.print(f"error: {exc}", markup=False)
             return
+        except Exception as exc:  # an unexpected failure of one turn must not end the chat and lose the conversation
+            self.out.write("\n")
+            self.console.print(f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, /save it if in doubt",
+                               markup=False)
+            return
         else:
             self.out.write("\n")
-        completion = stream.completion
+        completion = stream.completion if stream is not None else None
         if completion is not None:
             self.console.print(f"[dim]{stats_line(completion)}[/dim]")
 

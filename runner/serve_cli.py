@@ -16,6 +16,7 @@ load stops the server with its one-line reason.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -78,6 +79,7 @@ def settings_from_config(cfg):
     from runner.server import ServeSettings
 
     block = read_serve_block(cfg.get("serve"))
+    sampling_defaults(cfg)  # a bad generation.* default is refused now, not on every request
     generation = cfg.generation
     defaults = Defaults(
         max_tokens=int(generation.max_tokens),
@@ -100,10 +102,13 @@ def settings_from_config(cfg):
 
 
 def sampling_defaults(cfg):
+    """generation.* as SamplingParams, checked (a bad value is a one-line error naming its override)."""
+    from runner.api import check_sampling
     from runner.types import SamplingParams
 
     g = cfg.generation
-    return SamplingParams(max_tokens=int(g.max_tokens), temperature=float(g.temperature), top_p=float(g.top_p), seed=g.seed, stop=list(g.stop))
+    return check_sampling(SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
+                                         stop=list(g.stop or [])), prefix="generation.")
 
 
 def _hardware_choice(cfg) -> str:
@@ -163,7 +168,11 @@ def model_sources(cfg) -> list:
         from runner.loader import check_fresh
 
         primary_plan = Plan.load(cfg.plan_file)
-        check_fresh(primary_plan, str(cfg.plan_file))
+        try:
+            check_fresh(primary_plan, str(cfg.plan_file))
+        except ShardwiseError as exc:  # serve has no replan=true: say what works here
+            stale = str(exc).split(": review a new plan", 1)[0]
+            raise ShardwiseError(f"{stale}: review a new plan with `shardwise plan`, or serve without plan_file= to plan afresh here") from None
         primary_plan = _fitting(primary_plan)
         primary_aliases: tuple[str, ...] = ()
     else:
@@ -208,7 +217,12 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ShardwiseError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another serve.port or stop what uses it") from None
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            fix = "choose another serve.port or stop what uses it"
+        else:  # the address itself: a name that does not resolve, an IP this machine does not have
+            fix = "set serve.host to an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        raise ShardwiseError(f"cannot listen on {host}:{port} ({reason}): {fix}") from None
     return sock
 
 
