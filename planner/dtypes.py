@@ -141,6 +141,11 @@ FLASH_ATTN3_HUB = "kernels-community/vllm-flash-attn3"
 
 def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: bool) -> Choice:
     on_gpu = bool(hw.devices)
+    if requested == "flash_attention_2" and on_gpu and _gpu_cc_summary(hw)[0] < (8, 0):
+        cc, name = _gpu_cc_summary(hw)
+        raise ShardwiseError(
+            f"flash_attention_2 needs compute capability >= 8.0, {name} has {cc[0]}.{cc[1]}: use policy.attn_implementation=sdpa or auto"
+        )
     if requested == "flash_attention_2" and not on_gpu:
         raise ShardwiseError("attn_implementation=flash_attention_2 needs a CUDA GPU: use policy.attn_implementation=sdpa or auto")
     if requested == "sdpa" and model_type in EAGER_ONLY:

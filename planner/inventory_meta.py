@@ -20,6 +20,12 @@ def _fail(model_type: str, why: str) -> ShardwiseError:
     )
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def _build(model_type: str, arch: dict, dtype: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -28,7 +34,11 @@ def _build(model_type: str, arch: dict, dtype: str):
     try:
         config = AutoConfig.for_model(model_type, **kwargs)
     except Exception as err:  # transformers raises ValueError/KeyError/strict-validation errors alike
-        raise _fail(model_type, f"transformers does not know it ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        from transformers import CONFIG_MAPPING
+
+        if model_type not in CONFIG_MAPPING:
+            raise _fail(model_type, f"transformers {_transformers_version()} has no model type of that name") from None
+        raise _fail(model_type, f"transformers rejects its config ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))

@@ -118,6 +118,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
+        if not isinstance(data, dict) or "schema_version" not in data or "model" not in data:
+            raise ShardwiseError("this is not a plan file (no schema_version/model): write one with `shardwise plan out=plan.json`")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ShardwiseError(f"plan schema_version {version!r} is not {SCHEMA_VERSION}: re-create it with `shardwise plan`")

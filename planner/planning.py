@@ -51,9 +51,12 @@ def _parse_context(value, max_ctx: int) -> int | None:
     if text == "auto":
         return None
     try:
-        tokens = int(text)
+        number = float(text)
     except ValueError:
         raise ShardwiseError(f"policy.context_tokens={value!r} is neither a number nor auto: use e.g. policy.context_tokens=8192") from None
+    if not number.is_integer():
+        raise ShardwiseError(f"policy.context_tokens={value!r} is not a whole number of tokens: use e.g. policy.context_tokens=8192")
+    tokens = int(number)
     if tokens <= 0:
         raise ShardwiseError(f"policy.context_tokens={tokens} must be positive: use e.g. policy.context_tokens=8192 or auto")
     if tokens > max_ctx:
@@ -218,12 +221,12 @@ class Planner:
         for t in sizes:
             attempts.append(Attempt("tensor_parallel", lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
                                     gpus=t, tp_size=t))
-        if self.hw.nodes > 1 and _divides(per_node, inv):
+        if self.hw.nodes > 1 and per_node > 1 and _divides(per_node, inv):
             for nodes in range(2, self.hw.nodes + 1):
                 stages = [self._gpu_entries(n)[0] for n in range(nodes)]
                 attempts.append(Attempt("tensor_parallel", lambda c, k, st=stages: layout_layers(inv, cost, st, c, k, shard=per_node),
                                         gpus=per_node * nodes, tp_size=per_node, pp_size=nodes, nodes=nodes))
-        elif self.hw.nodes > 1:
+        elif self.hw.nodes > 1 and per_node > 1:
             self.decide("tensor_parallel", "no", f"head counts ({inv.num_attention_heads}, {inv.num_kv_heads} kv) do not divide by {per_node} GPUs per node")
         if explicit and not attempts:
             raise ShardwiseError(
@@ -433,7 +436,7 @@ class Planner:
         limits = Limits(
             context_tokens=context,
             sessions=int(self.policy.sessions),
-            max_new_tokens=min(int(self.generation.max_tokens), context),
+            max_new_tokens=context,  # a reply may use whatever context the prompt leaves; generation.max_tokens is the default
             kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
             prefill_chunk_tokens=chunk if chunk < context else 0,
         )
@@ -467,7 +470,7 @@ class Planner:
         while name and name not in seen:
             seen.add(name)
             profile = load_profile(name)
-            sub = Planner(spec_from_config(profile), self.hw, self.policy, self.generation, with_fallbacks=False, cap_context=True).plan()
+            sub = Planner(spec_from_config(profile), self.hw, _lenient(self.policy), self.generation, with_fallbacks=False, cap_context=True).plan()
             chain.append({"model": name, "hardware": "same", "fits": sub.fits,
                           "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here ({sub.strategy}, {sub.limits.context_tokens} tokens)"})
             name = profile.fallback
@@ -475,6 +478,15 @@ class Planner:
             last = chain[-1]["model"] if chain else self.spec.name
             chain.append({"model": last, "hardware": "cpu", "fits": None, "reason": "no GPU memory needed: run on the CPU (slow)"})
         return chain
+
+
+def _lenient(policy):
+    """The policy for other models than the one asked for: quantization=keep applies to that model only."""
+    if _value(policy.quantization) != "keep":
+        return policy
+    from planner.fixes import PolicyOverride
+
+    return PolicyOverride(policy, quantization="auto")
 
 
 def _value(setting) -> str:
@@ -518,7 +530,7 @@ def plan_auto_model(cfg, hardware: Hardware) -> Plan:
     requested = str(cfg.policy.context_tokens)
     for name in candidates:
         profile = load_profile(name)
-        plan = Planner(spec_from_config(profile), hardware, cfg.policy, cfg.generation, cap_context=True).plan()
+        plan = Planner(spec_from_config(profile), hardware, _lenient(cfg.policy), cfg.generation, cap_context=True).plan()
         short = requested.isdigit() and plan.limits.context_tokens < int(requested)
         if (plan.fits and not short) or name == candidates[-1]:
             if plan.fits and not short:

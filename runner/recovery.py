@@ -99,11 +99,17 @@ def next_fallback(chain: list[dict], policy: RecoveryPolicy, notice: Callable[[s
     return None
 
 
+_MISSING_WEIGHTS = ("couldn't connect", "could not connect", "not a valid model identifier", "does not appear to have",
+                    "no such file", "couldn't find", "not found", "offline")
+
+
+def _weights_missing(error: str) -> bool:
+    return isinstance(error, str) and any(text in error.lower() for text in _MISSING_WEIGHTS)
+
+
 def _load_fix(error: str, plan) -> str:
     """What to do about a failed load: fetch the weights when they were missing, else make room."""
-    missing = ("couldn't connect", "could not connect", "not a valid model identifier", "does not appear to have",
-               "no such file", "couldn't find", "not found", "offline")
-    if isinstance(error, str) and any(text in error.lower() for text in missing):
+    if _weights_missing(error):
         return (f"the weights are not here: download them first (hf download {plan.model.source}) or point "
                 f"model.path=DIR at a local copy; HF_HUB_OFFLINE=1 skips the network retries")
     return "use a smaller model, hardware=cpu, or allow offload (policy.allow_cpu_offload=true)"
@@ -125,10 +131,11 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
         first_error = _one_line(exc)
     found = next_fallback(list(plan.fallbacks), policy, notice, f"loading {plan.model.name} failed ({first_error})", plan)
     if found is None:
-        raise MemoryExhaustedError(
-            f"could not load {plan.model.name} ({first_error}) nor any of its {len(plan.fallbacks)} fallback(s): "
-            + _load_fix(first_error, plan)
-        )
+        message = (f"could not load {plan.model.name} ({first_error}) nor any of its {len(plan.fallbacks)} fallback(s): "
+                   + _load_fix(first_error, plan))
+        if _weights_missing(first_error):
+            raise ShardwiseError(message)  # nothing to do with memory: exit 2, not the out-of-memory status
+        raise MemoryExhaustedError(message)
     return found[1]
 
 

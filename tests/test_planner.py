@@ -327,3 +327,24 @@ def test_pcie_nodes_without_tensor_parallel_pipeline_across_nodes():
     assert plan.nodes > 1 and plan.pp_size % plan.nodes == 0 and len(plan.budget) == plan.pp_size
     assert plan.device_map == {}  # ranks load their own stages: no single-process device_map
     assert any(d.what == "tensor_parallel" and "pcie" in d.reason for d in plan.decisions)
+
+
+def test_quantization_keep_applies_to_the_asked_model_not_its_unquantized_fallbacks():
+    plan = make_plan("gpt-oss-120b", "h100_80gb", ["policy.quantization=keep"])
+    assert plan.fits and plan.model.quantization.kept
+    assert [f["model"] for f in plan.fallbacks][:3] == ["gpt-oss-20b", "gpt2-medium", "gpt2"]
+
+
+def test_a_whole_number_context_written_as_a_float_is_accepted():
+    assert make_plan("llama-3.1-8b", "h100_80gb", ["policy.context_tokens=8e3"]).limits.context_tokens == 8000
+
+
+def test_flash_attention_2_is_refused_below_ampere():
+    cfg = compose("plan", ["model=gpt2", "hardware=t4", "policy.attn_implementation=flash_attention_2"])
+    with pytest.raises(ShardwiseError, match="flash_attention_2 needs compute capability >= 8.0"):
+        plan_from_config(cfg, resolve_hardware(cfg.hardware, name="t4"))
+
+
+def test_a_reply_may_use_the_whole_context_the_prompt_leaves():
+    plan = make_plan("llama-3.1-8b", "h100_80gb", ["policy.context_tokens=8192", "generation.max_tokens=16"])
+    assert plan.limits.max_new_tokens == 8192  # generation.max_tokens is only the default per request
