@@ -190,7 +190,8 @@ def _reporting(verb: str, task_started: list, original: Callable) -> Callable:
                     f"cannot create {str(where)!r} ({exc.strerror or exc}): run shardwise from a writable directory or set hydra.run.dir=DIR"
                 )
             if error is None:
-                return original(lambda: _reraise(exc))  # Hydra's own report for everything else
+                caught = exc
+                return original(lambda: _reraise(caught))  # Hydra's own report for everything else
             fail(verb, str(error))
 
     return run_and_report

@@ -9,7 +9,6 @@ out=DIR (an existing directory) writes DIR/plan.json; a path that cannot be writ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from planner.errors import ShardwiseError

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from planner.errors import ShardwiseError
 from planner.plan import Plan
