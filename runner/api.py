@@ -138,6 +138,13 @@ def fix_texts(binding: dict | None) -> list[str]:
     return [str(f.get("text", f)) if isinstance(f, dict) else str(f) for f in (binding or {}).get("fixes", [])]
 
 
+def sampling_defaults(generation) -> SamplingParams:
+    """The `generation` config node as checked SamplingParams (a bad value is one line naming its override)."""
+    return check_sampling(SamplingParams(max_tokens=generation.max_tokens, temperature=generation.temperature,
+                                         top_p=generation.top_p, seed=generation.seed, stop=list(generation.stop or [])),
+                          prefix="generation.")
+
+
 def _make_plan(**kwargs):
     """planner.api.make_plan, with what Hydra refuses in `overrides` turned into a one-line ShardwiseError."""
     from planner.api import make_plan
@@ -166,6 +173,10 @@ class OpenAIChat:
 
         if defaults is not None:
             defaults = check_sampling(defaults)
+        elif any(o.lstrip("+~").startswith("generation.") for o in overrides):
+            from planner.api import compose
+
+            defaults = sampling_defaults(compose("plan", list(overrides)).generation)
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
@@ -195,7 +206,7 @@ class OpenAIChat:
             max_tokens=pick(max_tokens, base.max_tokens),
             temperature=pick(temperature, base.temperature),
             top_p=pick(top_p, base.top_p),
-            seed=None if seed is _UNSET else seed,
+            seed=pick(seed, base.seed),
             stop=list(stops) if isinstance(stops, (list, tuple)) else stops,
             presence_penalty=pick(presence_penalty, base.presence_penalty),
             frequency_penalty=pick(frequency_penalty, base.frequency_penalty),
@@ -214,13 +225,16 @@ class OpenAIChat:
         """The full OpenAI `chat.completion` object as a dict."""
         return completion_dict(self.completion(messages, max_tokens=max_tokens, **sampling), self.model_name)
 
-    def stream(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> Iterator[dict]:
-        """`chat.completion.chunk` dicts: role first, then content deltas, then finish_reason (and usage)."""
+    def stream(self, messages: list[dict], max_tokens=_UNSET, *, include_usage: bool = False, **sampling) -> Iterator[dict]:
+        """`chat.completion.chunk` dicts as OpenAI streams them: the role, content deltas, one chunk with the
+        finish_reason and an empty delta, then (include_usage) a usage chunk with no choices.
+
+        Generation starts when the first chunk is asked for, and stops when the iterator is closed.
+        """
         params = self._params(max_tokens, *(sampling.get(k, _UNSET) for k in
                               ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")))
-        cancel = threading.Event()
-        text_stream = self.session.stream(checked_messages(messages), params, cancel=cancel)
-        return _chunks(text_stream, self.model_name)
+        messages = checked_messages(messages)
+        return _chunks(lambda: self.session.stream(messages, params, cancel=threading.Event()), self.model_name, include_usage)
 
     def clear_memory(self) -> None:
         self.session.clear_memory()
@@ -245,25 +259,34 @@ def completion_dict(completion: Completion, model: str) -> dict:
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": completion.text},
-            "finish_reason": completion.finish_reason,
+            "finish_reason": openai_finish_reason(completion.finish_reason),
         }],
         "usage": _usage_dict(completion),
     }
 
 
-def _chunks(text_stream, model: str) -> Iterator[dict]:
+def openai_finish_reason(reason: str) -> str:
+    """OpenAI knows stop and length: a reply cancelled by its caller ended early, as at a stop."""
+    return "length" if reason == "length" else "stop"
+
+
+def _chunks(start_stream, model: str, include_usage: bool) -> Iterator[dict]:
     ident, created = _new_id(), int(time.time())
 
-    def chunk(delta: dict, finish_reason=None, **extra) -> dict:
+    def chunk(delta: dict, finish_reason=None) -> dict:
         return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
+    text_stream = start_stream()
     try:
         yield chunk({"role": "assistant", "content": ""})
         for delta in text_stream:
             yield chunk({"content": delta})
         completion = text_stream.completion
-        yield chunk({}, completion.finish_reason, usage=_usage_dict(completion))
+        yield chunk({}, openai_finish_reason(completion.finish_reason))
+        if include_usage:
+            yield {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [], "usage": _usage_dict(completion)}
     finally:
         text_stream.close()
 
@@ -288,8 +311,12 @@ def create_chat_completion(model: str = "gpt2", messages: list[dict] = (), max_t
         raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
     messages = checked_messages(messages)
     chat = _cached_chat(model, use_cpu, hardware, model_path)
+    stream_options = sampling.pop("stream_options", None) or {}
+    if stream_options and not stream:
+        raise ShardwiseError("stream_options is only allowed with stream=True")
     if stream:
-        return chat.stream(messages, max_tokens=max_tokens, temperature=temperature, **sampling)
+        return chat.stream(messages, max_tokens=max_tokens, temperature=temperature,
+                           include_usage=bool(stream_options.get("include_usage")), **sampling)
     return chat.create(messages, max_tokens=max_tokens, temperature=temperature, **sampling)
 
 

@@ -49,12 +49,9 @@ def build_plan(cfg):
 
 def sampling_defaults(cfg):
     """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
-    from runner.api import check_sampling
-    from runner.types import SamplingParams
+    from runner.api import sampling_defaults as from_generation
 
-    gen = cfg.generation
-    return check_sampling(SamplingParams(max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                                         seed=gen.seed, stop=list(gen.stop or [])), prefix="generation.")
+    return from_generation(cfg.generation)
 
 
 def max_memory_caps(cfg) -> dict:

@@ -127,12 +127,9 @@ def check_settings(settings: L.LaunchSettings) -> None:
 
 def check_generation(cfg) -> None:
     """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
-    from runner.api import check_sampling
-    from runner.types import SamplingParams
+    from runner.api import sampling_defaults
 
-    g = cfg.generation
-    check_sampling(SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
-                                  stop=list(g.stop or [])), prefix="generation.")
+    sampling_defaults(cfg.generation)
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:

@@ -2,8 +2,9 @@
 
 Every step is announced in one line and the conversation is kept (it lives in the session,
 and each retry renders it again). Tokens that already reached a stream reader are never
-silently regenerated: that case raises MemoryExhaustedError instead. A model that fails to load
-walks the same fallback chain (`load_with_fallbacks`).
+silently regenerated: that case raises MemoryExhaustedError instead. When no fallback loads, the
+model the ladder released is loaded again, so the next turn still works. A model that fails to
+load walks the same fallback chain (`load_with_fallbacks`).
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
     return found[1]
 
 
+def _reload(loaded, policy: RecoveryPolicy, notice: Callable[[str], None]) -> None:
+    """Put back the weights the ladder released when no fallback could take their place."""
+    if policy.load is None:
+        from runner.loader import load
+    else:
+        load = policy.load
+    notice(f"no fallback could be loaded: reloading {loaded.name} so the conversation can go on")
+    try:
+        loaded.model = load(loaded.plan).model
+    except BaseException as exc:
+        if not _load_failure(exc):
+            raise
+        clear_memory()
+        notice(f"reloading {loaded.name} failed ({_one_line(exc)}): it stays unloaded")
+
+
 def generate_with_recovery(session, attempt: Callable, params, *, emitted: Callable[[], int]):
     """Run `attempt(params)`, climbing the ladder on out-of-memory; the session may switch models."""
     policy = session.recovery
@@ -155,13 +172,16 @@ def generate_with_recovery(session, attempt: Callable, params, *, emitted: Calla
         except BaseException as exc:
             if not is_out_of_memory(exc):
                 raise
-            clear_memory()
             if emitted():
+                clear_memory()
                 raise MemoryExhaustedError(
                     f"out of memory after {emitted()} streamed chunk(s) of the reply on {session.loaded.name}: the reply is "
                     f"incomplete and was not retried; memory was freed, ask again with a smaller max_tokens"
                 ) from exc
             error = _one_line(exc)
+        # Outside the except block: the exception's traceback no longer pins the failed attempt's
+        # tensors (prompt ids, KV cache), so freeing memory really frees them.
+        clear_memory()
         if retries > 0:
             retries -= 1
             steps.append(f"out of memory on {session.loaded.name}: freed cached memory and retrying")
@@ -176,6 +196,7 @@ def generate_with_recovery(session, attempt: Callable, params, *, emitted: Calla
             clear_memory()
             found = next_fallback(chain, policy, notice, why, session.plan)
             if found is None:
+                _reload(old, policy, notice)
                 break
             session.swap_model(found[1], found[0])
             steps.append(f"{why}: continued on {session.loaded.name}")

@@ -192,15 +192,12 @@ class Repl:
         self.console.print(f"[dim]loaded {len(messages)} messages from {path}[/dim]")
 
     def _stats(self) -> None:
-        turns = self.session.telemetry.turns
-        prompt = sum(t["prompt_tokens"] for t in turns)
-        completion = sum(t["completion_tokens"] for t in turns)
-        speeds = [t["tokens_per_s"] for t in turns if t["tokens_per_s"]]
+        turns, totals = self.session.telemetry.turns, self.session.telemetry.totals
         lines = [f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
-                 f"{len(turns)} turns, {prompt} prompt + {completion} completion tokens, "
+                 f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, "
                  f"{len(self.session.history)} messages in the conversation"]
-        if speeds:
-            lines.append(f"mean {sum(speeds) / len(speeds):.1f} tok/s")
+        if totals["timed_turns"]:
+            lines.append(f"mean {totals['tokens_per_s_sum'] / totals['timed_turns']:.1f} tok/s")
         if turns:
             planned = turns[-1]["planned_bytes"]
             for device, peak in turns[-1]["peak_bytes"].items():

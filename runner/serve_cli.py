@@ -102,13 +102,10 @@ def settings_from_config(cfg):
 
 
 def sampling_defaults(cfg):
-    """generation.* as SamplingParams, checked (a bad value is a one-line error naming its override)."""
-    from runner.api import check_sampling
-    from runner.types import SamplingParams
+    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
+    from runner.api import sampling_defaults as from_generation
 
-    g = cfg.generation
-    return check_sampling(SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
-                                         stop=list(g.stop or [])), prefix="generation.")
+    return from_generation(cfg.generation)
 
 
 def _hardware_choice(cfg) -> str:

@@ -318,6 +318,13 @@ class ChatSession:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        from runner.recovery import MemoryExhaustedError
+
+        if self.loaded.model is None:
+            raise MemoryExhaustedError(
+                f"{self.loaded.name} was unloaded after running out of memory and could not be loaded again: "
+                f"restart with a smaller model or hardware=cpu"
+            )
         start = time.perf_counter()
         prompt_ids, dropped = self.fit_prompt(messages, params.max_tokens)
         notices = []

@@ -8,6 +8,8 @@ mark (Linux `VmHWM`, reset through /proc/self/clear_refs; elsewhere the process 
 
 from __future__ import annotations
 
+from collections import deque
+
 import json
 import resource
 import sys
@@ -44,11 +46,18 @@ def _cuda():
 
 
 class Telemetry:
-    """Measures turns; appends one JSON record per turn to `path` when given, keeps them all in `.turns`."""
+    """Measures turns; appends one JSON record per turn to `path` when given.
+
+    `.turns` keeps the latest RECENT_TURNS records and `.totals` counts every turn, so a
+    long-running server does not grow without bound.
+    """
+
+    RECENT_TURNS = 100
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
-        self.turns: list[dict] = []
+        self.turns: deque[dict] = deque(maxlen=self.RECENT_TURNS)
+        self.totals = {"turns": 0, "prompt_tokens": 0, "completion_tokens": 0, "tokens_per_s_sum": 0.0, "timed_turns": 0}
         self._host_peak_is_per_turn = False
 
     def begin(self) -> None:
@@ -85,6 +94,12 @@ class Telemetry:
             "host_peak_per_turn": self._host_peak_is_per_turn,
         }
         self.turns.append(record)
+        self.totals["turns"] += 1
+        self.totals["prompt_tokens"] += usage.prompt_tokens
+        self.totals["completion_tokens"] += usage.completion_tokens
+        if completion.tokens_per_s:
+            self.totals["tokens_per_s_sum"] += completion.tokens_per_s
+            self.totals["timed_turns"] += 1
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as handle:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import runner
-from runner.api import OpenAIChat, create_chat_completion, parse_max_memory, plan_that_fits
+from runner.api import _UNSET, OpenAIChat, create_chat_completion, parse_max_memory, plan_that_fits
 from tiny_models import tiny_gpt2, tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,14 +57,34 @@ def test_create_returns_an_openai_chat_completion(chat):
 def test_create_chat_completion_streams_chunks_that_add_up(dirs):
     kwargs = dict(model_path=str(dirs["llama"]), use_cpu=True, messages=MESSAGES, max_tokens=8, temperature=0)
     whole = create_chat_completion(**kwargs)
-    chunks = list(create_chat_completion(stream=True, **kwargs))
+    chunks = list(create_chat_completion(stream=True, stream_options={"include_usage": True}, **kwargs))
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
     assert text == whole["choices"][0]["message"]["content"]
-    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
-    assert chunks[-1]["usage"] == whole["usage"]
+    # as OpenAI streams: one chunk with the finish_reason and an empty delta, then usage with no choices
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": whole["choices"][0]["finish_reason"]}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    without_usage = list(create_chat_completion(stream=True, **kwargs))
+    assert "usage" not in without_usage[-1] and without_usage[-1]["choices"][0]["finish_reason"]
+
+
+def test_a_stream_generates_nothing_until_it_is_read(dirs):
+    from runner.api import OpenAIChat
+
+    chat = OpenAIChat(model_path=str(dirs["llama"]), use_cpu=True)
+    chunks = chat.stream(MESSAGES, max_tokens=4)
+    assert chat.session.last_completion is None  # the generator has not started the model
+    list(chunks)
+    assert chat.session.last_completion is not None
+
+
+def test_the_default_seed_applies_when_a_call_gives_none(dirs):
+    from runner.api import OpenAIChat
+
+    chat = OpenAIChat(model_path=str(dirs["llama"]), use_cpu=True, overrides=["generation.seed=7", "generation.temperature=1.0"])
+    assert chat._params(*([_UNSET] * 7)).seed == 7
 
 
 def test_model_that_does_not_fit_plans_the_first_fallback_that_does():

@@ -145,3 +145,59 @@ def test_planner_plans_a_local_fallback_directory_on_the_cpu(dirs):
 ])
 def test_out_of_memory_is_recognised_on_gpu_and_cpu(exc, expected):
     assert is_out_of_memory(exc) is expected
+
+
+def test_exhausted_fallback_chain_reloads_the_model_so_the_next_turn_works(dirs):
+    def load_all_but_gpt2(plan):
+        if plan.model.name == "tiny-gpt2":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return _quiet_load(plan)
+
+    fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
+    policy = RecoveryPolicy(plan_fallback=lambda entry: cpu_plan(entry["model"]), load=load_all_but_gpt2)
+    s, calls, notices = flaky_session(dirs, failures=4, policy=policy, fallbacks=(fallback,))
+    with pytest.raises(MemoryExhaustedError):
+        s.send("hello")
+    assert s.loaded.name == "tiny-llama" and s.loaded.model is not None
+    assert any("reloading tiny-llama" in n for n in notices)
+    completion = s.send("hello again")
+    assert completion.usage.completion_tokens >= 1 and s.history[-2]["content"] == "hello again"
+
+
+def test_model_that_cannot_be_reloaded_answers_memory_exhausted_not_a_crash(dirs):
+    def never_loads(plan):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
+    policy = RecoveryPolicy(plan_fallback=lambda entry: cpu_plan(entry["model"]), load=never_loads)
+    s, calls, _ = flaky_session(dirs, failures=4, policy=policy, fallbacks=(fallback,))
+    with pytest.raises(MemoryExhaustedError):
+        s.send("hello")
+    with pytest.raises(MemoryExhaustedError, match="could not be loaded again"):
+        s.send("hello again")
+    assert len(calls) == 4 and s.history == []
+
+
+def test_memory_is_freed_after_the_failed_attempt_released_its_tensors(monkeypatch):
+    import types
+    import weakref
+
+    import runner.recovery as recovery
+
+    class Tensors:  # stands for the failed attempt's prompt ids and KV cache
+        pass
+
+    refs, alive_when_freeing = [], []
+    monkeypatch.setattr(recovery, "clear_memory", lambda: alive_when_freeing.append(refs[-1]() is not None))
+
+    def attempt(params):
+        cache = Tensors()
+        refs.append(weakref.ref(cache))
+        if len(refs) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return types.SimpleNamespace(notices=[])
+
+    session = types.SimpleNamespace(recovery=RecoveryPolicy(), on_notice=lambda line: None, plan=None,
+                                    loaded=types.SimpleNamespace(name="m"))
+    recovery.generate_with_recovery(session, attempt, GREEDY, emitted=lambda: 0)
+    assert alive_when_freeing == [False]
