@@ -27,6 +27,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -36,6 +37,8 @@ from typing import Callable
 
 from planner.errors import ShardwiseError
 from runner.types import Completion, SamplingParams, Usage
+
+SEEDED_SAMPLING = threading.Lock()
 
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
@@ -350,7 +353,10 @@ class ChatSession:
         processors = LogitsProcessorList()
         if params.presence_penalty or params.frequency_penalty:
             processors.append(_OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
-        with loaded.lock:
+        seeded = params.seed is not None and params.temperature > 0
+        # torch.manual_seed seeds one process-wide generator: seeded sampling on two models at once
+        # would interleave their draws, so it takes a process-wide lock (after the model's own).
+        with loaded.lock, (SEEDED_SAMPLING if seeded else contextlib.nullcontext()):
             device = loaded.input_device
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if params.seed is not None:

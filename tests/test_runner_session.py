@@ -252,3 +252,23 @@ def test_chunked_prefill_gives_the_same_greedy_ids_as_one_pass(dirs, tmp_path_fa
     in_chunks = session(loaded, chunked).generate(long_prompt, params)
     assert in_chunks.usage.prompt_tokens > 3 * 3  # several chunks really ran
     assert in_chunks.token_ids == one_pass.token_ids
+
+
+def test_seeded_sampling_holds_the_process_wide_seed_lock(llama):
+    """torch.manual_seed is process-wide: a seeded sampled reply must not interleave with another model's."""
+    from runner.session import SEEDED_SAMPLING
+
+    seen = []
+    original = llama.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(SEEDED_SAMPLING.locked())
+        return original(*args, **kwargs)
+
+    llama.model.generate = spy
+    try:
+        session(llama).generate(HELLO, SamplingParams(max_tokens=2, temperature=1.0, seed=3))
+        session(llama).generate(HELLO, SamplingParams(max_tokens=2, temperature=0))
+    finally:
+        llama.model.generate = original
+    assert seen == [True, False]
