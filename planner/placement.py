@@ -15,6 +15,7 @@ from planner.inventory import Inventory, ModuleEntry
 from planner.memory import CostModel
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
+REPAIR_MOVES = 3  # boundary layers moved at most when a proportional split overflows a device
 
 
 @dataclass
@@ -126,7 +127,48 @@ def layout_layers(
             device_index += 1
         assignment.append(device_index)
         running += c
-    return _apply(slots, layer_modules, assignment, len(pre))
+    layout = _apply(slots, layer_modules, assignment, len(pre))
+    return _repair(layout, assignment, lambda: _fresh_with_edges(devices, shard, inv, pre, post), layer_modules, len(pre),
+                   cost, context, chunk)
+
+
+def _fresh_with_edges(devices: list, shard: int, inv: Inventory, pre, post) -> list[Slot]:
+    slots = _fresh(devices, shard)
+    _attach_edges(slots, inv, pre, post)
+    return slots
+
+
+def _repair(slots, assignment, fresh, layer_modules, pre_count: int, cost: CostModel, context: int, chunk: int) -> list[Slot]:
+    """Move boundary layers off a device over its budget onto a neighbour with room, keeping ranges contiguous.
+
+    The proportional split works on estimates; near the limit one layer across a boundary decides
+    whether a split fits. Each move goes to the roomier neighbour; it stops when everything fits,
+    when no move is possible, when the devices together cannot hold the layers anyway, or when
+    the overflow is more than a couple of layers (then the split was not the problem).
+    """
+    largest = max(m.bytes for m in layer_modules)
+    for _ in range(REPAIR_MOVES):
+        priced = evaluate(slots, cost, context, chunk)
+        over = [i for i, p in enumerate(priced) if not p.fits]
+        if not over or sum(p.planned for p in priced) > sum(p.usable for p in priced):
+            return slots
+        if priced[over[0]].planned - priced[over[0]].usable > REPAIR_MOVES * largest:
+            return slots
+        i = over[0]
+        moves = []
+        if assignment.count(i) > 1:
+            if i > 0:
+                moves.append((priced[i - 1].usable - priced[i - 1].planned, i - 1, assignment.index(i)))
+            if i < len(slots) - 1:
+                moves.append((priced[i + 1].usable - priced[i + 1].planned, i + 1, len(assignment) - 1 - assignment[::-1].index(i)))
+        moves = [m for m in moves if m[0] > 0]
+        if not moves:
+            return slots
+        _, target, position = max(moves)
+        assignment = list(assignment)
+        assignment[position] = target
+        slots = _apply(fresh(), layer_modules, assignment, pre_count)
+    return slots
 
 
 def _room(slot: Slot, cost: CostModel, context: int, chunk: int) -> int:

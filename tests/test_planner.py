@@ -348,3 +348,19 @@ def test_flash_attention_2_is_refused_below_ampere():
 def test_a_reply_may_use_the_whole_context_the_prompt_leaves():
     plan = make_plan("llama-3.1-8b", "h100_80gb", ["policy.context_tokens=8192", "generation.max_tokens=16"])
     assert plan.limits.max_new_tokens == 8192  # generation.max_tokens is only the default per request
+
+
+def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
+    """48 + 24 GiB: the proportional 24/12 split overflows GPU 1 at 32k; moving a boundary layer fits."""
+    from planner.hardware import Device, Hardware
+    from planner.model_source import load_profile, spec_from_config
+    from planner.planning import Planner
+
+    cfg = compose("plan", ["model=gpt-oss-120b", "policy.context_tokens=32768"])
+    hw = Hardware(source="probe", probed=True, host_ram_bytes=256 * GIB, installed={"triton": "3.4.0", "kernels": "0.18.2"},
+                  devices=(Device(0, "GPU-48", 48 * GIB, 48 * GIB, "8.6"), Device(1, "GPU-24", 24 * GIB, 24 * GIB, "8.6")))
+    plan = Planner(spec_from_config(load_profile("gpt-oss-120b")), hw, cfg.policy, cfg.generation).plan()
+    assert plan.fits and plan.strategy == "pipeline"
+    first, second = plan.budget
+    assert first.layers[1] + 1 == second.layers[0] and second.layers[1] == 35
+    assert all(row.planned <= row.usable for row in plan.budget)
