@@ -9,7 +9,9 @@ torch creates a CUDA context; the plan carries every other decision, so nothing 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -127,7 +129,8 @@ def _offload_folder(plan, log) -> str | None:
         os.makedirs(plan.offload_folder, exist_ok=True)
         return plan.offload_folder
     folder = tempfile.mkdtemp(prefix="shardwise-offload-")
-    log(f"note: the plan offloads to disk but names no folder: using {folder}")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # ours alone: removed when the process ends
+    log(f"note: the plan offloads to disk but names no folder: using {folder} (removed at exit)")
     return folder
 
 
