@@ -30,7 +30,8 @@ class SweepSummary(Callback):
 
         table = Table(title="shardwise plan sweep", header_style="bold")
         for col in ("model", "hardware", "fits", "strategy", "GPUs used", "max context"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        Console(highlight=False).print(table)
+        probe = Console()
+        Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110)).print(table)
