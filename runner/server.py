@@ -280,6 +280,9 @@ def create_app(sources: list[ModelSource], settings: ServeSettings | None = None
         states = {s.source.name: s.state for s in slots}
         overall = "ok" if all(v == "ready" for v in states.values()) else ("failed" if "failed" in states.values() else "loading")
         body = {"status": overall, "models": states, "queued": {s.source.name: s.worker.admitted for s in slots}}
+        # after an out-of-memory fallback a served name is answered by a smaller model: say which
+        loaded = {s.source.name: _loaded_name(s) for s in slots}
+        body["serving"] = {name: actual for name, actual in loaded.items() if actual and actual != name}
         return JSONResponse(body, status_code=200 if overall == "ok" else 503)
 
     async def live(request: Request) -> Response:
@@ -533,3 +536,11 @@ class BackgroundServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+def _loaded_name(slot) -> str | None:
+    """The model a slot's session runs now (None before it loads)."""
+    session = getattr(slot, "session", None)
+    loaded = getattr(session, "loaded", None)
+    return getattr(loaded, "name", None)
+

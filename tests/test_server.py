@@ -465,3 +465,13 @@ def test_client_leaving_the_queue_frees_its_slot_at_once():
         finally:
             leave.set()
             runner_thread.join(timeout=TIMEOUT_S)
+
+
+def test_health_says_which_model_answers_after_a_fallback():
+    from types import SimpleNamespace
+
+    session = FakeSession()
+    with live_server(session) as server:
+        assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).json()["serving"] == {}
+        session.loaded = SimpleNamespace(name="smaller-model")  # what the recovery ladder's fallback swaps in
+        assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).json()["serving"] == {MODEL: "smaller-model"}
