@@ -15,7 +15,7 @@ probe as JSON so that another machine can plan for this one (planner/snapshot.py
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from planner.hardware import Device, Hardware
@@ -24,11 +24,6 @@ from planner.snapshot import load_snapshot, save_snapshot  # noqa: F401  (part o
 from planner.visible_devices import visible_devices
 
 NVLINK_MAX_LINKS = 18  # used only when the NVML module does not say (H100: 18 links per GPU)
-
-
-def set_cuda_device_order(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Make CUDA number GPUs by PCI bus id, as the probe does, unless the user chose otherwise; returns the order."""
-    return environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 
 @dataclass

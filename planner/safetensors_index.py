@@ -15,11 +15,6 @@ from pathlib import Path
 
 from planner.errors import ShardwiseError
 
-# bits per element of the safetensors dtype names
-DTYPE_BITS = {
-    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64, "U32": 32,
-    "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 

@@ -24,7 +24,6 @@ from planner.schema import Engine, LaunchSettings, LaunchTask, SlurmSettings  # 
 
 GIB = 1 << 30
 TORCHRUN_WORKER = "runner.tp_worker"
-SINGLE_PROCESS_STRATEGIES = ("cpu", "single_gpu", "pipeline", "offload")
 
 
 def register_schema() -> None:

@@ -17,7 +17,7 @@ from fake_nvml import FakeNVML, fake, load
 from planner.errors import ShardwiseError
 from planner.hardware import GIB, MIB, Hardware
 from planner.host import HostInfo, cgroup_memory_limit_bytes, host_info, installed_kernels, meminfo_total_bytes
-from planner.probe import load_snapshot, normalize_pci_bus_id, probe, save_snapshot, set_cuda_device_order
+from planner.probe import load_snapshot, normalize_pci_bus_id, probe, save_snapshot
 from planner.resolve_hardware import resolve_hardware
 from planner.schema import HardwareConfig, HardwareKind, Interconnect
 
@@ -194,13 +194,6 @@ def test_real_pynvml_on_this_machine_never_raises():
 def test_cuda_device_order_other_than_pci_is_reported():
     hw = probed("mixed_4090_3090", CUDA_DEVICE_ORDER="FASTEST_FIRST")
     assert any("CUDA_DEVICE_ORDER=FASTEST_FIRST" in n for n in hw.notes)
-
-
-def test_set_cuda_device_order_sets_pci_bus_id_only_when_unset():
-    env = {}
-    assert set_cuda_device_order(env) == "PCI_BUS_ID" and env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    env = {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
-    assert set_cuda_device_order(env) == "FASTEST_FIRST"
 
 
 def test_pci_bus_ids_are_normalized_to_nvml_form():
