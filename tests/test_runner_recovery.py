@@ -105,12 +105,18 @@ def test_oom_after_streamed_tokens_raises_instead_of_retrying(dirs):
     assert calls == [1]
 
 
-def test_failed_load_falls_back_to_the_next_model(dirs):
-    def load_or_oom(plan):
-        if plan.model.name == "tiny-llama":
+def load_failing_for(name: str):
+    """A loader that runs out of memory for the model `name` and loads every other one."""
+    def load(plan):
+        if plan.model.name == name:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return _quiet_load(plan)
 
+    return load
+
+
+def test_failed_load_falls_back_to_the_next_model(dirs):
+    load_or_oom = load_failing_for("tiny-llama")
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
     notices = []
     policy = RecoveryPolicy(plan_fallback=lambda entry: cpu_plan(entry["model"]), load=load_or_oom)
@@ -148,11 +154,7 @@ def test_out_of_memory_is_recognised_on_gpu_and_cpu(exc, expected):
 
 
 def test_exhausted_fallback_chain_reloads_the_model_so_the_next_turn_works(dirs):
-    def load_all_but_gpt2(plan):
-        if plan.model.name == "tiny-gpt2":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return _quiet_load(plan)
-
+    load_all_but_gpt2 = load_failing_for("tiny-gpt2")
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
     policy = RecoveryPolicy(plan_fallback=lambda entry: cpu_plan(entry["model"]), load=load_all_but_gpt2)
     s, calls, notices = flaky_session(dirs, failures=4, policy=policy, fallbacks=(fallback,))

@@ -39,6 +39,15 @@ def live_server(session, *, load=None, **settings):
         yield server
 
 
+def stream_until(server, leave: threading.Event) -> None:
+    """A streaming client that reads a long reply until `leave` is set, then hangs up."""
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S) as response:
+        for _ in response.iter_lines():
+            if leave.is_set():
+                return
+
+
 def wait_for(condition, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -275,14 +284,7 @@ def test_full_queue_answers_429_and_slots_free_after_clients_leave():
     with live_server(session, max_queue=1) as server:
         leave = threading.Event()
 
-        def streaming_client():
-            body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "stream": True}
-            with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S) as response:
-                for _ in response.iter_lines():
-                    if leave.is_set():
-                        return
-
-        threads = [threading.Thread(target=streaming_client, daemon=True) for _ in range(2)]
+        threads = [threading.Thread(target=stream_until, args=(server, leave), daemon=True) for _ in range(2)]
         for thread in threads:
             thread.start()
             time.sleep(0.1)
@@ -436,14 +438,7 @@ def test_client_leaving_the_queue_frees_its_slot_at_once():
     with live_server(session, max_queue=1) as server:
         leave = threading.Event()
 
-        def running_client():
-            body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "stream": True}
-            with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S) as response:
-                for _ in response.iter_lines():
-                    if leave.is_set():
-                        return
-
-        runner_thread = threading.Thread(target=running_client, daemon=True)
+        runner_thread = threading.Thread(target=stream_until, args=(server, leave), daemon=True)
         runner_thread.start()
         try:
             wait_for(lambda: queued(server) == 1)
