@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere finds `p
 
 CONF = REPO / "conf"
 EXPORT_PATH = REPO / "benchmarks" / "data" / "profiles.json"
-GIB = 1 << 30
+from planner.units import GIB  # noqa: E402  (after the sys.path line above)
 
 
 def gib(nbytes: float) -> str:
@@ -84,7 +84,9 @@ def load_configs(prefer: str = "yaml", path: Path = EXPORT_PATH) -> tuple[dict, 
         }
         return data, f"{CONF} (PyYAML)"
     if not path.is_file():
-        raise SystemExit(f"no PyYAML and no export at {path}: run `python benchmarks/gpu_memory_check.py --export` on a machine with the repo's venv")
+        raise SystemExit(
+            f"no PyYAML and no export at {path}: run `python benchmarks/gpu_memory_check.py --export` on a machine with the repo's venv"
+        )
     return json.loads(path.read_text()), str(path)
 
 
@@ -108,8 +110,8 @@ def policy_namespace(configs: dict, **overrides):
 
 
 def model_spec(profile: dict):
-    """planner.model_source.ModelSpec from a profile dict (what spec_from_config builds, minus OmegaConf)."""
-    from planner.model_source import ModelSpec
+    """planner.model.source.ModelSpec from a profile dict (what spec_from_config builds, minus OmegaConf)."""
+    from planner.model.source import ModelSpec
 
     return ModelSpec(
         name=profile["name"],
@@ -126,12 +128,14 @@ def model_spec(profile: dict):
 
 def tier_hardware(configs: dict, tier: str, count: int = 1):
     """planner Hardware for `count` GPUs of a tier, through the planner's own resolver."""
-    from planner.resolve_hardware import resolve_hardware
+    from planner.hardware.tiers import resolve_hardware
 
     return resolve_hardware({**configs["hardware"][tier], "count": count}, name=tier)
 
 
-def plan_without_hydra(configs: dict, model: str, hardware, policy_overrides: dict | None = None, fallbacks: bool = False):
+def plan_without_hydra(
+    configs: dict, model: str, hardware, policy_overrides: dict | None = None, fallbacks: bool = False
+):
     """A Plan through planner.planning.Planner with plain namespaces (no Hydra, no OmegaConf)."""
     from planner.planning import Planner
 

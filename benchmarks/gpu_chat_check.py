@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
-GIB = 1 << 30
+from planner.units import GIB
 
 
 def main() -> int:
@@ -34,33 +34,47 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_chat_check: skipped, CUDA is not available on this machine")
         return 0
-    from planner.api import make_plan
-    from runner.loader import load
-    from runner.session import ChatSession
-    from runner.telemetry import Telemetry
-    from runner.types import SamplingParams
     from tiny_models import tiny_llama
 
+    from planner.config.compose import make_plan
+    from runner.engine.loader import load
+    from runner.engine.session import ChatSession
+    from runner.engine.telemetry import Telemetry
+    from runner.engine.types import SamplingParams
+
     root = Path(tempfile.mkdtemp(prefix="shardwise-gpu-check-"))
-    model_dir = tiny_llama(root, name="check-llama", hidden_size=args.hidden, num_layers=args.layers,
-                           intermediate_size=args.hidden * 11 // 4, num_heads=16, num_kv_heads=8,
-                           max_position_embeddings=args.context, vocab_size=400)
+    model_dir = tiny_llama(
+        root,
+        name="check-llama",
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        intermediate_size=args.hidden * 11 // 4,
+        num_heads=16,
+        num_kv_heads=8,
+        max_position_embeddings=args.context,
+        vocab_size=400,
+    )
     plan = make_plan(model_path=str(model_dir), hardware="auto", overrides=[f"policy.context_tokens={args.context}"])
-    print(f"plan: {plan.model.name} {plan.model.params_total / 1e6:.0f}M params, {plan.model.dtype}, {plan.strategy}, "
-          f"device_map {plan.device_map}, context {plan.limits.context_tokens}, fits={plan.fits}")
+    print(
+        f"plan: {plan.model.name} {plan.model.params_total / 1e6:.0f}M params, {plan.model.dtype}, {plan.strategy}, "
+        f"device_map {plan.device_map}, context {plan.limits.context_tokens}, fits={plan.fits}"
+    )
     loaded = load(plan)
     after_load = {str(i): torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
     telemetry = Telemetry(None)
-    session = ChatSession(loaded, defaults=SamplingParams(max_tokens=args.new_tokens, temperature=0),
-                          telemetry=telemetry)
+    session = ChatSession(
+        loaded, defaults=SamplingParams(max_tokens=args.new_tokens, temperature=0), telemetry=telemetry
+    )
     words = "the quick brown fox jumps over the lazy dog "
     text = words * max(1, args.prompt_tokens // 9)
     while session.prompt_token_count([{"role": "user", "content": text}]) > args.prompt_tokens:
         text = text[: int(len(text) * 0.95)]
     completion = session.generate([{"role": "user", "content": text}])
     record = telemetry.turns[-1]
-    print(f"turn: prompt {completion.usage.prompt_tokens} tokens, {completion.usage.completion_tokens} generated, "
-          f"TTFT {completion.time_to_first_token_s * 1e3:.0f} ms, {completion.tokens_per_s:.0f} tok/s")
+    print(
+        f"turn: prompt {completion.usage.prompt_tokens} tokens, {completion.usage.completion_tokens} generated, "
+        f"TTFT {completion.time_to_first_token_s * 1e3:.0f} ms, {completion.tokens_per_s:.0f} tok/s"
+    )
     header = f"{'device':<7}{'weights':>9}{'kv':>8}{'activ':>8}{'overhd':>8}{'planned':>9}{'load':>9}{'peak':>9}{'peak/planned':>14}"
     print(header + "   (GiB; peak = max allocated during the turn)")
     for budget in plan.budget:

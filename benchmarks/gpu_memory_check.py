@@ -7,7 +7,7 @@
 
 For each model profile that fits one GPU: the plan comes from planner internals without Hydra
 or OmegaConf (profiles read from conf/ with PyYAML, or from the JSON export when PyYAML is
-missing; the hardware from planner.probe (NVML) before CUDA starts, else the tier whose name
+missing; the hardware from planner.hardware.probe (NVML) before CUDA starts, else the tier whose name
 matches torch.cuda.get_device_name, else torch's own numbers), at a set context, one session.
 Then the model is built from its architecture with random weights directly on the GPU (no
 download), with the plan's dtype and attention implementation, and runs a prefill of
@@ -42,7 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 # Small models first, so a short budget still measures several.
-MODELS = ["gpt2", "gemma-3-1b", "llama-3.2-1b", "gpt2-xl", "phi-3-mini", "qwen3-8b", "mistral-7b", "llama-3.1-8b", "gpt-oss-20b"]
+MODELS = [
+    "gpt2",
+    "gemma-3-1b",
+    "llama-3.2-1b",
+    "gpt2-xl",
+    "phi-3-mini",
+    "qwen3-8b",
+    "mistral-7b",
+    "llama-3.1-8b",
+    "gpt-oss-20b",
+]
 QUICK_MODELS = ["gpt2", "gemma-3-1b", "llama-3.2-1b", "qwen3-8b", "gpt-oss-20b"]
 CONTEXTS = [4096, 8192]
 QUICK_CONTEXTS = [4096]
@@ -52,20 +62,32 @@ BUILDABLE_ATTENTION = ("eager", "sdpa", "flash_attention_2")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", action="store_true", help=f"write conf/ profiles and tiers to {_common.EXPORT_PATH} and exit")
+    parser.add_argument(
+        "--export", action="store_true", help=f"write conf/ profiles and tiers to {_common.EXPORT_PATH} and exit"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plans it would check; no CUDA needed")
     parser.add_argument("--quick", action="store_true", help=f"models {QUICK_MODELS} at {QUICK_CONTEXTS} only")
     parser.add_argument("--models", help="comma-separated profiles (default: all single-GPU ones, small first)")
-    parser.add_argument("--contexts", help="comma-separated context tokens (default 4096,8192; capped at each model's maximum)")
+    parser.add_argument(
+        "--contexts", help="comma-separated context tokens (default 4096,8192; capped at each model's maximum)"
+    )
     parser.add_argument("--new-tokens", type=int, default=8, help="decode steps after the prefill")
     parser.add_argument("--tier", default="h100_80gb", help="tier for --dry-run on a machine without a GPU")
     parser.add_argument("--profiles-json", action="store_true", help="read the JSON export even when PyYAML is present")
-    parser.add_argument("--sdpa-kernels", help="diagnostic: comma-separated sdpa backends allowed (flash,efficient,cudnn,math)")
-    parser.add_argument("--out", type=Path, help="write the table as JSON here (default: $OUT/gpu_memory_check.json when $OUT is set)")
+    parser.add_argument(
+        "--sdpa-kernels", help="diagnostic: comma-separated sdpa backends allowed (flash,efficient,cudnn,math)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="write the table as JSON here (default: $OUT/gpu_memory_check.json when $OUT is set)"
+    )
     args = parser.parse_args(argv)
     models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else MODELS)
     try:
-        contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else (QUICK_CONTEXTS if args.quick else CONTEXTS)
+        contexts = (
+            [int(c) for c in args.contexts.split(",")]
+            if args.contexts
+            else (QUICK_CONTEXTS if args.quick else CONTEXTS)
+        )
     except ValueError:
         parser.error(f"--contexts must be comma-separated integers, got {args.contexts!r}")
     if any(c <= args.new_tokens for c in contexts):
@@ -89,32 +111,40 @@ def single_gpu(hw):
 
 def hardware_for_run(configs: dict, tier: str, want_gpu: bool):
     """(Hardware, where it came from). Probe through NVML first (before CUDA starts)."""
-    from planner.probe import probe
+    from planner.hardware.probe import probe
 
     hw = probe()
     if hw.devices:
         return single_gpu(hw), f"probe: {hw.devices[0].name}"
     if not want_gpu:
-        return _common.tier_hardware(configs, tier, 1), f"tier {tier} (no GPU here: {'; '.join(hw.notes) or 'probe found none'})"
+        return _common.tier_hardware(
+            configs, tier, 1
+        ), f"tier {tier} (no GPU here: {'; '.join(hw.notes) or 'probe found none'})"
     import torch
 
     name = torch.cuda.get_device_name(0)
     for tier_name, tier_cfg in configs["hardware"].items():
         if str(tier_cfg.get("name", "")).lower() == name.lower():
-            return _common.tier_hardware(configs, tier_name, 1), f"tier {tier_name} (NVML probe unavailable, name {name!r} matched)"
-    from planner.hardware import Device, Hardware
+            return _common.tier_hardware(
+                configs, tier_name, 1
+            ), f"tier {tier_name} (NVML probe unavailable, name {name!r} matched)"
+    from planner.hardware.devices import Device, Hardware
 
     free, total = torch.cuda.mem_get_info(0)
     major, minor = torch.cuda.get_device_capability(0)
     device = Device(id=0, name=name, total_bytes=total, free_bytes=free, compute_capability=f"{major}.{minor}")
-    return Hardware(source="torch", devices=(device,), host_ram_bytes=64 << 30, cpu_count=os.cpu_count() or 1), f"torch.cuda ({name})"
+    return Hardware(
+        source="torch", devices=(device,), host_ram_bytes=64 << 30, cpu_count=os.cpu_count() or 1
+    ), f"torch.cuda ({name})"
 
 
 def max_context(configs: dict, model: str) -> int:
-    from planner.inventory import build_inventory
+    from planner.model.inventory import build_inventory
 
     arch = configs["models"][model]["architecture"]
-    return build_inventory(arch, dtype="bfloat16", quantization=configs["models"][model].get("quantization")).max_context_tokens
+    return build_inventory(
+        arch, dtype="bfloat16", quantization=configs["models"][model].get("quantization")
+    ).max_context_tokens
 
 
 def plan_case(configs: dict, model: str, hw, context: int):
@@ -145,11 +175,39 @@ def dry_run(configs: dict, hw, where: str, todo) -> None:
     for model, context in todo:
         plan = plan_case(configs, model, hw, context)
         b = budget0(plan)
-        rows.append([model, context, plan.model.dtype, plan.attn_implementation, plan.strategy, "yes" if plan.fits else "NO",
-                     plan.limits.prefill_chunk_tokens or "-", *(_common.gib(getattr(b, k)) if b else "-" for k in
-                     ("weights", "kv_cache", "activations", "overhead", "planned", "usable"))])
-    _common.print_table(["model", "context", "dtype", "attention", "strategy", "fits", "chunk", "weights", "kv", "act", "overhead",
-                         "planned GiB", "usable GiB"], rows)
+        rows.append(
+            [
+                model,
+                context,
+                plan.model.dtype,
+                plan.attn_implementation,
+                plan.strategy,
+                "yes" if plan.fits else "NO",
+                plan.limits.prefill_chunk_tokens or "-",
+                *(
+                    _common.gib(getattr(b, k)) if b else "-"
+                    for k in ("weights", "kv_cache", "activations", "overhead", "planned", "usable")
+                ),
+            ]
+        )
+    _common.print_table(
+        [
+            "model",
+            "context",
+            "dtype",
+            "attention",
+            "strategy",
+            "fits",
+            "chunk",
+            "weights",
+            "kv",
+            "act",
+            "overhead",
+            "planned GiB",
+            "usable GiB",
+        ],
+        rows,
+    )
 
 
 # ---- measuring on the GPU ----------------------------------------------------------------------
@@ -222,7 +280,9 @@ def build_model(arch: dict, dtype: str, attn: str):
         try:
             model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation=attn)
         except TypeError:  # transformers < 4.56 calls it torch_dtype
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=getattr(torch, dtype), attn_implementation=attn)
+            model = AutoModelForCausalLM.from_config(
+                config, torch_dtype=getattr(torch, dtype), attn_implementation=attn
+            )
     return model.eval()
 
 
@@ -247,8 +307,15 @@ def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
         for start in range(0, prompt_tokens, step):
             piece = ids[:, start : min(start + step, prompt_tokens)]
             model(input_ids=piece, use_cache=True, logits_to_keep=1, **{key: cache})
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, pad_token_id=0, **{key: cache})
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            **{key: cache},
+        )
     return cache
 
 
@@ -270,7 +337,12 @@ def sdpa_backends(names: list[str] | None):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    table = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
     return sdpa_kernel([table[n] for n in names])
 
 
@@ -280,12 +352,20 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
     torch.cuda.init()
     torch.empty(1, device="cuda")
     context_bytes, context_src = nvml.process_bytes()
-    print(f"CUDA context + torch runtime, measured: {_common.gib(context_bytes) if context_bytes is not None else '?'} GiB ({context_src})")
+    print(
+        f"CUDA context + torch runtime, measured: {_common.gib(context_bytes) if context_bytes is not None else '?'} GiB ({context_src})"
+    )
     rows, loaded = [], None
     for model_name, context in todo:
         plan = plan_case(configs, model_name, hw, context)
         b = budget0(plan)
-        row = {"model": model_name, "context": context, "dtype": plan.model.dtype, "fits": plan.fits, "strategy": plan.strategy}
+        row = {
+            "model": model_name,
+            "context": context,
+            "dtype": plan.model.dtype,
+            "fits": plan.fits,
+            "strategy": plan.strategy,
+        }
         if not plan.fits or plan.strategy != "single_gpu":
             rows.append({**row, "skipped": f"plan does not fit one GPU ({plan.strategy}, fits={plan.fits})"})
             print(f"{model_name} @ {context}: skipped, plan does not fit one GPU")
@@ -299,7 +379,12 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
                 torch.cuda.empty_cache()
                 model = build_model(configs["models"][model_name]["architecture"], plan.model.dtype, attn)
                 torch.cuda.synchronize()
-                loaded = ((model_name, plan.model.dtype, attn), model, tensor_bytes(model), torch.cuda.memory_allocated())
+                loaded = (
+                    (model_name, plan.model.dtype, attn),
+                    model,
+                    tensor_bytes(model),
+                    torch.cuda.memory_allocated(),
+                )
             _, model, weights_measured, allocated_after_build = loaded
             gc.collect()
             torch.cuda.empty_cache()
@@ -323,23 +408,49 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
         if nvml_bytes is not None:
             measured_total, source = nvml_bytes, f"nvml-{nvml_src}"
         else:
-            measured_total, source = peak_reserved + int(configs["policy"]["overhead"]["cuda_context_mib"]) * (1 << 20), "reserved+planned-context"
+            measured_total, source = (
+                peak_reserved + int(configs["policy"]["overhead"]["cuda_context_mib"]) * (1 << 20),
+                "reserved+planned-context",
+            )
         tensors_planned = b.weights + b.kv_cache + b.activations
         ratio = b.planned / measured_total
         flag = "UNDER" if b.planned < measured_total else ("OVER" if b.planned > OVER_FACTOR * measured_total else "ok")
-        row.update({
-            "attn": attn, "prefill_chunk": plan.limits.prefill_chunk_tokens,
-            "planned": {"weights": b.weights, "kv_cache": b.kv_cache, "activations": b.activations, "overhead": b.overhead,
-                        "tensors": tensors_planned, "total": b.planned, "usable": b.usable},
-            "measured": {"weights": weights_measured, "allocated_after_build": allocated_after_build, "kv_cache": kv_measured, "peak_allocated": peak_alloc,
-                         "peak_reserved": peak_reserved, "nvml": nvml_bytes, "activations_est": max(peak_alloc - weights_measured - kv_measured, 0),
-                         "total": measured_total, "total_source": source},
-            "ratio_total": ratio, "ratio_tensors": tensors_planned / peak_alloc, "flag": flag,
-            "seconds": time.perf_counter() - started,
-        })
+        row.update(
+            {
+                "attn": attn,
+                "prefill_chunk": plan.limits.prefill_chunk_tokens,
+                "planned": {
+                    "weights": b.weights,
+                    "kv_cache": b.kv_cache,
+                    "activations": b.activations,
+                    "overhead": b.overhead,
+                    "tensors": tensors_planned,
+                    "total": b.planned,
+                    "usable": b.usable,
+                },
+                "measured": {
+                    "weights": weights_measured,
+                    "allocated_after_build": allocated_after_build,
+                    "kv_cache": kv_measured,
+                    "peak_allocated": peak_alloc,
+                    "peak_reserved": peak_reserved,
+                    "nvml": nvml_bytes,
+                    "activations_est": max(peak_alloc - weights_measured - kv_measured, 0),
+                    "total": measured_total,
+                    "total_source": source,
+                },
+                "ratio_total": ratio,
+                "ratio_tensors": tensors_planned / peak_alloc,
+                "flag": flag,
+                "seconds": time.perf_counter() - started,
+            }
+        )
         rows.append(row)
-        print(f"{model_name} @ {context}: planned {_common.gib(b.planned)} GiB, measured {_common.gib(measured_total)} GiB ({source}), "
-              f"ratio {ratio:.3f} {flag} [{row['seconds']:.1f} s]", flush=True)
+        print(
+            f"{model_name} @ {context}: planned {_common.gib(b.planned)} GiB, measured {_common.gib(measured_total)} GiB ({source}), "
+            f"ratio {ratio:.3f} {flag} [{row['seconds']:.1f} s]",
+            flush=True,
+        )
     return rows
 
 
@@ -347,22 +458,68 @@ def print_results(rows: list[dict]) -> None:
     table = []
     for r in rows:
         if "planned" not in r:
-            table.append([r["model"], r["context"], "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", r.get("skipped") or r.get("error")])
+            table.append(
+                [
+                    r["model"],
+                    r["context"],
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    r.get("skipped") or r.get("error"),
+                ]
+            )
             continue
         p, m = r["planned"], r["measured"]
-        table.append([r["model"], r["context"], r["attn"],
-                      f"{_common.gib(p['weights'])}/{_common.gib(m['weights'])}", f"{_common.gib(p['kv_cache'])}/{_common.gib(m['kv_cache'])}",
-                      f"{_common.gib(p['activations'])}/{_common.gib(m['activations_est'])}",
-                      _common.gib(p["total"]), _common.gib(m["peak_allocated"]), _common.gib(m["peak_reserved"]),
-                      _common.gib(m["nvml"]) if m["nvml"] is not None else "-", f"{r['ratio_total']:.3f}", f"{r['ratio_tensors']:.3f}", r["flag"]])
+        table.append(
+            [
+                r["model"],
+                r["context"],
+                r["attn"],
+                f"{_common.gib(p['weights'])}/{_common.gib(m['weights'])}",
+                f"{_common.gib(p['kv_cache'])}/{_common.gib(m['kv_cache'])}",
+                f"{_common.gib(p['activations'])}/{_common.gib(m['activations_est'])}",
+                _common.gib(p["total"]),
+                _common.gib(m["peak_allocated"]),
+                _common.gib(m["peak_reserved"]),
+                _common.gib(m["nvml"]) if m["nvml"] is not None else "-",
+                f"{r['ratio_total']:.3f}",
+                f"{r['ratio_tensors']:.3f}",
+                r["flag"],
+            ]
+        )
     print()
-    _common.print_table(["model", "context", "attn", "weights p/m", "kv p/m", "act p/m~", "planned GiB", "peak alloc", "peak resv",
-                         "NVML", "planned/measured", "tensors p/alloc", "flag"], table)
+    _common.print_table(
+        [
+            "model",
+            "context",
+            "attn",
+            "weights p/m",
+            "kv p/m",
+            "act p/m~",
+            "planned GiB",
+            "peak alloc",
+            "peak resv",
+            "NVML",
+            "planned/measured",
+            "tensors p/alloc",
+            "flag",
+        ],
+        table,
+    )
     measured = [r for r in rows if "planned" in r]
     under = sum(r["flag"] == "UNDER" for r in measured)
     over = sum(r["flag"] == "OVER" for r in measured)
-    print(f"\n{len(measured)} measured, {under} under-estimates (planned < measured), {over} over by > {OVER_FACTOR - 1:.0%}, "
-          f"{sum(1 for r in rows if 'error' in r)} OOM; measured total = NVML process memory (context + cached blocks)")
+    print(
+        f"\n{len(measured)} measured, {under} under-estimates (planned < measured), {over} over by > {OVER_FACTOR - 1:.0%}, "
+        f"{sum(1 for r in rows if 'error' in r)} OOM; measured total = NVML process memory (context + cached blocks)"
+    )
 
 
 def main(argv=None) -> int:
@@ -385,12 +542,16 @@ def main(argv=None) -> int:
         print("gpu_memory_check: no CUDA device here: nothing to measure (skipped); --dry-run shows the plans")
         return 0
     warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # what plan.launch.env sets; before CUDA starts
+    os.environ.setdefault(
+        "PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"
+    )  # what plan.launch.env sets; before CUDA starts
     nvml = Nvml()  # before CUDA starts: the baseline excludes this process
     hw, where = hardware_for_run(configs, args.tier, want_gpu=True)
     print(f"hardware: {where}; NVML: {'yes' if nvml.available else 'no (' + getattr(nvml, 'error', '?') + ')'}")
     started = time.perf_counter()
-    rows = measure(configs, hw, cases(configs, args.model_list, args.context_list), args.new_tokens, nvml, args.sdpa_list)
+    rows = measure(
+        configs, hw, cases(configs, args.model_list, args.context_list), args.new_tokens, nvml, args.sdpa_list
+    )
     print_results(rows)
     print(f"total {time.perf_counter() - started:.0f} s on {torch.cuda.get_device_name(0)}")
     if args.out:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/placement_vs_accelerate.py [--json out.json] [--only llama-3.1-8b]
 
 For each case (model x GPU tier x count x context): our plan (the same path as
-planner.api.make_plan with policy.context_tokens=N), and what transformers 5 computes for
+planner.config.compose.make_plan with policy.context_tokens=N), and what transformers 5 computes for
 `from_pretrained(device_map="auto", max_memory=...)`: the model built from the profile's
 architecture on the meta device in the plan's dtype, then transformers' own
 `_get_device_map` (get_balanced_memory + infer_auto_device_map with the model's
@@ -58,12 +58,14 @@ CASES = [
 
 def our_plan(model: str, tier: str, count: int, context: int):
     """(plan, planner) through Hydra compose exactly as make_plan does; the planner keeps inv and cost."""
-    from planner.api import compose
-    from planner.model_source import spec_from_config
+    from planner.config.compose import compose
+    from planner.hardware.tiers import resolve_hardware
+    from planner.model.source import spec_from_config
     from planner.planning import Planner
-    from planner.resolve_hardware import resolve_hardware
 
-    cfg = compose("plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"])
+    cfg = compose(
+        "plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"]
+    )
     hw = resolve_hardware(cfg.hardware, name=tier)
     planner = Planner(spec_from_config(cfg.model), hw, cfg.policy, cfg.generation)
     return planner.plan(), planner, hw, cfg
@@ -130,7 +132,10 @@ def compare(case) -> dict:
     from planner.memory import headroom
 
     policy = cfg.policy
-    usable = {d.id: max(d.free_bytes - headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib << 20), 0) for d in hw.devices}
+    usable = {
+        d.id: max(d.free_bytes - headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib << 20), 0)
+        for d in hw.devices
+    }
     for row in plan.budget:  # our budget rows must agree with this usable
         if str(row.device).isdigit():
             assert row.usable == usable[int(row.device)], (row, usable)
@@ -164,14 +169,20 @@ def compare(case) -> dict:
     ours_gpu_rows = [b for b in plan.budget if str(b.device).isdigit()]
     over_budget = [b.device for b in plan.budget if plan.fits and b.planned > b.usable]
     return {
-        "model": model, "tier": tier, "count": count, "context": context,
-        "ours_fits": plan.fits, "ours_strategy": plan.strategy, "ours_gpus": len(ours_gpu_rows),
+        "model": model,
+        "tier": tier,
+        "count": count,
+        "context": context,
+        "ours_fits": plan.fits,
+        "ours_strategy": plan.strategy,
+        "ours_gpus": len(ours_gpu_rows),
         "ours_max_load": max((b.planned for b in ours_gpu_rows), default=0),
         "ours_weights_total": plan.model.weight_bytes,
         "ours_quant_kept": plan.model.quantization.kept,
         "ours_over_budget": over_budget,
         "usable_per_gpu": usable[0],
-        "acc_gpus": len(acc_gpus), "acc_offloaded": offloaded,
+        "acc_gpus": len(acc_gpus),
+        "acc_offloaded": offloaded,
         "acc_max_weights": max((acc_weights[g] for g in acc_gpus), default=0),
         "acc_weights_total": sum(acc_weights.values()),
         "acc_max_needed": max(acc_needed.values(), default=0),
@@ -180,16 +191,40 @@ def compare(case) -> dict:
 
 
 def report(rows: list[dict]) -> None:
-    headers = ["model", "hardware", "ctx", "ours", "GPUs o/a", "ours max GiB", "acc max wts GiB", "acc needs GiB",
-               "usable GiB", "KV fits @acc", "acc offload", "wts GiB o/a"]
+    headers = [
+        "model",
+        "hardware",
+        "ctx",
+        "ours",
+        "GPUs o/a",
+        "ours max GiB",
+        "acc max wts GiB",
+        "acc needs GiB",
+        "usable GiB",
+        "KV fits @acc",
+        "acc offload",
+        "wts GiB o/a",
+    ]
     table = []
     for r in rows:
         ours = f"{r['ours_strategy']}" + ("" if r["ours_fits"] else " (no fit)")
         kv_fits = "yes" if not r["acc_oom_on"] else "OOM gpu " + ",".join(map(str, r["acc_oom_on"]))
-        table.append([r["model"], f"{r['count']}x{r['tier']}", r["context"], ours, f"{r['ours_gpus']}/{r['acc_gpus']}",
-                      _common.gib(r["ours_max_load"]), _common.gib(r["acc_max_weights"]), _common.gib(r["acc_max_needed"]),
-                      _common.gib(r["usable_per_gpu"]), kv_fits, ",".join(r["acc_offloaded"]) or "-",
-                      f"{_common.gib(r['ours_weights_total'])}/{_common.gib(r['acc_weights_total'])}"])
+        table.append(
+            [
+                r["model"],
+                f"{r['count']}x{r['tier']}",
+                r["context"],
+                ours,
+                f"{r['ours_gpus']}/{r['acc_gpus']}",
+                _common.gib(r["ours_max_load"]),
+                _common.gib(r["acc_max_weights"]),
+                _common.gib(r["acc_max_needed"]),
+                _common.gib(r["usable_per_gpu"]),
+                kv_fits,
+                ",".join(r["acc_offloaded"]) or "-",
+                f"{_common.gib(r['ours_weights_total'])}/{_common.gib(r['acc_weights_total'])}",
+            ]
+        )
     _common.print_table(headers, table)
     oom = sum(1 for r in rows if r["acc_oom_on"] and r["ours_fits"])
     oom_both = sum(1 for r in rows if r["acc_oom_on"] and not r["ours_fits"])
@@ -197,13 +232,17 @@ def report(rows: list[dict]) -> None:
     more = sum(1 for r in rows if r["ours_fits"] and r["acc_gpus"] > r["ours_gpus"])
     over = sum(1 for r in rows if r["ours_over_budget"])
     no_fit = sum(1 for r in rows if not r["ours_fits"])
-    print(f"\nsummary over {len(rows)} cases: accelerate's layout OOMs at the context where ours fits in {oom} "
-          f"(and where ours says does-not-fit in {oom_both}); "
-          f"accelerate spreads a model that fits on one GPU in {spread} (uses more GPUs than ours in {more}); "
-          f"ours over budget in {over} (must be 0); ours says does-not-fit in {no_fit}")
-    print("ours max = weights + KV + activations + overhead on our busiest GPU; acc max wts = accelerate's weights only; "
-          "acc needs = accelerate's busiest GPU with the same KV, activations and overhead added; "
-          "gpt-oss weights o/a: ours keeps MXFP4 where the target can, accelerate's meta model is dequantized bf16")
+    print(
+        f"\nsummary over {len(rows)} cases: accelerate's layout OOMs at the context where ours fits in {oom} "
+        f"(and where ours says does-not-fit in {oom_both}); "
+        f"accelerate spreads a model that fits on one GPU in {spread} (uses more GPUs than ours in {more}); "
+        f"ours over budget in {over} (must be 0); ours says does-not-fit in {no_fit}"
+    )
+    print(
+        "ours max = weights + KV + activations + overhead on our busiest GPU; acc max wts = accelerate's weights only; "
+        "acc needs = accelerate's busiest GPU with the same KV, activations and overhead added; "
+        "gpt-oss weights o/a: ours keeps MXFP4 where the target can, accelerate's meta model is dequantized bf16"
+    )
 
 
 def main(argv=None) -> int:

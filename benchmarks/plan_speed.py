@@ -68,9 +68,18 @@ def baseline_child(tier: str, count: int) -> None:
     max_memory = {i: per_gpu for i in range(count)}
     no_split = list(model._no_split_modules or [])
     balanced = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=torch.bfloat16)
-    device_map = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split, dtype=torch.bfloat16)
+    device_map = infer_auto_device_map(
+        model, max_memory=balanced, no_split_module_classes=no_split, dtype=torch.bfloat16
+    )
     used = sorted({d for d in device_map.values() if isinstance(d, int)})
-    print(json.dumps({"gpus_used": len(used), "offloaded": sorted({str(d) for d in device_map.values() if not isinstance(d, int)})}))
+    print(
+        json.dumps(
+            {
+                "gpus_used": len(used),
+                "offloaded": sorted({str(d) for d in device_map.values() if not isinstance(d, int)}),
+            }
+        )
+    )
 
 
 def time_command(cmd: list[str], cwd: str) -> tuple[float, str]:
@@ -83,7 +92,14 @@ def time_command(cmd: list[str], cwd: str) -> tuple[float, str]:
 
 
 def cold(runs: int) -> dict:
-    ours_cmd = [str(shardwise_script()), "plan", f"model={COLD_MODEL}", f"hardware={COLD_TIER}", f"hardware.count={COLD_COUNT}", "json=true"]
+    ours_cmd = [
+        str(shardwise_script()),
+        "plan",
+        f"model={COLD_MODEL}",
+        f"hardware={COLD_TIER}",
+        f"hardware.count={COLD_COUNT}",
+        "json=true",
+    ]
     base_cmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-child"]
     ours, base = [], []
     with tempfile.TemporaryDirectory() as cwd:  # Hydra writes outputs/ under the working directory
@@ -110,16 +126,28 @@ def cold(runs: int) -> dict:
     _common.print_table(
         ["tool", "median s", "runs s", "GPUs used", "notes"],
         [
-            ["shardwise plan", f"{result['ours_median_s']:.3f}", " ".join(f"{t:.2f}" for t in ours), ours_gpus,
-             f"{plan['strategy']}, context {plan['limits']['context_tokens']}, MXFP4 kept={plan['model']['quantization']['kept']}"],
-            ["transformers+accelerate", f"{result['accelerate_median_s']:.3f}", " ".join(f"{t:.2f}" for t in base), accelerate["gpus_used"],
-             "meta model (experts dequantized: quantization_config dropped), weights only"],
+            [
+                "shardwise plan",
+                f"{result['ours_median_s']:.3f}",
+                " ".join(f"{t:.2f}" for t in ours),
+                ours_gpus,
+                f"{plan['strategy']}, context {plan['limits']['context_tokens']}, MXFP4 kept={plan['model']['quantization']['kept']}",
+            ],
+            [
+                "transformers+accelerate",
+                f"{result['accelerate_median_s']:.3f}",
+                " ".join(f"{t:.2f}" for t in base),
+                accelerate["gpus_used"],
+                "meta model (experts dequantized: quantization_config dropped), weights only",
+            ],
         ],
     )
     ratio = result["ours_median_s"] / result["accelerate_median_s"]
     result["ratio"] = ratio
     verdict = "meets" if result["ours_median_s"] <= TARGET_COLD_S else "MISSES"
-    print(f"ratio ours/accelerate = {ratio:.2f} ({1 / ratio:.1f}x faster); ours {verdict} the {TARGET_COLD_S:.1f} s target")
+    print(
+        f"ratio ours/accelerate = {ratio:.2f} ({1 / ratio:.1f}x faster); ours {verdict} the {TARGET_COLD_S:.1f} s target"
+    )
     return result
 
 
@@ -142,7 +170,7 @@ def run_sweep(configs, models, hardware, fallbacks: bool) -> tuple[int, int]:
 
 
 def time_compose(samples: int = 3) -> float:
-    from planner.api import compose
+    from planner.config.compose import compose
 
     compose("plan", ["model=gpt2", "hardware=h100_80gb"])  # the first compose also sets Hydra up: not counted
     start = time.perf_counter()
@@ -156,7 +184,9 @@ def sweep(profile_top: int) -> dict:
     configs, models, hardware = sweep_inputs()
     setup_s = time.perf_counter() - start
     results = {"setup_s": setup_s, "models": len(models), "hardware": len(hardware)}
-    print(f"\n(b) in-process sweep: {len(models)} profiles x {len(hardware) // len(COUNTS)} GPU tiers x counts {COUNTS}")
+    print(
+        f"\n(b) in-process sweep: {len(models)} profiles x {len(hardware) // len(COUNTS)} GPU tiers x counts {COUNTS}"
+    )
     print(f"setup (read {len(models)} profiles + tiers with PyYAML, resolve {len(hardware)} hardware): {setup_s:.3f} s")
     rows = []
     for label, fallbacks in (("planner only", False), ("with fallback chains (as the CLI)", True)):
@@ -164,14 +194,34 @@ def sweep(profile_top: int) -> dict:
         plans, fits = run_sweep(configs, models, hardware, fallbacks)
         seconds = time.perf_counter() - start
         per_200 = seconds * 200 / plans
-        results[label] = {"plans": plans, "fits": fits, "seconds": seconds, "plans_per_s": plans / seconds, "seconds_per_200": per_200}
-        rows.append([label, plans, fits, f"{seconds:.2f}", f"{plans / seconds:.0f}", f"{seconds / plans * 1e3:.1f}", f"{per_200:.2f}",
-                     "meets" if per_200 <= TARGET_SWEEP_S else "MISSES"])
-    _common.print_table(["mode", "plans", "fit", "seconds", "plans/s", "ms/plan", "s per 200", f"<= {TARGET_SWEEP_S:.0f} s / 200"], rows)
+        results[label] = {
+            "plans": plans,
+            "fits": fits,
+            "seconds": seconds,
+            "plans_per_s": plans / seconds,
+            "seconds_per_200": per_200,
+        }
+        rows.append(
+            [
+                label,
+                plans,
+                fits,
+                f"{seconds:.2f}",
+                f"{plans / seconds:.0f}",
+                f"{seconds / plans * 1e3:.1f}",
+                f"{per_200:.2f}",
+                "meets" if per_200 <= TARGET_SWEEP_S else "MISSES",
+            ]
+        )
+    _common.print_table(
+        ["mode", "plans", "fit", "seconds", "plans/s", "ms/plan", "s per 200", f"<= {TARGET_SWEEP_S:.0f} s / 200"], rows
+    )
     compose_s = time_compose()
     results["compose_s"] = compose_s
     n_pairs = len(models) * len(hardware) // len(COUNTS)
-    print(f"one Hydra compose (after the first): {compose_s * 1e3:.0f} ms; composing once per model x tier ({n_pairs} pairs) would add {compose_s * n_pairs:.1f} s")
+    print(
+        f"one Hydra compose (after the first): {compose_s * 1e3:.0f} ms; composing once per model x tier ({n_pairs} pairs) would add {compose_s * n_pairs:.1f} s"
+    )
     if profile_top:
         print(f"\ncProfile of the planner-only sweep, top {profile_top} by own time:")
         profiler = cProfile.Profile()

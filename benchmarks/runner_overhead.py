@@ -29,22 +29,30 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from runner.loader import load
-    from runner.session import ChatSession
-    from runner.types import SamplingParams
     from tiny_models import cpu_plan, tiny_llama
+
+    from runner.engine.loader import load
+    from runner.engine.session import ChatSession
+    from runner.engine.types import SamplingParams
 
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="shardwise-bench-"))
-    model_dir = tiny_llama(root, name="bench-llama", hidden_size=args.hidden, num_layers=args.layers,
-                           intermediate_size=args.hidden * 11 // 4, num_heads=8, num_kv_heads=4,
-                           max_position_embeddings=1024)
+    model_dir = tiny_llama(
+        root,
+        name="bench-llama",
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        intermediate_size=args.hidden * 11 // 4,
+        num_heads=8,
+        num_kv_heads=4,
+        max_position_embeddings=1024,
+    )
     loaded = load(cpu_plan(model_dir, max_new_tokens=args.new_tokens), log=lambda line: None)
     params_m = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    session = ChatSession(loaded, defaults=SamplingParams(max_tokens=args.new_tokens, temperature=0),
-                          on_notice=lambda line: None)
+    session = ChatSession(
+        loaded, defaults=SamplingParams(max_tokens=args.new_tokens, temperature=0), on_notice=lambda line: None
+    )
     messages = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 4}]
     prompt_ids, _ = session.fit_prompt(messages, args.new_tokens)
     input_ids = torch.tensor([prompt_ids])
@@ -53,8 +61,13 @@ def main() -> None:
     def raw(max_new: int) -> tuple[int, float]:
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                 max_new_tokens=max_new, pad_token_id=0)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=False,
+                max_new_tokens=max_new,
+                pad_token_id=0,
+            )
         return out.shape[1] - input_ids.shape[1], time.perf_counter() - start
 
     def ours(max_new: int) -> tuple[int, float, float]:
@@ -75,8 +88,10 @@ def main() -> None:
         our_ttft.append(ttft)
     median = statistics.median
     print(f"generated tokens per run: {sorted(counts)}")
-    print(f"model: llama-style {params_m:.1f}M params, float32, {torch.get_num_threads()} threads, "
-          f"prompt {len(prompt_ids)} tokens, {args.new_tokens} new tokens, greedy, median of {args.repeats}")
+    print(
+        f"model: llama-style {params_m:.1f}M params, float32, {torch.get_num_threads()} threads, "
+        f"prompt {len(prompt_ids)} tokens, {args.new_tokens} new tokens, greedy, median of {args.repeats}"
+    )
     print(f"{'':<14}{'tokens/s':>10}{'TTFT ms':>10}")
     print(f"{'model.generate':<14}{median(raw_tps):>10.1f}{median(raw_ttft) * 1e3:>10.1f}")
     print(f"{'ChatSession':<14}{median(our_tps):>10.1f}{median(our_ttft) * 1e3:>10.1f}")

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/serve_load.py --clients 16 --requests 64 --max-tokens 32
 
 It builds a tiny Llama (random weights, chat template) in a temporary directory, loads it the
-way `shardwise serve` does (runner.loader.load -> ChatSession), and serves it on 127.0.0.1 with
+way `shardwise serve` does (runner.engine.loader.load -> ChatSession), and serves it on 127.0.0.1 with
 a free port. Every request carries its own prompt and seed, so its reply is known in advance:
 a sequential reference is generated through the session first, and each streamed reply must
 equal its reference exactly (a reply mixed with another request's tokens cannot). Each stream is
@@ -51,8 +51,15 @@ class Case:
     expected_tokens: int | None = None
 
     def body(self, model: str) -> dict:
-        return {"model": model, "messages": self.messages, "max_tokens": self.max_tokens, "temperature": 1.0, "seed": self.seed,
-                "stream": True, "stream_options": {"include_usage": True}}
+        return {
+            "model": model,
+            "messages": self.messages,
+            "max_tokens": self.max_tokens,
+            "temperature": 1.0,
+            "seed": self.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
 
 
 @dataclass
@@ -75,16 +82,21 @@ class HealthLog:
 
 
 def make_cases(requests: int, max_tokens: int) -> list[Case]:
-    return [Case(i, [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} (request {i})"}], 1000 + i, max_tokens) for i in range(requests)]
+    return [
+        Case(i, [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} (request {i})"}], 1000 + i, max_tokens)
+        for i in range(requests)
+    ]
 
 
 def fill_references(session, cases: list[Case]) -> float:
     """Each case's reply from the session itself, one after another; returns the seconds it took."""
-    from runner.types import SamplingParams
+    from runner.engine.types import SamplingParams
 
     start = time.perf_counter()
     for case in cases:
-        completion = session.generate(case.messages, SamplingParams(max_tokens=case.max_tokens, temperature=1.0, seed=case.seed))
+        completion = session.generate(
+            case.messages, SamplingParams(max_tokens=case.max_tokens, temperature=1.0, seed=case.seed)
+        )
         case.expected_text, case.expected_tokens = completion.text, completion.usage.completion_tokens
     return time.perf_counter() - start
 
@@ -130,7 +142,7 @@ async def one_request(client, url: str, model: str, case: Case, limit: asyncio.S
                     if not line.startswith("data: "):
                         result.problem = f"not an SSE data line: {line[:80]!r}"
                         return result
-                    data = line[len("data: "):]
+                    data = line[len("data: ") :]
                     if result.ttft_s is None and '"content":"' in data and '"content":""' not in data:
                         result.ttft_s = time.perf_counter() - start
                     events.append(data)
@@ -170,7 +182,9 @@ async def poll_health(client, url: str, stop: asyncio.Event, log: HealthLog) -> 
             pass
 
 
-async def run_load(url: str, model: str, cases: list[Case], clients: int, timeout_s: float) -> tuple[list[Result], HealthLog, float]:
+async def run_load(
+    url: str, model: str, cases: list[Case], clients: int, timeout_s: float
+) -> tuple[list[Result], HealthLog, float]:
     """All cases through `clients` concurrent streams; (results, health log, wall seconds)."""
     import httpx
 
@@ -182,7 +196,9 @@ async def run_load(url: str, model: str, cases: list[Case], clients: int, timeou
         poller = asyncio.create_task(poll_health(client, url, stop, health))
         start = time.perf_counter()
         try:
-            results = await asyncio.wait_for(asyncio.gather(*(one_request(client, url, model, c, limit) for c in cases)), timeout=timeout_s)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(one_request(client, url, model, c, limit) for c in cases)), timeout=timeout_s
+            )
         finally:
             wall_s = time.perf_counter() - start
             stop.set()
@@ -203,13 +219,23 @@ def report(results: list[Result], health: HealthLog, wall_s: float, clients: int
     latencies = [r.latency_s for r in done]
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     tokens = sum(r.completion_tokens for r in done)
-    print(f"clients {clients}, requests {len(results)}, complete and identical to reference {len(done)}, errors {len(errors)} (mixed {sum(r.mixed for r in results)})")
-    print(f"latency s: p50 {percentile(latencies, 0.5):.3f}  p95 {percentile(latencies, 0.95):.3f}  max {max(latencies, default=float('nan')):.3f}")
-    print(f"time to first token s (queue wait included): p50 {percentile(ttfts, 0.5):.3f}  p95 {percentile(ttfts, 0.95):.3f}")
-    print(f"throughput: {tokens} completion tokens in {wall_s:.2f} s = {tokens / wall_s:.1f} tokens/s, {len(done) / wall_s:.2f} requests/s")
+    print(
+        f"clients {clients}, requests {len(results)}, complete and identical to reference {len(done)}, errors {len(errors)} (mixed {sum(r.mixed for r in results)})"
+    )
+    print(
+        f"latency s: p50 {percentile(latencies, 0.5):.3f}  p95 {percentile(latencies, 0.95):.3f}  max {max(latencies, default=float('nan')):.3f}"
+    )
+    print(
+        f"time to first token s (queue wait included): p50 {percentile(ttfts, 0.5):.3f}  p95 {percentile(ttfts, 0.95):.3f}"
+    )
+    print(
+        f"throughput: {tokens} completion tokens in {wall_s:.2f} s = {tokens / wall_s:.1f} tokens/s, {len(done) / wall_s:.2f} requests/s"
+    )
     if reference_s is not None:
         print(f"sequential reference through the session directly: {reference_s:.2f} s")
-    print(f"/health during the load: {health.answered} answered 200, {health.failed} failed, slowest {health.slowest_s * 1000:.0f} ms")
+    print(
+        f"/health during the load: {health.answered} answered 200, {health.failed} failed, slowest {health.slowest_s * 1000:.0f} ms"
+    )
     for r in errors[:5]:
         print(f"  request {r.index}: {r.problem}")
     return not errors and health.failed == 0 and health.answered > 0
@@ -226,9 +252,9 @@ def wait_ready(url: str, timeout_s: float = 30.0) -> None:
 
 
 def build_session(workdir: Path, max_tokens: int):
-    from runner.loader import load
-    from runner.session import ChatSession
-    from runner.types import SamplingParams
+    from runner.engine.loader import load
+    from runner.engine.session import ChatSession
+    from runner.engine.types import SamplingParams
 
     try:
         from tests.tiny_models import cpu_plan, tiny_llama
@@ -254,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from runner.server import BackgroundServer, ModelSource, ServeSettings, create_app
+    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
 
     logging.getLogger("shardwise.serve").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="shardwise-load-") as workdir:

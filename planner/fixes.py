@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planner.hardware import Hardware
+from planner.hardware.devices import Hardware
 
 
 class PolicyOverride:
@@ -30,8 +30,14 @@ def _value(setting) -> str:
 def _replan(planner, policy=None, hardware: Hardware | None = None):
     from planner.planning import Planner
 
-    sub = Planner(planner.spec, hardware or planner.hw, policy or planner.policy, planner.generation,
-                  with_fallbacks=False, explain=False)
+    sub = Planner(
+        planner.spec,
+        hardware or planner.hw,
+        policy or planner.policy,
+        planner.generation,
+        with_fallbacks=False,
+        explain=False,
+    )
     try:
         return sub.plan()
     except Exception as exc:  # a change that makes the config invalid is no fix
@@ -89,41 +95,69 @@ def what_would_fit(planner) -> list[dict]:
     fixes = []
     context_setting = _value(policy.context_tokens)
     # fit checks at one context are much cheaper than finding the largest one
-    probe_context = context_setting if context_setting != "auto" else str(min(int(policy.min_context_tokens), planner.inv.max_context_tokens))
+    probe_context = (
+        context_setting
+        if context_setting != "auto"
+        else str(min(int(policy.min_context_tokens), planner.inv.max_context_tokens))
+    )
     quick = PolicyOverride(policy, context_tokens=probe_context)
     if context_setting != "auto":
         shorter = _replan(planner, PolicyOverride(policy, context_tokens="auto"))
         if _fits(shorter):
             n = shorter.limits.context_tokens
-            fixes.append(_fix(f"a shorter context: policy.context_tokens={n} (the most that fits here)", f"policy.context_tokens={n}"))
+            fixes.append(
+                _fix(
+                    f"a shorter context: policy.context_tokens={n} (the most that fits here)",
+                    f"policy.context_tokens={n}",
+                )
+            )
     sessions = int(policy.sessions)
     if sessions > 1:
-        fewer = next((n for n in range(sessions - 1, 0, -1) if _fits(_replan(planner, PolicyOverride(policy, sessions=n)))), None)
+        fewer = next(
+            (n for n in range(sessions - 1, 0, -1) if _fits(_replan(planner, PolicyOverride(policy, sessions=n)))), None
+        )
         if fewer:
             fixes.append(_fix(f"fewer concurrent sessions: policy.sessions={fewer}", f"policy.sessions={fewer}"))
     if planner.dtype == "float32":
         lower = "bfloat16" if (not hw.devices or all(d.supports_bf16 for d in hw.devices)) else "float16"
         halved = _replan(planner, PolicyOverride(policy, dtype=lower))
         if _fits(halved):
-            fixes.append(_fix(f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of context)",
-                              f"policy.dtype={lower}"))
+            fixes.append(
+                _fix(
+                    f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of context)",
+                    f"policy.dtype={lower}",
+                )
+            )
     if planner.spec.quantization and not planner.quant_kept:
-        from planner.dtypes import mxfp4_blocked_by_hardware
+        from planner.decisions import mxfp4_blocked_by_hardware
 
         if not mxfp4_blocked_by_hardware(hw):
             ready = replace(hw, installed={**hw.installed, "triton": "3.5.0", "kernels": "0.18.2"})
             kept = _replan(planner, PolicyOverride(policy, quantization="auto"), hardware=ready)
             if _fits(kept):
                 again = ["policy.quantization=auto"] if _value(policy.quantization) == "none" else []
-                fixes.append(_fix(f"keep {planner.spec.quantization} ({kept.model.weight_bytes / (1 << 30):.1f} GiB of weights instead of "
-                                  f"{planner.inv.weight_bytes / (1 << 30):.1f}): pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19'"
-                                  + (" and policy.quantization=auto" if again else ""), *again))
+                fixes.append(
+                    _fix(
+                        f"keep {planner.spec.quantization} ({kept.model.weight_bytes / (1 << 30):.1f} GiB of weights instead of "
+                        f"{planner.inv.weight_bytes / (1 << 30):.1f}): pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19'"
+                        + (" and policy.quantization=auto" if again else ""),
+                        *again,
+                    )
+                )
     more = _more_gpus(planner, quick)
     if more:
         count, plan, like = more
-        how = f"hardware.count={count}" if not hw.probed else f"{count} GPUs like {like.name} (this machine has {len(hw.devices)})"
-        fixes.append(_fix(f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context",
-                          *([] if hw.probed else [f"hardware.count={count}"])))
+        how = (
+            f"hardware.count={count}"
+            if not hw.probed
+            else f"{count} GPUs like {like.name} (this machine has {len(hw.devices)})"
+        )
+        fixes.append(
+            _fix(
+                f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context",
+                *([] if hw.probed else [f"hardware.count={count}"]),
+            )
+        )
     if hw.devices and not (policy.allow_cpu_offload and policy.allow_disk_offload):
         for changes in ({"allow_cpu_offload": True}, {"allow_cpu_offload": True, "allow_disk_offload": True}):
             offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, **changes))
@@ -136,5 +170,10 @@ def what_would_fit(planner) -> list[dict]:
         offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, allow_disk_offload=True))
         if _fits(offloaded):
             slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
-            fixes.append(_fix(f"policy.allow_disk_offload=true ({slow.removeprefix('offload: ') or 'slow'})", "policy.allow_disk_offload=true"))
+            fixes.append(
+                _fix(
+                    f"policy.allow_disk_offload=true ({slow.removeprefix('offload: ') or 'slow'})",
+                    "policy.allow_disk_offload=true",
+                )
+            )
     return fixes

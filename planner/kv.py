@@ -18,7 +18,7 @@ tensor's storage alive until the next step. Measured on tiny CPU models (tests/t
 
 from __future__ import annotations
 
-from planner.inventory import LayerSpec
+from planner.model.inventory import LayerSpec
 
 
 def layer_bytes_per_token(layer: LayerSpec, kv_dtype_bytes: int) -> int:
@@ -42,9 +42,13 @@ def layer_held_tokens(layer: LayerSpec, context_tokens: int, new_tokens: int = 1
     return min(cached_before, layer.window - 1) + new_tokens
 
 
-def layer_kv_bytes(layer: LayerSpec, context_tokens: int, sessions: int, kv_dtype_bytes: int, new_tokens: int = 1) -> int:
+def layer_kv_bytes(
+    layer: LayerSpec, context_tokens: int, sessions: int, kv_dtype_bytes: int, new_tokens: int = 1
+) -> int:
     """KV bytes one layer holds for `sessions` sequences of `context_tokens` each (see module docstring)."""
-    return sessions * layer_held_tokens(layer, context_tokens, new_tokens) * layer_bytes_per_token(layer, kv_dtype_bytes)
+    return (
+        sessions * layer_held_tokens(layer, context_tokens, new_tokens) * layer_bytes_per_token(layer, kv_dtype_bytes)
+    )
 
 
 def kv_cache_bytes(layers, context_tokens: int, sessions: int, kv_dtype_bytes: int, new_tokens: int = 1) -> int:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.hardware import MIB, Device
-from planner.inventory import DTYPE_BYTES, Inventory, LayerSpec
+from planner.hardware.devices import Device
 from planner.kv import layer_kv_bytes
+from planner.model.inventory import DTYPE_BYTES, Inventory, LayerSpec
+from planner.units import MIB
 
 # Eager attention holds the score matrix in the compute dtype while the softmax (float32 in most
 # families) is taken from it: about dtype + 4 bytes per score element at the peak. Measured on an
@@ -33,7 +34,7 @@ class Overheads:
     cpu_runtime_bytes: int
 
     @classmethod
-    def from_config(cls, cfg) -> "Overheads":
+    def from_config(cls, cfg) -> Overheads:
         return cls(
             cuda_context_bytes=int(cfg.cuda_context_mib) * MIB,
             workspace_bytes=int(cfg.workspace_mib) * MIB,
@@ -110,7 +111,9 @@ class CostModel:
         scores = heads * chunk * keys * (b + FP32_BYTES) if self.eager else 0  # sdpa/flash: no score matrix
         attention = qkv + repeated_kv + scores + chunk * heads * head_dim * b
         if layer.moe and inv.num_experts:
-            routing = chunk * inv.num_experts * FP32_BYTES + chunk * inv.experts_per_token * inv.num_experts * INDEX_BYTES
+            routing = (
+                chunk * inv.num_experts * FP32_BYTES + chunk * inv.experts_per_token * inv.num_experts * INDEX_BYTES
+            )
             mlp = routing + 3 * chunk * inv.intermediate_size * b + chunk * hidden * b
         else:
             mlp = 3 * chunk * inv.intermediate_size * b
@@ -147,7 +150,9 @@ class CostModel:
         attention_kinds = {(layer.attention, layer.window) for layer in layers}
         state = 0
         for attention, window in attention_kinds:
-            keys = context_tokens if (chunk >= context_tokens or window is None) else min(context_tokens, chunk + window)
+            keys = (
+                context_tokens if (chunk >= context_tokens or window is None) else min(context_tokens, chunk + window)
+            )
             if self.eager:
                 state += chunk * keys * self.dtype_bytes
             elif self.attn == "sdpa":
@@ -156,7 +161,9 @@ class CostModel:
             state += 2 * chunk * head_dim * self.dtype_bytes
         return state
 
-    def activations(self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int, shard: int = 1) -> int:
+    def activations(
+        self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int, shard: int = 1
+    ) -> int:
         """Prefill peak on one device (one tensor-parallel rank when shard > 1).
 
         Tensor parallelism splits the heads and the MLP (and so the per-layer transients and the
@@ -165,7 +172,9 @@ class CostModel:
         b, hidden = self.dtype_bytes, self.inv.hidden_size
         kinds = {self._kind(layer): layer for layer in layers}
         residual = 2 * chunk * hidden * b
-        transient = max((self.layer_transient(layer, chunk, context_tokens) - residual for layer in kinds.values()), default=0)
+        transient = max(
+            (self.layer_transient(layer, chunk, context_tokens) - residual for layer in kinds.values()), default=0
+        )
         extra_kv = sum(self.prefill_kv_extra(layer, chunk, context_tokens) for layer in layers)
         peak = -(-(transient + extra_kv) // shard)
         if layers:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.hardware import Device
-from planner.inventory import Inventory, ModuleEntry
+from planner.hardware.devices import Device
 from planner.memory import CostModel
+from planner.model.inventory import Inventory, ModuleEntry
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
 REPAIR_MOVES = 3  # boundary layers moved at most when a proportional split overflows a device
@@ -128,8 +128,16 @@ def layout_layers(
         assignment.append(device_index)
         running += c
     layout = _apply(slots, layer_modules, assignment, len(pre))
-    return _repair(layout, assignment, lambda: _fresh_with_edges(devices, shard, inv, pre, post), layer_modules, len(pre),
-                   cost, context, chunk)
+    return _repair(
+        layout,
+        assignment,
+        lambda: _fresh_with_edges(devices, shard, inv, pre, post),
+        layer_modules,
+        len(pre),
+        cost,
+        context,
+        chunk,
+    )
 
 
 def _fresh_with_edges(devices: list, shard: int, inv: Inventory, pre, post) -> list[Slot]:
@@ -138,7 +146,9 @@ def _fresh_with_edges(devices: list, shard: int, inv: Inventory, pre, post) -> l
     return slots
 
 
-def _repair(slots, assignment, fresh, layer_modules, pre_count: int, cost: CostModel, context: int, chunk: int) -> list[Slot]:
+def _repair(
+    slots, assignment, fresh, layer_modules, pre_count: int, cost: CostModel, context: int, chunk: int
+) -> list[Slot]:
     """Move boundary layers off a device over its budget onto a neighbour with room, keeping ranges contiguous.
 
     The proportional split works on estimates; near the limit one layer across a boundary decides
@@ -160,7 +170,13 @@ def _repair(slots, assignment, fresh, layer_modules, pre_count: int, cost: CostM
             if i > 0:
                 moves.append((priced[i - 1].usable - priced[i - 1].planned, i - 1, assignment.index(i)))
             if i < len(slots) - 1:
-                moves.append((priced[i + 1].usable - priced[i + 1].planned, i + 1, len(assignment) - 1 - assignment[::-1].index(i)))
+                moves.append(
+                    (
+                        priced[i + 1].usable - priced[i + 1].planned,
+                        i + 1,
+                        len(assignment) - 1 - assignment[::-1].index(i),
+                    )
+                )
         moves = [m for m in moves if m[0] > 0]
         if not moves:
             return slots
@@ -221,7 +237,9 @@ def layout_offload(
     return slots
 
 
-def _fill_in_order(slots: list[Slot], layers, cost: CostModel, context: int, chunk: int, kv_all, pre_count: int) -> bool:
+def _fill_in_order(
+    slots: list[Slot], layers, cost: CostModel, context: int, chunk: int, kv_all, pre_count: int
+) -> bool:
     """Put `layers` on `slots` in order, each slot up to what it can hold; False when they do not all fit."""
     assignment, index = [], 0
     for slot_index, slot in enumerate(slots):

@@ -94,7 +94,9 @@ class Plan:
     attn_implementation: str = "sdpa"
     kv_cache_dtype: str = "bfloat16"
     offload_folder: str | None = None
-    binding: dict = field(default_factory=dict)  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
+    binding: dict = field(
+        default_factory=dict
+    )  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -117,12 +119,16 @@ class Plan:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         if not isinstance(data, dict) or "schema_version" not in data or "model" not in data:
-            raise ShardwiseError("this is not a plan file (no schema_version/model): write one with `shardwise plan out=plan.json`")
+            raise ShardwiseError(
+                "this is not a plan file (no schema_version/model): write one with `shardwise plan out=plan.json`"
+            )
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ShardwiseError(f"plan schema_version {version!r} is not {SCHEMA_VERSION}: re-create it with `shardwise plan`")
+            raise ShardwiseError(
+                f"plan schema_version {version!r} is not {SCHEMA_VERSION}: re-create it with `shardwise plan`"
+            )
         data = dict(data)
         model = dict(data.pop("model"))
         model["quantization"] = Quantization(**model["quantization"])
@@ -140,15 +146,21 @@ class Plan:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ShardwiseError(f"plan file {str(path)!r} does not exist: write one with `shardwise plan out={path}`") from None
+            raise ShardwiseError(
+                f"plan file {str(path)!r} does not exist: write one with `shardwise plan out={path}`"
+            ) from None
         except (OSError, json.JSONDecodeError) as exc:
-            raise ShardwiseError(f"plan file {str(path)!r} is not readable JSON ({exc}): re-create it with `shardwise plan`") from None
+            raise ShardwiseError(
+                f"plan file {str(path)!r} is not readable JSON ({exc}): re-create it with `shardwise plan`"
+            ) from None
         try:
             return cls.from_dict(data)
         except (KeyError, TypeError) as exc:
-            raise ShardwiseError(f"plan file {str(path)!r} is missing or has unexpected keys ({exc}): re-create it with `shardwise plan`") from None
+            raise ShardwiseError(
+                f"plan file {str(path)!r} is missing or has unexpected keys ({exc}): re-create it with `shardwise plan`"
+            ) from None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from planner.config.app import flag, run_verb
 from planner.errors import ShardwiseError
-from planner.hydra_app import flag, run_verb
 
 
 def hardware_choice() -> str | None:
@@ -33,14 +33,16 @@ def save_to(plan, path: Path) -> Path:
     try:
         return plan.save(path)
     except OSError as exc:
-        raise ShardwiseError(f"cannot write the plan to {str(path)!r} ({exc.strerror or exc}): choose a writable out=FILE") from None
+        raise ShardwiseError(
+            f"cannot write the plan to {str(path)!r} ({exc.strerror or exc}): choose a writable out=FILE"
+        ) from None
 
 
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
+    from planner.hardware.tiers import resolve_hardware
     from planner.planning import plan_from_config
-    from planner.resolve_hardware import resolve_hardware
 
     as_json = flag(cfg, "json")
     out = out_path(cfg.get("out"))

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from planner.dtypes import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
+from planner.decisions import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
 from planner.errors import ShardwiseError
-from planner.hardware import GIB, Hardware
-from planner.inventory import Inventory, build_inventory
+from planner.hardware.devices import Hardware
 from planner.kv import kv_bytes_per_token
 from planner.memory import CostModel, Overheads, headroom
-from planner.model_source import ModelSpec, load_profile, spec_from_config
+from planner.model.inventory import Inventory, build_inventory
+from planner.model.source import ModelSpec, load_profile, spec_from_config
 from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization
-
+from planner.units import GIB, gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
 DISK_BYTES_PER_S = 2e9  # a fast NVMe drive, sequential reads
-
-
-def gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
 
 
 @dataclass
@@ -53,14 +49,22 @@ def _parse_context(value, max_ctx: int) -> int | None:
     try:
         number = float(text)
     except ValueError:
-        raise ShardwiseError(f"policy.context_tokens={value!r} is neither a number nor auto: use e.g. policy.context_tokens=8192") from None
+        raise ShardwiseError(
+            f"policy.context_tokens={value!r} is neither a number nor auto: use e.g. policy.context_tokens=8192"
+        ) from None
     if not number.is_integer():
-        raise ShardwiseError(f"policy.context_tokens={value!r} is not a whole number of tokens: use e.g. policy.context_tokens=8192")
+        raise ShardwiseError(
+            f"policy.context_tokens={value!r} is not a whole number of tokens: use e.g. policy.context_tokens=8192"
+        )
     tokens = int(number)
     if tokens <= 0:
-        raise ShardwiseError(f"policy.context_tokens={tokens} must be positive: use e.g. policy.context_tokens=8192 or auto")
+        raise ShardwiseError(
+            f"policy.context_tokens={tokens} must be positive: use e.g. policy.context_tokens=8192 or auto"
+        )
     if tokens > max_ctx:
-        raise ShardwiseError(f"policy.context_tokens={tokens} exceeds the model's maximum of {max_ctx} tokens: use at most {max_ctx} or auto")
+        raise ShardwiseError(
+            f"policy.context_tokens={tokens} exceeds the model's maximum of {max_ctx} tokens: use at most {max_ctx} or auto"
+        )
     return tokens
 
 
@@ -69,11 +73,20 @@ def _validate_policy(policy) -> None:
         (policy.sessions >= 1, f"policy.sessions={policy.sessions} must be >= 1"),
         (0 <= policy.headroom_fraction < 1, f"policy.headroom_fraction={policy.headroom_fraction} must be in [0, 1)"),
         (policy.headroom_mib >= 0, f"policy.headroom_mib={policy.headroom_mib} must be >= 0"),
-        (0 <= policy.host_headroom_fraction < 1, f"policy.host_headroom_fraction={policy.host_headroom_fraction} must be in [0, 1)"),
-        (policy.prefill_chunk_tokens >= 0, f"policy.prefill_chunk_tokens={policy.prefill_chunk_tokens} must be >= 0 (0: auto)"),
+        (
+            0 <= policy.host_headroom_fraction < 1,
+            f"policy.host_headroom_fraction={policy.host_headroom_fraction} must be in [0, 1)",
+        ),
+        (
+            policy.prefill_chunk_tokens >= 0,
+            f"policy.prefill_chunk_tokens={policy.prefill_chunk_tokens} must be >= 0 (0: auto)",
+        ),
         (policy.min_context_tokens >= 1, f"policy.min_context_tokens={policy.min_context_tokens} must be >= 1"),
         (policy.overhead.fragmentation_fraction >= 0, "policy.overhead.fragmentation_fraction must be >= 0"),
-        (policy.overhead.cuda_context_mib >= 0 and policy.overhead.workspace_mib >= 0, "policy.overhead sizes must be >= 0"),
+        (
+            policy.overhead.cuda_context_mib >= 0 and policy.overhead.workspace_mib >= 0,
+            "policy.overhead sizes must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -83,13 +96,23 @@ def _validate_policy(policy) -> None:
 class Planner:
     """One planning run. `plan()` returns the Plan; nothing here touches a GPU."""
 
-    def __init__(self, spec: ModelSpec, hw: Hardware, policy, generation, with_fallbacks: bool = True, cap_context: bool = False,
-                 explain: bool = True):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        hw: Hardware,
+        policy,
+        generation,
+        with_fallbacks: bool = True,
+        cap_context: bool = False,
+        explain: bool = True,
+    ):
         _validate_policy(policy)
         self.spec, self.hw, self.policy, self.generation = spec, hw, policy, generation
         self.with_fallbacks = with_fallbacks
         self.explain = explain  # work out (by re-planning) what would make a does-not-fit plan fit
-        self.cap_context = cap_context  # fallbacks and model=auto candidates: a context beyond the model's maximum is capped
+        self.cap_context = (
+            cap_context  # fallbacks and model=auto candidates: a context beyond the model's maximum is capped
+        )
         self.decisions: list[Decision] = []
         self.warnings: list[str] = list(hw.notes)
 
@@ -99,21 +122,29 @@ class Planner:
     # ---- sizing inputs -------------------------------------------------------------------
     def _decide_formats(self) -> None:
         spec, hw, policy = self.spec, self.hw, self.policy
-        dtype = decide_dtype(str(policy.dtype.value if hasattr(policy.dtype, "value") else policy.dtype), spec.shipped_dtype, hw)
+        dtype = decide_dtype(
+            str(policy.dtype.value if hasattr(policy.dtype, "value") else policy.dtype), spec.shipped_dtype, hw
+        )
         self.dtype = dtype.value
         self.decide("dtype", dtype.value, dtype.reason)
         quant_policy = str(getattr(policy.quantization, "value", policy.quantization))
         self.quant_kept, quant_reason = decide_quantization(spec.quantization, quant_policy, hw, self.dtype)
         self.quant_reason = quant_reason
         if spec.quantization:
-            self.decide("quantization", f"{spec.quantization} {'kept' if self.quant_kept else 'dequantized'}", quant_reason)
+            self.decide(
+                "quantization", f"{spec.quantization} {'kept' if self.quant_kept else 'dequantized'}", quant_reason
+            )
             if not self.quant_kept:
                 self.warnings.append(f"{spec.quantization} weights are dequantized to {self.dtype}: {quant_reason}")
         kv = decide_kv_dtype(str(getattr(policy.kv_cache_dtype, "value", policy.kv_cache_dtype)), self.dtype)
         self.kv_dtype = kv.value
         self.decide("kv_cache_dtype", kv.value, kv.reason)
-        attn = decide_attention(str(getattr(policy.attn_implementation, "value", policy.attn_implementation)),
-                                spec.architecture.get("model_type", ""), hw, self.quant_kept)
+        attn = decide_attention(
+            str(getattr(policy.attn_implementation, "value", policy.attn_implementation)),
+            spec.architecture.get("model_type", ""),
+            hw,
+            self.quant_kept,
+        )
         self.attn = attn.value
         self.decide("attn_implementation", attn.value, attn.reason)
 
@@ -162,23 +193,39 @@ class Planner:
         attempts: list[Attempt] = []
         if not gpus:
             if strategy not in ("auto",):
-                raise ShardwiseError(f"policy.strategy={strategy} needs GPUs, but {self.hw.source} has none: use policy.strategy=auto")
+                raise ShardwiseError(
+                    f"policy.strategy={strategy} needs GPUs, but {self.hw.source} has none: use policy.strategy=auto"
+                )
             attempts.append(Attempt("cpu", lambda c, k: layout_layers(inv, cost, [self._host_entry()], c, k), gpus=0))
             if self.policy.allow_disk_offload:
-                attempts.append(Attempt("offload", lambda c, k: _nonempty(layout_offload(inv, cost, [self._host_entry()], None, self._disk_entry(), c, k)), gpus=0,
-                                        note="layers beyond host RAM on disk"))
+                attempts.append(
+                    Attempt(
+                        "offload",
+                        lambda c, k: _nonempty(
+                            layout_offload(inv, cost, [self._host_entry()], None, self._disk_entry(), c, k)
+                        ),
+                        gpus=0,
+                        note="layers beyond host RAM on disk",
+                    )
+                )
             return attempts
         by_room = sorted(gpus, key=lambda e: (-e[2], e[1]))
         if strategy == "tensor_parallel":
             return self._tp_attempts(inv, cost, gpus, explicit=True)
         if strategy in ("auto", "single_gpu"):
-            attempts.append(Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1))
+            attempts.append(
+                Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1)
+            )
         if strategy in ("auto", "pipeline"):
             if strategy == "pipeline" and len(gpus) < 2:
-                raise ShardwiseError(f"policy.strategy=pipeline needs at least 2 GPUs, {self.hw.source} has {len(gpus)}: raise hardware.count or use auto")
+                raise ShardwiseError(
+                    f"policy.strategy=pipeline needs at least 2 GPUs, {self.hw.source} has {len(gpus)}: raise hardware.count or use auto"
+                )
             for n in range(2, len(gpus) + 1):
                 chosen = sorted(by_room[:n], key=lambda e: e[1])
-                attempts.append(Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n))
+                attempts.append(
+                    Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n)
+                )
         if strategy == "auto" and self.hw.nodes > 1:
             attempts.extend(self._tp_attempts(inv, cost, gpus, explicit=False))
             attempts.extend(self._cross_node_pipeline_attempts(inv, cost, len(gpus)))
@@ -186,19 +233,37 @@ class Planner:
             host = self._host_entry() if self.policy.allow_cpu_offload else None
             disk = self._disk_entry() if self.policy.allow_disk_offload else None
             ordered = sorted(gpus, key=lambda e: e[1])
-            attempts.append(Attempt("offload", lambda c, k: _nonempty(layout_offload(inv, cost, ordered, host, disk, c, k)),
-                                    gpus=len(gpus), note="layers beyond GPU memory in host RAM / on disk"))
+            attempts.append(
+                Attempt(
+                    "offload",
+                    lambda c, k: _nonempty(layout_offload(inv, cost, ordered, host, disk, c, k)),
+                    gpus=len(gpus),
+                    note="layers beyond GPU memory in host RAM / on disk",
+                )
+            )
         return attempts
 
     def _cross_node_pipeline_attempts(self, inv: Inventory, cost: CostModel, per_node: int) -> list[Attempt]:
         """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot be used."""
-        shapes = sorted({(nodes * per_stage_node, nodes, per_stage_node)
-                         for nodes in range(2, self.hw.nodes + 1) for per_stage_node in range(1, per_node + 1)})
+        shapes = sorted(
+            {
+                (nodes * per_stage_node, nodes, per_stage_node)
+                for nodes in range(2, self.hw.nodes + 1)
+                for per_stage_node in range(1, per_node + 1)
+            }
+        )
         attempts = []
         for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
             stages = [entry for node in range(nodes) for entry in self._gpu_entries(node)[:per_stage_node]]
-            attempts.append(Attempt("pipeline", lambda c, k, st=stages: layout_layers(inv, cost, st, c, k),
-                                    gpus=count, pp_size=count, nodes=nodes))
+            attempts.append(
+                Attempt(
+                    "pipeline",
+                    lambda c, k, st=stages: layout_layers(inv, cost, st, c, k),
+                    gpus=count,
+                    pp_size=count,
+                    nodes=nodes,
+                )
+            )
         return attempts
 
     def _tp_attempts(self, inv: Inventory, cost: CostModel, gpus: list, explicit: bool) -> list[Attempt]:
@@ -212,22 +277,42 @@ class Planner:
             problems.append(f"tensor parallel needs at least 2 GPUs, {self.hw.source} has {per_node * self.hw.nodes}")
         if problems:
             if explicit:
-                raise ShardwiseError(f"policy.strategy=tensor_parallel is not possible: {'; '.join(problems)}: use policy.strategy=auto")
+                raise ShardwiseError(
+                    f"policy.strategy=tensor_parallel is not possible: {'; '.join(problems)}: use policy.strategy=auto"
+                )
             self.decide("tensor_parallel", "no", "; ".join(problems))
             return []
         attempts = []
         ordered = sorted(gpus, key=lambda e: e[1])
         sizes = [t for t in range(2, per_node + 1) if _divides(t, inv)] if explicit else []
         for t in sizes:
-            attempts.append(Attempt("tensor_parallel", lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
-                                    gpus=t, tp_size=t))
+            attempts.append(
+                Attempt(
+                    "tensor_parallel",
+                    lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
+                    gpus=t,
+                    tp_size=t,
+                )
+            )
         if self.hw.nodes > 1 and per_node > 1 and _divides(per_node, inv):
             for nodes in range(2, self.hw.nodes + 1):
                 stages = [self._gpu_entries(n)[0] for n in range(nodes)]
-                attempts.append(Attempt("tensor_parallel", lambda c, k, st=stages: layout_layers(inv, cost, st, c, k, shard=per_node),
-                                        gpus=per_node * nodes, tp_size=per_node, pp_size=nodes, nodes=nodes))
+                attempts.append(
+                    Attempt(
+                        "tensor_parallel",
+                        lambda c, k, st=stages: layout_layers(inv, cost, st, c, k, shard=per_node),
+                        gpus=per_node * nodes,
+                        tp_size=per_node,
+                        pp_size=nodes,
+                        nodes=nodes,
+                    )
+                )
         elif self.hw.nodes > 1 and per_node > 1:
-            self.decide("tensor_parallel", "no", f"head counts ({inv.num_attention_heads}, {inv.num_kv_heads} kv) do not divide by {per_node} GPUs per node")
+            self.decide(
+                "tensor_parallel",
+                "no",
+                f"head counts ({inv.num_attention_heads}, {inv.num_kv_heads} kv) do not divide by {per_node} GPUs per node",
+            )
         if explicit and not attempts:
             raise ShardwiseError(
                 f"policy.strategy=tensor_parallel: no GPU count divides {inv.num_attention_heads} attention and {inv.num_kv_heads} KV heads: use policy.strategy=auto"
@@ -243,12 +328,18 @@ class Planner:
         inv = self._inventory()
         self.inv = inv
         sessions = int(self.policy.sessions)
-        cost = CostModel(inv, self.dtype, self.kv_dtype, self.attn, sessions, Overheads.from_config(self.policy.overhead))
+        cost = CostModel(
+            inv, self.dtype, self.kv_dtype, self.attn, sessions, Overheads.from_config(self.policy.overhead)
+        )
         self.cost = cost
         max_ctx = inv.max_context_tokens
         context_setting = self.policy.context_tokens
         if self.cap_context and str(context_setting).isdigit() and int(context_setting) > max_ctx:
-            self.decide("context_cap", max_ctx, f"policy.context_tokens={context_setting} exceeds {self.spec.name}'s maximum: capped")
+            self.decide(
+                "context_cap",
+                max_ctx,
+                f"policy.context_tokens={context_setting} exceeds {self.spec.name}'s maximum: capped",
+            )
             context_setting = max_ctx
         requested = _parse_context(context_setting, max_ctx)
         low = min(int(self.policy.min_context_tokens), max_ctx)
@@ -280,6 +371,7 @@ class Planner:
         dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
         ones alone keeps their formats and leaves the weaker ones out.
         """
+
         def capability(d) -> tuple[bool, bool]:
             return (d.cc_major_minor >= (8, 0), d.cc_major_minor >= (7, 5))
 
@@ -289,13 +381,20 @@ class Planner:
         chosen = tuple(d for d in self.hw.devices if capability(d) == best)
         ids = {d.id for d in chosen}
         subset = replace(self.hw, devices=chosen, nvlink_pairs=tuple(p for p in self.hw.nvlink_pairs if set(p) <= ids))
-        plan = Planner(self.spec, subset, self.policy, self.generation, self.with_fallbacks, self.cap_context, self.explain).plan()
+        plan = Planner(
+            self.spec, subset, self.policy, self.generation, self.with_fallbacks, self.cap_context, self.explain
+        ).plan()
         if not plan.fits:
             return None
-        left_out = ", ".join(f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in self.hw.devices if d.id not in ids)
-        note = Decision("gpus", f"{len(chosen)} of {len(self.hw.devices)}",
-                        f"left out {left_out}: the model fits on the GPUs that keep {plan.model.dtype}"
-                        + (" and MXFP4" if plan.model.quantization.kept else ""))
+        left_out = ", ".join(
+            f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in self.hw.devices if d.id not in ids
+        )
+        note = Decision(
+            "gpus",
+            f"{len(chosen)} of {len(self.hw.devices)}",
+            f"left out {left_out}: the model fits on the GPUs that keep {plan.model.dtype}"
+            + (" and MXFP4" if plan.model.quantization.kept else ""),
+        )
         return replace(plan, hardware=self.hw.to_dict(), decisions=(note, *plan.decisions))
 
     # ---- results -------------------------------------------------------------------------
@@ -304,8 +403,20 @@ class Planner:
         for p, slot in zip(priced, slots):
             layers = (min(slot.layer_ids), max(slot.layer_ids)) if slot.layer_ids else ()
             node = slot.device.node if slot.device is not None else 0
-            rows.append(DeviceBudget(str(p.key), p.weights, p.kv, p.activations, p.overhead, p.planned, p.usable,
-                                     p.usable - p.planned if p.key != "disk" else 0, node=node, layers=layers))
+            rows.append(
+                DeviceBudget(
+                    str(p.key),
+                    p.weights,
+                    p.kv,
+                    p.activations,
+                    p.overhead,
+                    p.planned,
+                    p.usable,
+                    p.usable - p.planned if p.key != "disk" else 0,
+                    node=node,
+                    layers=layers,
+                )
+            )
         return tuple(rows)
 
     def _device_map(self, slots: list[Slot], strategy: str, nodes: int = 1) -> dict:
@@ -334,18 +445,41 @@ class Planner:
             strategy = "cpu" if slots[0].device is None else ("single_gpu" if len(slots) == 1 else "pipeline")
         total_gpus = len(self.hw.devices)
         if strategy == "single_gpu":
-            self.decide("strategy", "single_gpu", f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: never spread a model that fits on one")
+            self.decide(
+                "strategy",
+                "single_gpu",
+                f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: never spread a model that fits on one",
+            )
         elif strategy == "pipeline":
-            ranges = ", ".join(f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}"
-                               + (f" of node {s.device.node}" if attempt.nodes > 1 else "") for s in slots if s.layer_ids)
-            why = ("policy.strategy=pipeline: the fewest GPUs (at least 2) that fit" if _value(self.policy.strategy) == "pipeline"
-                   else "does not fit on fewer")
+            ranges = ", ".join(
+                f"layers {min(s.layer_ids)}-{max(s.layer_ids)} on GPU {s.key}"
+                + (f" of node {s.device.node}" if attempt.nodes > 1 else "")
+                for s in slots
+                if s.layer_ids
+            )
+            why = (
+                "policy.strategy=pipeline: the fewest GPUs (at least 2) that fit"
+                if _value(self.policy.strategy) == "pipeline"
+                else "does not fit on fewer"
+            )
             if attempt.nodes > 1:
-                why += f"; across {attempt.nodes} nodes: torchrun pipeline stages, one GPU each (no tensor parallel here)"
-            self.decide("strategy", f"pipeline over {attempt.gpus} GPUs", f"{why}; contiguous layer ranges proportional to usable memory: {ranges}")
+                why += (
+                    f"; across {attempt.nodes} nodes: torchrun pipeline stages, one GPU each (no tensor parallel here)"
+                )
+            self.decide(
+                "strategy",
+                f"pipeline over {attempt.gpus} GPUs",
+                f"{why}; contiguous layer ranges proportional to usable memory: {ranges}",
+            )
         elif strategy == "tensor_parallel":
-            where = f"tensor parallel {attempt.tp_size} inside each node" + (f", pipeline over {attempt.nodes} nodes" if attempt.nodes > 1 else "")
-            self.decide("strategy", f"tensor_parallel tp={attempt.tp_size} pp={attempt.pp_size}", f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide")
+            where = f"tensor parallel {attempt.tp_size} inside each node" + (
+                f", pipeline over {attempt.nodes} nodes" if attempt.nodes > 1 else ""
+            )
+            self.decide(
+                "strategy",
+                f"tensor_parallel tp={attempt.tp_size} pp={attempt.pp_size}",
+                f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide",
+            )
         elif strategy == "offload":
             in_ram = sum(p.weights for p in priced if p.key == "cpu" and slots[0].device is not None)
             on_disk = sum(p.weights for p in priced if p.key == "disk")
@@ -354,25 +488,45 @@ class Planner:
             seconds = in_ram / PCIE_BYTES_PER_S + on_disk / DISK_BYTES_PER_S
             parts = [f"{gib(in_ram)} from host RAM over PCIe"] if in_ram else []
             parts += [f"{gib(on_disk)} from disk"] if on_disk else []
-            self.decide("strategy", "offload", f"does not fit in {where} memory; offloaded layers run on the {where}, their weights streamed in every token")
-            self.warnings.append(f"offload: every generated token reads {' and '.join(parts)}: expect at most ~{1 / max(seconds, 1e-9):.2f} tokens/s")
+            self.decide(
+                "strategy",
+                "offload",
+                f"does not fit in {where} memory; offloaded layers run on the {where}, their weights streamed in every token",
+            )
+            self.warnings.append(
+                f"offload: every generated token reads {' and '.join(parts)}: expect at most ~{1 / max(seconds, 1e-9):.2f} tokens/s"
+            )
         else:
-            self.decide("strategy", "cpu", f"no GPU on {self.hw.source}: running on the CPU with {gib(self.hw.host_ram_bytes)} of host RAM")
+            self.decide(
+                "strategy",
+                "cpu",
+                f"no GPU on {self.hw.source}: running on the CPU with {gib(self.hw.host_ram_bytes)} of host RAM",
+            )
         binding = {}
         if requested is None:
             if context >= inv.max_context_tokens:
                 self.decide("context_tokens", context, "the model's maximum context: memory allows it")
             else:
-                over = evaluate(attempt.build(context + 1, min(chunk, context + 1)), cost, context + 1, min(chunk, context + 1))
+                over = evaluate(
+                    attempt.build(context + 1, min(chunk, context + 1)), cost, context + 1, min(chunk, context + 1)
+                )
                 worst = max(over, key=lambda p: p.planned - p.usable)
                 term = "kv_cache" if worst.kv >= worst.activations else "activations"
-                self.decide("context_tokens", context, f"largest that fits: one more token overflows device {worst.key} ({term})")
+                self.decide(
+                    "context_tokens",
+                    context,
+                    f"largest that fits: one more token overflows device {worst.key} ({term})",
+                )
                 binding = {"device": str(worst.key), "term": term}
         else:
             self.decide("context_tokens", context, f"policy.context_tokens={requested}")
         self._more_context_hint(inv, cost, attempt, context, requested)
         if chunk < context:
-            self.decide("prefill_chunk_tokens", chunk, f"a one-pass prefill of {context} tokens would overflow memory ({self.attn} attention): prefill in chunks of {chunk}")
+            self.decide(
+                "prefill_chunk_tokens",
+                chunk,
+                f"a one-pass prefill of {context} tokens would overflow memory ({self.attn} attention): prefill in chunks of {chunk}",
+            )
         sessions = int(self.policy.sessions)
         self.decide("sessions", sessions, f"KV cache sized for {sessions} concurrent sequence(s) (policy.sessions)")
         return self._make_plan(inv, cost, strategy, attempt, slots, priced, context, chunk, True, binding)
@@ -387,8 +541,11 @@ class Planner:
         entries = sorted(gpus, key=lambda e: e[1])
         best = largest_context(lambda c, k: _fits_on(inv, cost, entries, c, k), context, inv.max_context_tokens, 0)
         if best and best[0] > context:
-            self.decide("more_context", f"{best[0]} tokens on {len(gpus)} GPUs",
-                        f"the fewest GPUs were used; spreading over all {len(gpus)} gives {best[0]:,} tokens: set policy.context_tokens={best[0]}")
+            self.decide(
+                "more_context",
+                f"{best[0]} tokens on {len(gpus)} GPUs",
+                f"the fewest GPUs were used; spreading over all {len(gpus)} gives {best[0]:,} tokens: set policy.context_tokens={best[0]}",
+            )
 
     def _does_not_fit(self, inv, cost, attempts: list[Attempt], context: int) -> Plan:
         # Report against the largest arrangement we tried (all GPUs of one node, or the CPU).
@@ -403,11 +560,27 @@ class Planner:
         fixes = self._fixes()
         binding = {}
         if worst is not None:
-            fixed_overhead = cost.gpu_fixed_overhead() if worst.key not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
-            term = "weights" if worst.weights + fixed_overhead > worst.usable else ("kv_cache" if worst.kv >= worst.activations else "activations")
-            binding = {"device": str(worst.key), "term": term, "needed": worst.planned, "usable": worst.usable, "fixes": fixes}
+            fixed_overhead = (
+                cost.gpu_fixed_overhead() if worst.key not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
+            )
+            term = (
+                "weights"
+                if worst.weights + fixed_overhead > worst.usable
+                else ("kv_cache" if worst.kv >= worst.activations else "activations")
+            )
+            binding = {
+                "device": str(worst.key),
+                "term": term,
+                "needed": worst.planned,
+                "usable": worst.usable,
+                "fixes": fixes,
+            }
             where = "GPU " + str(worst.key) if worst.key not in ("cpu", "disk") else str(worst.key)
-            self.decide("fits", "no", f"{where} needs {gib(worst.planned)} but has {gib(worst.usable)} usable; {term} binds at {context} tokens")
+            self.decide(
+                "fits",
+                "no",
+                f"{where} needs {gib(worst.planned)} but has {gib(worst.usable)} usable; {term} binds at {context} tokens",
+            )
         return self._make_plan(inv, cost, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
 
     def _fixes(self) -> list[dict]:
@@ -470,13 +643,33 @@ class Planner:
         while name and name not in seen:
             seen.add(name)
             profile = load_profile(name)
-            sub = Planner(spec_from_config(profile), self.hw, _lenient(self.policy), self.generation, with_fallbacks=False, cap_context=True).plan()
-            chain.append({"model": name, "hardware": "same", "fits": sub.fits,
-                          "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here ({sub.strategy}, {sub.limits.context_tokens} tokens)"})
+            sub = Planner(
+                spec_from_config(profile),
+                self.hw,
+                _lenient(self.policy),
+                self.generation,
+                with_fallbacks=False,
+                cap_context=True,
+            ).plan()
+            chain.append(
+                {
+                    "model": name,
+                    "hardware": "same",
+                    "fits": sub.fits,
+                    "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here ({sub.strategy}, {sub.limits.context_tokens} tokens)",
+                }
+            )
             name = profile.fallback
         if self.hw.devices:
             last = chain[-1]["model"] if chain else self.spec.name
-            chain.append({"model": last, "hardware": "cpu", "fits": None, "reason": "no GPU memory needed: run on the CPU (slow)"})
+            chain.append(
+                {
+                    "model": last,
+                    "hardware": "cpu",
+                    "fits": None,
+                    "reason": "no GPU memory needed: run on the CPU (slow)",
+                }
+            )
         return chain
 
 
@@ -530,18 +723,36 @@ def plan_auto_model(cfg, hardware: Hardware) -> Plan:
     requested = str(cfg.policy.context_tokens)
     for name in candidates:
         profile = load_profile(name)
-        plan = Planner(spec_from_config(profile), hardware, _lenient(cfg.policy), cfg.generation, cap_context=True).plan()
+        plan = Planner(
+            spec_from_config(profile), hardware, _lenient(cfg.policy), cfg.generation, cap_context=True
+        ).plan()
         short = requested.isdigit() and plan.limits.context_tokens < int(requested)
         if (plan.fits and not short) or name == candidates[-1]:
             if plan.fits and not short:
-                reason = (f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}" if tried
-                          else "largest of policy.candidates, and it fits")
+                reason = (
+                    f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}"
+                    if tried
+                    else "largest of policy.candidates, and it fits"
+                )
             else:
                 reason = f"no candidate fits{' at ' + requested + ' tokens' if short else ''}; showing the smallest ({', '.join(tried) or 'none other'} did not fit)"
                 if short and plan.fits:
-                    plan = replace(plan, fits=False, binding={"device": "-", "term": "context", "needed": 0, "usable": 0,
-                                                              "fixes": [f"policy.context_tokens={plan.limits.context_tokens} or less"]})
+                    plan = replace(
+                        plan,
+                        fits=False,
+                        binding={
+                            "device": "-",
+                            "term": "context",
+                            "needed": 0,
+                            "usable": 0,
+                            "fixes": [f"policy.context_tokens={plan.limits.context_tokens} or less"],
+                        },
+                    )
             return replace(plan, decisions=(Decision("model", name, reason), *plan.decisions))
-        why = f"its maximum context {plan.limits.context_tokens} < {requested}" if short else f"{plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')}"
+        why = (
+            f"its maximum context {plan.limits.context_tokens} < {requested}"
+            if short
+            else f"{plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')}"
+        )
         tried.append(f"{name} ({why})")
     raise AssertionError("unreachable")

@@ -1,9 +1,9 @@
 """`shardwise probe`: show what this machine has (NVML), optionally record it as a snapshot.
 
-    shardwise probe                      # readable table
-    shardwise probe probe.json=true      # JSON (Hardware.to_dict()) on stdout
-    shardwise probe probe.save=box.json  # also record a snapshot; replay elsewhere with
-                                         #   shardwise plan hardware=snapshot hardware.path=box.json
+shardwise probe                      # readable table
+shardwise probe probe.json=true      # JSON (Hardware.to_dict()) on stdout
+shardwise probe probe.save=box.json  # also record a snapshot; replay elsewhere with
+                                     #   shardwise plan hardware=snapshot hardware.path=box.json
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from planner.hardware import GIB, Hardware
+from planner.hardware.devices import Hardware
+from planner.units import GIB
 
 
 def _gib(n_bytes: int) -> str:
@@ -45,7 +46,9 @@ def render(hw: Hardware, console) -> None:
                 d.compute_capability, _processes_text(d.processes), "slice" if d.mig else "-", d.pci_bus_id,
             )  # fmt: skip
         console.print(table)
-        console.print(f"driver {hw.driver_version or '?'}, CUDA {hw.cuda_driver_version or '?'}; interconnect {hw.interconnect}")
+        console.print(
+            f"driver {hw.driver_version or '?'}, CUDA {hw.cuda_driver_version or '?'}; interconnect {hw.interconnect}"
+        )
         console.print(f"NVLink: {_nvlink_text(hw)}")
     else:
         console.print("GPUs: none (planning for CPU)")
@@ -60,7 +63,7 @@ def render(hw: Hardware, console) -> None:
 def task(cfg) -> None:
     from rich.console import Console
 
-    from planner.probe import probe, save_snapshot
+    from planner.hardware.probe import probe, save_snapshot
 
     hw = probe()
     settings = cfg.probe
@@ -75,6 +78,6 @@ def task(cfg) -> None:
 
 
 def run(argv: list[str]) -> None:
-    from planner.hydra_app import run_verb
+    from planner.config.app import run_verb
 
     run_verb("probe", "probe", task, argv)

@@ -15,7 +15,7 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name == "ChatSession":
-        from runner.session import ChatSession
+        from runner.engine.session import ChatSession
 
         return ChatSession
     raise AttributeError(f"module 'runner' has no attribute {name!r}")

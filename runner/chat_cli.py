@@ -1,10 +1,10 @@
 """`shardwise chat [overrides]`: chat with a model from a fresh plan or a reviewed plan.json.
 
-    shardwise chat model=gpt2 hardware=cpu                 # interactive REPL (see runner.repl)
-    shardwise chat model=gpt2 prompt="Hello"               # answer once and exit
-    echo "Hello" | shardwise chat model=gpt2               # piped stdin is the prompt
-    shardwise chat plan_file=plan.json                     # run a reviewed plan (refused if hardware changed)
-    shardwise chat model.path=./my-model use_cpu=true      # any local model directory
+shardwise chat model=gpt2 hardware=cpu                 # interactive REPL (see runner.repl)
+shardwise chat model=gpt2 prompt="Hello"               # answer once and exit
+echo "Hello" | shardwise chat model=gpt2               # piped stdin is the prompt
+shardwise chat plan_file=plan.json                     # run a reviewed plan (refused if hardware changed)
+shardwise chat model.path=./my-model use_cpu=true      # any local model directory
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from planner.config.app import flag, run_verb
 from planner.errors import ShardwiseError
-from planner.hydra_app import flag, run_verb
 
 
 def _notice(line: str) -> None:
@@ -29,19 +29,19 @@ def build_plan(cfg):
     if cfg.plan_file:
         plan = Plan.load(cfg.plan_file)
         if not flag(cfg, "replan"):
-            from runner.loader import check_fresh
+            from runner.engine.loader import check_fresh
 
             check_fresh(plan, str(cfg.plan_file))
             return plan
-        from planner.api import make_plan
+        from planner.config.compose import make_plan
 
         source = plan.model.source
         _notice(f"replan=true: planning {plan.model.name} afresh for this machine")
         if Path(source).exists():
             return make_plan(model_path=source, hardware="auto")
         return make_plan(model=plan.model.name, hardware="auto")
+    from planner.hardware.tiers import resolve_hardware
     from planner.planning import plan_from_config
-    from planner.resolve_hardware import resolve_hardware
 
     hardware = resolve_hardware(cfg.hardware, name=HydraConfig.get().runtime.choices.get("hardware"))
     return plan_from_config(cfg, hardware)
@@ -64,7 +64,9 @@ def max_memory_caps(cfg) -> dict:
     if value is None:
         return {}
     if not isinstance(value, DictConfig):
-        raise ShardwiseError(f"max_memory={value!r} is not a per-device mapping: write e.g. 'max_memory={{0: 20GiB, cpu: 30GiB}}'")
+        raise ShardwiseError(
+            f"max_memory={value!r} is not a per-device mapping: write e.g. 'max_memory={{0: 20GiB, cpu: 30GiB}}'"
+        )
     return parse_max_memory(OmegaConf.to_container(value))
 
 
@@ -74,7 +76,7 @@ def read_prompt(cfg) -> str | None:
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     if prompt is not None and not str(prompt).strip():
-        raise ShardwiseError("the prompt is empty: pass prompt=\"...\" or pipe text into shardwise chat")
+        raise ShardwiseError('the prompt is empty: pass prompt="..." or pipe text into shardwise chat')
     return None if prompt is None else str(prompt)
 
 
@@ -98,10 +100,10 @@ def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from runner.api import plan_that_fits
-    from runner.loader import set_runtime_env
-    from runner.recovery import RecoveryPolicy, load_with_fallbacks
-    from runner.session import ChatSession
-    from runner.telemetry import Telemetry
+    from runner.engine.loader import set_runtime_env
+    from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.engine.session import ChatSession
+    from runner.engine.telemetry import Telemetry
 
     # Everything the user typed is checked before the (slow) model load.
     defaults = sampling_defaults(cfg)
@@ -114,9 +116,15 @@ def task(cfg):
     policy = RecoveryPolicy()
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
     metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None
-    session = ChatSession(loaded, defaults=defaults, plan=loaded.plan,
-                          system_prompt=cfg.generation.system_prompt, recovery=policy, on_notice=_notice,
-                          telemetry=Telemetry(metrics))
+    session = ChatSession(
+        loaded,
+        defaults=defaults,
+        plan=loaded.plan,
+        system_prompt=cfg.generation.system_prompt,
+        recovery=policy,
+        on_notice=_notice,
+        telemetry=Telemetry(metrics),
+    )
     if prompt is not None:
         answer_once(session, prompt, stream)
         return

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from planner.errors import ShardwiseError
 from runner.api import check_sampling, checked_messages
-from runner.session import with_overrides
-from runner.types import SamplingParams
+from runner.engine.session import with_overrides
+from runner.engine.types import SamplingParams
 
 HELP = """commands:
   /help                 this list
@@ -31,10 +31,17 @@ HELP = """commands:
   /exit                 leave (Ctrl+D works too)
 a message over several lines goes between two lines of \"\"\"; Ctrl+C stops a reply."""
 
-_SETTABLE = {"temperature": float, "max_tokens": int, "top_p": float, "seed": int, "stop": str,
-             "presence_penalty": float, "frequency_penalty": float}
+_SETTABLE = {
+    "temperature": float,
+    "max_tokens": int,
+    "top_p": float,
+    "seed": int,
+    "stop": str,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+}
 MULTILINE = '"""'
-GIB = 1 << 30
+from planner.units import GIB
 
 
 def stats_line(completion) -> str:
@@ -157,12 +164,18 @@ class Repl:
         if not path:
             self.console.print("usage: /save FILE", markup=False)
             return
-        data = {"system_prompt": self.session.system_prompt, "messages": self.session.history,
-                "params": asdict(self.params), "model": self.session.loaded.name}
+        data = {
+            "system_prompt": self.session.system_prompt,
+            "messages": self.session.history,
+            "params": asdict(self.params),
+            "model": self.session.loaded.name,
+        }
         try:
             Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
         except OSError as exc:
-            self.console.print(f"cannot save to {path} ({exc.strerror or exc}): choose a writable /save FILE", markup=False)
+            self.console.print(
+                f"cannot save to {path} ({exc.strerror or exc}): choose a writable /save FILE", markup=False
+            )
             return
         self.console.print(f"[dim]saved {len(self.session.history)} messages to {path}[/dim]")
 
@@ -193,9 +206,11 @@ class Repl:
 
     def _stats(self) -> None:
         turns, totals = self.session.telemetry.turns, self.session.telemetry.totals
-        lines = [f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
-                 f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, "
-                 f"{len(self.session.history)} messages in the conversation"]
+        lines = [
+            f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
+            f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, "
+            f"{len(self.session.history)} messages in the conversation",
+        ]
         if totals["timed_turns"]:
             lines.append(f"mean {totals['tokens_per_s_sum'] / totals['timed_turns']:.1f} tok/s")
         if turns:
@@ -224,8 +239,10 @@ class Repl:
             return
         except Exception as exc:  # an unexpected failure of one turn must not end the chat and lose the conversation
             self.out.write("\n")
-            self.console.print(f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, /save it if in doubt",
-                               markup=False)
+            self.console.print(
+                f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, /save it if in doubt",
+                markup=False,
+            )
             return
         else:
             self.out.write("\n")

@@ -130,13 +130,17 @@ class FakeNVML:
             self._need("nvmlDeviceGetMemoryInfo_v2")
             if version != pynvml.nvmlMemory_v2:
                 self._fail("ArgumentVersionMismatch")
-            return SimpleNamespace(version=version, total=memory["total"], reserved=reserved, free=memory["free"], used=memory["used"])
+            return SimpleNamespace(
+                version=version, total=memory["total"], reserved=reserved, free=memory["free"], used=memory["used"]
+            )
         self._need("nvmlDeviceGetMemoryInfo")
         return SimpleNamespace(total=memory["total"], free=memory["free"], used=memory["used"] + reserved)
 
     def _processes(self, handle):
         return [
-            SimpleNamespace(pid=p["pid"], usedGpuMemory=p["used_bytes"], gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+            SimpleNamespace(
+                pid=p["pid"], usedGpuMemory=p["used_bytes"], gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF
+            )
             for p in self._entry(handle).get("processes", [])
         ]
 

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 
-from runner.types import Completion, SamplingParams, Usage
+from runner.engine.types import Completion, SamplingParams, Usage
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima"]
 
@@ -42,8 +42,15 @@ class FakeTextStream:
 
 
 class FakeSession:
-    def __init__(self, *, context_tokens: int = 64, token_delay_s: float = 0.0, fail_with: BaseException | None = None,
-                 fail_after_tokens: int = 0, reply_tokens: int | None = None):
+    def __init__(
+        self,
+        *,
+        context_tokens: int = 64,
+        token_delay_s: float = 0.0,
+        fail_with: BaseException | None = None,
+        fail_after_tokens: int = 0,
+        reply_tokens: int | None = None,
+    ):
         self.context_tokens = context_tokens
         self.token_delay_s = token_delay_s
         self.fail_with = fail_with
@@ -66,11 +73,13 @@ class FakeSession:
 
     def _run(self, messages, params: SamplingParams, cancel, on_delta):
         """A generator: yields after each token (so deltas flow), returns the Completion."""
-        from runner.session import ContextLengthError
+        from runner.engine.session import ContextLengthError
 
         prompt = self.prompt_token_count(messages)
         if prompt >= self.context_tokens:
-            raise ContextLengthError(f"the prompt is {prompt} tokens but the context window holds {self.context_tokens}: shorten it")
+            raise ContextLengthError(
+                f"the prompt is {prompt} tokens but the context window holds {self.context_tokens}: shorten it"
+            )
         with self._lock:
             self.calls.append((messages, params))
             self.started.set()
@@ -99,7 +108,7 @@ class FakeSession:
                     finish = "stop"
                     break
                 if on_delta is not None and len(text) - holdback > emitted:
-                    on_delta(text[emitted: len(text) - holdback])
+                    on_delta(text[emitted : len(text) - holdback])
                     emitted = len(text) - holdback
                 yield
             if on_delta is not None and len(text) > emitted:

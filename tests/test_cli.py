@@ -17,7 +17,9 @@ def shardwise(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int
     import os
 
     env = {**os.environ, "COLUMNS": "160", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "planner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
@@ -27,16 +29,42 @@ def assert_clean_error(result: subprocess.CompletedProcess, needle: str, code: i
 
 
 def test_plan_prints_the_report_and_writes_plan_json_with_the_contract_keys(tmp_path):
-    result = shardwise("plan", "model=gpt-oss-120b", "hardware=h100_80gb", f"out={tmp_path / 'plan.json'}", cwd=tmp_path)
+    result = shardwise(
+        "plan", "model=gpt-oss-120b", "hardware=h100_80gb", f"out={tmp_path / 'plan.json'}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "FITS" in result.stdout and "mxfp4 kept" in result.stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
-    for key in ("model", "hardware", "strategy", "device_map", "max_memory", "budget", "limits", "fits", "decisions",
-                "warnings", "fallbacks", "launch", "schema_version"):
+    for key in (
+        "model",
+        "hardware",
+        "strategy",
+        "device_map",
+        "max_memory",
+        "budget",
+        "limits",
+        "fits",
+        "decisions",
+        "warnings",
+        "fallbacks",
+        "launch",
+        "schema_version",
+    ):
         assert key in plan
-    assert {"name", "source", "model_type", "params_total", "weight_bytes", "checkpoint_bytes", "dtype", "quantization"} <= set(plan["model"])
+    assert {
+        "name",
+        "source",
+        "model_type",
+        "params_total",
+        "weight_bytes",
+        "checkpoint_bytes",
+        "dtype",
+        "quantization",
+    } <= set(plan["model"])
     assert {"source", "fingerprint", "devices", "host_ram_bytes"} <= set(plan["hardware"])
-    assert {"weights", "kv_cache", "activations", "overhead", "planned", "usable", "free_after"} <= set(plan["budget"][0])
+    assert {"weights", "kv_cache", "activations", "overhead", "planned", "usable", "free_after"} <= set(
+        plan["budget"][0]
+    )
     assert {"context_tokens", "sessions", "max_new_tokens", "kv_bytes_per_token"} <= set(plan["limits"])
     run_dirs = list((tmp_path / "outputs" / "plan").glob("*/plan.json"))
     assert len(run_dirs) == 1 and json.loads(run_dirs[0].read_text()) == plan
@@ -69,7 +97,7 @@ def test_hydra_flags_work(tmp_path):
 def test_multirun_ends_with_a_summary_table(tmp_path):
     result = shardwise("plan", "-m", "model=gpt2,gpt-oss-20b", "hardware=t4,a100_80gb", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    table = result.stdout[result.stdout.index("shardwise plan sweep"):]
+    table = result.stdout[result.stdout.index("shardwise plan sweep") :]
     assert table.count("gpt-oss-20b") == 2 and table.count("gpt2") >= 2
     assert "single_gpu" in table
 
@@ -142,12 +170,14 @@ def test_probe_snapshot_replays_as_hardware(tmp_path):
     assert json.loads(result.stdout[: result.stdout.rindex("}") + 1])["hardware"]["source"] == str(snap)
 
 
-def test_planning_imports_neither_torch_nor_transformers(tmp_path):
+def test_planning_imports_neither_torch_nor_transformers_nor_the_runner(tmp_path):
     code = (
-        "import sys, planner.cli, planner.plan_cli\n"
-        "from planner.api import make_plan\n"
+        "import sys, planner.plan_cli, planner.probe_cli\n"
+        "from planner.config.compose import make_plan\n"
         "make_plan('gpt-oss-120b', 'h100_80gb', ['hardware.count=8'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'accelerate', 'runner') if m in sys.modules]\n"
+        "import runner.cli\n"  # the dispatcher sits above the planner and loads no heavy module either
+        "heavy += [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
@@ -158,8 +188,12 @@ def test_planning_imports_neither_torch_nor_transformers(tmp_path):
 @pytest.mark.slow
 def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
     wheel_dir = tmp_path / "wheel"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     (wheel,) = wheel_dir.glob("shardwise-*.whl")
     site = tmp_path / "site"
@@ -169,10 +203,16 @@ def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
     assert "planner/conf/plan.yaml" in names and "planner/conf/model/gpt-oss-120b.yaml" in names
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = "import sys; from planner.cli import main; from planner.hydra_app import conf_dir; print(conf_dir()); main()"
+    code = "import sys; from runner.cli import main; from planner.config.app import conf_dir; print(conf_dir()); main()"
     import os
 
-    result = subprocess.run([sys.executable, "-c", code, "plan", "model=gpt2", "hardware=t4"], cwd=elsewhere, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
+    result = subprocess.run(
+        [sys.executable, "-c", code, "plan", "model=gpt2", "hardware=t4"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(site)) and "FITS" in result.stdout

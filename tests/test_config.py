@@ -20,9 +20,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from planner import schema
+from planner.config import schema
+from planner.config.app import conf_dir, resolve_model_name
 from planner.errors import ShardwiseError
-from planner.hydra_app import conf_dir, resolve_model_name
 
 CONF = conf_dir()
 REFERENCE_MODELS = Path(__file__).parent / "data" / "reference_models"
@@ -173,7 +173,8 @@ def test_every_key_in_an_option_file_has_a_comment(path):
 
 
 @pytest.mark.parametrize(
-    "file,schema_class", [("policy/default.yaml", schema.PolicyConfig), ("generation/default.yaml", schema.GenerationConfig)]
+    "file,schema_class",
+    [("policy/default.yaml", schema.PolicyConfig), ("generation/default.yaml", schema.GenerationConfig)],
 )
 def test_default_files_list_every_schema_field_with_its_default(file, schema_class):
     listed = raw(CONF / file)
@@ -250,7 +251,9 @@ def test_profile_class_and_dtype_match_what_transformers_builds(name):
     assert profile(name)["trust_remote_code"] is False
 
 
-@pytest.mark.parametrize("name", [n for n in model_profiles() if "layer_types" in raw(CONF / "model" / f"{n}.yaml")["architecture"]])
+@pytest.mark.parametrize(
+    "name", [n for n in model_profiles() if "layer_types" in raw(CONF / "model" / f"{n}.yaml")["architecture"]]
+)
 def test_written_out_layer_types_equal_what_transformers_derives(name):
     """A profile may list layer_types for the planner, but never a pattern transformers would not build."""
     from transformers import AutoConfig
@@ -316,7 +319,9 @@ def test_quantized_profiles_say_so_in_their_architecture():
     for name in model_profiles():
         data = profile(name)
         shipped = (data["architecture"].get("quantization_config") or {}).get("quant_method")
-        assert data["quantization"] == shipped, f"{name}: quantization {data['quantization']!r} vs config.json {shipped!r}"
+        assert data["quantization"] == shipped, (
+            f"{name}: quantization {data['quantization']!r} vs config.json {shipped!r}"
+        )
 
 
 # --- hardware tiers ---------------------------------------------------------------------------

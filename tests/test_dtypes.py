@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from planner import dtypes
+from planner import decisions as dtypes
 from planner.errors import ShardwiseError
-from planner.hardware import GIB, Device, Hardware
+from planner.hardware.devices import Device, Hardware
+from planner.units import GIB
 
 
 def gpu(cc: str, name: str = "GPU") -> Device:
@@ -60,8 +61,14 @@ def test_quantization_keep_is_refused_where_it_cannot_be_kept():
 
 
 def test_flash_attention_3_only_with_kernels_on_hopper():
-    assert dtypes.decide_attention("auto", "gpt_oss", probed("9.0", triton="3.4.0", kernels="0.18.2"), True).value == dtypes.FLASH_ATTN3_HUB
-    assert dtypes.decide_attention("auto", "gpt_oss", probed("8.0", triton="3.4.0", kernels="0.18.2"), True).value == "eager"
+    assert (
+        dtypes.decide_attention("auto", "gpt_oss", probed("9.0", triton="3.4.0", kernels="0.18.2"), True).value
+        == dtypes.FLASH_ATTN3_HUB
+    )
+    assert (
+        dtypes.decide_attention("auto", "gpt_oss", probed("8.0", triton="3.4.0", kernels="0.18.2"), True).value
+        == "eager"
+    )
     assert dtypes.decide_attention("auto", "llama", probed("9.0"), False).value == "sdpa"
 
 

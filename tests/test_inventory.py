@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner import architectures
 from planner.errors import ShardwiseError
-from planner.inventory import build_inventory
-from planner.safetensors_index import read_index
+from planner.model import architectures
+from planner.model.headers import read_index
+from planner.model.inventory import build_inventory
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = sorted((ROOT / "tests/data/reference_models").glob("*.json"))
@@ -36,7 +36,9 @@ def _meta_model(arch: dict, dtype: str = "float32"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type = architectures.model_type_of(arch)
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in arch.items() if k not in ("model_type", "quantization_config")})
+    config = AutoConfig.for_model(
+        model_type, **{k: v for k, v in arch.items() if k not in ("model_type", "quantization_config")}
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.tie_weights()
@@ -45,7 +47,9 @@ def _meta_model(arch: dict, dtype: str = "float32"):
 
 def _unique_tensors(model):
     seen, out = set(), []
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         if id(t) not in seen:
             seen.add(id(t))
             out.append((name, t))
@@ -68,7 +72,9 @@ def test_fast_path_params_and_modules_match_the_meta_build(path):
     assert inv.params_total == sum(p.numel() for p in model.parameters())  # tied weights once
     names = [m.name for m in inv.modules]
     assert len(names) == len(set(names))
-    for full_name, _ in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    for full_name, _ in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         assert len(_owners(full_name, names)) == 1, full_name
     # each entry's params equal the meta tensors it owns, tied weights counted at their owner only
     by_entry = {n: 0 for n in names}
@@ -124,8 +130,12 @@ GPT_OSS = {
 def test_gpt_oss_params_checkpoint_and_dequantized_bytes_are_exact(size):
     arch = json.loads((ROOT / f"tests/data/reference_models/openai__gpt-oss-{size}.json").read_text())
     params, shipped, dequantized = GPT_OSS[size]
-    kept = build_inventory(arch, dtype="bfloat16", quantization="mxfp4", keep_quantized=True, checkpoint_dtype="bfloat16")
-    dense = build_inventory(arch, dtype="bfloat16", quantization="mxfp4", keep_quantized=False, checkpoint_dtype="bfloat16")
+    kept = build_inventory(
+        arch, dtype="bfloat16", quantization="mxfp4", keep_quantized=True, checkpoint_dtype="bfloat16"
+    )
+    dense = build_inventory(
+        arch, dtype="bfloat16", quantization="mxfp4", keep_quantized=False, checkpoint_dtype="bfloat16"
+    )
     assert kept.params_total == dense.params_total == params
     assert kept.checkpoint_bytes == dense.checkpoint_bytes == shipped
     rotary = next(m for m in dense.modules if m.name == "model.rotary_emb")
@@ -212,19 +222,30 @@ def test_missing_model_type_is_read_from_the_architectures_class():
 
 def test_fast_path_for_gpt_oss_120b_is_fast_and_imports_no_torch():
     code = (
-        "import json,sys,time; from planner.inventory import build_inventory;"
+        "import json,sys,time; from planner.model.inventory import build_inventory;"
         "a=json.load(open('tests/data/reference_models/openai__gpt-oss-120b.json'));"
         "build_inventory(a,dtype='bfloat16',quantization='mxfp4',keep_quantized=True);"
         "t=time.perf_counter(); [build_inventory(a,dtype='bfloat16',quantization='mxfp4',keep_quantized=True) for _ in range(10)];"
         "print((time.perf_counter()-t)/10, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert float(out[0]) < 0.05
     assert out[1:] == ["False", "False"]
 
 
-TINY_OPT = dict(model_type="opt", hidden_size=32, num_attention_heads=4, num_hidden_layers=3, ffn_dim=64,
-                vocab_size=128, word_embed_proj_dim=32, max_position_embeddings=64, pad_token_id=1)
+TINY_OPT = dict(
+    model_type="opt",
+    hidden_size=32,
+    num_attention_heads=4,
+    num_hidden_layers=3,
+    ffn_dim=64,
+    vocab_size=128,
+    word_embed_proj_dim=32,
+    max_position_embeddings=64,
+    pad_token_id=1,
+)
 
 
 def test_meta_fallback_sizes_an_architecture_outside_the_fast_path():
@@ -234,7 +255,9 @@ def test_meta_fallback_sizes_an_architecture_outside_the_fast_path():
     assert inv.params_total == sum(p.numel() for p in model.parameters())
     assert inv.weight_bytes == sum(t.numel() * t.element_size() for _, t in _unique_tensors(model))
     names = [m.name for m in inv.modules]
-    for full_name, _ in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    for full_name, _ in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         assert len(_owners(full_name, names)) == 1, full_name
     assert [m.name for m in inv.modules if m.kind == "layer"] == [f"model.decoder.layers.{i}" for i in range(3)]
     assert inv.modules[-1].name == "lm_head" and inv.modules[-1].tied_to == "model.decoder.embed_tokens"
@@ -266,9 +289,17 @@ def test_bad_numbers_and_quantization_are_refused():
         build_inventory(arch, dtype="int3")
 
 
-TINY_LLAMA = dict(model_type="llama", hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                  num_hidden_layers=3, intermediate_size=48, vocab_size=96, max_position_embeddings=64,
-                  tie_word_embeddings=False)
+TINY_LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=3,
+    intermediate_size=48,
+    vocab_size=96,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
 
 
 def _save_tiny(tmp_path: Path, arch: dict, max_shard_size=None) -> Path:
@@ -324,9 +355,14 @@ def test_gpt2_checkpoint_names_without_the_base_prefix_still_match(tmp_path):
     inv = build_inventory(arch, dtype="float32")
     tensors = {"wte.weight": torch.zeros(40, 16), "wpe.weight": torch.zeros(32, 16), "ln_f.weight": torch.zeros(16)}
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    per_module, coverage = read_index(str(tmp_path)).bytes_by_module([m.name for m in inv.modules], no_tensors_expected=["lm_head"])
+    per_module, coverage = read_index(str(tmp_path)).bytes_by_module(
+        [m.name for m in inv.modules], no_tensors_expected=["lm_head"]
+    )
     assert per_module["transformer.wte"] == 40 * 16 * 4 and per_module["transformer.ln_f"] == 16 * 4
-    assert coverage.unmatched_tensors == () and coverage.modules_without_tensors == ("transformer.h.0", "transformer.h.1")
+    assert coverage.unmatched_tensors == () and coverage.modules_without_tensors == (
+        "transformer.h.0",
+        "transformer.h.1",
+    )
 
 
 def test_a_corrupt_safetensors_header_is_a_one_line_error(tmp_path):

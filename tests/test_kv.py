@@ -10,21 +10,55 @@ from __future__ import annotations
 
 import pytest
 
-from planner.inventory import LayerSpec, build_inventory
 from planner.kv import kv_bytes_per_token, kv_cache_bytes, layer_held_tokens, layer_kv_bytes
+from planner.model.inventory import LayerSpec, build_inventory
 
 COMMON = dict(vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 TINY = {
     "gpt2_mha": dict(model_type="gpt2", n_embd=32, n_head=4, n_layer=2, n_positions=64, **COMMON),
-    "llama_gqa": dict(model_type="llama", hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                      num_hidden_layers=2, intermediate_size=48, **COMMON),
-    "gpt_oss_sliding_and_full": dict(model_type="gpt_oss", hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                                     head_dim=8, num_hidden_layers=4, intermediate_size=32, num_local_experts=4,
-                                     num_experts_per_tok=2, sliding_window=8, **COMMON),
-    "gemma2_alternating": dict(model_type="gemma2", hidden_size=32, num_attention_heads=4, num_key_value_heads=1,
-                               head_dim=8, num_hidden_layers=2, intermediate_size=48, sliding_window=6, **COMMON),
-    "mistral_all_sliding": dict(model_type="mistral", hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                                num_hidden_layers=2, intermediate_size=48, sliding_window=8, **COMMON),
+    "llama_gqa": dict(
+        model_type="llama",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        **COMMON,
+    ),
+    "gpt_oss_sliding_and_full": dict(
+        model_type="gpt_oss",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_hidden_layers=4,
+        intermediate_size=32,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        **COMMON,
+    ),
+    "gemma2_alternating": dict(
+        model_type="gemma2",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        sliding_window=6,
+        **COMMON,
+    ),
+    "mistral_all_sliding": dict(
+        model_type="mistral",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        sliding_window=8,
+        **COMMON,
+    ),
 }
 SESSIONS = 2
 DTYPE_BYTES = 4  # the tiny models run in float32 on CPU
@@ -73,7 +107,9 @@ def test_kv_bytes_equal_what_the_cache_holds_after_prefill_and_decode(name, prom
     (pre_shaped, pre_stored), (dec_shaped, dec_stored) = _run(_model(arch), prompt_tokens)
     layers = inv.layers
     # right after a one-shot prefill every layer's storage holds the whole prompt
-    assert pre_stored == [layer_kv_bytes(l, prompt_tokens, SESSIONS, DTYPE_BYTES, new_tokens=prompt_tokens) for l in layers]
+    assert pre_stored == [
+        layer_kv_bytes(l, prompt_tokens, SESSIONS, DTYPE_BYTES, new_tokens=prompt_tokens) for l in layers
+    ]
     # one decoded token later: sliding layers are back to min(context, window) tokens of storage
     context = prompt_tokens + 1
     assert dec_stored == [layer_kv_bytes(l, context, SESSIONS, DTYPE_BYTES) for l in layers]
@@ -106,4 +142,6 @@ def test_gpt_oss_kv_bytes_per_token_is_2048_per_layer_and_only_full_layers_grow(
     assert len(full) == 18 and len(sliding) == 18
     context = 131_072
     assert kv_cache_bytes(inv.layers, context, 1, 2) == 18 * 2048 * context + 18 * 2048 * 128
-    assert kv_cache_bytes(inv.layers, context + 1000, 1, 2) - kv_cache_bytes(inv.layers, context, 1, 2) == 18 * 2048 * 1000
+    assert (
+        kv_cache_bytes(inv.layers, context + 1000, 1, 2) - kv_cache_bytes(inv.layers, context, 1, 2) == 18 * 2048 * 1000
+    )

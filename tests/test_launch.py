@@ -13,7 +13,7 @@ import pytest
 
 from planner.errors import ShardwiseError
 from planner.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
-from runner import launch as L
+from runner.launch import render as L
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_TOTAL_BYTES = 85_520_809_984  # 81559 MiB as nvidia-smi prints it
@@ -22,46 +22,122 @@ ENV = "CUDA_DEVICE_ORDER=PCI_BUS_ID PYTORCH_CUDA_ALLOC_CONF=expandable_segments:
 LLAMA_70B = {"num_attention_heads": 64, "num_key_value_heads": 8, "num_hidden_layers": 80}
 
 
-def h100_plan(name, source, model_type, *, strategy, nodes=1, gpus=1, tp=1, pp=1, context, sessions=1,
-              quantization=None, device_map=None) -> Plan:
+def h100_plan(
+    name,
+    source,
+    model_type,
+    *,
+    strategy,
+    nodes=1,
+    gpus=1,
+    tp=1,
+    pp=1,
+    context,
+    sessions=1,
+    quantization=None,
+    device_map=None,
+) -> Plan:
     devices = [
-        {"id": i, "uuid": "", "name": H100, "total_bytes": H100_TOTAL_BYTES, "free_bytes": H100_TOTAL_BYTES,
-         "compute_capability": "9.0", "node": n}
-        for n in range(nodes) for i in range(gpus)
+        {
+            "id": i,
+            "uuid": "",
+            "name": H100,
+            "total_bytes": H100_TOTAL_BYTES,
+            "free_bytes": H100_TOTAL_BYTES,
+            "compute_capability": "9.0",
+            "node": n,
+        }
+        for n in range(nodes)
+        for i in range(gpus)
     ]
-    budget = tuple(DeviceBudget(device=str(i), weights=0, kv_cache=0, activations=0, overhead=0, planned=0,
-                                usable=H100_USABLE_BYTES, free_after=0, node=n) for n in range(nodes) for i in range(gpus))
+    budget = tuple(
+        DeviceBudget(
+            device=str(i),
+            weights=0,
+            kv_cache=0,
+            activations=0,
+            overhead=0,
+            planned=0,
+            usable=H100_USABLE_BYTES,
+            free_after=0,
+            node=n,
+        )
+        for n in range(nodes)
+        for i in range(gpus)
+    )
     return Plan(
-        model=ModelInfo(name=name, source=source, model_type=model_type, params_total=0, weight_bytes=0,
-                        checkpoint_bytes=None, dtype="bfloat16",
-                        quantization=quantization or Quantization(method=None, kept=False, reason="shipped unquantized")),
-        hardware={"source": "h100_80gb", "fingerprint": "hw-h100", "devices": devices, "nodes": nodes,
-                  "cpu_count": 32, "host_ram_bytes": 256 << 30},
-        strategy=strategy, nodes=nodes, tp_size=tp, pp_size=pp,
+        model=ModelInfo(
+            name=name,
+            source=source,
+            model_type=model_type,
+            params_total=0,
+            weight_bytes=0,
+            checkpoint_bytes=None,
+            dtype="bfloat16",
+            quantization=quantization or Quantization(method=None, kept=False, reason="shipped unquantized"),
+        ),
+        hardware={
+            "source": "h100_80gb",
+            "fingerprint": "hw-h100",
+            "devices": devices,
+            "nodes": nodes,
+            "cpu_count": 32,
+            "host_ram_bytes": 256 << 30,
+        },
+        strategy=strategy,
+        nodes=nodes,
+        tp_size=tp,
+        pp_size=pp,
         device_map=device_map if device_map is not None else {},
-        max_memory={}, budget=budget,
+        max_memory={},
+        budget=budget,
         limits=Limits(context_tokens=context, sessions=sessions, max_new_tokens=256, kv_bytes_per_token=0),
-        fits=True, kv_cache_dtype="bfloat16",
+        fits=True,
+        kv_cache_dtype="bfloat16",
     )
 
 
 @pytest.fixture
 def gpt_oss_120b_1x() -> Plan:
     mxfp4 = Quantization(method="mxfp4", kept=True, reason="kept")
-    return h100_plan("gpt-oss-120b", "openai/gpt-oss-120b", "gpt_oss", strategy="single_gpu", context=131072,
-                     quantization=mxfp4, device_map={"": 0})
+    return h100_plan(
+        "gpt-oss-120b",
+        "openai/gpt-oss-120b",
+        "gpt_oss",
+        strategy="single_gpu",
+        context=131072,
+        quantization=mxfp4,
+        device_map={"": 0},
+    )
 
 
 @pytest.fixture
 def llama70b_2x() -> Plan:
-    return h100_plan("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", "llama", strategy="tensor_parallel",
-                     gpus=2, tp=2, context=46159)
+    return h100_plan(
+        "llama-3.1-70b",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "llama",
+        strategy="tensor_parallel",
+        gpus=2,
+        tp=2,
+        context=46159,
+    )
 
 
 @pytest.fixture
 def llama70b_2x8() -> Plan:
-    return h100_plan("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", "llama", strategy="tensor_parallel",
-                     nodes=2, gpus=8, tp=8, pp=2, context=131072, sessions=16)
+    return h100_plan(
+        "llama-3.1-70b",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "llama",
+        strategy="tensor_parallel",
+        nodes=2,
+        gpus=8,
+        tp=8,
+        pp=2,
+        context=131072,
+        sessions=16,
+    )
 
 
 def lines(commands) -> list[str]:
@@ -78,10 +154,12 @@ def test_single_gpu_plan_runs_one_chat_process(gpt_oss_120b_1x):
 
 
 def test_torchrun_golden_for_llama70b_on_two_h100(llama70b_2x):
-    plan = replace(llama70b_2x, launch=replace(llama70b_2x.launch, env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}))
+    plan = replace(
+        llama70b_2x, launch=replace(llama70b_2x.launch, env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
+    )
     assert L.check_distributed(plan, LLAMA_70B) == []
     assert lines(L.torchrun_commands(plan, "plan.json", L.LaunchSettings())) == [
-        f"{ENV} torchrun --nproc-per-node=2 --standalone -m runner.tp_worker --plan plan.json"
+        f"{ENV} torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan plan.json"
     ]
 
 
@@ -89,7 +167,7 @@ def test_torchrun_golden_for_llama70b_on_two_nodes_of_eight_h100_static_master(l
     settings = L.LaunchSettings(master_addr="10.0.0.1", master_port=29501)
     generation = {"max_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 7, "system_prompt": None}
     got = lines(L.torchrun_commands(llama70b_2x8, "plan.json", settings, generation))
-    worker = "-m runner.tp_worker --plan plan.json --max-tokens 128 --temperature 0.0 --top-p 1.0 --seed 7"
+    worker = "-m runner.launch.worker --plan plan.json --max-tokens 128 --temperature 0.0 --top-p 1.0 --seed 7"
     assert got == [
         f"CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --node-rank={r} --master-addr=10.0.0.1 --master-port=29501 {worker}"
         for r in (0, 1)
@@ -102,7 +180,7 @@ def test_torchrun_golden_with_c10d_rendezvous_is_one_line_for_every_node(llama70
     settings = L.LaunchSettings(rdzv_endpoint="head:29400", prompt=["hi there"])
     assert lines(L.torchrun_commands(llama70b_2x8, "plan.json", settings)) == [
         "CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --rdzv-backend=c10d "
-        "--rdzv-endpoint=head:29400 --rdzv-id=shardwise -m runner.tp_worker --plan plan.json --prompt 'hi there'"
+        "--rdzv-endpoint=head:29400 --rdzv-id=shardwise -m runner.launch.worker --plan plan.json --prompt 'hi there'"
     ]
 
 
@@ -142,10 +220,13 @@ def test_vllm_golden_for_llama70b_on_two_nodes_starts_a_ray_cluster(llama70b_2x8
     assert [(c.where, c.line()) for c in commands] == [
         ("node 0", "CUDA_DEVICE_ORDER=PCI_BUS_ID ray start --head --port=6379"),
         ("every node but node 0", "CUDA_DEVICE_ORDER=PCI_BUS_ID ray start --address=10.0.0.1:6379"),
-        ("node 0", "CUDA_DEVICE_ORDER=PCI_BUS_ID vllm serve meta-llama/Llama-3.1-70B-Instruct --served-model-name=llama-3.1-70b "
-                   "--tensor-parallel-size=8 --pipeline-parallel-size=2 --max-model-len=131072 --max-num-seqs=16 "
-                   "--gpu-memory-utilization=0.98 --dtype=bfloat16 --kv-cache-dtype=auto --distributed-executor-backend=ray "
-                   "--host=127.0.0.1 --port=8000"),
+        (
+            "node 0",
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID vllm serve meta-llama/Llama-3.1-70B-Instruct --served-model-name=llama-3.1-70b "
+            "--tensor-parallel-size=8 --pipeline-parallel-size=2 --max-model-len=131072 --max-num-seqs=16 "
+            "--gpu-memory-utilization=0.98 --dtype=bfloat16 --kv-cache-dtype=auto --distributed-executor-backend=ray "
+            "--host=127.0.0.1 --port=8000",
+        ),
     ]
 
 
@@ -157,8 +238,11 @@ def test_vllm_memory_share_is_the_tightest_gpus_usable_over_total(llama70b_2x):
 
 
 def test_vllm_notes_a_dequantized_plan_and_a_kv_dtype_it_cannot_follow(gpt_oss_120b_1x):
-    plan = replace(gpt_oss_120b_1x, kv_cache_dtype="float16",
-                   model=replace(gpt_oss_120b_1x.model, quantization=Quantization("mxfp4", False, "no triton")))
+    plan = replace(
+        gpt_oss_120b_1x,
+        kv_cache_dtype="float16",
+        model=replace(gpt_oss_120b_1x.model, quantization=Quantization("mxfp4", False, "no triton")),
+    )
     commands, notes = L.vllm_commands(plan, L.LaunchSettings())
     assert "--kv-cache-dtype=auto" in commands[-1].argv
     assert len(notes) == 2 and "dequantizes mxfp4" in notes[1] and "float16" in notes[0]
@@ -169,13 +253,28 @@ def test_vllm_notes_a_dequantized_plan_and_a_kv_dtype_it_cannot_follow(gpt_oss_1
 
 def test_slurm_launcher_golden_for_two_nodes_of_eight_h100(llama70b_2x8):
     config, reasons = L.slurm_launcher(llama70b_2x8, L.SlurmSettings(partition="gpu", timeout_min=60))
-    assert config == {"nodes": 2, "tasks_per_node": 1, "gpus_per_node": 8, "cpus_per_task": 32, "mem_gb": 256,
-                      "timeout_min": 60, "partition": "gpu", "account": None, "name": "shardwise"}
+    assert config == {
+        "nodes": 2,
+        "tasks_per_node": 1,
+        "gpus_per_node": 8,
+        "cpus_per_task": 32,
+        "mem_gb": 256,
+        "timeout_min": 60,
+        "partition": "gpu",
+        "account": None,
+        "name": "shardwise",
+    }
     assert any("capped at the node's 32 cores (asked 64)" in r for r in reasons)
     assert L.slurm_overrides(config) == [
-        "hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1",
-        "hydra.launcher.gpus_per_node=8", "hydra.launcher.cpus_per_task=32", "hydra.launcher.mem_gb=256",
-        "hydra.launcher.timeout_min=60", "hydra.launcher.partition=gpu", "hydra.launcher.name=shardwise",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.gpus_per_node=8",
+        "hydra.launcher.cpus_per_task=32",
+        "hydra.launcher.mem_gb=256",
+        "hydra.launcher.timeout_min=60",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.name=shardwise",
     ]
 
 
@@ -189,7 +288,9 @@ def test_slurm_launcher_for_one_h100_and_two_h100(gpt_oss_120b_1x, llama70b_2x):
 def test_shipped_slurm_presets_are_what_the_renderer_writes():
     launcher_dir = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "launcher"
     for name in L.SLURM_PRESETS:
-        assert (launcher_dir / f"{name}.yaml").read_text() == L.preset_text(name), f"regenerate with python -m runner.launch ({name})"
+        assert (launcher_dir / f"{name}.yaml").read_text() == L.preset_text(name), (
+            f"regenerate with python -m runner.launch.render ({name})"
+        )
 
 
 # --- refusals (in process; the CLI versions are in test_launch_cli.py) --------------------------
@@ -236,27 +337,44 @@ def test_engine_choice_is_refused_where_it_cannot_run_the_plan(gpt_oss_120b_1x, 
 SCENARIOS = {
     "gpt_oss_120b_1x": ("gpt-oss-120b", []),
     "llama70b_2x": ("llama-3.1-70b", ["hardware.count=2", "policy.strategy=tensor_parallel"]),
-    "llama70b_2x8": ("llama-3.1-70b", ["hardware.count=8", "hardware.nodes=2", "policy.context_tokens=131072", "policy.sessions=16"]),
+    "llama70b_2x8": (
+        "llama-3.1-70b",
+        ["hardware.count=8", "hardware.nodes=2", "policy.context_tokens=131072", "policy.sessions=16"],
+    ),
 }
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_planner_agrees_with_the_hand_built_plan_shape(scenario, request):
-    from planner.api import make_plan
+    from planner.config.compose import make_plan
 
     model, overrides = SCENARIOS[scenario]
     real = make_plan(model, "h100_80gb", overrides)
     hand = request.getfixturevalue(scenario)
-    assert (real.strategy, real.nodes, real.tp_size, real.pp_size) == (hand.strategy, hand.nodes, hand.tp_size, hand.pp_size)
-    assert (real.model.source, real.model.model_type, real.model.dtype) == (hand.model.source, hand.model.model_type, hand.model.dtype)
+    assert (real.strategy, real.nodes, real.tp_size, real.pp_size) == (
+        hand.strategy,
+        hand.nodes,
+        hand.tp_size,
+        hand.pp_size,
+    )
+    assert (real.model.source, real.model.model_type, real.model.dtype) == (
+        hand.model.source,
+        hand.model.model_type,
+        hand.model.dtype,
+    )
     vllm = L.vllm_commands(real, L.LaunchSettings())[0][-1].argv
     share, _ = L.gpu_memory_utilization(real)
-    for flag in (f"--tensor-parallel-size={real.tp_size}", f"--pipeline-parallel-size={real.pp_size}",
-                 f"--max-model-len={real.limits.context_tokens}", f"--max-num-seqs={real.limits.sessions}",
-                 f"--gpu-memory-utilization={share:.2f}", f"--dtype={real.model.dtype}"):
+    for flag in (
+        f"--tensor-parallel-size={real.tp_size}",
+        f"--pipeline-parallel-size={real.pp_size}",
+        f"--max-model-len={real.limits.context_tokens}",
+        f"--max-num-seqs={real.limits.sessions}",
+        f"--gpu-memory-utilization={share:.2f}",
+        f"--dtype={real.model.dtype}",
+    ):
         assert flag in vllm
     if L.needs_torchrun(real):
-        from planner.hydra_app import conf_dir
+        from planner.config.app import conf_dir
 
         L.check_distributed(real, L.plan_architecture(real, conf_dir()))
         argv = L.torchrun_commands(real, "plan.json", L.LaunchSettings(master_addr="h"))[0].argv

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
-from planner.api import compose, make_plan
+from planner.config.app import profile_names
+from planner.config.compose import compose, make_plan
 from planner.errors import ShardwiseError
-from planner.hardware import GIB
-from planner.hydra_app import profile_names
+from planner.hardware.tiers import resolve_hardware
 from planner.planning import plan_from_config
-from planner.resolve_hardware import resolve_hardware
+from planner.units import GIB
 
 
 def decision(plan, what):
@@ -183,7 +183,10 @@ def test_every_suggested_fix_fits_when_applied(model, tier, overrides):
     [
         (["model=gpt2", "hardware=t4", "policy.dtype=bfloat16"], "bfloat16 needs compute capability >= 8.0"),
         (["model=gpt2", "hardware=t4", "policy.strategy=tensor_parallel"], "tensor_parallel"),
-        (["model=gpt2", "hardware=h100_80gb", "hardware.count=2", "policy.strategy=tensor_parallel"], "no tensor-parallel plan"),
+        (
+            ["model=gpt2", "hardware=h100_80gb", "hardware.count=2", "policy.strategy=tensor_parallel"],
+            "no tensor-parallel plan",
+        ),
         (["model=gpt2", "hardware=h100_80gb", "policy.context_tokens=4096"], "maximum of 1024"),
         (["model=gpt2", "hardware=h100_80gb", "policy.sessions=0"], "policy.sessions"),
         (["model=gpt-oss-20b", "hardware=v100_16gb", "policy.quantization=keep"], "cannot be honoured"),
@@ -197,16 +200,29 @@ def test_conflicting_options_are_refused_with_the_reason(overrides, needle):
 
 # ---- invariants over a grid -------------------------------------------------------------------
 
-GRID_MODELS = ["gpt2-xl", "llama-3.2-1b", "llama-3.1-8b", "mixtral-8x7b", "gemma-2-9b", "gpt-oss-20b", "gpt-oss-120b", "qwen3-30b-a3b"]
+GRID_MODELS = [
+    "gpt2-xl",
+    "llama-3.2-1b",
+    "llama-3.1-8b",
+    "mixtral-8x7b",
+    "gemma-2-9b",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+    "qwen3-30b-a3b",
+]
 GRID_TIERS = ["t4", "rtx4090", "a100_40gb", "a100_80gb", "h100_80gb"]
 GRID_COUNTS = [1, 2, 4]
 GRID_CONTEXTS = ["auto", "8192"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def grid_plan(model, tier, count, context):
-    cfg = compose("plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"])
-    if context != "auto" and int(context) > cfg.model.architecture.get("max_position_embeddings", cfg.model.architecture.get("n_positions", 0)):
+    cfg = compose(
+        "plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"]
+    )
+    if context != "auto" and int(context) > cfg.model.architecture.get(
+        "max_position_embeddings", cfg.model.architecture.get("n_positions", 0)
+    ):
         context = "auto"  # gpt2-xl's 1024-token maximum: a larger request is an error, tested elsewhere
         cfg.policy.context_tokens = "auto"
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=tier))
@@ -245,14 +261,13 @@ def test_more_memory_per_gpu_never_makes_a_plan_worse(model):
 # ---- device maps against transformers' own modules ---------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def meta_names(profile: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     import torch
+    from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from planner.model_source import load_profile
-
-    from omegaconf import OmegaConf
+    from planner.model.source import load_profile
 
     arch = OmegaConf.to_container(load_profile(profile).architecture, resolve=True)
     arch.pop("quantization_config", None)
@@ -282,29 +297,51 @@ def test_device_map_covers_every_parameter_and_buffer_exactly_once(profile):
 
 
 def test_offload_keeps_gpu_layers_contiguous_and_spills_ram_then_disk():
-    plan = make_plan("llama-3.1-8b", "rtx3080", ["policy.allow_cpu_offload=true", "policy.allow_disk_offload=true",
-                                                 "hardware.host_ram_gib=8", "policy.context_tokens=4096",
-                                                 "policy.offload_disk_gib=100"])
+    plan = make_plan(
+        "llama-3.1-8b",
+        "rtx3080",
+        [
+            "policy.allow_cpu_offload=true",
+            "policy.allow_disk_offload=true",
+            "hardware.host_ram_gib=8",
+            "policy.context_tokens=4096",
+            "policy.offload_disk_gib=100",
+        ],
+    )
     assert plan.fits and plan.strategy == "offload"
     rows = {row.device: row for row in plan.budget}
     assert set(rows) == {"0", "cpu", "disk"}
     gpu, ram, disk = rows["0"], rows["cpu"], rows["disk"]
-    assert gpu.layers[0] == 0 and ram.layers[0] == gpu.layers[1] + 1 and disk.layers[0] == ram.layers[1] + 1 and disk.layers[1] == 31
+    assert (
+        gpu.layers[0] == 0
+        and ram.layers[0] == gpu.layers[1] + 1
+        and disk.layers[0] == ram.layers[1] + 1
+        and disk.layers[1] == 31
+    )
     assert gpu.planned <= gpu.usable and ram.planned <= ram.usable
-    assert ram.kv_cache == 0 and gpu.kv_cache == 4096 * plan.limits.kv_bytes_per_token  # offloaded layers keep KV on the GPU
+    assert (
+        ram.kv_cache == 0 and gpu.kv_cache == 4096 * plan.limits.kv_bytes_per_token
+    )  # offloaded layers keep KV on the GPU
     order = [plan.device_map[f"model.layers.{i}"] for i in range(32)]
     assert order == sorted(order, key=lambda d: {0: 0, "cpu": 1, "disk": 2}[d])
 
 
 def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
-    from planner.hardware import Device, Hardware
-    from planner.model_source import load_profile, spec_from_config
+    from planner.hardware.devices import Device, Hardware
+    from planner.model.source import load_profile, spec_from_config
     from planner.planning import Planner
 
     cfg = compose("plan", ["model=gpt-oss-20b"])
-    hw = Hardware(source="probe", probed=True, host_ram_bytes=128 * GIB, installed={"triton": "3.4.0", "kernels": "0.18.2"},
-                  devices=(Device(0, "NVIDIA A100-SXM4-80GB", 80 * GIB, 80 * GIB, "8.0"),
-                           Device(1, "Tesla V100-SXM2-16GB", 16 * GIB, 16 * GIB, "7.0")))
+    hw = Hardware(
+        source="probe",
+        probed=True,
+        host_ram_bytes=128 * GIB,
+        installed={"triton": "3.4.0", "kernels": "0.18.2"},
+        devices=(
+            Device(0, "NVIDIA A100-SXM4-80GB", 80 * GIB, 80 * GIB, "8.0"),
+            Device(1, "Tesla V100-SXM2-16GB", 16 * GIB, 16 * GIB, "7.0"),
+        ),
+    )
     plan = Planner(spec_from_config(load_profile("gpt-oss-20b")), hw, cfg.policy, cfg.generation).plan()
     assert plan.fits and plan.device_map == {"": 0}
     assert plan.model.dtype == "bfloat16" and plan.model.quantization.kept
@@ -313,8 +350,11 @@ def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
 
 
 def test_tensor_parallel_ranks_hold_the_residual_stream_whole():
-    plan = make_plan("llama-3.1-70b", "h100_80gb", ["hardware.count=4", "policy.strategy=tensor_parallel",
-                                                    "policy.context_tokens=131072", "policy.sessions=2"])
+    plan = make_plan(
+        "llama-3.1-70b",
+        "h100_80gb",
+        ["hardware.count=4", "policy.strategy=tensor_parallel", "policy.context_tokens=131072", "policy.sessions=2"],
+    )
     assert plan.fits and plan.tp_size == 4
     chunk = plan.limits.prefill_chunk_tokens or plan.limits.context_tokens
     hidden_bytes = chunk * 8192 * 2
@@ -352,13 +392,18 @@ def test_a_reply_may_use_the_whole_context_the_prompt_leaves():
 
 def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
     """48 + 24 GiB: the proportional 24/12 split overflows GPU 1 at 32k; moving a boundary layer fits."""
-    from planner.hardware import Device, Hardware
-    from planner.model_source import load_profile, spec_from_config
+    from planner.hardware.devices import Device, Hardware
+    from planner.model.source import load_profile, spec_from_config
     from planner.planning import Planner
 
     cfg = compose("plan", ["model=gpt-oss-120b", "policy.context_tokens=32768"])
-    hw = Hardware(source="probe", probed=True, host_ram_bytes=256 * GIB, installed={"triton": "3.4.0", "kernels": "0.18.2"},
-                  devices=(Device(0, "GPU-48", 48 * GIB, 48 * GIB, "8.6"), Device(1, "GPU-24", 24 * GIB, 24 * GIB, "8.6")))
+    hw = Hardware(
+        source="probe",
+        probed=True,
+        host_ram_bytes=256 * GIB,
+        installed={"triton": "3.4.0", "kernels": "0.18.2"},
+        devices=(Device(0, "GPU-48", 48 * GIB, 48 * GIB, "8.6"), Device(1, "GPU-24", 24 * GIB, 24 * GIB, "8.6")),
+    )
     plan = Planner(spec_from_config(load_profile("gpt-oss-120b")), hw, cfg.policy, cfg.generation).plan()
     assert plan.fits and plan.strategy == "pipeline"
     first, second = plan.budget

@@ -10,16 +10,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fake_nvml import FakeNVML, fake, load
 from omegaconf import OmegaConf
 
-import planner.probe as probe_module
-from fake_nvml import FakeNVML, fake, load
+import planner.hardware.probe as probe_module
+from planner.config.schema import HardwareConfig, HardwareKind, Interconnect
 from planner.errors import ShardwiseError
-from planner.hardware import GIB, MIB, Hardware
-from planner.host import HostInfo, cgroup_memory_limit_bytes, host_info, installed_kernels, meminfo_total_bytes
-from planner.probe import load_snapshot, normalize_pci_bus_id, probe, save_snapshot
-from planner.resolve_hardware import resolve_hardware
-from planner.schema import HardwareConfig, HardwareKind, Interconnect
+from planner.hardware.devices import Hardware
+from planner.hardware.host import HostInfo, cgroup_memory_limit_bytes, host_info, installed_kernels, meminfo_total_bytes
+from planner.hardware.probe import load_snapshot, normalize_pci_bus_id, probe, save_snapshot
+from planner.hardware.tiers import resolve_hardware
+from planner.units import GIB, MIB
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDWISE = REPO / ".venv" / "bin" / "shardwise"
@@ -268,7 +269,10 @@ def _good(tmp_path) -> dict:
         (lambda d: {k: v for k, v in d.items() if k != "snapshot_version"}, "lacks the keys ['snapshot_version']"),
         (lambda d: {**d, "snapshot_version": 9}, "snapshot_version 9"),
         (lambda d: {**d, "gpus": 2}, "unknown keys ['gpus']"),
-        (lambda d: {**d, "devices": [{k: v for k, v in d["devices"][0].items() if k != "total_bytes"}]}, "missing keys ['total_bytes']"),
+        (
+            lambda d: {**d, "devices": [{k: v for k, v in d["devices"][0].items() if k != "total_bytes"}]},
+            "missing keys ['total_bytes']",
+        ),
         (lambda d: {**d, "devices": [{**d["devices"][0], "free_bytes": "lots"}]}, "devices[0].free_bytes = 'lots'"),
         (lambda d: {**d, "devices": [{**d["devices"][0], "compute_capability": "ampere"}]}, "not like '8.0'"),
         (lambda d: {**d, "devices": "none"}, "not a list"),
@@ -323,7 +327,14 @@ def test_pcie_tier_has_no_nvlink_pairs():
 
 
 def test_tier_works_from_a_plain_dict():
-    cfg = {"kind": "tier", "memory_mib": 24576, "compute_capability": "8.6", "count": 2, "host_ram_gib": 64, "cpu_count": 8}
+    cfg = {
+        "kind": "tier",
+        "memory_mib": 24576,
+        "compute_capability": "8.6",
+        "count": 2,
+        "host_ram_gib": 64,
+        "cpu_count": 8,
+    }
     hw = resolve_hardware(cfg, name="rtx3090")
     assert len(hw.devices) == 2 and hw.devices[0].name == "rtx3090"  # no GPU name given: the tier name
 
@@ -347,7 +358,14 @@ def test_bad_tier_values_give_one_line_errors(key, value, words):
 
 
 def test_unknown_interconnect_in_a_dict_is_refused():
-    cfg = {"kind": "tier", "memory_mib": 1, "compute_capability": "8.0", "interconnect": "infiniband", "host_ram_gib": 1, "cpu_count": 1}
+    cfg = {
+        "kind": "tier",
+        "memory_mib": 1,
+        "compute_capability": "8.0",
+        "interconnect": "infiniband",
+        "host_ram_gib": 1,
+        "cpu_count": 1,
+    }
     with pytest.raises(ShardwiseError, match="got 'infiniband'"):
         resolve_hardware(cfg)
 
@@ -355,12 +373,17 @@ def test_unknown_interconnect_in_a_dict_is_refused():
 def test_snapshot_kind_needs_a_path():
     with pytest.raises(ShardwiseError) as err:
         resolve_hardware(OmegaConf.structured(HardwareConfig(kind=HardwareKind.snapshot)))
-    assert str(err.value) == "hardware=snapshot needs hardware.path=FILE (write one with `shardwise probe probe.save=FILE`)"
+    assert (
+        str(err.value)
+        == "hardware=snapshot needs hardware.path=FILE (write one with `shardwise probe probe.save=FILE`)"
+    )
 
 
 def test_snapshot_kind_replays_the_file(tmp_path):
     path = save_snapshot(probed("h100_sxm_8x"), tmp_path / "box.json")
-    hw = resolve_hardware(OmegaConf.structured(HardwareConfig(kind=HardwareKind.snapshot, path=str(path))), name="snapshot")
+    hw = resolve_hardware(
+        OmegaConf.structured(HardwareConfig(kind=HardwareKind.snapshot, path=str(path))), name="snapshot"
+    )
     assert hw.source == str(path) and len(hw.devices) == 8 and hw.notes == ()
 
 
@@ -368,7 +391,9 @@ def test_auto_kind_probes_and_notes_tier_knobs_that_have_no_effect(monkeypatch):
     monkeypatch.setattr(probe_module, "probe", lambda: probed("mixed_4090_3090"))
     hw = resolve_hardware(OmegaConf.structured(HardwareConfig(kind=HardwareKind.auto, count=4)), name="auto")
     assert hw.source == "probe" and len(hw.devices) == 2
-    assert hw.notes == ("hardware.count=4 has no effect with hardware kind auto: use a tier such as hardware=h100_80gb to size GPUs",)
+    assert hw.notes == (
+        "hardware.count=4 has no effect with hardware kind auto: use a tier such as hardware=h100_80gb to size GPUs",
+    )
 
 
 def test_cpu_kind_uses_configured_host_or_this_machine_when_zero():
@@ -391,7 +416,9 @@ def test_unknown_kind_is_refused():
 
 def run_cli(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.run([str(SHARDWISE), "probe", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [str(SHARDWISE), "probe", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 @pytest.mark.slow
@@ -424,7 +451,7 @@ def test_shardwise_probe_bad_save_path_is_one_line_exit_2(tmp_path):
 
 def test_probe_modules_import_neither_torch_nor_pynvml():
     code = (
-        "import sys, planner.probe, planner.probe_cli, planner.resolve_hardware, planner.visible_devices;"
+        "import sys, planner.hardware.probe, planner.probe_cli, planner.hardware.tiers, planner.hardware.visible_devices;"
         "bad = [m for m in ('torch', 'transformers', 'pynvml', 'runner') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -432,7 +459,10 @@ def test_probe_modules_import_neither_torch_nor_pynvml():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", ["h100_sxm_8x", "busy_a100_pcie_2x", "a100_mig_2slices", "old_driver_v100_2x", "mixed_4090_3090", "h200_recorded"])
+@pytest.mark.parametrize(
+    "name",
+    ["h100_sxm_8x", "busy_a100_pcie_2x", "a100_mig_2slices", "old_driver_v100_2x", "mixed_4090_3090", "h200_recorded"],
+)
 def test_recorder_reads_back_what_the_fake_answers(monkeypatch, name):
     """tests/record_nvml.py (run on real GPUs to make new snapshots) and the fake agree on the layout."""
     import record_nvml
@@ -442,7 +472,10 @@ def test_recorder_reads_back_what_the_fake_answers(monkeypatch, name):
     recorded = record_nvml.record("again")
     assert recorded["gpus"] == snapshot["gpus"]
     assert set(recorded["functions_missing"]) == set(snapshot["functions_missing"])
-    assert (recorded["driver_version"], recorded["cuda_driver_version"]) == (snapshot["driver_version"], snapshot["cuda_driver_version"])
+    assert (recorded["driver_version"], recorded["cuda_driver_version"]) == (
+        snapshot["driver_version"],
+        snapshot["cuda_driver_version"],
+    )
 
 
 # --- on a machine with an NVIDIA GPU (pytest -m gpu) ---------------------------------------------
@@ -471,10 +504,26 @@ def test_visible_devices_agree_with_the_cuda_driver():
     hw = probe(environ={})
     if not hw.devices:
         pytest.skip("no NVIDIA GPU here")
-    from planner.visible_devices import parse_cuda_visible_devices
+    from planner.hardware.visible_devices import parse_cuda_visible_devices
 
     uuids = [d.uuid for d in hw.devices]
     u = uuids[0]
-    values = [None, "", "0", " 0", "0,0", "0,abc", "-1", ",0", u, u[:8], u.upper(), " " + u[:8], u[:8] + ",0", "0," + u[:8], "MIG-" + u[4:12]]
+    values = [
+        None,
+        "",
+        "0",
+        " 0",
+        "0,0",
+        "0,abc",
+        "-1",
+        ",0",
+        u,
+        u[:8],
+        u.upper(),
+        " " + u[:8],
+        u[:8] + ",0",
+        "0," + u[:8],
+        "MIG-" + u[4:12],
+    ]
     differ = [(v, _cuda_sees(v), len(parse_cuda_visible_devices(v, uuids))) for v in values]
     assert [d for d in differ if d[1] != d[2]] == []

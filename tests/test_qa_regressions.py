@@ -19,8 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def shardwise(*args: str, cwd: Path, timeout: int = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "planner", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, verb: str, needle: str) -> str:
@@ -57,8 +64,11 @@ def test_hydra_refusals_are_one_line_with_exit_2(tmp_path, args, needle):
 
 
 def test_list_option_given_a_word_says_to_write_a_list(tmp_path):
-    one_line_error(shardwise("launch", "launch.prompt=hello", "launch.dry_run=true", cwd=tmp_path), "launch",
-                   "write a list, e.g. launch.prompt='[a, b]'")
+    one_line_error(
+        shardwise("launch", "launch.prompt=hello", "launch.dry_run=true", cwd=tmp_path),
+        "launch",
+        "write a list, e.g. launch.prompt='[a, b]'",
+    )
 
 
 def test_sweep_reports_a_bad_job_runs_the_others_and_exits_2(tmp_path):
@@ -73,7 +83,11 @@ def test_sweep_reports_a_bad_job_runs_the_others_and_exits_2(tmp_path):
 
 
 def test_out_to_an_unwritable_path_is_one_line_and_out_to_a_directory_writes_plan_json_inside(tmp_path):
-    one_line_error(shardwise("plan", "out=/proc/no/such/plan.json", cwd=tmp_path), "plan", "cannot write the plan to '/proc/no/such/plan.json'")
+    one_line_error(
+        shardwise("plan", "out=/proc/no/such/plan.json", cwd=tmp_path),
+        "plan",
+        "cannot write the plan to '/proc/no/such/plan.json'",
+    )
     target = tmp_path / "plans"
     target.mkdir()
     result = shardwise("plan", "model=gpt2", "hardware=t4", f"out={target}", cwd=tmp_path)
@@ -89,15 +103,22 @@ def test_config_json_with_a_string_quantization_config_is_one_line(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": "x"}))
-    one_line_error(shardwise("plan", f"model.path={model}", cwd=tmp_path), "plan", "quantization_config in config.json is 'x'")
+    one_line_error(
+        shardwise("plan", f"model.path={model}", cwd=tmp_path), "plan", "quantization_config in config.json is 'x'"
+    )
 
 
 def test_candidates_accept_hub_ids_and_name_a_missing_profile_as_a_candidate(tmp_path):
-    ok = shardwise("plan", "model=auto", "hardware=t4", "policy.candidates=[openai/gpt-oss-20b,gpt2]", "json=true", cwd=tmp_path)
+    ok = shardwise(
+        "plan", "model=auto", "hardware=t4", "policy.candidates=[openai/gpt-oss-20b,gpt2]", "json=true", cwd=tmp_path
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["model"]["name"] == "gpt-oss-20b"
-    one_line_error(shardwise("plan", "model=auto", "hardware=t4", "policy.candidates=[nope]", cwd=tmp_path), "plan",
-                   "model profile 'nope' (in policy.candidates or a profile's fallback) does not exist")
+    one_line_error(
+        shardwise("plan", "model=auto", "hardware=t4", "policy.candidates=[nope]", cwd=tmp_path),
+        "plan",
+        "model profile 'nope' (in policy.candidates or a profile's fallback) does not exist",
+    )
 
 
 def test_tier_knobs_on_hardware_cpu_carry_a_no_effect_warning(tmp_path):
@@ -109,7 +130,13 @@ def test_tier_knobs_on_hardware_cpu_carry_a_no_effect_warning(tmp_path):
 
 # --- snapshots -----------------------------------------------------------------------------
 
-DEVICE = {"id": 0, "name": "X", "total_bytes": 85_000_000_000, "free_bytes": 80_000_000_000, "compute_capability": "8.0"}
+DEVICE = {
+    "id": 0,
+    "name": "X",
+    "total_bytes": 85_000_000_000,
+    "free_bytes": 80_000_000_000,
+    "compute_capability": "8.0",
+}
 
 
 @pytest.mark.parametrize(
@@ -130,7 +157,9 @@ def test_snapshot_with_wrong_shapes_is_one_line(tmp_path, extra, needle):
 
 
 def test_snapshot_path_that_is_a_directory_says_so(tmp_path):
-    one_line_error(shardwise("plan", "hardware=snapshot", f"hardware.path={tmp_path}", cwd=tmp_path), "plan", "is a directory")
+    one_line_error(
+        shardwise("plan", "hardware=snapshot", f"hardware.path={tmp_path}", cwd=tmp_path), "plan", "is a directory"
+    )
 
 
 # --- launch --------------------------------------------------------------------------------
@@ -140,7 +169,10 @@ def test_snapshot_path_that_is_a_directory_says_so(tmp_path):
     "args,needle",
     [
         (["launch.port=70000", "launch.engine=vllm", "hardware=t4"], "launch.port=70000 is out of range"),
-        (["launch.gpu_memory_utilization=5", "launch.engine=vllm", "hardware=t4"], "launch.gpu_memory_utilization=5.0 is out of range"),
+        (
+            ["launch.gpu_memory_utilization=5", "launch.engine=vllm", "hardware=t4"],
+            "launch.gpu_memory_utilization=5.0 is out of range",
+        ),
         (["launch.slurm.timeout_min=-5", "hardware=t4"], "launch.slurm.timeout_min=-5 is out of range"),
         (["launch.rdzv_endpoint=nocolon", "hardware=t4"], "is not HOST:PORT"),
         (["generation.max_tokens=0", "hardware=cpu"], "generation.max_tokens=0 must be an integer >= 1"),
@@ -169,19 +201,27 @@ def test_chat_refuses_bad_settings_before_loading(tmp_path, args, needle):
 
 
 def test_serve_refuses_bad_generation_defaults_at_start(tmp_path):
-    one_line_error(shardwise("serve", "hardware=cpu", "serve.port=18931", "generation.max_tokens=0", cwd=tmp_path), "serve",
-                   "generation.max_tokens=0 must be an integer >= 1")
+    one_line_error(
+        shardwise("serve", "hardware=cpu", "serve.port=18931", "generation.max_tokens=0", cwd=tmp_path),
+        "serve",
+        "generation.max_tokens=0 must be an integer >= 1",
+    )
 
 
 def test_serve_on_an_unknown_host_names_serve_host_not_the_port(tmp_path):
-    line = one_line_error(shardwise("serve", "hardware=cpu", "serve.port=18932", "serve.host=nonexistent.invalid", cwd=tmp_path),
-                          "serve", "cannot listen on nonexistent.invalid:18932")
+    line = one_line_error(
+        shardwise("serve", "hardware=cpu", "serve.port=18932", "serve.host=nonexistent.invalid", cwd=tmp_path),
+        "serve",
+        "cannot listen on nonexistent.invalid:18932",
+    )
     assert "set serve.host" in line and "serve.port" not in line
 
 
 def test_serve_stale_plan_file_does_not_suggest_replan_which_serve_lacks(tmp_path):
     assert shardwise("plan", "model=gpt2", "hardware=h100_80gb", "out=h100.json", cwd=tmp_path).returncode == 0
-    line = one_line_error(shardwise("serve", "plan_file=h100.json", "serve.port=18933", cwd=tmp_path), "serve", "was made for hardware")
+    line = one_line_error(
+        shardwise("serve", "plan_file=h100.json", "serve.port=18933", cwd=tmp_path), "serve", "was made for hardware"
+    )
     assert "replan" not in line and "without plan_file=" in line
 
 
@@ -191,7 +231,7 @@ def test_serve_stale_plan_file_does_not_suggest_replan_which_serve_lacks(tmp_pat
 def test_api_checks_sampling_values_and_messages_in_one_line():
     from planner.errors import ShardwiseError
     from runner.api import check_sampling, checked_messages
-    from runner.types import SamplingParams
+    from runner.engine.types import SamplingParams
 
     with pytest.raises(ShardwiseError, match=r"^max_tokens=0 must be an integer >= 1"):
         check_sampling(SamplingParams(max_tokens=0))
@@ -203,7 +243,8 @@ def test_api_checks_sampling_values_and_messages_in_one_line():
     with pytest.raises(ShardwiseError, match="got an empty list"):
         checked_messages([])
     assert checked_messages([{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}]) == [
-        {"role": "system", "content": "be brief"}]
+        {"role": "system", "content": "be brief"}
+    ]
 
 
 def test_openai_chat_with_a_bad_override_is_a_shardwise_error_not_a_hydra_exception():
@@ -215,7 +256,7 @@ def test_openai_chat_with_a_bad_override_is_a_shardwise_error_not_a_hydra_except
 
 
 def test_plan_that_fits_lists_fix_texts_when_the_fixes_are_dicts():
-    from planner.api import make_plan
+    from planner.config.compose import make_plan
     from planner.errors import ShardwiseError
     from runner.api import plan_that_fits
 
@@ -229,7 +270,7 @@ class _StubSession:
     """Just enough of a ChatSession for the REPL's commands; a reply raises what it is given."""
 
     def __init__(self, failure: BaseException | None = None):
-        from runner.types import SamplingParams
+        from runner.engine.types import SamplingParams
 
         self.defaults = SamplingParams(max_tokens=8)
         self.history = [{"role": "user", "content": "keep me"}]
@@ -281,7 +322,9 @@ def test_repl_reply_that_fails_unexpectedly_prints_one_line_and_goes_on():
 
 def test_launch_of_a_fresh_plan_for_hardware_this_machine_lacks_is_refused_before_any_child_starts(tmp_path):
     # A recorded snapshot of a GPU no machine has (name "X"), so this holds on GPU machines too.
-    (tmp_path / "box.json").write_text(json.dumps({"snapshot_version": 1, "devices": [DEVICE], "host_ram_bytes": 1 << 36}))
+    (tmp_path / "box.json").write_text(
+        json.dumps({"snapshot_version": 1, "devices": [DEVICE], "host_ram_bytes": 1 << 36})
+    )
     result = shardwise("launch", "model=gpt2", "hardware=snapshot", "hardware.path=box.json", cwd=tmp_path)
     line = one_line_error(result, "launch", "plan was made for hardware")
     assert "launch.dry_run=true" in line and "replan" not in line

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tiny_models import tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +24,10 @@ DRIVER = """
 import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from tiny_models import cpu_plan
-from runner.loader import load
+from runner.engine.loader import load
 from runner.repl import Repl
-from runner.session import ChatSession
-from runner.types import SamplingParams
+from runner.engine.session import ChatSession
+from runner.engine.types import SamplingParams
 loaded = load(cpu_plan({model!r}, max_new_tokens=200), log=lambda line: None)
 forward = loaded.model.forward
 def slow_forward(*args, **kwargs):
@@ -48,8 +47,16 @@ class Terminal:
         def controlling_tty():  # after setsid: make the pty this session's terminal, so ^C is SIGINT
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, start_new_session=True,
-                                     preexec_fn=controlling_tty, env=dict(os.environ, TERM="dumb", HOME=str(cwd)))
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=controlling_tty,
+            env=dict(os.environ, TERM="dumb", HOME=str(cwd)),
+        )
         os.close(slave)
         self.seen = ""
 
@@ -59,7 +66,7 @@ class Terminal:
         while True:
             match = regex.search(self.seen)
             if match:
-                before, self.seen = self.seen[: match.end()], self.seen[match.end():]
+                before, self.seen = self.seen[: match.end()], self.seen[match.end() :]
                 return before
             left = deadline - time.monotonic()
             if left <= 0:
@@ -88,8 +95,11 @@ class Terminal:
 def terminal(tmp_path_factory, tmp_path):
     model = tiny_llama(tmp_path_factory.mktemp("models"))
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(repo=str(REPO), tests=str(REPO / "tests"), model=str(model), delay=0.05,
-                                    history=str(tmp_path / "history")))
+    script.write_text(
+        DRIVER.format(
+            repo=str(REPO), tests=str(REPO / "tests"), model=str(model), delay=0.05, history=str(tmp_path / "history")
+        )
+    )
     term = Terminal([sys.executable, str(script)], tmp_path)
     yield term
     term.close()

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_gpt2, tiny_llama
 
 import runner
 from runner.api import _UNSET, OpenAIChat, create_chat_completion, parse_max_memory, plan_that_fits
-from tiny_models import tiny_gpt2, tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
@@ -83,12 +83,14 @@ def test_a_stream_generates_nothing_until_it_is_read(dirs):
 def test_the_default_seed_applies_when_a_call_gives_none(dirs):
     from runner.api import OpenAIChat
 
-    chat = OpenAIChat(model_path=str(dirs["llama"]), use_cpu=True, overrides=["generation.seed=7", "generation.temperature=1.0"])
+    chat = OpenAIChat(
+        model_path=str(dirs["llama"]), use_cpu=True, overrides=["generation.seed=7", "generation.temperature=1.0"]
+    )
     assert chat._params(*([_UNSET] * 7)).seed == 7
 
 
 def test_model_that_does_not_fit_plans_the_first_fallback_that_does():
-    from planner.api import make_plan
+    from planner.config.compose import make_plan
 
     notices = []
     plan = plan_that_fits(make_plan(model="openai/gpt-oss-120b", hardware="cpu"), notice=notices.append)
@@ -97,8 +99,8 @@ def test_model_that_does_not_fit_plans_the_first_fallback_that_does():
 
 
 def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
+    from planner.config.compose import make_plan
     from runner.api import apply_max_memory
-    from planner.api import make_plan
 
     plan = make_plan(model_path=str(dirs["llama"]), hardware="cpu")
     planned = {b.device: b.planned for b in plan.budget}
@@ -110,14 +112,23 @@ def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
 
 def _shardwise(args, cwd, stdin=None, timeout=180):
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(cwd))
-    return subprocess.run([sys.executable, "-m", "planner.cli", "chat", *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", "chat", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 def test_shardwise_chat_answers_a_prompt_once_and_writes_metrics(dirs, tmp_path):
-    result = _shardwise([f"model.path={dirs['gpt2']}", "hardware=cpu", "prompt=hello", "generation.max_tokens=5",
-                         "hydra.run.dir=run"], tmp_path)
+    result = _shardwise(
+        [f"model.path={dirs['gpt2']}", "hardware=cpu", "prompt=hello", "generation.max_tokens=5", "hydra.run.dir=run"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "loading tiny-gpt2" in result.stderr and "tokens" in result.stderr.splitlines()[-1]
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -131,5 +142,7 @@ def test_shardwise_chat_refuses_a_stale_plan_file_in_one_line(dirs, tmp_path):
     cpu_plan(dirs["gpt2"], fingerprint="hw-stale", hardware_source="probe").save(tmp_path / "plan.json")
     result = _shardwise(["plan_file=plan.json", "prompt=hi"], tmp_path, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("shardwise chat: error: plan file 'plan.json' was made for hardware hw-stale")
+    assert result.stderr.strip().startswith(
+        "shardwise chat: error: plan file 'plan.json' was made for hardware hw-stale"
+    )
     assert "replan=true" in result.stderr and len(result.stderr.strip().splitlines()) == 1

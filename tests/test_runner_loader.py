@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
+from tiny_models import cpu_plan, tiny_gpt_oss, tiny_llama
 
 from planner.errors import ShardwiseError
 from planner.plan import Quantization
-from runner.loader import check_fresh, from_pretrained_kwargs, load, set_runtime_env
-from runner.session import ChatSession
-from runner.types import SamplingParams
-from tiny_models import cpu_plan, tiny_gpt_oss, tiny_llama
+from runner.engine.loader import check_fresh, from_pretrained_kwargs, load, set_runtime_env
+from runner.engine.session import ChatSession
+from runner.engine.types import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,19 @@ def test_plan_dtype_bfloat16_is_honoured(models):
 
 
 def test_offload_plan_puts_a_layer_on_disk_and_still_matches_cpu_ids(models, tmp_path):
-    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     folder = tmp_path / "offload"
-    offload = load(cpu_plan(models["llama"], device_map=device_map, strategy="offload", offload_folder=str(folder)),
-                   log=lambda line: None)
+    offload = load(
+        cpu_plan(models["llama"], device_map=device_map, strategy="offload", offload_folder=str(folder)),
+        log=lambda line: None,
+    )
     # transformers reads disk-offloaded weights straight from the safetensors file: they stay on "meta".
     assert offload.model.hf_device_map["model.layers.1"] == "disk" and folder.is_dir()
     layer1 = {p.device.type for n, p in offload.model.named_parameters() if n.startswith("model.layers.1.")}
@@ -53,7 +61,7 @@ def test_offload_plan_puts_a_layer_on_disk_and_still_matches_cpu_ids(models, tmp
 
 
 def test_stale_plan_is_refused_naming_both_fingerprints_and_the_fix(models):
-    from planner.api import current_fingerprint
+    from planner.config.compose import current_fingerprint
 
     plan = cpu_plan(models["llama"], fingerprint="hw-0000stale0000", hardware_source="probe")
     now = current_fingerprint("probe")
@@ -64,7 +72,7 @@ def test_stale_plan_is_refused_naming_both_fingerprints_and_the_fix(models):
 
 
 def test_fresh_plan_passes_the_fingerprint_check(models):
-    from planner.api import current_fingerprint
+    from planner.config.compose import current_fingerprint
 
     check_fresh(cpu_plan(models["llama"], fingerprint=current_fingerprint("probe"), hardware_source="probe"))
 
@@ -87,7 +95,8 @@ def test_gpt_oss_moe_with_sliding_window_loads_and_generates(models):
     loaded = load(cpu_plan(models["gpt_oss"], attn_implementation="eager"), log=lambda line: None)
     assert loaded.model.config.layer_types == ["sliding_attention", "full_attention"]
     completion = ChatSession(loaded, defaults=SamplingParams(max_tokens=5, temperature=0)).generate(
-        [{"role": "user", "content": "one two three"}])
+        [{"role": "user", "content": "one two three"}]
+    )
     assert completion.usage.completion_tokens >= 1
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from runner.loader import load
-from runner.memory import is_out_of_memory
-from runner.recovery import MemoryExhaustedError, RecoveryPolicy, default_plan_fallback, load_with_fallbacks
-from runner.session import ChatSession
-from runner.types import SamplingParams
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
+
+from runner.engine.loader import load
+from runner.engine.memory import is_out_of_memory
+from runner.engine.recovery import MemoryExhaustedError, RecoveryPolicy, default_plan_fallback, load_with_fallbacks
+from runner.engine.session import ChatSession
+from runner.engine.types import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=64, temperature=0)
 
@@ -107,6 +107,7 @@ def test_oom_after_streamed_tokens_raises_instead_of_retrying(dirs):
 
 def load_failing_for(name: str):
     """A loader that runs out of memory for the model `name` and loads every other one."""
+
     def load(plan):
         if plan.model.name == name:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -127,7 +128,9 @@ def test_failed_load_falls_back_to_the_next_model(dirs):
 
 def test_failed_load_with_no_fallback_left_raises_memory_exhausted(dirs):
     def always_oom(plan):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 999")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 999"
+        )
 
     policy = RecoveryPolicy(load=always_oom, plan_fallback=lambda entry: cpu_plan(entry["model"]))
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller"}
@@ -140,15 +143,18 @@ def test_planner_plans_a_local_fallback_directory_on_the_cpu(dirs):
     assert plan.model.source == str(dirs["gpt2"]) and plan.strategy == "cpu" and plan.fits
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (torch.OutOfMemoryError("CUDA out of memory."), True),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), True),
-    (RuntimeError("[WinError 8] Not enough memory resources"), True),
-    (RuntimeError("not enough memory: you tried to allocate 10 GB"), True),
-    (MemoryError(), True),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
-    (ValueError("out of memory"), False),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory."), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), True),
+        (RuntimeError("[WinError 8] Not enough memory resources"), True),
+        (RuntimeError("not enough memory: you tried to allocate 10 GB"), True),
+        (MemoryError(), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
 def test_out_of_memory_is_recognised_on_gpu_and_cpu(exc, expected):
     assert is_out_of_memory(exc) is expected
 
@@ -184,7 +190,7 @@ def test_memory_is_freed_after_the_failed_attempt_released_its_tensors(monkeypat
     import types
     import weakref
 
-    import runner.recovery as recovery
+    import runner.engine.recovery as recovery
 
     class Tensors:  # stands for the failed attempt's prompt ids and KV cache
         pass
@@ -199,7 +205,8 @@ def test_memory_is_freed_after_the_failed_attempt_released_its_tensors(monkeypat
             raise torch.OutOfMemoryError("CUDA out of memory.")
         return types.SimpleNamespace(notices=[])
 
-    session = types.SimpleNamespace(recovery=RecoveryPolicy(), on_notice=lambda line: None, plan=None,
-                                    loaded=types.SimpleNamespace(name="m"))
+    session = types.SimpleNamespace(
+        recovery=RecoveryPolicy(), on_notice=lambda line: None, plan=None, loaded=types.SimpleNamespace(name="m")
+    )
     recovery.generate_with_recovery(session, attempt, GREEDY, emitted=lambda: 0)
     assert alive_when_freeing == [False]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from runner.loader import load
-from runner.session import FALLBACK_TEMPLATE, ChatSession, ContextLengthError
-from runner.types import SamplingParams
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
+
+from runner.engine.loader import load
+from runner.engine.session import FALLBACK_TEMPLATE, ChatSession, ContextLengthError
+from runner.engine.types import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 HELLO = [{"role": "user", "content": "hello world, how are you today?"}]
@@ -67,8 +67,10 @@ def test_oldest_turns_are_dropped_to_fit_the_context(dirs, llama):
     s = session(llama, plan=cpu_plan(dirs["llama"], context_tokens=96))
     long_turns = []
     for i in range(6):
-        long_turns += [{"role": "user", "content": f"question {i}: the quick brown fox jumps over the lazy dog"},
-                       {"role": "assistant", "content": "one two three four five six seven eight nine ten"}]
+        long_turns += [
+            {"role": "user", "content": f"question {i}: the quick brown fox jumps over the lazy dog"},
+            {"role": "assistant", "content": "one two three four five six seven eight nine ten"},
+        ]
     messages = [{"role": "system", "content": "be brief"}, *long_turns, {"role": "user", "content": "last one"}]
     ids, dropped = s.fit_prompt(messages, 16)
     assert dropped >= 2 and len(ids) + 16 <= 96
@@ -94,7 +96,7 @@ def test_max_tokens_is_capped_by_the_room_left_in_the_context(dirs, llama):
 def _clean_substring(text: str, start: int, length: int) -> str:
     """The first `length` characters from `start` on without a replacement character (random weights emit bytes)."""
     for at in range(start, len(text) - length + 1):
-        piece = text[at:at + length]
+        piece = text[at : at + length]
         if "\ufffd" not in piece and text.find(piece) == at:
             return piece
     raise AssertionError(f"no usable stop string in the reference text {text!r}")
@@ -227,7 +229,7 @@ def test_failed_send_does_not_leave_an_unanswered_user_turn(dirs, llama):
 def test_telemetry_appends_one_json_line_per_turn(llama, tmp_path):
     import json
 
-    from runner.telemetry import Telemetry
+    from runner.engine.telemetry import Telemetry
 
     s = session(llama, telemetry=Telemetry(tmp_path / "metrics.jsonl"))
     s.generate(HELLO)
@@ -259,7 +261,7 @@ def test_chunked_prefill_gives_the_same_greedy_ids_as_one_pass(dirs, tmp_path_fa
 
 def test_seeded_sampling_holds_the_process_wide_seed_lock(llama):
     """torch.manual_seed is process-wide: a seeded sampled reply must not interleave with another model's."""
-    from runner.session import SEEDED_SAMPLING
+    from runner.engine.session import SEEDED_SAMPLING
 
     seen = []
     original = llama.model.generate

@@ -17,12 +17,12 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-
-from runner.openai_schema import APIError, Defaults, parse_chat_request
-from runner.recovery import MemoryExhaustedError
-from runner.server import BackgroundServer, ModelSource, ServeSettings, create_app
-from runner.types import SamplingParams
 from server_fakes import FakeSession
+
+from runner.engine.recovery import MemoryExhaustedError
+from runner.engine.types import SamplingParams
+from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.protocol import APIError, Defaults, parse_chat_request
 
 MODEL = "fake-chat"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -77,7 +77,7 @@ def sse_events(text: str) -> list[str]:
     assert text.endswith("\n\n")
     events = text[:-2].split("\n\n")
     assert all(e.startswith("data: ") for e in events), events
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,7 @@ def client(server):
 
 # ----- happy path with the openai client ------------------------------------------------------
 
+
 def test_non_streaming_reply_is_a_chat_completion_with_usage(client, fake):
     reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=0)
     assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
@@ -113,7 +114,16 @@ def test_non_streaming_reply_is_a_chat_completion_with_usage(client, fake):
 
 
 def test_streaming_sends_role_first_one_finish_chunk_then_usage_chunk(client, fake):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert {c.id for c in chunks} == {chunks[0].id} and all(c.object == "chat.completion.chunk" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -143,7 +153,11 @@ def test_n2_returns_two_choices_and_choice0_matches_n1_with_same_seed(client):
 
 
 def test_streaming_n2_gives_each_choice_a_role_chunk_and_one_finish_chunk(client):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, temperature=1.0, seed=5, n=2, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=4, temperature=1.0, seed=5, n=2, stream=True
+        )
+    )
     for index in (0, 1):
         mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
         assert mine[0].delta.role == "assistant"
@@ -155,17 +169,25 @@ def test_streaming_n2_gives_each_choice_a_role_chunk_and_one_finish_chunk(client
 def test_stop_string_is_trimmed_from_reply_and_stream(client):
     full = expected(HELLO, max_tokens=6, temperature=0).split(" ")
     stop = " " + full[2]
-    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, stop=[stop, "never-there"])
+    reply = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=6, temperature=0, stop=[stop, "never-there"]
+    )
     assert reply.choices[0].message.content == " ".join(full[:2])
     assert reply.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, stop=stop, stream=True))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, stop=stop, stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == " ".join(full[:2])
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_same_seed_gives_same_reply_and_another_seed_differs(client):
     def ask(seed):
-        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=1.0, seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=1.0, seed=seed)
+            .choices[0]
+            .message.content
+        )
 
     assert ask(42) == ask(42)
     assert ask(42) != ask(43)
@@ -188,7 +210,10 @@ def test_models_list_and_retrieve(client):
 BAD_REQUESTS = [
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": []}, "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0]"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content[0]",
+    ),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"temperature": 2.5}, "temperature"),
     ({"top_p": 0}, "top_p"),
@@ -244,7 +269,9 @@ def test_api_key_is_required_when_configured():
         with pytest.raises(openai.AuthenticationError) as caught:
             client_for(server, api_key="wrong").chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
         assert caught.value.code == "invalid_api_key"
-        keyless = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO}, timeout=TIMEOUT_S)
+        keyless = httpx.post(
+            server.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO}, timeout=TIMEOUT_S
+        )
         assert keyless.status_code == 401 and keyless.json()["error"]["code"] == "invalid_api_key"
         with pytest.raises(openai.AuthenticationError):
             client_for(server, api_key="wrong").models.list()
@@ -334,8 +361,16 @@ def test_request_over_the_time_limit_is_504_and_is_cancelled():
 
 # ----- raw HTTP --------------------------------------------------------------------------------
 
+
 def test_sse_framing_is_data_lines_ending_with_done(server):
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 4, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": HELLO,
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -351,7 +386,13 @@ def test_sse_framing_is_data_lines_ending_with_done(server):
 ERROR_CASES = [
     ("POST", "/v1/chat/completions", b"{not json", 400, "invalid_json"),
     ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_type"),
-    ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": HELLO, "temperature": "hot"}).encode(), 400, "invalid_type"),
+    (
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": MODEL, "messages": HELLO, "temperature": "hot"}).encode(),
+        400,
+        "invalid_type",
+    ),
     ("POST", "/v1/chat/completions", json.dumps({"model": "nope", "messages": HELLO}).encode(), 404, "model_not_found"),
     ("POST", "/v1/chat/completions", b"x" * 5000, 413, "request_too_large"),
     ("GET", "/v1/chat/completions", b"", 405, "method_not_allowed"),
@@ -362,7 +403,9 @@ ERROR_CASES = [
 
 @pytest.mark.parametrize("method,path,content,status,code", ERROR_CASES, ids=[f"{c[3]}-{c[4]}" for c in ERROR_CASES])
 def test_every_error_has_an_openai_error_body(server, method, path, content, status, code):
-    response = httpx.request(method, server.url + path, content=content, headers={"content-type": "application/json"}, timeout=TIMEOUT_S)
+    response = httpx.request(
+        method, server.url + path, content=content, headers={"content-type": "application/json"}, timeout=TIMEOUT_S
+    )
     assert response.status_code == status
     body = response.json()
     assert list(body) == ["error"] and set(body["error"]) == {"message", "type", "param", "code"}
@@ -385,7 +428,14 @@ def test_client_disconnect_mid_stream_cancels_generation_and_frees_slot():
 
 
 def test_unknown_fields_are_ignored(server):
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 2, "some_future_field": {"x": 1}, "user": "u-1", "response_format": {"type": "text"}}
+    body = {
+        "model": MODEL,
+        "messages": HELLO,
+        "max_tokens": 2,
+        "some_future_field": {"x": 1},
+        "user": "u-1",
+        "response_format": {"type": "text"},
+    }
     response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
 
@@ -398,26 +448,48 @@ def test_one_log_line_per_request_with_tokens_and_timing(client, caplog):
         wait_for(lambda: len([r for r in caplog.records if "/v1/chat/completions" in r.getMessage()]) >= 2)
     lines = [r.getMessage() for r in caplog.records if "/v1/chat/completions" in r.getMessage()]
     ok = next(line for line in lines if "status=200" in line)
-    for field in ("id=chatcmpl-", f"model={MODEL}", "prompt_tokens=", "completion_tokens=3", "ttft_ms=", "tokens_per_s=", "duration_ms="):
+    for field in (
+        "id=chatcmpl-",
+        f"model={MODEL}",
+        "prompt_tokens=",
+        "completion_tokens=3",
+        "ttft_ms=",
+        "tokens_per_s=",
+        "duration_ms=",
+    ):
         assert field in ok, (field, ok)
     assert any("status=404" in line and "error=model_not_found" in line for line in lines)
 
 
 # ----- request parsing (no server) ------------------------------------------------------------
 
+
 def test_parse_maps_developer_to_system_and_joins_text_parts():
-    chat = parse_chat_request({"model": "m", "messages": [
-        {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]},
-    ]}, Defaults())
+    chat = parse_chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]},
+            ],
+        },
+        Defaults(),
+    )
     assert chat.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
 
 def test_parse_applies_defaults_and_prefers_max_completion_tokens():
     defaults = Defaults(max_tokens=77, temperature=0.3, top_p=0.9, stop=["END"])
     chat = parse_chat_request({"model": "m", "messages": HELLO}, defaults)
-    assert (chat.params.max_tokens, chat.params.temperature, chat.params.top_p, chat.params.stop) == (77, 0.3, 0.9, ["END"])
-    chat = parse_chat_request({"model": "m", "messages": HELLO, "max_completion_tokens": 5, "stop": "x", "temperature": 0}, defaults)
+    assert (chat.params.max_tokens, chat.params.temperature, chat.params.top_p, chat.params.stop) == (
+        77,
+        0.3,
+        0.9,
+        ["END"],
+    )
+    chat = parse_chat_request(
+        {"model": "m", "messages": HELLO, "max_completion_tokens": 5, "stop": "x", "temperature": 0}, defaults
+    )
     assert (chat.params.max_tokens, chat.params.stop, chat.params.temperature) == (5, ["x"], 0.0)
 
 
@@ -446,7 +518,11 @@ def test_client_leaving_the_queue_frees_its_slot_at_once():
 
             def impatient_client():
                 try:
-                    httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 2}, timeout=0.5)
+                    httpx.post(
+                        server.url + "/v1/chat/completions",
+                        json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
+                        timeout=0.5,
+                    )
                 except httpx.ReadTimeout as exc:  # gives up while still waiting in line
                     outcome.append(exc)
 

@@ -15,9 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from openai import OpenAI
 
+from planner.config.app import conf_dir
 from planner.errors import ShardwiseError
-from planner.hydra_app import conf_dir
-from runner import serve_cli
+from runner.openai import serve_cli
 
 try:
     from tests.tiny_models import tiny_llama
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_serve(overrides: list[str]):
-    from planner import schema
+    from planner.config import schema
 
     schema.register()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -52,16 +52,22 @@ def test_default_serve_config_binds_loopback_port_8000_without_key(monkeypatch):
 def test_api_key_comes_from_the_environment_when_the_config_has_none(monkeypatch):
     monkeypatch.setenv("SHARDWISE_API_KEY", "from-env")
     assert serve_cli.settings_from_config(compose_serve(["hardware=cpu"]))[0].api_key == "from-env"
-    assert serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.api_key=from-conf"]))[0].api_key == "from-conf"
+    assert (
+        serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.api_key=from-conf"]))[0].api_key
+        == "from-conf"
+    )
 
 
-@pytest.mark.parametrize("block,fragment", [
-    ({"port": 0}, "serve.port=0"),
-    ({"max_queue": -1}, "serve.max_queue=-1"),
-    ({"log_level": "loud"}, "serve.log_level='loud'"),
-    ({"prot": 8000}, "prot"),
-    ({"max_queue": "many"}, "max_queue"),
-])
+@pytest.mark.parametrize(
+    "block,fragment",
+    [
+        ({"port": 0}, "serve.port=0"),
+        ({"max_queue": -1}, "serve.max_queue=-1"),
+        ({"log_level": "loud"}, "serve.log_level='loud'"),
+        ({"prot": 8000}, "prot"),
+        ({"max_queue": "many"}, "max_queue"),
+    ],
+)
 def test_bad_serve_block_is_one_line_error_naming_the_key(block, fragment):
     with pytest.raises(ShardwiseError) as caught:
         serve_cli.read_serve_block(block)
@@ -93,9 +99,21 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
     port = free_port()
     env = {**os.environ, "SHARDWISE_API_KEY": "k-test"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "planner", "serve", "hardware=cpu", f"model.path={model_dir}", f"serve.port={port}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "serve",
+            "hardware=cpu",
+            f"model.path={model_dir}",
+            f"serve.port={port}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -109,7 +127,9 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
             assert time.monotonic() < deadline, "server not ready in 60 s"
             time.sleep(0.2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-test", max_retries=0, timeout=30)
-        reply = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        reply = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+        )
         assert reply.usage.completion_tokens >= 1 and reply.model == "tiny-llama"
     finally:
         process.send_signal(signal.SIGINT)
@@ -124,8 +144,11 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
 
 def test_shardwise_serve_with_a_bad_block_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "planner", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "runner", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("shardwise serve: error: serve.port=70000 is out of range")

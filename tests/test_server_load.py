@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
-
-from runner.server import BackgroundServer, ModelSource, ServeSettings, create_app
 from server_fakes import FakeSession
 
-_spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py")
+from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+
+_spec = importlib.util.spec_from_file_location(
+    "serve_load", Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+)
 serve_load = importlib.util.module_from_spec(_spec)
 sys.modules["serve_load"] = serve_load  # dataclasses look their module up there
 _spec.loader.exec_module(serve_load)

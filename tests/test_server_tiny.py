@@ -1,6 +1,6 @@
 """`shardwise serve` with a real model: a tiny Llama (random weights, chat template) on the CPU.
 
-The server path (runner.loader.load -> ChatSession -> create_app) is the one `shardwise serve`
+The server path (runner.engine.loader.load -> ChatSession -> create_app) is the one `shardwise serve`
 runs; the official `openai` client talks to it on loopback. Replies are gibberish but
 deterministic, so the server's output is compared with the session's own, called directly.
 """
@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from runner.server import BackgroundServer, ModelSource, ServeSettings, create_app
-from runner.types import SamplingParams
+from runner.engine.types import SamplingParams
+from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
 
 try:
     from tests.tiny_models import cpu_plan, tiny_llama
@@ -29,17 +29,25 @@ TIMEOUT_S = 30
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from runner.loader import load
-    from runner.session import ChatSession
+    from runner.engine.loader import load
+    from runner.engine.session import ChatSession
 
     model_dir = tiny_llama(tmp_path_factory.mktemp("models"))
     plan = cpu_plan(model_dir, context_tokens=CONTEXT_TOKENS, max_new_tokens=32)
-    return ChatSession(load(plan, log=lambda line: None), defaults=SamplingParams(max_tokens=16), plan=plan, on_notice=lambda line: None)
+    return ChatSession(
+        load(plan, log=lambda line: None),
+        defaults=SamplingParams(max_tokens=16),
+        plan=plan,
+        on_notice=lambda line: None,
+    )
 
 
 @pytest.fixture(scope="module")
 def server(session):
-    app = create_app([ModelSource(session.plan.model.name, load=lambda: session, fingerprint=session.plan.fingerprint)], ServeSettings())
+    app = create_app(
+        [ModelSource(session.plan.model.name, load=lambda: session, fingerprint=session.plan.fingerprint)],
+        ServeSettings(),
+    )
     with BackgroundServer(app) as server:
         ready = threading.Event()
         for _ in range(500):
@@ -68,7 +76,16 @@ def test_greedy_reply_matches_the_session_and_stream_matches_reply(client, sessi
     assert reply.usage.prompt_tokens == session.prompt_token_count(HELLO) == direct.usage.prompt_tokens
     assert reply.usage.completion_tokens == direct.usage.completion_tokens
     assert reply.system_fingerprint == "hw-test-cpu"
-    chunks = list(client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=HELLO,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct.text
     assert chunks[-1].usage.completion_tokens == direct.usage.completion_tokens
@@ -81,7 +98,10 @@ def test_seeded_sampling_is_reproducible_and_n2_choices_follow_seed_plus_index(c
     first, again = ask(seed=11), ask(seed=11)
     assert first.choices[0].message.content == again.choices[0].message.content
     pair = ask(seed=11, n=2)
-    assert [c.message.content for c in pair.choices] == [first.choices[0].message.content, ask(seed=12).choices[0].message.content]
+    assert [c.message.content for c in pair.choices] == [
+        first.choices[0].message.content,
+        ask(seed=12).choices[0].message.content,
+    ]
 
 
 def test_stop_string_from_the_middle_of_a_reply_is_trimmed(client, session, model):
@@ -92,7 +112,11 @@ def test_stop_string_from_the_middle_of_a_reply_is_trimmed(client, session, mode
     reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=20, temperature=0, stop=[stop])
     assert reply.choices[0].message.content == prefix
     assert reply.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model=model, messages=HELLO, max_tokens=20, temperature=0, stop=stop, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=HELLO, max_tokens=20, temperature=0, stop=stop, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == prefix
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from planner.visible_devices import parse_cuda_visible_devices, visible_devices
+from planner.hardware.visible_devices import parse_cuda_visible_devices, visible_devices
 
 UUIDS = [
     "GPU-aaaa1111-0000-0000-0000-000000000000",

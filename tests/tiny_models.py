@@ -94,9 +94,19 @@ def _ids(tokenizer) -> dict:
     }
 
 
-def tiny_llama(cache_dir, *, name: str = "tiny-llama", hidden_size: int = 64, num_layers: int = 2,
-               intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
-               max_position_embeddings: int = 256, vocab_size: int = 400, seed: int = 0) -> Path:
+def tiny_llama(
+    cache_dir,
+    *,
+    name: str = "tiny-llama",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 256,
+    vocab_size: int = 400,
+    seed: int = 0,
+) -> Path:
     """A Llama-style model with a chat template; sizes are knobs so benchmarks can build larger ones."""
     from transformers import LlamaConfig
 
@@ -114,8 +124,16 @@ def tiny_llama(cache_dir, *, name: str = "tiny-llama", hidden_size: int = 64, nu
     return _build(Path(cache_dir) / name, config, tokenizer, seed)
 
 
-def tiny_gpt2(cache_dir, *, name: str = "tiny-gpt2", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-              n_positions: int = 256, seed: int = 0) -> Path:
+def tiny_gpt2(
+    cache_dir,
+    *,
+    name: str = "tiny-gpt2",
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_positions: int = 256,
+    seed: int = 0,
+) -> Path:
     """A GPT-2 without a chat template (eos <|endoftext|>)."""
     from transformers import GPT2Config
 
@@ -141,8 +159,15 @@ def tiny_gpt_oss(cache_dir, *, name: str = "tiny-gpt-oss", seed: int = 0) -> Pat
         sliding_window=8,
         layer_types=["sliding_attention", "full_attention"],
         max_position_embeddings=256,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 2.0, "beta_fast": 32.0,
-                         "beta_slow": 1.0, "original_max_position_embeddings": 128, "truncate": False},
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 2.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "original_max_position_embeddings": 128,
+            "truncate": False,
+        },
         **_ids(tokenizer),
     )
     return _build(Path(cache_dir) / name, config, tokenizer, seed)
@@ -152,10 +177,22 @@ def model_config(model_dir) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text())
 
 
-def cpu_plan(model_dir, *, device_map: dict | None = None, strategy: str = "cpu", context_tokens: int | None = None,
-             max_new_tokens: int = 64, fallbacks: tuple = (), fingerprint: str = "hw-test-cpu",
-             hardware_source: str = "cpu", dtype: str = "float32", offload_folder: str | None = None,
-             chat_template: str | None = None, quantization=None, attn_implementation: str = "sdpa"):
+def cpu_plan(
+    model_dir,
+    *,
+    device_map: dict | None = None,
+    strategy: str = "cpu",
+    context_tokens: int | None = None,
+    max_new_tokens: int = 64,
+    fallbacks: tuple = (),
+    fingerprint: str = "hw-test-cpu",
+    hardware_source: str = "cpu",
+    dtype: str = "float32",
+    offload_folder: str | None = None,
+    chat_template: str | None = None,
+    quantization=None,
+    attn_implementation: str = "sdpa",
+):
     """A hand-built Plan for a tiny model directory (what the planner would say for hardware=cpu)."""
     from planner.plan import Decision, Limits, ModelInfo, Plan, Quantization
 
@@ -184,8 +221,12 @@ def cpu_plan(model_dir, *, device_map: dict | None = None, strategy: str = "cpu"
         device_map=device_map if device_map is not None else {"": "cpu"},
         max_memory={"cpu": 4 << 30},
         budget=(),
-        limits=Limits(context_tokens=context_tokens or max_positions, sessions=1, max_new_tokens=max_new_tokens,
-                      kv_bytes_per_token=0),
+        limits=Limits(
+            context_tokens=context_tokens or max_positions,
+            sessions=1,
+            max_new_tokens=max_new_tokens,
+            kv_bytes_per_token=0,
+        ),
         fits=True,
         decisions=(Decision("strategy", strategy, "test plan"),),
         fallbacks=tuple(fallbacks),

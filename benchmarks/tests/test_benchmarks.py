@@ -1,6 +1,6 @@
 """Non-GPU parts of the benchmark scripts: argument parsing, the export, planning without Hydra.
 
-    .venv/bin/pytest benchmarks/tests -q
+.venv/bin/pytest benchmarks/tests -q
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_export_holds_every_profile_tier_and_the_policy_defaults(tmp_path):
 
 
 def test_plan_without_hydra_matches_make_plan():
-    from planner.api import make_plan
+    from planner.config.compose import make_plan
 
     configs, _ = _common.load_configs()
     hw = _common.tier_hardware(configs, "l4", 2)
@@ -101,9 +101,21 @@ def test_gpu_check_dry_run_needs_neither_hydra_nor_omegaconf(blocked):
     if "yaml" in blocked and not _common.EXPORT_PATH.is_file():
         _common.export_configs()
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, blocked, str(BENCH / "gpu_memory_check.py"), "--dry-run", "--models", "gpt2,qwen3-8b",
-         "--contexts", "4096"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            BLOCKER,
+            blocked,
+            str(BENCH / "gpu_memory_check.py"),
+            "--dry-run",
+            "--models",
+            "gpt2,qwen3-8b",
+            "--contexts",
+            "4096",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "qwen3-8b" in proc.stdout and "single_gpu" in proc.stdout
@@ -120,6 +132,8 @@ def _has_cuda() -> bool:
 
 @pytest.mark.skipif(_has_cuda(), reason="this machine has CUDA: the script would measure")
 def test_gpu_check_without_cuda_skips_with_exit_0():
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_memory_check.py"), "--quick"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_memory_check.py"), "--quick"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     assert "skipped" in proc.stdout

@@ -1,0 +1,220 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore under `schema/`.
+
+Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_, _self_]`,
+so a typo'd key in YAML or on the command line is an error that names the key. Enums are
+`str` Enums because OmegaConf 2.3 rejects `Literal`. Cross-field rules live in `validate()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class HardwareKind(str, Enum):
+    auto = "auto"  # probe this machine through NVML
+    cpu = "cpu"  # no GPU: plan for the host
+    snapshot = "snapshot"  # replay a recorded probe (hardware.path)
+    tier = "tier"  # a named GPU kind scaled by count and nodes
+
+
+class Interconnect(str, Enum):
+    nvlink = "nvlink"
+    pcie = "pcie"
+    none = "none"
+
+
+class Strategy(str, Enum):
+    auto = "auto"
+    single_gpu = "single_gpu"
+    pipeline = "pipeline"
+    tensor_parallel = "tensor_parallel"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class QuantPolicy(str, Enum):
+    auto = "auto"  # keep the shipped quantization where the target can run it, else dequantize
+    keep = "keep"  # insist on the shipped quantization: refuse where it cannot be kept
+    none = "none"  # dequantize to the plan dtype
+
+
+class Attention(str, Enum):
+    auto = "auto"  # sdpa where available (what transformers picks), eager otherwise
+    eager = "eager"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+
+
+@dataclass
+class HardwareConfig:
+    kind: HardwareKind = HardwareKind.tier  # where the hardware description comes from
+    name: str = ""  # GPU name as nvidia-smi prints it (tiers)
+    memory_mib: int = 0  # total memory of one GPU as nvidia-smi prints it, MiB (tiers)
+    compute_capability: str = ""  # CUDA compute capability, "major.minor" (tiers)
+    interconnect: Interconnect = Interconnect.pcie  # link between GPUs of one node
+    count: int = 1  # GPUs per node (tiers)
+    nodes: int = 1  # identical nodes (tiers)
+    host_ram_gib: float = 64.0  # host RAM per node, GiB (tiers and cpu)
+    cpu_count: int = 8  # CPU cores per node (tiers and cpu)
+    path: Optional[str] = None  # snapshot file written by `shardwise probe probe.save=FILE`
+    description: str = ""  # one line shown in listings
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""  # profile name (the file name in conf/model/)
+    hub_id: str = ""  # Hugging Face hub id the weights come from
+    aliases: list[str] = field(
+        default_factory=list
+    )  # other hub ids with the same architecture (base/instruct variants)
+    path: Optional[str] = None  # local model directory or config.json; overrides the profile's architecture
+    dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
+    quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
+    fallback: Optional[str] = None  # next smaller profile to fall back to, null for the last one
+    trust_remote_code: bool = False  # run code shipped with the model; off unless the profile says so
+    chat_template: Optional[str] = None  # Jinja template for models without one (null: model's own or plain fallback)
+    description: str = ""  # one line shown in listings
+    architecture: dict[str, Any] = field(default_factory=dict)  # the model's config.json content
+
+
+@dataclass
+class OverheadConfig:
+    cuda_context_mib: int = 500  # CUDA context + cuBLAS/cuDNN handles per GPU, MiB
+    workspace_mib: int = 256  # library workspaces (cuBLAS, attention kernels) per GPU, MiB
+    fragmentation_fraction: float = 0.03  # allocator fragmentation, fraction of planned tensors
+    cpu_runtime_mib: int = 1024  # Python + torch + tokenizer resident memory for a CPU plan, MiB
+
+
+@dataclass
+class PolicyConfig:
+    context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
+    sessions: int = 1  # concurrent sequences the KV cache must hold
+    headroom_fraction: float = (
+        0.02  # per-GPU memory kept free, fraction of free memory (covers NVML total vs CUDA-allocatable)
+    )
+    headroom_mib: int = 0  # per-GPU memory kept free in addition, MiB
+    host_headroom_fraction: float = 0.2  # host RAM kept free when planning on CPU, fraction
+    allow_cpu_offload: bool = False  # let layers that do not fit on GPUs live in host RAM
+    allow_disk_offload: bool = False  # let layers that do not fit anywhere live on disk
+    offload_folder: str = "offload"  # directory for disk-offloaded weights
+    offload_disk_gib: float = (
+        0.0  # disk space for offloaded weights, GiB (0: the free space where offload_folder is, measured here)
+    )
+    strategy: Strategy = Strategy.auto  # how to split the model over GPUs
+    dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
+    quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
+    kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
+    attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
+    prefill_chunk_tokens: int = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
+    min_context_tokens: int = 512  # a plan with less context than this does not fit
+    candidates: list[str] = field(
+        default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
+    )  # model=auto picks the largest that fits
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)  # runtime overhead constants
+
+
+@dataclass
+class GenerationConfig:
+    max_tokens: int = 256  # tokens to generate per reply at most
+    temperature: float = 0.7  # sampling temperature; 0 is greedy
+    top_p: float = 1.0  # nucleus sampling mass
+    seed: Optional[int] = None  # sampling seed; null: random
+    stop: list[str] = field(default_factory=list)  # stop strings, matched on generated text only
+    system_prompt: Optional[str] = None  # system message prepended to every conversation
+
+
+@dataclass
+class ProbeSettings:
+    save: Optional[str] = None  # write the probe as a JSON snapshot to this file
+    json: bool = False  # print the probe as JSON instead of a table
+
+
+class LaunchTask(str, Enum):
+    chat = "chat"  # a conversation on the terminal (prompts from launch.prompt or stdin)
+    serve = "serve"  # the OpenAI-compatible HTTP server
+
+
+class Engine(str, Enum):
+    auto = "auto"  # torchrun for tensor-parallel or multi-node plans, one process otherwise
+    accelerate = "accelerate"  # one process, accelerate device_map (single_gpu, pipeline, offload, cpu)
+    torchrun = "torchrun"  # torch.distributed ranks with transformers' tensor (and pipeline) parallelism
+    vllm = "vllm"  # the equivalent `vllm serve` command line
+
+
+@dataclass
+class SlurmSettings:
+    partition: Optional[str] = None  # SLURM partition (null: the cluster's default)
+    account: Optional[str] = None  # SLURM account to charge (null: your default)
+    timeout_min: int = 240  # wall-clock limit of the job, minutes
+    cpus_per_gpu: int = 8  # CPU cores requested per GPU the plan uses (capped at the node's cores)
+    mem_gib_per_gpu: int = 64  # host RAM requested per GPU the plan uses, GiB (capped at the node's RAM)
+
+
+@dataclass
+class LaunchSettings:
+    task: LaunchTask = LaunchTask.chat  # what rank 0 (or the single process) runs: chat or serve
+    engine: Engine = Engine.auto  # which engine starts the plan
+    dry_run: bool = False  # print the exact command lines and environment instead of running them
+    node_rank: Optional[int] = None  # this node's index for multi-node plans (null: SLURM_NODEID under SLURM)
+    master_addr: Optional[str] = None  # host name or IP of node 0 (static rendezvous for multi-node plans)
+    master_port: int = 29500  # TCP port on node 0 for torch.distributed's store
+    rdzv_endpoint: Optional[str] = None  # HOST:PORT of a c10d rendezvous (replaces master_addr/master_port)
+    rdzv_id: str = "shardwise"  # job id shared by all nodes of one c10d rendezvous
+    prompt: list[str] = field(default_factory=list)  # user turns sent one after another (empty: read stdin)
+    record_dir: Optional[str] = None  # each rank writes rank<N>.jsonl with the token ids it generated
+    cpu_tp_size: int = 0  # rehearse tensor parallel on a CPU plan with this many local gloo ranks (0: off)
+    check_hardware: bool = True  # refuse a plan_file made for other hardware (false: run it anyway, with a warning)
+    host: str = "127.0.0.1"  # address the HTTP server (serve, vllm) binds
+    port: int = 8000  # TCP port the HTTP server (serve, vllm) listens on
+    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: the plan's usable/total)
+    ray_port: int = 6379  # port of the Ray head for multi-node vLLM
+    vllm_args: list[str] = field(default_factory=list)  # extra arguments appended to `vllm serve`
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
+
+
+def register() -> None:
+    """Register every schema; idempotent."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="hardware", node=HardwareConfig)
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="policy", node=PolicyConfig)
+    cs.store(group="schema", name="generation", node=GenerationConfig)
+    cs.store(group="schema", name="probe", node=ProbeSettings)
+    cs.store(group="schema", name="launch", node=LaunchSettings)
+
+
+GROUP_SCHEMAS = {
+    "hardware": HardwareConfig,
+    "model": ModelConfig,
+    "policy": PolicyConfig,
+    "generation": GenerationConfig,
+    "probe": ProbeSettings,
+}
+
+
+def validate(cfg) -> None:
+    """Reject keys no schema knows, even ones forced in with `+key=value`, naming the key."""
+    from dataclasses import fields
+
+    from planner.errors import ShardwiseError
+
+    def check(node, cls, prefix: str) -> None:
+        known = {f.name: f for f in fields(cls)}
+        for key in node.keys():
+            if key not in known:
+                raise ShardwiseError(f"unknown key {prefix}{key}: {cls.__name__} has {', '.join(sorted(known))}")
+        if cls is PolicyConfig and "overhead" in node:
+            check(node.overhead, OverheadConfig, f"{prefix}overhead.")
+
+    for group, cls in GROUP_SCHEMAS.items():
+        if group in cfg and cfg[group] is not None:
+            check(cfg[group], cls, f"{group}.")

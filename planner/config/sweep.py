@@ -1,0 +1,48 @@
+"""Hydra callback that ends `shardwise plan -m` with one model x hardware summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = []
+        for path in sorted(
+            sweep_dir.glob("*/plan.json"),
+            key=lambda p: int(p.parent.name.split("_")[0]) if p.parent.name.split("_")[0].isdigit() else 0,
+        ):
+            try:
+                plan = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            gpus = [b for b in plan["budget"] if b["device"] not in ("cpu", "disk")]
+            hw = plan["hardware"]
+            devices = hw.get("devices", [])
+            hw_text = f"{hw.get('source')} ({len(devices)} GPU)" if devices else f"{hw.get('source')} (CPU)"
+            rows.append(
+                (
+                    plan["model"]["name"],
+                    hw_text,
+                    "yes" if plan["fits"] else "NO",
+                    plan["strategy"],
+                    str(len(gpus)),
+                    f"{plan['limits']['context_tokens']:,}" if plan["fits"] else "-",
+                )
+            )
+        if not rows:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="shardwise plan sweep", header_style="bold")
+        for col in ("model", "hardware", "fits", "strategy", "GPUs used", "max context"):
+            table.add_column(col, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        probe = Console()
+        Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110)).print(table)

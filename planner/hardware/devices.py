@@ -1,0 +1,92 @@
+"""What a machine (or a cluster of identical nodes) offers: the planner's view of hardware.
+
+`Hardware` is produced by the NVML probe (`planner.hardware.probe`), by a tier from `conf/hardware/`,
+or by replaying a recorded snapshot. Everything is in bytes; humans see GiB at the edges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from planner.units import GIB
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU (or one MIG slice) as the planner sees it."""
+
+    id: int  # index in CUDA order (after CUDA_VISIBLE_DEVICES), per node
+    name: str  # as nvidia-smi prints it, e.g. "NVIDIA H100 80GB HBM3"
+    total_bytes: int  # NVML total memory
+    free_bytes: int  # NVML free memory at probe time (total for a tier)
+    compute_capability: str  # "9.0"
+    uuid: str = ""  # "GPU-..." or "MIG-..."
+    pci_bus_id: str = ""
+    reserved_bytes: int = 0  # driver/firmware reserved (NVML v2)
+    node: int = 0  # node index for multi-node tiers
+    mig: bool = False  # a MIG slice: a separate small GPU, never sharded across
+    processes: tuple = ()  # other processes on it: ({"pid": int, "used_bytes": int, "name": str}, ...)
+
+    @property
+    def cc_major_minor(self) -> tuple[int, int]:
+        major, _, minor = self.compute_capability.partition(".")
+        return int(major), int(minor or 0)
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.cc_major_minor >= (8, 0)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """GPUs of one or more identical nodes, plus the host."""
+
+    source: str  # "probe" | tier name | snapshot path | "cpu"
+    devices: tuple[Device, ...] = ()
+    nodes: int = 1
+    host_ram_bytes: int = 0  # per node
+    cpu_count: int = 0
+    interconnect: str = "pcie"  # "nvlink" | "pcie" | "none"
+    nvlink_pairs: tuple = ()  # ((i, j), ...) where NVML reports NVLink between devices i and j
+    driver_version: str = ""
+    cuda_driver_version: str = ""
+    installed: dict = field(
+        default_factory=dict
+    )  # kernel packages seen on a probed machine: {"triton": "3.4.0", "kernels": "0.18.2"}
+    probed: bool = (
+        False  # read off a real machine (probe, or a snapshot of one): `installed` is a fact, not an assumption
+    )
+    notes: tuple = ()  # one-line notes from probing ("no NVIDIA driver found: planning for CPU")
+
+    @property
+    def gpus_per_node(self) -> int:
+        return sum(1 for d in self.devices if d.node == 0)
+
+    def fingerprint(self) -> str:
+        """Stable id of what matters for a plan: GPU kinds, totals and ids, node count, host RAM (GiB).
+
+        Free memory is deliberately left out: it moves between runs; the runner re-checks it.
+        """
+        key = {
+            "nodes": self.nodes,
+            "host_ram_gib": self.host_ram_bytes // GIB,
+            "devices": [(d.node, d.id, d.name, d.total_bytes, d.compute_capability, d.uuid) for d in self.devices],
+        }
+        return "hw-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["devices"] = [asdict(d) for d in self.devices]
+        data["fingerprint"] = self.fingerprint()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Hardware:
+        data = dict(data)
+        data.pop("fingerprint", None)
+        devices = tuple(Device(**{**d, "processes": tuple(d.get("processes", ()))}) for d in data.pop("devices", ()))
+        nvlink = tuple(tuple(p) for p in data.pop("nvlink_pairs", ()))
+        notes = tuple(data.pop("notes", ()))
+        return cls(devices=devices, nvlink_pairs=nvlink, notes=notes, **data)

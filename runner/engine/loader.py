@@ -1,0 +1,164 @@
+"""Load exactly what a Plan says: from_pretrained with its device_map, max_memory, dtype, quantization, attention.
+
+    loaded = load(plan)                 # LoadedModel(model, tokenizer, plan, ...)
+    check_fresh(plan, "plan.json")      # refuse a reviewed plan made for other hardware
+
+The allocator environment (`PYTORCH_CUDA_ALLOC_CONF`, `CUDA_DEVICE_ORDER`) is set here before
+torch creates a CUDA context; the plan carries every other decision, so nothing is re-decided.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from planner.errors import ShardwiseError
+from planner.units import GIB
+
+DEFAULT_ALLOC_CONF = "expandable_segments:True"
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, with the plan they came from."""
+
+    model: object
+    tokenizer: object
+    plan: object
+    load_s: float = 0.0
+    # One generation at a time per model: sessions sharing this model share the lock.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.plan.model.name if self.plan is not None else type(self.model).__name__
+
+    @property
+    def input_device(self):
+        """Where prompt ids go: the embedding's device (accelerate hooks move the rest)."""
+        import torch
+
+        embedding = self.model.get_input_embeddings()
+        device = embedding.weight.device
+        return torch.device("cpu") if device.type == "meta" else device
+
+
+def set_runtime_env(alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[str], None] | None = None) -> dict:
+    """Set allocator and device-order variables before CUDA starts; returns what was set.
+
+    A value already in the environment wins (the user set it on purpose); a CUDA context that
+    already exists cannot see a change, which is said instead of ignored.
+    """
+    wanted = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    if alloc_conf:
+        wanted["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
+    set_now = {}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            set_now[key] = value
+    torch = sys.modules.get("torch")
+    if set_now and torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() and log:
+        log(f"note: CUDA was already initialised, so {', '.join(set_now)} take effect only in a new process")
+    return set_now
+
+
+def _current_fingerprint(hardware_source: str) -> str:
+    from planner.config.compose import current_fingerprint
+
+    return current_fingerprint(hardware_source)
+
+
+def check_fresh(plan, plan_file: str | None = None) -> None:
+    """Refuse a plan whose hardware fingerprint differs from this machine's now."""
+    source = plan.hardware.get("source", "probe")
+    now = _current_fingerprint(source)
+    if now != plan.fingerprint:
+        where = f"plan file {plan_file!r}" if plan_file else "the plan"
+        raise ShardwiseError(
+            f"{where} was made for hardware {plan.fingerprint} (source {source}) but this machine is now {now}: "
+            f"review a new plan with `shardwise plan`, or run with replan=true"
+        )
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name in (None, "", "auto"):
+        return "auto"
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ShardwiseError(f"plan dtype {name!r} is not a torch dtype: re-create the plan with `shardwise plan`")
+    return dtype
+
+
+def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
+    """The exact keyword arguments `AutoModelForCausalLM.from_pretrained` gets for this plan."""
+    kwargs = {
+        "dtype": _torch_dtype(plan.model.dtype),
+        "device_map": plan.device_map or None,
+        "attn_implementation": plan.attn_implementation,
+        "trust_remote_code": bool(plan.model.trust_remote_code),
+    }
+    # max_memory only steers device_map="auto"/"balanced"; an explicit map is already placed.
+    if isinstance(plan.device_map, str) and plan.max_memory:
+        kwargs["max_memory"] = dict(plan.max_memory)
+    if offload_folder:
+        kwargs["offload_folder"] = offload_folder
+    quant = plan.model.quantization
+    if quant.method == "mxfp4" and not quant.kept:
+        # The plan sized dequantized weights: ask transformers for exactly that.
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
+    return kwargs
+
+
+def _offload_folder(plan, log) -> str | None:
+    devices = set(plan.device_map.values()) if isinstance(plan.device_map, dict) else set()
+    if "disk" not in devices:
+        return plan.offload_folder
+    if plan.offload_folder:
+        os.makedirs(plan.offload_folder, exist_ok=True)
+        return plan.offload_folder
+    folder = tempfile.mkdtemp(prefix="shardwise-offload-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # ours alone: removed when the process ends
+    log(f"note: the plan offloads to disk but names no folder: using {folder} (removed at exit)")
+    return folder
+
+
+def _human_bytes(count: int) -> str:
+    return f"{count / GIB:.1f} GiB" if count >= GIB // 10 else f"{count / (1 << 20):.1f} MiB"
+
+
+def _describe_placement(plan) -> str:
+    if isinstance(plan.device_map, dict):
+        devices = sorted({str(v) for v in plan.device_map.values()})
+        return f"{plan.strategy} ({', '.join(devices)})"
+    return f"{plan.strategy} ({plan.device_map})"
+
+
+def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load the plan's model and tokenizer; transformers shows its own weight-loading progress bar."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    set_runtime_env(alloc_conf, log)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = plan.model.source
+    offload = _offload_folder(plan, log)
+    kwargs = from_pretrained_kwargs(plan, offload)
+    size = _human_bytes(plan.model.weight_bytes) if plan.model.weight_bytes else "size unknown"
+    log(f"loading {plan.model.name} ({source}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}")
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, plan=plan, load_s=time.perf_counter() - start)

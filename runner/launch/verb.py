@@ -1,0 +1,270 @@
+"""`shardwise launch`: start a plan on the engine it needs, or print the exact commands (launch.dry_run=true).
+
+    shardwise launch model=gpt-oss-120b hardware=h100_80gb launch.dry_run=true
+    shardwise launch plan_file=plan.json launch.prompt='[hello]'
+    shardwise launch plan_file=plan.json launch.engine=vllm
+    shardwise launch -m hydra/launcher=submitit_slurm hydra.launcher.nodes=2 ... plan_file=plan.json
+
+Hydra runs here, in the parent only: the plan is made (or read and checked against this
+machine) and written to the run directory as plan.json; torchrun ranks and SLURM tasks read that
+file. Refusals are one-line errors with exit status 2 (see runner.launch.render for the rules).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+from planner.plan import Decision, Plan
+from runner.launch import render as L
+
+
+def run(argv: list[str]) -> None:
+    from planner.config.app import run_verb
+
+    L.register_schema()
+    run_verb("launch", "launch", task, argv)
+
+
+def task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    settings: L.LaunchSettings = OmegaConf.to_object(cfg.launch)
+    check_settings(settings)
+    check_generation(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    notes: list[str] = []
+    if cfg.plan_file:
+        plan_path = Path(cfg.plan_file).resolve()
+        plan = Plan.load(plan_path)
+        if settings.dry_run:
+            notes.append("dry run: the plan's hardware was not compared with this machine")
+        else:
+            notes += check_hardware(plan, settings)
+    else:
+        plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
+        plan_path = plan.save(out_dir / "plan.json")
+    if not plan.fits:
+        from runner.api import fix_texts
+
+        binding = plan.binding or {}
+        raise ShardwiseError(
+            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device {binding.get('device', '?')}): "
+            f"see `shardwise plan` for what would make it fit ({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
+        )
+    if settings.cpu_tp_size:
+        plan = rehearsal_plan(plan, settings.cpu_tp_size)
+        plan_path = plan.save(out_dir / "plan.json")
+
+    engine = settings.engine
+    if engine == L.Engine.auto:
+        engine = L.Engine.torchrun if L.needs_torchrun(plan) else L.Engine.accelerate
+    L.check_engine(plan, settings.engine, settings.task)
+    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+
+    if engine == L.Engine.vllm:
+        commands, vnotes = L.vllm_commands(plan, settings)
+        notes += vnotes
+        if not importlib.util.find_spec("vllm"):
+            notes.append(
+                "vllm is not installed here: these commands were printed, not run (pip install vllm on the GPU machines)"
+            )
+            settings.dry_run = True
+    elif engine == L.Engine.torchrun:
+        from planner.config.app import conf_dir
+
+        notes += L.check_distributed(plan, L.plan_architecture(plan, conf_dir()))
+        node_rank = None if settings.dry_run else this_node_rank(plan, settings)
+        commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
+    else:
+        commands = [L.single_process_command(plan, str(plan_path), settings)]
+
+    if settings.dry_run:
+        print_dry_run(plan, plan_path, engine, commands, settings, notes)
+        return
+    if not cfg.plan_file:  # a fresh plan for a tier this machine lacks: refuse here, not in the child
+        notes += check_hardware(plan, settings)
+    for note in notes:
+        print(f"shardwise launch: note: {note}", file=sys.stderr)
+    rc = execute(plan, engine, commands, settings)
+    if rc:
+        raise SystemExit(rc)
+
+
+def _port_ok(port) -> bool:
+    return isinstance(port, int) and 1 <= port <= 65535
+
+
+def check_settings(settings: L.LaunchSettings) -> None:
+    """launch.* values no engine could use are one-line errors before anything is planned or started."""
+    slurm = settings.slurm
+    checks = [
+        (_port_ok(settings.port), "launch.port", settings.port, "use a TCP port from 1 to 65535"),
+        (_port_ok(settings.master_port), "launch.master_port", settings.master_port, "use a TCP port from 1 to 65535"),
+        (_port_ok(settings.ray_port), "launch.ray_port", settings.ray_port, "use a TCP port from 1 to 65535"),
+        (
+            settings.node_rank is None or settings.node_rank >= 0,
+            "launch.node_rank",
+            settings.node_rank,
+            "use 0 for the first node, 1 for the next, ...",
+        ),
+        (settings.cpu_tp_size >= 0, "launch.cpu_tp_size", settings.cpu_tp_size, "use 0 (off) or 2 or more ranks"),
+        (
+            settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
+            "launch.gpu_memory_utilization",
+            settings.gpu_memory_utilization,
+            "use a fraction above 0 and at most 1, or null for the plan's",
+        ),
+        (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
+        (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
+        (slurm.mem_gib_per_gpu >= 1, "launch.slurm.mem_gib_per_gpu", slurm.mem_gib_per_gpu, "use GiB >= 1"),
+    ]
+    for ok, key, value, fix in checks:
+        if not ok:
+            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
+    if settings.rdzv_endpoint:
+        host, _, port = str(settings.rdzv_endpoint).rpartition(":")
+        if not host or not port.isdigit() or not _port_ok(int(port)):
+            raise ShardwiseError(
+                f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: write e.g. launch.rdzv_endpoint=node0.cluster:29400"
+            )
+    if any(not str(p).strip() for p in settings.prompt):
+        raise ShardwiseError(
+            f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
+        )
+
+
+def check_generation(cfg) -> None:
+    """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
+    from runner.api import sampling_defaults
+
+    sampling_defaults(cfg.generation)
+
+
+def fresh_plan(cfg, hardware_choice: str) -> Plan:
+    from planner.hardware.tiers import resolve_hardware
+    from planner.planning import plan_from_config
+
+    return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
+
+
+def current_hardware(plan: Plan) -> dict:
+    """This machine now (Hardware.to_dict()), seen the way the plan's hardware was made."""
+    from planner.config.compose import current_hardware as planner_current
+
+    return planner_current(str(plan.hardware.get("source", ""))).to_dict()
+
+
+def check_hardware(plan: Plan, settings: L.LaunchSettings) -> list[str]:
+    rank = settings.node_rank if settings.node_rank is not None else int(os.environ.get("SLURM_NODEID", "0"))
+    why = L.hardware_mismatch(plan, current_hardware(plan), rank)
+    if why is None:
+        return []
+    if not settings.check_hardware:
+        return [f"launch.check_hardware=false: running anyway although {why}"]
+    raise ShardwiseError(
+        f"{why}: re-plan on this machine with `shardwise plan`, or launch.dry_run=true to only print the commands"
+    )
+
+
+def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
+    """A CPU plan turned into a tensor-parallel one over `ranks` local gloo processes (to rehearse a TP launch)."""
+    if plan.strategy != "cpu":
+        raise ShardwiseError(
+            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is {plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
+        )
+    if ranks < 2:
+        raise ShardwiseError(
+            f"launch.cpu_tp_size={ranks} needs at least 2 ranks to shard anything: use 2 or more, or 0 to turn it off"
+        )
+    decision = Decision(
+        "strategy",
+        "tensor_parallel",
+        f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a rehearsal, not a speed-up)",
+    )
+    return replace(
+        plan, strategy="tensor_parallel", tp_size=ranks, pp_size=1, device_map={}, decisions=(*plan.decisions, decision)
+    )
+
+
+def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
+    """Which node this is: launch.node_rank, else SLURM_NODEID; None for one node or a c10d rendezvous."""
+    if plan.nodes <= 1 or settings.rdzv_endpoint:
+        return None
+    slurm_nodes = os.environ.get("SLURM_NNODES")
+    if slurm_nodes and int(slurm_nodes) != plan.nodes:
+        raise ShardwiseError(
+            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with hydra.launcher.nodes={plan.nodes}"
+        )
+    rank = settings.node_rank
+    if rank is None and "SLURM_NODEID" in os.environ:
+        rank = int(os.environ["SLURM_NODEID"])
+        if not settings.master_addr:
+            settings.master_addr = slurm_master_addr()
+    if rank is None:
+        raise ShardwiseError(
+            f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or launch.rdzv_endpoint=HOST:PORT)"
+        )
+    if not 0 <= rank < plan.nodes:
+        raise ShardwiseError(f"launch.node_rank={rank} is outside this {plan.nodes}-node plan: use 0..{plan.nodes - 1}")
+    if not settings.master_addr:
+        raise ShardwiseError(
+            f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or launch.rdzv_endpoint=HOST:PORT"
+        )
+    return rank
+
+
+def slurm_master_addr() -> str:
+    """Node 0 of this SLURM job (submitit expands SLURM_JOB_NODELIST)."""
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().hostnames[0]
+    except Exception as exc:  # submitit missing or not inside a submitit job
+        raise ShardwiseError(f"could not find node 0 of this SLURM job ({exc}): set launch.master_addr=HOST") from None
+
+
+def print_dry_run(
+    plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
+) -> None:
+    print(
+        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; engine {engine.value}"
+    )
+    print(f"# plan: {plan_path}")
+    for command in commands:
+        print(f"# {command.where}: {command.reason}")
+        print(command.line())
+    if L.gpus_per_node(plan):
+        config, reasons = L.slurm_launcher(plan, settings.slurm)
+        print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
+        print(" ".join(L.slurm_overrides(config)))
+    for note in notes:
+        print(f"# note: {note}")
+
+
+def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSettings) -> int:
+    """Run the command meant for this machine; torchrun and shardwise through this interpreter."""
+    env = dict(os.environ)
+    if engine == L.Engine.vllm:
+        rank = settings.node_rank or int(os.environ.get("SLURM_NODEID", "0"))
+        mine = [c for c in commands if (c.where == "every node but node 0") == (rank != 0)]
+    else:
+        mine = commands
+    rc = 0
+    for command in mine:
+        argv = list(command.argv)
+        if argv[0] == "torchrun":
+            argv[:1] = [sys.executable, "-m", "torch.distributed.run"]
+        elif argv[0] == "shardwise":
+            argv[:1] = [sys.executable, "-m", "runner"]
+        print(f"shardwise launch: {command.line()}", file=sys.stderr, flush=True)
+        rc = subprocess.call(argv, env={**env, **dict(command.env)})
+        if rc:
+            return rc
+    return rc

@@ -1,0 +1,384 @@
+"""The OpenAI Chat Completions wire format: request validation, error bodies, response shapes.
+
+Pure data, no torch and no web framework: `parse_chat_request(body, defaults)` turns a decoded
+JSON body into a `ChatRequest` or raises `APIError` carrying the HTTP status and the OpenAI
+error body `{"error": {"message", "type", "param", "code"}}` that the `openai` client reads.
+Fields the server does not know are ignored (as OpenAI does); fields it knows but cannot honour
+(tools, logprobs, non-text content) are refused with a 400 that names them, never silently
+dropped. Nothing from a request is instantiated or executed: values are checked and copied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from runner.engine.types import Completion, SamplingParams
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit on `stop`
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class APIError(Exception):
+    """An HTTP error in OpenAI's shape; `status` is the HTTP status code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat completion request; `messages` hold plain {"role", "content": str} dicts."""
+
+    model: str
+    messages: list[dict]
+    params: SamplingParams
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    user: str | None = None
+
+    def params_for_choice(self, index: int) -> SamplingParams:
+        """Choice i samples with seed + i, so n choices differ yet each stays reproducible."""
+        if index == 0 or self.params.seed is None:
+            return self.params
+        seed = self.params.seed + index
+        if seed > INT64_MAX:
+            seed -= 2**64
+        return SamplingParams(**{**self.params.__dict__, "seed": seed})
+
+
+@dataclass
+class Defaults:
+    """Sampling defaults for fields a request leaves out (from the `generation` config group).
+
+    generation.system_prompt is not here: the ChatSession adds it when a request has no system message.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    max_n: int = 8  # most choices one request may ask for
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (
+        (isinstance(value, (int, float)))
+        and not isinstance(value, bool)
+        and value == value
+        and value not in (float("inf"), float("-inf"))
+    )
+
+
+def _number(body: dict, name: str, low: float, high: float, default: float, *, low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_number(value):
+        raise invalid(f"{name} must be a number, got {value!r}", name, "invalid_type")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = f"greater than {low}" if low_open else f"at least {low}"
+        raise invalid(f"{name} must be {bound} and at most {high}, got {value!r}", name, "invalid_value")
+    return float(value)
+
+
+def _positive_int(body: dict, name: str, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise invalid(f"{name} must be an integer, got {value!r}", name, "invalid_type")
+    if value < 1 or (high is not None and value > high):
+        limit = f" and at most {high}" if high is not None else ""
+        raise invalid(f"{name} must be at least 1{limit}, got {value}", name, "invalid_value")
+    return value
+
+
+def _content_text(content, index: int, role: str) -> str:
+    param = f"messages[{index}].content"
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part_index, part in enumerate(content):
+            part_param = f"{param}[{part_index}]"
+            if not isinstance(part, dict):
+                raise invalid(
+                    f'{part_param} must be an object like {{"type": "text", "text": "..."}}, got {part!r}',
+                    part_param,
+                    "invalid_type",
+                )
+            if part.get("type") != "text":
+                raise invalid(
+                    f'{part_param} has type {part.get("type")!r}: this server takes text parts only (type "text")',
+                    part_param,
+                    "invalid_value",
+                )
+            if not isinstance(part.get("text"), str):
+                raise invalid(
+                    f"{part_param}.text must be a string, got {part.get('text')!r}",
+                    f"{part_param}.text",
+                    "invalid_type",
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    if content is None:
+        raise invalid(
+            f"{param} is missing: every {role} message needs text content (tool calls are not supported)",
+            param,
+            "invalid_value",
+        )
+    raise invalid(
+        f"{param} must be a string or a list of text parts, got {type(content).__name__}", param, "invalid_type"
+    )
+
+
+def _messages(value) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        shown = "an empty list" if value == [] else repr(value)[:80]
+        raise invalid(
+            f"messages must be a non-empty list of {{role, content}} objects, got {shown}", "messages", "invalid_value"
+        )
+    out = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise invalid(
+                f"messages[{index}] must be an object with role and content, got {message!r}"[:200],
+                f"messages[{index}]",
+                "invalid_type",
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            choices = ", ".join(ROLES)
+            raise invalid(
+                f"messages[{index}].role is {role!r}: use one of {choices} (tool messages are not supported)",
+                f"messages[{index}].role",
+                "invalid_value",
+            )
+        if message.get("tool_calls") or message.get("function_call"):
+            raise invalid(
+                f"messages[{index}] carries tool calls: this server does not support tools",
+                f"messages[{index}].tool_calls",
+                "unsupported_parameter",
+            )
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise invalid(
+                f"messages[{index}].name must be a string, got {name!r}", f"messages[{index}].name", "invalid_type"
+            )
+        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), index, role)})
+    return out
+
+
+def _stop(value) -> list[str] | None:
+    if value is None:
+        return None
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise invalid(f"stop must be a string or a list of strings, got {value!r}"[:200], "stop", "invalid_type")
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise invalid(
+            f"stop has {len(stops)} sequences: at most {MAX_STOP_SEQUENCES} are allowed", "stop", "invalid_value"
+        )
+    if any(s == "" for s in stops):
+        raise invalid(
+            "stop contains an empty string: remove it (an empty stop would end every reply at once)",
+            "stop",
+            "invalid_value",
+        )
+    return list(stops)
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Known OpenAI fields that would change the output but that this server cannot honour."""
+    if body.get("tools") or body.get("functions"):
+        name = "tools" if body.get("tools") else "functions"
+        raise invalid(
+            f"{name} is not supported by this server: send plain chat messages", name, "unsupported_parameter"
+        )
+    if body.get("logprobs") or body.get("top_logprobs"):
+        name = "logprobs" if body.get("logprobs") else "top_logprobs"
+        raise invalid(f"{name} is not supported by this server: leave it out", name, "unsupported_parameter")
+    if body.get("logit_bias"):
+        raise invalid("logit_bias is not supported by this server: leave it out", "logit_bias", "unsupported_parameter")
+    response_format = body.get("response_format")
+    if response_format is not None and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
+        raise invalid(
+            f'response_format {response_format!r} is not supported: only {{"type": "text"}}'[:200],
+            "response_format",
+            "unsupported_parameter",
+        )
+
+
+def parse_chat_request(body, defaults: Defaults) -> ChatRequest:
+    """Validate a decoded JSON body; raise APIError(400) naming the first bad field."""
+    if not isinstance(body, dict):
+        raise invalid(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_type")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid(
+            f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
+        )
+    messages = _messages(body.get("messages"))
+    _refuse_unsupported(body)
+
+    max_tokens = _positive_int(body, "max_tokens")
+    max_completion_tokens = _positive_int(body, "max_completion_tokens")
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise invalid(
+            f"max_tokens ({max_tokens}) and max_completion_tokens ({max_completion_tokens}) disagree: send only max_completion_tokens",
+            "max_tokens",
+            "invalid_value",
+        )
+    n = _positive_int(body, "n", defaults.max_n) or 1
+
+    seed = body.get("seed")
+    if seed is not None and (not _is_int(seed) or not INT64_MIN <= seed <= INT64_MAX):
+        raise invalid(f"seed must be a 64-bit integer, got {seed!r}", "seed", "invalid_value")
+
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid(f"stream must be true or false, got {stream!r}", "stream", "invalid_type")
+    stream_options = body.get("stream_options")
+    include_usage = False
+    if stream_options is not None:
+        if not stream:
+            raise invalid(
+                "stream_options is only allowed when stream is true: set stream=true or drop stream_options",
+                "stream_options",
+                "invalid_value",
+            )
+        if not isinstance(stream_options, dict):
+            raise invalid(f"stream_options must be an object, got {stream_options!r}", "stream_options", "invalid_type")
+        include_usage = stream_options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise invalid(
+                f"stream_options.include_usage must be true or false, got {include_usage!r}",
+                "stream_options.include_usage",
+                "invalid_type",
+            )
+
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid(f"user must be a string, got {user!r}", "user", "invalid_type")
+
+    stop = _stop(body.get("stop"))
+    params = SamplingParams(
+        max_tokens=max_completion_tokens or max_tokens or defaults.max_tokens,
+        temperature=_number(body, "temperature", 0.0, 2.0, defaults.temperature),
+        top_p=_number(body, "top_p", 0.0, 1.0, defaults.top_p, low_open=True),
+        seed=seed if seed is not None else defaults.seed,
+        stop=stop if stop is not None else list(defaults.stop),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
+    )
+    return ChatRequest(
+        model=model, messages=messages, params=params, n=n, stream=bool(stream), include_usage=include_usage, user=user
+    )
+
+
+# ----- responses ---------------------------------------------------------------------------
+
+
+def finish_reason(completion: Completion) -> str:
+    """OpenAI knows "stop" and "length"; a cancelled generation is never shown to its client."""
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    request_id: str, model: str, created: int, completions: list[Completion], fingerprint: str | None
+) -> dict:
+    prompt_tokens = completions[0].usage.prompt_tokens if completions else 0
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason(c),
+            }
+            for i, c in enumerate(completions)
+        ],
+        "usage": usage_body(prompt_tokens, sum(c.usage.completion_tokens for c in completions)),
+    }
+
+
+def chunk_body(
+    request_id: str,
+    model: str,
+    created: int,
+    fingerprint: str | None,
+    *,
+    index: int | None = None,
+    delta: dict | None = None,
+    finish: str | None = None,
+    usage: dict | None = None,
+    include_usage: bool = False,
+) -> dict:
+    """One `chat.completion.chunk`; with `usage` it is the final usage chunk (no choices)."""
+    body = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+    }
+    if usage is not None:
+        body["choices"] = []
+        body["usage"] = usage
+        return body
+    body["choices"] = [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
+    if include_usage:
+        body["usage"] = None  # OpenAI sends usage: null on every chunk but the last when usage is asked for
+    return body
+
+
+def model_card(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "shardwise"}
+
+
+def now_s() -> int:
+    return int(time.time())

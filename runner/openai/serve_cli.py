@@ -1,0 +1,302 @@
+"""`shardwise serve [hydra overrides]`: plan, load, and serve an OpenAI-compatible API on 127.0.0.1.
+
+    shardwise serve model=gpt2 hardware=cpu                 # plans, loads, listens on :8000
+    shardwise serve plan_file=plan.json serve.api_key=KEY   # a reviewed plan, key required
+    shardwise serve model=gpt2 serve.models=[gpt2-medium]   # more than one model
+
+    from openai import OpenAI
+    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY").chat.completions.create(...)
+
+The primary model is planned before the port opens, so a plan that does not fit fails at once
+with exit 2. The server then listens (GET /health answers 503 "loading") while the models load
+one after another: each extra model is planned only after the previous one is in memory, so a
+probed GPU's free memory already counts what the earlier models took. A model that fails to
+load stops the server with its one-line reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from planner.errors import ShardwiseError
+
+log = logging.getLogger("shardwise.serve")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeBlock:
+    """Schema of the `serve:` block of conf/serve.yaml (see the comments there)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: Optional[str] = None
+    max_queue: int = 8
+    max_body_bytes: int = 1 << 20
+    max_n: int = 8
+    request_timeout_s: float = 600.0
+    models: list[str] = field(default_factory=list)
+    log_level: str = "info"
+
+
+def read_serve_block(node) -> ServeBlock:
+    """The `serve:` block, type-checked (a typo'd key is an error) and range-checked."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ServeBlock), node if node is not None else {})
+        block = ServeBlock(**OmegaConf.to_container(merged))
+    except OmegaConfBaseException as exc:
+        first = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        where = f"serve.{key}" if key else "the serve block"
+        raise ShardwiseError(
+            f"bad value in {where} ({first}): see the keys and their types in conf/serve.yaml"
+        ) from None
+    checks = [
+        (1 <= block.port <= 65535, "serve.port", block.port, "use a TCP port from 1 to 65535"),
+        (block.max_queue >= 0, "serve.max_queue", block.max_queue, "use 0 (only the running request) or more"),
+        (block.max_body_bytes >= 1024, "serve.max_body_bytes", block.max_body_bytes, "use at least 1024 bytes"),
+        (block.max_n >= 1, "serve.max_n", block.max_n, "use 1 or more"),
+        (
+            block.request_timeout_s >= 0,
+            "serve.request_timeout_s",
+            block.request_timeout_s,
+            "use seconds >= 0 (0: no limit)",
+        ),
+        (block.log_level in LOG_LEVELS, "serve.log_level", block.log_level, f"use one of {', '.join(LOG_LEVELS)}"),
+    ]
+    for ok, key, value, fix in checks:
+        if not ok:
+            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
+    return block
+
+
+def settings_from_config(cfg):
+    """ServeSettings from the composed config; the API key falls back to $SHARDWISE_API_KEY."""
+    from runner.openai.app import ServeSettings
+    from runner.openai.protocol import Defaults
+
+    block = read_serve_block(cfg.get("serve"))
+    sampling_defaults(cfg)  # a bad generation.* default is refused now, not on every request
+    generation = cfg.generation
+    defaults = Defaults(
+        max_tokens=int(generation.max_tokens),
+        temperature=float(generation.temperature),
+        top_p=float(generation.top_p),
+        seed=generation.seed,
+        stop=list(generation.stop),
+        max_n=block.max_n,
+    )
+    api_key = block.api_key or os.environ.get("SHARDWISE_API_KEY") or None
+    return ServeSettings(
+        host=block.host,
+        port=block.port,
+        api_key=api_key,
+        max_queue=block.max_queue,
+        max_body_bytes=block.max_body_bytes,
+        request_timeout_s=float(block.request_timeout_s),
+        defaults=defaults,
+    ), block
+
+
+def sampling_defaults(cfg):
+    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
+    from runner.api import sampling_defaults as from_generation
+
+    return from_generation(cfg.generation)
+
+
+def _hardware_choice(cfg) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("hardware", "")
+    except ValueError:  # composed outside a Hydra run (tests)
+        return ""
+
+
+def _fitting(plan):
+    """The plan when it fits, else the first fallback that does (announced), else a one-line error."""
+    from runner.api import plan_that_fits
+
+    return plan_that_fits(plan, notice=log.warning)
+
+
+def plan_for(cfg, model_node) -> object:
+    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now)."""
+    from omegaconf import OmegaConf
+
+    from planner.hardware.tiers import resolve_hardware
+    from planner.planning import plan_from_config
+
+    hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
+    view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
+    return _fitting(plan_from_config(view, hardware))
+
+
+def extra_model_node(entry: str):
+    """The model config for a `serve.models` entry: a profile name, a hub id or a local directory."""
+    from omegaconf import OmegaConf
+
+    from planner.config.app import resolve_model_name
+    from planner.config.schema import ModelConfig
+    from planner.model.source import load_profile
+
+    path = Path(entry).expanduser()
+    if path.is_dir() or path.name == "config.json":
+        name = (path.parent if path.name == "config.json" else path).name
+        return OmegaConf.merge(OmegaConf.structured(ModelConfig), {"name": name, "path": str(path)})
+    return load_profile(resolve_model_name(entry))
+
+
+def _aliases(model_node) -> tuple[str, ...]:
+    names = [model_node.get("hub_id") or "", *(model_node.get("aliases") or [])]
+    return tuple(n for n in names if n)
+
+
+def model_sources(cfg) -> list:
+    """One ModelSource per served model; the primary one is planned here, before the port opens."""
+    from planner.plan import Plan
+    from runner.openai.app import ModelSource
+
+    if cfg.get("plan_file"):
+        from runner.engine.loader import check_fresh
+
+        primary_plan = Plan.load(cfg.plan_file)
+        try:
+            check_fresh(primary_plan, str(cfg.plan_file))
+        except ShardwiseError as exc:  # serve has no replan=true: say what works here
+            stale = str(exc).split(": review a new plan", 1)[0]
+            raise ShardwiseError(
+                f"{stale}: review a new plan with `shardwise plan`, or serve without plan_file= to plan afresh here"
+            ) from None
+        primary_plan = _fitting(primary_plan)
+        primary_aliases: tuple[str, ...] = ()
+    else:
+        primary_plan = plan_for(cfg, cfg.model)
+        # model.path serves a directory under its own name: the profile's hub ids do not name it.
+        primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
+
+    def loader_for(make_plan):
+        return lambda: load_session(cfg, make_plan())
+
+    sources = [
+        ModelSource(
+            primary_plan.model.name, loader_for(lambda: primary_plan), primary_aliases, primary_plan.fingerprint or None
+        )
+    ]
+    block = read_serve_block(cfg.get("serve"))
+    for entry in block.models:
+        node = extra_model_node(entry)
+        sources.append(ModelSource(str(node.name), loader_for(lambda node=node: plan_for(cfg, node)), _aliases(node)))
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ShardwiseError(
+            f"serve.models names {', '.join(duplicates)} more than once (the served models are {names}): list each model once"
+        )
+    return sources
+
+
+def load_session(cfg, plan):
+    """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
+    from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.engine.session import ChatSession
+
+    policy = RecoveryPolicy()
+    loaded = load_with_fallbacks(plan, policy=policy, notice=log.warning)
+    if loaded.plan is not plan:
+        log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
+    return ChatSession(
+        loaded,
+        defaults=sampling_defaults(cfg),
+        plan=loaded.plan,
+        system_prompt=cfg.generation.get("system_prompt"),
+        recovery=policy,
+        on_notice=log.info,
+    )
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind now, so a busy port is a one-line error instead of a uvicorn traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            fix = "choose another serve.port or stop what uses it"
+        else:  # the address itself: a name that does not resolve, an IP this machine does not have
+            fix = "set serve.host to an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        raise ShardwiseError(f"cannot listen on {host}:{port} ({reason}): {fix}") from None
+    return sock
+
+
+def serve(cfg) -> None:
+    import uvicorn
+
+    from runner.engine.loader import set_runtime_env
+    from runner.openai.app import create_app
+
+    settings, block = settings_from_config(cfg)
+    log.setLevel(block.log_level.upper())
+    set_runtime_env(cfg.get("alloc_conf"), log.info)  # before anything can start CUDA
+    if settings.host not in LOOPBACK and settings.api_key is None:
+        log.warning(
+            "serving on %s without an API key: anyone who can reach this port can use the model (set serve.api_key)",
+            settings.host,
+        )
+    sources = model_sources(cfg)
+    failure: list[BaseException] = []
+    server_box: list = []
+
+    def on_load_failure(name: str, exc: BaseException) -> None:
+        failure.append(exc)
+        if server_box:
+            server_box[0].should_exit = True
+
+    app = create_app(sources, settings, on_load_failure=on_load_failure)
+    sock = listen_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        app, log_level=block.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    server_box.append(server)
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info(
+        "serving %s on http://%s:%d/v1 (api key %s, queue %d per model)",
+        ", ".join(s.name for s in sources),
+        shown,
+        settings.port,
+        "required" if settings.api_key else "off",
+        settings.max_queue,
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it already handled by shutting down
+        log.info("stopped")
+    finally:
+        sock.close()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, ShardwiseError):
+            raise exc
+        raise ShardwiseError(f"loading the model failed ({type(exc).__name__}: {exc}): see the log above")
+
+
+def run(argv: list[str]) -> None:
+    from planner.config.app import run_verb
+
+    run_verb("serve", "serve", serve, argv)
