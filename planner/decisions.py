@@ -185,3 +185,30 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
             f"{model_type} has no sdpa support in transformers: eager attention, which materializes heads x T x T scores",
         )
     return Choice("sdpa", "sdpa (transformers' default): no T x T score matrix in memory")
+
+
+@dataclass(frozen=True)
+class Formats:
+    """The formats every size is computed in: compute dtype, quantization kept or not, KV dtype, attention."""
+
+    dtype: str
+    quant_kept: bool
+    quant_reason: str
+    kv_dtype: str
+    attn: str
+
+
+def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
+    """Decide dtype, quantization, KV dtype and attention for `spec` on `hw`, recording each in `notes`."""
+    dtype = decide_dtype(policy.dtype, spec.shipped_dtype, hw)
+    notes.decide("dtype", dtype.value, dtype.reason)
+    kept, quant_reason = decide_quantization(spec.quantization, policy.quantization, hw, dtype.value)
+    if spec.quantization:
+        notes.decide("quantization", f"{spec.quantization} {'kept' if kept else 'dequantized'}", quant_reason)
+        if not kept:
+            notes.warn(f"{spec.quantization} weights are dequantized to {dtype.value}: {quant_reason}")
+    kv = decide_kv_dtype(policy.kv_cache_dtype, dtype.value)
+    notes.decide("kv_cache_dtype", kv.value, kv.reason)
+    attn = decide_attention(policy.attn_implementation, spec.architecture.get("model_type", ""), hw, kept)
+    notes.decide("attn_implementation", attn.value, attn.reason)
+    return Formats(dtype.value, kept, quant_reason, kv.value, attn.value)

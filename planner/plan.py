@@ -68,6 +68,20 @@ class Decision:
     reason: str
 
 
+@dataclass
+class Notes:
+    """The decisions and warnings of one planning run, in the order they were made."""
+
+    decisions: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    def decide(self, what: str, value, reason: str) -> None:
+        self.decisions.append(Decision(what, str(value), reason))
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+
 @dataclass(frozen=True)
 class Launch:
     command: str

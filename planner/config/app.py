@@ -14,46 +14,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
-from functools import cache
-from importlib import resources
-from pathlib import Path
 
+from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
 from planner.errors import ShardwiseError
-
-
-@cache
-def conf_dir() -> Path:
-    """The config tree: `conf/` beside the packages in a checkout, `planner/conf` in a wheel."""
-    here = Path(__file__).resolve().parents[1]
-    checkout = here.parent / "conf"
-    if (checkout / "plan.yaml").is_file():
-        return checkout
-    installed = Path(str(resources.files("planner.conf")))
-    if (installed / "plan.yaml").is_file():
-        return installed
-    raise ShardwiseError(
-        f"shardwise's config tree is missing (looked in {checkout} and {installed}): reinstall shardwise"
-    )
-
-
-@cache
-def model_aliases() -> dict[str, str]:
-    """Lower-cased hub id (and profile name) -> profile name, read from conf/model/*.yaml."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    aliases: dict[str, str] = {}
-    for path in sorted((conf_dir() / "model").glob("*.yaml")):
-        aliases[path.stem.lower()] = path.stem
-        data = yaml.load(path.read_text(), Loader=loader) or {}
-        for hub_id in [data.get("hub_id"), *(data.get("aliases") or [])]:
-            if hub_id:
-                aliases[str(hub_id).lower()] = path.stem
-    return aliases
-
-
-def profile_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def resolve_model_name(name: str) -> str:
@@ -70,7 +33,7 @@ def resolve_model_name(name: str) -> str:
 
 
 def resolve_hardware_name(name: str) -> str:
-    if (conf_dir() / "hardware" / f"{name}.yaml").is_file():
+    if option_exists("hardware", name):
         return name
     choices = ", ".join(profile_names("hardware"))
     raise ShardwiseError(f"unknown hardware {name!r}: choose one of {choices}")
@@ -89,9 +52,6 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     if wrapper:
         inner = wrapper.group(2)
     names = [resolve(v.strip()) for v in inner.split(",")]
-    if group == "model":
-        # model=auto is a profile-less choice handled by the planner: keep it as a group option file.
-        pass
     joined = ",".join(names)
     return f"{key}={wrapper.group(1)}({joined})" if wrapper else f"{key}={joined}"
 

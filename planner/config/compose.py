@@ -42,7 +42,7 @@ def make_plan(
 ) -> Plan:
     """Plan `model` (profile name or hub id) on `hardware` (tier name, cpu, auto, snapshot)."""
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
+    from planner.config.request import plan_from_config
 
     args = [f"model={model}", f"hardware={hardware}", *overrides]
     if model_path:

@@ -96,6 +96,8 @@ class OverheadConfig:
 
 @dataclass
 class PolicyConfig:
+    # Token counts are parsed once, by planner.config.request.parse_tokens: 8192, 8e3 or 8k (k = 1024
+    # tokens, as context sizes are usually written: 8k = 8192); hence str / Any here, not int.
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
     sessions: int = 1  # concurrent sequences the KV cache must hold
     headroom_fraction: float = (
@@ -114,8 +116,8 @@ class PolicyConfig:
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
     kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
-    prefill_chunk_tokens: int = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
-    min_context_tokens: int = 512  # a plan with less context than this does not fit
+    prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
+    min_context_tokens: Any = 512  # a plan with less context than this does not fit
     candidates: list[str] = field(
         default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
     )  # model=auto picks the largest that fits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from planner.errors import ShardwiseError
@@ -99,23 +98,3 @@ def spec_from_config(model_cfg) -> ModelSpec:
         chat_template=model_cfg.get("chat_template"),
         model_dir=None,
     )
-
-
-@cache
-def load_profile(name: str):
-    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema."""
-    from omegaconf import OmegaConf
-
-    from planner.config.app import conf_dir, model_aliases, profile_names
-    from planner.config.schema import ModelConfig
-
-    profile = model_aliases().get(str(name).lower())
-    path = conf_dir() / "model" / f"{profile}.yaml"
-    if profile in (None, "auto") or not path.is_file():
-        choices = ", ".join(p for p in profile_names("model") if p != "auto")
-        raise ShardwiseError(
-            f"model profile {name!r} (in policy.candidates or a profile's fallback) does not exist: choose from {choices}"
-        )
-    raw = OmegaConf.load(path)
-    raw.pop("defaults", None)
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)

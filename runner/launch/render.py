@@ -99,19 +99,15 @@ def gpus_per_node(plan: Plan) -> int:
 # --- refusals -------------------------------------------------------------------------------
 
 
-def plan_architecture(plan: Plan, conf_dir: Path | None = None) -> dict | None:
-    """The model's config.json numbers: from a local model directory, else from its profile in conf/model/."""
+def plan_architecture(plan: Plan) -> dict | None:
+    """The model's config.json numbers: from a local model directory, else from its shipped profile."""
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
             return json.loads(candidate.read_text())
-    if conf_dir is not None:
-        profile = conf_dir / "model" / f"{plan.model.name}.yaml"
-        if profile.is_file():
-            import yaml
+    from planner.config.reader import profile_architecture
 
-            return (yaml.safe_load(profile.read_text()) or {}).get("architecture") or None
-    return None
+    return profile_architecture(plan.model.name)
 
 
 def head_counts(arch: dict) -> tuple[int, int] | None:

@@ -77,9 +77,7 @@ def task(cfg) -> None:
             )
             settings.dry_run = True
     elif engine == L.Engine.torchrun:
-        from planner.config.app import conf_dir
-
-        notes += L.check_distributed(plan, L.plan_architecture(plan, conf_dir()))
+        notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
         commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
     else:
@@ -149,7 +147,7 @@ def check_generation(cfg) -> None:
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
+    from planner.config.request import plan_from_config
 
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
 

@@ -136,7 +136,7 @@ def plan_for(cfg, model_node) -> object:
     from omegaconf import OmegaConf
 
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
+    from planner.config.request import plan_from_config
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
     view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
@@ -149,7 +149,7 @@ def extra_model_node(entry: str):
 
     from planner.config.app import resolve_model_name
     from planner.config.schema import ModelConfig
-    from planner.model.source import load_profile
+    from planner.config.reader import load_profile
 
     path = Path(entry).expanduser()
     if path.is_dir() or path.name == "config.json":
