@@ -11,9 +11,11 @@ jobs still run; the sweep then exits 2.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
 from planner.errors import ShardwiseError
@@ -148,29 +150,35 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
     return None
 
 
-def _reporting(verb: str, task_started: list, original: Callable) -> Callable:
-    """A stand-in for Hydra's run_and_report: composition errors and an unwritable run directory become one line, exit 2."""
-
-    def run_and_report(func):
-        try:
-            return func()
-        except Exception as exc:
-            error = composition_error(exc, verb)
-            if error is None and isinstance(exc, OSError) and not task_started:
-                where = exc.filename if exc.filename is not None else "the run directory"
-                error = ShardwiseError(
-                    f"cannot create {str(where)!r} ({exc.strerror or exc}): run shardwise from a writable directory or set hydra.run.dir=DIR"
-                )
-            if error is None:
-                caught = exc
-                return original(lambda: _reraise(caught))  # Hydra's own report for everything else
-            fail(verb, str(error))
-
-    return run_and_report
+def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
+    """One line for what Hydra refused before the task ran (composition, an unwritable run directory); None otherwise."""
+    error = composition_error(exc, verb)
+    if error is None and isinstance(exc, OSError) and not task_started:
+        where = exc.filename if exc.filename is not None else "the run directory"
+        error = ShardwiseError(
+            f"cannot create {str(where)!r} ({exc.strerror or exc}): "
+            "run shardwise from a writable directory or set hydra.run.dir=DIR"
+        )
+    return error
 
 
-def _reraise(exc: BaseException):
-    raise exc
+@contextmanager
+def _hydra_raises():
+    """Have Hydra raise what it would otherwise print as a multi-line report and exit 1 with.
+
+    HYDRA_FULL_ERROR=1 is Hydra's documented switch for that; run_verb then turns composition
+    errors into one line (exit 2) and lets anything else, a bug, raise with its traceback. The
+    user's own setting is restored afterwards.
+    """
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 _FAILED_JOBS: list[str] = []
@@ -179,7 +187,6 @@ _FAILED_JOBS: list[str] = []
 def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> None:
     """Run `task(cfg)` as the Hydra app `conf/<config_name>.yaml` with `argv` as overrides."""
     import hydra
-    from hydra._internal import utils as hydra_utils
 
     from planner.config import schema
 
@@ -208,14 +215,17 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     app = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(guarded)
     saved = sys.argv
     sys.argv = [f"shardwise {verb}", *args]
-    original = hydra_utils.run_and_report
-    hydra_utils.run_and_report = _reporting(verb, task_started, original)
     _FAILED_JOBS.clear()
     try:
-        app()
+        with _hydra_raises():
+            app()
+    except Exception as exc:
+        error = _refusal(exc, verb, bool(task_started))
+        if error is None:
+            raise
+        fail(verb, str(error))
     finally:
         sys.argv = saved
-        hydra_utils.run_and_report = original
     if _FAILED_JOBS:
         fail(verb, f"{len(_FAILED_JOBS)} job(s) of the sweep failed (see the errors above)")
 
