@@ -66,8 +66,8 @@ def explain_strategy(
             f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide",
         )
     elif strategy == "offload":
-        in_ram = sum(p.weights for p in priced if p.key == "cpu" and slots[0].device is not None)
-        on_disk = sum(p.weights for p in priced if p.key == "disk")
+        in_ram = sum(p.weights for p in priced if p.device == "cpu" and slots[0].device is not None)
+        on_disk = sum(p.weights for p in priced if p.device == "disk")
         where = "GPU" if slots[0].device is not None else "CPU"
         # per generated token every offloaded layer is read again: host RAM over PCIe, disk at NVMe speed
         seconds = in_ram / PCIE_BYTES_PER_S + on_disk / DISK_BYTES_PER_S
@@ -104,13 +104,13 @@ def explain_context(
     over_chunk = min(chunk, context + 1)
     over = evaluate(attempt.build(context + 1, over_chunk), cost, context + 1, over_chunk)
     worst = max(over, key=lambda p: p.planned - p.usable)
-    term = "kv_cache" if worst.kv >= worst.activations else "activations"
+    term = "kv_cache" if worst.kv_cache >= worst.activations else "activations"
     notes.decide(
         "context_tokens",
         context,
-        f"largest that fits: one more token overflows device {worst.key} ({term})",
+        f"largest that fits: one more token overflows device {worst.device} ({term})",
     )
-    return {"device": str(worst.key), "term": term}
+    return {"device": worst.device, "term": term}
 
 
 def more_context_hint(
@@ -148,16 +148,18 @@ def does_not_fit_binding(notes: Notes, cost: CostModel, priced: list, context: i
     worst = max(priced, key=lambda p: p.planned - p.usable) if priced else None
     if worst is None:
         return {}
-    fixed_overhead = cost.gpu_fixed_overhead() if worst.key not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
+    fixed_overhead = (
+        cost.gpu_fixed_overhead() if worst.device not in ("cpu", "disk") else cost.overheads.cpu_runtime_bytes
+    )
     term = (
         "weights"
         if worst.weights + fixed_overhead > worst.usable
-        else ("kv_cache" if worst.kv >= worst.activations else "activations")
+        else ("kv_cache" if worst.kv_cache >= worst.activations else "activations")
     )
-    where = "GPU " + str(worst.key) if worst.key not in ("cpu", "disk") else str(worst.key)
+    where = "GPU " + worst.device if worst.device not in ("cpu", "disk") else worst.device
     notes.decide(
         "fits",
         "no",
         f"{where} needs {gib(worst.planned)} but has {gib(worst.usable)} usable; {term} binds at {context} tokens",
     )
-    return {"device": str(worst.key), "term": term, "needed": worst.planned, "usable": worst.usable, "fixes": fixes}
+    return {"device": worst.device, "term": term, "needed": worst.planned, "usable": worst.usable, "fixes": fixes}

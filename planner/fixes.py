@@ -17,7 +17,6 @@ from planner.plan import Plan
 from planner.policy import Policy
 from planner.units import GIB
 
-
 Replan = Callable[..., Plan | None]  # (policy=None, hardware=None) -> the plan with that change, None if invalid
 
 

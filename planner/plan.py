@@ -51,6 +51,10 @@ class DeviceBudget:
     node: int = 0
     layers: tuple = ()  # (first, last) layer indices placed here, () when none
 
+    @property
+    def fits(self) -> bool:
+        return self.planned <= self.usable
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -172,7 +172,7 @@ def _make_plan(parts, strategy, attempt, slots, priced, context, chunk, fits, bi
     )
     if not fits:
         notes.warn("the plan does not fit: see the binding device and the fixes")
-    offload_folder = policy.offload_folder if any(p.key == "disk" for p in priced) else None
+    offload_folder = policy.offload_folder if any(p.device == "disk" for p in priced) else None
     return Plan(
         model=model,
         hardware=hw.to_dict(),
@@ -181,8 +181,8 @@ def _make_plan(parts, strategy, attempt, slots, priced, context, chunk, fits, bi
         tp_size=attempt.tp_size,
         pp_size=attempt.pp_size,
         device_map=_device_map(slots, strategy, attempt.nodes) if slots else {},
-        max_memory=_max_memory(priced, strategy, attempt.nodes),
-        budget=_budget(priced, slots),
+        max_memory=_max_memory(slots, priced, strategy, attempt.nodes),
+        budget=tuple(priced),
         limits=limits,
         fits=fits,
         decisions=tuple(notes.decisions),
@@ -212,20 +212,6 @@ def _model_info(spec: ModelSpec, inv: Inventory, formats: Formats) -> ModelInfo:
     )
 
 
-def _budget(priced: list, slots: list[Slot]) -> tuple:
-    rows = []
-    for p, slot in zip(priced, slots):
-        layers = (min(slot.layer_ids), max(slot.layer_ids)) if slot.layer_ids else ()
-        node = slot.device.node if slot.device is not None else 0
-        free_after = p.usable - p.planned if p.key != "disk" else 0
-        rows.append(
-            DeviceBudget(
-                str(p.key), p.weights, p.kv, p.activations, p.overhead, p.planned, p.usable, free_after, node, layers
-            )
-        )
-    return tuple(rows)
-
-
 def _device_map(slots: list[Slot], strategy: str, nodes: int = 1) -> dict:
     if strategy == "tensor_parallel" or nodes > 1:
         return {}  # distributed ranks load their own share: no single-process device_map
@@ -234,10 +220,14 @@ def _device_map(slots: list[Slot], strategy: str, nodes: int = 1) -> dict:
     return {m.name: s.key for s in slots for m in s.modules}
 
 
-def _max_memory(priced: list, strategy: str, nodes: int = 1) -> dict:
+def _max_memory(slots: list[Slot], priced: list[DeviceBudget], strategy: str, nodes: int = 1) -> dict:
     if strategy == "tensor_parallel" or nodes > 1:
         return {}
-    return {p.key: max(p.usable - p.kv - p.activations - p.overhead, p.weights) for p in priced if p.key != "disk"}
+    return {
+        slot.key: max(p.usable - p.kv_cache - p.activations - p.overhead, p.weights)
+        for slot, p in zip(slots, priced)
+        if p.device != "disk"
+    }
 
 
 def _launch(strategy: str) -> Launch:
