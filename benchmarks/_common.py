@@ -79,12 +79,10 @@ def export_configs(path: Path = EXPORT_PATH) -> Path:
     return path
 
 
-def load_configs(prefer: str = "conf", path: Path = EXPORT_PATH) -> tuple[dict, str]:
+def load_configs(prefer: str = "repo", path: Path = EXPORT_PATH) -> tuple[dict, str]:
     """(configs, where they came from): conf/ through planner.config when OmegaConf is here, else the JSON export."""
-    if prefer == "conf" and _have_omegaconf():
-        from planner.config.reader import conf_dir
-
-        return _read_conf(), f"{conf_dir()} (planner.config)"
+    if prefer == "repo" and _have_omegaconf():
+        return _read_conf(), "the config tree, through planner.config.reader"
     if not path.is_file():
         raise SystemExit(
             f"no OmegaConf and no export at {path}: "

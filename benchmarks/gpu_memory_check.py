@@ -529,7 +529,7 @@ def main(argv=None) -> int:
     if args.export:
         print(f"wrote {_common.export_configs()}")
         return 0
-    configs, source = _common.load_configs("json" if args.profiles_json else "conf")
+    configs, source = _common.load_configs("json" if args.profiles_json else "repo")
     print(f"profiles from {source}")
     if args.dry_run:
         hw, where = hardware_for_run(configs, args.tier, want_gpu=False)

@@ -97,3 +97,13 @@ def profile_architecture(name: str) -> dict | None:
     if not option_exists("model", name):
         return None
     return read_option("model", name).get("architecture") or None
+
+
+def write_option(group: str, name: str, text: str) -> Path:
+    """Write a generated option file, conf/<group>/<name>.yaml (the SLURM launcher presets); its path back."""
+    folder = conf_dir() / group
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    _read.cache_clear()
+    return path

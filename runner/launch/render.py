@@ -474,18 +474,8 @@ def preset_text(name: str) -> str:
     return slurm_preset_yaml(config, title)
 
 
-def write_presets(launcher_dir: Path) -> list[Path]:
-    launcher_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in SLURM_PRESETS:
-        path = launcher_dir / f"{name}.yaml"
-        path.write_text(preset_text(name))
-        written.append(path)
-    return written
-
-
 if __name__ == "__main__":
-    from planner.config.app import conf_dir
+    from planner.config.reader import write_option
 
-    for path in write_presets(conf_dir() / "hydra" / "launcher"):
-        print(path)
+    for preset in SLURM_PRESETS:
+        print(write_option("hydra/launcher", preset, preset_text(preset)))
