@@ -188,7 +188,8 @@ def sweep(profile_top: int) -> dict:
         f"\n(b) in-process sweep: {len(models)} profiles x {len(hardware) // len(COUNTS)} GPU tiers x counts {COUNTS}"
     )
     print(
-        f"setup (read {len(models)} profiles + tiers through planner.config, resolve {len(hardware)} hardware): {setup_s:.3f} s"
+        f"setup (read {len(models)} profiles + tiers through planner.config, resolve {len(hardware)} hardware): "
+        f"{setup_s:.3f} s"
     )
     rows = []
     for label, fallbacks in (("planner only", False), ("with fallback chains (as the CLI)", True)):

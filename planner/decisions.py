@@ -156,7 +156,8 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
     if requested == "flash_attention_2" and on_gpu and _gpu_cc_summary(hw)[0] < (8, 0):
         cc, name = _gpu_cc_summary(hw)
         raise ShardwiseError(
-            f"flash_attention_2 needs compute capability >= 8.0, {name} has {cc[0]}.{cc[1]}: use policy.attn_implementation=sdpa or auto"
+            f"flash_attention_2 needs compute capability >= 8.0, {name} has {cc[0]}.{cc[1]}: use "
+            "policy.attn_implementation=sdpa or auto"
         )
     if requested == "flash_attention_2" and not on_gpu:
         raise ShardwiseError(
@@ -164,7 +165,8 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
         )
     if requested == "sdpa" and model_type in EAGER_ONLY:
         raise ShardwiseError(
-            f"{model_type} does not support sdpa attention in transformers: use policy.attn_implementation=eager or auto"
+            f"{model_type} does not support sdpa attention in transformers: use policy.attn_implementation=eager or "
+            "auto"
         )
     if requested != "auto":
         return Choice(requested, f"policy.attn_implementation={requested}")
@@ -177,12 +179,14 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
     ):
         return Choice(
             FLASH_ATTN3_HUB,
-            "gpt-oss on Hopper or newer with the kernels package: FlashAttention-3 kernel (with sinks), no T x T scores",
+            "gpt-oss on Hopper or newer with the kernels package: FlashAttention-3 kernel (with sinks), no T x T "
+            "scores",
         )
     if model_type in EAGER_ONLY:
         return Choice(
             "eager",
-            f"{model_type} has no sdpa support in transformers: eager attention, which materializes heads x T x T scores",
+            f"{model_type} has no sdpa support in transformers: eager attention, which materializes heads x T x T "
+            "scores",
         )
     return Choice("sdpa", "sdpa (transformers' default): no T x T score matrix in memory")
 

@@ -90,7 +90,8 @@ def what_would_fit(
         if _fits(halved):
             fixes.append(
                 _fix(
-                    f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of context)",
+                    f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of "
+                    "context)",
                     f"policy.dtype={lower}",
                 )
             )

@@ -254,7 +254,10 @@ def _fill_in_order(
 
 
 def _spill(tail, host: tuple | None, disk: tuple | None, cost: CostModel, context: int, chunk: int) -> list[Slot]:
-    """Offloaded layers into host RAM while it has room, the rest on disk (or over the host's budget when disk is not allowed)."""
+    """Offloaded layers into host RAM while it has room, the rest on disk.
+
+    Without disk, the rest goes over the host's budget (and the plan does not fit).
+    """
     if not tail:
         return []
     places = [entry for entry in (host, disk) if entry is not None]

@@ -166,7 +166,8 @@ def _make_plan(parts, strategy, attempt, slots, priced, context, chunk, fits, bi
     limits = Limits(
         context_tokens=context,
         sessions=policy.sessions,
-        max_new_tokens=context,  # a reply may use whatever context the prompt leaves; generation.max_tokens is the default
+        # a reply may use whatever context the prompt leaves; generation.max_tokens is only the default
+        max_new_tokens=context,
         kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
         prefill_chunk_tokens=chunk if chunk < context else 0,
     )

@@ -118,7 +118,7 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
 
 
 def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_node: int) -> list[Attempt]:
-    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), where tensor parallel cannot be used."""
+    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot."""
     shapes = sorted(
         {
             (nodes * per_stage_node, nodes, per_stage_node)

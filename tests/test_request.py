@@ -1,4 +1,4 @@
-"""The typed request: token counts parsed in one place, the Policy validated once, the same plan however a count is written."""
+"""The typed request: token counts parsed in one place, the Policy validated once, the same plan for 8000, 8e3."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_planner_modules_import_no_cycle():
 
 
 def test_the_planner_core_does_not_import_the_config_layer():
-    """planner/config hands the core a typed request: the core (planning, search, explain, fixes, fallbacks) never reaches back."""
+    """planner/config hands the core a typed request; the core never reaches back into planner/config."""
     graph = import_graph()
     core = ["planner.planning", "planner.search", "planner.explain", "planner.fixes", "planner.fallbacks"]
     core += ["planner.policy", "planner.placement", "planner.memory", "planner.decisions"]

@@ -29,7 +29,8 @@ def resolve_model_name(name: str) -> str:
     if found is None:
         choices = ", ".join(profile_names("model"))
         raise ShardwiseError(
-            f"unknown model {name!r}: choose one of {choices}, model=auto, or plan any other model with model.path=DIR_OR_CONFIG_JSON"
+            f"unknown model {name!r}: choose one of {choices}, model=auto, or plan any other model with "
+            "model.path=DIR_OR_CONFIG_JSON"
         )
     return found
 
@@ -126,7 +127,8 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
                 example = f"{group}={override}"
             return ShardwiseError(f"{override!r} is not an override: write KEY=VALUE, e.g. {example}")
         return ShardwiseError(
-            f"cannot parse the override {override!r} ({_first_line(exc.message)}): quote a value with special characters, e.g. 'key=\"a value\"'"
+            f"cannot parse the override {override!r} ({_first_line(exc.message)}): quote a value with special "
+            "characters, e.g. 'key=\"a value\"'"
         )
     if isinstance(exc, MissingConfigException):
         what = _first_line(exc)
@@ -151,7 +153,7 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
 
 
 def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
-    """One line for what Hydra refused before the task ran (composition, an unwritable run directory); None otherwise."""
+    """One line for what Hydra refused before the task ran (composition, unwritable run directory), else None."""
     error = composition_error(exc, verb)
     if error is None and isinstance(exc, OSError) and not task_started:
         where = exc.filename if exc.filename is not None else "the run directory"

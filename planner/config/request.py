@@ -52,7 +52,7 @@ def _enum_value(setting) -> str:
 
 
 def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
-    """Room for disk-offloaded weights: the configured GiB, else the free space where the folder goes (measured here)."""
+    """Room for disk-offloaded weights: the configured GiB, else the free space where the folder goes (measured)."""
     if offload_disk_gib < 0:
         raise ShardwiseError(f"policy.offload_disk_gib={offload_disk_gib} must be >= 0 (0: measure the free space)")
     if offload_disk_gib > 0:

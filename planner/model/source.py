@@ -61,7 +61,8 @@ def spec_from_config(model_cfg) -> ModelSpec:
         quant_config = arch.get("quantization_config") or {}
         if not isinstance(quant_config, dict):
             raise ShardwiseError(
-                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: fix or re-download config.json"
+                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: "
+                "fix or re-download config.json"
             )
         quant = quant_config.get("quant_method")
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
@@ -78,7 +79,8 @@ def spec_from_config(model_cfg) -> ModelSpec:
         )
     if not model_cfg.get("architecture"):
         raise ShardwiseError(
-            f"model profile {model_cfg.get('name')!r} has no architecture: add its config.json under `architecture:` or give model.path"
+            f"model profile {model_cfg.get('name')!r} has no architecture: add its config.json under `architecture:` "
+            "or give model.path"
         )
     from omegaconf import OmegaConf
 
