@@ -6,7 +6,7 @@
     python benchmarks/gpu_memory_check.py                 # all single-GPU models, two contexts (~3-4 min)
 
 For each model profile that fits one GPU: the plan comes from planner internals without Hydra
-or OmegaConf (profiles read from conf/ with PyYAML, or from the JSON export when PyYAML is
+(profiles read from conf/ through planner.config, or from the JSON export when OmegaConf is
 missing; the hardware from planner.hardware.probe (NVML) before CUDA starts, else the tier whose name
 matches torch.cuda.get_device_name, else torch's own numbers), at a set context, one session.
 Then the model is built from its architecture with random weights directly on the GPU (no
@@ -73,7 +73,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--new-tokens", type=int, default=8, help="decode steps after the prefill")
     parser.add_argument("--tier", default="h100_80gb", help="tier for --dry-run on a machine without a GPU")
-    parser.add_argument("--profiles-json", action="store_true", help="read the JSON export even when PyYAML is present")
+    parser.add_argument(
+        "--profiles-json", action="store_true", help="read the JSON export even when OmegaConf is present"
+    )
     parser.add_argument(
         "--sdpa-kernels", help="diagnostic: comma-separated sdpa backends allowed (flash,efficient,cudnn,math)"
     )
@@ -527,7 +529,7 @@ def main(argv=None) -> int:
     if args.export:
         print(f"wrote {_common.export_configs()}")
         return 0
-    configs, source = _common.load_configs("json" if args.profiles_json else "yaml")
+    configs, source = _common.load_configs("json" if args.profiles_json else "repo")
     print(f"profiles from {source}")
     if args.dry_run:
         hw, where = hardware_for_run(configs, args.tier, want_gpu=False)

@@ -40,8 +40,8 @@ def build_plan(cfg):
         if Path(source).exists():
             return make_plan(model_path=source, hardware="auto")
         return make_plan(model=plan.model.name, hardware="auto")
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     hardware = resolve_hardware(cfg.hardware, name=HydraConfig.get().runtime.choices.get("hardware"))
     return plan_from_config(cfg, hardware)

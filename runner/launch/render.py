@@ -99,19 +99,15 @@ def gpus_per_node(plan: Plan) -> int:
 # --- refusals -------------------------------------------------------------------------------
 
 
-def plan_architecture(plan: Plan, conf_dir: Path | None = None) -> dict | None:
-    """The model's config.json numbers: from a local model directory, else from its profile in conf/model/."""
+def plan_architecture(plan: Plan) -> dict | None:
+    """The model's config.json numbers: from a local model directory, else from its shipped profile."""
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
             return json.loads(candidate.read_text())
-    if conf_dir is not None:
-        profile = conf_dir / "model" / f"{plan.model.name}.yaml"
-        if profile.is_file():
-            import yaml
+    from planner.config.reader import profile_architecture
 
-            return (yaml.safe_load(profile.read_text()) or {}).get("architecture") or None
-    return None
+    return profile_architecture(plan.model.name)
 
 
 def head_counts(arch: dict) -> tuple[int, int] | None:
@@ -478,18 +474,8 @@ def preset_text(name: str) -> str:
     return slurm_preset_yaml(config, title)
 
 
-def write_presets(launcher_dir: Path) -> list[Path]:
-    launcher_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in SLURM_PRESETS:
-        path = launcher_dir / f"{name}.yaml"
-        path.write_text(preset_text(name))
-        written.append(path)
-    return written
-
-
 if __name__ == "__main__":
-    from planner.config.app import conf_dir
+    from planner.config.reader import write_option
 
-    for path in write_presets(conf_dir() / "hydra" / "launcher"):
-        print(path)
+    for preset in SLURM_PRESETS:
+        print(write_option("hydra/launcher", preset, preset_text(preset)))

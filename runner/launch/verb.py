@@ -77,9 +77,7 @@ def task(cfg) -> None:
             )
             settings.dry_run = True
     elif engine == L.Engine.torchrun:
-        from planner.config.app import conf_dir
-
-        notes += L.check_distributed(plan, L.plan_architecture(plan, conf_dir()))
+        notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
         commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
     else:
@@ -97,47 +95,11 @@ def task(cfg) -> None:
         raise SystemExit(rc)
 
 
-def _port_ok(port) -> bool:
-    return isinstance(port, int) and 1 <= port <= 65535
-
-
 def check_settings(settings: L.LaunchSettings) -> None:
     """launch.* values no engine could use are one-line errors before anything is planned or started."""
-    slurm = settings.slurm
-    checks = [
-        (_port_ok(settings.port), "launch.port", settings.port, "use a TCP port from 1 to 65535"),
-        (_port_ok(settings.master_port), "launch.master_port", settings.master_port, "use a TCP port from 1 to 65535"),
-        (_port_ok(settings.ray_port), "launch.ray_port", settings.ray_port, "use a TCP port from 1 to 65535"),
-        (
-            settings.node_rank is None or settings.node_rank >= 0,
-            "launch.node_rank",
-            settings.node_rank,
-            "use 0 for the first node, 1 for the next, ...",
-        ),
-        (settings.cpu_tp_size >= 0, "launch.cpu_tp_size", settings.cpu_tp_size, "use 0 (off) or 2 or more ranks"),
-        (
-            settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
-            "launch.gpu_memory_utilization",
-            settings.gpu_memory_utilization,
-            "use a fraction above 0 and at most 1, or null for the plan's",
-        ),
-        (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
-        (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
-        (slurm.mem_gib_per_gpu >= 1, "launch.slurm.mem_gib_per_gpu", slurm.mem_gib_per_gpu, "use GiB >= 1"),
-    ]
-    for ok, key, value, fix in checks:
-        if not ok:
-            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
-    if settings.rdzv_endpoint:
-        host, _, port = str(settings.rdzv_endpoint).rpartition(":")
-        if not host or not port.isdigit() or not _port_ok(int(port)):
-            raise ShardwiseError(
-                f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: write e.g. launch.rdzv_endpoint=node0.cluster:29400"
-            )
-    if any(not str(p).strip() for p in settings.prompt):
-        raise ShardwiseError(
-            f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
-        )
+    from planner.config.schema import check_launch
+
+    check_launch(settings)
 
 
 def check_generation(cfg) -> None:
@@ -148,8 +110,8 @@ def check_generation(cfg) -> None:
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
 
