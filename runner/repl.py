@@ -16,9 +16,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
-from runner.api import check_sampling, checked_messages
-from runner.engine.session import with_overrides
-from runner.engine.types import SamplingParams
+from runner.api import checked_messages
+from runner.engine.sampling import SamplingParams
 
 HELP = """commands:
   /help                 this list
@@ -144,17 +143,17 @@ class Repl:
             return
         try:
             if key == "seed" and value.lower() in ("none", "null", "-"):
-                params = with_overrides(self.params)
+                params = self.params.with_overrides()
                 params.seed = None
             elif key == "stop":
-                params = with_overrides(self.params, stop=[] if value == "-" else [*self.params.stop, value])
+                params = self.params.with_overrides(stop=[] if value == "-" else [*self.params.stop, value])
             else:
-                params = with_overrides(self.params, **{key: _SETTABLE[key](value)})
+                params = self.params.with_overrides(**{key: _SETTABLE[key](value)})
         except ValueError:
             self.console.print(f"/set {key}: {value!r} is not a {_SETTABLE[key].__name__}", markup=False)
             return
         try:
-            self.params = check_sampling(params)
+            self.params = params.checked()
         except ShardwiseError as exc:  # out of range: keep the settings as they were
             self.console.print(f"/set {key}: {exc}", markup=False)
             return
@@ -195,7 +194,7 @@ class Repl:
             saved = data.get("params") or {}
             if not isinstance(saved, dict):
                 raise ValueError(f"params is {saved!r}, not an object")
-            params = check_sampling(SamplingParams(**{k: v for k, v in saved.items() if k in known}))
+            params = SamplingParams(**{k: v for k, v in saved.items() if k in known}).checked()
         except (OSError, ValueError, KeyError, TypeError, ShardwiseError) as exc:
             self.console.print(f"cannot load {path}: {exc}", markup=False)
             return

@@ -24,7 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from runner.engine.types import Completion, SamplingParams, Usage
+from runner.engine.sampling import SamplingParams
+from runner.engine.types import Completion, Usage
 
 
 class _Tracker:

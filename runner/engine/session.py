@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from runner.engine.prompt import (  # noqa: F401 (FALLBACK_TEMPLATE, ContextLengthError: re-exported)
     FALLBACK_TEMPLATE,
@@ -31,7 +30,8 @@ from runner.engine.prompt import (  # noqa: F401 (FALLBACK_TEMPLATE, ContextLeng
     context_tokens,
     max_new_tokens,
 )
-from runner.engine.types import Completion, SamplingParams, Usage
+from runner.engine.sampling import SamplingParams
+from runner.engine.types import Completion, Usage
 
 SEEDED_SAMPLING = threading.Lock()
 
@@ -306,8 +306,3 @@ class ChatSession:
         from runner.engine.memory import clear_memory
 
         clear_memory()
-
-
-def with_overrides(params: SamplingParams, **changes) -> SamplingParams:
-    """A copy of `params` with the given fields changed (None leaves a field alone)."""
-    return replace(params, **{k: v for k, v in changes.items() if v is not None})

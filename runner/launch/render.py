@@ -248,6 +248,8 @@ def worker_args(plan_path: str, settings: LaunchSettings, generation: dict | Non
         value = generation.get(key)
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
+    for stop in generation.get("stop") or ():
+        args += ["--stop", stop]
     for prompt in settings.prompt:
         args += ["--prompt", prompt]
     if settings.record_dir:

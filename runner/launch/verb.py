@@ -142,9 +142,9 @@ def check_settings(settings: L.LaunchSettings) -> None:
 
 def check_generation(cfg) -> None:
     """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
-    from runner.api import sampling_defaults
+    from runner.engine.sampling import SamplingParams
 
-    sampling_defaults(cfg.generation)
+    SamplingParams.from_generation(cfg.generation)
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
