@@ -4,8 +4,8 @@ Type a message and press Enter; a message spanning several lines goes between tw
 three double quotes. Ctrl+C while a reply streams stops that reply (the partial reply is kept),
 Ctrl+C at the prompt clears the line, Ctrl+D or /exit leaves. Input lines are remembered across
 runs in a readline history file. A bad /set value, an unwritable /save path, a malformed /load
-file or a failed reply prints one line and the chat goes on with its conversation intact. After each reply a dim line shows tokens, time to first token
-and tokens/s.
+file or a failed reply prints one line and the chat goes on with its conversation intact.
+After each reply a dim line shows tokens, time to first token and tokens/s.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.units import GIB
 from runner.api import checked_messages
 from runner.engine.sampling import SamplingParams
 
@@ -23,7 +24,8 @@ HELP = """commands:
   /help                 this list
   /clear                forget the conversation (and free cached memory)
   /system [TEXT]        set the system prompt (no TEXT: show it; '-' removes it)
-  /set KEY VALUE        sampling: temperature, max_tokens, top_p, seed (none: random), stop, presence_penalty, frequency_penalty
+  /set KEY VALUE        sampling: temperature, max_tokens, top_p, seed (none: random), stop,
+                        presence_penalty, frequency_penalty
   /save FILE            write the conversation as JSON
   /load FILE            read a conversation written by /save
   /stats                tokens, speed and peak memory so far, next to the plan's budget
@@ -40,7 +42,6 @@ _SETTABLE = {
     "frequency_penalty": float,
 }
 MULTILINE = '"""'
-from planner.units import GIB
 
 
 def stats_line(completion) -> str:
@@ -206,8 +207,10 @@ class Repl:
     def _stats(self) -> None:
         turns, totals = self.session.telemetry.turns, self.session.telemetry.totals
         lines = [
-            f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
-            f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, "
+            f"model {self.session.loaded.name} ({self.session.plan.strategy}), context "
+            f"{self.session.context_tokens} tokens",
+            f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + "
+            f"{totals['completion_tokens']} completion tokens, "
             f"{len(self.session.history)} messages in the conversation",
         ]
         if totals["timed_turns"]:
@@ -239,7 +242,8 @@ class Repl:
         except Exception as exc:  # an unexpected failure of one turn must not end the chat and lose the conversation
             self.out.write("\n")
             self.console.print(
-                f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, /save it if in doubt",
+                f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, "
+                "/save it if in doubt",
                 markup=False,
             )
             return
