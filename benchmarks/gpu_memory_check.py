@@ -288,23 +288,18 @@ def build_model(arch: dict, dtype: str, attn: str):
     return model.eval()
 
 
-def cache_kwarg(model) -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever this version takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
     """Prefill `prompt_tokens` random tokens (in chunks of `chunk`), then decode `new_tokens`; returns the cache."""
     import torch
     from transformers import DynamicCache
 
+    from runner.engine.generate import cache_keyword
+
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (1, prompt_tokens + 1), device=model.device)
     cache = DynamicCache(config=model.config)
     step = chunk or prompt_tokens
-    key = cache_kwarg(model)
+    key = cache_keyword(model)
     with torch.inference_mode():
         for start in range(0, prompt_tokens, step):
             piece = ids[:, start : min(start + step, prompt_tokens)]

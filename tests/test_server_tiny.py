@@ -127,3 +127,19 @@ def test_prompt_longer_than_context_is_context_length_exceeded(client, model, se
     assert caught.value.code == "context_length_exceeded"
     assert str(CONTEXT_TOKENS) in caught.value.message
     assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).status_code == 200
+
+
+def test_a_small_request_is_answered_at_once_after_an_abandoned_three_thousand_message_request(server, client, model):
+    """Issue 10: fitting a huge conversation is linear and cancellable, so it cannot hold the queue."""
+    import time
+
+    huge = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(3001)]
+    body = {"model": model, "messages": huge, "max_tokens": 4, "temperature": 0}
+    try:
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.05)  # the client gives up
+    except httpx.TimeoutException:
+        pass
+    started = time.perf_counter()
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=4, temperature=0)
+    assert reply.choices[0].message.content is not None
+    assert time.perf_counter() - started < 2.0

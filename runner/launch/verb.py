@@ -55,8 +55,10 @@ def task(cfg) -> None:
 
         binding = plan.binding or {}
         raise ShardwiseError(
-            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device {binding.get('device', '?')}): "
-            f"see `shardwise plan` for what would make it fit ({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
+            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device "
+            f"{binding.get('device', '?')}): "
+            "see `shardwise plan` for what would make it fit "
+            f"({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
         )
     if settings.cpu_tp_size:
         plan = rehearsal_plan(plan, settings.cpu_tp_size)
@@ -73,7 +75,8 @@ def task(cfg) -> None:
         notes += vnotes
         if not importlib.util.find_spec("vllm"):
             notes.append(
-                "vllm is not installed here: these commands were printed, not run (pip install vllm on the GPU machines)"
+                "vllm is not installed here: these commands were printed, not run (pip install vllm "
+                "on the GPU machines)"
             )
             settings.dry_run = True
     elif engine == L.Engine.torchrun:
@@ -104,9 +107,9 @@ def check_settings(settings: L.LaunchSettings) -> None:
 
 def check_generation(cfg) -> None:
     """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
-    from runner.api import sampling_defaults
+    from runner.engine.sampling import SamplingParams
 
-    sampling_defaults(cfg.generation)
+    SamplingParams.from_generation(cfg.generation)
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
@@ -139,7 +142,8 @@ def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
     """A CPU plan turned into a tensor-parallel one over `ranks` local gloo processes (to rehearse a TP launch)."""
     if plan.strategy != "cpu":
         raise ShardwiseError(
-            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is {plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
+            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is "
+            f"{plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
         )
     if ranks < 2:
         raise ShardwiseError(
@@ -148,7 +152,8 @@ def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
     decision = Decision(
         "strategy",
         "tensor_parallel",
-        f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a rehearsal, not a speed-up)",
+        f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a "
+        "rehearsal, not a speed-up)",
     )
     return replace(
         plan, strategy="tensor_parallel", tp_size=ranks, pp_size=1, device_map={}, decisions=(*plan.decisions, decision)
@@ -162,7 +167,8 @@ def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
     slurm_nodes = os.environ.get("SLURM_NNODES")
     if slurm_nodes and int(slurm_nodes) != plan.nodes:
         raise ShardwiseError(
-            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with hydra.launcher.nodes={plan.nodes}"
+            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with "
+            f"hydra.launcher.nodes={plan.nodes}"
         )
     rank = settings.node_rank
     if rank is None and "SLURM_NODEID" in os.environ:
@@ -171,13 +177,15 @@ def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
             settings.master_addr = slurm_master_addr()
     if rank is None:
         raise ShardwiseError(
-            f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or launch.rdzv_endpoint=HOST:PORT)"
+            f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or "
+            "launch.rdzv_endpoint=HOST:PORT)"
         )
     if not 0 <= rank < plan.nodes:
         raise ShardwiseError(f"launch.node_rank={rank} is outside this {plan.nodes}-node plan: use 0..{plan.nodes - 1}")
     if not settings.master_addr:
         raise ShardwiseError(
-            f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or launch.rdzv_endpoint=HOST:PORT"
+            f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or "
+            "launch.rdzv_endpoint=HOST:PORT"
         )
     return rank
 
@@ -196,7 +204,8 @@ def print_dry_run(
     plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
 ) -> None:
     print(
-        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; engine {engine.value}"
+        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp "
+        f"{plan.pp_size}; engine {engine.value}"
     )
     print(f"# plan: {plan_path}")
     for command in commands:

@@ -76,7 +76,8 @@ class ModelWorker:
                 raise QueueFull(f"model {self.name!r} is shutting down")
             if len(self._waiting) + (self._running is not None) >= 1 + self.max_queue:
                 raise QueueFull(
-                    f"model {self.name!r} has 1 request generating and {len(self._waiting)} waiting (serve.max_queue={self.max_queue})"
+                    f"model {self.name!r} has 1 request generating and {len(self._waiting)} waiting "
+                    f"(serve.max_queue={self.max_queue})"
                 )
             self._waiting.append(job)
             self._cond.notify()

@@ -32,20 +32,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def settings_from_config(cfg):
     """ServeSettings from the composed config; the API key falls back to $SHARDWISE_API_KEY."""
+    from runner.engine.sampling import SamplingParams
     from runner.openai.app import ServeSettings
-    from runner.openai.protocol import Defaults
 
     block = read_serve_block(cfg.get("serve"))
-    sampling_defaults(cfg)  # a bad generation.* default is refused now, not on every request
-    generation = cfg.generation
-    defaults = Defaults(
-        max_tokens=int(generation.max_tokens),
-        temperature=float(generation.temperature),
-        top_p=float(generation.top_p),
-        seed=generation.seed,
-        stop=list(generation.stop),
-        max_n=block.max_n,
-    )
+    # a bad generation.* default is refused now, not on every request
+    defaults = SamplingParams.from_generation(cfg.generation)
     api_key = block.api_key or os.environ.get("SHARDWISE_API_KEY") or None
     return ServeSettings(
         host=block.host,
@@ -55,14 +47,8 @@ def settings_from_config(cfg):
         max_body_bytes=block.max_body_bytes,
         request_timeout_s=float(block.request_timeout_s),
         defaults=defaults,
+        max_n=block.max_n,
     ), block
-
-
-def sampling_defaults(cfg):
-    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
-    from runner.api import sampling_defaults as from_generation
-
-    return from_generation(cfg.generation)
 
 
 def _hardware_choice(cfg) -> str:
@@ -152,7 +138,8 @@ def model_sources(cfg) -> list:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ShardwiseError(
-            f"serve.models names {', '.join(duplicates)} more than once (the served models are {names}): list each model once"
+            f"serve.models names {', '.join(duplicates)} more than once (the served models are {names}): "
+            "list each model once"
         )
     return sources
 
@@ -160,6 +147,7 @@ def model_sources(cfg) -> list:
 def load_session(cfg, plan):
     """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
 
     policy = RecoveryPolicy()
@@ -168,7 +156,7 @@ def load_session(cfg, plan):
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
     return ChatSession(
         loaded,
-        defaults=sampling_defaults(cfg),
+        defaults=SamplingParams.from_generation(cfg.generation),
         plan=loaded.plan,
         system_prompt=cfg.generation.get("system_prompt"),
         recovery=policy,
