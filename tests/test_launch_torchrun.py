@@ -44,7 +44,7 @@ def launch(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen, stdin: str = "", timeout: int = 60) -> str:
+def finish(proc: subprocess.Popen, stdin: str = "", timeout: int = 180) -> str:
     out, err = proc.communicate(stdin, timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     return out
@@ -183,7 +183,7 @@ def test_tensor_parallel_rank_and_chat_session_agree_on_chunked_prefill_stops_an
         f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
     )
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode != 0, err[-3000:]  # the second turn cannot fit
     assert f"error: {too_long_error.value}" in err, err[-3000:]
     by_rank = records(tmp_path / "rec")

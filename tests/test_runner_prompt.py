@@ -55,10 +55,13 @@ def conversation(turns: int, words: int = 6) -> list[dict]:
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
 @pytest.mark.parametrize("context", [64, 96, 160, 400])
-def test_fitting_keeps_what_dropping_one_message_at_a_time_keeps(which, context, llama_tokenizer, gpt2_tokenizer):
+@pytest.mark.parametrize("turns", [12, 40])
+def test_fitting_keeps_what_dropping_one_message_at_a_time_keeps(
+    which, context, turns, llama_tokenizer, gpt2_tokenizer
+):
     tokenizer = llama_tokenizer if which == "llama" else gpt2_tokenizer
     prompt = ChatPrompt(tokenizer)
-    messages = conversation(12)
+    messages = conversation(turns)
     assert prompt.fit(messages, context_tokens=context, max_tokens=16) == one_at_a_time(prompt, messages, context, 16)
 
 

@@ -12,10 +12,11 @@ render and cut conversations the same way:
   messages are dropped whole (never the last one, never leaving an assistant reply first);
   a conversation that cannot fit even then raises ContextLengthError, never a silent cut of
   the prompt's head;
-- fitting is linear in the conversation: each message is rendered and tokenized once, the
-  number to drop comes from prefix sums over those counts, and only the kept tail is encoded
-  again to check it (a conversation of thousands of short messages must not hold a server).
-  A cancellation event is checked between steps.
+- fitting is linear in the conversation: each message's text is tokenized once (in one batch),
+  its role's template wrapper is measured once per role, the number to drop comes from prefix
+  sums over those counts, and only the kept tail is encoded to check it (a conversation of
+  thousands of short messages must not hold a server). A cancellation event is checked between
+  steps.
 """
 
 from __future__ import annotations
@@ -87,23 +88,41 @@ class ChatPrompt:
     def token_count(self, messages: list[dict]) -> int:
         return len(self.encode(self.with_system(messages)))
 
-    def _message_costs(self, messages: list[dict]) -> list[int]:
-        """Tokens each message adds when rendered alone, less what the template adds to any render."""
+    def _lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of many texts in one call (the Rust tokenizer directly when there is one: no per-text
+        Python objects)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    def _rendered_length(self, messages: list[dict], generation_prompt: bool) -> int | None:
         try:
-            base = len(self.tokenizer(self.render([], generation_prompt=False), add_special_tokens=False)["input_ids"])
-        except Exception:  # a template that refuses an empty conversation: no shared part to subtract
-            base = 0
-        texts = []
-        for message in messages:
-            try:
-                texts.append(self.render([message], generation_prompt=False))
-            except Exception:  # a template that refuses a lone assistant turn: price it as a user turn
-                try:
-                    texts.append(self.render([{**message, "role": "user"}], generation_prompt=False))
-                except Exception:
-                    texts.append(str(message.get("content", "")))
-        counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        return [max(1, len(ids) - base) for ids in counts]
+            return self._lengths([self.render(messages, generation_prompt=generation_prompt)])[0]
+        except Exception:  # a template that refuses this probe (an empty or assistant-first conversation)
+            return None
+
+    def _wrapper_tokens(self, role: str) -> int:
+        """Tokens the template puts around one message of `role` (measured on a one-word probe)."""
+        probe = {"role": role, "content": "x"}
+        word = self._lengths(["x"])[0]
+        base = self._rendered_length([], False) or 0
+        alone = self._rendered_length([probe], False)
+        if alone is not None:
+            return max(0, alone - base - word)
+        first = {"role": "user", "content": "x"}  # templates that insist on a user turn first
+        pair, single = self._rendered_length([first, probe], False), self._rendered_length([first], False)
+        return max(0, pair - single - word) if pair is not None and single is not None else 0
+
+    def _message_costs(self, messages: list[dict]) -> list[int]:
+        """About the tokens each message adds to a prompt: its text's tokens plus its role's wrapper.
+
+        An estimate (tokens can merge across a boundary, templates treat the first message apart):
+        fitting uses it to choose how many messages to drop, then encodes the result exactly.
+        """
+        wrappers = {role: self._wrapper_tokens(role) for role in {m.get("role") for m in messages}}
+        texts = self._lengths([str(m.get("content", "")) for m in messages])
+        return [text + wrappers[m.get("role")] for m, text in zip(messages, texts)]
 
     def fit(
         self, messages: list[dict], *, context_tokens: int, max_tokens: int, cancel: threading.Event | None = None
@@ -111,27 +130,51 @@ class ChatPrompt:
         """Prompt ids inside the context window, and how many of the oldest messages were dropped."""
         room = reply_room(context_tokens, max_tokens)
         kept = self.with_system(messages)
-        ids = self.encode(kept)
-        if len(ids) + room <= context_tokens:
-            return ids, 0
+        ids = None
+        # The usual case: a conversation that is not obviously too long is encoded whole, once.
+        if sum(len(str(m.get("content", ""))) for m in kept) <= 4 * context_tokens:
+            ids = self.encode(kept)
+            if len(ids) + room <= context_tokens:
+                return ids, 0
+        _check(cancel)
+        costs = self._message_costs(kept)
+        fixed = self._rendered_length([], True) or 0
+        if ids is not None:  # spread the estimate's error over the messages (separators, merges)
+            error = (len(ids) - fixed - sum(costs)) / len(kept)
+            costs = [cost + error for cost in costs]
         # Messages that may go, oldest first: never a system message, never the last message.
         droppable = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
-        _check(cancel)
-        costs = self._message_costs([kept[i] for i in droppable])
-        freed = [0, *accumulate(costs)]  # freed[j]: tokens saved by dropping droppable[:j]
+        freed = [0, *accumulate(costs[i] for i in droppable)]  # freed[j]: tokens saved by dropping droppable[:j]
         # Dropping j messages is allowed when the next one kept is not an assistant reply.
         everything = len(droppable)
-        allowed = [
+        allowed = [0] + [
             j for j in range(1, everything + 1) if j == everything or kept[droppable[j]].get("role") != "assistant"
         ]
-        dropped, excess = 0, len(ids) + room - context_tokens
-        while excess > 0 and allowed and allowed[-1] > dropped:
+
+        def encode_without(count: int) -> list[int]:
             _check(cancel)
-            target = freed[dropped] + excess
-            dropped = next((j for j in allowed if j > dropped and freed[j] >= target), allowed[-1])
-            gone = set(droppable[:dropped])
-            ids = self.encode([m for i, m in enumerate(kept) if i not in gone])
+            gone = set(droppable[:count])
+            return self.encode([m for i, m in enumerate(kept) if i not in gone])
+
+        excess = (len(ids) if ids is not None else fixed + sum(costs)) + room - context_tokens
+        dropped = 0
+        while True:  # drop more until the exact encoding fits (or nothing more may go)
+            if excess > 0 and allowed[-1] > dropped:
+                target = freed[dropped] + excess
+                dropped = next((j for j in allowed if j > dropped and freed[j] >= target), allowed[-1])
+            elif ids is not None:
+                break
+            ids = encode_without(dropped)
             excess = len(ids) + room - context_tokens
+        # The estimate may have dropped a message or two too many: take them back while they fit.
+        for _ in range(8):
+            back = max((j for j in allowed if j < dropped), default=None)
+            if excess > 0 or back is None or freed[dropped] - freed[back] > -excess + 2:
+                break
+            candidate = encode_without(back)
+            if len(candidate) + room > context_tokens:
+                break
+            dropped, ids, excess = back, candidate, len(candidate) + room - context_tokens
         if len(ids) >= context_tokens:
             last = kept[-1] if kept else {"content": ""}
             raise ContextLengthError(

@@ -1,8 +1,11 @@
 """The OpenAI Chat Completions wire format: request validation, error bodies, response shapes.
 
-Pure data, no torch and no web framework: `parse_chat_request(body, defaults)` turns a decoded
-JSON body into a `ChatRequest` or raises `APIError` carrying the HTTP status and the OpenAI
-error body `{"error": {"message", "type", "param", "code"}}` that the `openai` client reads.
+The one module for it: the HTTP server (runner.openai.app), the Python API (runner.api) and the
+tests all use it. Pure data, no torch and no web framework: `parse_chat_request(body, defaults)`
+turns a decoded JSON body into a `ChatRequest` (sampling defaults: runner.engine.sampling) or
+raises `APIError` carrying the HTTP status and the OpenAI error body
+`{"error": {"message", "type", "param", "code"}}` that the `openai` client reads;
+`Response(model)` builds the `chat.completion` body and every `chat.completion.chunk`.
 Fields the server does not know are ignored (as OpenAI does); fields it knows but cannot honour
 (tools, logprobs, non-text content) are refused with a 400 that names them, never silently
 dropped. Nothing from a request is instantiated or executed: values are checked and copied.
