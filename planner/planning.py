@@ -132,13 +132,12 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
-    attempt, context, chunk = found
+    attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
     strategy = explain.executed_strategy(attempt, slots)
-    explain.explain_strategy(notes, strategy, attempt, slots, priced, hw, inv, policy)
+    explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
     binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
-    explain.more_context_hint(notes, inv, cost, hw, policy, attempt, context, requested)
     explain.explain_chunk(notes, context, chunk, formats.attn)
     notes.decide(
         "sessions", policy.sessions, f"KV cache sized for {policy.sessions} concurrent sequence(s) (policy.sessions)"
