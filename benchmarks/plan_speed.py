@@ -14,7 +14,7 @@ Both wall times are medians of --runs runs, after one unmeasured warm-up of each
 Targets: ours <= 1.0 s on a 2-core machine.
 
 (b) Sweep: every profile in conf/model (except auto) x every `kind: tier` option in
-conf/hardware x counts 1, 2, 8, planned in-process through planner.planning.Planner with the
+conf/hardware x counts 1, 2, 8, planned in-process through planner.planning.plan_model with the
 configs read once (no Hydra compose per plan; one compose is timed to show what it would add).
 Timed twice: the planner alone (no fallback chain) and as the CLI does it (fallback chain
 planned too). Target: 200+ plans <= 2 s. --profile N prints cProfile's top N functions.

@@ -9,10 +9,10 @@ from __future__ import annotations
 from planner.hardware.devices import Hardware
 from planner.memory import CostModel
 from planner.model.inventory import Inventory
-from planner.placement import evaluate, largest_context
+from planner.placement import evaluate
 from planner.plan import Notes
 from planner.policy import Policy
-from planner.search import Attempt, fits_on, gpu_entries
+from planner.search import Attempt, Found
 from planner.units import gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
@@ -27,8 +27,9 @@ def executed_strategy(attempt: Attempt, slots: list) -> str:
 
 
 def explain_strategy(
-    notes: Notes, strategy: str, attempt: Attempt, slots: list, priced: list, hw: Hardware, inv, policy: Policy
+    notes: Notes, strategy: str, found: Found, slots: list, priced: list, hw: Hardware, inv, policy: Policy
 ) -> None:
+    attempt = found.attempt
     total_gpus = len(hw.devices)
     if strategy == "single_gpu":
         notes.decide(
@@ -44,11 +45,12 @@ def explain_strategy(
             for s in slots
             if s.layer_ids
         )
-        why = (
-            "policy.strategy=pipeline: the fewest GPUs (at least 2) that fit"
-            if policy.strategy == "pipeline"
-            else "does not fit on fewer"
-        )
+        if found.fewer_reach is not None:
+            why = f"the fewest GPUs that reach {found.context:,} tokens (fewer give at most {found.fewer_reach:,})"
+        elif policy.strategy == "pipeline":
+            why = "policy.strategy=pipeline: the fewest GPUs (at least 2) that fit"
+        else:
+            why = "does not fit on fewer"
         if attempt.nodes > 1:
             why += f"; across {attempt.nodes} nodes: torchrun pipeline stages, one GPU each (no tensor parallel here)"
         notes.decide(
@@ -111,26 +113,6 @@ def explain_context(
         f"largest that fits: one more token overflows device {worst.device} ({term})",
     )
     return {"device": worst.device, "term": term}
-
-
-def more_context_hint(
-    notes: Notes, inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, attempt: Attempt, context, requested
-) -> None:
-    """When fewer GPUs than available were used and memory capped the context, say what all of them give."""
-    gpus = gpu_entries(hw, policy, 0)
-    if requested is not None or attempt.strategy not in ("single_gpu", "pipeline") or attempt.gpus >= len(gpus):
-        return
-    if context >= inv.max_context_tokens:
-        return
-    entries = sorted(gpus, key=lambda e: e[1])
-    best = largest_context(lambda c, k: fits_on(inv, cost, entries, c, k), context, inv.max_context_tokens, 0)
-    if best and best[0] > context:
-        notes.decide(
-            "more_context",
-            f"{best[0]} tokens on {len(gpus)} GPUs",
-            f"the fewest GPUs were used; spreading over all {len(gpus)} gives {best[0]:,} tokens: "
-            f"set policy.context_tokens={best[0]}",
-        )
 
 
 def explain_chunk(notes: Notes, context: int, chunk: int, attn: str) -> None:

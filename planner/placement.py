@@ -276,17 +276,20 @@ def _spill(tail, host: tuple | None, disk: tuple | None, cost: CostModel, contex
 
 
 def best_chunk(fits_at, context: int, requested_chunk: int, candidates=CHUNK_CANDIDATES) -> int | None:
-    """The prefill chunk that fits: the whole prompt if it can, else the largest candidate."""
+    """The prefill chunk: the whole prompt up to the largest candidate, longer prompts in chunks of that size.
+
+    The same chunk at every context (a smaller one only where that one does not fit) keeps planned
+    memory growing with the context: a one-pass prefill of a long prompt would plan more memory at
+    a shorter context than the chunked prefill of a longer one.
+    """
     if requested_chunk:
         chunk = min(requested_chunk, context)
         return chunk if fits_at(context, chunk) else None
     smallest = min([context, *candidates])
     if not fits_at(context, smallest):
         return None  # a smaller prefill chunk never needs more memory: nothing larger can fit either
-    if fits_at(context, context):
-        return context
-    for chunk in candidates:
-        if chunk < context and fits_at(context, chunk):
+    for chunk in sorted({min(context, c) for c in candidates}, reverse=True):
+        if fits_at(context, chunk):
             return chunk
     return None
 

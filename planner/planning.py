@@ -9,7 +9,7 @@ planner.fixes) -> fallbacks (planner.fallbacks) -> launch. Pure: profiles come i
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from planner import explain, search
 from planner.decisions import Formats, decide_formats
@@ -89,6 +89,19 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
     return _plan_on(spec, hw, policy, cap_context, explain), hw
 
 
+@dataclass(frozen=True)
+class _Sizing:
+    """What one planning run sizes with: the request, the formats decided, the inventory and its cost model."""
+
+    spec: ModelSpec
+    hw: Hardware
+    policy: Policy
+    formats: Formats
+    inv: Inventory
+    cost: CostModel
+    notes: Notes
+
+
 def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool) -> Plan:
     """One planning run on exactly these devices."""
     notes = Notes(warnings=list(hw.notes))
@@ -115,22 +128,21 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     low = min(policy.min_context_tokens, max_ctx)
     tried = search.attempts(inv, cost, hw, policy, notes)
     found = search.first_fit(tried, cost, requested, low, max_ctx, policy.prefill_chunk_tokens)
-    parts = (spec, hw, policy, formats, inv, cost, notes)
+    run = _Sizing(spec, hw, policy, formats, inv, cost, notes)
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
-        return _does_not_fit(parts, tried, requested or low, replan)
-    attempt, context, chunk = found
+        return _does_not_fit(run, tried, requested or low, replan)
+    attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
     strategy = explain.executed_strategy(attempt, slots)
-    explain.explain_strategy(notes, strategy, attempt, slots, priced, hw, inv, policy)
+    explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
     binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
-    explain.more_context_hint(notes, inv, cost, hw, policy, attempt, context, requested)
     explain.explain_chunk(notes, context, chunk, formats.attn)
     notes.decide(
         "sessions", policy.sessions, f"KV cache sized for {policy.sessions} concurrent sequence(s) (policy.sessions)"
     )
-    return _make_plan(parts, strategy, attempt, slots, priced, context, chunk, True, binding)
+    return _make_plan(run, strategy, attempt, slots, priced, context, chunk, True, binding)
 
 
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
@@ -145,23 +157,30 @@ def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
     return replan
 
 
-def _does_not_fit(parts, tried: list, context: int, replan) -> Plan:
+def _does_not_fit(run: _Sizing, tried: list, context: int, replan) -> Plan:
     """Report against the largest arrangement tried (all GPUs of one node, or the CPU)."""
-    spec, hw, policy, formats, inv, cost, notes = parts
     candidates = [a for a in tried if a.strategy != "offload"] or tried
     if not candidates:
         raise ShardwiseError("nothing to plan on: no devices")
     attempt = max(candidates, key=lambda a: a.gpus)
     chunk = min(context, 512)
     slots = attempt.build(context, chunk) or []
-    priced = evaluate(slots, cost, context, chunk) if slots else []
-    fixes = what_would_fit(spec, hw, policy, formats, inv, replan) if replan is not None else []
-    binding = explain.does_not_fit_binding(notes, cost, priced, context, fixes)
-    return _make_plan(parts, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
+    priced = evaluate(slots, run.cost, context, chunk) if slots else []
+    fixes = what_would_fit(run.spec, run.hw, run.policy, run.formats, run.inv, replan) if replan else []
+    binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes)
+    return _make_plan(run, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
 
 
-def _make_plan(parts, strategy, attempt, slots, priced, context, chunk, fits, binding) -> Plan:
-    spec, hw, policy, formats, inv, cost, notes = parts
+def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, fits, binding) -> Plan:
+    spec, hw, policy, formats, inv, cost, notes = (
+        run.spec,
+        run.hw,
+        run.policy,
+        run.formats,
+        run.inv,
+        run.cost,
+        run.notes,
+    )
     model = _model_info(spec, inv, formats)
     limits = Limits(
         context_tokens=context,

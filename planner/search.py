@@ -2,7 +2,8 @@
 
 An arrangement (Attempt) lays the model out at a given (context, chunk): one GPU, a pipeline over
 the n roomiest, tensor parallel inside NVLinked nodes, pipeline stages across nodes, offload. They
-are tried fewest GPUs first; the first that fits wins (DESIGN.md, placement rules).
+are tried fewest GPUs first; the first that reaches the context asked for (or the model's maximum)
+wins (DESIGN.md, placement rules).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from planner.placement import best_chunk, evaluate, largest_context, layout_laye
 from planner.plan import Notes
 from planner.policy import Policy
 from planner.units import MIB
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the search settled on; `fewer_reach` is the most context fewer GPUs gave, when they fitted at all."""
+
+    attempt: Attempt
+    context: int
+    chunk: int
+    fewer_reach: int | None = None
 
 
 @dataclass
@@ -198,9 +209,18 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
 
 def first_fit(
     tried: list[Attempt], cost: CostModel, requested: int | None, low: int, high: int, chunk_req: int
-) -> tuple[Attempt, int, int] | None:
-    """(attempt, context, chunk) of the first arrangement that fits: at `requested`, or the largest in [low, high]."""
+) -> Found | None:
+    """The fewest GPUs that reach the context asked for, with that context and its prefill chunk.
+
+    With a context requested, the first arrangement that fits at it. Without one, the first that
+    reaches the model's maximum (`high`); when none does, the one that gives the most context (the
+    fewest GPUs among equals), so the GPUs given are used before the context is cut. Offload is
+    tried only when nothing else fits at `low`: it buys context with a many-fold slowdown.
+    """
+    best: Found | None = None
     for attempt in tried:
+        if best is not None and attempt.strategy == "offload":
+            break
 
         def fits(c, k, a=attempt):
             return a.fits_at(cost, c, k)
@@ -208,17 +228,19 @@ def first_fit(
         if requested is not None:
             chunk = best_chunk(fits, requested, chunk_req)
             if chunk is not None:
-                return attempt, requested, chunk
-        else:
-            found = largest_context(fits, low, high, chunk_req)
-            if found is not None:
-                return attempt, found[0], found[1]
-    return None
+                return Found(attempt, requested, chunk)
+            continue
+        floor = low if best is None else best.context + 1  # only more context than the best so far counts
+        if floor > high:
+            break
+        found = largest_context(fits, floor, high, chunk_req)
+        if found is None:
+            continue
+        best = Found(attempt, found[0], found[1], best.context if best is not None else None)
+        if found[0] >= high:
+            break
+    return best
 
 
 def divides(t: int, inv: Inventory) -> bool:
     return t >= 1 and inv.num_attention_heads % t == 0 and inv.num_kv_heads % t == 0
-
-
-def fits_on(inv, cost, entries, context: int, chunk: int) -> bool:
-    return all(p.fits for p in evaluate(layout_layers(inv, cost, entries, context, chunk), cost, context, chunk))

@@ -9,9 +9,9 @@ import pytest
 
 from planner.config.app import profile_names
 from planner.config.compose import compose, make_plan
+from planner.config.request import plan_from_config
 from planner.errors import ShardwiseError
 from planner.hardware.tiers import resolve_hardware
-from planner.config.request import plan_from_config
 from planner.units import GIB
 
 
@@ -63,9 +63,11 @@ def test_gpt_oss_20b_on_v100_dequantizes_to_float16_and_needs_three_gpus():
     # dequantized 2-byte weights, plus the norms transformers keeps in float32 for float16 loads
     assert 0 < one.model.weight_bytes - 41_829_514_368 < 1 << 20
     assert ["hardware.count=3"] in [fix["overrides"] for fix in one.binding["fixes"]]
-    four = make_plan("gpt-oss-20b", "v100_16gb", ["hardware.count=4"])
+    four = make_plan("gpt-oss-20b", "v100_16gb", ["hardware.count=4", "policy.context_tokens=4096"])
     assert four.fits and four.strategy == "pipeline" and four.pp_size == 3
-    assert len(four.budget) == 3  # the fewest GPUs, not all four
+    assert len(four.budget) == 3  # the fewest GPUs that reach the context asked for, not all four
+    longest = make_plan("gpt-oss-20b", "v100_16gb", ["hardware.count=4"])
+    assert longest.pp_size == 4  # no context asked: three stop short of the maximum, so the fourth is used too
 
 
 def test_llama_70b_needs_two_h100s_split_evenly():
@@ -91,6 +93,16 @@ def test_a_small_model_on_eight_gpus_stays_on_one():
     assert plan.fits and plan.strategy == "single_gpu" and len(plan.budget) == 1
     assert plan.device_map == {"": 0}
     assert "never spread" in decision(plan, "strategy").reason
+
+
+def test_without_a_context_asked_the_gpus_given_are_used_up_to_the_models_maximum():
+    """The fewest GPUs that reach the full context, not the fewest that hold the weights with whatever is left."""
+    two = make_plan("llama-3.1-70b", "a100_80gb", ["hardware.count=2"])
+    assert two.fits and two.limits.context_tokens < 131_072  # two GPUs hold it, at a shorter context
+    for count in (4, 8):
+        plan = make_plan("llama-3.1-70b", "a100_80gb", [f"hardware.count={count}"])
+        assert plan.limits.context_tokens == 131_072 and len(plan.budget) == 3, count  # three reach it: never four
+        assert f"fewer give at most {two.limits.context_tokens:,}" in decision(plan, "strategy").reason
 
 
 def test_a_requested_context_that_does_not_fit_names_the_kv_cache_and_a_shorter_context():
@@ -133,9 +145,14 @@ def test_hub_ids_name_the_same_profiles():
 
 
 def test_tensor_parallel_on_request_uses_the_smallest_tp_that_fits():
-    plan = make_plan("llama-3.1-70b", "h100_80gb", ["hardware.count=8", "policy.strategy=tensor_parallel"])
+    args = ["hardware.count=8", "policy.strategy=tensor_parallel"]
+    plan = make_plan("llama-3.1-70b", "h100_80gb", [*args, "policy.context_tokens=32768"])
     assert plan.fits and plan.strategy == "tensor_parallel" and plan.tp_size == 2
     assert plan.device_map == {} and "launch" in plan.launch.command
+    longest = make_plan(
+        "llama-3.1-70b", "h100_80gb", args
+    )  # no context asked: the smallest tp that reaches the maximum
+    assert longest.tp_size == 4 and longest.limits.context_tokens == 131_072
 
 
 def test_across_nodes_tensor_parallel_inside_pipeline_across():
@@ -241,9 +258,10 @@ def test_grid_invariants(model):
             assert sum(row.weights for row in plan.budget) == plan.model.weight_bytes
         if count > 1 and plan.fits and plan.strategy in ("single_gpu", "pipeline"):
             fewer = grid_plan(model, tier, count // 2, context)
-            if fewer.fits:  # more GPUs never spread a model that fits on fewer, nor shrink its context
-                assert len(plan.budget) == len(fewer.budget), where
+            if fewer.fits:  # more GPUs never shrink the context, and spread a model only to reach more of it
                 assert plan.limits.context_tokens >= fewer.limits.context_tokens, where
+                if plan.limits.context_tokens == fewer.limits.context_tokens:
+                    assert len(plan.budget) == len(fewer.budget), where
         if count > 1:
             fewer = grid_plan(model, tier, count // 2, context)
             assert plan.fits or not fewer.fits, f"{where}: more GPUs made it stop fitting"
@@ -256,6 +274,51 @@ def test_more_memory_per_gpu_never_makes_a_plan_worse(model):
         assert big.fits or not small.fits
         if small.fits and context == "auto":
             assert big.limits.context_tokens >= small.limits.context_tokens
+
+
+MONOTONE_CONTEXTS = [2048, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+@pytest.mark.parametrize(
+    "model,tier,count",
+    [("gpt-oss-120b", "h100_80gb", 1), ("llama-3.1-70b", "a100_80gb", 2), ("mixtral-8x7b", "a100_80gb", 2)]
+    + [("gemma-2-9b", "l4", 1), ("gpt-oss-20b", "t4", 1), ("qwen3-30b-a3b", "a100_40gb", 2)],
+)
+def test_planned_memory_grows_with_the_context(model, tier, count):
+    """Prefill is chunked the same way at every context, so a longer context never plans less memory.
+
+    The one exception is where the usual chunk stops fitting and a smaller one is planned: there a
+    longer context may plan less than a shorter one prefilled in larger pieces, which is why the
+    property is stated for prefill passes that do not shrink.
+    """
+    plans = []
+    for context in MONOTONE_CONTEXTS:
+        if context > grid_max_context(model):
+            break
+        plan = make_plan(model, tier, [f"hardware.count={count}", f"policy.context_tokens={context}"])
+        if plan.fits:
+            plans.append(plan)
+    assert len(plans) >= 3
+    for short, long in itertools.combinations(plans, 2):
+        short_pass = short.limits.prefill_chunk_tokens or short.limits.context_tokens
+        long_pass = long.limits.prefill_chunk_tokens or long.limits.context_tokens
+        if short_pass <= long_pass:
+            assert sum(b.planned for b in short.budget) <= sum(b.planned for b in long.budget), (
+                f"{model}: {short.limits.context_tokens} plans more than {long.limits.context_tokens}"
+            )
+
+
+def test_a_long_context_is_not_planned_below_a_shorter_one_on_the_same_gpu():
+    """gpt-oss-120b on one H100 once planned 71.27 GiB at 65,536 tokens and 70.60 GiB at 131,072."""
+    half = make_plan("gpt-oss-120b", "h100_80gb", ["policy.context_tokens=65536"])
+    full = make_plan("gpt-oss-120b", "h100_80gb", ["policy.context_tokens=131072"])
+    assert half.limits.prefill_chunk_tokens == full.limits.prefill_chunk_tokens == 8192
+    assert half.budget[0].planned < full.budget[0].planned
+
+
+def grid_max_context(model: str) -> int:
+    arch = compose("plan", [f"model={model}"]).model.architecture
+    return arch.get("max_position_embeddings", arch.get("n_positions", 0))
 
 
 # ---- device maps against transformers' own modules ---------------------------------------------
@@ -327,9 +390,9 @@ def test_offload_keeps_gpu_layers_contiguous_and_spills_ram_then_disk():
 
 
 def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
-    from planner.hardware.devices import Device, Hardware
     from planner.config.reader import profile_spec
     from planner.config.request import policy_from_config
+    from planner.hardware.devices import Device, Hardware
     from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-20b"])
@@ -393,9 +456,9 @@ def test_a_reply_may_use_the_whole_context_the_prompt_leaves():
 
 def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
     """48 + 24 GiB: the proportional 24/12 split overflows GPU 1 at 32k; moving a boundary layer fits."""
-    from planner.hardware.devices import Device, Hardware
     from planner.config.reader import profile_spec
     from planner.config.request import policy_from_config
+    from planner.hardware.devices import Device, Hardware
     from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-120b", "policy.context_tokens=32768"])
