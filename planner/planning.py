@@ -113,7 +113,7 @@ class Planner:
         self.cap_context = (
             cap_context  # fallbacks and model=auto candidates: a context beyond the model's maximum is capped
         )
-        self.decisions: list[Decision] = []
+        self.decisions: list[Decision] = [Decision(*entry) for entry in spec.provenance]  # where inputs came from
         self.warnings: list[str] = list(hw.notes)
 
     def decide(self, what: str, value, reason: str) -> None:
@@ -605,6 +605,7 @@ class Planner:
             num_layers=len(inv.layers),
             trust_remote_code=spec.trust_remote_code,
             chat_template=spec.chat_template,
+            revision=spec.revision,
         )
         limits = Limits(
             context_tokens=context,
