@@ -6,7 +6,7 @@
         env = hub.env(tmp_path)                 # HF_ENDPOINT, HF_HOME, no token: for a subprocess
 
 It answers `HEAD`/`GET /{org}/{name}/resolve/{revision}/{file}` as the hub does for what the
-library reads: `X-Repo-Commit` (the commit a branch or tag names), `ETag`, `Content-Length`, byte
+library reads (and the two `/api/models/...` listings `hf download` asks for): `X-Repo-Commit` (the commit a branch or tag names), `ETag`, `Content-Length`, byte
 ranges with 206 (safetensors headers are read by range requests), and errors carried in
 `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Every request is logged
 with its Range header, so a test can check that no weights were downloaded.
@@ -15,6 +15,7 @@ with its Range header, so a test can check that no weights were downloaded.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         self.fake.requests.append(Request(self.command, self.path, self.headers.get("Range")))
         parts = self.path.split("?", 1)[0].split("/")
+        if parts[1:3] == ["api", "models"] and len(parts) >= 7:
+            return self._api(f"{parts[3]}/{parts[4]}", parts[5], unquote(parts[6]))
         # /{org}/{name}/resolve/{revision}/{file...}
         if len(parts) < 6 or parts[3] != "resolve":
             return self._error(404, "RepoNotFound", "not a resolve URL")
@@ -159,6 +162,32 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(payload)
 
+    def _api(self, repo_id: str, what: str, revision: str) -> None:
+        """What `hf download` (snapshot_download) asks first: the commit a revision names, then its file list."""
+        repo = self.fake.repos.get(repo_id)
+        if repo is None:
+            return self._error(401, "RepoNotFound", "Repository not found")
+        if repo.gated and not self.headers.get("Authorization"):
+            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+        sha = revision if revision in repo.commits else repo.refs.get(revision)
+        if sha is None or what not in ("revision", "tree"):
+            return self._error(404, "RevisionNotFound", "Invalid rev id")
+        files = repo.commits[sha]
+        if what == "revision":
+            body = {"id": repo_id, "sha": sha, "private": False, "siblings": [{"rfilename": f} for f in files]}
+        else:
+            body = [
+                {"type": "file", "path": f, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                for f, data in files.items()
+            ]
+        text = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(text)
+
     def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         text = f'{{"error": "{message}"}}'.encode()
         self.send_response(status)
@@ -178,7 +207,6 @@ def llama_repo_files(num_layers: int = 2, shards: int = 1, hidden: int = 64, voc
 
     shards > 1 splits the tensors over `model-0000i-of-0000n.safetensors` files with an index, as large models ship.
     """
-    import json
 
     import numpy as np
     from safetensors.numpy import save
@@ -235,7 +263,6 @@ def llama_repo_files(num_layers: int = 2, shards: int = 1, hidden: int = 64, voc
 
 def tensor_bytes(files: dict[str, bytes]) -> int:
     """Data bytes of every safetensors file in `files`, read back from their headers."""
-    import json
     import struct
 
     total = 0
