@@ -6,10 +6,11 @@
         env = hub.env(tmp_path)                 # HF_ENDPOINT, HF_HOME, no token: for a subprocess
 
 It answers `HEAD`/`GET /{org}/{name}/resolve/{revision}/{file}` as the hub does for what the
-library reads (and the two `/api/models/...` listings `hf download` asks for): `X-Repo-Commit` (the commit a branch or tag names), `ETag`, `Content-Length`, byte
-ranges with 206 (safetensors headers are read by range requests), and errors carried in
-`X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Every request is logged
-with its Range header, so a test can check that no weights were downloaded.
+library reads: `X-Repo-Commit` (the commit a branch or tag names), `ETag`, `Content-Length`, byte
+ranges with 206 (safetensors headers are read by range requests), the two `/api/models/...`
+listings `hf download` asks for, and errors carried in `X-Error-Code` (RepoNotFound,
+RevisionNotFound, EntryNotFound, GatedRepo). Every request is logged with its Range header, so a
+test can check that no weights were downloaded.
 """
 
 from __future__ import annotations
