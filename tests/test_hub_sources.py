@@ -215,3 +215,39 @@ def test_planning_a_hub_id_from_the_cache_imports_neither_torch_nor_transformers
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_openaichat_and_create_chat_completion_take_a_local_directory(tmp_path, monkeypatch):
+    from tiny_models import tiny_llama
+
+    from runner.api import OpenAIChat, create_chat_completion
+
+    tiny_llama(tmp_path, name="my-chat")
+    monkeypatch.chdir(tmp_path)
+    chat = OpenAIChat(model="./my-chat", use_cpu=True, notice=lambda line: None)
+    assert chat.session.plan.model.source == str((tmp_path / "my-chat").resolve())
+    assert isinstance(chat.chat([{"role": "user", "content": "hi"}], max_tokens=2), str)
+    reply = create_chat_completion(
+        model="./my-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2, use_cpu=True
+    )
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_openaichat_takes_any_hub_id_and_loads_it_from_the_hub(tmp_path):
+    from tiny_models import tiny_llama
+
+    model_dir = tiny_llama(tmp_path, name="chat-src")
+    hub = FakeHub()
+    sha = hub.add("org/chat", {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()})
+    code = (
+        "from runner import OpenAIChat\n"
+        "chat = OpenAIChat(model='org/chat', use_cpu=True)\n"
+        "print(chat.session.plan.model.source, chat.session.plan.model.revision)\n"
+        "print(type(chat.chat([{'role': 'user', 'content': 'hi'}], max_tokens=2)).__name__)\n"
+    )
+    with hub:
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=hub.env(tmp_path / "hf"), cwd=tmp_path, capture_output=True, text=True
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["org/chat", sha, "str"]
