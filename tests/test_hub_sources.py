@@ -69,7 +69,7 @@ def test_a_hub_id_plans_from_config_and_safetensors_headers_without_downloading_
     assert (p["model"]["name"], p["model"]["source"], p["model"]["revision"]) == (REPO_ID, REPO_ID, sha)
     assert p["model"]["num_layers"] == 3 and p["fits"]
     assert f"config.json from the hub (revision {sha})" in reasons(p)
-    assert "tensor table from the safetensors headers (read by range requests" in reasons(p)
+    assert "tensor table from the safetensors headers, read by range requests from the hub" in reasons(p)
     assert hub.weight_reads() == []
     assert not list((tmp_path / "hf").rglob("*.safetensors")), "weights landed in the HF cache"
     assert "HTTP Request" not in result.stdout  # the HTTP client's INFO log stays off stdout
@@ -84,7 +84,7 @@ def test_a_second_plan_comes_from_the_cache_with_the_hub_gone(sharded, tmp_path)
     assert offline.returncode == 0, offline.stderr
     assert p["model"]["checkpoint_bytes"] == tensor_bytes(files) and p["model"]["revision"] == sha
     assert f"config.json from the HF cache (revision {sha}; HF_HUB_OFFLINE is set)" in reasons(p)
-    assert "safetensors headers (cached from the hub" in reasons(p)
+    assert "tensor table from the safetensors headers, cached from the hub" in reasons(p)
     # No HF_HUB_OFFLINE, but nothing answers: one refused connection, then the cache.
     start = time.perf_counter()
     unreachable, p = plan(f"model={REPO_ID}", env=hub.env(tmp_path / "hf"), cwd=tmp_path)
@@ -251,3 +251,19 @@ def test_openaichat_takes_any_hub_id_and_loads_it_from_the_hub(tmp_path):
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["org/chat", sha, "str"]
+
+
+def test_launch_renders_a_hub_plan_with_its_id_and_revision(sharded, tmp_path):
+    hub, _, sha = sharded
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "launch", f"model={REPO_ID}", "hardware=h100_80gb"]
+        + ["launch.engine=vllm", "launch.dry_run=true"],
+        cwd=tmp_path,
+        env=hub.env(tmp_path / "hf"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"vllm serve {REPO_ID} --served-model-name={REPO_ID}" in result.stdout
+    assert f"--revision={sha}" in result.stdout

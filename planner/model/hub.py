@@ -227,7 +227,7 @@ def _table_result(table: Path, how: str) -> tuple[str | None, str]:
     if not isinstance(data, dict) or not data.get("files"):
         return None, f"{data.get('note') or 'no safetensors headers'}: bytes computed from config.json"
     source = "read by range requests from the hub" if how == "fetched" else "cached from the hub"
-    return str(table.parent), f"tensor table from the safetensors headers ({source}, revision {data['revision']})"
+    return str(table.parent), f"tensor table from the safetensors headers, {source}"
 
 
 def _header_dict(file_metadata) -> dict:
@@ -253,6 +253,15 @@ def _complete_safetensors(snapshot: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return bool(shards) and all((snapshot / name).is_file() for name in shards)
+
+
+def cached_config(repo_id: str, revision: str) -> dict | None:
+    """config.json of `repo_id` at `revision` if the HF cache holds it (no network), else None."""
+    path = _cached(repo_id, "config.json", revision)
+    try:
+        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _assets_dir(repo_id: str, sha: str) -> Path | None:
