@@ -267,3 +267,34 @@ def test_launch_renders_a_hub_plan_with_its_id_and_revision(sharded, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"vllm serve {REPO_ID} --served-model-name={REPO_ID}" in result.stdout
     assert f"--revision={sha}" in result.stdout
+
+
+def test_side_files_are_read_and_a_repo_without_safetensors_plans_from_config(tmp_path):
+    files = llama_repo_files()
+    side = {
+        "config.json": files["config.json"],
+        "generation_config.json": b'{"temperature": 0.6}',
+        "hf_quant_config.json": b'{"producer": {"name": "modelopt"}, "quantization": {"quant_algo": null}}',
+    }
+    hub = FakeHub()
+    hub.add("org/no-weights", side)
+    code = (
+        "from omegaconf import OmegaConf\n"
+        "from planner.config.schema import ModelConfig\n"
+        "from planner.model.source import spec_from_config\n"
+        "spec = spec_from_config(OmegaConf.structured(ModelConfig(name='org/no-weights', hub_id='org/no-weights')))\n"
+        "print(spec.generation_config, spec.hf_quant_config['producer'], spec.model_dir)\n"
+        "print([p[2] for p in spec.provenance])\n"
+    )
+    with hub:
+        env = hub.env(tmp_path / "hf")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.strip().splitlines()
+    assert first == "{'temperature': 0.6} {'name': 'modelopt'} None"
+    assert "generation_config.json from the hub" in second and "hf_quant_config.json from the hub" in second
+    assert "the repo has no safetensors files: bytes computed from config.json" in second
+    # the answer "no safetensors" is cached too: offline, the same plan without asking again
+    offline, p = plan("model=org/no-weights", env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert offline.returncode == 0, offline.stderr
+    assert "the repo has no safetensors files" in reasons(p) and p["model"]["checkpoint_bytes"] == tensor_bytes(files)

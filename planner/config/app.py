@@ -195,9 +195,11 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
             if override in _GROUPS:
                 example = f"{override}=NAME"
             else:
+                from planner.model.hub import is_hub_id
+
                 group = (
                     "model"
-                    if override.lower() in model_aliases()
+                    if override.lower() in model_aliases() or is_hub_id(override)
                     else "hardware"
                     if override in profile_names("hardware")
                     else "KEY"

@@ -168,8 +168,11 @@ def _file(repo_id: str, filename: str, sha: str, online: bool) -> str | None:
         return None
     except HfHubHTTPError as exc:
         raise _hub_error(exc, repo_id, sha) from None
-    except OSError as exc:
-        raise ShardwiseError(f"cannot download {filename} of {repo_id}: {exc}") from None
+    except (*_transport_errors(), OSError) as exc:  # the network went away after the first request
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ShardwiseError(
+            f"cannot download {filename} of {repo_id} ({first}): check the network and plan again"
+        ) from None
 
 
 def _read_json(path: str, repo_id: str) -> dict:
@@ -199,7 +202,7 @@ def _tensor_table(repo_id: str, sha: str, snapshot: Path, online: bool) -> tuple
             f"(plan once online, or `hf download {repo_id}`, for the safetensors headers)"
         )
     from huggingface_hub import get_safetensors_metadata
-    from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
+    from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
 
     try:
         meta = get_safetensors_metadata(repo_id, revision=sha)
@@ -207,9 +210,7 @@ def _tensor_table(repo_id: str, sha: str, snapshot: Path, online: bool) -> tuple
         files, note = {}, "the repo has no safetensors files"
     except SafetensorsParsingError as exc:
         return None, f"safetensors headers unreadable ({str(exc).splitlines()[0]}): bytes computed from config.json"
-    except HfHubHTTPError as exc:
-        raise _hub_error(exc, repo_id, sha) from None
-    except OSError as exc:
+    except (*_transport_errors(), OSError) as exc:  # HfHubHTTPError too: config.json came, the headers did not
         return None, f"safetensors headers not fetched ({type(exc).__name__}): bytes computed from config.json"
     else:
         files, note = {name: _header_dict(m) for name, m in meta.files_metadata.items()}, ""
