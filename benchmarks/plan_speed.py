@@ -90,9 +90,11 @@ def baseline_child(tier: str, count: int) -> None:
     )
 
 
-def time_command(cmd: list[str], cwd: str) -> tuple[float, str]:
+def time_command(cmd: list[str], cwd: str, env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**(env or os.environ), "HYDRA_FULL_ERROR": "0"}
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -300,17 +302,15 @@ def hub_from_cache(runs: int) -> dict:
     )
     with tempfile.TemporaryDirectory() as cwd:
         with hub:
-            env = hub.env(Path(cwd) / "hf")
-            os.environ.update(env)  # time_command passes os.environ on
-            time_command(hub_cmd, cwd)  # online once: config.json and the header table into the cache
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        time_command(profile_cmd, cwd)
+            time_command(hub_cmd, cwd, hub.env(Path(cwd) / "hf"))  # online once: config.json + header table cached
+        env = hub.env(Path(cwd) / "hf", HF_HUB_OFFLINE="1")  # both commands in the same environment
+        time_command(profile_cmd, cwd, env)
         ours, profile = [], []
         for _ in range(runs):
-            profile.append(time_command(profile_cmd, cwd)[0])
-            ours.append(time_command(hub_cmd, cwd)[0])
-        hub_plan = json.loads(time_command(hub_cmd, cwd)[1])
-        profile_plan = json.loads(time_command(profile_cmd, cwd)[1])
+            profile.append(time_command(profile_cmd, cwd, env)[0])
+            ours.append(time_command(hub_cmd, cwd, env)[0])
+        hub_plan = json.loads(time_command(hub_cmd, cwd, env)[1])
+        profile_plan = json.loads(time_command(profile_cmd, cwd, env)[1])
     result = {
         "runs": runs,
         "hub_median_s": _common.median(ours),

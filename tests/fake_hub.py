@@ -28,7 +28,7 @@ from urllib.parse import unquote
 class Repo:
     commits: dict = field(default_factory=dict)  # sha -> {file name: bytes}
     refs: dict = field(default_factory=dict)  # branch or tag -> sha
-    gated: bool = False  # answer 401 GatedRepo to requests without a token
+    gated: bool = False  # answer GatedRepo: 401 without a token, 403 with one (no token here has access)
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.fake.repos.get(repo_id)
         if repo is None:
             return self._error(401, "RepoNotFound", "Repository not found")
-        if repo.gated and not self.headers.get("Authorization"):
-            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+        if repo.gated:  # no token: 401; a token without access to this repo: 403, as the hub answers
+            status = 403 if self.headers.get("Authorization") else 401
+            return self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted.")
         sha = revision if revision in repo.commits else repo.refs.get(revision)
         if sha is None:
             return self._error(404, "RevisionNotFound", "Invalid rev id")

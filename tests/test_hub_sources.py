@@ -135,9 +135,14 @@ def test_a_gated_repo_says_a_token_is_needed(tmp_path):
     hub = FakeHub()
     hub.add("org/gated", llama_repo_files(), gated=True)
     with hub:
-        result, _ = plan("model=org/gated", env=hub.env(tmp_path / "hf"), cwd=tmp_path)
-    line = one_line_error(result)
-    assert "org/gated is a gated repo" in line and "HF_TOKEN" in line
+        anonymous, _ = plan("model=org/gated", env=hub.env(tmp_path / "hf"), cwd=tmp_path)
+        with_token = hub.env(tmp_path / "hf", HF_TOKEN="hf_no_access")
+        with_token.pop("HF_HUB_DISABLE_IMPLICIT_TOKEN")
+        denied, _ = plan("model=org/gated", env=with_token, cwd=tmp_path)
+    for result in (anonymous, denied):
+        line = one_line_error(result)
+        assert "org/gated is a gated repo" in line and "HF_TOKEN" in line
+    assert [r.path for r in hub.requests if "gated" in r.path] == ["/org/gated/resolve/main/config.json"] * 2
 
 
 def test_an_unknown_hub_id_and_an_unknown_revision_are_one_line_each(sharded, tmp_path):
