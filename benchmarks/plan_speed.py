@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/plan_speed.py            # both parts, 5 cold runs each
     .venv/bin/python benchmarks/plan_speed.py --runs 3 --skip-sweep
     .venv/bin/python benchmarks/plan_speed.py --skip-cold --profile 15
+    .venv/bin/python benchmarks/plan_speed.py --skip-cold --skip-sweep --runs 7   # (c) only
 
 (a) Cold: `shardwise plan model=gpt-oss-120b hardware=h100_80gb hardware.count=8` as a fresh
 subprocess, against a fresh subprocess doing the same job with transformers + accelerate:
@@ -12,6 +13,12 @@ The baseline drops `quantization_config` before building (from_config cannot bui
 MXFP4 tensors; accelerate sizes what the meta model holds: experts dequantized to bf16).
 Both wall times are medians of --runs runs, after one unmeasured warm-up of each (page cache).
 Targets: ours <= 1.0 s on a 2-core machine.
+
+(c) Hub id from the HF cache: `shardwise plan model=bench/qwen2.5-7b` with HF_HUB_OFFLINE=1 after
+one online plan through tests/fake_hub.py (127.0.0.1) filled an HF cache in a temp directory with
+its config.json and safetensors header table (the real Qwen2.5-7B tensor names and shapes, headers
+only), against `shardwise plan model=qwen2.5-7b` (the profile). Medians of --runs fresh processes,
+interleaved. Target: hub <= 1.5x profile.
 
 (b) Sweep: every profile in conf/model (except auto) x every `kind: tier` option in
 conf/hardware x counts 1, 2, 8, planned in-process through planner.planning.plan_model with the
@@ -40,6 +47,7 @@ COLD_MODEL, COLD_TIER, COLD_COUNT = "gpt-oss-120b", "h100_80gb", 8
 COUNTS = (1, 2, 8)
 TARGET_COLD_S = 1.0
 TARGET_SWEEP_S = 2.0
+HUB_PROFILE, HUB_ID, TARGET_HUB_RATIO = "qwen2.5-7b", "bench/qwen2.5-7b", 1.5
 
 
 # ---- (a) cold CLI against transformers/accelerate ----------------------------------------------
@@ -82,9 +90,11 @@ def baseline_child(tier: str, count: int) -> None:
     )
 
 
-def time_command(cmd: list[str], cwd: str) -> tuple[float, str]:
+def time_command(cmd: list[str], cwd: str, env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env={**(env or os.environ), "HYDRA_FULL_ERROR": "0"}
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -236,11 +246,110 @@ def sweep(profile_top: int) -> dict:
     return results
 
 
+# ---- (c) hub id from the HF cache against the profile ----------------------------------------------
+def qwen2_header_only_files(arch: dict, shards: int = 4) -> dict[str, bytes]:
+    """config.json and safetensors files holding only headers: a Qwen2 checkpoint's tensor table, no data."""
+    import struct
+
+    h, inter, vocab = arch["hidden_size"], arch["intermediate_size"], arch["vocab_size"]
+    heads, kv = arch["num_attention_heads"], arch["num_key_value_heads"]
+    hd = h // heads
+    shapes = {"model.embed_tokens.weight": [vocab, h]}
+    for i in range(arch["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for proj, rows in (("q", heads * hd), ("k", kv * hd), ("v", kv * hd)):
+            shapes |= {f"{p}self_attn.{proj}_proj.weight": [rows, h], f"{p}self_attn.{proj}_proj.bias": [rows]}
+        shapes |= {
+            f"{p}self_attn.o_proj.weight": [h, heads * hd],
+            f"{p}mlp.gate_proj.weight": [inter, h],
+            f"{p}mlp.up_proj.weight": [inter, h],
+            f"{p}mlp.down_proj.weight": [h, inter],
+            f"{p}input_layernorm.weight": [h],
+            f"{p}post_attention_layernorm.weight": [h],
+        }
+    shapes |= {"model.norm.weight": [h], "lm_head.weight": [vocab, h]}
+    names = list(shapes)
+    files, weight_map = {"config.json": json.dumps(arch).encode()}, {}
+    for s in range(shards):
+        shard, header, offset = f"model-{s + 1:05d}-of-{shards:05d}.safetensors", {}, 0
+        for name in names[s * len(names) // shards : (s + 1) * len(names) // shards]:
+            size = 2 * _prod(shapes[name])  # BF16
+            header[name] = {"dtype": "BF16", "shape": shapes[name], "data_offsets": [offset, offset + size]}
+            offset += size
+            weight_map[name] = shard
+        encoded = json.dumps(header).encode()
+        files[shard] = struct.pack("<Q", len(encoded)) + encoded
+    files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    return files
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def hub_from_cache(runs: int) -> dict:
+    sys.path.insert(0, str(_common.REPO / "tests"))
+    from fake_hub import FakeHub
+
+    arch = dict(_common.read_yaml(_common.CONF / "model" / f"{HUB_PROFILE}.yaml")["architecture"])
+    hub = FakeHub()
+    hub.add(HUB_ID, qwen2_header_only_files(arch))
+    script = str(shardwise_script())
+    common = ["hardware=h100_80gb", "json=true"]
+    profile_cmd, hub_cmd = (
+        [script, "plan", f"model={HUB_PROFILE}", *common],
+        [script, "plan", f"model={HUB_ID}", *common],
+    )
+    with tempfile.TemporaryDirectory() as cwd:
+        with hub:
+            time_command(hub_cmd, cwd, hub.env(Path(cwd) / "hf"))  # online once: config.json + header table cached
+        env = hub.env(Path(cwd) / "hf", HF_HUB_OFFLINE="1")  # both commands in the same environment
+        time_command(profile_cmd, cwd, env)
+        ours, profile = [], []
+        for _ in range(runs):
+            profile.append(time_command(profile_cmd, cwd, env)[0])
+            ours.append(time_command(hub_cmd, cwd, env)[0])
+        hub_plan = json.loads(time_command(hub_cmd, cwd, env)[1])
+        profile_plan = json.loads(time_command(profile_cmd, cwd, env)[1])
+    result = {
+        "runs": runs,
+        "hub_median_s": _common.median(ours),
+        "profile_median_s": _common.median(profile),
+        "hub_all_s": ours,
+        "profile_all_s": profile,
+    }
+    result["ratio"] = result["hub_median_s"] / result["profile_median_s"]
+    print(
+        f"\n(c) {HUB_ID} from the HF cache (HF_HUB_OFFLINE=1) against the {HUB_PROFILE} profile, {runs} fresh processes"
+    )
+    rows = []
+    for label, p, times in (("profile", profile_plan, profile), ("hub id, cached", hub_plan, ours)):
+        m = p["model"]
+        rows.append(
+            [
+                label,
+                f"{_common.median(times):.3f}",
+                " ".join(f"{t:.2f}" for t in times),
+                f"{m['params_total']:,}",
+                f"{m['checkpoint_bytes']:,}",
+                p["limits"]["context_tokens"],
+            ]
+        )
+    _common.print_table(["source", "median s", "runs s", "params", "checkpoint bytes", "context"], rows)
+    verdict = "meets" if result["ratio"] <= TARGET_HUB_RATIO else "MISSES"
+    print(f"ratio hub/profile = {result['ratio']:.2f}; {verdict} the {TARGET_HUB_RATIO}x target")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="cold runs of each command (median reported)")
     parser.add_argument("--skip-cold", action="store_true", help="skip (a), the subprocess comparison")
     parser.add_argument("--skip-sweep", action="store_true", help="skip (b), the in-process sweep")
+    parser.add_argument("--skip-hub", action="store_true", help="skip (c), the hub id from the HF cache")
     parser.add_argument("--profile", type=int, default=15, metavar="N", help="cProfile top N after the sweep (0: off)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
@@ -255,6 +364,8 @@ def main(argv=None) -> int:
         results["cold"] = cold(args.runs)
     if not args.skip_sweep:
         results["sweep"] = sweep(args.profile)
+    if not args.skip_hub:
+        results["hub"] = hub_from_cache(args.runs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

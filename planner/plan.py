@@ -36,6 +36,7 @@ class ModelInfo:
     num_layers: int = 0
     trust_remote_code: bool = False
     chat_template: str | None = None  # profile template for models without one
+    revision: str | None = None  # hub commit the plan was made from (hub ids), for from_pretrained(revision=)
 
 
 @dataclass(frozen=True)

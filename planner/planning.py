@@ -105,6 +105,8 @@ class _Sizing:
 def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool) -> Plan:
     """One planning run on exactly these devices."""
     notes = Notes(warnings=list(hw.notes))
+    for entry in spec.provenance:  # where the model's numbers came from, first
+        notes.decide(*entry)
     formats = decide_formats(spec, hw, policy, notes)
     inv = build_inventory(
         spec.architecture,
@@ -229,6 +231,7 @@ def _model_info(spec: ModelSpec, inv: Inventory, formats: Formats) -> ModelInfo:
         num_layers=len(inv.layers),
         trust_remote_code=spec.trust_remote_code,
         chat_template=spec.chat_template,
+        revision=spec.revision,
     )
 
 

@@ -6,8 +6,9 @@
     chat.create(messages)                     # the full OpenAI chat.completion dict
     create_chat_completion(model="gpt2", messages=[...], max_tokens=50, stream=True)  # chunk dicts
 
-A model name may be a profile name or a hub id (`openai/gpt-oss-120b`); `model_path=` plans any
-local model directory. The plan is made for this machine (`use_cpu=True`: for the CPU); when
+A model name may be a profile name or alias, a local model directory (`./my-model`) or any hub id
+(`Qwen/Qwen2.5-7B-Instruct`, planned from its config and safetensors headers, from the HF cache when
+offline); `model_path=` plans a local model directory too. The plan is made for this machine (`use_cpu=True`: for the CPU); when
 it does not fit, the plan's fallback chain (smaller model, then CPU) is walked, announced.
 """
 
@@ -261,7 +262,10 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _cached_chat(model: str, use_cpu: bool, hardware: str | None, model_path: str | None) -> OpenAIChat:
-    key = (model, use_cpu, hardware, model_path)
+    from pathlib import Path
+
+    local = isinstance(model, str) and Path(model).expanduser().exists()  # "./m" names another model elsewhere
+    key = (str(Path(model).expanduser().resolve()) if local else model, use_cpu, hardware, model_path)
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = OpenAIChat(model=model, use_cpu=use_cpu, hardware=hardware, model_path=model_path)

@@ -1,7 +1,7 @@
 """Run one shardwise verb as a Hydra app: find `conf/`, resolve model names, turn bad input into one line.
 
 Every verb (plan, probe, chat, serve, launch) goes through `run_verb`, so they share the config
-groups, the alias rules (hub ids name the same profiles) and the error contract: a
+groups, the model names (profiles and their hub-id aliases, local directories, any hub id) and the error contract: a
 `ShardwiseError` prints `shardwise <verb>: error: <message>` and exits 2, never a traceback.
 What Hydra refuses before the verb runs (a typo'd key, a value of the wrong type, an option file
 that does not exist, an override it cannot parse, a run directory it cannot create) follows the
@@ -22,17 +22,60 @@ from planner.errors import ShardwiseError
 
 
 def resolve_model_name(name: str) -> str:
-    """Profile name for a profile name or hub id (case-insensitive); `auto` stays `auto`."""
+    """Profile name for a profile name or alias (case-insensitive); `auto` and unprofiled hub ids stay as they are."""
+    from planner.model.hub import is_hub_id
+
     if name == "auto":
         return name
     found = model_aliases().get(name.lower())
     if found is None:
-        choices = ", ".join(profile_names("model"))
-        raise ShardwiseError(
-            f"unknown model {name!r}: choose one of {choices}, model=auto, or plan any other model with "
-            "model.path=DIR_OR_CONFIG_JSON"
-        )
+        if is_hub_id(name):
+            return name
+        raise _unknown_model(name)
     return found
+
+
+def _unknown_model(name: str) -> ShardwiseError:
+    choices = ", ".join(profile_names("model"))
+    return ShardwiseError(
+        f"unknown model {name!r}: not a profile ({choices}), model=auto, a local model directory or config.json, "
+        "or a hub id ORG/NAME"
+    )
+
+
+def model_option(name: str) -> str:
+    """The `model` group option for any model name, in this order: a profile name or alias (any case), auto,
+    an existing local directory or config.json, a hub id `ORG/NAME`.
+
+    Directories and hub ids are not files in conf/model: each becomes an option registered in Hydra's
+    ConfigStore (`model=ORG/NAME` keeps its name; a directory is `dir/<name>-<hash>`), so `model=` works
+    in sweeps (`-m model=gpt2,ORG/NAME,./dir`) like any profile, and `model.*` overrides still apply.
+    """
+    from planner.model.hub import is_hub_id
+
+    if name == "auto" or name.lower() in model_aliases():
+        return resolve_model_name(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        import hashlib
+
+        full = path.resolve()
+        label = re.sub(r"[^\w.-]", "_", (full.parent if full.is_file() else full).name) or "model"
+        option = f"dir/{label}-{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
+        return _register_model(option, name=label, path=str(full))
+    if is_hub_id(name):
+        return _register_model(name, name=name, hub_id=name, description=f"{name} from the Hugging Face hub")
+    raise _unknown_model(name)
+
+
+def _register_model(option: str, **fields) -> str:
+    from hydra.core.config_store import ConfigStore
+
+    from planner.config.schema import ModelConfig
+
+    group, _, leaf = f"model/{option}".rpartition("/")
+    ConfigStore.instance().store(group=group, name=leaf, node=ModelConfig(**fields), package="model")
+    return option
 
 
 def resolve_hardware_name(name: str) -> str:
@@ -74,7 +117,7 @@ def normalize_overrides(args: list[str]) -> list[str]:
         if arg.startswith("-") or "=" not in arg:
             out.append(arg)
             continue
-        arg = _rewrite_group_choice(arg, "model", resolve_model_name)
+        arg = _rewrite_group_choice(arg, "model", model_option)
         arg = _rewrite_group_choice(arg, "hardware", resolve_hardware_name)
         out.append(arg)
     return out
@@ -117,9 +160,11 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
             if override in _GROUPS:
                 example = f"{override}=NAME"
             else:
+                from planner.model.hub import is_hub_id
+
                 group = (
                     "model"
-                    if override.lower() in model_aliases()
+                    if override.lower() in model_aliases() or is_hub_id(override)
                     else "hardware"
                     if override in profile_names("hardware")
                     else "KEY"

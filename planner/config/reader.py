@@ -70,12 +70,18 @@ def model_aliases() -> dict[str, str]:
 
 @cache
 def load_profile(name: str):
-    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema."""
+    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema.
+
+    A hub id that no profile names gives a profile-less node that plans from the hub (planner.model.hub).
+    """
     from omegaconf import OmegaConf
 
     from planner.config.schema import ModelConfig
+    from planner.model.hub import is_hub_id
 
     profile = model_aliases().get(str(name).lower())
+    if profile is None and is_hub_id(str(name)):
+        return OmegaConf.structured(ModelConfig(name=str(name), hub_id=str(name)))
     if profile in (None, "auto") or not option_exists("model", profile):
         choices = ", ".join(p for p in profile_names("model") if p != "auto")
         raise ShardwiseError(

@@ -76,11 +76,18 @@ class HardwareConfig:
 @dataclass
 class ModelConfig:
     name: str = ""  # profile name (the file name in conf/model/)
-    hub_id: str = ""  # Hugging Face hub id the weights come from
+    hub_id: str = (
+        ""  # Hugging Face hub id the weights come from (a profile-less hub model: its config comes from there too)
+    )
+    revision: Optional[str] = (
+        None  # hub branch, tag or commit to plan from (null: main); set, a profile plans from the hub
+    )
     aliases: list[str] = field(
         default_factory=list
     )  # other hub ids with the same architecture (base/instruct variants)
-    path: Optional[str] = None  # local model directory or config.json; overrides the profile's architecture
+    path: Optional[str] = (
+        None  # local model directory or config.json (or a hub id ORG/NAME); overrides the profile's architecture
+    )
     dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
     quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
     fallback: Optional[str] = None  # next smaller profile to fall back to, null for the last one

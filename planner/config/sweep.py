@@ -12,10 +12,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = []
-        for path in sorted(
-            sweep_dir.glob("*/plan.json"),
-            key=lambda p: int(p.parent.name.split("_")[0]) if p.parent.name.split("_")[0].isdigit() else 0,
-        ):
+        # A job directory is `<num>_<overrides>`; a hub id in the overrides (model=ORG/NAME) nests it one level deeper.
+        for path in sorted(sweep_dir.glob("**/plan.json"), key=lambda p: _job_number(p.relative_to(sweep_dir))):
             try:
                 plan = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
@@ -46,3 +44,8 @@ class SweepSummary(Callback):
             table.add_row(*row)
         probe = Console()
         Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110)).print(table)
+
+
+def _job_number(relative: Path) -> int:
+    head = relative.parts[0].split("_")[0]
+    return int(head) if head.isdigit() else 0

@@ -3,7 +3,8 @@
 A .safetensors file starts with an 8-byte little-endian header length, then a JSON header
 mapping tensor names to {dtype, shape, data_offsets}; the tensor data follows. A directory
 holds one `model.safetensors` or shards listed by `model.safetensors.index.json` (any other
-*.safetensors files are read when neither is there). Only the headers are read.
+*.safetensors files are read when neither is there). Only the headers are read. A hub model's
+headers, fetched by range requests, are kept as one JSON table and read the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from planner.errors import ShardwiseError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+HEADERS_TABLE = "safetensors_headers.json"  # written by planner.model.hub (same name there)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,11 @@ def _files(directory: Path) -> list[Path]:
 
 
 def read_index(model_dir: str) -> SafetensorsIndex | None:
-    """Every tensor's dtype, shape and bytes in a model directory; None when it holds no safetensors."""
+    """Every tensor's dtype, shape and bytes in a model directory; None when it holds no safetensors.
+
+    A directory without .safetensors files may hold the header table that planner.model.hub keeps
+    for a hub model (`safetensors_headers.json`: each file's header as fetched by range requests).
+    """
     directory = Path(model_dir)
     if directory.is_file():
         directory = directory.parent  # a config.json path
@@ -159,14 +165,32 @@ def read_index(model_dir: str) -> SafetensorsIndex | None:
         raise ShardwiseError(f"model.path={model_dir!r} is not a directory; give the directory with config.json")
     files = _files(directory)
     if not files:
-        return None
-    tensors, header_total = [], 0
+        return _read_table(directory / HEADERS_TABLE)
+    headers = []
     for path in files:
         header, header_bytes = read_header(path)
+        headers.append((path.name, header, header_bytes))
+    return _index(str(directory), headers)
+
+
+def _read_table(table: Path) -> SafetensorsIndex | None:
+    if not table.is_file():
+        return None
+    try:
+        files = json.loads(table.read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        raise ShardwiseError(f"{table} is not a header table; delete it and plan again") from None
+    # The table keeps the parsed headers, not their encoded length: header bytes are unknown (0) here.
+    return _index(str(table.parent), [(name, header, 0) for name, header in sorted(files.items())]) if files else None
+
+
+def _index(directory: str, headers: list[tuple[str, dict, int]]) -> SafetensorsIndex:
+    tensors, header_total = [], 0
+    for file_name, header, header_bytes in headers:
         header_total += header_bytes
         for name, info in header.items():
             if name == "__metadata__":
                 continue
             start, end = info["data_offsets"]
-            tensors.append(TensorInfo(name, info["dtype"], tuple(info["shape"]), end - start, path.name))
-    return SafetensorsIndex(str(directory), tuple(tensors), header_total)
+            tensors.append(TensorInfo(name, info["dtype"], tuple(info["shape"]), end - start, file_name))
+    return SafetensorsIndex(directory, tuple(tensors), header_total)

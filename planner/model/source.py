@@ -1,4 +1,8 @@
-"""Where a model's architecture comes from: a shipped profile, or a local config.json / model directory."""
+"""Where a model's architecture comes from: a shipped profile, a local config.json / model directory, or a hub id.
+
+A hub id (`model=ORG/NAME`, `model.path=ORG/NAME` when no such local path exists, or a profile with
+`model.revision=`) is fetched through planner.model.hub, which uses the HF cache and works offline.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,11 @@ class ModelSpec:
     fallback: str | None
     trust_remote_code: bool
     chat_template: str | None
-    model_dir: str | None  # local directory (safetensors headers, tokenizer)
+    model_dir: str | None  # directory whose safetensors headers (or cached hub header table) give exact bytes
+    revision: str | None = None  # hub commit the config and headers came from (hub ids only)
+    hf_quant_config: dict | None = None  # hf_quant_config.json beside config.json (modelopt checkpoints)
+    generation_config: dict | None = None  # generation_config.json beside config.json
+    provenance: tuple = ()  # (what, value, reason) triples: where the inputs came from, for decisions[]
 
 
 _DTYPE_NAMES = {
@@ -52,31 +60,89 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
     return data, model_dir
 
 
+def _shipped_dtype(arch: dict) -> str:
+    return _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
+
+
+def _quant_method(arch: dict, where: str) -> str | None:
+    quant_config = arch.get("quantization_config") or {}
+    if not isinstance(quant_config, dict):
+        raise ShardwiseError(
+            f"{where}: quantization_config in config.json is {quant_config!r}, not an object: "
+            "fix or re-download config.json"
+        )
+    return quant_config.get("quant_method")
+
+
+def _optional_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardwiseError(f"{path} is not valid JSON ({exc}): fix or re-download it") from None
+    return data if isinstance(data, dict) else None
+
+
+def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
+    if model_cfg.get("revision"):
+        raise ShardwiseError(
+            f"model.revision={model_cfg.revision} pins a hub revision, but {str(path)!r} is a local directory: "
+            "drop model.revision"
+        )
+    arch, model_dir = _read_config(Path(path).expanduser())
+    name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
+    return ModelSpec(
+        name=name or str(path),
+        source=str(Path(path).expanduser().resolve() if Path(path).is_dir() else model_dir.resolve()),
+        architecture=arch,
+        shipped_dtype=_shipped_dtype(arch),
+        quantization=_quant_method(arch, f"model.path {str(path)!r}"),
+        fallback=model_cfg.get("fallback"),
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        chat_template=model_cfg.get("chat_template"),
+        model_dir=str(model_dir.resolve()),
+        hf_quant_config=_optional_json(model_dir / "hf_quant_config.json"),
+        generation_config=_optional_json(model_dir / "generation_config.json"),
+        provenance=(("model source", str(model_dir.resolve()), f"config.json from the local directory {model_dir}"),),
+    )
+
+
+def _spec_from_hub(repo_id: str, model_cfg) -> ModelSpec:
+    from planner.model import hub
+
+    found = hub.fetch(repo_id, model_cfg.get("revision") or None)
+    arch = found.config
+    if "model_type" not in arch:
+        raise ShardwiseError(f"config.json of {repo_id} has no model_type: it is not a transformers model")
+    profile = bool(model_cfg.get("architecture"))  # a profile pinned to a revision keeps its name and fallback
+    return ModelSpec(
+        name=model_cfg.get("name") if profile else repo_id,
+        source=repo_id,
+        architecture=arch,
+        shipped_dtype=_shipped_dtype(arch),
+        quantization=_quant_method(arch, repo_id),
+        fallback=model_cfg.get("fallback"),
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        chat_template=model_cfg.get("chat_template"),
+        model_dir=found.tensor_dir,
+        revision=found.revision,
+        hf_quant_config=found.hf_quant_config,
+        generation_config=found.generation_config,
+        provenance=found.provenance,
+    )
+
+
 def spec_from_config(model_cfg) -> ModelSpec:
-    """ModelSpec from the composed `model` config node (a profile, or model.path)."""
+    """ModelSpec from the composed `model` config node: model.path, a hub id, or a profile."""
+    from planner.model.hub import is_hub_id
+
     path = model_cfg.get("path")
     if path:
-        arch, model_dir = _read_config(Path(path).expanduser())
-        shipped = _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
-        quant_config = arch.get("quantization_config") or {}
-        if not isinstance(quant_config, dict):
-            raise ShardwiseError(
-                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: "
-                "fix or re-download config.json"
-            )
-        quant = quant_config.get("quant_method")
-        name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
-        return ModelSpec(
-            name=name or str(path),
-            source=str(Path(path).expanduser().resolve() if Path(path).is_dir() else model_dir.resolve()),
-            architecture=arch,
-            shipped_dtype=shipped,
-            quantization=quant,
-            fallback=model_cfg.get("fallback"),
-            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-            chat_template=model_cfg.get("chat_template"),
-            model_dir=str(model_dir.resolve()),
-        )
+        if not Path(path).expanduser().exists() and is_hub_id(path):
+            return _spec_from_hub(str(path), model_cfg)
+        return _spec_from_dir(path, model_cfg)
+    hub_id = model_cfg.get("hub_id")
+    if hub_id and (model_cfg.get("revision") or not model_cfg.get("architecture")):
+        return _spec_from_hub(str(hub_id), model_cfg)
     if not model_cfg.get("architecture"):
         raise ShardwiseError(
             f"model profile {model_cfg.get('name')!r} has no architecture: add its config.json under `architecture:` "

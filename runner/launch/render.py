@@ -103,11 +103,15 @@ def gpus_per_node(plan: Plan) -> int:
 
 
 def plan_architecture(plan: Plan) -> dict | None:
-    """The model's config.json numbers: from a local model directory, else from its shipped profile."""
+    """The model's config.json numbers: from a local model directory, the HF cache (hub ids), or its profile."""
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
             return json.loads(candidate.read_text())
+    if plan.model.revision:  # a hub id: its config.json is in the HF cache since it was planned
+        from planner.model.hub import cached_config
+
+        return cached_config(plan.model.source, plan.model.revision)
     from planner.config.reader import profile_architecture
 
     return profile_architecture(plan.model.name)
@@ -373,6 +377,8 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     ]
     if plan.model.trust_remote_code:
         argv.append("--trust-remote-code")
+    if plan.model.revision:  # the commit the plan was sized from, not whatever main is by then
+        argv.append(f"--revision={plan.model.revision}")
     env = tuple(sorted(launch_env(plan).items()))
     reason = (
         f"tp {plan.tp_size}, pp {plan.pp_size}, context {plan.limits.context_tokens} tokens, "
