@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
 from planner.errors import ShardwiseError
