@@ -50,6 +50,7 @@ class DeviceBudget:
     free_after: int
     node: int = 0
     layers: tuple = ()  # (first, last) layer indices placed here, () when none
+    state: int = 0  # fixed Mamba / linear-attention cache state of the sessions (part of planned, not of kv_cache)
 
 
 @dataclass(frozen=True)

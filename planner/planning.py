@@ -334,6 +334,8 @@ class Planner:
         self.cost = cost
         max_ctx = inv.max_context_tokens
         context_setting = self.policy.context_tokens
+        if inv.context_limit != "config" and str(context_setting).isdigit():
+            max_ctx = max(max_ctx, int(context_setting))  # no position limit in config.json: the policy decides
         if self.cap_context and str(context_setting).isdigit() and int(context_setting) > max_ctx:
             self.decide(
                 "context_cap",
@@ -415,6 +417,7 @@ class Planner:
                     p.usable - p.planned if p.key != "disk" else 0,
                     node=node,
                     layers=layers,
+                    state=p.state,
                 )
             )
         return tuple(rows)
@@ -433,7 +436,7 @@ class Planner:
         for p in priced:
             if p.key == "disk":
                 continue
-            out[p.key] = max(p.usable - p.kv - p.activations - p.overhead, p.weights)
+            out[p.key] = max(p.usable - p.kv - p.state - p.activations - p.overhead, p.weights)
         return out
 
     def _assemble(self, inv, cost, attempt: Attempt, context: int, chunk: int, requested) -> Plan:
