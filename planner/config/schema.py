@@ -78,7 +78,9 @@ class ModelConfig:
     )  # other hub ids with the same architecture (base/instruct variants)
     path: Optional[str] = None  # local model directory or config.json; overrides the profile's architecture
     dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
-    quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
+    quantization: Optional[str] = (
+        None  # quantization as shipped: null, mxfp4, fp8, compressed-tensors, modelopt, awq, gptq or bitsandbytes
+    )
     fallback: Optional[str] = None  # next smaller profile to fall back to, null for the last one
     trust_remote_code: bool = False  # run code shipped with the model; off unless the profile says so
     chat_template: Optional[str] = None  # Jinja template for models without one (null: model's own or plain fallback)
