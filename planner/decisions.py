@@ -79,9 +79,9 @@ def decide_quantization(method: str | None, policy: str, hw: Hardware, dtype: st
             )
         return False, "shipped unquantized"
     if method != "mxfp4":
-        if policy == "keep":
-            return True, f"{method} kept as shipped (policy.quantization=keep)"
-        return True, f"{method} kept as shipped"
+        from planner.quant_support import decide_format
+
+        return decide_format(method, policy, hw, dtype)
     if policy == "none":
         return False, f"MXFP4 dequantized to {dtype} (policy.quantization=none)"
 

@@ -282,3 +282,71 @@ def test_deepseek_v3_fp8_weights_are_one_byte_plus_a_float32_scale_per_block():
 def test_an_unknown_quantization_is_refused_in_one_line():
     with pytest.raises(ShardwiseError, match="'hqq' is not one shardwise can size"):
         build_inventory(dict(ARCH, quantization_config={"quant_method": "hqq"}), dtype="bfloat16")
+
+
+# --- kept / dequantized / cannot run, per target -----------------------------------------------
+
+
+def _gpu(cc: str):
+    from planner.hardware.devices import Device
+    from planner.units import GIB
+
+    return Device(id=0, name=f"GPU cc {cc}", total_bytes=80 * GIB, free_bytes=80 * GIB, compute_capability=cc)
+
+
+def _hw(cc: str | None, probed: bool = True, **installed):
+    from planner.hardware.devices import Hardware
+
+    return Hardware(
+        source="probe" if probed else "tier", devices=(_gpu(cc),) if cc else (), installed=installed, probed=probed
+    )
+
+
+ALL_PACKAGES = {"compressed-tensors": "0.15.1", "gptqmodel": "5.0.0", "optimum": "1.26.0", "bitsandbytes": "0.48.1"}
+
+
+@pytest.mark.parametrize(
+    "method,hw,expected,needle",
+    [
+        ("fp8", _hw("9.0"), "kept", ">= 8.9"),
+        ("fp8", _hw("8.9"), "kept", ">= 8.9"),
+        ("fp8", _hw("8.0"), "dequantized", "8.0 < 8.9"),
+        ("fp8", _hw(None), "dequantized", "on CPU"),
+        ("compressed-tensors", _hw("8.0", **ALL_PACKAGES), "kept", "compressed-tensors >= 0.15.0 installed"),
+        ("compressed-tensors", _hw("9.0"), "cannot", "pip install compressed-tensors"),
+        ("compressed-tensors", _hw("9.0", probed=False), "kept", "the target needs compressed-tensors"),
+        ("awq", _hw("7.5", **ALL_PACKAGES), "kept", "gptqmodel installed"),
+        ("awq", _hw("7.5"), "cannot", "pip install gptqmodel"),
+        ("gptq", _hw("8.0", gptqmodel="5.0.0", optimum="1.20.0"), "cannot", "optimum >= 1.24.0 (found 1.20.0)"),
+        ("gptq", _hw("8.0", **ALL_PACKAGES), "kept", "installed"),
+        ("bitsandbytes", _hw("8.6", **ALL_PACKAGES), "kept", "bitsandbytes installed"),
+        ("bitsandbytes", _hw("8.6"), "cannot", "pip install bitsandbytes"),
+        ("modelopt", _hw("10.0", **ALL_PACKAGES), "cannot", "vLLM"),
+    ],
+)
+def test_each_format_is_kept_dequantized_or_refused_where_transformers_would(method, hw, expected, needle):
+    from planner.decisions import decide_quantization
+
+    if expected == "cannot":
+        with pytest.raises(ShardwiseError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            decide_quantization(method, "auto", hw, "bfloat16")
+        return
+    kept, reason = decide_quantization(method, "auto", hw, "bfloat16")
+    assert kept is (expected == "kept") and needle in reason
+
+
+def test_fp8_profile_is_kept_on_h100_dequantized_on_a100_and_on_request():
+    from planner.config.compose import make_plan
+
+    h100 = make_plan("qwen3-235b-a22b-fp8", "h100_80gb", ["hardware.count=8", "policy.context_tokens=4096"])
+    a100 = make_plan("qwen3-235b-a22b-fp8", "a100_80gb", ["hardware.count=8", "policy.context_tokens=4096"])
+    none = make_plan(
+        "qwen3-235b-a22b-fp8",
+        "h100_80gb",
+        ["hardware.count=8", "policy.context_tokens=4096", "policy.quantization=none"],
+    )
+    assert h100.model.quantization.kept and not a100.model.quantization.kept and not none.model.quantization.kept
+    assert h100.model.weight_bytes < 0.52 * a100.model.weight_bytes
+    assert a100.model.weight_bytes == none.model.weight_bytes
+    assert h100.model.params_total == a100.model.params_total == 235_093_634_560
+    assert "dequantized" in [d for d in a100.decisions if d.what == "quantization"][0].value

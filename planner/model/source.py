@@ -64,7 +64,10 @@ def spec_from_config(model_cfg) -> ModelSpec:
             raise ShardwiseError(
                 f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: fix or re-download config.json"
             )
-        quant = quant_config.get("quant_method")
+        from planner.model.quant import hf_quant_config
+
+        # ModelOpt checkpoints name their quantization in hf_quant_config.json beside config.json
+        quant = quant_config.get("quant_method") or (hf_quant_config(str(model_dir)) or {}).get("quant_method")
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
         return ModelSpec(
             name=name or str(path),
