@@ -133,7 +133,8 @@ class CostModel:
         heads, kv_heads, head_dim, hidden = inv.num_attention_heads, layer.num_kv_heads, layer.head_dim, inv.hidden_size
         keys = self._keys_in_pass(layer, chunk, context_tokens)
         qkv = chunk * (heads + 2 * kv_heads) * head_dim * b
-        repeated_kv = 2 * heads * keys * head_dim * b if kv_heads < heads else 0
+        # GQA repeats K/V to every query head; MLA expands its cached latent to every head for all keys
+        repeated_kv = 2 * heads * keys * head_dim * b if (kv_heads < heads or layer.attention == "mla") else 0
         scores = heads * chunk * keys * (b + FP32_BYTES) if self.eager else 0  # sdpa/flash: no score matrix
         attention = qkv + repeated_kv + scores + chunk * heads * head_dim * b
         if layer.moe and inv.num_experts:

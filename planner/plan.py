@@ -60,6 +60,7 @@ class Limits:
     max_new_tokens: int
     kv_bytes_per_token: int  # one sequence, all attention layers, while shorter than every window
     prefill_chunk_tokens: int = 0  # 0: prefill in one pass
+    state_bytes_per_sequence: int = 0  # fixed Mamba / linear-attention cache state of one sequence, any context
 
 
 @dataclass(frozen=True)

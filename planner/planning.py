@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from planner.decisions import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.kv import kv_bytes_per_token
+from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.memory import CostModel, Overheads, headroom
 from planner.model.inventory import Inventory, build_inventory
 from planner.model.source import ModelSpec, load_profile, spec_from_config
@@ -614,6 +614,7 @@ class Planner:
             sessions=int(self.policy.sessions),
             max_new_tokens=context,  # a reply may use whatever context the prompt leaves; generation.max_tokens is the default
             kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
+            state_bytes_per_sequence=state_bytes_per_sequence(inv.layers, cost.dtype_bytes),
             prefill_chunk_tokens=chunk if chunk < context else 0,
         )
         if not fits:

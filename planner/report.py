@@ -98,6 +98,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print("memory in GiB; bar: █ weights ▓ KV cache ▒ activations ░ overhead · free (scaled to usable)")
     console.print()
     chunk = f", prefill in chunks of {lim.prefill_chunk_tokens}" if lim.prefill_chunk_tokens else ""
+    if lim.state_bytes_per_sequence:
+        chunk += f", state {lim.state_bytes_per_sequence:,} B/sequence"
     console.print(
         f"limits: context {lim.context_tokens:,} tokens x {lim.sessions} session(s), max new tokens {lim.max_new_tokens:,}, "
         f"KV {lim.kv_bytes_per_token:,} B/token{chunk}"

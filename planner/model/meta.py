@@ -140,6 +140,8 @@ def describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription
     hidden = getattr(text, "hidden_size", 0)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
+    if getattr(text, "kv_lora_rank", None):  # MLA: attention runs on heads expanded to qk_nope + qk_rope per head
+        head_dim = text.qk_nope_head_dim + text.qk_rope_head_dim
     rules, notes = _cache_rules(model_type, text, len(layers), kv_heads, head_dim, hidden)
     max_ctx = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None) or 0
     no_split = list(getattr(model, "_no_split_modules", None) or [type(layers[0]).__name__])
