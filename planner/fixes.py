@@ -90,6 +90,26 @@ def _fix(text: str, *overrides: str) -> dict:
     return {"text": text, "overrides": list(overrides)}
 
 
+def _quantize_on_load(planner) -> list[dict]:
+    """The first on-load quantization (least lossy first) that makes an unquantized model fit these GPUs."""
+    policy, hw = planner.policy, planner.hw
+    if planner.spec.quantization or not hw.devices or _value(policy.quantization) != "auto":
+        return []
+    for choice in ("fp8", "bnb8", "bnb4"):  # refused choices (fp8 below cc 8.9, no bitsandbytes) replan to None
+        plan = _replan(planner, PolicyOverride(policy, quantization=choice))
+        if _fits(plan):
+            gpus = len({b.device for b in plan.budget if b.device not in ("cpu", "disk")})
+            name = hw.devices[0].name
+            return [
+                _fix(
+                    f"fits on {gpus}x {name} with policy.quantization={choice}, "
+                    f"{plan.limits.context_tokens:,} tokens ({plan.model.weight_bytes / (1 << 30):.1f} GiB of weights)",
+                    f"policy.quantization={choice}",
+                )
+            ]
+    return []
+
+
 def what_would_fit(planner) -> list[dict]:
     policy, hw = planner.policy, planner.hw
     fixes = []
@@ -128,7 +148,7 @@ def what_would_fit(planner) -> list[dict]:
                     f"policy.dtype={lower}",
                 )
             )
-    if planner.spec.quantization and not planner.quant_kept:
+    if planner.spec.quantization == "mxfp4" and not planner.quant_kept:
         from planner.decisions import mxfp4_blocked_by_hardware
 
         if not mxfp4_blocked_by_hardware(hw):
@@ -144,6 +164,7 @@ def what_would_fit(planner) -> list[dict]:
                         *again,
                     )
                 )
+    fixes.extend(_quantize_on_load(planner))
     more = _more_gpus(planner, quick)
     if more:
         count, plan, like = more

@@ -20,6 +20,7 @@ class Quantization:
     method: str | None  # "mxfp4" or None
     kept: bool  # True: weights stay quantized in memory; False: dequantized (or never quantized)
     reason: str
+    on_load: str | None = None  # "bnb4" | "bnb8" | "fp8": an unquantized checkpoint quantized while loading
 
 
 @dataclass(frozen=True)

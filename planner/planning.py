@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from planner.decisions import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
+from planner.quant_support import ON_LOAD, decide_on_load
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
@@ -130,6 +131,11 @@ class Planner:
         quant_policy = str(getattr(policy.quantization, "value", policy.quantization))
         self.quant_kept, quant_reason = decide_quantization(spec.quantization, quant_policy, hw, self.dtype)
         self.quant_reason = quant_reason
+        self.load_quant = None  # quantization_config transformers applies while loading (policy bnb4/bnb8/fp8)
+        if quant_policy in ON_LOAD:
+            self.load_quant, self.quant_reason = decide_on_load(quant_policy, spec.quantization, hw, self.dtype)
+            self.quant_kept = True
+            self.decide("quantization", f"{quant_policy} on load", self.quant_reason)
         if spec.quantization:
             self.decide(
                 "quantization", f"{spec.quantization} {'kept' if self.quant_kept else 'dequantized'}", quant_reason
@@ -156,6 +162,7 @@ class Planner:
             keep_quantized=self.quant_kept,
             checkpoint_dtype=self.spec.shipped_dtype,
             model_dir=self.spec.model_dir,
+            load_quantization=self.load_quant,
         )
 
     # ---- devices -------------------------------------------------------------------------
@@ -603,7 +610,12 @@ class Planner:
             weight_bytes=inv.weight_bytes,
             checkpoint_bytes=inv.checkpoint_bytes,
             dtype=self.dtype,
-            quantization=Quantization(spec.quantization, self.quant_kept, self.quant_reason),
+            quantization=Quantization(
+                spec.quantization,
+                self.quant_kept,
+                self.quant_reason,
+                on_load=_value(self.policy.quantization) if self.load_quant else None,
+            ),
             max_context_tokens=inv.max_context_tokens,
             num_layers=len(inv.layers),
             trust_remote_code=spec.trust_remote_code,

@@ -90,3 +90,54 @@ def decide_format(method: str, policy: str, hw: Hardware, dtype: str) -> tuple[b
         return True, f"fp8 kept: compute capability {cc[0]}.{cc[1]} >= 8.9 runs FP8 matmuls"
     installed = f", {needs} installed" if needs and hw.probed else ""
     return True, f"{method} kept packed on {where}{installed}{condition}"
+
+
+# policy.quantization values that quantize an unquantized checkpoint while transformers loads it,
+# as the quantization_config the runner passes (BitsAndBytesConfig / FineGrainedFP8Config)
+ON_LOAD = {
+    "bnb4": {
+        "quant_method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+    },
+    "bnb8": {"quant_method": "bitsandbytes", "load_in_8bit": True},
+    "fp8": {"quant_method": "fp8", "weight_block_size": [128, 128]},
+}
+
+
+def decide_on_load(policy: str, shipped: str | None, hw: Hardware, dtype: str) -> tuple[dict, str]:
+    """(quantization_config, reason) for policy.quantization=bnb4|bnb8|fp8; ShardwiseError where it cannot run."""
+    if shipped:
+        raise ShardwiseError(
+            f"policy.quantization={policy} quantizes unquantized checkpoints while loading, and this one ships "
+            f"{shipped}: use policy.quantization=auto, keep or none"
+        )
+    if not hw.devices:
+        raise ShardwiseError(
+            f"policy.quantization={policy} needs a CUDA GPU (transformers quantizes on load only there): "
+            "use policy.quantization=auto on CPU"
+        )
+    lowest = min(hw.devices, key=lambda d: d.cc_major_minor)
+    cc = lowest.cc_major_minor
+    if policy == "fp8":
+        if cc < FP8_MIN_CC:
+            raise ShardwiseError(
+                f"policy.quantization=fp8 needs compute capability >= 8.9, {lowest.name} has {cc[0]}.{cc[1]}: "
+                "use policy.quantization=bnb8 or bnb4"
+            )
+        return ON_LOAD[policy], (
+            f"quantized to FP8 (128x128 block scales) while loading: compute capability {cc[0]}.{cc[1]} >= 8.9; "
+            f"norms, embeddings and lm_head stay {dtype}"
+        )
+    missing = missing_packages("bitsandbytes", hw)
+    if missing:
+        raise ShardwiseError(
+            f"policy.quantization={policy} needs {' and '.join(missing)} on this machine: pip install bitsandbytes"
+        )
+    kind = "NF4 with double quantization" if policy == "bnb4" else "LLM.int8 (int8 weights, float32 row scales)"
+    condition = "" if hw.probed else "; the target needs bitsandbytes installed"
+    return ON_LOAD[policy], (
+        f"quantized to bitsandbytes {kind} while loading (Linear layers only; norms, embeddings, lm_head and "
+        f"fused MoE experts stay {dtype}){condition}"
+    )

@@ -350,3 +350,50 @@ def test_fp8_profile_is_kept_on_h100_dequantized_on_a100_and_on_request():
     assert a100.model.weight_bytes == none.model.weight_bytes
     assert h100.model.params_total == a100.model.params_total == 235_093_634_560
     assert "dequantized" in [d for d in a100.decisions if d.what == "quantization"][0].value
+
+
+# --- quantization on load: policy.quantization=bnb4|bnb8|fp8 -----------------------------------
+
+
+def test_on_load_quantization_sizes_the_loaded_linears_and_leaves_the_checkpoint_alone():
+    from planner.quant_support import ON_LOAD
+
+    plain = build_inventory(ARCH, dtype="bfloat16")
+    int8 = build_inventory(ARCH, dtype="bfloat16", load_quantization=ON_LOAD["bnb8"])
+    fp8 = build_inventory(ARCH, dtype="bfloat16", load_quantization=ON_LOAD["fp8"])
+    others = plain.weight_bytes - 2 * sum(r * c for _, r, c in LINEARS)  # embeddings, norms, lm_head, buffers
+    assert int8.weight_bytes == others + sum(r * c + 4 * r for _, r, c in LINEARS)  # int8 + float32 SCB rows
+    assert fp8.weight_bytes == others + sum(r * c + 4 * -(-r // 128) * -(-c // 128) for _, r, c in LINEARS)
+    assert int8.checkpoint_bytes == fp8.checkpoint_bytes == plain.checkpoint_bytes
+    assert int8.params_total == plain.params_total == LOGICAL_PARAMS
+
+
+def test_bnb4_makes_llama_70b_fit_one_a100_and_is_offered_as_the_fix():
+    from planner.config.compose import make_plan
+
+    plain = make_plan("llama-3.1-70b", "a100_80gb")
+    assert not plain.fits
+    offered = [f["overrides"] for f in plain.binding["fixes"] if "policy.quantization=" in f["text"]]
+    assert offered == [["policy.quantization=bnb8"]]  # the least lossy that fits; fp8 needs cc >= 8.9
+    assert make_plan("llama-3.1-70b", "a100_80gb", offered[0]).fits
+    quantized = make_plan("llama-3.1-70b", "a100_80gb", ["policy.quantization=bnb4"])
+    assert quantized.fits and quantized.strategy == "single_gpu"
+    assert quantized.model.quantization.on_load == "bnb4" and quantized.model.quantization.kept
+    assert quantized.model.weight_bytes < 0.3 * plain.model.weight_bytes
+    assert quantized.model.checkpoint_bytes == plain.model.checkpoint_bytes
+    assert any(d.what == "quantization" and d.value == "bnb4 on load" for d in quantized.decisions)
+
+
+@pytest.mark.parametrize(
+    "model,tier,policy,needle",
+    [
+        ("llama-3.1-8b", "a100_80gb", "fp8", "compute capability >= 8.9"),
+        ("llama-3.1-8b", "cpu", "bnb4", "needs a CUDA GPU"),
+        ("gpt-oss-20b", "h100_80gb", "bnb4", "ships mxfp4"),
+    ],
+)
+def test_on_load_quantization_is_refused_where_transformers_cannot_do_it(model, tier, policy, needle):
+    from planner.config.compose import make_plan
+
+    with pytest.raises(ShardwiseError, match=needle):
+        make_plan(model, tier, [f"policy.quantization={policy}"])

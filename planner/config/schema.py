@@ -45,6 +45,9 @@ class QuantPolicy(str, Enum):
     auto = "auto"  # keep the shipped quantization where the target can run it, else dequantize
     keep = "keep"  # insist on the shipped quantization: refuse where it cannot be kept
     none = "none"  # dequantize to the plan dtype
+    bnb4 = "bnb4"  # quantize an unquantized checkpoint on load: bitsandbytes NF4 with double quantization
+    bnb8 = "bnb8"  # quantize an unquantized checkpoint on load: bitsandbytes LLM.int8
+    fp8 = "fp8"  # quantize an unquantized checkpoint on load: FP8 with 128x128 block scales (cc >= 8.9)
 
 
 class Attention(str, Enum):

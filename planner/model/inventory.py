@@ -141,7 +141,14 @@ def _is_quantized(fmt, t) -> bool:
     return fmt.covers(_module_of(t.name), is_expert=t.matrix[0] > 1)
 
 
-def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool):
+def _is_quantized_on_load(fmt, t) -> bool:
+    """transformers' bitsandbytes replaces nn.Linear only: fused 3-D MoE experts stay; its FP8 has expert kernels."""
+    if fmt is None or not _is_quantized(fmt, t):
+        return False
+    return fmt.method != "bitsandbytes" or t.matrix[0] == 1
+
+
+def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool, on_load=None):
     """ModuleEntry per ModuleSpec: loaded bytes, shipped bytes, packed bytes (planner.model.quant for the formats)."""
     keep_fp32 = list(desc.keep_fp32) if dtype == "float16" else []
     if dtype in ("float16", "bfloat16"):
@@ -163,6 +170,9 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool):
                     shipped += t.numel * (ELEMENT_BYTES[t.fixed_dtype] if t.fixed_dtype else ckpt_element)
             if quantized and keep:
                 nbytes = packed_bytes
+                packed += nbytes
+            elif _is_quantized_on_load(on_load, t):
+                nbytes = t.matrix[0] * on_load.matrix_bytes(t.matrix[1], t.matrix[2], element)
                 packed += nbytes
             elif t.fixed_dtype:
                 nbytes = t.numel * ELEMENT_BYTES[t.fixed_dtype]
@@ -207,6 +217,7 @@ def build_inventory(
     keep_quantized: bool = False,
     checkpoint_dtype: str | None = None,
     model_dir: str | None = None,
+    load_quantization: dict | None = None,
 ) -> Inventory:
     """Inventory for a config.json dict.
 
@@ -216,6 +227,8 @@ def build_inventory(
     checkpoint_dtype: dtype of the shipped non-quantized tensors (for checkpoint_bytes); None: config.json's
     `torch_dtype`/`dtype`, else the compute dtype.
     model_dir: a local directory whose *.safetensors headers give exact shipped bytes.
+    load_quantization: a quantization_config transformers applies while loading an unquantized checkpoint
+    (policy.quantization=bnb4|bnb8|fp8): sizes the loaded bytes, not the shipped ones.
     Raises ShardwiseError for an architecture it cannot size.
     """
     from planner.model import architectures
@@ -251,7 +264,12 @@ def build_inventory(
             f"quantization 'mxfp4' on model_type {model_type!r}: only gpt_oss experts ship as MXFP4; "
             "set quantization: null for this profile"
         )
-    entries = _size_modules(desc, dtype, shipped_dtype, fmt, keep_quantized)
+    if load_quantization is not None and fmt is None:
+        from planner.model.quant import parse_format
+
+        entries = _size_modules(desc, dtype, shipped_dtype, None, False, on_load=parse_format(load_quantization))
+    else:
+        entries = _size_modules(desc, dtype, shipped_dtype, fmt, keep_quantized)
     checkpoint_total: int | None = sum(e.checkpoint_bytes for e in entries)
     warnings: list[str] = []
     if model_dir is not None:
