@@ -396,3 +396,21 @@ def test_models_without_a_position_limit_take_a_stated_context_limit(tmp_path):
     inv = build_inventory(mamba, dtype="bfloat16")
     assert kv_bytes_per_token(inv.layers, 2) == 0 and inv.max_context_tokens > 0
     assert any("no KV cache" in w for w in inv.warnings)
+
+
+@pytest.mark.parametrize(
+    "arch,needle",
+    [
+        (dict(model_type="t5", is_encoder_decoder=True, d_model=32, num_layers=2, num_heads=4), "encoder-decoder"),
+        (
+            dict(model_type="bert", architectures=["BertForMaskedLM"], hidden_size=32, num_hidden_layers=2),
+            "not a causal language model",
+        ),
+    ],
+)
+def test_encoder_decoder_and_encoder_only_models_are_refused_in_one_line(arch, needle):
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError, match=needle) as caught:
+        build_inventory({**arch, **COMMON}, dtype="bfloat16")
+    assert "\n" not in str(caught.value)

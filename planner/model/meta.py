@@ -26,10 +26,28 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+CAUSAL_CLASS_ENDINGS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _refuse_non_causal(model_type: str, arch: dict) -> None:
+    """Encoder-decoder and encoder-only checkpoints are not chat decoders: one line, before any build."""
+    named = [str(c) for c in arch.get("architectures") or ()]
+    if arch.get("is_encoder_decoder"):
+        raise ShardwiseError(
+            f"{model_type} is an encoder-decoder model: shardwise plans decoder-only (causal) chat models"
+        )
+    if named and not any(c.endswith(CAUSAL_CLASS_ENDINGS) for c in named):
+        raise ShardwiseError(
+            f"{model_type} ships {', '.join(named)}, not a causal language model: "
+            "shardwise plans decoder-only (causal) chat models"
+        )
+
+
 def _build(model_type: str, arch: dict, dtype: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    _refuse_non_causal(model_type, arch)
     kwargs = {k: v for k, v in arch.items() if k not in ("model_type", "quantization_config")}
     try:
         config = AutoConfig.for_model(model_type, **kwargs)
