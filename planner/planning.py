@@ -334,6 +334,7 @@ class Planner:
         self._decide_formats()
         inv = self._inventory()
         self.inv = inv
+        self.warnings.extend(w for w in inv.warnings if w not in self.warnings)  # context limits, checkpoint names
         sessions = int(self.policy.sessions)
         cost = CostModel(
             inv, self.dtype, self.kv_dtype, self.attn, sessions, Overheads.from_config(self.policy.overhead)

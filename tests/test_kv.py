@@ -414,3 +414,39 @@ def test_encoder_decoder_and_encoder_only_models_are_refused_in_one_line(arch, n
     with pytest.raises(ShardwiseError, match=needle) as caught:
         build_inventory({**arch, **COMMON}, dtype="bfloat16")
     assert "\n" not in str(caught.value)
+
+
+PUBLIC = Path(__file__).parent / "data/public_configs"
+
+
+def _plan_public(tmp_path, stem: str, *overrides: str):
+    from planner.config.compose import make_plan
+
+    (tmp_path / "config.json").write_text((PUBLIC / f"{stem}.json").read_text())
+    return make_plan("gpt2", "h100_80gb", list(overrides), model_path=str(tmp_path))
+
+
+def test_state_only_mamba_plans_a_real_context_with_no_kv_and_a_fixed_state(tmp_path):
+    plan = _plan_public(tmp_path, "tiiuae__falcon-mamba-7b")
+    assert plan.fits and plan.limits.context_tokens >= 512
+    assert plan.limits.kv_bytes_per_token == 0
+    # 64 layers x (conv 8192 x 4 in bf16 + SSM 8192 x 16 in float32)
+    assert plan.limits.state_bytes_per_sequence == 64 * (8192 * 4 * 2 + 8192 * 16 * 4)
+    assert sum(b.state for b in plan.budget) == plan.limits.state_bytes_per_sequence
+    assert any("no KV cache" in w for w in plan.warnings)
+
+
+def test_alibi_bloom_takes_a_stated_context_or_the_policys(tmp_path):
+    plan = _plan_public(tmp_path, "bigscience__bloom-560m")
+    assert plan.fits and plan.limits.context_tokens == 32768
+    assert any("no max_position_embeddings" in w for w in plan.warnings)
+    assert plan.limits.kv_bytes_per_token == 24 * 2 * 1024 * 2
+    longer = _plan_public(tmp_path, "bigscience__bloom-560m", "policy.context_tokens=65536")
+    assert longer.fits and longer.limits.context_tokens == 65536
+
+
+def test_jamba_holds_kv_on_its_attention_layers_and_state_on_its_mamba_layers(tmp_path):
+    plan = _plan_public(tmp_path, "ai21labs__Jamba-v0.1", "policy.context_tokens=8192", "policy.sessions=2")
+    assert plan.limits.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2  # 4 attention layers of 32
+    assert plan.limits.state_bytes_per_sequence == 28 * (8192 * 4 * 2 + 8192 * 16 * 4)
+    assert sum(b.state for b in plan.budget) == 2 * plan.limits.state_bytes_per_sequence
