@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from planner.decisions import decide_attention, decide_dtype, decide_kv_dtype, decide_quantization
-from planner.quant_support import ON_LOAD, decide_on_load
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
@@ -19,6 +18,7 @@ from planner.model.inventory import Inventory, build_inventory
 from planner.model.source import ModelSpec, load_profile, spec_from_config
 from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization
+from planner.quant_support import ON_LOAD, decide_on_load
 from planner.units import GIB, gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
