@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
+from planner.quant_support import ON_LOAD, decide_on_load
 
 # Attention kernels transformers uses by default per model_type when sdpa is unsupported
 # (from each modeling file's `_supports_sdpa`): these run eager attention.
@@ -79,9 +80,9 @@ def decide_quantization(method: str | None, policy: str, hw: Hardware, dtype: st
             )
         return False, "shipped unquantized"
     if method != "mxfp4":
-        if policy == "keep":
-            return True, f"{method} kept as shipped (policy.quantization=keep)"
-        return True, f"{method} kept as shipped"
+        from planner.quant_support import decide_format
+
+        return decide_format(method, policy, hw, dtype)
     if policy == "none":
         return False, f"MXFP4 dequantized to {dtype} (policy.quantization=none)"
 
@@ -200,6 +201,8 @@ class Formats:
     quant_reason: str
     kv_dtype: str
     attn: str
+    load_quant: dict | None = None  # quantization_config transformers applies while loading (policy bnb4/bnb8/fp8)
+    on_load: str | None = None  # the policy value that asked for it
 
 
 def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
@@ -207,6 +210,11 @@ def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
     dtype = decide_dtype(policy.dtype, spec.shipped_dtype, hw)
     notes.decide("dtype", dtype.value, dtype.reason)
     kept, quant_reason = decide_quantization(spec.quantization, policy.quantization, hw, dtype.value)
+    load_quant = on_load = None
+    if policy.quantization in ON_LOAD:
+        load_quant, quant_reason = decide_on_load(policy.quantization, spec.quantization, hw, dtype.value)
+        kept, on_load = True, policy.quantization
+        notes.decide("quantization", f"{policy.quantization} on load", quant_reason)
     if spec.quantization:
         notes.decide("quantization", f"{spec.quantization} {'kept' if kept else 'dequantized'}", quant_reason)
         if not kept:
@@ -215,4 +223,4 @@ def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
     notes.decide("kv_cache_dtype", kv.value, kv.reason)
     attn = decide_attention(policy.attn_implementation, spec.architecture.get("model_type", ""), hw, kept)
     notes.decide("attn_implementation", attn.value, attn.reason)
-    return Formats(dtype.value, kept, quant_reason, kv.value, attn.value)
+    return Formats(dtype.value, kept, quant_reason, kv.value, attn.value, load_quant, on_load)

@@ -61,6 +61,24 @@ def _fix(text: str, *overrides: str) -> dict:
     return {"text": text, "overrides": list(overrides)}
 
 
+def _quantize_on_load(spec: ModelSpec, hw: Hardware, policy: Policy, replan: Replan) -> list[dict]:
+    """The first on-load quantization (least lossy first) that makes an unquantized model fit these GPUs."""
+    if spec.quantization or not hw.devices or policy.quantization != "auto":
+        return []
+    for choice in ("fp8", "bnb8", "bnb4"):  # refused choices (fp8 below cc 8.9, no bitsandbytes) replan to None
+        plan = replan(replace(policy, quantization=choice))
+        if _fits(plan):
+            gpus = len({b.device for b in plan.budget if b.device not in ("cpu", "disk")})
+            return [
+                _fix(
+                    f"fits on {gpus}x {hw.devices[0].name} with policy.quantization={choice}, "
+                    f"{plan.limits.context_tokens:,} tokens ({plan.model.weight_bytes / GIB:.1f} GiB of weights)",
+                    f"policy.quantization={choice}",
+                )
+            ]
+    return []
+
+
 def what_would_fit(
     spec: ModelSpec, hw: Hardware, policy: Policy, formats: Formats, inv: Inventory, replan: Replan
 ) -> list[dict]:
@@ -95,7 +113,7 @@ def what_would_fit(
                     f"policy.dtype={lower}",
                 )
             )
-    if spec.quantization and not formats.quant_kept:
+    if spec.quantization == "mxfp4" and not formats.quant_kept:
         if not mxfp4_blocked_by_hardware(hw):
             ready = replace(hw, installed={**hw.installed, "triton": "3.5.0", "kernels": "0.18.2"})
             kept = replan(replace(policy, quantization="auto"), hardware=ready)
@@ -109,6 +127,7 @@ def what_would_fit(
                         *again,
                     )
                 )
+    fixes.extend(_quantize_on_load(spec, hw, policy, replan))
     more = _more_gpus(hw, policy, quick, replan)
     if more:
         count, plan, like = more

@@ -1,7 +1,9 @@
 """KV cache bytes per layer, as transformers 5.24's DynamicCache actually holds them.
 
-Per layer and token: K and V, each num_kv_heads x head_dim elements. Full-attention layers
-(DynamicLayer) keep every token. Sliding layers (DynamicSlidingWindowLayer) keep a *view* of the
+Per layer and token: the layer's KV width (`LayerSpec.kv_width`: K and V, each num_kv_heads x
+head_dim elements; MLA layers the compressed latent; linear-attention / Mamba layers nothing,
+they hold a fixed state per sequence instead: `layer_state_bytes`). Full-attention layers
+(DynamicLayer) keep every token. Sliding and chunked layers (DynamicSlidingWindowLayer) keep a *view* of the
 last `window - 1` tokens, sliced from the tensor the step concatenated; the view keeps that whole
 tensor's storage alive until the next step. Measured on tiny CPU models (tests/test_kv.py):
 
@@ -22,8 +24,8 @@ from planner.model.inventory import LayerSpec
 
 
 def layer_bytes_per_token(layer: LayerSpec, kv_dtype_bytes: int) -> int:
-    """K and V of one token in one layer."""
-    return 2 * layer.num_kv_heads * layer.head_dim * kv_dtype_bytes
+    """K and V (or the MLA latent) of one token in one layer."""
+    return layer.kv_width * kv_dtype_bytes
 
 
 def kv_bytes_per_token(layers, kv_dtype_bytes: int) -> int:
@@ -36,7 +38,7 @@ def layer_held_tokens(layer: LayerSpec, context_tokens: int, new_tokens: int = 1
     if context_tokens <= 0:
         return 0
     new_tokens = max(1, min(new_tokens, context_tokens))
-    if layer.attention != "sliding" or layer.window is None:
+    if layer.window is None:
         return context_tokens
     cached_before = context_tokens - new_tokens
     return min(cached_before, layer.window - 1) + new_tokens
@@ -54,3 +56,13 @@ def layer_kv_bytes(
 def kv_cache_bytes(layers, context_tokens: int, sessions: int, kv_dtype_bytes: int, new_tokens: int = 1) -> int:
     """KV bytes of all `layers` (pass one device's layers for its share)."""
     return sum(layer_kv_bytes(layer, context_tokens, sessions, kv_dtype_bytes, new_tokens) for layer in layers)
+
+
+def layer_state_bytes(layer: LayerSpec, sessions: int, compute_dtype_bytes: int) -> int:
+    """Fixed conv + recurrent state a Mamba / linear-attention layer holds for `sessions` sequences."""
+    return sessions * layer.state_bytes(compute_dtype_bytes)
+
+
+def state_bytes_per_sequence(layers, compute_dtype_bytes: int) -> int:
+    """All layers' fixed state for one sequence (0 for pure attention models)."""
+    return sum(layer.state_bytes(compute_dtype_bytes) for layer in layers)

@@ -3,7 +3,8 @@
 planned(d) = weights(d) + kv(d) + activations(d) + overhead(d) <= usable(d) = free(d) - headroom(d)
 
 Weights come from the inventory (exact). KV cache is per layer on the device that holds the
-layer (window-aware, see planner.kv). Activations are the prefill peak of the attention kernel
+layer (window-aware, see planner.kv); Mamba / linear-attention layers hold a fixed state per
+sequence instead, priced as its own term (`group_state`). Activations are the prefill peak of the attention kernel
 that will really run, for one sequence in flight (the runner serves one prefill at a time),
 plus the sampling logits of every concurrent session on the lm_head device. Overhead is the
 CUDA context and library workspaces plus an allocator fragmentation share; the constants come
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device
-from planner.kv import layer_kv_bytes
+from planner.kv import layer_kv_bytes, layer_state_bytes
 from planner.model.inventory import DTYPE_BYTES, Inventory, LayerSpec
 from planner.units import MIB
 
@@ -58,7 +59,16 @@ class CostModel:
     @staticmethod
     def _kind(layer: LayerSpec) -> tuple:
         """Layers of one kind cost the same: price each kind once per context (the search asks a lot)."""
-        return (layer.attention, layer.window, layer.num_kv_heads, layer.head_dim, layer.moe)
+        return (
+            layer.attention,
+            layer.window,
+            layer.num_kv_heads,
+            layer.head_dim,
+            layer.moe,
+            layer.kv_width,
+            layer.state_elems,
+            layer.state_fp32_elems,
+        )
 
     @property
     def dtype_bytes(self) -> int:
@@ -80,6 +90,22 @@ class CostModel:
             found = self._cache[key] = [self.layer_kv(layer, context_tokens) for layer in self.inv.layers]
         return found
 
+    def cache_by_layer(self, context_tokens: int) -> list[int]:
+        """KV plus fixed state of every decoder layer: what a layer's device must hold besides its weights."""
+        key = ("cache-all", context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            kv_all = self.kv_by_layer(context_tokens)
+            found = self._cache[key] = [kv + self.layer_state(layer) for kv, layer in zip(kv_all, self.inv.layers)]
+        return found
+
+    def layer_state(self, layer: LayerSpec) -> int:
+        """Fixed conv + recurrent state of one layer for every session (0 for attention layers)."""
+        return layer_state_bytes(layer, self.sessions, self.dtype_bytes)
+
+    def group_state(self, ids: tuple) -> int:
+        return sum(self.layer_state(self.inv.layers[i]) for i in ids)
+
     def layer_kv(self, layer: LayerSpec, context_tokens: int) -> int:
         key = ("kv", self._kind(layer), context_tokens)
         found = self._cache.get(key)
@@ -90,7 +116,7 @@ class CostModel:
     def _keys_in_pass(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
         """Key length attended to in the worst prefill pass of `chunk` query tokens."""
         if chunk >= context_tokens or layer.window is None:
-            return context_tokens
+            return context_tokens  # full attention (and linear layers, priced like it: an upper bound)
         # chunked prefill: a sliding layer's cache holds at most its window before the new chunk
         return min(context_tokens, chunk + layer.window)
 
@@ -107,7 +133,8 @@ class CostModel:
         heads, kv_heads, head_dim, hidden = inv.num_attention_heads, layer.num_kv_heads, layer.head_dim, inv.hidden_size
         keys = self._keys_in_pass(layer, chunk, context_tokens)
         qkv = chunk * (heads + 2 * kv_heads) * head_dim * b
-        repeated_kv = 2 * heads * keys * head_dim * b if kv_heads < heads else 0
+        # GQA repeats K/V to every query head; MLA expands its cached latent to every head for all keys
+        repeated_kv = 2 * heads * keys * head_dim * b if (kv_heads < heads or layer.attention == "mla") else 0
         scores = heads * chunk * keys * (b + FP32_BYTES) if self.eager else 0  # sdpa/flash: no score matrix
         attention = qkv + repeated_kv + scores + chunk * heads * head_dim * b
         if layer.moe and inv.num_experts:
@@ -127,10 +154,10 @@ class CostModel:
     def prefill_kv_extra(self, layer: LayerSpec, chunk: int, context_tokens: int) -> int:
         """KV a sliding layer holds beyond its decode state right after a prefill pass of `chunk` tokens.
 
-        transformers' sliding cache keeps the whole pass's keys alive until the next step, so a
+        transformers' sliding (and chunked) cache keeps the whole pass's keys alive until the next step, so a
         one-shot prefill of T tokens briefly costs full-attention KV on every sliding layer.
         """
-        if layer.attention != "sliding":
+        if layer.window is None:
             return 0
         key = ("prefill-kv", self._kind(layer), chunk, context_tokens)
         found = self._cache.get(key)

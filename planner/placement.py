@@ -54,10 +54,11 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> DeviceBudget
     if slot.executes:
         ids = tuple(slot.layer_ids) + tuple(slot.extra_kv_layers)
         kv = -(-cost.group_kv(ids, context) // shard)
+        state = -(-cost.group_state(ids) // shard)
         activations = cost.group_activations(ids, slot.has_head, chunk, context, shard)
     else:
-        kv = activations = 0  # offloaded layers run (and keep their KV) on the first device
-    tensors = weights + kv + activations
+        kv = state = activations = 0  # offloaded layers run (and keep their KV) on the first device
+    tensors = weights + kv + state + activations
     overhead = cost.overhead(slot.device, tensors)
     if slot.key == "disk":
         overhead = 0
@@ -73,6 +74,7 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> DeviceBudget
         free_after=slot.usable - planned if slot.key != "disk" else 0,
         node=slot.device.node if slot.device is not None else 0,
         layers=(min(slot.layer_ids), max(slot.layer_ids)) if slot.layer_ids else (),
+        state=state,
     )
 
 
@@ -107,7 +109,7 @@ def layout_layers(
         slots[0].layer_ids = [m.layer_index for m in layer_modules]
         return slots
 
-    kv_all = cost.kv_by_layer(context)
+    kv_all = cost.cache_by_layer(context)
     costs = [-(-(m.bytes + kv_all[m.layer_index]) // shard) for m in layer_modules]
     capacities = [_room(slot, cost, context, chunk) for slot in slots]
     total_cap = sum(capacities) or 1
@@ -191,7 +193,11 @@ def _room(slot: Slot, cost: CostModel, context: int, chunk: int) -> int:
     layer_act = cost.activations([cost.inv.layers[0]], False, chunk, context, slot.shard)
     frac = cost.overheads.fragmentation_fraction if slot.device is not None else 0.0
     fixed = cost.gpu_fixed_overhead() if slot.device is not None else cost.overheads.cpu_runtime_bytes
-    room = int((slot.usable - fixed) / (1 + frac)) - (edge.weights + edge.kv_cache + edge.activations) - layer_act
+    room = (
+        int((slot.usable - fixed) / (1 + frac))
+        - (edge.weights + edge.kv_cache + edge.state + edge.activations)
+        - layer_act
+    )
     return max(room, 0)
 
 
@@ -218,7 +224,7 @@ def layout_offload(
     """
     pre, layer_modules, post = split_modules(inv)
     total = len(layer_modules)
-    kv_all = cost.kv_by_layer(context)
+    kv_all = cost.cache_by_layer(context)
     slots: list[Slot] = []
     for offloaded in range(0, total + 1):
         kept, tail = layer_modules[: total - offloaded], layer_modules[total - offloaded :]

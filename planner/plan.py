@@ -20,6 +20,7 @@ class Quantization:
     method: str | None  # "mxfp4" or None
     kept: bool  # True: weights stay quantized in memory; False: dequantized (or never quantized)
     reason: str
+    on_load: str | None = None  # "bnb4" | "bnb8" | "fp8": an unquantized checkpoint quantized while loading
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DeviceBudget:
     free_after: int
     node: int = 0
     layers: tuple = ()  # (first, last) layer indices placed here, () when none
+    state: int = 0  # fixed Mamba / linear-attention cache state of the sessions (part of planned, not of kv_cache)
 
     @property
     def fits(self) -> bool:
@@ -64,6 +66,7 @@ class Limits:
     max_new_tokens: int
     kv_bytes_per_token: int  # one sequence, all attention layers, while shorter than every window
     prefill_chunk_tokens: int = 0  # 0: prefill in one pass
+    state_bytes_per_sequence: int = 0  # fixed Mamba / linear-attention cache state of one sequence, any context
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from planner.errors import ShardwiseError
 from planner.fallbacks import LoadProfile, fallback_chain, plan_auto_model
 from planner.fixes import what_would_fit
 from planner.hardware.devices import Hardware
-from planner.kv import kv_bytes_per_token
+from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.memory import CostModel
 from planner.model.inventory import Inventory, build_inventory
 from planner.model.source import ModelSpec
@@ -115,10 +115,16 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
         keep_quantized=formats.quant_kept,
         checkpoint_dtype=spec.shipped_dtype,
         model_dir=spec.model_dir,
+        load_quantization=formats.load_quant,
     )
+    for warning in inv.warnings:  # context limits, checkpoint names
+        if warning not in notes.warnings:
+            notes.warn(warning)
     cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead)
     max_ctx = inv.max_context_tokens
     requested = policy.context_tokens
+    if inv.context_limit != "config" and requested is not None:
+        max_ctx = max(max_ctx, requested)  # no position limit in config.json: the policy decides
     if requested is not None and requested > max_ctx:
         if not cap_context:
             raise ShardwiseError(
@@ -190,6 +196,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         # a reply may use whatever context the prompt leaves; generation.max_tokens is only the default
         max_new_tokens=context,
         kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
+        state_bytes_per_sequence=state_bytes_per_sequence(inv.layers, cost.dtype_bytes),
         prefill_chunk_tokens=chunk if chunk < context else 0,
     )
     if not fits:
@@ -226,7 +233,7 @@ def _model_info(spec: ModelSpec, inv: Inventory, formats: Formats) -> ModelInfo:
         weight_bytes=inv.weight_bytes,
         checkpoint_bytes=inv.checkpoint_bytes,
         dtype=formats.dtype,
-        quantization=Quantization(spec.quantization, formats.quant_kept, formats.quant_reason),
+        quantization=Quantization(spec.quantization, formats.quant_kept, formats.quant_reason, on_load=formats.on_load),
         max_context_tokens=inv.max_context_tokens,
         num_layers=len(inv.layers),
         trust_remote_code=spec.trust_remote_code,
@@ -247,7 +254,7 @@ def _max_memory(slots: list[Slot], priced: list[DeviceBudget], strategy: str, no
     if strategy == "tensor_parallel" or nodes > 1:
         return {}
     return {
-        slot.key: max(p.usable - p.kv_cache - p.activations - p.overhead, p.weights)
+        slot.key: max(p.usable - p.kv_cache - p.state - p.activations - p.overhead, p.weights)
         for slot, p in zip(slots, priced)
         if p.device != "disk"
     }

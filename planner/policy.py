@@ -14,7 +14,7 @@ from planner.memory import Overheads
 
 STRATEGIES = ("auto", "single_gpu", "pipeline", "tensor_parallel")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATION_POLICIES = ("auto", "keep", "none")
+QUANTIZATION_POLICIES = ("auto", "keep", "none", "bnb4", "bnb8", "fp8")  # the last three quantize on load
 ATTENTION_KERNELS = ("auto", "eager", "sdpa", "flash_attention_2")
 
 

@@ -22,7 +22,8 @@ def _bar(row, width: int = BAR_WIDTH) -> str:
     scale = max(row.usable, row.planned, 1)
     cells, used = [], 0
     for attr, char, color in SEGMENTS:
-        cells_here = round(getattr(row, attr) / scale * width)
+        value = getattr(row, attr) + (row.state if attr == "kv_cache" else 0)  # fixed Mamba state beside the KV
+        cells_here = round(value / scale * width)
         cells_here = min(cells_here, width - used)
         width_here = cells_here
         if width_here:
@@ -42,6 +43,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     m, lim = plan.model, plan.limits
     quant = m.quantization
     quant_text = f"{quant.method} {'kept' if quant.kept else 'dequantized'}" if quant.method else "none"
+    if quant.on_load:
+        quant_text = f"{quant.on_load} on load"
     ckpt = f", checkpoint {m.checkpoint_bytes:,} B" if m.checkpoint_bytes else ""
     console.print(
         f"[bold]{m.name}[/bold] ({m.source}, {m.model_type}): {m.params_total:,} parameters, "
@@ -68,7 +71,9 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     bar_width = max(10, min(BAR_WIDTH, console.width - 84))
-    for col in ("device", "memory", "weights", "kv", "act", "overhead", "planned", "usable", "free", "layers"):
+    has_state = any(row.state for row in plan.budget)
+    kv_col = "kv+state" if has_state else "kv"
+    for col in ("device", "memory", "weights", kv_col, "act", "overhead", "planned", "usable", "free", "layers"):
         table.add_column(
             col,
             justify="left" if col in ("device", "memory") else "right",
@@ -87,7 +92,7 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
             label,
             _bar(row, bar_width),
             _gib(row.weights),
-            _gib(row.kv_cache),
+            _gib(row.kv_cache + row.state),
             _gib(row.activations),
             _gib(row.overhead),
             _gib(row.planned),
@@ -96,9 +101,12 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
             layers,
         )
     console.print(table)
-    console.print("memory in GiB; bar: █ weights ▓ KV cache ▒ activations ░ overhead · free (scaled to usable)")
+    kv_text = "KV cache + fixed state" if has_state else "KV cache"
+    console.print(f"memory in GiB; bar: █ weights ▓ {kv_text} ▒ activations ░ overhead · free (scaled to usable)")
     console.print()
     chunk = f", prefill in chunks of {lim.prefill_chunk_tokens}" if lim.prefill_chunk_tokens else ""
+    if lim.state_bytes_per_sequence:
+        chunk += f", state {lim.state_bytes_per_sequence:,} B/sequence"
     console.print(
         f"limits: context {lim.context_tokens:,} tokens x {lim.sessions} session(s), max new tokens "
         f"{lim.max_new_tokens:,}, KV {lim.kv_bytes_per_token:,} B/token{chunk}"

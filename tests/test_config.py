@@ -56,6 +56,16 @@ PUBLIC_PARAMS = {
     "gemma-2-9b": 9_241_705_984,
     "gemma-3-1b": 999_885_952,
     "phi-3-mini": 3_821_079_552,
+    "mistral-small-3": 23_572_403_200,
+    "phi-4": 14_659_507_200,
+    "qwen2.5-7b-awq": 7_615_616_512,  # logical parameters, as qwen2.5-7b (the AWQ packing changes bytes, not counts)
+    "qwen3-235b-a22b-fp8": 235_093_634_560,
+    # Counts of what the CausalLM loads; the published totals round them (671B; 80B; 109B with the vision
+    # tower) and the checkpoints also hold layers transformers does not build (DeepSeek's MTP layer,
+    # Qwen3-Next's mtp.*, Llama 4's vision encoder).
+    "deepseek-v3": 671_026_404_352,
+    "qwen3-next-80b-a3b": 79_674_391_296,
+    "llama-4-scout": 107_769_861_120,
 }
 
 # Public facts: nvidia-smi name -> (memory.total MiB as nvidia-smi prints it, compute capability).

@@ -90,6 +90,25 @@ def test_kept_mxfp4_plan_leaves_the_checkpoint_quantization_alone(models):
     assert kwargs["device_map"] == {"": "cpu"}
 
 
+@pytest.mark.parametrize(
+    "quantization,config_class,settings",
+    [
+        (Quantization("fp8", kept=False, reason="cc 8.0"), "FineGrainedFP8Config", {"dequantize": True}),
+        (Quantization(None, kept=True, reason="on load", on_load="fp8"), "FineGrainedFP8Config", {"dequantize": False}),
+        (
+            Quantization(None, kept=True, reason="on load", on_load="bnb4"),
+            "BitsAndBytesConfig",
+            {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
+        ),
+        (Quantization(None, kept=True, reason="on load", on_load="bnb8"), "BitsAndBytesConfig", {"load_in_8bit": True}),
+    ],
+)
+def test_plans_that_quantize_or_dequantize_on_load_pass_that_config(models, quantization, config_class, settings):
+    config = from_pretrained_kwargs(cpu_plan(models["llama"], quantization=quantization))["quantization_config"]
+    assert type(config).__name__ == config_class
+    assert {k: getattr(config, k) for k in settings} == settings
+
+
 def test_gpt_oss_moe_with_sliding_window_loads_and_generates(models):
     # transformers has no sdpa path for gpt-oss: the planner says eager, and so does this plan.
     loaded = load(cpu_plan(models["gpt_oss"], attn_implementation="eager"), log=lambda line: None)

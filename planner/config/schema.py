@@ -49,6 +49,9 @@ class QuantPolicy(str, Enum):
     auto = "auto"  # keep the shipped quantization where the target can run it, else dequantize
     keep = "keep"  # insist on the shipped quantization: refuse where it cannot be kept
     none = "none"  # dequantize to the plan dtype
+    bnb4 = "bnb4"  # quantize an unquantized checkpoint on load: bitsandbytes NF4 with double quantization
+    bnb8 = "bnb8"  # quantize an unquantized checkpoint on load: bitsandbytes LLM.int8
+    fp8 = "fp8"  # quantize an unquantized checkpoint on load: FP8 with 128x128 block scales (cc >= 8.9)
 
 
 class Attention(str, Enum):
@@ -89,7 +92,9 @@ class ModelConfig:
         None  # local model directory or config.json (or a hub id ORG/NAME); overrides the profile's architecture
     )
     dtype: str = "bfloat16"  # dtype of the shipped weights (non-quantized tensors)
-    quantization: Optional[str] = None  # quantization as shipped: null or "mxfp4"
+    quantization: Optional[str] = (
+        None  # quantization as shipped: null, mxfp4, fp8, compressed-tensors, modelopt, awq, gptq or bitsandbytes
+    )
     fallback: Optional[str] = None  # next smaller profile to fall back to, null for the last one
     trust_remote_code: bool = False  # run code shipped with the model; off unless the profile says so
     chat_template: Optional[str] = None  # Jinja template for models without one (null: model's own or plain fallback)

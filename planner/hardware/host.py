@@ -12,7 +12,8 @@ from pathlib import Path
 
 from planner.units import GIB
 
-KERNEL_PACKAGES = ("triton", "kernels")  # decide which quantized/attention kernels a plan may keep
+# decide which quantized/attention kernels a plan may keep (planner/decisions.py, planner/quant_support.py)
+KERNEL_PACKAGES = ("triton", "kernels", "compressed-tensors", "gptqmodel", "optimum", "bitsandbytes")
 CGROUP_MEMORY_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1

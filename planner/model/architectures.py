@@ -24,6 +24,9 @@ class TensorSpec:
     persistent: bool = True  # False for non-persistent buffers: never shipped in a checkpoint
     fixed_dtype: str | None = None  # dtype the tensor keeps whatever the load dtype (rotary inv_freq: float32)
     expert_matrix: tuple[int, int] | None = None  # (rows, input width) of an MoE expert weight MXFP4 can pack
+    # (count, rows, cols) of the Linear / expert weight matrices this tensor holds, as checkpoints ship them
+    # (one per expert and projection): what a quantization format packs. None: not a quantizable weight.
+    matrix: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,12 @@ class ModuleSpec:
 
 @dataclass(frozen=True)
 class LayerRule:
-    attention: str  # "full" | "sliding"
+    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "none" (planner.model.cache_layout)
     window: int | None
     moe: bool
+    kv_elems_per_token: int | None = None  # K + V elements per token; None: 2 x kv heads x head_dim
+    state_elems: int = 0  # fixed cache state per sequence in the compute dtype (conv state)
+    state_fp32_elems: int = 0  # fixed cache state per sequence in float32 (SSM / recurrent state)
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,7 @@ def _rotary_dim(cfg: _Config, head_dim: int) -> int:
 
 
 def _linear(prefix: str, rows: int, cols: int, bias: bool) -> list[TensorSpec]:
-    tensors = [TensorSpec(f"{prefix}.weight", rows * cols)]
+    tensors = [TensorSpec(f"{prefix}.weight", rows * cols, matrix=(1, rows, cols))]
     if bias:
         tensors.append(TensorSpec(f"{prefix}.bias", rows))
     return tensors
@@ -479,8 +485,12 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
         ):
             width = inter if mt == "mixtral" else cfg.count("moe_intermediate_size")
             experts = [
-                TensorSpec(f"{m}.experts.gate_up_proj", num_experts * 2 * width * hidden),
-                TensorSpec(f"{m}.experts.down_proj", num_experts * hidden * width),
+                TensorSpec(
+                    f"{m}.experts.gate_up_proj",
+                    num_experts * 2 * width * hidden,
+                    matrix=(2 * num_experts, width, hidden),
+                ),
+                TensorSpec(f"{m}.experts.down_proj", num_experts * hidden * width, matrix=(num_experts, hidden, width)),
             ]
             return [TensorSpec(f"{m}.gate.weight", num_experts * hidden), *experts], True
         if mt == "gpt_oss":
@@ -491,9 +501,15 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
                     f"{e}.gate_up_proj",
                     num_experts * hidden * 2 * inter,
                     expert_matrix=(num_experts * 2 * inter, hidden),
+                    matrix=(2 * num_experts, inter, hidden),
                 ),
                 TensorSpec(f"{e}.gate_up_proj_bias", num_experts * 2 * inter),
-                TensorSpec(f"{e}.down_proj", num_experts * inter * hidden, expert_matrix=(num_experts * hidden, inter)),
+                TensorSpec(
+                    f"{e}.down_proj",
+                    num_experts * inter * hidden,
+                    expert_matrix=(num_experts * hidden, inter),
+                    matrix=(num_experts, hidden, inter),
+                ),
                 TensorSpec(f"{e}.down_proj_bias", num_experts * hidden),
             ], True
         mlp_bias = bool(cfg.get("mlp_bias")) and mt == "llama"

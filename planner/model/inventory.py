@@ -5,7 +5,8 @@ take the fast path: pure arithmetic on the config numbers, no torch import. Any 
 transformers knows is built on the meta device (planner/inventory_meta.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
 Weight bytes follow how transformers 5.24 loads: the compute dtype, `_keep_in_fp32_modules` for
-float16 loads (`_strict` also for bfloat16), MXFP4 expert packing when kept.
+float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
+(planner/model/quant.py), its logical elements in the compute dtype when dequantized.
 """
 
 from __future__ import annotations
@@ -38,11 +39,23 @@ class LayerSpec:
     """What a decoder layer needs at run time besides its weights."""
 
     index: int
-    attention: str  # "full" | "sliding"
-    window: int | None  # sliding window in tokens (None for full attention)
+    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "none"
+    window: int | None  # tokens a sliding / chunked layer keeps (None: every token)
     num_kv_heads: int
     head_dim: int
     moe: bool
+    kv_elems: int | None = None  # K + V elements cached per token; None: 2 x num_kv_heads x head_dim
+    state_elems: int = 0  # fixed per-sequence cache state in the compute dtype (Mamba / DeltaNet conv state)
+    state_fp32_elems: int = 0  # fixed per-sequence cache state in float32 (SSM / recurrent state)
+
+    @property
+    def kv_width(self) -> int:
+        """K + V elements this layer caches per token (MLA: the latent; linear layers: none)."""
+        return 2 * self.num_kv_heads * self.head_dim if self.kv_elems is None else self.kv_elems
+
+    def state_bytes(self, compute_dtype_bytes: int) -> int:
+        """Fixed cache state of one sequence, whatever the context."""
+        return self.state_elems * compute_dtype_bytes + self.state_fp32_elems * 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,7 @@ class Inventory:
     num_experts: int = 0
     experts_per_token: int = 0
     source: str = "fast"  # "fast" (from config numbers) | "meta" (built on the meta device) | "safetensors"
+    context_limit: str = "config"  # where max_context_tokens comes from: "config" | "tokenizer" | "default"
     warnings: tuple[
         str, ...
     ] = ()  # one-line notes the planner should show (checkpoint names that do not match the modules)
@@ -96,8 +110,9 @@ _DTYPE_ALIASES = {
     "f32": "float32",
     "f16": "float16",
 }
-MXFP4_BLOCK = 32  # FP4 values sharing one E8M0 scale byte; two values per byte in the blocks
-QUANTIZATIONS = ("mxfp4",)
+# Models without a position limit in config.json (ALiBi: BLOOM; state-only: Mamba) take the
+# tokenizer's model_max_length, else this many tokens; a numeric policy.context_tokens may go beyond.
+UNBOUNDED_CONTEXT_TOKENS = 32768
 
 
 def normalize_dtype(name: str, what: str = "dtype") -> str:
@@ -107,12 +122,6 @@ def normalize_dtype(name: str, what: str = "dtype") -> str:
     return _DTYPE_ALIASES[key]
 
 
-def mxfp4_bytes(rows: int, width: int) -> int:
-    """Packed MXFP4 bytes of a rows x width matrix: blocks of 32 along the width, 16 bytes + 1 scale byte each."""
-    blocks = -(-width // MXFP4_BLOCK)
-    return rows * blocks * (MXFP4_BLOCK // 2 + 1)
-
-
 def _fp32_pattern(patterns) -> re.Pattern | None:
     # transformers matches these as `re.search` over the full parameter name, `*` as `.*`
     if not patterns:
@@ -120,12 +129,31 @@ def _fp32_pattern(patterns) -> re.Pattern | None:
     return re.compile("|".join(f"(?:{p.replace('*', '.*')})" for p in patterns))
 
 
-def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, keep_mxfp4: bool):
-    """ModuleEntry per ModuleSpec: loaded bytes, shipped bytes, packed bytes."""
-    keep = list(desc.keep_fp32) if dtype == "float16" else []
+def _module_of(tensor_name: str) -> str:
+    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+
+
+def _is_quantized(fmt, t) -> bool:
+    if fmt is None or t.matrix is None:
+        return False
+    if fmt.method == "mxfp4":
+        return t.expert_matrix is not None and not fmt.excludes(_module_of(t.name))
+    return fmt.covers(_module_of(t.name), is_expert=t.matrix[0] > 1)
+
+
+def _is_quantized_on_load(fmt, t) -> bool:
+    """transformers' bitsandbytes replaces nn.Linear only: fused 3-D MoE experts stay; its FP8 has expert kernels."""
+    if fmt is None or not _is_quantized(fmt, t):
+        return False
+    return fmt.method != "bitsandbytes" or t.matrix[0] == 1
+
+
+def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool, on_load=None):
+    """ModuleEntry per ModuleSpec: loaded bytes, shipped bytes, packed bytes (planner.model.quant for the formats)."""
+    keep_fp32 = list(desc.keep_fp32) if dtype == "float16" else []
     if dtype in ("float16", "bfloat16"):
-        keep += list(desc.keep_fp32_strict)
-    fp32_re = _fp32_pattern(keep)
+        keep_fp32 += list(desc.keep_fp32_strict)
+    fp32_re = _fp32_pattern(keep_fp32)
     element, ckpt_element = DTYPE_BYTES[dtype], DTYPE_BYTES[checkpoint_dtype]
     entries = []
     for spec in desc.modules:
@@ -133,13 +161,18 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, 
         for t in spec.tensors:
             if t.is_param:
                 params += t.numel
+            quantized = _is_quantized(fmt, t)
+            packed_bytes = t.matrix[0] * fmt.matrix_bytes(t.matrix[1], t.matrix[2], ckpt_element) if quantized else 0
             if t.persistent:
-                if t.expert_matrix is not None and shipped_mxfp4:
-                    shipped += mxfp4_bytes(*t.expert_matrix)
+                if quantized:
+                    shipped += packed_bytes
                 else:
                     shipped += t.numel * (ELEMENT_BYTES[t.fixed_dtype] if t.fixed_dtype else ckpt_element)
-            if t.expert_matrix is not None and keep_mxfp4:
-                nbytes = mxfp4_bytes(*t.expert_matrix)
+            if quantized and keep:
+                nbytes = packed_bytes
+                packed += nbytes
+            elif _is_quantized_on_load(on_load, t):
+                nbytes = t.matrix[0] * on_load.matrix_bytes(t.matrix[1], t.matrix[2], element)
                 packed += nbytes
             elif t.fixed_dtype:
                 nbytes = t.numel * ELEMENT_BYTES[t.fixed_dtype]
@@ -163,17 +196,17 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, 
     return entries
 
 
-def _shipped_quantization(arch: dict, quantization: str | None) -> str | None:
+def _shipped_format(arch: dict, quantization: str | None, model_dir: str | None):
+    """The checkpoint's QuantFormat: config.json (or hf_quant_config.json), or the method a profile names."""
+    from planner.model.quant import parse_format, shipped_config
+
+    config = shipped_config(arch, model_dir)
     if quantization is None:
-        quantization = (arch.get("quantization_config") or {}).get("quant_method")
-    if quantization is None:
-        return None
+        return parse_format(config)
     method = str(quantization).lower()
-    if method not in QUANTIZATIONS:
-        raise ShardwiseError(
-            f"quantization {quantization!r} is not one shardwise can size; use a profile without quantization or mxfp4"
-        )
-    return method
+    if config and str(config.get("quant_method", "")).lower() == method:
+        return parse_format(config)
+    return parse_format({"quant_method": method})
 
 
 def build_inventory(
@@ -184,6 +217,7 @@ def build_inventory(
     keep_quantized: bool = False,
     checkpoint_dtype: str | None = None,
     model_dir: str | None = None,
+    load_quantization: dict | None = None,
 ) -> Inventory:
     """Inventory for a config.json dict.
 
@@ -193,6 +227,8 @@ def build_inventory(
     checkpoint_dtype: dtype of the shipped non-quantized tensors (for checkpoint_bytes); None: config.json's
     `torch_dtype`/`dtype`, else the compute dtype.
     model_dir: a local directory whose *.safetensors headers give exact shipped bytes.
+    load_quantization: a quantization_config transformers applies while loading an unquantized checkpoint
+    (policy.quantization=bnb4|bnb8|fp8): sizes the loaded bytes, not the shipped ones.
     Raises ShardwiseError for an architecture it cannot size.
     """
     from planner.model import architectures
@@ -206,7 +242,7 @@ def build_inventory(
     dtype = normalize_dtype(dtype)
     shipped_dtype = checkpoint_dtype or arch.get("torch_dtype") or arch.get("dtype") or dtype
     shipped_dtype = normalize_dtype(shipped_dtype, "checkpoint_dtype")
-    method = _shipped_quantization(arch, quantization)
+    fmt = _shipped_format(arch, quantization, model_dir)
     model_type = architectures.model_type_of(arch)
     if model_type is None:
         raise ShardwiseError(
@@ -223,12 +259,17 @@ def build_inventory(
         from planner.model.meta import describe_on_meta
 
         desc, source = describe_on_meta(model_type, arch, dtype), "meta"
-    if method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
+    if fmt is not None and fmt.method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
         raise ShardwiseError(
             f"quantization 'mxfp4' on model_type {model_type!r}: only gpt_oss experts ship as MXFP4; "
             "set quantization: null for this profile"
         )
-    entries = _size_modules(desc, dtype, shipped_dtype, method == "mxfp4", method == "mxfp4" and keep_quantized)
+    if load_quantization is not None and fmt is None:
+        from planner.model.quant import parse_format
+
+        entries = _size_modules(desc, dtype, shipped_dtype, None, False, on_load=parse_format(load_quantization))
+    else:
+        entries = _size_modules(desc, dtype, shipped_dtype, fmt, keep_quantized)
     checkpoint_total: int | None = sum(e.checkpoint_bytes for e in entries)
     warnings: list[str] = []
     if model_dir is not None:
@@ -239,9 +280,15 @@ def build_inventory(
             per_module, coverage = index.bytes_by_module(
                 [e.name for e in entries], no_tensors_expected=[e.name for e in entries if e.checkpoint_bytes == 0]
             )
-            entries = [_with_checkpoint_bytes(e, per_module.get(e.name, 0)) for e in entries]
+            entries = [
+                _with_checkpoint_bytes(e, per_module.get(e.name, 0), kept=fmt is not None and keep_quantized)
+                for e in entries
+            ]
             checkpoint_total, source = index.total_bytes, "safetensors"
             warnings.extend(coverage.warnings())
+    max_context, context_limit, note = _context_limit(desc, model_type, model_dir)
+    if note:
+        warnings.append(note)
     layers = tuple(
         LayerSpec(
             index=i,
@@ -250,6 +297,9 @@ def build_inventory(
             num_kv_heads=desc.num_kv_heads,
             head_dim=desc.head_dim,
             moe=rule.moe,
+            kv_elems=rule.kv_elems_per_token,
+            state_elems=rule.state_elems,
+            state_fp32_elems=rule.state_fp32_elems,
         )
         for i, rule in enumerate(desc.layers)
     )
@@ -266,18 +316,74 @@ def build_inventory(
         num_kv_heads=desc.num_kv_heads,
         head_dim=desc.head_dim,
         intermediate_size=desc.intermediate_size,
-        max_context_tokens=desc.max_context_tokens,
+        max_context_tokens=max_context,
         tied_embeddings=desc.tied_embeddings,
         no_split_module=desc.no_split_module,
         has_tp_plan=desc.has_tp_plan,
         num_experts=desc.num_experts,
         experts_per_token=desc.experts_per_token,
         source=source,
+        context_limit=context_limit,
         warnings=tuple(warnings) + tuple(desc.notes),
     )
 
 
-def _with_checkpoint_bytes(entry: ModuleEntry, checkpoint_bytes: int) -> ModuleEntry:
+def _tokenizer_limit(model_dir: str | None) -> int | None:
+    if model_dir is None:
+        return None
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir)
+    path = (path if path.is_dir() else path.parent) / "tokenizer_config.json"
+    try:
+        limit = json.loads(path.read_text()).get("model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    # transformers writes int(1e30) when a tokenizer has no limit
+    return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 10**9 else None
+
+
+def _context_limit(desc, model_type: str, model_dir: str | None) -> tuple[int, str, str | None]:
+    """(max context tokens, where it comes from, a warning when config.json gives no position limit)."""
+    if desc.max_context_tokens > 0:
+        return desc.max_context_tokens, "config", None
+    why = (
+        "it keeps a fixed state and no KV cache"
+        if all(layer.kv_elems_per_token == 0 for layer in desc.layers)
+        else "it has no max_position_embeddings (ALiBi or similar)"
+    )
+    limit = _tokenizer_limit(model_dir)
+    if limit is not None:
+        return (
+            limit,
+            "tokenizer",
+            (
+                f"{model_type}: {why}; context capped at the tokenizer's model_max_length of {limit} tokens "
+                "(set policy.context_tokens to plan another length; quality past the training length is not guaranteed)"
+            ),
+        )
+    return (
+        UNBOUNDED_CONTEXT_TOKENS,
+        "default",
+        (
+            f"{model_type}: {why} and no tokenizer limit is known; context capped at {UNBOUNDED_CONTEXT_TOKENS} tokens "
+            "(set policy.context_tokens to plan another length; quality beyond the training length is not guaranteed)"
+        ),
+    )
+
+
+def _with_checkpoint_bytes(entry: ModuleEntry, checkpoint_bytes: int, kept: bool) -> ModuleEntry:
+    """The headers' bytes for a module; a kept quantized module holds what is shipped, so its packed bytes follow."""
     from dataclasses import replace
 
-    return replace(entry, checkpoint_bytes=checkpoint_bytes)
+    if not kept or not entry.quantized_bytes or not checkpoint_bytes:
+        return replace(entry, checkpoint_bytes=checkpoint_bytes)
+    # the headers are the truth for packing details the config cannot say (padding, bitsandbytes' state JSON)
+    delta = checkpoint_bytes - entry.checkpoint_bytes
+    return replace(
+        entry,
+        checkpoint_bytes=checkpoint_bytes,
+        bytes=entry.bytes + delta,
+        quantized_bytes=entry.quantized_bytes + delta,
+    )

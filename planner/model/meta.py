@@ -26,10 +26,28 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+CAUSAL_CLASS_ENDINGS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _refuse_non_causal(model_type: str, arch: dict) -> None:
+    """Encoder-decoder and encoder-only checkpoints are not chat decoders: one line, before any build."""
+    named = [str(c) for c in arch.get("architectures") or ()]
+    if arch.get("is_encoder_decoder"):
+        raise ShardwiseError(
+            f"{model_type} is an encoder-decoder model: shardwise plans decoder-only (causal) chat models"
+        )
+    if named and not any(c.endswith(CAUSAL_CLASS_ENDINGS) for c in named):
+        raise ShardwiseError(
+            f"{model_type} ships {', '.join(named)}, not a causal language model: "
+            "shardwise plans decoder-only (causal) chat models"
+        )
+
+
 def _build(model_type: str, arch: dict, dtype: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    _refuse_non_causal(model_type, arch)
     kwargs = {k: v for k, v in arch.items() if k not in ("model_type", "quantization_config")}
     try:
         config = AutoConfig.for_model(model_type, **kwargs)
@@ -121,6 +139,7 @@ def describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription
                 is_param=is_param,
                 persistent=full_name in state_keys,
                 fixed_dtype=None if name == dtype else name,
+                matrix=_matrix(model, full_name, tensor) if is_param else None,
             )
         )
 
@@ -139,19 +158,9 @@ def describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription
     hidden = getattr(text, "hidden_size", 0)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
-    kinds = getattr(text, "layer_types", None)
-    window = getattr(text, "sliding_window", None)
-    if kinds is None:  # what transformers' DynamicCache does without layer_types
-        kinds = ["sliding_attention" if window is not None else "full_attention"] * len(layers)
-    rules = tuple(
-        LayerRule(
-            "sliding" if k == "sliding_attention" else "full", window if k == "sliding_attention" else None, moe=False
-        )
-        for k in list(kinds)[: len(layers)]
-    )
-    notes = []
-    if any(k not in ("sliding_attention", "full_attention") for k in kinds):
-        notes.append(f"{model_type}: layer types {sorted(set(kinds))} sized as full attention for the KV cache")
+    if getattr(text, "kv_lora_rank", None):  # MLA: attention runs on heads expanded to qk_nope + qk_rope per head
+        head_dim = text.qk_nope_head_dim + text.qk_rope_head_dim
+    rules, notes = _cache_rules(model_type, text, len(layers), kv_heads, head_dim, hidden)
     max_ctx = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None) or 0
     no_split = list(getattr(model, "_no_split_modules", None) or [type(layers[0]).__name__])
     return ArchDescription(
@@ -172,6 +181,52 @@ def describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription
         keep_fp32_strict=tuple(model._keep_in_fp32_modules_strict or ()),
         notes=tuple(notes),
     )
+
+
+def _matrix(model, full_name: str, tensor) -> tuple[int, int, int] | None:
+    """(count, rows, cols) of the weight matrices a quantization format packs: Linear weights, fused experts.
+
+    transformers 5 fuses MoE experts into 3-D [experts, out, in] parameters; checkpoints ship one
+    matrix per expert and projection (gate and up apart).
+    """
+    import torch
+
+    module_name, _, leaf = full_name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if isinstance(module, torch.nn.Linear) and leaf == "weight":
+        return (1, *tensor.shape)
+    if tensor.dim() == 3 and "expert" in type(module).__name__.lower():
+        experts, rows, cols = tensor.shape
+        if leaf == "gate_up_proj":
+            return (2 * experts, rows // 2, cols)
+        return (experts, rows, cols)
+    return None
+
+
+def _cache_rules(model_type: str, text, n_layers: int, kv_heads: int, head_dim: int, hidden: int):
+    """LayerRule per decoder layer from the cache transformers builds for this config (planner.model.cache_layout)."""
+    from planner.model.cache_layout import UnknownCacheLayout, cache_rules
+
+    def get(key, default=None):
+        value = getattr(text, key, None)
+        return default if value is None else value
+
+    try:
+        found = cache_rules(model_type, get, n_layers, kv_heads, head_dim, hidden)
+    except UnknownCacheLayout as err:
+        raise _fail(model_type, str(err)) from None
+    rules = tuple(
+        LayerRule(
+            r.attention,
+            r.window,
+            moe=False,
+            kv_elems_per_token=r.kv_elems_per_token,
+            state_elems=r.state_elems,
+            state_fp32_elems=r.state_fp32_elems,
+        )
+        for r in found[:n_layers]
+    )
+    return rules, []
 
 
 def _forward_order(model, entry_names: list[str]) -> list[str]:

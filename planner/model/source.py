@@ -64,6 +64,15 @@ def _shipped_dtype(arch: dict) -> str:
     return _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
 
 
+def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
+    """config.json with ModelOpt's hf_quant_config.json folded in as its quantization_config, when it has none."""
+    if arch.get("quantization_config") or not hf_quant:
+        return arch
+    from planner.model.quant import modelopt_quantization_config
+
+    return {**arch, "quantization_config": modelopt_quantization_config(hf_quant)}
+
+
 def _quant_method(arch: dict, where: str) -> str | None:
     quant_config = arch.get("quantization_config") or {}
     if not isinstance(quant_config, dict):
@@ -90,6 +99,8 @@ def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
         )
     arch, model_dir = _read_config(Path(path).expanduser())
     name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
+    hf_quant = _optional_json(model_dir / "hf_quant_config.json")
+    arch = _with_side_quantization(arch, hf_quant)
     return ModelSpec(
         name=name or str(path),
         source=str(Path(path).expanduser().resolve() if Path(path).is_dir() else model_dir.resolve()),
@@ -100,7 +111,7 @@ def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
         trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
         chat_template=model_cfg.get("chat_template"),
         model_dir=str(model_dir.resolve()),
-        hf_quant_config=_optional_json(model_dir / "hf_quant_config.json"),
+        hf_quant_config=hf_quant,
         generation_config=_optional_json(model_dir / "generation_config.json"),
         provenance=(("model source", str(model_dir.resolve()), f"config.json from the local directory {model_dir}"),),
     )
@@ -110,7 +121,7 @@ def _spec_from_hub(repo_id: str, model_cfg) -> ModelSpec:
     from planner.model import hub
 
     found = hub.fetch(repo_id, model_cfg.get("revision") or None)
-    arch = found.config
+    arch = _with_side_quantization(found.config, found.hf_quant_config)
     if "model_type" not in arch:
         raise ShardwiseError(f"config.json of {repo_id} has no model_type: it is not a transformers model")
     profile = bool(model_cfg.get("architecture"))  # a profile pinned to a revision keeps its name and fallback

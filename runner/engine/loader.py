@@ -118,7 +118,29 @@ def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
         from transformers import Mxfp4Config
 
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
+    elif quant.method == "fp8" and not quant.kept:
+        from transformers import FineGrainedFP8Config
+
+        kwargs["quantization_config"] = FineGrainedFP8Config(dequantize=True)
+    elif quant.on_load:
+        kwargs["quantization_config"] = _on_load_config(quant.on_load, plan.model.dtype)
     return kwargs
+
+
+def _on_load_config(policy: str, dtype: str):
+    """The quantization_config the plan sized for policy.quantization=bnb4|bnb8|fp8 (planner/quant_support.py)."""
+    from planner.quant_support import ON_LOAD
+
+    settings = {k: v for k, v in ON_LOAD[policy].items() if k != "quant_method"}
+    if policy == "fp8":
+        from transformers import FineGrainedFP8Config
+
+        return FineGrainedFP8Config(**settings)
+    from transformers import BitsAndBytesConfig
+
+    if policy == "bnb4":
+        settings["bnb_4bit_compute_dtype"] = _torch_dtype(dtype)
+    return BitsAndBytesConfig(**settings)
 
 
 def _offload_folder(plan, log) -> str | None:
