@@ -9,7 +9,8 @@
 A model name may be a profile name or alias, a local model directory (`./my-model`) or any hub id
 (`Qwen/Qwen2.5-7B-Instruct`, planned from its config and safetensors headers, from the HF cache when
 offline); `model_path=` plans a local model directory too. The plan is made for this machine
-(`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then CPU) is walked, announced.
+(`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then
+CPU) is walked, announced.
 """
 
 from __future__ import annotations

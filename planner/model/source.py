@@ -66,8 +66,8 @@ def _shipped_dtype(arch: dict) -> str:
 
 def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
     """config.json with ModelOpt's hf_quant_config.json folded in as its quantization_config, when it has none."""
-    if arch.get("quantization_config") or not hf_quant:
-        return arch
+    if arch.get("quantization_config") or not ((hf_quant or {}).get("quantization") or {}).get("quant_algo"):
+        return arch  # no side file, or one that names no algorithm: the checkpoint is not quantized
     from planner.model.quant import modelopt_quantization_config
 
     return {**arch, "quantization_config": modelopt_quantization_config(hf_quant)}
