@@ -14,10 +14,11 @@ from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import kv_bytes_per_token
 from planner.memory import CostModel, Overheads, headroom
-from planner.model.inventory import Inventory, build_inventory
+from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec, load_profile, spec_from_config
 from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
-from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization
+from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization, Serving
+from planner.serving import human_bytes, plan_serving
 from planner.units import GIB, gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
@@ -616,6 +617,7 @@ class Planner:
         if not fits:
             self.warnings.append("the plan does not fit: see the binding device and the fixes")
         offload_folder = str(self.policy.offload_folder) if any(p.key == "disk" for p in priced) else None
+        serving = self._serving(inv, strategy, context, priced) if fits else None
         return Plan(
             model=model,
             hardware=self.hw.to_dict(),
@@ -636,7 +638,29 @@ class Planner:
             kv_cache_dtype=self.kv_dtype,
             offload_folder=offload_folder,
             binding=binding,
+            serving=serving,
         )
+
+    def _serving(self, inv, strategy: str, context: int, priced) -> Serving:
+        """Continuous batching sized for policy.sessions at the planned context (planner/serving.py)."""
+        serving = plan_serving(
+            inv,
+            dtype_bytes=DTYPE_BYTES[self.dtype],
+            attn=self.attn,
+            strategy=strategy,
+            context=context,
+            sessions=int(self.policy.sessions),
+            on_gpu=bool(self.hw.devices),
+        )
+        self.decide("serving", serving.mode, serving.reason)
+        planned = sum(p.kv + p.activations for p in priced)
+        if serving.mode == "batched" and serving.footprint_bytes > planned:
+            self.warnings.append(
+                f"continuous batching reserves {human_bytes(serving.footprint_bytes)} (paged cache, batch buffers, "
+                f"masks) where the plan's KV cache and activations hold {human_bytes(planned)}: "
+                f"the difference comes out of headroom"
+            )
+        return serving
 
     def _fallbacks(self) -> list[dict]:
         chain, seen, name = [], {self.spec.name}, self.spec.fallback
