@@ -21,7 +21,9 @@ Rules it keeps:
   still become a stop string;
 - usage: prompt_tokens = tokens fed to the model, completion_tokens = tokens it generated
   (an eos token counts, it was computed; token_ids exclude it);
-- one generation at a time per model (the LoadedModel's lock); out-of-memory goes through
+- when the model has a batching engine (runner.engine.batching, `loaded.batching`), turns join its
+  continuous batch; turns it cannot batch (a seed, penalties) and models without one run generate()
+  one at a time (the LoadedModel's lock, with the batching loop paused); out-of-memory goes through
   runner.engine.recovery's ladder without losing the conversation.
 """
 
@@ -77,9 +79,13 @@ class _Tracker:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
+        done = self.push(int(input_ids[0, -1]))
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    def push(self, token: int) -> bool:
+        """Take one generated token (from generate() or the batching engine); True: stop generating."""
         if self.first_token_t is None:
             self.first_token_t = time.perf_counter()
-        token = int(input_ids[0, -1])
         self.ids.append(token)
         if token in self.eos_ids:
             self.saw_eos = True
@@ -88,7 +94,7 @@ class _Tracker:
         done = self.stop_at is not None
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = done = True
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        return done
 
     @property
     def content_ids(self) -> list[int]:
@@ -332,9 +338,6 @@ class ChatSession:
         return params if params is not None else self.defaults
 
     def _attempt(self, messages, params: SamplingParams, cancel, on_delta) -> Completion:
-        import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
         from runner.engine.recovery import MemoryExhaustedError
 
         if self.loaded.model is None:
@@ -358,6 +361,47 @@ class ChatSession:
             max_new = min(max_new, plan_cap)
         loaded = self.loaded
         tracker = _Tracker(loaded.tokenizer, [*params.stop, *self.template_stops], cancel, on_delta, self.eos_ids)
+        batching = getattr(loaded, "batching", None)
+        batch_size = 1
+        if batching is not None and batching.batchable(params) is None:
+            result = batching.generate(
+                prompt_ids,
+                params,
+                max_new_tokens=max_new,
+                eos_ids=self.eos_ids,
+                on_token=tracker.push,
+                cancel=cancel if cancel is not None else threading.Event(),
+            )
+            tracker.cancelled = tracker.cancelled or result.cancelled
+            batch_size = result.batch_size
+        else:
+            self._generate_alone(loaded, batching, prompt_ids, params, max_new, tracker)
+        text = tracker.finish()
+        end = time.perf_counter()
+        if tracker.cancelled:
+            finish = "cancelled"
+        elif tracker.stop_at is not None or tracker.saw_eos:
+            finish = "stop"
+        else:
+            finish = "length"
+        first = tracker.first_token_t or end
+        generated = len(tracker.ids)
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=generated),
+            token_ids=tracker.content_ids,
+            time_to_first_token_s=first - start,
+            tokens_per_s=(generated - 1) / (end - first) if generated > 1 and end > first else None,
+            notices=notices,
+            batch_size=batch_size,
+        )
+
+    def _generate_alone(self, loaded, batching, prompt_ids, params, max_new, tracker) -> None:
+        """One turn through generate(), with the batching loop (if any) paused meanwhile."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
         generation_config = loaded.model.generation_config.__class__.from_dict(loaded.model.generation_config.to_dict())
         greedy = params.temperature <= 0
         generation_config.update(
@@ -377,9 +421,10 @@ class ChatSession:
         if params.presence_penalty or params.frequency_penalty:
             processors.append(_OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
         seeded = params.seed is not None and params.temperature > 0
+        paused = batching.exclusive() if batching is not None else contextlib.nullcontext()
         # torch.manual_seed seeds one process-wide generator: seeded sampling on two models at once
         # would interleave their draws, so it takes a process-wide lock (after the model's own).
-        with loaded.lock, SEEDED_SAMPLING if seeded else contextlib.nullcontext():
+        with loaded.lock, paused, SEEDED_SAMPLING if seeded else contextlib.nullcontext():
             device = loaded.input_device
             input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if params.seed is not None:
@@ -395,25 +440,6 @@ class ChatSession:
                     stopping_criteria=StoppingCriteriaList([tracker]),
                     logits_processor=processors,
                 )
-        text = tracker.finish()
-        end = time.perf_counter()
-        if tracker.cancelled:
-            finish = "cancelled"
-        elif tracker.stop_at is not None or tracker.saw_eos:
-            finish = "stop"
-        else:
-            finish = "length"
-        first = tracker.first_token_t or end
-        generated = len(tracker.ids)
-        return Completion(
-            text=text,
-            finish_reason=finish,
-            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=generated),
-            token_ids=tracker.content_ids,
-            time_to_first_token_s=first - start,
-            tokens_per_s=(generated - 1) / (end - first) if generated > 1 and end > first else None,
-            notices=notices,
-        )
 
     def _generate(self, messages, params, cancel, on_delta) -> Completion:
         from runner.engine.recovery import generate_with_recovery
