@@ -19,6 +19,7 @@ from planner.model.source import ModelSpec, load_profile, spec_from_config
 from planner.placement import Priced, Slot, evaluate, largest_context, layout_layers, layout_offload
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Plan, Quantization, Serving
 from planner.serving import human_bytes, plan_serving
+from planner.sessions import parse_sessions, plan_auto_sessions
 from planner.units import GIB, gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
@@ -70,8 +71,8 @@ def _parse_context(value, max_ctx: int) -> int | None:
 
 
 def _validate_policy(policy) -> None:
+    parse_sessions(policy.sessions)
     checks = [
-        (policy.sessions >= 1, f"policy.sessions={policy.sessions} must be >= 1"),
         (0 <= policy.headroom_fraction < 1, f"policy.headroom_fraction={policy.headroom_fraction} must be in [0, 1)"),
         (policy.headroom_mib >= 0, f"policy.headroom_mib={policy.headroom_mib} must be >= 0"),
         (
@@ -116,6 +117,7 @@ class Planner:
         )
         self.decisions: list[Decision] = []
         self.warnings: list[str] = list(hw.notes)
+        self.sessions_reason: str | None = None  # set by planner/sessions.py for policy.sessions=auto
 
     def decide(self, what: str, value, reason: str) -> None:
         self.decisions.append(Decision(what, str(value), reason))
@@ -322,6 +324,8 @@ class Planner:
 
     # ---- the search ----------------------------------------------------------------------
     def plan(self) -> Plan:
+        if parse_sessions(self.policy.sessions) is None:
+            return plan_auto_sessions(self)
         stronger = self._on_stronger_gpus()
         if stronger is not None:
             return stronger
@@ -529,7 +533,11 @@ class Planner:
                 f"a one-pass prefill of {context} tokens would overflow memory ({self.attn} attention): prefill in chunks of {chunk}",
             )
         sessions = int(self.policy.sessions)
-        self.decide("sessions", sessions, f"KV cache sized for {sessions} concurrent sequence(s) (policy.sessions)")
+        self.decide(
+            "sessions",
+            sessions,
+            self.sessions_reason or f"KV cache sized for {sessions} concurrent sequence(s) (policy.sessions)",
+        )
         return self._make_plan(inv, cost, strategy, attempt, slots, priced, context, chunk, True, binding)
 
     def _more_context_hint(self, inv, cost, attempt: Attempt, context: int, requested) -> None:

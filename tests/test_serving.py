@@ -168,3 +168,36 @@ def test_plan_json_round_trips_the_serving_block(models, tmp_path):
     old = plan.to_dict()
     del old["serving"]
     assert Plan.from_dict(old).serving is None
+
+
+def test_auto_sessions_is_the_most_that_fit_at_the_context():
+    """policy.sessions=auto: n fits with batching's buffers, n + 1 does not, and the decision names what binds."""
+    from planner.config.compose import make_plan
+    from planner.sessions import serving_fits
+
+    plan = make_plan(
+        model="llama-3.2-1b", hardware="t4", overrides=["policy.sessions=auto", "policy.context_tokens=8192"]
+    )
+    n = plan.limits.sessions
+    assert 1 < n < 256
+    assert plan.limits.context_tokens == 8192
+    assert plan.serving.max_concurrent == n
+    reason = next(d.reason for d in plan.decisions if d.what == "sessions")
+    assert "policy.sessions=auto" in reason and f"{n + 1} would overflow" in reason and "bind" in reason
+    same = make_plan(
+        model="llama-3.2-1b", hardware="t4", overrides=[f"policy.sessions={n}", "policy.context_tokens=8192"]
+    )
+    assert same.fits and serving_fits(same)
+    more = make_plan(
+        model="llama-3.2-1b", hardware="t4", overrides=[f"policy.sessions={n + 1}", "policy.context_tokens=8192"]
+    )
+    assert not (more.fits and serving_fits(more))
+
+
+@pytest.mark.parametrize("value,message", [("0", "must be >= 1"), ("many", "whole number >= 1 or auto")])
+def test_bad_sessions_value_is_one_clear_error(value, message):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError, match=message):
+        make_plan(model="gpt2", hardware="cpu", overrides=[f"policy.sessions={value}"])

@@ -97,7 +97,7 @@ class OverheadConfig:
 @dataclass
 class PolicyConfig:
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
-    sessions: int = 1  # concurrent sequences the KV cache must hold
+    sessions: str = "1"  # concurrent sequences the KV cache must hold, or "auto": the most that fit at the context
     headroom_fraction: float = (
         0.02  # per-GPU memory kept free, fraction of free memory (covers NVML total vs CUDA-allocatable)
     )
@@ -218,3 +218,7 @@ def validate(cfg) -> None:
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:
             check(cfg[group], cls, f"{group}.")
+    if cfg.get("policy") is not None and "sessions" in cfg.policy:
+        from planner.sessions import parse_sessions
+
+        parse_sessions(cfg.policy.sessions)  # a count >= 1 or auto; the field is a string to allow auto
