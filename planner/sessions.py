@@ -3,8 +3,8 @@
 The context is settled first (as for one session: `policy.context_tokens`, or the largest that fits
 one sequence when it is auto); then the planner searches the largest session count whose plan
 still fits at that context, with continuous batching's own buffers (serving.footprint_bytes beyond
-the KV and activation terms) inside the memory left free, capped at MAX_AUTO_SESSIONS (vLLM's default `max_num_seqs`), and names the
-device and term that one more session would overflow.
+the KV and activation terms) inside the memory left free, capped at MAX_AUTO_SESSIONS (vLLM's
+default `max_num_seqs`), and names the device and term that one more session would overflow.
 """
 
 from __future__ import annotations
