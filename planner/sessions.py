@@ -14,16 +14,16 @@ from planner.errors import ShardwiseError
 MAX_AUTO_SESSIONS = 256
 
 
-def parse_sessions(value) -> int | None:
-    """policy.sessions as a count, or None for auto."""
+def parse_sessions(value, check_range: bool = True) -> int | None:
+    """policy.sessions as a count, or None for auto; `check_range=False` checks only the type (at compose time)."""
     text = str(getattr(value, "value", value)).strip().lower()
     if text == "auto":
         return None
     try:
         count = int(text)
     except ValueError:
-        raise ShardwiseError(f"policy.sessions={value!r} must be a whole number >= 1 or auto") from None
-    if count < 1:
+        raise ShardwiseError(f"bad value for policy.sessions: {value!r} is not a whole number >= 1 or auto") from None
+    if check_range and count < 1:
         raise ShardwiseError(f"policy.sessions={count} must be >= 1 (or auto)")
     return count
 

@@ -194,7 +194,7 @@ def test_auto_sessions_is_the_most_that_fit_at_the_context():
     assert not (more.fits and serving_fits(more))
 
 
-@pytest.mark.parametrize("value,message", [("0", "must be >= 1"), ("many", "whole number >= 1 or auto")])
+@pytest.mark.parametrize("value,message", [("0", "must be >= 1"), ("many", "bad value for policy.sessions")])
 def test_bad_sessions_value_is_one_clear_error(value, message):
     from planner.config.compose import make_plan
     from planner.errors import ShardwiseError

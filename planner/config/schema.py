@@ -221,4 +221,4 @@ def validate(cfg) -> None:
     if cfg.get("policy") is not None and "sessions" in cfg.policy:
         from planner.sessions import parse_sessions
 
-        parse_sessions(cfg.policy.sessions)  # a count >= 1 or auto; the field is a string to allow auto
+        parse_sessions(cfg.policy.sessions, check_range=False)  # a string field (to allow auto): check the type here

@@ -105,10 +105,9 @@ def _log(line: str) -> None:
 class BatchingEngine:
     """transformers' continuous batching for one model, with admission and per-request routing."""
 
-    def __init__(self, loaded, serving, *, max_waiting: int = 8, metrics=None, log: Callable[[str], None] = _log):
+    def __init__(self, loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
         self.loaded = loaded
         self.serving = serving
-        self.metrics = metrics
         self.log = log
         self.admission = Admission(max(1, serving.max_concurrent), max(0, max_waiting))
         self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
@@ -250,7 +249,6 @@ class BatchingEngine:
         request_id = f"shardwise-{next(self._ids)}"
         inbox: queue.Queue = queue.Queue()
         tokens, batch_size, cancelled, finished = 0, self.admission.running, False, False
-        first_token_s = None
         try:
             self._ensure_running()
             with self._routes_lock:
@@ -281,8 +279,6 @@ class BatchingEngine:
                 if output.error is not None:
                     raise RuntimeError(f"continuous batching failed this request: {output.error}")
                 fresh = output.generated_tokens[tokens:]
-                if fresh and first_token_s is None:
-                    first_token_s = time.perf_counter() - submitted
                 batch_size = max(batch_size, self.admission.running)
                 stop = False
                 for token in fresh:
@@ -302,8 +298,6 @@ class BatchingEngine:
             with self._routes_lock:
                 self._routes.pop(request_id, None)
             self.admission.leave()
-            if self.metrics is not None:
-                self.metrics.observe_request(queued_s, first_token_s, tokens)
         return BatchResult(tokens=tokens, cancelled=cancelled, batch_size=batch_size, queued_s=queued_s)
 
     def close(self) -> None:
@@ -332,12 +326,12 @@ def cannot_attach(loaded, serving) -> str | None:
     return None
 
 
-def attach(loaded, serving, *, max_waiting: int = 8, metrics=None, log: Callable[[str], None] = _log):
+def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
     """Start batching for `loaded` (stored as `loaded.batching`); None, with the reason logged, when it cannot."""
     reason = cannot_attach(loaded, serving)
     if reason is None:
         try:
-            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, metrics=metrics, log=log)
+            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log)
         except Exception as exc:  # e.g. an architecture the paged cache does not support
             reason = f"continuous batching did not start ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
     if reason is not None:
