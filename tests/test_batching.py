@@ -6,16 +6,13 @@ batch, a cancelled request leaves the batch and frees its blocks at once, and a 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import replace
 
 import pytest
-from tiny_models import cpu_plan, tiny_llama
+from tiny_models import cpu_plan, cpu_serving, tiny_llama
 
-from planner.model.inventory import build_inventory
-from planner.serving import plan_serving
 from runner.engine.batching import QueueFull, attach, cannot_attach
 from runner.engine.session import ChatSession
 from runner.engine.types import SamplingParams
@@ -31,10 +28,7 @@ PROMPTS = [
 
 
 def serving_for(model_dir, sessions: int, context: int = 256):
-    inv = build_inventory(json.loads((model_dir / "config.json").read_text()), dtype="float32")
-    return plan_serving(
-        inv, dtype_bytes=4, attn="sdpa", strategy="cpu", context=context, sessions=sessions, on_gpu=False
-    )
+    return cpu_serving(model_dir, sessions=sessions, context_tokens=context)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runner.openai import protocol as oai
+from runner.openai.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from runner.openai.metrics import Metrics
 from runner.openai.protocol import APIError, ChatRequest, Defaults
 from runner.openai.queue import Job, ModelWorker, QueueFull
 
@@ -72,6 +74,18 @@ class ModelSlot:
         self.state = "loading"  # loading | ready | failed
         self.error: str | None = None
         self.created = oai.now_s()
+
+    @property
+    def batching(self):
+        """The model's batching engine (runner.engine.batching), None while loading or when it serves sequentially."""
+        return getattr(getattr(self.session, "loaded", None), "batching", None)
+
+    def gauges(self) -> dict:
+        engine = self.batching
+        if engine is not None:
+            stats = engine.stats()
+            return {**stats, "waiting": stats["waiting"] + self.worker.waiting}
+        return {"running": self.worker.running, "waiting": self.worker.waiting, "kv_cache_usage": 0.0, "num_blocks": 0}
 
 
 # ----- errors ------------------------------------------------------------------------------
@@ -190,6 +204,7 @@ def create_app(
     if not sources:
         raise ValueError("create_app needs at least one ModelSource")
     slots = [ModelSlot(source, settings.max_queue) for source in sources]
+    metrics = Metrics()
     by_name: dict[str, ModelSlot] = {}
     for slot in slots:
         for name in (slot.source.name, *slot.source.aliases):
@@ -201,6 +216,8 @@ def create_app(
             started = time.perf_counter()
             try:
                 slot.session = slot.source.load()
+                if slot.batching is not None:  # as many jobs at once as the batch has slots
+                    slot.worker.resize(slot.batching.admission.slots)
             except BaseException as exc:
                 slot.state, slot.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", slot.source.name, slot.error)
@@ -297,6 +314,7 @@ def create_app(
         try:
             slot.worker.submit(job)
         except QueueFull as exc:
+            metrics.rejected(slot.source.name)
             raise APIError(
                 429,
                 f"the server is busy: {exc}; retry shortly",
@@ -306,7 +324,7 @@ def create_app(
             ) from None
         deadline = loop.time() + settings.request_timeout_s if settings.request_timeout_s > 0 else None
         waiter = _EventWaiter(job, request, deadline)
-        meta = _ResponseMeta(request_id, slot.source.name, oai.now_s(), slot.source.fingerprint, arrived, info)
+        meta = _ResponseMeta(request_id, slot.source.name, oai.now_s(), slot.source.fingerprint, arrived, info, metrics)
         streaming = False
         try:
             first = await waiter.next()
@@ -352,6 +370,11 @@ def create_app(
     async def live(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
+    async def prometheus(request: Request) -> Response:
+        check_auth(request)
+        text = metrics.render({s.source.name: s.gauges() for s in slots})
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
+
     async def on_api_error(request: Request, exc: APIError) -> Response:
         info = request.scope.get("shardwise.log")
         if info is not None:
@@ -390,6 +413,7 @@ def create_app(
             Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/health/live", live, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ],
         exception_handlers={APIError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
@@ -462,6 +486,7 @@ class _ResponseMeta:
     fingerprint: str | None
     arrived_s: float
     info: dict
+    metrics: Metrics | None = None
 
 
 def _finish(waiter: _EventWaiter, slot: ModelSlot, job: Job) -> None:
@@ -484,6 +509,16 @@ def _record(
         info["ttft_ms"] = (first_token_s - meta.arrived_s) * 1000
     if job.started_s is not None:
         info["queue_ms"] = (job.started_s - job.submitted_s) * 1000
+    if meta.metrics is not None and completions:
+        meta.metrics.request_done(
+            meta.model,
+            prompt_tokens=completions[0].usage.prompt_tokens,
+            completion_tokens=info["completion_tokens"],
+            finish_reason=info.get("error") or oai.finish_reason(completions[-1]),
+            ttft_s=first_token_s - meta.arrived_s if first_token_s is not None else None,
+            e2e_s=time.perf_counter() - meta.arrived_s,
+            queue_s=job.started_s - job.submitted_s if job.started_s is not None else None,
+        )
 
 
 def _end_error(event: tuple) -> APIError:

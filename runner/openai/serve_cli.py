@@ -39,6 +39,7 @@ class ServeBlock:
     port: int = 8000
     api_key: Optional[str] = None
     max_queue: int = 8
+    batching: bool = True
     max_body_bytes: int = 1 << 20
     max_n: int = 8
     request_timeout_s: float = 600.0
@@ -216,7 +217,7 @@ def load_session(cfg, plan):
     loaded = load_with_fallbacks(plan, policy=policy, notice=log.warning)
     if loaded.plan is not plan:
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
-    return ChatSession(
+    session = ChatSession(
         loaded,
         defaults=sampling_defaults(cfg),
         plan=loaded.plan,
@@ -224,6 +225,14 @@ def load_session(cfg, plan):
         recovery=policy,
         on_notice=log.info,
     )
+    block = read_serve_block(cfg.get("serve"))
+    if block.batching:
+        from runner.engine.batching import attach
+
+        attach(loaded, loaded.plan.serving, max_waiting=block.max_queue, log=log.info)
+    else:
+        log.info("serving %s one request at a time: serve.batching=false", loaded.name)
+    return session
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
