@@ -463,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="batched vs sequential vs generate at 1-16 clients")
     parser.add_argument("--max-clients", type=int, default=16, help="--compare: largest client count (1, 4, 8, 16)")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="--compare: prompt length, tokens")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.compare:
         if not (1 <= args.max_clients <= 16 and 8 <= args.prompt_tokens <= 256 and 1 <= args.max_tokens <= 128):
             parser.error("keep it bounded: --max-clients 1-16, --prompt-tokens 8-256, --max-tokens 1-128")

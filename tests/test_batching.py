@@ -200,3 +200,28 @@ def test_plans_that_cannot_batch_are_served_sequentially(loaded, model_dir):
     assert "eager" in cannot_attach(loaded, replace(serving, attn_implementation="eager"))
     assert attach(loaded, None, log=lambda line: None) is None
     assert loaded.batching is None
+
+
+def test_python_api_submits_concurrently_into_one_batch(model_dir):
+    """OpenAIChat with a plan for 4 sessions batches calls from several threads; replies equal one-at-a-time ones."""
+    from runner.api import OpenAIChat
+
+    chat = OpenAIChat(
+        model_path=str(model_dir), use_cpu=True, overrides=["policy.sessions=4"], notice=lambda line: None
+    )
+    engine = chat.session.loaded.batching
+    try:
+        assert engine is not None and engine.admission.slots == 4
+        chat.session.loaded.batching = None
+        alone = [chat.completion([{"role": "user", "content": p}], max_tokens=16, temperature=0) for p in PROMPTS[:4]]
+        chat.session.loaded.batching = engine
+        together = _concurrently(
+            [
+                lambda p=p: chat.completion([{"role": "user", "content": p}], max_tokens=16, temperature=0)
+                for p in PROMPTS[:4]
+            ]
+        )
+        assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+        assert max(c.batch_size for c in together) > 1
+    finally:
+        engine.close()

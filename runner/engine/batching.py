@@ -338,8 +338,9 @@ def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] 
         loaded.batching = None
         log(f"serving {loaded.name} one request at a time: {reason}")
         return None
+    hint = " (plan policy.sessions=N or auto to batch concurrent requests)" if serving.max_concurrent == 1 else ""
     log(
-        f"serving {loaded.name} with continuous batching: {serving.max_concurrent} at once, {serving.num_blocks} "
-        f"blocks of {serving.page_size_tokens} tokens, {serving.max_batch_tokens} tokens per step"
+        f"serving {loaded.name} with continuous batching: {serving.max_concurrent} at once{hint}, "
+        f"{serving.num_blocks} blocks of {serving.page_size_tokens} tokens, {serving.max_batch_tokens} tokens per step"
     )
     return loaded.batching
