@@ -1,8 +1,8 @@
-"""Helpers shared by the benchmark scripts: find conf/, read profiles and tiers without Hydra.
+"""Helpers shared by the benchmark scripts: profiles, tiers and plans without Hydra.
 
-Everything here works with the standard library plus PyYAML (or, without PyYAML, the JSON
-export in benchmarks/data/profiles.json written by `gpu_memory_check.py --export`), so the GPU
-check can plan on a machine that has torch and transformers but neither Hydra nor OmegaConf.
+conf/ is read through planner.config.reader (OmegaConf), the one reader of conf/. A machine
+without OmegaConf (the lent GPU box may have torch and transformers only) reads the JSON export
+in benchmarks/data/profiles.json instead, written by `gpu_memory_check.py --export`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere finds `planner`
     sys.path.insert(0, str(REPO))
 
-CONF = REPO / "conf"
 EXPORT_PATH = REPO / "benchmarks" / "data" / "profiles.json"
 from planner.units import GIB  # noqa: E402  (after the sys.path line above)
 
@@ -30,75 +28,73 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def _yaml():
+def _have_omegaconf() -> bool:
     try:
-        import yaml
+        import omegaconf  # noqa: F401
     except ImportError:
-        return None
-    return yaml
+        return False
+    return True
 
 
-def read_yaml(path: Path) -> dict:
-    """One config file as a dict, its Hydra `defaults:` list dropped."""
-    yaml = _yaml()
-    if yaml is None:
-        raise RuntimeError(f"PyYAML is not installed, cannot read {path}: use the JSON export ({EXPORT_PATH})")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load(path.read_text(), Loader=loader) or {}
-    data.pop("defaults", None)
-    return data
+def read_option(group: str, name: str) -> dict:
+    """One option file of conf/<group>/ as a dict (planner.config.reader), its `defaults:` list dropped."""
+    if not _have_omegaconf():
+        raise RuntimeError(f"OmegaConf is not installed, cannot read conf/{group}/{name}: use {EXPORT_PATH}")
+    from planner.config.reader import read_option as read
+
+    return read(group, name)
 
 
 def model_profile_names() -> list[str]:
     """Every shipped model profile except `auto` (a chooser, not a model)."""
-    return sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem != "auto")
+    from planner.config.reader import profile_names
+
+    return [name for name in profile_names("model") if name != "auto"]
 
 
 def gpu_tier_names() -> list[str]:
     """Every hardware option whose kind is `tier` (named GPU kinds)."""
-    return sorted(p.stem for p in (CONF / "hardware").glob("*.yaml") if str(read_yaml(p).get("kind", "tier")) == "tier")
+    from planner.config.reader import profile_names
+
+    return [n for n in profile_names("hardware") if str(read_option("hardware", n).get("kind", "tier")) == "tier"]
+
+
+def _read_conf() -> dict:
+    return {
+        "policy": read_option("policy", "default"),
+        "generation": read_option("generation", "default"),
+        "models": {name: read_option("model", name) for name in model_profile_names()},
+        "hardware": {name: read_option("hardware", name) for name in gpu_tier_names()},
+    }
 
 
 def export_configs(path: Path = EXPORT_PATH) -> Path:
-    """Write profiles, GPU tiers, policy and generation defaults as one JSON file (read by Hydra-less machines)."""
+    """Write profiles, GPU tiers, policy and generation defaults as one JSON file (read by OmegaConf-less machines)."""
     data = {
         "note": "exported from conf/ by benchmarks/gpu_memory_check.py --export; regenerate after editing conf/",
-        "policy": read_yaml(CONF / "policy" / "default.yaml"),
-        "generation": read_yaml(CONF / "generation" / "default.yaml"),
-        "models": {name: read_yaml(CONF / "model" / f"{name}.yaml") for name in model_profile_names()},
-        "hardware": {name: read_yaml(CONF / "hardware" / f"{name}.yaml") for name in gpu_tier_names()},
+        **_read_conf(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def load_configs(prefer: str = "yaml", path: Path = EXPORT_PATH) -> tuple[dict, str]:
-    """(configs, where they came from): conf/ through PyYAML when present, else the JSON export."""
-    if prefer == "yaml" and _yaml() is not None and CONF.is_dir():
-        data = {
-            "policy": read_yaml(CONF / "policy" / "default.yaml"),
-            "generation": read_yaml(CONF / "generation" / "default.yaml"),
-            "models": {name: read_yaml(CONF / "model" / f"{name}.yaml") for name in model_profile_names()},
-            "hardware": {name: read_yaml(CONF / "hardware" / f"{name}.yaml") for name in gpu_tier_names()},
-        }
-        return data, f"{CONF} (PyYAML)"
+def load_configs(prefer: str = "repo", path: Path = EXPORT_PATH) -> tuple[dict, str]:
+    """(configs, where they came from): conf/ through planner.config when OmegaConf is here, else the JSON export."""
+    if prefer == "repo" and _have_omegaconf():
+        return _read_conf(), "the config tree, through planner.config.reader"
     if not path.is_file():
         raise SystemExit(
-            f"no PyYAML and no export at {path}: run `python benchmarks/gpu_memory_check.py --export` on a machine with the repo's venv"
+            f"no OmegaConf and no export at {path}: "
+            "run `python benchmarks/gpu_memory_check.py --export` on a machine with the repo's venv"
         )
     return json.loads(path.read_text()), str(path)
 
 
-def namespace(data):
-    """Nested dicts as attribute namespaces (what the planner reads from a composed config)."""
-    if isinstance(data, dict):
-        return SimpleNamespace(**{k: namespace(v) for k, v in data.items()})
-    return data
+def policy_from(configs: dict, **overrides):
+    """The typed Policy of the default policy (conf/policy/default.yaml) with overrides, parsed as the CLI does."""
+    from planner.config.request import policy_from_config
 
-
-def policy_namespace(configs: dict, **overrides):
-    """The default policy (conf/policy/default.yaml) with overrides, as the Planner reads it."""
     policy = dict(configs["policy"])
     policy["overhead"] = dict(policy.get("overhead") or {})
     for key, value in overrides.items():
@@ -106,7 +102,7 @@ def policy_namespace(configs: dict, **overrides):
             policy["overhead"][key.removeprefix("overhead__")] = value
         else:
             policy[key] = value
-    return namespace(policy)
+    return policy_from_config(policy)
 
 
 def model_spec(profile: dict):
@@ -136,12 +132,12 @@ def tier_hardware(configs: dict, tier: str, count: int = 1):
 def plan_without_hydra(
     configs: dict, model: str, hardware, policy_overrides: dict | None = None, fallbacks: bool = False
 ):
-    """A Plan through planner.planning.Planner with plain namespaces (no Hydra, no OmegaConf)."""
-    from planner.planning import Planner
+    """A Plan through planner.planning.plan_model with the typed Policy (no Hydra, no OmegaConf)."""
+    from planner.planning import plan_model
 
-    policy = policy_namespace(configs, **(policy_overrides or {}))
-    generation = namespace(configs["generation"])
-    return Planner(model_spec(configs["models"][model]), hardware, policy, generation, with_fallbacks=fallbacks).plan()
+    policy = policy_from(configs, **(policy_overrides or {}))
+    load_profile = (lambda name: model_spec(configs["models"][name])) if fallbacks else None
+    return plan_model(model_spec(configs["models"][model]), hardware, policy, load_profile=load_profile)
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:

@@ -6,7 +6,7 @@
     python benchmarks/gpu_memory_check.py                 # all single-GPU models, two contexts (~3-4 min)
 
 For each model profile that fits one GPU: the plan comes from planner internals without Hydra
-or OmegaConf (profiles read from conf/ with PyYAML, or from the JSON export when PyYAML is
+(profiles read from conf/ through planner.config, or from the JSON export when OmegaConf is
 missing; the hardware from planner.hardware.probe (NVML) before CUDA starts, else the tier whose name
 matches torch.cuda.get_device_name, else torch's own numbers), at a set context, one session.
 Then the model is built from its architecture with random weights directly on the GPU (no
@@ -73,7 +73,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--new-tokens", type=int, default=8, help="decode steps after the prefill")
     parser.add_argument("--tier", default="h100_80gb", help="tier for --dry-run on a machine without a GPU")
-    parser.add_argument("--profiles-json", action="store_true", help="read the JSON export even when PyYAML is present")
+    parser.add_argument(
+        "--profiles-json", action="store_true", help="read the JSON export even when OmegaConf is present"
+    )
     parser.add_argument(
         "--sdpa-kernels", help="diagnostic: comma-separated sdpa backends allowed (flash,efficient,cudnn,math)"
     )
@@ -286,23 +288,18 @@ def build_model(arch: dict, dtype: str, attn: str):
     return model.eval()
 
 
-def cache_kwarg(model) -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever this version takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
     """Prefill `prompt_tokens` random tokens (in chunks of `chunk`), then decode `new_tokens`; returns the cache."""
     import torch
     from transformers import DynamicCache
 
+    from runner.engine.generate import cache_keyword
+
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (1, prompt_tokens + 1), device=model.device)
     cache = DynamicCache(config=model.config)
     step = chunk or prompt_tokens
-    key = cache_kwarg(model)
+    key = cache_keyword(model)
     with torch.inference_mode():
         for start in range(0, prompt_tokens, step):
             piece = ids[:, start : min(start + step, prompt_tokens)]
@@ -527,7 +524,7 @@ def main(argv=None) -> int:
     if args.export:
         print(f"wrote {_common.export_configs()}")
         return 0
-    configs, source = _common.load_configs("json" if args.profiles_json else "yaml")
+    configs, source = _common.load_configs("json" if args.profiles_json else "repo")
     print(f"profiles from {source}")
     if args.dry_run:
         hw, where = hardware_for_run(configs, args.tier, want_gpu=False)

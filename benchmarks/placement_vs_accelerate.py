@@ -57,18 +57,33 @@ CASES = [
 
 
 def our_plan(model: str, tier: str, count: int, context: int):
-    """(plan, planner) through Hydra compose exactly as make_plan does; the planner keeps inv and cost."""
+    """(plan, inventory, cost model, hardware, policy) through Hydra compose exactly as make_plan does."""
     from planner.config.compose import compose
+    from planner.config.request import request_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.model.source import spec_from_config
-    from planner.planning import Planner
+    from planner.memory import CostModel
+    from planner.model.inventory import build_inventory
+    from planner.planning import plan_model
 
     cfg = compose(
         "plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"]
     )
     hw = resolve_hardware(cfg.hardware, name=tier)
-    planner = Planner(spec_from_config(cfg.model), hw, cfg.policy, cfg.generation)
-    return planner.plan(), planner, hw, cfg
+    request = request_from_config(cfg)
+    spec, policy = request.model, request.policy
+    plan = plan_model(spec, hw, policy)
+    inv = build_inventory(
+        spec.architecture,
+        dtype=plan.model.dtype,
+        quantization=spec.quantization,
+        keep_quantized=plan.model.quantization.kept,
+        checkpoint_dtype=spec.shipped_dtype,
+        model_dir=spec.model_dir,
+    )
+    cost = CostModel(
+        inv, plan.model.dtype, plan.kv_cache_dtype, plan.attn_implementation, policy.sessions, policy.overhead
+    )
+    return plan, inv, cost, hw, policy
 
 
 _META_CACHE: dict = {}
@@ -82,7 +97,7 @@ def meta_model(model: str, dtype: str):
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        arch = dict(_common.read_yaml(_common.CONF / "model" / f"{model}.yaml")["architecture"])
+        arch = dict(_common.read_option("model", model)["architecture"])
         arch.pop("quantization_config", None)
         config = AutoConfig.for_model(**arch)
         with init_empty_weights():
@@ -126,12 +141,10 @@ def accelerate_loads(model_obj, device_map: dict) -> dict:
 
 def compare(case) -> dict:
     model, tier, count, context = case
-    plan, planner, hw, cfg = our_plan(model, tier, count, context)
-    inv, cost = planner.inv, planner.cost
+    plan, inv, cost, hw, policy = our_plan(model, tier, count, context)
     from planner.kv import layer_kv_bytes
     from planner.memory import headroom
 
-    policy = cfg.policy
     usable = {
         d.id: max(d.free_bytes - headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib << 20), 0)
         for d in hw.devices

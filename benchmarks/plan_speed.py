@@ -57,13 +57,13 @@ def baseline_child(tier: str, count: int) -> None:
     from accelerate.utils import get_balanced_memory, infer_auto_device_map
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    profile = _common.read_yaml(_common.CONF / "model" / f"{COLD_MODEL}.yaml")
+    profile = _common.read_option("model", COLD_MODEL)
     arch = dict(profile["architecture"])
     arch.pop("quantization_config", None)  # from_config cannot build MXFP4-packed experts
     config = AutoConfig.for_model(**arch)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    tier_cfg = _common.read_yaml(_common.CONF / "hardware" / f"{tier}.yaml")
+    tier_cfg = _common.read_option("hardware", tier)
     per_gpu = int(tier_cfg["memory_mib"]) << 20
     max_memory = {i: per_gpu for i in range(count)}
     no_split = list(model._no_split_modules or [])
@@ -187,7 +187,10 @@ def sweep(profile_top: int) -> dict:
     print(
         f"\n(b) in-process sweep: {len(models)} profiles x {len(hardware) // len(COUNTS)} GPU tiers x counts {COUNTS}"
     )
-    print(f"setup (read {len(models)} profiles + tiers with PyYAML, resolve {len(hardware)} hardware): {setup_s:.3f} s")
+    print(
+        f"setup (read {len(models)} profiles + tiers through planner.config, resolve {len(hardware)} hardware): "
+        f"{setup_s:.3f} s"
+    )
     rows = []
     for label, fallbacks in (("planner only", False), ("with fallback chains (as the CLI)", True)):
         start = time.perf_counter()

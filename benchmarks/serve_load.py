@@ -229,21 +229,26 @@ def report(results: list[Result], health: HealthLog, wall_s: float, clients: int
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     tokens = sum(r.completion_tokens for r in done)
     print(
-        f"clients {clients}, requests {len(results)}, complete and identical to reference {len(done)}, errors {len(errors)} (mixed {sum(r.mixed for r in results)})"
+        f"clients {clients}, requests {len(results)}, complete and identical to reference {len(done)}, "
+        f"errors {len(errors)} (mixed {sum(r.mixed for r in results)})"
     )
     print(
-        f"latency s: p50 {percentile(latencies, 0.5):.3f}  p95 {percentile(latencies, 0.95):.3f}  max {max(latencies, default=float('nan')):.3f}"
+        f"latency s: p50 {percentile(latencies, 0.5):.3f}  p95 {percentile(latencies, 0.95):.3f}  "
+        f"max {max(latencies, default=float('nan')):.3f}"
     )
     print(
-        f"time to first token s (queue wait included): p50 {percentile(ttfts, 0.5):.3f}  p95 {percentile(ttfts, 0.95):.3f}"
+        f"time to first token s (queue wait included): p50 {percentile(ttfts, 0.5):.3f}  "
+        f"p95 {percentile(ttfts, 0.95):.3f}"
     )
     print(
-        f"throughput: {tokens} completion tokens in {wall_s:.2f} s = {tokens / wall_s:.1f} tokens/s, {len(done) / wall_s:.2f} requests/s"
+        f"throughput: {tokens} completion tokens in {wall_s:.2f} s = {tokens / wall_s:.1f} tokens/s, "
+        f"{len(done) / wall_s:.2f} requests/s"
     )
     if reference_s is not None:
         print(f"sequential reference through the session directly: {reference_s:.2f} s")
     print(
-        f"/health during the load: {health.answered} answered 200, {health.failed} failed, slowest {health.slowest_s * 1000:.0f} ms"
+        f"/health during the load: {health.answered} answered 200, {health.failed} failed, "
+        f"slowest {health.slowest_s * 1000:.0f} ms"
     )
     for r in errors[:5]:
         print(f"  request {r.index}: {r.problem}")

@@ -156,7 +156,8 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
     if requested == "flash_attention_2" and on_gpu and _gpu_cc_summary(hw)[0] < (8, 0):
         cc, name = _gpu_cc_summary(hw)
         raise ShardwiseError(
-            f"flash_attention_2 needs compute capability >= 8.0, {name} has {cc[0]}.{cc[1]}: use policy.attn_implementation=sdpa or auto"
+            f"flash_attention_2 needs compute capability >= 8.0, {name} has {cc[0]}.{cc[1]}: use "
+            "policy.attn_implementation=sdpa or auto"
         )
     if requested == "flash_attention_2" and not on_gpu:
         raise ShardwiseError(
@@ -164,7 +165,8 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
         )
     if requested == "sdpa" and model_type in EAGER_ONLY:
         raise ShardwiseError(
-            f"{model_type} does not support sdpa attention in transformers: use policy.attn_implementation=eager or auto"
+            f"{model_type} does not support sdpa attention in transformers: use policy.attn_implementation=eager or "
+            "auto"
         )
     if requested != "auto":
         return Choice(requested, f"policy.attn_implementation={requested}")
@@ -177,11 +179,40 @@ def decide_attention(requested: str, model_type: str, hw: Hardware, quant_kept: 
     ):
         return Choice(
             FLASH_ATTN3_HUB,
-            "gpt-oss on Hopper or newer with the kernels package: FlashAttention-3 kernel (with sinks), no T x T scores",
+            "gpt-oss on Hopper or newer with the kernels package: FlashAttention-3 kernel (with sinks), no T x T "
+            "scores",
         )
     if model_type in EAGER_ONLY:
         return Choice(
             "eager",
-            f"{model_type} has no sdpa support in transformers: eager attention, which materializes heads x T x T scores",
+            f"{model_type} has no sdpa support in transformers: eager attention, which materializes heads x T x T "
+            "scores",
         )
     return Choice("sdpa", "sdpa (transformers' default): no T x T score matrix in memory")
+
+
+@dataclass(frozen=True)
+class Formats:
+    """The formats every size is computed in: compute dtype, quantization kept or not, KV dtype, attention."""
+
+    dtype: str
+    quant_kept: bool
+    quant_reason: str
+    kv_dtype: str
+    attn: str
+
+
+def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
+    """Decide dtype, quantization, KV dtype and attention for `spec` on `hw`, recording each in `notes`."""
+    dtype = decide_dtype(policy.dtype, spec.shipped_dtype, hw)
+    notes.decide("dtype", dtype.value, dtype.reason)
+    kept, quant_reason = decide_quantization(spec.quantization, policy.quantization, hw, dtype.value)
+    if spec.quantization:
+        notes.decide("quantization", f"{spec.quantization} {'kept' if kept else 'dequantized'}", quant_reason)
+        if not kept:
+            notes.warn(f"{spec.quantization} weights are dequantized to {dtype.value}: {quant_reason}")
+    kv = decide_kv_dtype(policy.kv_cache_dtype, dtype.value)
+    notes.decide("kv_cache_dtype", kv.value, kv.reason)
+    attn = decide_attention(policy.attn_implementation, spec.architecture.get("model_type", ""), hw, kept)
+    notes.decide("attn_implementation", attn.value, attn.reason)
+    return Formats(dtype.value, kept, quant_reason, kv.value, attn.value)

@@ -6,58 +6,29 @@ shown only when the plan with that change applied fits, with what it would give.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
+from planner.decisions import Formats, mxfp4_blocked_by_hardware
 from planner.hardware.devices import Hardware
+from planner.model.inventory import Inventory
+from planner.model.source import ModelSpec
+from planner.plan import Plan
+from planner.policy import Policy
+from planner.units import GIB
 
-
-class PolicyOverride:
-    """A policy with some fields replaced; everything else is read from the base policy."""
-
-    def __init__(self, base, **changes):
-        self._base, self._changes = base, changes
-
-    def __getattr__(self, name):
-        if name in self._changes:
-            return self._changes[name]
-        return getattr(self._base, name)
-
-
-def _value(setting) -> str:
-    return str(getattr(setting, "value", setting))
-
-
-def _replan(planner, policy=None, hardware: Hardware | None = None):
-    from planner.planning import Planner
-
-    sub = Planner(
-        planner.spec,
-        hardware or planner.hw,
-        policy or planner.policy,
-        planner.generation,
-        with_fallbacks=False,
-        explain=False,
-    )
-    try:
-        return sub.plan()
-    except Exception as exc:  # a change that makes the config invalid is no fix
-        from planner.errors import ShardwiseError
-
-        if isinstance(exc, ShardwiseError):
-            return None
-        raise
+Replan = Callable[..., Plan | None]  # (policy=None, hardware=None) -> the plan with that change, None if invalid
 
 
 def _fits(plan) -> bool:
     return plan is not None and plan.fits
 
 
-def _more_gpus(planner, quick_policy, limit: int = 64):
+def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Replan, limit: int = 64):
     """The fewest GPUs like this machine's roomiest one that fit, as (count, plan, that GPU).
 
     The search checks fits at one context (quick_policy); the count found is then planned in full.
     """
-    hw = planner.hw
     if not hw.devices or hw.nodes > 1:
         return None
     best = max(hw.devices, key=lambda d: (d.free_bytes, -d.id))
@@ -65,7 +36,7 @@ def _more_gpus(planner, quick_policy, limit: int = 64):
     def on(count: int, policy=quick_policy):
         devices = tuple(replace(best, id=i, uuid="", pci_bus_id="", processes=()) for i in range(count))
         pairs = tuple((i, j) for i in range(count) for j in range(i + 1, count)) if hw.interconnect == "nvlink" else ()
-        return _replan(planner, policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs))
+        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs))
 
     low, high, found = len(hw.devices), len(hw.devices) + 1, None
     while high <= limit:
@@ -82,7 +53,7 @@ def _more_gpus(planner, quick_policy, limit: int = 64):
             high, found = mid, attempt
         else:
             low = mid
-    return high, on(high, planner.policy), best
+    return high, on(high, policy), best
 
 
 def _fix(text: str, *overrides: str) -> dict:
@@ -90,19 +61,16 @@ def _fix(text: str, *overrides: str) -> dict:
     return {"text": text, "overrides": list(overrides)}
 
 
-def what_would_fit(planner) -> list[dict]:
-    policy, hw = planner.policy, planner.hw
+def what_would_fit(
+    spec: ModelSpec, hw: Hardware, policy: Policy, formats: Formats, inv: Inventory, replan: Replan
+) -> list[dict]:
+    """The changes that make this does-not-fit plan fit, each re-planned through `replan` first."""
     fixes = []
-    context_setting = _value(policy.context_tokens)
     # fit checks at one context are much cheaper than finding the largest one
-    probe_context = (
-        context_setting
-        if context_setting != "auto"
-        else str(min(int(policy.min_context_tokens), planner.inv.max_context_tokens))
-    )
-    quick = PolicyOverride(policy, context_tokens=probe_context)
-    if context_setting != "auto":
-        shorter = _replan(planner, PolicyOverride(policy, context_tokens="auto"))
+    probe_context = policy.context_tokens or min(policy.min_context_tokens, inv.max_context_tokens)
+    quick = replace(policy, context_tokens=probe_context)
+    if policy.context_tokens is not None:
+        shorter = replan(replace(policy, context_tokens=None))
         if _fits(shorter):
             n = shorter.limits.context_tokens
             fixes.append(
@@ -111,40 +79,37 @@ def what_would_fit(planner) -> list[dict]:
                     f"policy.context_tokens={n}",
                 )
             )
-    sessions = int(policy.sessions)
+    sessions = policy.sessions
     if sessions > 1:
-        fewer = next(
-            (n for n in range(sessions - 1, 0, -1) if _fits(_replan(planner, PolicyOverride(policy, sessions=n)))), None
-        )
+        fewer = next((n for n in range(sessions - 1, 0, -1) if _fits(replan(replace(policy, sessions=n)))), None)
         if fewer:
             fixes.append(_fix(f"fewer concurrent sessions: policy.sessions={fewer}", f"policy.sessions={fewer}"))
-    if planner.dtype == "float32":
+    if formats.dtype == "float32":
         lower = "bfloat16" if (not hw.devices or all(d.supports_bf16 for d in hw.devices)) else "float16"
-        halved = _replan(planner, PolicyOverride(policy, dtype=lower))
+        halved = replan(replace(policy, dtype=lower))
         if _fits(halved):
             fixes.append(
                 _fix(
-                    f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of context)",
+                    f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of "
+                    "context)",
                     f"policy.dtype={lower}",
                 )
             )
-    if planner.spec.quantization and not planner.quant_kept:
-        from planner.decisions import mxfp4_blocked_by_hardware
-
+    if spec.quantization and not formats.quant_kept:
         if not mxfp4_blocked_by_hardware(hw):
             ready = replace(hw, installed={**hw.installed, "triton": "3.5.0", "kernels": "0.18.2"})
-            kept = _replan(planner, PolicyOverride(policy, quantization="auto"), hardware=ready)
+            kept = replan(replace(policy, quantization="auto"), hardware=ready)
             if _fits(kept):
-                again = ["policy.quantization=auto"] if _value(policy.quantization) == "none" else []
+                again = ["policy.quantization=auto"] if policy.quantization == "none" else []
                 fixes.append(
                     _fix(
-                        f"keep {planner.spec.quantization} ({kept.model.weight_bytes / (1 << 30):.1f} GiB of weights instead of "
-                        f"{planner.inv.weight_bytes / (1 << 30):.1f}): pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19'"
+                        f"keep {spec.quantization} ({kept.model.weight_bytes / GIB:.1f} GiB of weights instead of "
+                        f"{inv.weight_bytes / GIB:.1f}): pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19'"
                         + (" and policy.quantization=auto" if again else ""),
                         *again,
                     )
                 )
-    more = _more_gpus(planner, quick)
+    more = _more_gpus(hw, policy, quick, replan)
     if more:
         count, plan, like = more
         how = (
@@ -160,14 +125,14 @@ def what_would_fit(planner) -> list[dict]:
         )
     if hw.devices and not (policy.allow_cpu_offload and policy.allow_disk_offload):
         for changes in ({"allow_cpu_offload": True}, {"allow_cpu_offload": True, "allow_disk_offload": True}):
-            offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, **changes))
+            offloaded = replan(replace(policy, context_tokens=probe_context, **changes))
             if _fits(offloaded):
                 slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
                 knobs = [f"policy.{k}=true" for k in changes]
                 fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
                 break
     elif not hw.devices and not policy.allow_disk_offload:
-        offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, allow_disk_offload=True))
+        offloaded = replan(replace(policy, context_tokens=probe_context, allow_disk_offload=True))
         if _fits(offloaded):
             slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
             fixes.append(

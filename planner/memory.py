@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planner.errors import ShardwiseError
 from planner.hardware.devices import Device
 from planner.kv import layer_kv_bytes
 from planner.model.inventory import DTYPE_BYTES, Inventory, LayerSpec
@@ -28,19 +29,18 @@ INDEX_BYTES = 8  # int64 routing masks in the MoE expert loops
 
 @dataclass(frozen=True)
 class Overheads:
-    cuda_context_bytes: int
-    workspace_bytes: int
-    fragmentation_fraction: float
-    cpu_runtime_bytes: int
+    """Runtime memory outside weights, KV cache and activations (policy.overhead, in bytes)."""
 
-    @classmethod
-    def from_config(cls, cfg) -> Overheads:
-        return cls(
-            cuda_context_bytes=int(cfg.cuda_context_mib) * MIB,
-            workspace_bytes=int(cfg.workspace_mib) * MIB,
-            fragmentation_fraction=float(cfg.fragmentation_fraction),
-            cpu_runtime_bytes=int(cfg.cpu_runtime_mib) * MIB,
-        )
+    cuda_context_bytes: int = 500 * MIB
+    workspace_bytes: int = 256 * MIB
+    fragmentation_fraction: float = 0.03
+    cpu_runtime_bytes: int = 1024 * MIB
+
+    def __post_init__(self) -> None:
+        if self.fragmentation_fraction < 0:
+            raise ShardwiseError(f"policy.overhead.fragmentation_fraction={self.fragmentation_fraction} must be >= 0")
+        if min(self.cuda_context_bytes, self.workspace_bytes, self.cpu_runtime_bytes) < 0:
+            raise ShardwiseError("policy.overhead sizes must be >= 0: set each *_mib to 0 or more")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from planner.hardware.devices import Device
 from planner.memory import CostModel
 from planner.model.inventory import Inventory, ModuleEntry
+from planner.plan import DeviceBudget
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
 REPAIR_MOVES = 3  # boundary layers moved at most when a proportional split overflows a device
@@ -35,22 +36,6 @@ class Slot:
     executes: bool = True  # False for host RAM / disk holding offloaded weights that run on the first device
 
 
-@dataclass
-class Priced:
-    key: object
-    weights: int
-    kv: int
-    activations: int
-    overhead: int
-    planned: int
-    usable: int
-    free: int
-
-    @property
-    def fits(self) -> bool:
-        return self.planned <= self.usable
-
-
 def split_modules(inv: Inventory) -> tuple[list[ModuleEntry], list[ModuleEntry], list[ModuleEntry]]:
     """(modules before the first layer, layer modules, modules after the last layer)."""
     layer_positions = [i for i, m in enumerate(inv.modules) if m.kind == "layer"]
@@ -58,7 +43,8 @@ def split_modules(inv: Inventory) -> tuple[list[ModuleEntry], list[ModuleEntry],
     return list(inv.modules[:first]), list(inv.modules[first : last + 1]), list(inv.modules[last + 1 :])
 
 
-def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> Priced:
+def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> DeviceBudget:
+    """The slot's memory terms at (context, chunk): the plan's budget row for its device."""
     shard = slot.shard
     if shard == 1:
         weights = sum(m.bytes for m in slot.modules)
@@ -75,10 +61,22 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> Priced:
     overhead = cost.overhead(slot.device, tensors)
     if slot.key == "disk":
         overhead = 0
-    return Priced(slot.key, weights, kv, activations, overhead, tensors + overhead, slot.usable, slot.free)
+    planned = tensors + overhead
+    return DeviceBudget(
+        device=str(slot.key),
+        weights=weights,
+        kv_cache=kv,
+        activations=activations,
+        overhead=overhead,
+        planned=planned,
+        usable=slot.usable,
+        free_after=slot.usable - planned if slot.key != "disk" else 0,
+        node=slot.device.node if slot.device is not None else 0,
+        layers=(min(slot.layer_ids), max(slot.layer_ids)) if slot.layer_ids else (),
+    )
 
 
-def evaluate(slots: list[Slot], cost: CostModel, context: int, chunk: int) -> list[Priced]:
+def evaluate(slots: list[Slot], cost: CostModel, context: int, chunk: int) -> list[DeviceBudget]:
     return [price(s, cost, context, chunk) for s in slots]
 
 
@@ -193,7 +191,7 @@ def _room(slot: Slot, cost: CostModel, context: int, chunk: int) -> int:
     layer_act = cost.activations([cost.inv.layers[0]], False, chunk, context, slot.shard)
     frac = cost.overheads.fragmentation_fraction if slot.device is not None else 0.0
     fixed = cost.gpu_fixed_overhead() if slot.device is not None else cost.overheads.cpu_runtime_bytes
-    room = int((slot.usable - fixed) / (1 + frac)) - (edge.weights + edge.kv + edge.activations) - layer_act
+    room = int((slot.usable - fixed) / (1 + frac)) - (edge.weights + edge.kv_cache + edge.activations) - layer_act
     return max(room, 0)
 
 
@@ -256,7 +254,10 @@ def _fill_in_order(
 
 
 def _spill(tail, host: tuple | None, disk: tuple | None, cost: CostModel, context: int, chunk: int) -> list[Slot]:
-    """Offloaded layers into host RAM while it has room, the rest on disk (or over the host's budget when disk is not allowed)."""
+    """Offloaded layers into host RAM while it has room, the rest on disk.
+
+    Without disk, the rest goes over the host's budget (and the plan does not fit).
+    """
     if not tail:
         return []
     places = [entry for entry in (host, disk) if entry is not None]

@@ -51,6 +51,10 @@ class DeviceBudget:
     node: int = 0
     layers: tuple = ()  # (first, last) layer indices placed here, () when none
 
+    @property
+    def fits(self) -> bool:
+        return self.planned <= self.usable
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -87,6 +91,20 @@ class Decision:
     what: str
     value: str
     reason: str
+
+
+@dataclass
+class Notes:
+    """The decisions and warnings of one planning run, in the order they were made."""
+
+    decisions: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    def decide(self, what: str, value, reason: str) -> None:
+        self.decisions.append(Decision(what, str(value), reason))
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ def save_to(plan, path: Path) -> Path:
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     as_json = flag(cfg, "json")
     out = out_path(cfg.get("out"))

@@ -57,7 +57,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         names[gpu["name"]] = names.get(gpu["name"], 0) + 1
     hw_text = " + ".join(f"{count} x {name}" for name, count in names.items()) if gpus else "CPU only"
     console.print(
-        f"hardware: {hw.get('source')} ({hw_text}, {hw.get('nodes', 1)} node(s), host RAM {_gib(hw.get('host_ram_bytes', 0))} GiB), fingerprint {hw.get('fingerprint')}"
+        f"hardware: {hw.get('source')} ({hw_text}, {hw.get('nodes', 1)} node(s), host RAM "
+        f"{_gib(hw.get('host_ram_bytes', 0))} GiB), fingerprint {hw.get('fingerprint')}"
     )
     shape = plan.strategy + (
         f" tp={plan.tp_size} pp={plan.pp_size} nodes={plan.nodes}" if plan.strategy == "tensor_parallel" else ""
@@ -99,8 +100,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print()
     chunk = f", prefill in chunks of {lim.prefill_chunk_tokens}" if lim.prefill_chunk_tokens else ""
     console.print(
-        f"limits: context {lim.context_tokens:,} tokens x {lim.sessions} session(s), max new tokens {lim.max_new_tokens:,}, "
-        f"KV {lim.kv_bytes_per_token:,} B/token{chunk}"
+        f"limits: context {lim.context_tokens:,} tokens x {lim.sessions} session(s), max new tokens "
+        f"{lim.max_new_tokens:,}, KV {lim.kv_bytes_per_token:,} B/token{chunk}"
     )
     console.print()
     decisions = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -121,7 +122,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         if plan_path:
             command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
         console.print(
-            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: {command}"
+            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: "
+            f"{command}"
         )
     else:
         b = plan.binding

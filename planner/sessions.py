@@ -9,6 +9,8 @@ default `max_num_seqs`), and names the device and term that one more session wou
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from planner.errors import ShardwiseError
 
 MAX_AUTO_SESSIONS = 256
@@ -37,32 +39,23 @@ def serving_fits(plan) -> bool:
     return serving.footprint_bytes - planned <= sum(max(0, b.free_after) for b in plan.budget)
 
 
-def plan_auto_sessions(planner):
-    """The full plan for the most sessions that fit at the context one session gets."""
-    from planner.fixes import PolicyOverride
-    from planner.planning import Planner
-
-    def sub(sessions: int, context: str, full: bool = False):
-        policy = PolicyOverride(planner.policy, sessions=sessions, context_tokens=context)
-        return Planner(
-            planner.spec,
-            planner.hw,
-            policy,
-            planner.generation,
-            with_fallbacks=planner.with_fallbacks and full,
-            cap_context=planner.cap_context,
-            explain=planner.explain and full,
-        )
-
-    one = sub(1, str(planner.policy.context_tokens), full=True)
-    first = one.plan()
+def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
+    """The full plan for the most sessions that fit at the context one session gets (`plan_model` plans one)."""
+    quiet = {**kwargs, "load_profile": None, "explain": False}
+    first = plan_model(spec, hw, replace(policy, sessions=1), **kwargs)
     if not first.fits:
         return first
-    context = str(first.limits.context_tokens)
+    context = first.limits.context_tokens
+
+    def attempt(n: int, **options):
+        return plan_model(spec, hw, replace(policy, sessions=n, context_tokens=context), **options)
 
     def fits(n: int) -> bool:
-        plan = sub(n, context).plan()
-        return plan.fits and serving_fits(plan)
+        try:
+            found = attempt(n, **quiet)
+        except ShardwiseError:
+            return False
+        return found.fits and serving_fits(found)
 
     low, high = 1, 2
     while high <= MAX_AUTO_SESSIONS and fits(high):
@@ -74,13 +67,14 @@ def plan_auto_sessions(planner):
     if low >= MAX_AUTO_SESSIONS:
         why = f"capped at {MAX_AUTO_SESSIONS} (vLLM's default max_num_seqs); memory allows more"
     else:
-        over = sub(low + 1, context).plan()
+        over = attempt(low + 1, **quiet)
         if over.fits:
             why = f"{low + 1} would overflow the headroom with continuous batching's buffers (batch buffers bind)"
         else:
             where = over.binding.get("device", "?")
             where = where if where in ("cpu", "disk") else f"GPU {where}"
             why = f"{low + 1} would overflow {where} ({over.binding.get('term', 'memory')} binds)"
-    final = sub(low, context, full=True)
-    final.sessions_reason = f"policy.sessions=auto: the most sequences of {context} tokens that fit; {why}"
-    return final.plan()
+    final = attempt(low, **kwargs)
+    reason = f"policy.sessions=auto: the most sequences of {context} tokens that fit; {why}"
+    decisions = tuple(replace(d, reason=reason) if d.what == "sessions" else d for d in final.decisions)
+    return replace(final, decisions=decisions)

@@ -13,17 +13,15 @@ it does not fit, the plan's fallback chain (smaller model, then CPU) is walked, 
 
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from planner.errors import ShardwiseError
-from runner.engine.types import Completion, SamplingParams
+from runner.engine.sampling import SamplingParams
+from runner.engine.types import Completion
+from runner.openai.protocol import APIError, Response, parse_messages
 
 _UNSET = object()
 
@@ -32,59 +30,10 @@ def _notice(line: str) -> None:
     print(f"shardwise: {line}", file=sys.stderr, flush=True)
 
 
-# (field, check, what it must be, an example): the ranges of OpenAI's chat completions API.
-_SAMPLING_RULES = (
-    ("max_tokens", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "256"),
-    ("temperature", lambda v: _is_real(v) and 0 <= v <= 2, "a number from 0 (greedy) to 2", "0.7"),
-    ("top_p", lambda v: _is_real(v) and 0 < v <= 1, "a number above 0 and at most 1", "1.0"),
-    ("presence_penalty", lambda v: _is_real(v) and -2 <= v <= 2, "a number from -2 to 2", "0"),
-    ("frequency_penalty", lambda v: _is_real(v) and -2 <= v <= 2, "a number from -2 to 2", "0"),
-    ("seed", lambda v: v is None or (_is_int(v) and -(2**63) <= v < 2**63), "null or a 64-bit integer", "1234"),
-    (
-        "stop",
-        lambda v: isinstance(v, list) and all(isinstance(s, str) and s for s in v),
-        "a list of non-empty strings",
-        "[END]",
-    ),
-)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_sampling(params: SamplingParams, prefix: str = "") -> SamplingParams:
-    """`params` as plain ints and floats when generation can use every value, else a one-line ShardwiseError.
-
-    The error names `prefix + field`: the CLI passes prefix="generation." so the message names the
-    override to fix; the API and the REPL pass "". The server checks requests itself (runner.openai.protocol).
-    """
-    for name, ok, must_be, example in _SAMPLING_RULES:
-        value = getattr(params, name)
-        if not ok(value):
-            raise ShardwiseError(f"{prefix}{name}={value!r} must be {must_be}: use e.g. {prefix}{name}={example}")
-    return replace(
-        params,
-        max_tokens=int(params.max_tokens),
-        temperature=float(params.temperature),
-        top_p=float(params.top_p),
-        seed=None if params.seed is None else int(params.seed),
-        stop=list(params.stop),
-        presence_penalty=float(params.presence_penalty),
-        frequency_penalty=float(params.frequency_penalty),
-    )
-
-
 def checked_messages(messages) -> list[dict]:
-    """Chat messages checked the way the server checks them (roles, text content); a one-line ShardwiseError otherwise."""
-    from runner.openai.protocol import APIError, _messages
-
+    """Chat messages checked as the server checks them (roles, text content); else a one-line ShardwiseError."""
     try:
-        return _messages(list(messages) if isinstance(messages, tuple) else messages)
+        return parse_messages(list(messages) if isinstance(messages, tuple) else messages)
     except APIError as exc:
         raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
 
@@ -125,8 +74,6 @@ def parse_max_memory(max_memory: dict | None) -> dict:
 
 def apply_max_memory(plan, caps: dict):
     """The plan marked as not fitting when it plans more than a cap on some device."""
-    from dataclasses import replace
-
     for budget in plan.budget:
         cap = caps.get(str(budget.device))
         if cap is not None and budget.planned > cap:
@@ -172,22 +119,8 @@ def fix_texts(binding: dict | None) -> list[str]:
     return [str(f.get("text", f)) if isinstance(f, dict) else str(f) for f in (binding or {}).get("fixes", [])]
 
 
-def sampling_defaults(generation) -> SamplingParams:
-    """The `generation` config node as checked SamplingParams (a bad value is one line naming its override)."""
-    return check_sampling(
-        SamplingParams(
-            max_tokens=generation.max_tokens,
-            temperature=generation.temperature,
-            top_p=generation.top_p,
-            seed=generation.seed,
-            stop=list(generation.stop or []),
-        ),
-        prefix="generation.",
-    )
-
-
 def _make_plan(**kwargs):
-    """planner.config.compose.make_plan, with what Hydra refuses in `overrides` turned into a one-line ShardwiseError."""
+    """planner.config.compose.make_plan; what Hydra refuses in `overrides` becomes a one-line ShardwiseError."""
     from planner.config.app import composition_error
     from planner.config.compose import make_plan
 
@@ -225,11 +158,11 @@ class OpenAIChat:
         from runner.engine.session import ChatSession
 
         if defaults is not None:
-            defaults = check_sampling(defaults)
+            defaults = defaults.checked()
         elif any(o.lstrip("+~").startswith("generation.") for o in overrides):
             from planner.config.compose import compose
 
-            defaults = sampling_defaults(compose("plan", list(overrides)).generation)
+            defaults = SamplingParams.from_generation(compose("plan", list(overrides)).generation)
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
@@ -270,17 +203,15 @@ class OpenAIChat:
             stop = [stop]
         pick = lambda value, default: default if value is _UNSET or value is None else value  # noqa: E731
         stops = pick(stop, base.stop)
-        return check_sampling(
-            SamplingParams(
-                max_tokens=pick(max_tokens, base.max_tokens),
-                temperature=pick(temperature, base.temperature),
-                top_p=pick(top_p, base.top_p),
-                seed=pick(seed, base.seed),
-                stop=list(stops) if isinstance(stops, (list, tuple)) else stops,
-                presence_penalty=pick(presence_penalty, base.presence_penalty),
-                frequency_penalty=pick(frequency_penalty, base.frequency_penalty),
-            )
-        )
+        return SamplingParams(
+            max_tokens=pick(max_tokens, base.max_tokens),
+            temperature=pick(temperature, base.temperature),
+            top_p=pick(top_p, base.top_p),
+            seed=pick(seed, base.seed),
+            stop=list(stops) if isinstance(stops, (list, tuple)) else stops,
+            presence_penalty=pick(presence_penalty, base.presence_penalty),
+            frequency_penalty=pick(frequency_penalty, base.frequency_penalty),
+        ).checked()
 
     def completion(
         self,
@@ -303,7 +234,7 @@ class OpenAIChat:
 
     def create(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> dict:
         """The full OpenAI `chat.completion` object as a dict."""
-        return completion_dict(self.completion(messages, max_tokens=max_tokens, **sampling), self.model_name)
+        return Response(self.model_name).completion([self.completion(messages, max_tokens=max_tokens, **sampling)])
 
     def stream(
         self, messages: list[dict], max_tokens=_UNSET, *, include_usage: bool = False, **sampling
@@ -321,79 +252,15 @@ class OpenAIChat:
             ),
         )
         messages = checked_messages(messages)
-        return _chunks(
-            lambda: self.session.stream(messages, params, cancel=threading.Event()), self.model_name, include_usage
-        )
+        return _chunks(self.session, messages, params, Response(self.model_name, include_usage=include_usage))
 
     def clear_memory(self) -> None:
         self.session.clear_memory()
 
 
-def _new_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
-
-
-def _usage_dict(completion: Completion) -> dict:
-    usage = completion.usage
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def completion_dict(completion: Completion, model: str) -> dict:
-    return {
-        "id": _new_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": openai_finish_reason(completion.finish_reason),
-            }
-        ],
-        "usage": _usage_dict(completion),
-    }
-
-
-def openai_finish_reason(reason: str) -> str:
-    """OpenAI knows stop and length: a reply cancelled by its caller ended early, as at a stop."""
-    return "length" if reason == "length" else "stop"
-
-
-def _chunks(start_stream, model: str, include_usage: bool) -> Iterator[dict]:
-    ident, created = _new_id(), int(time.time())
-
-    def chunk(delta: dict, finish_reason=None) -> dict:
-        return {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-
-    text_stream = start_stream()
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        for delta in text_stream:
-            yield chunk({"content": delta})
-        completion = text_stream.completion
-        yield chunk({}, openai_finish_reason(completion.finish_reason))
-        if include_usage:
-            yield {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage_dict(completion),
-            }
-    finally:
-        text_stream.close()
+def _chunks(session, messages: list[dict], params: SamplingParams, response) -> Iterator[dict]:
+    """Generation starts at the first chunk asked for (a generator), and stops when the iterator is closed."""
+    yield from response.stream(session.stream(messages, params, cancel=threading.Event()))
 
 
 _CACHE: dict[tuple, OpenAIChat] = {}

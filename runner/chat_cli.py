@@ -40,18 +40,11 @@ def build_plan(cfg):
         if Path(source).exists():
             return make_plan(model_path=source, hardware="auto")
         return make_plan(model=plan.model.name, hardware="auto")
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     hardware = resolve_hardware(cfg.hardware, name=HydraConfig.get().runtime.choices.get("hardware"))
     return plan_from_config(cfg, hardware)
-
-
-def sampling_defaults(cfg):
-    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
-    from runner.api import sampling_defaults as from_generation
-
-    return from_generation(cfg.generation)
 
 
 def max_memory_caps(cfg) -> dict:
@@ -102,11 +95,12 @@ def task(cfg):
     from runner.api import plan_that_fits
     from runner.engine.loader import set_runtime_env
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
     from runner.engine.telemetry import Telemetry
 
     # Everything the user typed is checked before the (slow) model load.
-    defaults = sampling_defaults(cfg)
+    defaults = SamplingParams.from_generation(cfg.generation)
     caps = max_memory_caps(cfg)
     stream, metrics_on = flag(cfg, "stream"), flag(cfg, "metrics")
     flag(cfg, "replan")

@@ -58,8 +58,62 @@ def usage() -> str:
         "  shardwise plan model=gpt-oss-120b hardware=h100_80gb",
         "  shardwise plan -m model=gpt2,gpt-oss-20b hardware=t4,a100_80gb",
         "  shardwise <verb> --help",
+        "",
+        "options: -V/--version; --shell-completion install=bash|zsh (tab completion of verbs, groups and keys)",
     ]
     return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("shardwise")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+# Tab completion: the shell asks `shardwise -sc query=SHELL` with the line typed so far in COMP_LINE; the
+# verb word is completed here, everything after it by that verb's Hydra app (groups, options, keys).
+_COMPLETION_SCRIPT = """_shardwise_complete()
+{
+    local choices
+    choices=$(COMP_LINE="$COMP_LINE" COMP_POINT="$COMP_POINT" shardwise --shell-completion query=bash 2>/dev/null)
+    COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "${COMP_WORDS[COMP_CWORD]}"))
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+complete -o nospace -o default -F _shardwise_complete shardwise
+"""
+
+
+def shell_completion(request: str) -> None:
+    """`install=bash|zsh` prints the script to eval; `query=bash|zsh` prints the candidates for COMP_LINE."""
+    import os
+
+    action, _, shell = request.partition("=")
+    if action not in ("install", "uninstall", "query") or shell not in ("bash", "zsh"):
+        print(f"shardwise: error: --shell-completion {request!r}: use install=bash or install=zsh", file=sys.stderr)
+        raise SystemExit(2)
+    if action == "install":
+        prefix = "autoload -U +X bashcompinit && bashcompinit\n" if shell == "zsh" else ""
+        print(prefix + _COMPLETION_SCRIPT, end="")
+        return
+    if action == "uninstall":
+        print("complete -r shardwise 2>/dev/null; unset -f _shardwise_complete")
+        return
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    completing_verb = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
+    if completing_verb:
+        typed = words[1] if len(words) == 2 else ""
+        print(" ".join(verb for verb in VERBS if verb.startswith(typed)))
+        return
+    verb = words[1]
+    if verb not in VERBS:
+        return
+    # the verb's Hydra app completes what follows the verb, as if it were the program name
+    os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if line.endswith(" ") else "")
+    verb_runner(verb)(["--shell-completion", "query=bash"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,11 +121,24 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(f"shardwise {version()}")
+        return
+    if argv[0] in ("-sc", "--shell-completion") or (len(argv) > 1 and argv[1] in ("-sc", "--shell-completion")):
+        flag_at = 0 if argv[0] in ("-sc", "--shell-completion") else 1
+        shell_completion(argv[flag_at + 1] if len(argv) > flag_at + 1 else "")
+        return
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         print(f"shardwise: error: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    verb_runner(verb)(rest)
+    run = verb_runner(verb)
+    if "--help" in rest or "-h" in rest:
+        from planner.config.help import verb_help
+
+        print(verb_help(verb, VERBS[verb], sys.modules[run.__module__].__doc__))
+        return
+    run(rest)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Type a message and press Enter; a message spanning several lines goes between tw
 three double quotes. Ctrl+C while a reply streams stops that reply (the partial reply is kept),
 Ctrl+C at the prompt clears the line, Ctrl+D or /exit leaves. Input lines are remembered across
 runs in a readline history file. A bad /set value, an unwritable /save path, a malformed /load
-file or a failed reply prints one line and the chat goes on with its conversation intact. After each reply a dim line shows tokens, time to first token
-and tokens/s.
+file or a failed reply prints one line and the chat goes on with its conversation intact.
+After each reply a dim line shows tokens, time to first token and tokens/s.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
-from runner.api import check_sampling, checked_messages
-from runner.engine.session import with_overrides
-from runner.engine.types import SamplingParams
+from planner.units import GIB
+from runner.api import checked_messages
+from runner.engine.sampling import SamplingParams
 
 HELP = """commands:
   /help                 this list
   /clear                forget the conversation (and free cached memory)
   /system [TEXT]        set the system prompt (no TEXT: show it; '-' removes it)
-  /set KEY VALUE        sampling: temperature, max_tokens, top_p, seed (none: random), stop, presence_penalty, frequency_penalty
+  /set KEY VALUE        sampling: temperature, max_tokens, top_p, seed (none: random), stop,
+                        presence_penalty, frequency_penalty
   /save FILE            write the conversation as JSON
   /load FILE            read a conversation written by /save
   /stats                tokens, speed and peak memory so far, next to the plan's budget
@@ -41,7 +42,6 @@ _SETTABLE = {
     "frequency_penalty": float,
 }
 MULTILINE = '"""'
-from planner.units import GIB
 
 
 def stats_line(completion) -> str:
@@ -144,17 +144,17 @@ class Repl:
             return
         try:
             if key == "seed" and value.lower() in ("none", "null", "-"):
-                params = with_overrides(self.params)
+                params = self.params.with_overrides()
                 params.seed = None
             elif key == "stop":
-                params = with_overrides(self.params, stop=[] if value == "-" else [*self.params.stop, value])
+                params = self.params.with_overrides(stop=[] if value == "-" else [*self.params.stop, value])
             else:
-                params = with_overrides(self.params, **{key: _SETTABLE[key](value)})
+                params = self.params.with_overrides(**{key: _SETTABLE[key](value)})
         except ValueError:
             self.console.print(f"/set {key}: {value!r} is not a {_SETTABLE[key].__name__}", markup=False)
             return
         try:
-            self.params = check_sampling(params)
+            self.params = params.checked()
         except ShardwiseError as exc:  # out of range: keep the settings as they were
             self.console.print(f"/set {key}: {exc}", markup=False)
             return
@@ -195,7 +195,7 @@ class Repl:
             saved = data.get("params") or {}
             if not isinstance(saved, dict):
                 raise ValueError(f"params is {saved!r}, not an object")
-            params = check_sampling(SamplingParams(**{k: v for k, v in saved.items() if k in known}))
+            params = SamplingParams(**{k: v for k, v in saved.items() if k in known}).checked()
         except (OSError, ValueError, KeyError, TypeError, ShardwiseError) as exc:
             self.console.print(f"cannot load {path}: {exc}", markup=False)
             return
@@ -207,8 +207,10 @@ class Repl:
     def _stats(self) -> None:
         turns, totals = self.session.telemetry.turns, self.session.telemetry.totals
         lines = [
-            f"model {self.session.loaded.name} ({self.session.plan.strategy}), context {self.session.context_tokens} tokens",
-            f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, "
+            f"model {self.session.loaded.name} ({self.session.plan.strategy}), context "
+            f"{self.session.context_tokens} tokens",
+            f"{totals['turns']} turns, {totals['prompt_tokens']} prompt + "
+            f"{totals['completion_tokens']} completion tokens, "
             f"{len(self.session.history)} messages in the conversation",
         ]
         if totals["timed_turns"]:
@@ -240,7 +242,8 @@ class Repl:
         except Exception as exc:  # an unexpected failure of one turn must not end the chat and lose the conversation
             self.out.write("\n")
             self.console.print(
-                f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, /save it if in doubt",
+                f"error: this reply failed ({type(exc).__name__}: {exc}); the conversation is kept, "
+                "/save it if in doubt",
                 markup=False,
             )
             return

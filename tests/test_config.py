@@ -367,3 +367,23 @@ def test_use_case_tiers_of_the_seed_exist_with_their_shapes():
 def test_snapshot_tier_composes_without_a_path_and_takes_one_on_the_command_line():
     assert compose_with(["hardware=snapshot"]).hardware.path is None
     assert compose_with(["hardware=snapshot", "hardware.path=box.json"]).hardware.path == "box.json"
+
+
+def test_a_typod_serve_key_is_refused_by_the_registered_serve_schema():
+    with pytest.raises(HydraException) as caught:
+        compose_with(["hardware=cpu", "serve.prot=8000"], config_name="serve")
+    assert "prot" in str(caught.value.__cause__ or caught.value)
+
+
+@pytest.mark.parametrize(
+    "config_name,override,needle",
+    [
+        ("serve", "serve.port=70000", "serve.port=70000 is out of range"),
+        ("serve", "serve.max_queue=-1", "serve.max_queue=-1 is out of range"),
+        ("launch", "launch.master_port=0", "launch.master_port=0 is out of range"),
+        ("launch", "launch.slurm.timeout_min=0", "launch.slurm.timeout_min=0 is out of range"),
+    ],
+)
+def test_verb_blocks_are_range_checked_once_after_composition(config_name, override, needle):
+    with pytest.raises(ShardwiseError, match=re.escape(needle)):
+        compose_with(["hardware=cpu", override], config_name=config_name)

@@ -374,8 +374,6 @@ def test_planner_agrees_with_the_hand_built_plan_shape(scenario, request):
     ):
         assert flag in vllm
     if L.needs_torchrun(real):
-        from planner.config.app import conf_dir
-
-        L.check_distributed(real, L.plan_architecture(real, conf_dir()))
+        L.check_distributed(real, L.plan_architecture(real))
         argv = L.torchrun_commands(real, "plan.json", L.LaunchSettings(master_addr="h"))[0].argv
         assert f"--nproc-per-node={real.tp_size * real.pp_size // real.nodes}" in argv

@@ -134,3 +134,61 @@ def test_two_nodes_on_localhost_with_a_static_master_run_pipeline_stages(here_pl
     turn = by_rank[0][0]
     assert turn["pp_size"] == 2 and turn["world_size"] == 2
     assert turn["output_ids"] == by_rank[1][0]["output_ids"] == one_process_greedy(llama_dir, turn["input_ids"], 8)
+
+
+def _letters(text: str, start: int, length: int) -> str:
+    """The first `length` letters-only characters from `start` on that occur first there (a safe override value)."""
+    for at in range(start, len(text) - length + 1):
+        piece = text[at : at + length]
+        if piece.isalpha() and piece.isascii() and text.find(piece) == at:
+            return piece
+    raise AssertionError(f"no usable stop string in the reference text {text!r}")
+
+
+def test_tensor_parallel_rank_and_chat_session_agree_on_chunked_prefill_stops_and_the_context_error(
+    here_plan, tmp_path
+):
+    """Same plan, prompt and seed: the same greedy ids through the TP rank and ChatSession; same context error."""
+    from runner.engine.loader import load
+    from runner.engine.prompt import ContextLengthError
+    from runner.engine.sampling import SamplingParams
+    from runner.engine.session import ChatSession
+
+    plan = replace(here_plan, limits=replace(here_plan.limits, context_tokens=64, prefill_chunk_tokens=4))
+    first, too_long = "hello world, how are you today?", ("the quick brown fox jumps over the lazy dog " * 8).strip()
+    session = ChatSession(
+        load(plan, log=lambda line: None),
+        defaults=SamplingParams(temperature=0, max_tokens=8),
+        plan=plan,
+        on_notice=lambda line: None,
+    )
+    reference = session.generate([{"role": "user", "content": first}])
+    stop = _letters(reference.text, 1, 2)
+    params = SamplingParams(temperature=0, max_tokens=8, stop=[stop], seed=5)
+    expected = session.send(first, params)
+    assert expected.finish_reason == "stop" and len(expected.token_ids) < len(reference.token_ids)
+    with pytest.raises(ContextLengthError) as too_long_error:
+        session.send(too_long, params)
+
+    plan_file = plan.save(tmp_path / "plan.json")
+    proc = launch(
+        f"plan_file={plan_file}",
+        "launch.cpu_tp_size=2",
+        f"launch.record_dir={tmp_path}/rec",
+        "generation.temperature=0",
+        "generation.max_tokens=8",
+        "generation.seed=5",
+        f"generation.stop=[{stop}]",
+        f"launch.prompt=[{first!r},{too_long!r}]",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-3000:]  # the second turn cannot fit
+    assert f"error: {too_long_error.value}" in err, err[-3000:]
+    by_rank = records(tmp_path / "rec")
+    assert [len(turns) for turns in by_rank.values()] == [1, 1]
+    for turns in by_rank.values():
+        assert turns[0]["input_ids"] == session.prompt.encode([{"role": "user", "content": first}])
+        assert turns[0]["output_ids"] == expected.token_ids and turns[0]["finish_reason"] == "stop"
+    assert out.strip().splitlines()[0] == expected.text.strip()

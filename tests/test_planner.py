@@ -11,7 +11,7 @@ from planner.config.app import profile_names
 from planner.config.compose import compose, make_plan
 from planner.errors import ShardwiseError
 from planner.hardware.tiers import resolve_hardware
-from planner.planning import plan_from_config
+from planner.config.request import plan_from_config
 from planner.units import GIB
 
 
@@ -267,7 +267,7 @@ def meta_names(profile: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from planner.model.source import load_profile
+    from planner.config.reader import load_profile
 
     arch = OmegaConf.to_container(load_profile(profile).architecture, resolve=True)
     arch.pop("quantization_config", None)
@@ -328,8 +328,9 @@ def test_offload_keeps_gpu_layers_contiguous_and_spills_ram_then_disk():
 
 def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
     from planner.hardware.devices import Device, Hardware
-    from planner.model.source import load_profile, spec_from_config
-    from planner.planning import Planner
+    from planner.config.reader import profile_spec
+    from planner.config.request import policy_from_config
+    from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-20b"])
     hw = Hardware(
@@ -342,7 +343,7 @@ def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
             Device(1, "Tesla V100-SXM2-16GB", 16 * GIB, 16 * GIB, "7.0"),
         ),
     )
-    plan = Planner(spec_from_config(load_profile("gpt-oss-20b")), hw, cfg.policy, cfg.generation).plan()
+    plan = plan_model(profile_spec("gpt-oss-20b"), hw, policy_from_config(cfg.policy), load_profile=profile_spec)
     assert plan.fits and plan.device_map == {"": 0}
     assert plan.model.dtype == "bfloat16" and plan.model.quantization.kept
     assert plan.decisions[0].what == "gpus" and "GPU 1" in plan.decisions[0].reason
@@ -393,8 +394,9 @@ def test_a_reply_may_use_the_whole_context_the_prompt_leaves():
 def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
     """48 + 24 GiB: the proportional 24/12 split overflows GPU 1 at 32k; moving a boundary layer fits."""
     from planner.hardware.devices import Device, Hardware
-    from planner.model.source import load_profile, spec_from_config
-    from planner.planning import Planner
+    from planner.config.reader import profile_spec
+    from planner.config.request import policy_from_config
+    from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-120b", "policy.context_tokens=32768"])
     hw = Hardware(
@@ -404,7 +406,7 @@ def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
         installed={"triton": "3.4.0", "kernels": "0.18.2"},
         devices=(Device(0, "GPU-48", 48 * GIB, 48 * GIB, "8.6"), Device(1, "GPU-24", 24 * GIB, 24 * GIB, "8.6")),
     )
-    plan = Planner(spec_from_config(load_profile("gpt-oss-120b")), hw, cfg.policy, cfg.generation).plan()
+    plan = plan_model(profile_spec("gpt-oss-120b"), hw, policy_from_config(cfg.policy), load_profile=profile_spec)
     assert plan.fits and plan.strategy == "pipeline"
     first, second = plan.budget
     assert first.layers[1] + 1 == second.layers[0] and second.layers[1] == 35

@@ -230,14 +230,14 @@ def test_serve_stale_plan_file_does_not_suggest_replan_which_serve_lacks(tmp_pat
 
 def test_api_checks_sampling_values_and_messages_in_one_line():
     from planner.errors import ShardwiseError
-    from runner.api import check_sampling, checked_messages
+    from runner.api import checked_messages
     from runner.engine.types import SamplingParams
 
     with pytest.raises(ShardwiseError, match=r"^max_tokens=0 must be an integer >= 1"):
-        check_sampling(SamplingParams(max_tokens=0))
+        SamplingParams(max_tokens=0).checked()
     with pytest.raises(ShardwiseError, match=r"^generation.top_p=2 must be"):
-        check_sampling(SamplingParams(top_p=2), prefix="generation.")
-    assert check_sampling(SamplingParams(max_tokens=True + 4, temperature=1)).temperature == 1.0
+        SamplingParams(top_p=2).checked(prefix="generation.")
+    assert SamplingParams(max_tokens=True + 4, temperature=1).checked().temperature == 1.0
     with pytest.raises(ShardwiseError, match=r"messages\[0\].role is 'wizard'"):
         checked_messages([{"role": "wizard", "content": "hi"}])
     with pytest.raises(ShardwiseError, match="got an empty list"):

@@ -64,7 +64,8 @@ def test_create_chat_completion_streams_chunks_that_add_up(dirs):
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
     assert text == whole["choices"][0]["message"]["content"]
     # as OpenAI streams: one chunk with the finish_reason and an empty delta, then usage with no choices
-    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": whole["choices"][0]["finish_reason"]}
+    finish = whole["choices"][0]["finish_reason"]
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
     without_usage = list(create_chat_completion(stream=True, **kwargs))
     assert "usage" not in without_usage[-1] and without_usage[-1]["choices"][0]["finish_reason"]

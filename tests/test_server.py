@@ -22,7 +22,7 @@ from server_fakes import FakeSession
 from runner.engine.recovery import MemoryExhaustedError
 from runner.engine.types import SamplingParams
 from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
-from runner.openai.protocol import APIError, Defaults, parse_chat_request
+from runner.openai.protocol import APIError, parse_chat_request
 
 MODEL = "fake-chat"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -473,13 +473,13 @@ def test_parse_maps_developer_to_system_and_joins_text_parts():
                 {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]},
             ],
         },
-        Defaults(),
+        SamplingParams(),
     )
     assert chat.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
 
 def test_parse_applies_defaults_and_prefers_max_completion_tokens():
-    defaults = Defaults(max_tokens=77, temperature=0.3, top_p=0.9, stop=["END"])
+    defaults = SamplingParams(max_tokens=77, temperature=0.3, top_p=0.9, stop=["END"])
     chat = parse_chat_request({"model": "m", "messages": HELLO}, defaults)
     assert (chat.params.max_tokens, chat.params.temperature, chat.params.top_p, chat.params.stop) == (
         77,
@@ -495,12 +495,14 @@ def test_parse_applies_defaults_and_prefers_max_completion_tokens():
 
 def test_parse_refuses_disagreeing_max_tokens():
     with pytest.raises(APIError) as caught:
-        parse_chat_request({"model": "m", "messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6}, Defaults())
+        parse_chat_request(
+            {"model": "m", "messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6}, SamplingParams()
+        )
     assert caught.value.status == 400 and caught.value.param == "max_tokens"
 
 
 def test_choice_seeds_are_consecutive_and_wrap_inside_int64():
-    chat = parse_chat_request({"model": "m", "messages": HELLO, "seed": 2**63 - 1, "n": 2}, Defaults())
+    chat = parse_chat_request({"model": "m", "messages": HELLO, "seed": 2**63 - 1, "n": 2}, SamplingParams())
     assert chat.params_for_choice(0).seed == 2**63 - 1
     assert chat.params_for_choice(1).seed == -(2**63)
 

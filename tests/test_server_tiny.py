@@ -163,3 +163,19 @@ def test_concurrent_streams_equal_the_direct_replies_and_metrics_count_them(clie
     engine = session.loaded.batching
     assert samples[f"shardwise:kv_cache_blocks{label}"] == (engine.serving.num_blocks if engine else 0)
     assert "# TYPE shardwise:e2e_request_latency_seconds histogram" in text
+
+
+def test_a_small_request_is_answered_at_once_after_an_abandoned_three_thousand_message_request(server, client, model):
+    """Issue 10: fitting a huge conversation is linear and cancellable, so it cannot hold the queue."""
+    import time
+
+    huge = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(3001)]
+    body = {"model": model, "messages": huge, "max_tokens": 4, "temperature": 0}
+    try:
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.05)  # the client gives up
+    except httpx.TimeoutException:
+        pass
+    started = time.perf_counter()
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=4, temperature=0)
+    assert reply.choices[0].message.content is not None
+    assert time.perf_counter() - started < 2.0

@@ -11,49 +11,14 @@ jobs still run; the sweep then exits 2.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
-from functools import cache
-from importlib import resources
-from pathlib import Path
+from contextlib import contextmanager
 
+from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
 from planner.errors import ShardwiseError
-
-
-@cache
-def conf_dir() -> Path:
-    """The config tree: `conf/` beside the packages in a checkout, `planner/conf` in a wheel."""
-    here = Path(__file__).resolve().parents[1]
-    checkout = here.parent / "conf"
-    if (checkout / "plan.yaml").is_file():
-        return checkout
-    installed = Path(str(resources.files("planner.conf")))
-    if (installed / "plan.yaml").is_file():
-        return installed
-    raise ShardwiseError(
-        f"shardwise's config tree is missing (looked in {checkout} and {installed}): reinstall shardwise"
-    )
-
-
-@cache
-def model_aliases() -> dict[str, str]:
-    """Lower-cased hub id (and profile name) -> profile name, read from conf/model/*.yaml."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    aliases: dict[str, str] = {}
-    for path in sorted((conf_dir() / "model").glob("*.yaml")):
-        aliases[path.stem.lower()] = path.stem
-        data = yaml.load(path.read_text(), Loader=loader) or {}
-        for hub_id in [data.get("hub_id"), *(data.get("aliases") or [])]:
-            if hub_id:
-                aliases[str(hub_id).lower()] = path.stem
-    return aliases
-
-
-def profile_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def resolve_model_name(name: str) -> str:
@@ -64,13 +29,14 @@ def resolve_model_name(name: str) -> str:
     if found is None:
         choices = ", ".join(profile_names("model"))
         raise ShardwiseError(
-            f"unknown model {name!r}: choose one of {choices}, model=auto, or plan any other model with model.path=DIR_OR_CONFIG_JSON"
+            f"unknown model {name!r}: choose one of {choices}, model=auto, or plan any other model with "
+            "model.path=DIR_OR_CONFIG_JSON"
         )
     return found
 
 
 def resolve_hardware_name(name: str) -> str:
-    if (conf_dir() / "hardware" / f"{name}.yaml").is_file():
+    if option_exists("hardware", name):
         return name
     choices = ", ".join(profile_names("hardware"))
     raise ShardwiseError(f"unknown hardware {name!r}: choose one of {choices}")
@@ -89,9 +55,6 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     if wrapper:
         inner = wrapper.group(2)
     names = [resolve(v.strip()) for v in inner.split(",")]
-    if group == "model":
-        # model=auto is a profile-less choice handled by the planner: keep it as a group option file.
-        pass
     joined = ",".join(names)
     return f"{key}={wrapper.group(1)}({joined})" if wrapper else f"{key}={joined}"
 
@@ -164,7 +127,8 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
                 example = f"{group}={override}"
             return ShardwiseError(f"{override!r} is not an override: write KEY=VALUE, e.g. {example}")
         return ShardwiseError(
-            f"cannot parse the override {override!r} ({_first_line(exc.message)}): quote a value with special characters, e.g. 'key=\"a value\"'"
+            f"cannot parse the override {override!r} ({_first_line(exc.message)}): quote a value with special "
+            "characters, e.g. 'key=\"a value\"'"
         )
     if isinstance(exc, MissingConfigException):
         what = _first_line(exc)
@@ -188,29 +152,35 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
     return None
 
 
-def _reporting(verb: str, task_started: list, original: Callable) -> Callable:
-    """A stand-in for Hydra's run_and_report: composition errors and an unwritable run directory become one line, exit 2."""
-
-    def run_and_report(func):
-        try:
-            return func()
-        except Exception as exc:
-            error = composition_error(exc, verb)
-            if error is None and isinstance(exc, OSError) and not task_started:
-                where = exc.filename if exc.filename is not None else "the run directory"
-                error = ShardwiseError(
-                    f"cannot create {str(where)!r} ({exc.strerror or exc}): run shardwise from a writable directory or set hydra.run.dir=DIR"
-                )
-            if error is None:
-                caught = exc
-                return original(lambda: _reraise(caught))  # Hydra's own report for everything else
-            fail(verb, str(error))
-
-    return run_and_report
+def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
+    """One line for what Hydra refused before the task ran (composition, unwritable run directory), else None."""
+    error = composition_error(exc, verb)
+    if error is None and isinstance(exc, OSError) and not task_started:
+        where = exc.filename if exc.filename is not None else "the run directory"
+        error = ShardwiseError(
+            f"cannot create {str(where)!r} ({exc.strerror or exc}): "
+            "run shardwise from a writable directory or set hydra.run.dir=DIR"
+        )
+    return error
 
 
-def _reraise(exc: BaseException):
-    raise exc
+@contextmanager
+def _hydra_raises():
+    """Have Hydra raise what it would otherwise print as a multi-line report and exit 1 with.
+
+    HYDRA_FULL_ERROR=1 is Hydra's documented switch for that; run_verb then turns composition
+    errors into one line (exit 2) and lets anything else, a bug, raise with its traceback. The
+    user's own setting is restored afterwards.
+    """
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 _FAILED_JOBS: list[str] = []
@@ -219,7 +189,6 @@ _FAILED_JOBS: list[str] = []
 def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> None:
     """Run `task(cfg)` as the Hydra app `conf/<config_name>.yaml` with `argv` as overrides."""
     import hydra
-    from hydra._internal import utils as hydra_utils
 
     from planner.config import schema
 
@@ -248,14 +217,17 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     app = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(guarded)
     saved = sys.argv
     sys.argv = [f"shardwise {verb}", *args]
-    original = hydra_utils.run_and_report
-    hydra_utils.run_and_report = _reporting(verb, task_started, original)
     _FAILED_JOBS.clear()
     try:
-        app()
+        with _hydra_raises():
+            app()
+    except Exception as exc:
+        error = _refusal(exc, verb, bool(task_started))
+        if error is None:
+            raise
+        fail(verb, str(error))
     finally:
         sys.argv = saved
-        hydra_utils.run_and_report = original
     if _FAILED_JOBS:
         fail(verb, f"{len(_FAILED_JOBS)} job(s) of the sweep failed (see the errors above)")
 

@@ -41,8 +41,8 @@ def make_plan(
     model: str = "gpt2", hardware: str = "auto", overrides: list[str] = (), model_path: str | None = None
 ) -> Plan:
     """Plan `model` (profile name or hub id) on `hardware` (tier name, cpu, auto, snapshot)."""
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     args = [f"model={model}", f"hardware={hardware}", *overrides]
     if model_path:

@@ -2,7 +2,9 @@
 
 Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_, _self_]`,
 so a typo'd key in YAML or on the command line is an error that names the key. Enums are
-`str` Enums because OmegaConf 2.3 rejects `Literal`. Cross-field rules live in `validate()`.
+`str` Enums because OmegaConf 2.3 rejects `Literal`. The verb blocks (`serve:`, `launch:`) have
+schemas here too, with their range rules (`check_serve`, `check_launch`); `validate()` runs the
+key and range checks once, after composition, before any verb runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from planner.errors import ShardwiseError
 
 
 class HardwareKind(str, Enum):
@@ -96,6 +100,8 @@ class OverheadConfig:
 
 @dataclass
 class PolicyConfig:
+    # Token counts are parsed once, by planner.config.request.parse_tokens: 8192, 8e3 or 8k (k = 1024
+    # tokens, as context sizes are usually written: 8k = 8192); hence str / Any here, not int.
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
     sessions: str = "1"  # concurrent sequences the KV cache must hold, or "auto": the most that fit at the context
     headroom_fraction: float = (
@@ -114,8 +120,8 @@ class PolicyConfig:
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
     kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
-    prefill_chunk_tokens: int = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
-    min_context_tokens: int = 512  # a plan with less context than this does not fit
+    prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
+    min_context_tokens: Any = 512  # a plan with less context than this does not fit
     candidates: list[str] = field(
         default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
     )  # model=auto picks the largest that fits
@@ -181,6 +187,120 @@ class LaunchSettings:
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
 
 
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@dataclass
+class ServeConfig:
+    """The `serve:` block of conf/serve.yaml (`shardwise serve`)."""
+
+    host: str = "127.0.0.1"  # address to bind; loopback by default, 0.0.0.0 exposes the server to the network
+    port: int = 8000  # TCP port to listen on, 1-65535
+    api_key: Optional[str] = None  # bearer token clients must send; null: env SHARDWISE_API_KEY, else none
+    max_queue: int = 8  # requests waiting per model behind those generating, count >= 0; one more answers 429
+    batching: bool = True  # continuous batching when the plan's serving block allows; false: one request at a time
+    max_body_bytes: int = 1 << 20  # largest request body accepted, bytes >= 1024; a larger one answers 413
+    max_n: int = 8  # most completions (choices) one request may ask for with `n`, count >= 1
+    request_timeout_s: float = 600.0  # wall-clock limit per request (queue wait + generation), seconds; 0: none
+    models: list[str] = field(default_factory=list)  # more models to serve: profile names, hub ids or directories
+    log_level: str = "info"  # server log level: debug, info, warning or error
+
+
+PORT_FIX = "use a TCP port from 1 to 65535"
+
+
+def _port_ok(port) -> bool:
+    return isinstance(port, int) and 1 <= port <= 65535
+
+
+def _check_ranges(checks) -> None:
+    for ok, key, value, fix in checks:
+        if not ok:
+            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
+
+
+def check_serve(block: ServeConfig) -> ServeConfig:
+    """Range rules of the serve block; the block back when every value is usable."""
+    levels = [level.value for level in LogLevel]
+    _check_ranges(
+        [
+            (_port_ok(block.port), "serve.port", block.port, PORT_FIX),
+            (block.max_queue >= 0, "serve.max_queue", block.max_queue, "use 0 (only the running request) or more"),
+            (block.max_body_bytes >= 1024, "serve.max_body_bytes", block.max_body_bytes, "use at least 1024 bytes"),
+            (block.max_n >= 1, "serve.max_n", block.max_n, "use 1 or more"),
+            (
+                block.request_timeout_s >= 0,
+                "serve.request_timeout_s",
+                block.request_timeout_s,
+                "use seconds >= 0 (0: no limit)",
+            ),
+            (block.log_level in levels, "serve.log_level", block.log_level, f"use one of {', '.join(levels)}"),
+        ]
+    )
+    return block
+
+
+def read_serve_config(node) -> ServeConfig:
+    """The `serve:` block (a config node or a dict), type-checked (a typo'd key is an error) and range-checked."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ServeConfig), node if node is not None else {})
+        block = ServeConfig(**OmegaConf.to_container(merged))
+    except OmegaConfBaseException as exc:
+        first = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        where = f"serve.{key}" if key else "the serve block"
+        raise ShardwiseError(
+            f"bad value in {where} ({first}): see the keys and their types in conf/serve.yaml"
+        ) from None
+    return check_serve(block)
+
+
+def check_launch(settings: LaunchSettings) -> None:
+    """Range rules of launch.*: values no engine could use are one-line errors before anything starts."""
+    slurm = settings.slurm
+    _check_ranges(
+        [
+            (_port_ok(settings.port), "launch.port", settings.port, PORT_FIX),
+            (_port_ok(settings.master_port), "launch.master_port", settings.master_port, PORT_FIX),
+            (_port_ok(settings.ray_port), "launch.ray_port", settings.ray_port, PORT_FIX),
+            (
+                settings.node_rank is None or settings.node_rank >= 0,
+                "launch.node_rank",
+                settings.node_rank,
+                "use 0 for the first node, 1 for the next, ...",
+            ),
+            (settings.cpu_tp_size >= 0, "launch.cpu_tp_size", settings.cpu_tp_size, "use 0 (off) or 2 or more ranks"),
+            (
+                settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
+                "launch.gpu_memory_utilization",
+                settings.gpu_memory_utilization,
+                "use a fraction above 0 and at most 1, or null for the plan's",
+            ),
+            (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
+            (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
+            (slurm.mem_gib_per_gpu >= 1, "launch.slurm.mem_gib_per_gpu", slurm.mem_gib_per_gpu, "use GiB >= 1"),
+        ]
+    )
+    if settings.rdzv_endpoint:
+        host, _, port = str(settings.rdzv_endpoint).rpartition(":")
+        if not host or not port.isdigit() or not _port_ok(int(port)):
+            raise ShardwiseError(
+                f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: "
+                "write e.g. launch.rdzv_endpoint=node0.cluster:29400"
+            )
+    if any(not str(p).strip() for p in settings.prompt):
+        raise ShardwiseError(
+            f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
+        )
+
+
 def register() -> None:
     """Register every schema; idempotent."""
     cs = ConfigStore.instance()
@@ -190,6 +310,7 @@ def register() -> None:
     cs.store(group="schema", name="generation", node=GenerationConfig)
     cs.store(group="schema", name="probe", node=ProbeSettings)
     cs.store(group="schema", name="launch", node=LaunchSettings)
+    cs.store(group="schema", name="serve", node=ServeConfig)
 
 
 GROUP_SCHEMAS = {
@@ -204,8 +325,6 @@ GROUP_SCHEMAS = {
 def validate(cfg) -> None:
     """Reject keys no schema knows, even ones forced in with `+key=value`, naming the key."""
     from dataclasses import fields
-
-    from planner.errors import ShardwiseError
 
     def check(node, cls, prefix: str) -> None:
         known = {f.name: f for f in fields(cls)}
@@ -222,3 +341,10 @@ def validate(cfg) -> None:
         from planner.sessions import parse_sessions
 
         parse_sessions(cfg.policy.sessions, check_range=False)  # a string field (to allow auto): check the type here
+    # range rules of the verb blocks, once, before the verb runs
+    if cfg.get("serve") is not None:
+        read_serve_config(cfg.serve)
+    if cfg.get("launch") is not None:
+        from omegaconf import OmegaConf
+
+        check_launch(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchSettings), cfg.launch)))

@@ -73,7 +73,8 @@ def host_info(limit_paths: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> HostInfo:
     if limit is not None and (physical == 0 or limit < physical):
         ram = limit
         notes = (
-            f"container memory limit {limit / GIB:.1f} GiB is below host RAM {physical / GIB:.1f} GiB: planning with the limit",
+            f"container memory limit {limit / GIB:.1f} GiB is below host RAM {physical / GIB:.1f} GiB: planning with "
+            "the limit",
         )
     return HostInfo(ram_bytes=ram, cpu_count=usable_cpu_count(), notes=notes)
 

@@ -153,7 +153,8 @@ def _mig_slices(nvml, handle, parent: Device, notes: set[str], driver: str) -> t
         )
     if not slices:
         notes.add(
-            f"{parent.name} at {parent.pci_bus_id} is in MIG mode with no slices: unusable until slices are created or MIG is disabled"
+            f"{parent.name} at {parent.pci_bus_id} is in MIG mode with no slices: unusable until slices are created "
+            "or MIG is disabled"
         )
     return True, slices
 
@@ -292,7 +293,8 @@ def _probe_started(nvml, environ: Mapping[str, str], host: HostInfo, installed: 
     order = environ.get("CUDA_DEVICE_ORDER", "")
     if order and order != "PCI_BUS_ID":
         ordered_notes.append(
-            f"CUDA_DEVICE_ORDER={order}: CUDA may number GPUs differently from this probe (PCI bus order); set PCI_BUS_ID"
+            f"CUDA_DEVICE_ORDER={order}: CUDA may number GPUs differently from this probe (PCI bus order); set "
+            "PCI_BUS_ID"
         )
     shown = [units[i] for i in visibility.indices]
     devices = tuple(replace(device, id=new_id) for new_id, (device, _) in enumerate(shown))

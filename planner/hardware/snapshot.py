@@ -37,7 +37,8 @@ def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
         target.write_text(json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise ShardwiseError(
-            f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with probe.save=FILE"
+            f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with "
+            "probe.save=FILE"
         ) from None
     return target
 
@@ -130,7 +131,8 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
     file = Path(path).expanduser()
     if file.is_dir():
         raise ShardwiseError(
-            f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe probe.save=FILE`"
+            f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe "
+            "probe.save=FILE`"
         )
     if not file.is_file():
         raise ShardwiseError(

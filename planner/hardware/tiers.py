@@ -48,7 +48,8 @@ def _ignored_knobs(cfg, kind: str) -> tuple[str, ...]:
     if not changed:
         return ()
     return (
-        f"{', '.join(changed)} has no effect with hardware kind {kind}: use a tier such as hardware=h100_80gb to size GPUs",
+        f"{', '.join(changed)} has no effect with hardware kind {kind}: use a tier such as hardware=h100_80gb to "
+        "size GPUs",
     )
 
 
@@ -67,7 +68,8 @@ def _tier(cfg, name: str | None) -> Hardware:
         raise ShardwiseError(f"hardware.nodes must be >= 1, got {nodes}: set hardware.nodes=1 or more")
     if memory_mib <= 0:
         raise ShardwiseError(
-            f"hardware.memory_mib must be > 0 for tier {label!r}, got {memory_mib}: set the GPU's total as nvidia-smi prints it, in MiB"
+            f"hardware.memory_mib must be > 0 for tier {label!r}, got {memory_mib}: set the GPU's total as "
+            "nvidia-smi prints it, in MiB"
         )
     if not re.fullmatch(r"\d+\.\d+", cc):
         raise ShardwiseError(
@@ -104,7 +106,8 @@ def _cpu(cfg, name: str | None) -> Hardware:
     cpu_count = _number(cfg, "cpu_count", int, 0)
     if host_ram_gib < 0 or cpu_count < 0:
         raise ShardwiseError(
-            f"hardware.host_ram_gib and hardware.cpu_count must be >= 0 (0: this machine's), got {host_ram_gib} and {cpu_count}"
+            f"hardware.host_ram_gib and hardware.cpu_count must be >= 0 (0: this machine's), got {host_ram_gib} and "
+            f"{cpu_count}"
         )
     notes: tuple[str, ...] = ()
     ram_bytes = int(host_ram_gib * GIB)

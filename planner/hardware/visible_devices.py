@@ -47,7 +47,10 @@ def _leading_index(entry: str) -> int | None:
 
 
 def _uuid_body(uuid: str) -> str:
-    """The hex digits after `GPU-`/`MIG-`, lower case, without dashes: CUDA matches them whatever the prefix, case or dashes."""
+    """The hex digits after `GPU-`/`MIG-`, lower case, without dashes.
+
+    CUDA matches them whatever the prefix, case or dashes.
+    """
     return (uuid[4:] if uuid.startswith(UUID_PREFIXES) else uuid).replace("-", "").lower()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from planner.errors import ShardwiseError
@@ -62,7 +61,8 @@ def spec_from_config(model_cfg) -> ModelSpec:
         quant_config = arch.get("quantization_config") or {}
         if not isinstance(quant_config, dict):
             raise ShardwiseError(
-                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: fix or re-download config.json"
+                f"model.path {str(path)!r}: quantization_config in config.json is {quant_config!r}, not an object: "
+                "fix or re-download config.json"
             )
         quant = quant_config.get("quant_method")
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
@@ -79,7 +79,8 @@ def spec_from_config(model_cfg) -> ModelSpec:
         )
     if not model_cfg.get("architecture"):
         raise ShardwiseError(
-            f"model profile {model_cfg.get('name')!r} has no architecture: add its config.json under `architecture:` or give model.path"
+            f"model profile {model_cfg.get('name')!r} has no architecture: add its config.json under `architecture:` "
+            "or give model.path"
         )
     from omegaconf import OmegaConf
 
@@ -99,23 +100,3 @@ def spec_from_config(model_cfg) -> ModelSpec:
         chat_template=model_cfg.get("chat_template"),
         model_dir=None,
     )
-
-
-@cache
-def load_profile(name: str):
-    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema."""
-    from omegaconf import OmegaConf
-
-    from planner.config.app import conf_dir, model_aliases, profile_names
-    from planner.config.schema import ModelConfig
-
-    profile = model_aliases().get(str(name).lower())
-    path = conf_dir() / "model" / f"{profile}.yaml"
-    if profile in (None, "auto") or not path.is_file():
-        choices = ", ".join(p for p in profile_names("model") if p != "auto")
-        raise ShardwiseError(
-            f"model profile {name!r} (in policy.candidates or a profile's fallback) does not exist: choose from {choices}"
-        )
-    raw = OmegaConf.load(path)
-    raw.pop("defaults", None)
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)

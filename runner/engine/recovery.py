@@ -32,6 +32,14 @@ class RecoveryPolicy:
     plan_fallback: Callable | None = None  # fallback dict -> Plan; default planner.config.compose.make_plan
     load: Callable | None = None  # Plan -> LoadedModel; default runner.engine.loader.load
 
+    def loader(self) -> Callable:
+        """`load`, else runner.engine.loader.load (imported only now: it brings torch and transformers)."""
+        if self.load is not None:
+            return self.load
+        from runner.engine.loader import load
+
+        return load
+
 
 def _load_failure(exc: BaseException) -> bool:
     """Failures a smaller model or the CPU may avoid; user errors (ShardwiseError) are not among them."""
@@ -71,10 +79,7 @@ def default_plan_fallback(entry: dict, base_plan=None):
 def next_fallback(chain: list[dict], policy: RecoveryPolicy, notice: Callable[[str], None], why: str, base_plan=None):
     """Pop fallbacks until one plans, fits and loads; returns (plan, loaded) or None."""
     plan_fallback = policy.plan_fallback or (lambda entry: default_plan_fallback(entry, base_plan))
-    if policy.load is None:
-        from runner.engine.loader import load
-    else:
-        load = policy.load
+    load = policy.loader()
     while chain:
         entry = chain.pop(0)
         target = f"{entry['model']} on {entry.get('hardware') or 'same'} hardware"
@@ -129,10 +134,7 @@ def _load_fix(error: str, plan) -> str:
 def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: Callable[[str], None] = print):
     """Load `plan`; when that fails for lack of memory (or weights/kernels), walk its fallback chain."""
     policy = policy or RecoveryPolicy()
-    if policy.load is None:
-        from runner.engine.loader import load
-    else:
-        load = policy.load
+    load = policy.loader()
     try:
         return load(plan)
     except BaseException as exc:
@@ -156,10 +158,7 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
 
 def _reload(loaded, policy: RecoveryPolicy, notice: Callable[[str], None]) -> None:
     """Put back the weights the ladder released when no fallback could take their place."""
-    if policy.load is None:
-        from runner.engine.loader import load
-    else:
-        load = policy.load
+    load = policy.loader()
     notice(f"no fallback could be loaded: reloading {loaded.name} so the conversation can go on")
     try:
         loaded.model = load(loaded.plan).model
@@ -189,8 +188,8 @@ def generate_with_recovery(session, attempt: Callable, params, *, emitted: Calla
             if emitted():
                 clear_memory()
                 raise MemoryExhaustedError(
-                    f"out of memory after {emitted()} streamed chunk(s) of the reply on {session.loaded.name}: the reply is "
-                    f"incomplete and was not retried; memory was freed, ask again with a smaller max_tokens"
+                    f"out of memory after {emitted()} streamed chunk(s) of the reply on {session.loaded.name}: "
+                    "the reply is incomplete and was not retried; memory was freed, ask again with a smaller max_tokens"
                 ) from exc
             error = _one_line(exc)
         # Outside the except block: the exception's traceback no longer pins the failed attempt's

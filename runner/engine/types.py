@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 256  # new tokens at most
-    temperature: float = 0.7  # 0: greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)  # matched on generated text only, trimmed
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+from runner.engine.sampling import SamplingParams  # noqa: F401 (its home before sampling.py)
 
 
 @dataclass

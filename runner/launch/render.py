@@ -68,17 +68,20 @@ def process_shape(plan: Plan) -> Shape:
     """Ranks = tp_size x pp_size, spread evenly over the plan's nodes (tensor parallel inside a node)."""
     if plan.nodes < 1 or plan.tp_size < 1 or plan.pp_size < 1:
         raise ShardwiseError(
-            f"plan has nodes={plan.nodes} tp_size={plan.tp_size} pp_size={plan.pp_size}: all must be >= 1; re-create it with `shardwise plan`"
+            f"plan has nodes={plan.nodes} tp_size={plan.tp_size} pp_size={plan.pp_size}: all must be "
+            ">= 1; re-create it with `shardwise plan`"
         )
     world = plan.tp_size * plan.pp_size
     if world % plan.nodes:
         raise ShardwiseError(
-            f"plan spreads {world} ranks (tp {plan.tp_size} x pp {plan.pp_size}) over {plan.nodes} nodes, which does not divide evenly: re-plan with hardware.nodes dividing {world}"
+            f"plan spreads {world} ranks (tp {plan.tp_size} x pp {plan.pp_size}) over {plan.nodes} "
+            f"nodes, which does not divide evenly: re-plan with hardware.nodes dividing {world}"
         )
     per_node = world // plan.nodes
     if plan.tp_size > per_node:
         raise ShardwiseError(
-            f"plan's tensor parallel size {plan.tp_size} is larger than its {per_node} ranks per node: tensor parallel must stay inside a node; re-plan with pipeline across nodes"
+            f"plan's tensor parallel size {plan.tp_size} is larger than its {per_node} ranks per node: "
+            "tensor parallel must stay inside a node; re-plan with pipeline across nodes"
         )
     reason = f"tp {plan.tp_size} x pp {plan.pp_size} = {world} ranks over {plan.nodes} node(s): {per_node} per node"
     return Shape(nodes=plan.nodes, procs_per_node=per_node, world_size=world, reason=reason)
@@ -99,19 +102,15 @@ def gpus_per_node(plan: Plan) -> int:
 # --- refusals -------------------------------------------------------------------------------
 
 
-def plan_architecture(plan: Plan, conf_dir: Path | None = None) -> dict | None:
-    """The model's config.json numbers: from a local model directory, else from its profile in conf/model/."""
+def plan_architecture(plan: Plan) -> dict | None:
+    """The model's config.json numbers: from a local model directory, else from its shipped profile."""
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
             return json.loads(candidate.read_text())
-    if conf_dir is not None:
-        profile = conf_dir / "model" / f"{plan.model.name}.yaml"
-        if profile.is_file():
-            import yaml
+    from planner.config.reader import profile_architecture
 
-            return (yaml.safe_load(profile.read_text()) or {}).get("architecture") or None
-    return None
+    return profile_architecture(plan.model.name)
 
 
 def head_counts(arch: dict) -> tuple[int, int] | None:
@@ -143,23 +142,27 @@ def check_distributed(plan: Plan, arch: dict | None) -> list[str]:
     process_shape(plan)
     if plan.device_map:
         raise ShardwiseError(
-            f"plan combines {plan.strategy} (tp {plan.tp_size}, {plan.nodes} node(s)) with a device_map of {len(plan.device_map)} entries: "
+            f"plan combines {plan.strategy} (tp {plan.tp_size}, {plan.nodes} node(s)) with a "
+            f"device_map of {len(plan.device_map)} entries: "
             "torch.distributed ranks shard the model themselves; re-plan, or use a single-process plan for a device_map"
         )
     model_type = plan.model.model_type
     has_tp, has_pp = parallel_plans(model_type)
     if plan.tp_size > 1 and not has_tp:
         raise ShardwiseError(
-            f"model_type {model_type!r} ({plan.model.name}) has no tensor parallel plan in transformers: use a pipeline plan (policy.strategy=pipeline) or launch.engine=vllm"
+            f"model_type {model_type!r} ({plan.model.name}) has no tensor parallel plan in "
+            "transformers: use a pipeline plan (policy.strategy=pipeline) or launch.engine=vllm"
         )
     if plan.pp_size > 1 and not has_pp:
         raise ShardwiseError(
-            f"model_type {model_type!r} ({plan.model.name}) has no pipeline parallel plan in transformers, so it cannot span {plan.nodes} nodes: plan it on one node or use launch.engine=vllm"
+            f"model_type {model_type!r} ({plan.model.name}) has no pipeline parallel plan in "
+            f"transformers, so it cannot span {plan.nodes} nodes: plan it on one node or use launch.engine=vllm"
         )
     heads = head_counts(arch) if arch else None
     if heads is None:
         notes.append(
-            f"head counts of {plan.model.name} unknown (no config.json or profile): divisibility by tp {plan.tp_size} not checked"
+            f"head counts of {plan.model.name} unknown (no config.json or profile): divisibility by tp "
+            f"{plan.tp_size} not checked"
         )
         return notes
     for what, count in (("attention heads", heads[0]), ("key/value heads", heads[1])):
@@ -174,15 +177,18 @@ def check_distributed(plan: Plan, arch: dict | None) -> list[str]:
 def check_engine(plan: Plan, engine: Engine, task: LaunchTask) -> None:
     if engine == Engine.accelerate and needs_torchrun(plan):
         raise ShardwiseError(
-            f"launch.engine=accelerate runs one process, but this plan is {plan.strategy} over {plan.nodes} node(s) (tp {plan.tp_size}, pp {plan.pp_size}): use launch.engine=auto or torchrun"
+            f"launch.engine=accelerate runs one process, but this plan is {plan.strategy} over "
+            f"{plan.nodes} node(s) (tp {plan.tp_size}, pp {plan.pp_size}): use launch.engine=auto or torchrun"
         )
     if engine == Engine.torchrun and not needs_torchrun(plan):
         raise ShardwiseError(
-            f"launch.engine=torchrun needs a tensor_parallel or multi-node plan, this one is {plan.strategy} on one node: use launch.engine=auto (one process)"
+            "launch.engine=torchrun needs a tensor_parallel or multi-node plan, this one is "
+            f"{plan.strategy} on one node: use launch.engine=auto (one process)"
         )
     if engine in (Engine.auto, Engine.torchrun) and needs_torchrun(plan) and task == LaunchTask.serve:
         raise ShardwiseError(
-            "launch.task=serve over torchrun ranks is not available yet: use launch.task=chat, or launch.engine=vllm to serve this plan over HTTP"
+            "launch.task=serve over torchrun ranks is not available yet: use launch.task=chat, or "
+            "launch.engine=vllm to serve this plan over HTTP"
         )
 
 
@@ -195,7 +201,12 @@ def hardware_mismatch(plan: Plan, current: dict, node_rank: int = 0) -> str | No
     if plan.nodes <= 1:
         if plan.fingerprint == current.get("fingerprint"):
             return None
-        return f"plan was made for hardware {plan.fingerprint} ({describe_devices(plan.hardware.get('devices', []))}, source {plan.hardware.get('source')!r}), this machine is {current.get('fingerprint')} ({describe_devices(current.get('devices', []))})"
+        return (
+            f"plan was made for hardware {plan.fingerprint} "
+            f"({describe_devices(plan.hardware.get('devices', []))}, source "
+            f"{plan.hardware.get('source')!r}), this machine is {current.get('fingerprint')} "
+            f"({describe_devices(current.get('devices', []))})"
+        )
 
     def kinds(devices, node=None):
         return sorted(
@@ -208,7 +219,11 @@ def hardware_mismatch(plan: Plan, current: dict, node_rank: int = 0) -> str | No
     have = kinds(current.get("devices", []))
     if wanted == have:
         return None
-    return f"plan puts {describe_devices([d for d in plan.hardware.get('devices', []) if d.get('node', 0) == node_rank])} on node {node_rank}, this machine has {describe_devices(current.get('devices', []))}"
+    on_node = [d for d in plan.hardware.get("devices", []) if d.get("node", 0) == node_rank]
+    return (
+        f"plan puts {describe_devices(on_node)} on node {node_rank}, "
+        f"this machine has {describe_devices(current.get('devices', []))}"
+    )
 
 
 def describe_devices(devices: list) -> str:
@@ -236,7 +251,10 @@ def single_process_command(plan: Plan, plan_path: str, settings: LaunchSettings)
     argv = ["shardwise", settings.task.value, f"plan_file={plan_path}"]
     if settings.task == LaunchTask.serve:
         argv += [f"serve.host={settings.host}", f"serve.port={settings.port}"]
-    reason = f"{plan.strategy} plan on one node: one process loads it with accelerate (device_map of {len(plan.device_map)} entries)"
+    reason = (
+        f"{plan.strategy} plan on one node: one process loads it with accelerate (device_map of "
+        f"{len(plan.device_map)} entries)"
+    )
     return Command(argv=tuple(argv), where="this machine", reason=reason, env=tuple(sorted(launch_env(plan).items())))
 
 
@@ -248,6 +266,8 @@ def worker_args(plan_path: str, settings: LaunchSettings, generation: dict | Non
         value = generation.get(key)
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
+    for stop in generation.get("stop") or ():
+        args += ["--stop", stop]
     for prompt in settings.prompt:
         args += ["--prompt", prompt]
     if settings.record_dir:
@@ -291,8 +311,8 @@ def torchrun_commands(
             *worker,
         ]
         reason = (
-            shape.reason
-            + f"; static rendezvous at {master}:{settings.master_port}, ranks {rank * shape.procs_per_node}-{(rank + 1) * shape.procs_per_node - 1} here"
+            shape.reason + f"; static rendezvous at {master}:{settings.master_port}, ranks "
+            f"{rank * shape.procs_per_node}-{(rank + 1) * shape.procs_per_node - 1} here"
         )
         commands.append(Command(argv=tuple(argv), where=f"node {rank}", reason=reason, env=env))
     return commands
@@ -313,7 +333,8 @@ def gpu_memory_utilization(plan: Plan) -> tuple[float, str]:
     total = totals[(tight.node, str(tight.device))]
     return (
         value,
-        f"the plan may use {tight.usable / GIB:.1f} of {total / GIB:.1f} GiB on GPU {tight.device} (free minus headroom)",
+        f"the plan may use {tight.usable / GIB:.1f} of {total / GIB:.1f} GiB on GPU {tight.device} "
+        "(free minus headroom)",
     )
 
 
@@ -334,7 +355,8 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
         notes.append(f"vLLM keeps its KV cache in --dtype {plan.model.dtype}, not the plan's {plan.kv_cache_dtype}")
     if plan.model.quantization.method and not plan.model.quantization.kept:
         notes.append(
-            f"the plan dequantizes {plan.model.quantization.method} to {plan.model.dtype}; vLLM reads the checkpoint's quantization and uses its own kernels"
+            f"the plan dequantizes {plan.model.quantization.method} to {plan.model.dtype}; vLLM reads "
+            "the checkpoint's quantization and uses its own kernels"
         )
     argv = [
         "vllm",
@@ -352,7 +374,10 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     if plan.model.trust_remote_code:
         argv.append("--trust-remote-code")
     env = tuple(sorted(launch_env(plan).items()))
-    reason = f"tp {plan.tp_size}, pp {plan.pp_size}, context {plan.limits.context_tokens} tokens, {plan.limits.sessions} sequences; memory: {util_reason}"
+    reason = (
+        f"tp {plan.tp_size}, pp {plan.pp_size}, context {plan.limits.context_tokens} tokens, "
+        f"{plan.limits.sessions} sequences; memory: {util_reason}"
+    )
     commands = []
     if plan.nodes > 1:
         head = settings.master_addr or "NODE0_HOST"
@@ -451,7 +476,8 @@ def slurm_preset_yaml(config: dict, title: str) -> str:
     }
     lines = [
         f"# {title}",
-        "# Generated by `python -m runner.launch.render` (runner.launch.render.slurm_config); edit SLURM_PRESETS, not this file.",
+        "# Generated by `python -m runner.launch.render` (runner.launch.render.slurm_config); edit "
+        "SLURM_PRESETS, not this file.",
         "defaults:",
         "  - submitit_slurm",
         "",
@@ -462,7 +488,8 @@ def slurm_preset_yaml(config: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Presets shipped in conf/hydra/launcher/: name -> (nodes, GPUs per node). `python -m runner.launch.render` rewrites them.
+# Presets shipped in conf/hydra/launcher/: name -> (nodes, GPUs per node).
+# `python -m runner.launch.render` rewrites them.
 SLURM_PRESETS = {
     "slurm_1node_1gpu": (1, 1),
     "slurm_1node_2gpu": (1, 2),
@@ -474,22 +501,15 @@ SLURM_PRESETS = {
 def preset_text(name: str) -> str:
     nodes, gpus = SLURM_PRESETS[name]
     config, _ = slurm_config(nodes, gpus, SlurmSettings())
-    title = f"hydra/launcher={name}: {nodes} node(s) x {gpus} GPU(s) on SLURM; use with `shardwise launch -m hydra/launcher={name} ...`"
+    title = (
+        f"hydra/launcher={name}: {nodes} node(s) x {gpus} GPU(s) on SLURM; use with `shardwise "
+        f"launch -m hydra/launcher={name} ...`"
+    )
     return slurm_preset_yaml(config, title)
 
 
-def write_presets(launcher_dir: Path) -> list[Path]:
-    launcher_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in SLURM_PRESETS:
-        path = launcher_dir / f"{name}.yaml"
-        path.write_text(preset_text(name))
-        written.append(path)
-    return written
-
-
 if __name__ == "__main__":
-    from planner.config.app import conf_dir
+    from planner.config.reader import write_option
 
-    for path in write_presets(conf_dir() / "hydra" / "launcher"):
-        print(path)
+    for preset in SLURM_PRESETS:
+        print(write_option("hydra/launcher", preset, preset_text(preset)))

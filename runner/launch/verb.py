@@ -55,8 +55,10 @@ def task(cfg) -> None:
 
         binding = plan.binding or {}
         raise ShardwiseError(
-            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device {binding.get('device', '?')}): "
-            f"see `shardwise plan` for what would make it fit ({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
+            f"{plan.model.name} does not fit this plan ({binding.get('term', 'memory')} on device "
+            f"{binding.get('device', '?')}): "
+            "see `shardwise plan` for what would make it fit "
+            f"({'; '.join(fix_texts(binding)[:2]) or 'shorter context, more GPUs'})"
         )
     if settings.cpu_tp_size:
         plan = rehearsal_plan(plan, settings.cpu_tp_size)
@@ -73,13 +75,12 @@ def task(cfg) -> None:
         notes += vnotes
         if not importlib.util.find_spec("vllm"):
             notes.append(
-                "vllm is not installed here: these commands were printed, not run (pip install vllm on the GPU machines)"
+                "vllm is not installed here: these commands were printed, not run (pip install vllm "
+                "on the GPU machines)"
             )
             settings.dry_run = True
     elif engine == L.Engine.torchrun:
-        from planner.config.app import conf_dir
-
-        notes += L.check_distributed(plan, L.plan_architecture(plan, conf_dir()))
+        notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
         commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
     else:
@@ -97,59 +98,23 @@ def task(cfg) -> None:
         raise SystemExit(rc)
 
 
-def _port_ok(port) -> bool:
-    return isinstance(port, int) and 1 <= port <= 65535
-
-
 def check_settings(settings: L.LaunchSettings) -> None:
     """launch.* values no engine could use are one-line errors before anything is planned or started."""
-    slurm = settings.slurm
-    checks = [
-        (_port_ok(settings.port), "launch.port", settings.port, "use a TCP port from 1 to 65535"),
-        (_port_ok(settings.master_port), "launch.master_port", settings.master_port, "use a TCP port from 1 to 65535"),
-        (_port_ok(settings.ray_port), "launch.ray_port", settings.ray_port, "use a TCP port from 1 to 65535"),
-        (
-            settings.node_rank is None or settings.node_rank >= 0,
-            "launch.node_rank",
-            settings.node_rank,
-            "use 0 for the first node, 1 for the next, ...",
-        ),
-        (settings.cpu_tp_size >= 0, "launch.cpu_tp_size", settings.cpu_tp_size, "use 0 (off) or 2 or more ranks"),
-        (
-            settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
-            "launch.gpu_memory_utilization",
-            settings.gpu_memory_utilization,
-            "use a fraction above 0 and at most 1, or null for the plan's",
-        ),
-        (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
-        (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
-        (slurm.mem_gib_per_gpu >= 1, "launch.slurm.mem_gib_per_gpu", slurm.mem_gib_per_gpu, "use GiB >= 1"),
-    ]
-    for ok, key, value, fix in checks:
-        if not ok:
-            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
-    if settings.rdzv_endpoint:
-        host, _, port = str(settings.rdzv_endpoint).rpartition(":")
-        if not host or not port.isdigit() or not _port_ok(int(port)):
-            raise ShardwiseError(
-                f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: write e.g. launch.rdzv_endpoint=node0.cluster:29400"
-            )
-    if any(not str(p).strip() for p in settings.prompt):
-        raise ShardwiseError(
-            f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
-        )
+    from planner.config.schema import check_launch
+
+    check_launch(settings)
 
 
 def check_generation(cfg) -> None:
     """generation.* reaches the chat, the server or every torchrun rank: refuse a value none could use, now."""
-    from runner.api import sampling_defaults
+    from runner.engine.sampling import SamplingParams
 
-    sampling_defaults(cfg.generation)
+    SamplingParams.from_generation(cfg.generation)
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
 
@@ -177,7 +142,8 @@ def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
     """A CPU plan turned into a tensor-parallel one over `ranks` local gloo processes (to rehearse a TP launch)."""
     if plan.strategy != "cpu":
         raise ShardwiseError(
-            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is {plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
+            f"launch.cpu_tp_size={ranks} rehearses tensor parallel on a CPU plan, this plan is "
+            f"{plan.strategy}: drop launch.cpu_tp_size or plan with hardware=cpu"
         )
     if ranks < 2:
         raise ShardwiseError(
@@ -186,7 +152,8 @@ def rehearsal_plan(plan: Plan, ranks: int) -> Plan:
     decision = Decision(
         "strategy",
         "tensor_parallel",
-        f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a rehearsal, not a speed-up)",
+        f"launch.cpu_tp_size={ranks}: {ranks} gloo ranks on this CPU share the host's RAM (a "
+        "rehearsal, not a speed-up)",
     )
     return replace(
         plan, strategy="tensor_parallel", tp_size=ranks, pp_size=1, device_map={}, decisions=(*plan.decisions, decision)
@@ -200,7 +167,8 @@ def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
     slurm_nodes = os.environ.get("SLURM_NNODES")
     if slurm_nodes and int(slurm_nodes) != plan.nodes:
         raise ShardwiseError(
-            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with hydra.launcher.nodes={plan.nodes}"
+            f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with "
+            f"hydra.launcher.nodes={plan.nodes}"
         )
     rank = settings.node_rank
     if rank is None and "SLURM_NODEID" in os.environ:
@@ -209,13 +177,15 @@ def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
             settings.master_addr = slurm_master_addr()
     if rank is None:
         raise ShardwiseError(
-            f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or launch.rdzv_endpoint=HOST:PORT)"
+            f"a {plan.nodes}-node plan needs launch.node_rank=0..{plan.nodes - 1} on each node (or "
+            "launch.rdzv_endpoint=HOST:PORT)"
         )
     if not 0 <= rank < plan.nodes:
         raise ShardwiseError(f"launch.node_rank={rank} is outside this {plan.nodes}-node plan: use 0..{plan.nodes - 1}")
     if not settings.master_addr:
         raise ShardwiseError(
-            f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or launch.rdzv_endpoint=HOST:PORT"
+            f"a {plan.nodes}-node plan needs launch.master_addr=HOST (node 0's address) or "
+            "launch.rdzv_endpoint=HOST:PORT"
         )
     return rank
 
@@ -234,7 +204,8 @@ def print_dry_run(
     plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
 ) -> None:
     print(
-        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; engine {engine.value}"
+        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp "
+        f"{plan.pp_size}; engine {engine.value}"
     )
     print(f"# plan: {plan_path}")
     for command in commands:

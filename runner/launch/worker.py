@@ -3,12 +3,16 @@
     torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan plan.json --prompt "hello"
 
 `shardwise launch` renders and starts this; Hydra never runs here, the worker reads only
-`plan.json` and the sampling settings the parent resolved. Every rank loads the model with
-transformers' own distributed loading (`DistributedConfig(tp_size, pp_size)`: tensor parallel
-inside a node, pipeline stages across nodes), gloo on CPU and NCCL on GPUs. Rank 0 owns the
-conversation: it reads prompts (arguments or stdin), applies the chat template, and broadcasts
-each request -- token ids, sampling parameters and seed -- so every rank runs the same
-`generate()` call; afterwards the ranks compare their token ids and stop if they diverged.
+`plan.json` and the sampling settings the parent resolved (`--max-tokens`, ...: the `generation`
+config, absent ones take SamplingParams' defaults). Every rank loads the model with transformers'
+own distributed loading (`DistributedConfig(tp_size, pp_size)`: tensor parallel inside a node,
+pipeline stages across nodes), gloo on CPU and NCCL on GPUs.
+
+The rank is a thin loop over the engine ChatSession uses: rank 0 owns the conversation, builds
+and fits the prompt with runner.engine.prompt (same template, same dropping of old turns, same
+ContextLengthError), draws a seed when none is set, and broadcasts the request; every rank then
+runs runner.engine.generate.generate_ids (stop strings, penalties, the plan's chunked prefill),
+and the ranks compare their token ids and stop if they diverged.
 """
 
 from __future__ import annotations
@@ -22,11 +26,8 @@ from pathlib import Path
 
 from planner.errors import ShardwiseError
 from planner.plan import Plan
-
-PLAIN_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
+from runner.engine.prompt import ChatPrompt, ContextLengthError, context_tokens, max_new_tokens
+from runner.engine.sampling import SamplingParams
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,10 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="user turn (repeat for a conversation); none: read stdin on rank 0",
     )
-    parser.add_argument("--max-tokens", type=int, default=256, help="new tokens per reply at most")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    # No defaults here: an absent value takes SamplingParams' default (conf/generation's).
+    parser.add_argument("--max-tokens", type=int, default=None, help="new tokens per reply at most")
+    parser.add_argument("--temperature", type=float, default=None, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed; none: rank 0 draws one per request")
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeat for more)")
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--record-dir", default=None, help="write rank<N>.jsonl with each request's token ids here")
     return parser.parse_args(argv)
@@ -58,7 +61,8 @@ def init_distributed(plan: Plan):
     expected = plan.tp_size * plan.pp_size
     if world != expected:
         raise ShardwiseError(
-            f"torchrun started {world} ranks but the plan needs tp {plan.tp_size} x pp {plan.pp_size} = {expected}: start it with `shardwise launch plan_file=...`"
+            f"torchrun started {world} ranks but the plan needs tp {plan.tp_size} x pp {plan.pp_size} = {expected}: "
+            f"start it with `shardwise launch plan_file=...`"
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if plan.hardware.get("devices") and torch.cuda.is_available():
@@ -88,19 +92,49 @@ def load(plan: Plan):
     return tokenizer, model
 
 
-def encode_conversation(tokenizer, messages: list[dict], template: str | None, budget_tokens: int) -> list[int]:
-    """Prompt ids for the conversation, dropping the oldest turns (never the system message) to stay in budget."""
-    messages = list(messages)
-    chat_template = tokenizer.chat_template or template or PLAIN_TEMPLATE
-    while True:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+class Rank:
+    """One rank's model and the engine settings every rank derives the same way from the plan."""
+
+    def __init__(self, plan: Plan, tokenizer, model, device, system_prompt: str | None = None):
+        from runner.engine.generate import model_eos_ids, model_pad_id
+
+        self.plan, self.tokenizer, self.model, self.device = plan, tokenizer, model, device
+        self.prompt = ChatPrompt(tokenizer, profile_template=plan.model.chat_template, system_prompt=system_prompt)
+        self.context_tokens = context_tokens(plan, model.config)
+        self.eos_ids = model_eos_ids(model, tokenizer)
+        self.pad_id = model_pad_id(tokenizer, self.eos_ids)
+
+    def request(self, turn: int, messages: list[dict], params: SamplingParams) -> dict:
+        """Rank 0: the fitted prompt and everything every rank needs to run the same generation."""
+        ids, dropped = self.prompt.fit(messages, context_tokens=self.context_tokens, max_tokens=params.max_tokens)
+        if dropped:
+            print(
+                f"shardwise: dropped the {dropped} oldest message(s) to keep the prompt ({len(ids)} tokens) "
+                f"inside the {self.context_tokens}-token context",
+                file=sys.stderr,
+                flush=True,
+            )
+        if params.seed is None:  # every rank must sample with the same seed
+            params = params.with_overrides(seed=random.SystemRandom().randrange(2**31))
+        budget = max_new_tokens(self.context_tokens, len(ids), params.max_tokens, self.plan.limits.max_new_tokens)
+        return {"op": "generate", "turn": turn, "input_ids": ids, "params": params.to_dict(), "max_new_tokens": budget}
+
+    def generate(self, request: dict):
+        """Every rank: the engine's generation loop on the broadcast request."""
+        from runner.engine.generate import generate_ids
+
+        return generate_ids(
+            self.model,
+            self.tokenizer,
+            request["input_ids"],
+            SamplingParams(**request["params"]),
+            max_new_tokens=request["max_new_tokens"],
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            stops=self.prompt.template_stops,
+            prefill_chunk_tokens=self.plan.limits.prefill_chunk_tokens,
+            device=self.device,
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        first_turn = 1 if messages and messages[0]["role"] == "system" else 0
-        if len(ids) <= budget_tokens or len(messages) - first_turn <= 1:
-            return ids[-budget_tokens:]
-        del messages[first_turn]
 
 
 def prompts(args: argparse.Namespace):
@@ -118,54 +152,30 @@ def prompts(args: argparse.Namespace):
         yield line.rstrip("\n")
 
 
-def run_request(model, request: dict, device) -> list[int]:
-    """The same generate() call on every rank: ids in, new ids out."""
-    import torch
-
-    input_ids = torch.tensor([request["input_ids"]], device=device)
-    torch.manual_seed(request["seed"])
-    sample = request["temperature"] > 0
-    kwargs = {"temperature": request["temperature"], "top_p": request["top_p"]} if sample else {}
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=request["max_new_tokens"],
-            do_sample=sample,
-            **kwargs,
-        )
-    return out[0, input_ids.shape[1] :].tolist()
-
-
-def serve_rank0(plan: Plan, args, tokenizer, model, device, record) -> None:
+def serve_rank0(rank: Rank, args, params: SamplingParams, record) -> int:
+    """The conversation on rank 0; returns how many turns failed (a prompt that cannot fit the context)."""
     import torch.distributed as dist
 
-    messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-    max_new = min(args.max_tokens, plan.limits.max_new_tokens or args.max_tokens)
+    messages: list[dict] = []
+    failed = 0
     for turn, user_text in enumerate(prompts(args)):
         messages.append({"role": "user", "content": user_text})
-        budget = max(plan.limits.context_tokens - max_new, 1)
-        ids = encode_conversation(tokenizer, messages, plan.model.chat_template, budget)
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-        request = {
-            "op": "generate",
-            "turn": turn,
-            "input_ids": ids,
-            "max_new_tokens": max(1, min(max_new, plan.limits.context_tokens - len(ids))),
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "seed": seed,
-        }
-        box = [request]
-        dist.broadcast_object_list(box, src=0)
-        new_ids = generate_checked(model, request, device, record)
-        reply = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-        print(reply, flush=True)
-        messages.append({"role": "assistant", "content": reply})
+        try:
+            request = rank.request(turn, messages, params)
+        except ContextLengthError as exc:
+            print(f"shardwise worker: error: {exc}", file=sys.stderr, flush=True)
+            messages.pop()
+            failed += 1
+            continue
+        dist.broadcast_object_list([request], src=0)
+        completion = generate_checked(rank, request, record)
+        print(completion.text.strip(), flush=True)
+        messages.append({"role": "assistant", "content": completion.text})
     dist.broadcast_object_list([{"op": "stop"}], src=0)
+    return failed
 
 
-def serve_follower(model, device, record) -> None:
+def serve_follower(rank: Rank, record) -> None:
     import torch.distributed as dist
 
     while True:
@@ -174,46 +184,57 @@ def serve_follower(model, device, record) -> None:
         request = box[0]
         if request["op"] == "stop":
             return
-        generate_checked(model, request, device, record)
+        generate_checked(rank, request, record)
 
 
-def generate_checked(model, request: dict, device, record) -> list[int]:
+def generate_checked(rank: Rank, request: dict, record):
     """Generate, then make sure every rank produced the same ids (they share logits, seed and inputs)."""
     import torch.distributed as dist
 
-    new_ids = run_request(model, request, device)
+    completion = rank.generate(request)
+    new_ids = completion.token_ids
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, new_ids)
-    record({"turn": request["turn"], "seed": request["seed"], "input_ids": request["input_ids"], "output_ids": new_ids})
+    record(
+        {
+            "turn": request["turn"],
+            "seed": request["params"]["seed"],
+            "input_ids": request["input_ids"],
+            "output_ids": new_ids,
+            "finish_reason": completion.finish_reason,
+        }
+    )
     if any(ids != new_ids for ids in everyone):
         raise RuntimeError(f"ranks diverged on turn {request['turn']}: {everyone}")
-    return new_ids
+    return completion
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         plan = Plan.load(args.plan)
+        params = SamplingParams.from_generation(args, prefix="--")
         import torch.distributed as dist
 
         device = init_distributed(plan)
     except ShardwiseError as exc:
-        print(f"shardwise tp_worker: error: {exc}", file=sys.stderr)
+        print(f"shardwise worker: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    rank = dist.get_rank()
-    if rank != 0:
+    rank_id = dist.get_rank()
+    if rank_id != 0:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     tokenizer, model = load(plan)
+    rank = Rank(plan, tokenizer, model, device, system_prompt=args.system_prompt)
 
     def record(entry: dict) -> None:
         if not args.record_dir:
             return
-        path = Path(args.record_dir) / f"rank{rank}.jsonl"
+        path = Path(args.record_dir) / f"rank{rank_id}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {
-            "rank": rank,
+            "rank": rank_id,
             "world_size": dist.get_world_size(),
             "tp_size": plan.tp_size,
             "pp_size": plan.pp_size,
@@ -222,13 +243,16 @@ def main(argv: list[str] | None = None) -> None:
         with path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
+    failed = 0
     try:
-        if rank == 0:
-            serve_rank0(plan, args, tokenizer, model, device, record)
+        if rank_id == 0:
+            failed = serve_rank0(rank, args, params, record)
         else:
-            serve_follower(model, device, record)
+            serve_follower(rank, record)
     finally:
         dist.destroy_process_group()
+    if failed:
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ dropped. Nothing from a request is instantiated or executed: values are checked 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from runner.engine.types import Completion, SamplingParams
+from runner.engine.sampling import SamplingParams
+from runner.engine.types import Completion
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit on `stop`
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -69,21 +72,6 @@ class ChatRequest:
         if seed > INT64_MAX:
             seed -= 2**64
         return SamplingParams(**{**self.params.__dict__, "seed": seed})
-
-
-@dataclass
-class Defaults:
-    """Sampling defaults for fields a request leaves out (from the `generation` config group).
-
-    generation.system_prompt is not here: the ChatSession adds it when a request has no system message.
-    """
-
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    max_n: int = 8  # most choices one request may ask for
 
 
 def _is_int(value) -> bool:
@@ -163,7 +151,8 @@ def _content_text(content, index: int, role: str) -> str:
     )
 
 
-def _messages(value) -> list[dict]:
+def parse_messages(value) -> list[dict]:
+    """Chat messages as plain {"role", "content": str} dicts; APIError(400) naming the first bad field."""
     if not isinstance(value, list) or not value:
         shown = "an empty list" if value == [] else repr(value)[:80]
         raise invalid(
@@ -240,8 +229,11 @@ def _refuse_unsupported(body: dict) -> None:
         )
 
 
-def parse_chat_request(body, defaults: Defaults) -> ChatRequest:
-    """Validate a decoded JSON body; raise APIError(400) naming the first bad field."""
+def parse_chat_request(body, defaults: SamplingParams, max_n: int = 8) -> ChatRequest:
+    """Validate a decoded JSON body; raise APIError(400) naming the first bad field.
+
+    Fields the body leaves out take `defaults` (the `generation` config); `n` may be at most `max_n`.
+    """
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_type")
     model = body.get("model")
@@ -249,18 +241,19 @@ def parse_chat_request(body, defaults: Defaults) -> ChatRequest:
         raise invalid(
             f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
         )
-    messages = _messages(body.get("messages"))
+    messages = parse_messages(body.get("messages"))
     _refuse_unsupported(body)
 
     max_tokens = _positive_int(body, "max_tokens")
     max_completion_tokens = _positive_int(body, "max_completion_tokens")
     if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
         raise invalid(
-            f"max_tokens ({max_tokens}) and max_completion_tokens ({max_completion_tokens}) disagree: send only max_completion_tokens",
+            f"max_tokens ({max_tokens}) and max_completion_tokens ({max_completion_tokens}) disagree: "
+            "send only max_completion_tokens",
             "max_tokens",
             "invalid_value",
         )
-    n = _positive_int(body, "n", defaults.max_n) or 1
+    n = _positive_int(body, "n", max_n) or 1
 
     seed = body.get("seed")
     if seed is not None and (not _is_int(seed) or not INT64_MIN <= seed <= INT64_MAX):
@@ -299,8 +292,8 @@ def parse_chat_request(body, defaults: Defaults) -> ChatRequest:
         top_p=_number(body, "top_p", 0.0, 1.0, defaults.top_p, low_open=True),
         seed=seed if seed is not None else defaults.seed,
         stop=stop if stop is not None else list(defaults.stop),
-        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
-        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, defaults.presence_penalty),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, defaults.frequency_penalty),
     )
     return ChatRequest(
         model=model, messages=messages, params=params, n=n, stream=bool(stream), include_usage=include_usage, user=user
@@ -311,11 +304,18 @@ def parse_chat_request(body, defaults: Defaults) -> ChatRequest:
 
 
 def finish_reason(completion: Completion) -> str:
-    """OpenAI knows "stop" and "length"; a cancelled generation is never shown to its client."""
+    """OpenAI knows "stop" and "length"; a reply cancelled by its caller ended early, as at a stop."""
     return "length" if completion.finish_reason == "length" else "stop"
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage_body(completions: list[Completion]) -> dict:
+    """Usage over a request's choices: the prompt counts once, every choice's tokens count."""
+    prompt_tokens = completions[0].usage.prompt_tokens if completions else 0
+    completion_tokens = sum(c.usage.completion_tokens for c in completions)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -323,57 +323,72 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def completion_body(
-    request_id: str, model: str, created: int, completions: list[Completion], fingerprint: str | None
-) -> dict:
-    prompt_tokens = completions[0].usage.prompt_tokens if completions else 0
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason(c),
-            }
-            for i, c in enumerate(completions)
-        ],
-        "usage": usage_body(prompt_tokens, sum(c.usage.completion_tokens for c in completions)),
-    }
+@dataclass
+class Response:
+    """One response's identity; builds its `chat.completion` body or its `chat.completion.chunk`s."""
 
+    model: str
+    request_id: str = field(default_factory=new_request_id)
+    created: int = field(default_factory=lambda: now_s())
+    fingerprint: str | None = None  # system_fingerprint (the plan's hardware fingerprint)
+    include_usage: bool = False  # streaming: end with a usage chunk (and usage: null on the others)
 
-def chunk_body(
-    request_id: str,
-    model: str,
-    created: int,
-    fingerprint: str | None,
-    *,
-    index: int | None = None,
-    delta: dict | None = None,
-    finish: str | None = None,
-    usage: dict | None = None,
-    include_usage: bool = False,
-) -> dict:
-    """One `chat.completion.chunk`; with `usage` it is the final usage chunk (no choices)."""
-    body = {
-        "id": request_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-    }
-    if usage is not None:
-        body["choices"] = []
-        body["usage"] = usage
+    def _head(self, kind: str) -> dict:
+        return {
+            "id": self.request_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+        }
+
+    def completion(self, completions: list[Completion]) -> dict:
+        return {
+            **self._head("chat.completion"),
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason(c),
+                }
+                for i, c in enumerate(completions)
+            ],
+            "usage": usage_body(completions),
+        }
+
+    def chunk(self, index: int, delta: dict, finish: str | None = None) -> dict:
+        body = {
+            **self._head("chat.completion.chunk"),
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            body["usage"] = None  # OpenAI sends usage: null on every chunk but the last when usage is asked for
         return body
-    body["choices"] = [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
-    if include_usage:
-        body["usage"] = None  # OpenAI sends usage: null on every chunk but the last when usage is asked for
-    return body
+
+    def role_chunk(self, index: int) -> dict:
+        return self.chunk(index, {"role": "assistant", "content": ""})
+
+    def finish_chunk(self, index: int, completion: Completion) -> dict:
+        return self.chunk(index, {}, finish_reason(completion))
+
+    def usage_chunk(self, completions: list[Completion]) -> dict:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage_body(completions)}
+
+    def stream(self, text_stream) -> Iterator[dict]:
+        """The chunks of one choice as OpenAI streams them: the role, content deltas, one chunk with the
+        finish_reason and an empty delta, then (include_usage) a usage chunk with no choices.
+        `text_stream` yields text deltas and has `.completion` afterwards; it is closed however this ends.
+        """
+        try:
+            yield self.role_chunk(0)
+            for delta in text_stream:
+                yield self.chunk(0, {"content": delta})
+            yield self.finish_chunk(0, text_stream.completion)
+            if self.include_usage:
+                yield self.usage_chunk([text_stream.completion])
+        finally:
+            text_stream.close()
 
 
 def model_card(name: str, created: int) -> dict:

@@ -20,10 +20,9 @@ import errno
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
+from planner.config.schema import read_serve_config as read_serve_block
 from planner.errors import ShardwiseError
 
 log = logging.getLogger("shardwise.serve")
@@ -31,72 +30,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@dataclass
-class ServeBlock:
-    """Schema of the `serve:` block of conf/serve.yaml (see the comments there)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: Optional[str] = None
-    max_queue: int = 8
-    batching: bool = True
-    max_body_bytes: int = 1 << 20
-    max_n: int = 8
-    request_timeout_s: float = 600.0
-    models: list[str] = field(default_factory=list)
-    log_level: str = "info"
-
-
-def read_serve_block(node) -> ServeBlock:
-    """The `serve:` block, type-checked (a typo'd key is an error) and range-checked."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ServeBlock), node if node is not None else {})
-        block = ServeBlock(**OmegaConf.to_container(merged))
-    except OmegaConfBaseException as exc:
-        first = str(exc).splitlines()[0]
-        key = getattr(exc, "full_key", None)
-        where = f"serve.{key}" if key else "the serve block"
-        raise ShardwiseError(
-            f"bad value in {where} ({first}): see the keys and their types in conf/serve.yaml"
-        ) from None
-    checks = [
-        (1 <= block.port <= 65535, "serve.port", block.port, "use a TCP port from 1 to 65535"),
-        (block.max_queue >= 0, "serve.max_queue", block.max_queue, "use 0 (only the running request) or more"),
-        (block.max_body_bytes >= 1024, "serve.max_body_bytes", block.max_body_bytes, "use at least 1024 bytes"),
-        (block.max_n >= 1, "serve.max_n", block.max_n, "use 1 or more"),
-        (
-            block.request_timeout_s >= 0,
-            "serve.request_timeout_s",
-            block.request_timeout_s,
-            "use seconds >= 0 (0: no limit)",
-        ),
-        (block.log_level in LOG_LEVELS, "serve.log_level", block.log_level, f"use one of {', '.join(LOG_LEVELS)}"),
-    ]
-    for ok, key, value, fix in checks:
-        if not ok:
-            raise ShardwiseError(f"{key}={value!r} is out of range: {fix}")
-    return block
-
-
 def settings_from_config(cfg):
     """ServeSettings from the composed config; the API key falls back to $SHARDWISE_API_KEY."""
+    from runner.engine.sampling import SamplingParams
     from runner.openai.app import ServeSettings
-    from runner.openai.protocol import Defaults
 
     block = read_serve_block(cfg.get("serve"))
-    sampling_defaults(cfg)  # a bad generation.* default is refused now, not on every request
-    generation = cfg.generation
-    defaults = Defaults(
-        max_tokens=int(generation.max_tokens),
-        temperature=float(generation.temperature),
-        top_p=float(generation.top_p),
-        seed=generation.seed,
-        stop=list(generation.stop),
-        max_n=block.max_n,
-    )
+    # a bad generation.* default is refused now, not on every request
+    defaults = SamplingParams.from_generation(cfg.generation)
     api_key = block.api_key or os.environ.get("SHARDWISE_API_KEY") or None
     return ServeSettings(
         host=block.host,
@@ -106,14 +47,8 @@ def settings_from_config(cfg):
         max_body_bytes=block.max_body_bytes,
         request_timeout_s=float(block.request_timeout_s),
         defaults=defaults,
+        max_n=block.max_n,
     ), block
-
-
-def sampling_defaults(cfg):
-    """generation.* as SamplingParams, checked before any model loads (a bad value names its override)."""
-    from runner.api import sampling_defaults as from_generation
-
-    return from_generation(cfg.generation)
 
 
 def _hardware_choice(cfg) -> str:
@@ -136,8 +71,8 @@ def plan_for(cfg, model_node) -> object:
     """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now)."""
     from omegaconf import OmegaConf
 
+    from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.planning import plan_from_config
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
     view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
@@ -149,8 +84,8 @@ def extra_model_node(entry: str):
     from omegaconf import OmegaConf
 
     from planner.config.app import resolve_model_name
+    from planner.config.reader import load_profile
     from planner.config.schema import ModelConfig
-    from planner.model.source import load_profile
 
     path = Path(entry).expanduser()
     if path.is_dir() or path.name == "config.json":
@@ -203,7 +138,8 @@ def model_sources(cfg) -> list:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ShardwiseError(
-            f"serve.models names {', '.join(duplicates)} more than once (the served models are {names}): list each model once"
+            f"serve.models names {', '.join(duplicates)} more than once (the served models are {names}): "
+            "list each model once"
         )
     return sources
 
@@ -211,6 +147,7 @@ def model_sources(cfg) -> list:
 def load_session(cfg, plan):
     """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
+    from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
 
     policy = RecoveryPolicy()
@@ -219,7 +156,7 @@ def load_session(cfg, plan):
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
     session = ChatSession(
         loaded,
-        defaults=sampling_defaults(cfg),
+        defaults=SamplingParams.from_generation(cfg.generation),
         plan=loaded.plan,
         system_prompt=cfg.generation.get("system_prompt"),
         recovery=policy,

@@ -1,0 +1,109 @@
+"""The one reader of conf/ outside Hydra's own composition: option files through OmegaConf, cached.
+
+Model aliases, profiles loaded by name (policy.candidates, a profile's fallback, `serve.models`),
+the benchmarks' tables and the launcher's architecture look-up all come through here, so a
+profile is read the same way everywhere: its `defaults:` list dropped, merged onto the schema.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+
+
+@cache
+def conf_dir() -> Path:
+    """The config tree: `conf/` beside the packages in a checkout, `planner/conf` in a wheel."""
+    here = Path(__file__).resolve().parents[1]
+    checkout = here.parent / "conf"
+    if (checkout / "plan.yaml").is_file():
+        return checkout
+    installed = Path(str(resources.files("planner.conf")))
+    if (installed / "plan.yaml").is_file():
+        return installed
+    raise ShardwiseError(
+        f"shardwise's config tree is missing (looked in {checkout} and {installed}): reinstall shardwise"
+    )
+
+
+def profile_names(group: str) -> list[str]:
+    """Option names of a config group (the file names in conf/<group>/)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def option_exists(group: str, name: str) -> bool:
+    return (conf_dir() / group / f"{name}.yaml").is_file()
+
+
+@cache
+def _read(group: str, name: str):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    node.pop("defaults", None)
+    OmegaConf.set_readonly(node, True)  # shared by every caller through the cache
+    return node
+
+
+def read_option(group: str, name: str) -> dict:
+    """One option file of a group as plain data, its Hydra `defaults:` list dropped."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(_read(group, name), resolve=True)
+
+
+@cache
+def model_aliases() -> dict[str, str]:
+    """Lower-cased hub id (and profile name) -> profile name, from conf/model/*.yaml."""
+    aliases: dict[str, str] = {}
+    for name in profile_names("model"):
+        aliases[name.lower()] = name
+        node = _read("model", name)
+        for hub_id in [node.get("hub_id"), *(node.get("aliases") or [])]:
+            if hub_id:
+                aliases[str(hub_id).lower()] = name
+    return aliases
+
+
+@cache
+def load_profile(name: str):
+    """A model profile by name or hub id (policy.candidates, a profile's fallback), validated against the schema."""
+    from omegaconf import OmegaConf
+
+    from planner.config.schema import ModelConfig
+
+    profile = model_aliases().get(str(name).lower())
+    if profile in (None, "auto") or not option_exists("model", profile):
+        choices = ", ".join(p for p in profile_names("model") if p != "auto")
+        raise ShardwiseError(
+            f"model profile {name!r} (in policy.candidates or a profile's fallback) does not exist: "
+            f"choose from {choices}"
+        )
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), _read("model", profile))
+
+
+def profile_spec(name: str):
+    """The ModelSpec of a shipped profile: what the planner core is handed to load fallbacks and candidates."""
+    from planner.model.source import spec_from_config
+
+    return spec_from_config(load_profile(name))
+
+
+def profile_architecture(name: str) -> dict | None:
+    """A shipped profile's config.json numbers, or None when no profile has that name."""
+    if not option_exists("model", name):
+        return None
+    return read_option("model", name).get("architecture") or None
+
+
+def write_option(group: str, name: str, text: str) -> Path:
+    """Write a generated option file, conf/<group>/<name>.yaml (the SLURM launcher presets); its path back."""
+    folder = conf_dir() / group
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    _read.cache_clear()
+    return path

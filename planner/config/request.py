@@ -1,0 +1,125 @@
+"""The composed config, parsed once into the typed request the planner core takes.
+
+Everything the core needs from `model` and `policy` is read here: token counts are parsed by
+`parse_tokens` (the only place that reads them), enum settings become plain strings, MiB and GiB
+become bytes, and the offload disk's free space is measured here, at the edge, so the core never
+touches files or the environment.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+from planner.hardware.devices import Hardware
+from planner.memory import Overheads
+from planner.model.source import ModelSpec, spec_from_config
+from planner.plan import Plan
+from planner.policy import Policy
+from planner.sessions import parse_sessions
+from planner.units import GIB, MIB
+
+# `k` is 1024 tokens, as context sizes are usually written (8k = 8192, 128k = 131072).
+TOKENS_PER_K = 1024
+
+
+def parse_tokens(value, key: str, *, allow_auto: bool = False) -> int | None:
+    """A token count as users write it: 8192, 8e3, 8k / 8K (x1024), or `auto` (None) where allowed."""
+    text = str(value).strip().lower()
+    if allow_auto and text == "auto":
+        return None
+    scale = 1
+    if text.endswith("k"):
+        text, scale = text[:-1], TOKENS_PER_K
+    example = f"{key}=8192, {key}=8e3 or {key}=8k" + (f" or {key}=auto" if allow_auto else "")
+    try:
+        number = float(text) * scale
+    except ValueError:
+        what = "neither a number nor auto" if allow_auto else "not a number of tokens"
+        raise ShardwiseError(f"{key}={value!r} is {what}: use e.g. {example}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise ShardwiseError(f"{key}={value!r} is not a whole number of tokens: use e.g. {example}")
+    return int(number)
+
+
+def _enum_value(setting) -> str:
+    """An enum setting as its plain string (OmegaConf hands back the Enum member)."""
+    from enum import Enum
+
+    return setting.value if isinstance(setting, Enum) else str(setting)
+
+
+def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
+    """Room for disk-offloaded weights: the configured GiB, else the free space where the folder goes (measured)."""
+    if offload_disk_gib < 0:
+        raise ShardwiseError(f"policy.offload_disk_gib={offload_disk_gib} must be >= 0 (0: measure the free space)")
+    if offload_disk_gib > 0:
+        return int(offload_disk_gib * GIB)
+    where = Path(offload_folder).expanduser().resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return shutil.disk_usage(where).free
+    except OSError:
+        return 0
+
+
+def policy_from_config(node) -> Policy:
+    """The typed Policy from a composed `policy` node or a plain dict of the same keys (validated by Policy)."""
+    overhead = node["overhead"]
+    return Policy(
+        context_tokens=parse_tokens(node["context_tokens"], "policy.context_tokens", allow_auto=True),
+        sessions=parse_sessions(node["sessions"], check_range=False),  # the Policy checks the range
+        headroom_fraction=float(node["headroom_fraction"]),
+        headroom_mib=int(node["headroom_mib"]),
+        host_headroom_fraction=float(node["host_headroom_fraction"]),
+        allow_cpu_offload=bool(node["allow_cpu_offload"]),
+        allow_disk_offload=bool(node["allow_disk_offload"]),
+        offload_folder=str(node["offload_folder"]),
+        offload_disk_bytes=offload_disk_bytes(float(node["offload_disk_gib"] or 0), str(node["offload_folder"])),
+        strategy=_enum_value(node["strategy"]),
+        dtype=_enum_value(node["dtype"]),
+        quantization=_enum_value(node["quantization"]),
+        kv_cache_dtype=_enum_value(node["kv_cache_dtype"]),
+        attn_implementation=_enum_value(node["attn_implementation"]),
+        prefill_chunk_tokens=parse_tokens(node["prefill_chunk_tokens"], "policy.prefill_chunk_tokens"),
+        min_context_tokens=parse_tokens(node["min_context_tokens"], "policy.min_context_tokens"),
+        candidates=tuple(str(name) for name in node["candidates"] or ()),
+        overhead=Overheads(
+            cuda_context_bytes=int(overhead["cuda_context_mib"]) * MIB,
+            workspace_bytes=int(overhead["workspace_mib"]) * MIB,
+            fragmentation_fraction=float(overhead["fragmentation_fraction"]),
+            cpu_runtime_bytes=int(overhead["cpu_runtime_mib"]) * MIB,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What to plan: the model (None for model=auto: the largest of policy.candidates that fits) and the policy.
+
+    The hardware is resolved beside it (probe, tier or snapshot: planner.hardware.tiers) and
+    handed to the core as a Hardware.
+    """
+
+    model: ModelSpec | None
+    policy: Policy
+
+
+def request_from_config(cfg) -> PlanRequest:
+    """The PlanRequest for a composed config with `model` and `policy` nodes."""
+    policy = policy_from_config(cfg.policy)
+    if cfg.model.name == "auto" and not cfg.model.get("path"):
+        return PlanRequest(model=None, policy=policy)
+    return PlanRequest(model=spec_from_config(cfg.model), policy=policy)
+
+
+def plan_from_config(cfg, hardware: Hardware) -> Plan:
+    """The Plan for a composed config on `hardware`: parse once, then hand the core typed values."""
+    from planner.config.reader import profile_spec
+    from planner.planning import plan
+
+    return plan(request_from_config(cfg), hardware, load_profile=profile_spec)

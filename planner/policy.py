@@ -1,0 +1,85 @@
+"""The planning policy as the core reads it: a frozen, fully parsed, validated value.
+
+planner/config builds it once from the composed `policy` node (token counts parsed, the offload
+disk measured); the core never sees a DictConfig. Other policies (a fix to try, a fallback model)
+are `dataclasses.replace(policy, ...)`, validated again by the same `__post_init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.errors import ShardwiseError
+from planner.memory import Overheads
+
+STRATEGIES = ("auto", "single_gpu", "pipeline", "tensor_parallel")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATION_POLICIES = ("auto", "keep", "none")
+ATTENTION_KERNELS = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Planning knobs (see conf/policy/default.yaml for each key's meaning and unit)."""
+
+    context_tokens: int | None = None  # per session; None: the largest that fits
+    sessions: int | None = 1  # concurrent sequences; None: auto, the most that fit (planner/sessions.py)
+    headroom_fraction: float = 0.02
+    headroom_mib: int = 0
+    host_headroom_fraction: float = 0.2
+    allow_cpu_offload: bool = False
+    allow_disk_offload: bool = False
+    offload_folder: str = "offload"
+    offload_disk_bytes: int = 0  # room for disk-offloaded weights (policy.offload_disk_gib, or measured free space)
+    strategy: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "auto"
+    kv_cache_dtype: str = "auto"
+    attn_implementation: str = "auto"
+    prefill_chunk_tokens: int = 0  # 0: chunk only when that keeps the peak inside
+    min_context_tokens: int = 512
+    candidates: tuple[str, ...] = ()
+    overhead: Overheads = field(default_factory=Overheads)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                self.context_tokens is None or self.context_tokens >= 1,
+                f"policy.context_tokens={self.context_tokens} must be positive: "
+                "use e.g. policy.context_tokens=8192 or auto",
+            ),
+            (self.sessions is None or self.sessions >= 1, f"policy.sessions={self.sessions} must be >= 1 (or auto)"),
+            (
+                0 <= self.headroom_fraction < 1,
+                f"policy.headroom_fraction={self.headroom_fraction} must be in [0, 1)",
+            ),
+            (self.headroom_mib >= 0, f"policy.headroom_mib={self.headroom_mib} must be >= 0"),
+            (
+                0 <= self.host_headroom_fraction < 1,
+                f"policy.host_headroom_fraction={self.host_headroom_fraction} must be in [0, 1)",
+            ),
+            (
+                self.prefill_chunk_tokens >= 0,
+                f"policy.prefill_chunk_tokens={self.prefill_chunk_tokens} must be >= 0 (0: auto)",
+            ),
+            (
+                self.min_context_tokens >= 1,
+                f"policy.min_context_tokens={self.min_context_tokens} must be >= 1",
+            ),
+            (self.offload_disk_bytes >= 0, f"offload disk space {self.offload_disk_bytes} must be >= 0"),
+        ]
+        choices = [
+            ("strategy", STRATEGIES),
+            ("dtype", DTYPES),
+            ("quantization", QUANTIZATION_POLICIES),
+            ("kv_cache_dtype", DTYPES),
+            ("attn_implementation", ATTENTION_KERNELS),
+        ]
+        for name, allowed in choices:
+            value = getattr(self, name)
+            checks.append(
+                (value in allowed, f"policy.{name}={value!r} is not one of {', '.join(allowed)}: choose one of them")
+            )
+        for ok, message in checks:
+            if not ok:
+                raise ShardwiseError(message)

@@ -1,0 +1,224 @@
+"""Which arrangements to try, in order, and the search for the context (and prefill chunk) each reaches.
+
+An arrangement (Attempt) lays the model out at a given (context, chunk): one GPU, a pipeline over
+the n roomiest, tensor parallel inside NVLinked nodes, pipeline stages across nodes, offload. They
+are tried fewest GPUs first; the first that fits wins (DESIGN.md, placement rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.errors import ShardwiseError
+from planner.hardware.devices import Hardware
+from planner.memory import CostModel, headroom
+from planner.model.inventory import Inventory
+from planner.placement import best_chunk, evaluate, largest_context, layout_layers, layout_offload
+from planner.plan import Notes
+from planner.policy import Policy
+from planner.units import MIB
+
+
+@dataclass
+class Attempt:
+    """One candidate arrangement: how to lay it out at (context, chunk), and what it is called."""
+
+    strategy: str
+    build: object  # callable (context, chunk) -> list[Slot] | None
+    gpus: int
+    tp_size: int = 1
+    pp_size: int = 1
+    nodes: int = 1
+    note: str = ""
+    slots: list = field(default_factory=list)
+
+    def fits_at(self, cost: CostModel, context: int, chunk: int) -> bool:
+        slots = self.build(context, chunk)
+        return bool(slots) and all(p.fits for p in evaluate(slots, cost, context, chunk))
+
+
+# A device entry is (Device or None, key, usable bytes, free bytes), as placement lays out onto.
+
+
+def gpu_entries(hw: Hardware, policy: Policy, node: int = 0) -> list[tuple]:
+    entries = []
+    for d in hw.devices:
+        if d.node != node:
+            continue
+        reserve = headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib * MIB)
+        entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
+    return entries
+
+
+def host_entry(hw: Hardware, policy: Policy) -> tuple:
+    ram = hw.host_ram_bytes
+    return (None, "cpu", int(ram * (1 - policy.host_headroom_fraction)), ram)
+
+
+def disk_entry(policy: Policy) -> tuple:
+    """Room where the offload folder goes (measured when the request was built: re-plan on the target)."""
+    return (None, "disk", policy.offload_disk_bytes, policy.offload_disk_bytes)
+
+
+def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, notes: Notes) -> list[Attempt]:
+    """The arrangements policy.strategy allows on `hw`, fewest GPUs first."""
+    strategy = policy.strategy
+    gpus = gpu_entries(hw, policy, 0)
+    found: list[Attempt] = []
+    if not gpus:
+        if strategy != "auto":
+            raise ShardwiseError(
+                f"policy.strategy={strategy} needs GPUs, but {hw.source} has none: use policy.strategy=auto"
+            )
+        host = host_entry(hw, policy)
+        found.append(Attempt("cpu", lambda c, k: layout_layers(inv, cost, [host], c, k), gpus=0))
+        if policy.allow_disk_offload:
+            disk = disk_entry(policy)
+            found.append(
+                Attempt(
+                    "offload",
+                    lambda c, k: layout_offload(inv, cost, [host], None, disk, c, k) or None,
+                    gpus=0,
+                    note="layers beyond host RAM on disk",
+                )
+            )
+        return found
+    by_room = sorted(gpus, key=lambda e: (-e[2], e[1]))
+    if strategy == "tensor_parallel":
+        return _tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=True)
+    if strategy in ("auto", "single_gpu"):
+        found.append(Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1))
+    if strategy in ("auto", "pipeline"):
+        if strategy == "pipeline" and len(gpus) < 2:
+            raise ShardwiseError(
+                f"policy.strategy=pipeline needs at least 2 GPUs, {hw.source} has {len(gpus)}: "
+                "raise hardware.count or use auto"
+            )
+        for n in range(2, len(gpus) + 1):
+            chosen = sorted(by_room[:n], key=lambda e: e[1])
+            found.append(
+                Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n)
+            )
+    if strategy == "auto" and hw.nodes > 1:
+        found.extend(_tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=False))
+        found.extend(_cross_node_pipeline_attempts(inv, cost, hw, policy, len(gpus)))
+    if strategy == "auto" and (policy.allow_cpu_offload or policy.allow_disk_offload):
+        host = host_entry(hw, policy) if policy.allow_cpu_offload else None
+        disk = disk_entry(policy) if policy.allow_disk_offload else None
+        ordered = sorted(gpus, key=lambda e: e[1])
+        found.append(
+            Attempt(
+                "offload",
+                lambda c, k: layout_offload(inv, cost, ordered, host, disk, c, k) or None,
+                gpus=len(gpus),
+                note="layers beyond GPU memory in host RAM / on disk",
+            )
+        )
+    return found
+
+
+def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_node: int) -> list[Attempt]:
+    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot."""
+    shapes = sorted(
+        {
+            (nodes * per_stage_node, nodes, per_stage_node)
+            for nodes in range(2, hw.nodes + 1)
+            for per_stage_node in range(1, per_node + 1)
+        }
+    )
+    found = []
+    for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
+        stages = [entry for node in range(nodes) for entry in gpu_entries(hw, policy, node)[:per_stage_node]]
+        found.append(
+            Attempt(
+                "pipeline",
+                lambda c, k, st=stages: layout_layers(inv, cost, st, c, k),
+                gpus=count,
+                pp_size=count,
+                nodes=nodes,
+            )
+        )
+    return found
+
+
+def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Notes, explicit: bool) -> list[Attempt]:
+    per_node = len(gpus)
+    problems = []
+    if not inv.has_tp_plan:
+        problems.append(f"{inv.model_type} has no tensor-parallel plan in transformers")
+    if hw.interconnect != "nvlink":
+        problems.append(f"GPUs are linked by {hw.interconnect}, tensor parallel needs NVLink")
+    if explicit and per_node * hw.nodes < 2:
+        problems.append(f"tensor parallel needs at least 2 GPUs, {hw.source} has {per_node * hw.nodes}")
+    if problems:
+        if explicit:
+            raise ShardwiseError(
+                f"policy.strategy=tensor_parallel is not possible: {'; '.join(problems)}: use policy.strategy=auto"
+            )
+        notes.decide("tensor_parallel", "no", "; ".join(problems))
+        return []
+    found = []
+    ordered = sorted(gpus, key=lambda e: e[1])
+    sizes = [t for t in range(2, per_node + 1) if divides(t, inv)] if explicit else []
+    for t in sizes:
+        found.append(
+            Attempt(
+                "tensor_parallel",
+                lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
+                gpus=t,
+                tp_size=t,
+            )
+        )
+    if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
+        for nodes in range(2, hw.nodes + 1):
+            stages = [gpu_entries(hw, policy, n)[0] for n in range(nodes)]
+            found.append(
+                Attempt(
+                    "tensor_parallel",
+                    lambda c, k, st=stages: layout_layers(inv, cost, st, c, k, shard=per_node),
+                    gpus=per_node * nodes,
+                    tp_size=per_node,
+                    pp_size=nodes,
+                    nodes=nodes,
+                )
+            )
+    elif hw.nodes > 1 and per_node > 1:
+        notes.decide(
+            "tensor_parallel",
+            "no",
+            f"head counts ({inv.num_attention_heads}, {inv.num_kv_heads} kv) do not divide by {per_node} GPUs per node",
+        )
+    if explicit and not found:
+        raise ShardwiseError(
+            f"policy.strategy=tensor_parallel: no GPU count divides {inv.num_attention_heads} attention and "
+            f"{inv.num_kv_heads} KV heads: use policy.strategy=auto"
+        )
+    return found
+
+
+def first_fit(
+    tried: list[Attempt], cost: CostModel, requested: int | None, low: int, high: int, chunk_req: int
+) -> tuple[Attempt, int, int] | None:
+    """(attempt, context, chunk) of the first arrangement that fits: at `requested`, or the largest in [low, high]."""
+    for attempt in tried:
+
+        def fits(c, k, a=attempt):
+            return a.fits_at(cost, c, k)
+
+        if requested is not None:
+            chunk = best_chunk(fits, requested, chunk_req)
+            if chunk is not None:
+                return attempt, requested, chunk
+        else:
+            found = largest_context(fits, low, high, chunk_req)
+            if found is not None:
+                return attempt, found[0], found[1]
+    return None
+
+
+def divides(t: int, inv: Inventory) -> bool:
+    return t >= 1 and inv.num_attention_heads % t == 0 and inv.num_kv_heads % t == 0
+
+
+def fits_on(inv, cost, entries, context: int, chunk: int) -> bool:
+    return all(p.fits for p in evaluate(layout_layers(inv, cost, entries, context, chunk), cost, context, chunk))

@@ -1,0 +1,271 @@
+"""One chat completion request on the server: its generation events, and the answer they become.
+
+The route (runner.openai.app) submits `generation_work` to the model's queue, then reads the
+job's events with an `EventWaiter` (which also notices a client that went away, and the request
+timeout) and turns them into one JSON body (`collect`) or a server-sent event stream
+(`stream_chunks` inside an `EventStream`). Failures become OpenAI error bodies (`classify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from runner.engine.prompt import ContextLengthError
+from runner.engine.recovery import MemoryExhaustedError
+from runner.openai import protocol as oai
+from runner.openai.protocol import APIError, ChatRequest
+from runner.openai.queue import Job
+
+log = logging.getLogger("shardwise.serve")
+
+
+# ----- errors ------------------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> APIError:
+    """The HTTP error a failure during generation becomes; unknown failures are 500s (logged)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    torch = sys.modules.get("torch")
+    torch_oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if isinstance(exc, MemoryExhaustedError) or (torch_oom is not None and isinstance(exc, torch_oom)):
+        return APIError(
+            503,
+            f"out of memory after the recovery ladder: {exc}; "
+            "retry later, or with a shorter prompt or fewer max_tokens",
+            type="server_error",
+            code="memory_exhausted",
+            headers={"retry-after": "5"},
+        )
+    from planner.errors import ShardwiseError
+
+    if isinstance(exc, ShardwiseError):
+        return APIError(400, str(exc), code="invalid_request")
+    jinja = sys.modules.get("jinja2")
+    if jinja is not None and isinstance(exc, jinja.TemplateError):
+        return APIError(
+            400, f"the model's chat template refused these messages: {exc}", param="messages", code="invalid_messages"
+        )
+    log.error("request failed", exc_info=(type(exc), exc, exc.__traceback__))
+    return APIError(
+        500,
+        f"internal error while generating ({type(exc).__name__}); the server log has the details",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def sse(data: dict | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+# ----- one request's generation --------------------------------------------------------------
+
+
+def generation_work(session, chat: ChatRequest) -> Callable[[Job], None]:
+    """The worker-thread side: n completions one after another, reported as events."""
+
+    def work(job: Job) -> None:
+        started = time.perf_counter()
+        for index in range(chat.n):
+            params = chat.params_for_choice(index)
+            if chat.stream:
+                text_stream = session.stream(chat.messages, params, cancel=job.cancel)
+                for delta in text_stream:
+                    if delta:
+                        job.emit("delta", index, delta)
+                completion = text_stream.completion
+            else:
+                completion = session.generate(chat.messages, params, cancel=job.cancel)
+            job.emit("choice", index, completion)
+            if job.cancel.is_set():
+                return
+        job.emit("done", time.perf_counter() - started)
+
+    return work
+
+
+class EventWaiter:
+    """Next event of a job, or ("disconnected",) / ("timeout",), without blocking the loop."""
+
+    def __init__(self, job: Job, request: Request, deadline: float | None):
+        self.job = job
+        self.deadline = deadline
+        self._watch = asyncio.ensure_future(self._wait_disconnect(request))
+
+    @staticmethod
+    async def _wait_disconnect(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def next(self) -> tuple:
+        if not self.job.events.empty():
+            return self.job.events.get_nowait()
+        if self._watch.done():
+            return ("disconnected",)
+        get = asyncio.ensure_future(self.job.events.get())
+        timeout = None if self.deadline is None else max(0.0, self.deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({get, self._watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()
+        return ("disconnected",) if self._watch in done else ("timeout",)
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+
+@dataclass
+class RequestMeta:
+    response: oai.Response  # id, model, created, fingerprint: the shapes of this request's answer
+    arrived_s: float
+    info: dict  # the request's log line fields
+    metrics: Any = None  # runner.openai.metrics.Metrics: the finished request is counted there
+
+
+def finish(waiter: EventWaiter, slot, job: Job) -> None:
+    """Always called once per request: stops a generation nobody will read, frees the slot."""
+    waiter.close()
+    if job.finished_s is None:
+        slot.worker.cancel(job)
+
+
+def _record(
+    meta: RequestMeta, job: Job, completions: list, generation_s: float | None, first_token_s: float | None
+) -> None:
+    info = meta.info
+    if completions:
+        info["prompt_tokens"] = completions[0].usage.prompt_tokens
+        info["completion_tokens"] = sum(c.usage.completion_tokens for c in completions)
+        if generation_s:
+            info["tokens_per_s"] = info["completion_tokens"] / generation_s
+    if first_token_s is not None:
+        info["ttft_ms"] = (first_token_s - meta.arrived_s) * 1000
+    if job.started_s is not None:
+        info["queue_ms"] = (job.started_s - job.submitted_s) * 1000
+    if meta.metrics is not None and completions:
+        meta.metrics.request_done(
+            meta.response.model,
+            prompt_tokens=completions[0].usage.prompt_tokens,
+            completion_tokens=info["completion_tokens"],
+            finish_reason=info.get("error") or completions[-1].finish_reason,
+            ttft_s=first_token_s - meta.arrived_s if first_token_s is not None else None,
+            e2e_s=time.perf_counter() - meta.arrived_s,
+            queue_s=job.started_s - job.submitted_s if job.started_s is not None else None,
+        )
+
+
+def _end_error(event: tuple) -> APIError:
+    kind = event[0]
+    if kind == "error":
+        return classify(event[1])
+    if kind == "timeout":
+        return APIError(
+            504,
+            "the request took longer than serve.request_timeout_s and was stopped: "
+            "ask for fewer max_tokens or retry when the server is less busy",
+            type="timeout",
+            code="timeout",
+        )
+    return APIError(
+        503, "the server is shutting down: retry against a running server", type="server_error", code="shutting_down"
+    )
+
+
+def early_end(event: tuple, info: dict, job: Job, slot) -> Response:
+    if event[0] == "disconnected":
+        slot.worker.cancel(job)
+        info["error"] = "client_disconnected"
+        return Response(status_code=499)  # nobody reads it; the log shows the client left
+    error = _end_error(event)
+    info["error"] = error.code
+    return error_response(error)
+
+
+async def collect(first: tuple, waiter: EventWaiter, chat: ChatRequest, meta: RequestMeta, job: Job, slot) -> Response:
+    completions: dict[int, Any] = {}
+    event = first
+    while True:
+        kind = event[0]
+        if kind == "choice":
+            completions[event[1]] = event[2]
+        elif kind == "done":
+            ordered = [completions[i] for i in range(chat.n)]
+            ttft = ordered[0].time_to_first_token_s
+            _record(meta, job, ordered, event[1], job.started_s + ttft if ttft is not None and job.started_s else None)
+            return JSONResponse(meta.response.completion(ordered))
+        else:
+            return early_end(event, meta.info, job, slot)
+        event = await waiter.next()
+
+
+async def stream_chunks(
+    first: tuple, waiter: EventWaiter, chat: ChatRequest, meta: RequestMeta, job: Job
+) -> AsyncIterator[bytes]:
+    """SSE for one request: per choice a role chunk, content deltas, one finish chunk; usage; [DONE]."""
+    response = meta.response
+    started: set[int] = set()
+    completions: list = []
+    first_token_s = None
+    event = first
+    while True:
+        kind = event[0]
+        if kind in ("delta", "choice") and event[1] not in started:
+            started.add(event[1])
+            yield sse(response.role_chunk(event[1]))
+        if kind == "delta":
+            first_token_s = first_token_s or time.perf_counter()
+            yield sse(response.chunk(event[1], {"content": event[2]}))
+        elif kind == "choice":
+            completions.append(event[2])
+            yield sse(response.finish_chunk(event[1], event[2]))
+        elif kind == "done":
+            _record(meta, job, completions, event[1], first_token_s)
+            if chat.include_usage:
+                yield sse(response.usage_chunk(completions))
+            break
+        elif kind == "disconnected":
+            meta.info["error"] = "client_disconnected"
+            _record(meta, job, completions, None, first_token_s)
+            return
+        else:
+            error = _end_error(event)
+            meta.info["error"] = error.code
+            _record(meta, job, completions, None, first_token_s)
+            yield sse(error.body())
+            break
+        event = await waiter.next()
+    yield sse("[DONE]")
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events; `on_close` runs however the response ends (a client gone before the first byte too)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[bytes], on_close: Callable[[], None]):
+        super().__init__(chunks, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()

@@ -1,0 +1,109 @@
+"""Prompt building and fitting (runner.engine.prompt), shared by ChatSession and the tensor-parallel rank."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from tiny_models import tiny_gpt2, tiny_llama, train_tokenizer
+
+from runner.engine.prompt import FALLBACK_TEMPLATE, ChatPrompt, ContextLengthError, PromptCancelled
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_gpt2(tmp_path_factory.mktemp("models")))
+
+
+def one_at_a_time(prompt: ChatPrompt, messages: list[dict], context: int, max_tokens: int) -> tuple[list[int], int]:
+    """The reference rule, quadratic: drop the oldest droppable message (and an orphaned reply), re-encode."""
+    room = max(1, min(max_tokens, context // 4))
+    kept, dropped = prompt.with_system(messages), 0
+    ids = prompt.encode(kept)
+    while len(ids) + room > context:
+        droppable = [i for i, m in enumerate(kept[:-1]) if m["role"] != "system"]
+        if not droppable:
+            break
+        del kept[droppable[0]]
+        dropped += 1
+        first = next((i for i, m in enumerate(kept[:-1]) if m["role"] != "system"), None)
+        if first is not None and kept[first]["role"] == "assistant":
+            del kept[first]
+            dropped += 1
+        ids = prompt.encode(kept)
+    return ids, dropped
+
+
+def conversation(turns: int, words: int = 6) -> list[dict]:
+    text = "the quick brown fox jumps over the lazy dog one two three".split()
+    messages = [{"role": "system", "content": "be brief"}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"question {i}: " + " ".join(text[: 1 + (i * 7) % words])})
+        messages.append({"role": "assistant", "content": " ".join(text[: 1 + (i * 3) % words])})
+    return [*messages, {"role": "user", "content": "last one"}]
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+@pytest.mark.parametrize("context", [64, 96, 160, 400])
+def test_fitting_keeps_what_dropping_one_message_at_a_time_keeps(which, context, llama_tokenizer, gpt2_tokenizer):
+    tokenizer = llama_tokenizer if which == "llama" else gpt2_tokenizer
+    prompt = ChatPrompt(tokenizer)
+    messages = conversation(12)
+    assert prompt.fit(messages, context_tokens=context, max_tokens=16) == one_at_a_time(prompt, messages, context, 16)
+
+
+def test_gpt2_gets_the_plain_template_and_its_stop(gpt2_tokenizer):
+    prompt = ChatPrompt(gpt2_tokenizer, system_prompt="be brief")
+    assert prompt.template == FALLBACK_TEMPLATE and prompt.template_stops == ("\nUser:",)
+    ids, dropped = prompt.fit([{"role": "user", "content": "hi"}], context_tokens=1024, max_tokens=8)
+    assert gpt2_tokenizer.decode(ids) == "System: be brief\n\nUser: hi\n\nAssistant:" and dropped == 0
+
+
+def test_three_thousand_short_messages_fit_in_well_under_a_second(llama_tokenizer):
+    prompt = ChatPrompt(llama_tokenizer)
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(3001)]
+    started = time.perf_counter()
+    ids, dropped = prompt.fit(messages, context_tokens=256, max_tokens=16)
+    seconds = time.perf_counter() - started
+    assert seconds < 0.5, f"fitting 3001 messages took {seconds:.2f} s"
+    assert len(ids) + 16 <= 256 and dropped > 2900
+    assert ids == prompt.encode(messages[dropped:])  # what is kept is the newest tail, rendered exactly
+
+
+def test_a_cancelled_request_stops_fitting(llama_tokenizer):
+    prompt = ChatPrompt(llama_tokenizer)
+    messages = [{"role": "user", "content": "hi"}] * 3000
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PromptCancelled):
+        prompt.fit(messages, context_tokens=256, max_tokens=16, cancel=cancel)
+
+
+def test_a_prompt_that_cannot_fit_raises_the_context_error_instead_of_cutting_its_head(llama_tokenizer):
+    prompt = ChatPrompt(llama_tokenizer, system_prompt="be brief")
+    long = [{"role": "user", "content": "one two three"}, {"role": "user", "content": "the lazy dog " * 40}]
+    with pytest.raises(ContextLengthError, match="context window holds 64"):
+        prompt.fit(long, context_tokens=64, max_tokens=8)
+
+
+def test_a_template_that_refuses_a_lone_message_still_fits(llama_tokenizer):
+    strict = train_tokenizer(
+        chat_template=(
+            "{% if messages and messages[0]['role'] == 'assistant' %}{{ raise_exception('user first') }}{% endif %}"
+            "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant] {% endif %}"
+        )
+    )
+    prompt = ChatPrompt(strict)
+    messages = conversation(10)[1:]  # no system message: the first kept message must be a user turn
+    assert prompt.fit(messages, context_tokens=96, max_tokens=8) == one_at_a_time(prompt, messages, 96, 8)
