@@ -98,6 +98,31 @@ class Admission:
             self._cond.notify_all()
 
 
+def _router_class():
+    from transformers.generation.continuous_batching.continuous_api import OutputRouter
+
+    class Router(OutputRouter):
+        """transformers' output router, delivering each output to its request's inbox on the generation thread
+        (no shared queue to poll, no extra thread hop per token)."""
+
+        def __init__(self, deliver: Callable):
+            super().__init__()
+            self._to_inbox = deliver
+
+        def deliver(self, output) -> None:
+            self._to_inbox(output)
+
+        def deliver_batch(self, outputs) -> None:
+            for output in outputs:
+                self._to_inbox(output)
+
+    return Router
+
+
+def _Router(deliver: Callable):  # noqa: N802 (a class built lazily: transformers is imported on first use)
+    return _router_class()(deliver)
+
+
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -118,8 +143,6 @@ class BatchingEngine:
         self._restarts = 0
         self._closed = False
         self._start_manager()
-        self._dispatcher = threading.Thread(target=self._dispatch, name="shardwise-batch-outputs", daemon=True)
-        self._dispatcher.start()
 
     # -- the manager ---------------------------------------------------------------------------
     def _configs(self):
@@ -157,6 +180,7 @@ class BatchingEngine:
             manager = self.loaded.model.init_continuous_batching(
                 generation_config=generation, continuous_batching_config=batching
             )
+            manager.output_router = _Router(self._deliver)  # before start(): the loop takes it from the manager
             manager.start()
         self._manager = manager
 
@@ -177,19 +201,12 @@ class BatchingEngine:
             self._manager.stop(block=True, timeout=5)
         self._start_manager()
 
-    def _dispatch(self) -> None:
-        """Route the manager's outputs to the request that waits for them."""
-        while not self._closed:
-            manager = self._manager
-            output = manager.get_result(timeout=0.1) if manager is not None else None
-            if output is None:
-                if not self._alive():
-                    time.sleep(0.05)  # get_result returns at once while the loop is down
-                continue
-            with self._routes_lock:
-                target = self._routes.get(output.request_id)
-            if target is not None:
-                target.put(output)
+    def _deliver(self, output) -> None:
+        """Called on the generation thread for each output: straight into the waiting request's inbox."""
+        with self._routes_lock:
+            target = self._routes.get(output.request_id)
+        if target is not None:
+            target.put(output)  # outputs of a request already gone (cancelled, stopped) are dropped
 
     # -- what a caller uses ----------------------------------------------------------------------
     @property
@@ -306,7 +323,6 @@ class BatchingEngine:
         if manager is not None:
             with contextlib.suppress(Exception):
                 manager.stop(block=True, timeout=10)
-        self._dispatcher.join(timeout=2)
 
 
 def cannot_attach(loaded, serving) -> str | None:
