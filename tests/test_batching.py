@@ -225,3 +225,13 @@ def test_python_api_submits_concurrently_into_one_batch(model_dir):
         assert max(c.batch_size for c in together) > 1
     finally:
         engine.close()
+
+
+def test_server_answers_a_full_batch_line_429_and_a_dead_loop_503():
+    from runner.engine.batching import BatchingStopped
+    from runner.openai.responses import classify
+
+    full = classify(QueueFull("1 request(s) generating and 1 waiting (serve.max_queue=1)"))
+    assert (full.status, full.code) == (429, "queue_full")
+    stopped = classify(BatchingStopped("the batching loop died 3 times: serving sequentially"))
+    assert (stopped.status, stopped.code) == (503, "batching_stopped")

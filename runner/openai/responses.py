@@ -20,6 +20,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from runner.engine.batching import BatchingStopped
+from runner.engine.batching import QueueFull as BatchFull
 from runner.engine.prompt import ContextLengthError
 from runner.engine.recovery import MemoryExhaustedError
 from runner.openai import protocol as oai
@@ -48,6 +50,22 @@ def classify(exc: BaseException) -> APIError:
             type="server_error",
             code="memory_exhausted",
             headers={"retry-after": "5"},
+        )
+    if isinstance(exc, BatchFull):  # the continuous batch's own line (callers beside this server share it)
+        return APIError(
+            429,
+            f"the server is busy: {exc}; retry shortly",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"retry-after": "1"},
+        )
+    if isinstance(exc, BatchingStopped):
+        return APIError(
+            503,
+            f"{exc}; retry: the next requests are served one at a time",
+            type="server_error",
+            code="batching_stopped",
+            headers={"retry-after": "1"},
         )
     from planner.errors import ShardwiseError
 
