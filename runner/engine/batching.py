@@ -98,29 +98,20 @@ class Admission:
             self._cond.notify_all()
 
 
-def _router_class():
+def _inbox_router(deliver: Callable):
+    """transformers' OutputRouter, handing each output to `deliver` on the generation thread (no shared queue to
+    poll, no extra thread hop per token). Built on first use: transformers is imported lazily."""
     from transformers.generation.continuous_batching.continuous_api import OutputRouter
 
-    class Router(OutputRouter):
-        """transformers' output router, delivering each output to its request's inbox on the generation thread
-        (no shared queue to poll, no extra thread hop per token)."""
-
-        def __init__(self, deliver: Callable):
-            super().__init__()
-            self._to_inbox = deliver
-
+    class InboxRouter(OutputRouter):
         def deliver(self, output) -> None:
-            self._to_inbox(output)
+            deliver(output)
 
         def deliver_batch(self, outputs) -> None:
             for output in outputs:
-                self._to_inbox(output)
+                deliver(output)
 
-    return Router
-
-
-def _Router(deliver: Callable):  # noqa: N802 (a class built lazily: transformers is imported on first use)
-    return _router_class()(deliver)
+    return InboxRouter()
 
 
 def _log(line: str) -> None:
@@ -180,7 +171,7 @@ class BatchingEngine:
             manager = self.loaded.model.init_continuous_batching(
                 generation_config=generation, continuous_batching_config=batching
             )
-            manager.output_router = _Router(self._deliver)  # before start(): the loop takes it from the manager
+            manager.output_router = _inbox_router(self._deliver)  # before start(): the loop takes it from the manager
             manager.start()
         self._manager = manager
 
