@@ -70,6 +70,27 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How `shardwise serve` runs concurrent requests: transformers' continuous batching, or one at a time.
+
+    A paged-cache block holds `page_size_tokens` tokens of K and V for every layer; `num_blocks` and
+    `max_batch_tokens` are passed to transformers' ContinuousBatchingConfig as they are, so the runner
+    never probes memory on its own. `footprint_bytes` is what transformers' own sizing
+    (PagedAttentionMemoryHandler.compute_memory_footprint) reserves for these settings.
+    """
+
+    mode: str  # "batched" | "sequential"
+    reason: str
+    page_size_tokens: int = 0
+    num_blocks: int = 0  # whole-model blocks of page_size_tokens tokens
+    max_batch_tokens: int = 0  # tokens per forward pass (prefill chunks + one per decoding sequence)
+    max_concurrent: int = 0  # sequences generating at once; more requests wait in the queue
+    cache_bytes: int = 0  # the paged cache tensor (its two unused leading sectors included)
+    footprint_bytes: int = 0  # cache + batch buffers + attention masks, as transformers sizes them
+    attn_implementation: str = ""  # what continuous batching runs with
+
+
+@dataclass(frozen=True)
 class Decision:
     what: str
     value: str
@@ -119,6 +140,7 @@ class Plan:
     binding: dict = field(
         default_factory=dict
     )  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
+    serving: Serving | None = None  # None in plans written before batching existed: served sequentially
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -155,7 +177,9 @@ class Plan:
         model = dict(data.pop("model"))
         model["quantization"] = Quantization(**model["quantization"])
         max_memory = {(int(k) if str(k).isdigit() else k): v for k, v in data.pop("max_memory").items()}
+        serving = data.pop("serving", None)
         return cls(
+            serving=Serving(**serving) if serving else None,
             model=ModelInfo(**model),
             budget=tuple(DeviceBudget(**{**b, "layers": tuple(b.get("layers", ()))}) for b in data.pop("budget")),
             limits=Limits(**data.pop("limits")),

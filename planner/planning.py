@@ -19,11 +19,13 @@ from planner.fixes import what_would_fit
 from planner.hardware.devices import Hardware
 from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.memory import CostModel
-from planner.model.inventory import Inventory, build_inventory
+from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec
 from planner.placement import Slot, evaluate
-from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization
+from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
 from planner.policy import Policy
+from planner.serving import human_bytes, plan_serving
+from planner.sessions import plan_auto_sessions
 
 
 def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None) -> Plan:
@@ -52,6 +54,10 @@ def plan_model(
 
     explain: work out (by re-planning) what would make a does-not-fit plan fit.
     """
+    if policy.sessions is None:
+        return plan_auto_sessions(
+            plan_model, spec, hw, policy, load_profile=load_profile, cap_context=cap_context, explain=explain
+        )
     result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain)
     if load_profile is None:
         return result
@@ -201,6 +207,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
     )
     if not fits:
         notes.warn("the plan does not fit: see the binding device and the fixes")
+    serving = _serving(notes, inv, formats, strategy, context, policy.sessions, hw, priced) if fits else None
     offload_folder = policy.offload_folder if any(p.device == "disk" for p in priced) else None
     return Plan(
         model=model,
@@ -221,7 +228,30 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         kv_cache_dtype=formats.kv_dtype,
         offload_folder=offload_folder,
         binding=binding,
+        serving=serving,
     )
+
+
+def _serving(notes: Notes, inv, formats: Formats, strategy, context, sessions, hw, priced) -> Serving:
+    """Continuous batching sized for policy.sessions at the planned context (planner/serving.py)."""
+    serving = plan_serving(
+        inv,
+        dtype_bytes=DTYPE_BYTES[formats.dtype],
+        attn=formats.attn,
+        strategy=strategy,
+        context=context,
+        sessions=sessions,
+        on_gpu=bool(hw.devices),
+    )
+    notes.decide("serving", serving.mode, serving.reason)
+    planned = sum(b.kv_cache + b.activations for b in priced)
+    if serving.mode == "batched" and serving.footprint_bytes > planned:
+        notes.warn(
+            f"continuous batching reserves {human_bytes(serving.footprint_bytes)} (paged cache, batch buffers, "
+            f"masks) where the plan's KV cache and activations hold {human_bytes(planned)}: "
+            f"the difference comes out of headroom"
+        )
+    return serving
 
 
 def _model_info(spec: ModelSpec, inv: Inventory, formats: Formats) -> ModelInfo:

@@ -23,7 +23,7 @@ class Policy:
     """Planning knobs (see conf/policy/default.yaml for each key's meaning and unit)."""
 
     context_tokens: int | None = None  # per session; None: the largest that fits
-    sessions: int = 1
+    sessions: int | None = 1  # concurrent sequences; None: auto, the most that fit (planner/sessions.py)
     headroom_fraction: float = 0.02
     headroom_mib: int = 0
     host_headroom_fraction: float = 0.2
@@ -48,7 +48,7 @@ class Policy:
                 f"policy.context_tokens={self.context_tokens} must be positive: "
                 "use e.g. policy.context_tokens=8192 or auto",
             ),
-            (self.sessions >= 1, f"policy.sessions={self.sessions} must be >= 1"),
+            (self.sessions is None or self.sessions >= 1, f"policy.sessions={self.sessions} must be >= 1 (or auto)"),
             (
                 0 <= self.headroom_fraction < 1,
                 f"policy.headroom_fraction={self.headroom_fraction} must be in [0, 1)",

@@ -154,6 +154,7 @@ class OpenAIChat:
         defaults: SamplingParams | None = None,
         notice: Callable[[str], None] = _notice,
         recovery=None,
+        batching: bool = True,
     ):
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
@@ -180,6 +181,12 @@ class OpenAIChat:
             recovery=self.recovery,
             on_notice=notice,
         )
+        serving = loaded.plan.serving if loaded.plan is not None else None
+        if batching and serving is not None and serving.max_concurrent > 1:
+            # calls from several threads then share one continuous batch (plan: policy.sessions=N or auto)
+            from runner.engine.batching import attach
+
+            attach(loaded, serving, max_waiting=4 * serving.max_concurrent, log=notice)
 
     @property
     def model_name(self) -> str:

@@ -18,28 +18,30 @@ from runner.engine.types import SamplingParams
 from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
 
 try:
-    from tests.tiny_models import cpu_plan, tiny_llama
+    from tests.tiny_models import cpu_plan, cpu_serving, tiny_llama
 except ImportError:
-    from tiny_models import cpu_plan, tiny_llama
+    from tiny_models import cpu_plan, cpu_serving, tiny_llama
 
 HELLO = [{"role": "user", "content": "hello world, how are you today?"}]
 CONTEXT_TOKENS = 128
 TIMEOUT_S = 30
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sequential", "batched"])
+def session(request, tmp_path_factory):
+    """Every test runs twice: one request at a time, and on the continuous batching engine."""
+    from runner.engine.batching import attach
     from runner.engine.loader import load
     from runner.engine.session import ChatSession
 
     model_dir = tiny_llama(tmp_path_factory.mktemp("models"))
     plan = cpu_plan(model_dir, context_tokens=CONTEXT_TOKENS, max_new_tokens=32)
-    return ChatSession(
-        load(plan, log=lambda line: None),
-        defaults=SamplingParams(max_tokens=16),
-        plan=plan,
-        on_notice=lambda line: None,
-    )
+    loaded = load(plan, log=lambda line: None)
+    if request.param == "batched":
+        assert attach(loaded, cpu_serving(model_dir, context_tokens=CONTEXT_TOKENS), log=lambda line: None)
+    yield ChatSession(loaded, defaults=SamplingParams(max_tokens=16), plan=plan, on_notice=lambda line: None)
+    if loaded.batching is not None:
+        loaded.batching.close()
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,40 @@ def test_prompt_longer_than_context_is_context_length_exceeded(client, model, se
     assert caught.value.code == "context_length_exceeded"
     assert str(CONTEXT_TOKENS) in caught.value.message
     assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).status_code == 200
+
+
+PROMPTS = ["hello world", "the quick brown fox", "one two three four", "what is the capital of France?"]
+
+
+def test_concurrent_streams_equal_the_direct_replies_and_metrics_count_them(client, session, model, server):
+    """Four streaming clients at once (one batch under batching); /metrics counts their tokens, vLLM-style."""
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
+    direct = [session.generate(m, SamplingParams(max_tokens=10, temperature=0)) for m in messages]
+    texts = [None] * len(messages)
+
+    def ask(i):
+        stream = client.chat.completions.create(
+            model=model, messages=messages[i], max_tokens=10, temperature=0, stream=True
+        )
+        texts[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(messages))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT_S)
+    assert texts == [d.text for d in direct]
+    text = httpx.get(server.url + "/metrics", timeout=TIMEOUT_S).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")
+    }
+    label = f'{{model_name="{model}"}}'
+    assert samples[f"shardwise:generation_tokens_total{label}"] >= sum(d.usage.completion_tokens for d in direct)
+    assert samples[f"shardwise:time_to_first_token_seconds_count{label}"] >= len(messages)
+    assert samples[f"shardwise:num_requests_running{label}"] == 0
+    engine = session.loaded.batching
+    assert samples[f"shardwise:kv_cache_blocks{label}"] == (engine.serving.num_blocks if engine else 0)
+    assert "# TYPE shardwise:e2e_request_latency_seconds histogram" in text
 
 
 def test_a_small_request_is_answered_at_once_after_an_abandoned_three_thousand_message_request(server, client, model):

@@ -233,3 +233,16 @@ def cpu_plan(
         attn_implementation=attn_implementation,
         offload_folder=offload_folder,
     )
+
+
+def cpu_serving(model_dir, *, sessions: int = 4, context_tokens: int | None = None):
+    """The serving block the planner gives this tiny model on the CPU (float32, sdpa) for `sessions` sequences."""
+    from planner.model.inventory import build_inventory
+    from planner.serving import plan_serving
+
+    config = model_config(model_dir)
+    context = context_tokens or config.get("max_position_embeddings") or config.get("n_positions")
+    inv = build_inventory(config, dtype="float32")
+    return plan_serving(
+        inv, dtype_bytes=4, attn="sdpa", strategy="cpu", context=context, sessions=sessions, on_gpu=False
+    )

@@ -19,6 +19,7 @@ from planner.memory import Overheads
 from planner.model.source import ModelSpec, spec_from_config
 from planner.plan import Plan
 from planner.policy import Policy
+from planner.sessions import parse_sessions
 from planner.units import GIB, MIB
 
 # `k` is 1024 tokens, as context sizes are usually written (8k = 8192, 128k = 131072).
@@ -71,7 +72,7 @@ def policy_from_config(node) -> Policy:
     overhead = node["overhead"]
     return Policy(
         context_tokens=parse_tokens(node["context_tokens"], "policy.context_tokens", allow_auto=True),
-        sessions=int(node["sessions"]),
+        sessions=parse_sessions(node["sessions"], check_range=False),  # the Policy checks the range
         headroom_fraction=float(node["headroom_fraction"]),
         headroom_mib=int(node["headroom_mib"]),
         host_headroom_fraction=float(node["host_headroom_fraction"]),

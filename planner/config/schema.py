@@ -115,7 +115,7 @@ class PolicyConfig:
     # Token counts are parsed once, by planner.config.request.parse_tokens: 8192, 8e3 or 8k (k = 1024
     # tokens, as context sizes are usually written: 8k = 8192); hence str / Any here, not int.
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
-    sessions: int = 1  # concurrent sequences the KV cache must hold
+    sessions: str = "1"  # concurrent sequences the KV cache must hold, or "auto": the most that fit at the context
     headroom_fraction: float = (
         0.02  # per-GPU memory kept free, fraction of free memory (covers NVML total vs CUDA-allocatable)
     )
@@ -213,7 +213,8 @@ class ServeConfig:
     host: str = "127.0.0.1"  # address to bind; loopback by default, 0.0.0.0 exposes the server to the network
     port: int = 8000  # TCP port to listen on, 1-65535
     api_key: Optional[str] = None  # bearer token clients must send; null: env SHARDWISE_API_KEY, else none
-    max_queue: int = 8  # requests waiting per model behind the one generating, count >= 0; one more answers 429
+    max_queue: int = 8  # requests waiting per model behind those generating, count >= 0; one more answers 429
+    batching: bool = True  # continuous batching when the plan's serving block allows; false: one request at a time
     max_body_bytes: int = 1 << 20  # largest request body accepted, bytes >= 1024; a larger one answers 413
     max_n: int = 8  # most completions (choices) one request may ask for with `n`, count >= 1
     request_timeout_s: float = 600.0  # wall-clock limit per request (queue wait + generation), seconds; 0: none
@@ -348,6 +349,10 @@ def validate(cfg) -> None:
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:
             check(cfg[group], cls, f"{group}.")
+    if cfg.get("policy") is not None and "sessions" in cfg.policy:
+        from planner.sessions import parse_sessions
+
+        parse_sessions(cfg.policy.sessions, check_range=False)  # a string field (to allow auto): check the type here
     # range rules of the verb blocks, once, before the verb runs
     if cfg.get("serve") is not None:
         read_serve_config(cfg.serve)

@@ -51,9 +51,13 @@ class _Tracker:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
+        done = self.push(int(input_ids[0, -1]))
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    def push(self, token: int) -> bool:
+        """Take one generated token (from generate() or the batching engine); True: stop generating."""
         if self.first_token_t is None:
             self.first_token_t = time.perf_counter()
-        token = int(input_ids[0, -1])
         self.ids.append(token)
         if token in self.eos_ids:
             self.saw_eos = True
@@ -62,7 +66,7 @@ class _Tracker:
         done = self.stop_at is not None
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = done = True
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        return done
 
     @property
     def content_ids(self) -> list[int]:
@@ -187,6 +191,44 @@ def generate_ids(
             stopping_criteria=StoppingCriteriaList([tracker]),
             logits_processor=processors,
         )
+    return _completion(tracker, prompt_ids, start)
+
+
+def generate_ids_batched(
+    engine,
+    tokenizer,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    stops: tuple[str, ...] = (),
+    cancel: threading.Event | None = None,
+    on_delta: Callable[[str], None] | None = None,
+    started_s: float | None = None,
+) -> Completion:
+    """generate_ids' twin for a turn that joins the model's continuous batch (runner.engine.batching).
+
+    The same tracker sees every token, so stop strings, held-back deltas, usage and timing follow the
+    same rules; the engine samples with the request's own temperature and top_p (greedy: argmax).
+    """
+    start = started_s if started_s is not None else time.perf_counter()
+    tracker = _Tracker(tokenizer, [*params.stop, *stops], cancel, on_delta, eos_ids)
+    result = engine.generate(
+        prompt_ids,
+        params,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
+        on_token=tracker.push,
+        cancel=cancel if cancel is not None else threading.Event(),
+    )
+    tracker.cancelled = tracker.cancelled or result.cancelled
+    completion = _completion(tracker, prompt_ids, start)
+    completion.batch_size = result.batch_size
+    return completion
+
+
+def _completion(tracker: _Tracker, prompt_ids: list[int], start: float) -> Completion:
     text = tracker.finish()
     end = time.perf_counter()
     if tracker.cancelled:

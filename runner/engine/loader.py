@@ -35,6 +35,8 @@ class LoadedModel:
     load_s: float = 0.0
     # One generation at a time per model: sessions sharing this model share the lock.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # runner.engine.batching.BatchingEngine once serving starts batching for this model (None: sequential turns).
+    batching: object = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

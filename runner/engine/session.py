@@ -9,8 +9,10 @@ runner.engine.generate, shared with the tensor-parallel rank):
 - max_tokens is capped by the room left in the context and by the plan's max_new_tokens;
 - a seed is applied under the model lock and a process-wide lock, so concurrent turns cannot
   disturb it;
-- one generation at a time per model (the LoadedModel's lock); out-of-memory goes through
-  runner.engine.recovery's ladder without losing the conversation.
+- when the model has a batching engine (runner.engine.batching, `loaded.batching`), turns join its
+  continuous batch; turns it cannot batch (a seed, penalties) and models without one run generate()
+  one at a time (the LoadedModel's lock, with the batching loop paused meanwhile); out-of-memory
+  goes through runner.engine.recovery's ladder without losing the conversation.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ class ChatSession:
         return params if params is not None else self.defaults
 
     def _attempt(self, messages, params: SamplingParams, cancel, on_delta) -> Completion:
-        from runner.engine.generate import generate_ids
+        from runner.engine.generate import generate_ids, generate_ids_batched
         from runner.engine.recovery import MemoryExhaustedError
 
         if self.loaded.model is None:
@@ -215,16 +217,34 @@ class ChatSession:
             self.on_notice(notices[-1])
         plan_cap = self.plan.limits.max_new_tokens if self.plan is not None else 0
         loaded = self.loaded
+        max_new = max_new_tokens(self.context_tokens, len(prompt_ids), params.max_tokens, plan_cap)
+        batching = getattr(loaded, "batching", None)
+        if batching is not None and batching.batchable(params) is None:
+            completion = generate_ids_batched(
+                batching,
+                loaded.tokenizer,
+                prompt_ids,
+                params,
+                max_new_tokens=max_new,
+                eos_ids=self.eos_ids,
+                stops=self.template_stops,
+                cancel=cancel,
+                on_delta=on_delta,
+                started_s=start,
+            )
+            completion.notices = notices
+            return completion
         seeded = params.seed is not None and params.temperature > 0
+        paused = batching.exclusive() if batching is not None else contextlib.nullcontext()
         # torch.manual_seed seeds one process-wide generator: seeded sampling on two models at once
         # would interleave their draws, so it takes a process-wide lock (after the model's own).
-        with loaded.lock, SEEDED_SAMPLING if seeded else contextlib.nullcontext():
+        with loaded.lock, paused, SEEDED_SAMPLING if seeded else contextlib.nullcontext():
             completion = generate_ids(
                 loaded.model,
                 loaded.tokenizer,
                 prompt_ids,
                 params,
-                max_new_tokens=max_new_tokens(self.context_tokens, len(prompt_ids), params.max_tokens, plan_cap),
+                max_new_tokens=max_new,
                 eos_ids=self.eos_ids,
                 pad_id=self.pad_id,
                 stops=self.template_stops,

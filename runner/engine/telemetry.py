@@ -94,6 +94,7 @@ class Telemetry:
             "finish_reason": completion.finish_reason,
             "time_to_first_token_s": completion.time_to_first_token_s,
             "tokens_per_s": completion.tokens_per_s,
+            "batch_size": getattr(completion, "batch_size", 1),
             "peak_bytes": self.peaks(),
             "planned_bytes": planned,
             "host_peak_per_turn": self._host_peak_is_per_turn,

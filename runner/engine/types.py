@@ -26,3 +26,4 @@ class Completion:
     time_to_first_token_s: float | None = None
     tokens_per_s: float | None = None
     notices: list[str] = field(default_factory=list)  # one-line notes about this turn (dropped turns, recovery)
+    batch_size: int = 1  # most requests generating together while this one ran (1: alone)

@@ -5,11 +5,12 @@
         OpenAI(base_url=server.url + "/v1", api_key="-")
 
 Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /health (200 once every model is
-loaded, 503 before), GET /health/live (200 while the process answers). Every failure, the
-framework's own 404/405 included, is an OpenAI error body. Generation runs on one worker thread
-per model (runner/openai/queue.py), so the event loop stays free to answer /health, to refuse
-with 429 when the queue is full, and to notice a client that went away: its generation is
-cancelled and its slot freed. One log line per request (RequestLog).
+loaded, 503 before), GET /health/live (200 while the process answers), GET /metrics (Prometheus,
+runner/openai/metrics.py). Every failure, the framework's own 404/405 included, is an OpenAI error
+body. Generation runs on long-lived worker threads per model (runner/openai/queue.py): one, or as
+many as the model's continuous batch has slots (runner.engine.batching), so the event loop stays
+free to answer /health, to refuse with 429 when the queue is full, and to notice a client that went
+away: its generation is cancelled and its slot freed. One log line per request (RequestLog).
 
 The routes are plain functions over one `ServerState` (models, settings) kept on the Starlette
 app; streams are Starlette `StreamingResponse`s over an async generator; every body and chunk
@@ -38,6 +39,8 @@ from starlette.routing import Route
 
 from runner.engine.sampling import SamplingParams
 from runner.openai import protocol as oai
+from runner.openai.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from runner.openai.metrics import Metrics
 from runner.openai.protocol import APIError
 from runner.openai.queue import Job, ModelWorker, QueueFull
 from runner.openai.responses import (
@@ -88,6 +91,18 @@ class ModelSlot:
         self.state = "loading"  # loading | ready | failed
         self.error: str | None = None
         self.created = oai.now_s()
+
+    @property
+    def batching(self):
+        """The model's batching engine (runner.engine.batching); None while loading or when it serves sequentially."""
+        return getattr(getattr(self.session, "loaded", None), "batching", None)
+
+    def gauges(self) -> dict:
+        engine = self.batching
+        if engine is not None:
+            stats = engine.stats()
+            return {**stats, "waiting": stats["waiting"] + self.worker.waiting}
+        return {"running": self.worker.running, "waiting": self.worker.waiting, "kv_cache_usage": 0.0, "num_blocks": 0}
 
 
 # ----- request log -------------------------------------------------------------------------
@@ -148,6 +163,7 @@ class ServerState:
             for name in (slot.source.name, *slot.source.aliases):
                 self.by_name.setdefault(name, slot)
         self.on_load_failure = on_load_failure
+        self.metrics = Metrics()
 
     def load_all(self) -> None:
         # One after another: a plan made after the previous model loaded sees the memory it took.
@@ -155,6 +171,8 @@ class ServerState:
             started = time.perf_counter()
             try:
                 slot.session = slot.source.load()
+                if slot.batching is not None:  # as many jobs at once as the batch has slots
+                    slot.worker.resize(slot.batching.admission.slots)
             except BaseException as exc:
                 slot.state, slot.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", slot.source.name, slot.error)
@@ -250,6 +268,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         slot.worker.submit(job)
     except QueueFull as exc:
+        state.metrics.rejected(slot.source.name)
         raise APIError(
             429,
             f"the server is busy: {exc}; retry shortly",
@@ -259,7 +278,7 @@ async def chat_completions(request: Request) -> Response:
         ) from None
     timeout_s = state.settings.request_timeout_s
     waiter = EventWaiter(job, request, loop.time() + timeout_s if timeout_s > 0 else None)
-    meta = RequestMeta(response, arrived, info)
+    meta = RequestMeta(response, arrived, info, state.metrics)
     streaming = False
     try:
         first = await waiter.next()
@@ -350,12 +369,20 @@ async def lifespan(app: Starlette):
             slot.worker.close()
 
 
+async def prometheus(request: Request) -> Response:
+    state = _state(request)
+    state.check_auth(request)
+    text = state.metrics.render({s.source.name: s.gauges() for s in state.slots})
+    return Response(text, media_type=METRICS_CONTENT_TYPE)
+
+
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", live, methods=["GET"]),
+    Route("/metrics", prometheus, methods=["GET"]),
 ]
 
 

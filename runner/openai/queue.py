@@ -1,10 +1,13 @@
-"""One generation at a time per model, first come first served, with a bounded wait line.
+"""Per-model job line: first come first served, a bounded wait line, long-lived generation threads.
 
-Each served model has a `ModelWorker`: a thread that runs jobs in arrival order, so the event
-loop never blocks on a forward pass and outputs never mix. `submit` refuses a job (QueueFull,
-the server's 429) once `1 + max_queue` jobs are admitted. A job reports back to the event loop
-through an asyncio queue of events; cancelling a job sets its `cancel` event (the session stops
-at the next token) and, if it is still waiting, removes it at once so its slot frees.
+Each served model has a `ModelWorker`. With a sequential model it runs one job at a time; once the
+model has a batching engine (runner.engine.batching), `resize(n)` lets n jobs run at once (the plan's
+serving.max_concurrent), each on one of n long-lived threads, so their turns join one continuous batch
+(requests never start model work on a fresh thread: the batching loop owns the forward passes).
+`submit` refuses a job (QueueFull, the server's 429) once `slots + max_queue` jobs are admitted. A job
+reports back to the event loop through an asyncio queue of events; cancelling a job sets its `cancel`
+event (the session stops at the next token) and, if it is still waiting, removes it at once so its
+slot frees.
 """
 
 from __future__ import annotations
@@ -53,34 +56,59 @@ class Job:
 
 
 class ModelWorker:
-    """Runs one model's jobs on its own thread, in order; holds at most 1 + max_queue of them."""
+    """Runs one model's jobs in arrival order on `slots` long-lived threads; holds at most slots + max_queue."""
 
-    def __init__(self, name: str, max_queue: int):
+    def __init__(self, name: str, max_queue: int, slots: int = 1):
         self.name = name
         self.max_queue = max_queue
+        self.slots = 0
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: set[Job] = set()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"shardwise-generate-{name}", daemon=True)
-        self._thread.start()
+        self._threads: list[threading.Thread] = []
+        self.rejected = 0
+        self.resize(slots)
+
+    def resize(self, slots: int) -> None:
+        """Run up to `slots` jobs at once (never fewer threads than before)."""
+        with self._cond:
+            while len(self._threads) < slots:
+                thread = threading.Thread(
+                    target=self._loop, name=f"shardwise-generate-{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self.slots = max(self.slots, slots)
+            self._cond.notify_all()
 
     @property
     def admitted(self) -> int:
         with self._cond:
-            return len(self._waiting) + (self._running is not None)
+            return len(self._waiting) + len(self._running)
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
 
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._closed:
                 raise QueueFull(f"model {self.name!r} is shutting down")
-            if len(self._waiting) + (self._running is not None) >= 1 + self.max_queue:
+            if len(self._waiting) + len(self._running) >= self.slots + self.max_queue:
+                self.rejected += 1
                 raise QueueFull(
-                    f"model {self.name!r} has 1 request generating and {len(self._waiting)} waiting "
-                    f"(serve.max_queue={self.max_queue})"
+                    f"model {self.name!r} has {len(self._running)} request(s) generating and {len(self._waiting)} "
+                    f"waiting (serve.max_queue={self.max_queue})"
                 )
             self._waiting.append(job)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:
         """Stop a job: a waiting one leaves the line now, a running one stops at its next token."""
@@ -97,8 +125,8 @@ class ModelWorker:
             self._closed = True
             pending = list(self._waiting)
             self._waiting.clear()
-            if self._running is not None:
-                self._running.cancel.set()
+            for job in self._running:
+                job.cancel.set()
             self._cond.notify_all()
         for job in pending:
             job.cancel.set()
@@ -107,14 +135,15 @@ class ModelWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._closed:
+                while not self._closed and (not self._waiting or len(self._running) >= self.slots):
                     self._cond.wait()
                 if self._closed and not self._waiting:
                     return
                 job = self._waiting.popleft()
-                self._running = job
+                self._running.add(job)
             try:
                 job.run()
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.discard(job)
+                    self._cond.notify_all()

@@ -20,6 +20,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from runner.engine.batching import BatchingStopped
+from runner.engine.batching import QueueFull as BatchFull
 from runner.engine.prompt import ContextLengthError
 from runner.engine.recovery import MemoryExhaustedError
 from runner.openai import protocol as oai
@@ -48,6 +50,22 @@ def classify(exc: BaseException) -> APIError:
             type="server_error",
             code="memory_exhausted",
             headers={"retry-after": "5"},
+        )
+    if isinstance(exc, BatchFull):  # the continuous batch's own line (callers beside this server share it)
+        return APIError(
+            429,
+            f"the server is busy: {exc}; retry shortly",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"retry-after": "1"},
+        )
+    if isinstance(exc, BatchingStopped):
+        return APIError(
+            503,
+            f"{exc}; retry: the next requests are served one at a time",
+            type="server_error",
+            code="batching_stopped",
+            headers={"retry-after": "1"},
         )
     from planner.errors import ShardwiseError
 
@@ -137,6 +155,7 @@ class RequestMeta:
     response: oai.Response  # id, model, created, fingerprint: the shapes of this request's answer
     arrived_s: float
     info: dict  # the request's log line fields
+    metrics: Any = None  # runner.openai.metrics.Metrics: the finished request is counted there
 
 
 def finish(waiter: EventWaiter, slot, job: Job) -> None:
@@ -159,6 +178,16 @@ def _record(
         info["ttft_ms"] = (first_token_s - meta.arrived_s) * 1000
     if job.started_s is not None:
         info["queue_ms"] = (job.started_s - job.submitted_s) * 1000
+    if meta.metrics is not None and completions:
+        meta.metrics.request_done(
+            meta.response.model,
+            prompt_tokens=completions[0].usage.prompt_tokens,
+            completion_tokens=info["completion_tokens"],
+            finish_reason=info.get("error") or completions[-1].finish_reason,
+            ttft_s=first_token_s - meta.arrived_s if first_token_s is not None else None,
+            e2e_s=time.perf_counter() - meta.arrived_s,
+            queue_s=job.started_s - job.submitted_s if job.started_s is not None else None,
+        )
 
 
 def _end_error(event: tuple) -> APIError:

@@ -154,7 +154,7 @@ def load_session(cfg, plan):
     loaded = load_with_fallbacks(plan, policy=policy, notice=log.warning)
     if loaded.plan is not plan:
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
-    return ChatSession(
+    session = ChatSession(
         loaded,
         defaults=SamplingParams.from_generation(cfg.generation),
         plan=loaded.plan,
@@ -162,6 +162,14 @@ def load_session(cfg, plan):
         recovery=policy,
         on_notice=log.info,
     )
+    block = read_serve_block(cfg.get("serve"))
+    if block.batching:
+        from runner.engine.batching import attach
+
+        attach(loaded, loaded.plan.serving, max_waiting=block.max_queue, log=log.info)
+    else:
+        log.info("serving %s one request at a time: serve.batching=false", loaded.name)
+    return session
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

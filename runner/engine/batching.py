@@ -1,0 +1,353 @@
+"""Concurrent generation for one loaded model on transformers' continuous batching, sized by the plan.
+
+    engine = attach(loaded, plan.serving, max_waiting=8)      # None (and a logged reason) when it cannot run
+    result = engine.generate(prompt_ids, params, max_new_tokens=64, eos_ids={2}, on_token=push, cancel=event)
+
+What it keeps:
+- one `ContinuousBatchingManager` per model, started once: its generation thread is the only thread that runs
+  the model's forward passes, so requests never start OpenMP/CUDA work on short-lived threads;
+- the plan sizes the paged cache (`serving.num_blocks` blocks of `serving.page_size_tokens` tokens,
+  `serving.max_batch_tokens`): transformers never probes free memory on its own;
+- admission: at most `serving.max_concurrent` requests are inside the manager (the plan sized the cache
+  for that many full-context sequences, so it never has to preempt or run out), up to `max_waiting` more
+  wait in arrival order, and beyond that `QueueFull` (the server's 429);
+- per-request sampling through transformers' per-request processors (temperature, top_k, top_p): a
+  greedy request is top_k=1, which keeps only the argmax, so greedy text equals `generate()`'s;
+- what the manager cannot do per request goes to the sequential path (`batchable()` says why): a seed
+  (transformers samples every request from one torch generator, so a seeded reply would depend on what
+  else is in the batch) and presence/frequency penalties (no per-request processor); those turns run
+  `generate()` while `exclusive()` holds the batching loop paused;
+- stop strings are matched by the caller's `on_token`; a stop, a cancel or a disconnect cancels the
+  request in the manager, which frees its blocks before the next forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from planner.errors import ShardwiseError
+
+RESTARTS = 2  # generation loops that may die (and be restarted) before the engine falls back to sequential
+
+
+class QueueFull(ShardwiseError):
+    """Every batch slot is taken and `max_waiting` requests already wait (the server answers 429)."""
+
+
+class BatchingStopped(ShardwiseError):
+    """The batching loop is gone (closed, or died more than RESTARTS times)."""
+
+
+@dataclass
+class BatchResult:
+    tokens: int  # tokens the model generated for this request (an eos included)
+    cancelled: bool
+    batch_size: int  # most requests generating at once while this one ran
+    queued_s: float  # waiting for a batch slot
+
+
+class Admission:
+    """Batch slots handed out in arrival order: `running` at most `slots`, `waiting` at most `max_waiting`."""
+
+    def __init__(self, slots: int, max_waiting: int):
+        self.slots = slots
+        self.max_waiting = max_waiting
+        self.running = 0
+        self._line: deque[int] = deque()
+        self._tickets = itertools.count()
+        self._cond = threading.Condition()
+        self.rejected = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    def enter(self, cancel: threading.Event) -> bool:
+        """Wait for a slot; False when `cancel` was set first. Raises QueueFull when the line is full."""
+        with self._cond:
+            if self.running >= self.slots and len(self._line) >= self.max_waiting:
+                self.rejected += 1
+                raise QueueFull(
+                    f"{self.running} request(s) generating (the plan's serving.max_concurrent) and "
+                    f"{len(self._line)} waiting (serve.max_queue={self.max_waiting})"
+                )
+            ticket = next(self._tickets)
+            self._line.append(ticket)
+            try:
+                while self.running >= self.slots or self._line[0] != ticket:
+                    if cancel.is_set():
+                        return False
+                    self._cond.wait(0.05)
+                self.running += 1
+                return True
+            finally:
+                self._line.remove(ticket)
+                self._cond.notify_all()
+
+    def leave(self) -> None:
+        with self._cond:
+            self.running -= 1
+            self._cond.notify_all()
+
+
+def _inbox_router(deliver: Callable):
+    """transformers' OutputRouter, handing each output to `deliver` on the generation thread (no shared queue to
+    poll, no extra thread hop per token). Built on first use: transformers is imported lazily."""
+    from transformers.generation.continuous_batching.continuous_api import OutputRouter
+
+    class InboxRouter(OutputRouter):
+        def deliver(self, output) -> None:
+            deliver(output)
+
+        def deliver_batch(self, outputs) -> None:
+            for output in outputs:
+                deliver(output)
+
+    return InboxRouter()
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class BatchingEngine:
+    """transformers' continuous batching for one model, with admission and per-request routing."""
+
+    def __init__(self, loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+        self.loaded = loaded
+        self.serving = serving
+        self.log = log
+        self.admission = Admission(max(1, serving.max_concurrent), max(0, max_waiting))
+        self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
+        self._routes: dict[str, queue.Queue] = {}
+        self._routes_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._manager = None
+        self._restarts = 0
+        self._closed = False
+        self._start_manager()
+
+    # -- the manager ---------------------------------------------------------------------------
+    def _configs(self):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        # Defaults that make transformers build the temperature, top-k and top-p processors; every request then
+        # passes its own values (a processor is only built when its default is not neutral).
+        generation = GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            top_k=self.vocab_size,
+            top_p=0.99,
+            max_new_tokens=self.serving.max_batch_tokens,
+            eos_token_id=self.loaded.tokenizer.eos_token_id,  # requests pass their own; this silences a warning
+        )
+        serving = self.serving
+        batching = ContinuousBatchingConfig(
+            page_size=serving.page_size_tokens,
+            num_blocks=serving.num_blocks,
+            max_batch_tokens=serving.max_batch_tokens,
+            max_requests_per_batch=max(1, serving.max_concurrent),
+            per_request_processors=True,
+            auto_switch_to_flash=False,  # the plan chose the attention implementation
+            safety_margin=0.0,  # admission already keeps the cache from filling up
+            max_memory_percent=1.0,  # num_blocks is given: this only bounds transformers' own check
+        )
+        return generation, batching
+
+    def _start_manager(self) -> None:
+        import torch
+
+        generation, batching = self._configs()
+        with torch.inference_mode():  # the loop runs in the caller's inference mode
+            manager = self.loaded.model.init_continuous_batching(
+                generation_config=generation, continuous_batching_config=batching
+            )
+            manager.output_router = _inbox_router(self._deliver)  # before start(): the loop takes it from the manager
+            manager.start()
+        self._manager = manager
+
+    def _alive(self) -> bool:
+        manager = self._manager
+        return manager is not None and manager.is_running() and manager.background_thread_status.fatal_error is None
+
+    def _ensure_running(self) -> None:
+        if self._closed:
+            raise BatchingStopped("the batching engine is closed")
+        if self._alive():
+            return
+        if self._restarts >= RESTARTS:
+            raise BatchingStopped(f"the batching loop died {self._restarts + 1} times: serving sequentially")
+        self._restarts += 1
+        self.log(f"note: the batching loop stopped; restarting it ({self._restarts}/{RESTARTS})")
+        with contextlib.suppress(Exception):
+            self._manager.stop(block=True, timeout=5)
+        self._start_manager()
+
+    def _deliver(self, output) -> None:
+        """Called on the generation thread for each output: straight into the waiting request's inbox."""
+        with self._routes_lock:
+            target = self._routes.get(output.request_id)
+        if target is not None:
+            target.put(output)  # outputs of a request already gone (cancelled, stopped) are dropped
+
+    # -- what a caller uses ----------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        return not self._closed and (self._alive() or self._restarts < RESTARTS)
+
+    def batchable(self, params) -> str | None:
+        """Why these sampling settings must run sequentially (None: they batch)."""
+        if params.seed is not None and params.temperature > 0:
+            return "a seeded sampled reply runs alone: batched sampling shares one random generator"
+        if params.presence_penalty or params.frequency_penalty:
+            return "presence/frequency penalties run alone: transformers has no per-request penalty processor"
+        if not self.usable:
+            return "the batching loop is down"
+        return None
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Pause the batching loop (it keeps its requests and cache) while the caller runs the model itself."""
+        if self._alive():
+            with self._manager.pause():
+                yield
+        else:
+            yield
+
+    def stats(self) -> dict:
+        usage = 0.0
+        manager = self._manager
+        processor = getattr(manager, "batch_processor", None) if manager is not None else None
+        if processor is not None:
+            with contextlib.suppress(Exception):  # read while the loop runs: a slightly stale number is fine
+                usage = 1.0 - float(processor.cache.compute_free_capacity())
+        return {
+            "running": self.admission.running,
+            "waiting": self.admission.waiting,
+            "kv_cache_usage": usage,
+            "rejected": self.admission.rejected,
+            "max_concurrent": self.admission.slots,
+            "num_blocks": self.serving.num_blocks,
+        }
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params,
+        *,
+        max_new_tokens: int,
+        eos_ids: set[int],
+        on_token: Callable[[int], bool],
+        cancel: threading.Event,
+    ) -> BatchResult:
+        """Generate in the shared batch; `on_token(token)` returns True to stop (a stop string matched)."""
+        submitted = time.perf_counter()
+        if not self.admission.enter(cancel):
+            return BatchResult(tokens=0, cancelled=True, batch_size=0, queued_s=time.perf_counter() - submitted)
+        queued_s = time.perf_counter() - submitted
+        request_id = f"shardwise-{next(self._ids)}"
+        inbox: queue.Queue = queue.Queue()
+        tokens, batch_size, cancelled, finished = 0, self.admission.running, False, False
+        try:
+            self._ensure_running()
+            with self._routes_lock:
+                self._routes[request_id] = inbox
+            greedy = params.temperature <= 0
+            accepted = self._manager.add_request(
+                input_ids=list(prompt_ids),
+                request_id=request_id,
+                max_new_tokens=max_new_tokens,
+                streaming=True,
+                eos_token_id=sorted(eos_ids) or -1,
+                temperature=1.0 if greedy else float(params.temperature),
+                top_k=1 if greedy else self.vocab_size,
+                top_p=1.0 if greedy else float(params.top_p),
+            )
+            if accepted is None:
+                raise BatchingStopped("the batching loop refused the request (it is stopping)")
+            while True:
+                try:
+                    output = inbox.get(timeout=0.05)
+                except queue.Empty:
+                    if cancel.is_set():
+                        cancelled = True
+                        break
+                    if not self._alive():
+                        raise BatchingStopped("the batching loop stopped while generating") from None
+                    continue
+                if output.error is not None:
+                    raise RuntimeError(f"continuous batching failed this request: {output.error}")
+                fresh = output.generated_tokens[tokens:]
+                batch_size = max(batch_size, self.admission.running)
+                stop = False
+                for token in fresh:
+                    tokens += 1
+                    if on_token(int(token)):
+                        stop = True
+                        break
+                if output.is_finished():
+                    finished = True
+                    break
+                if stop or cancel.is_set():
+                    cancelled = cancel.is_set()
+                    break
+        finally:
+            if not finished and self._manager is not None:
+                self._manager.cancel_request(request_id)  # its blocks go back to the pool before the next step
+            with self._routes_lock:
+                self._routes.pop(request_id, None)
+            self.admission.leave()
+        return BatchResult(tokens=tokens, cancelled=cancelled, batch_size=batch_size, queued_s=queued_s)
+
+    def close(self) -> None:
+        self._closed = True
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                manager.stop(block=True, timeout=10)
+
+
+def cannot_attach(loaded, serving) -> str | None:
+    """Why this loaded model cannot batch under this serving block (None: it can)."""
+    if serving is None:
+        return "the plan has no serving block (written before batching existed): serving one request at a time"
+    if serving.mode != "batched":
+        return serving.reason
+    model = getattr(loaded, "model", None)
+    if model is None or not hasattr(model, "init_continuous_batching"):
+        return "this model class has no continuous batching in transformers: serving one request at a time"
+    attn = model.config._attn_implementation
+    if attn != serving.attn_implementation:
+        return f"the model runs {attn} attention but the plan batched with {serving.attn_implementation}: re-plan"
+    if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
+        return "the model is spread over several devices: transformers' paged cache lives on one"
+    return None
+
+
+def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+    """Start batching for `loaded` (stored as `loaded.batching`); None, with the reason logged, when it cannot."""
+    reason = cannot_attach(loaded, serving)
+    if reason is None:
+        try:
+            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log)
+        except Exception as exc:  # e.g. an architecture the paged cache does not support
+            reason = f"continuous batching did not start ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+    if reason is not None:
+        loaded.batching = None
+        log(f"serving {loaded.name} one request at a time: {reason}")
+        return None
+    hint = " (plan policy.sessions=N or auto to batch concurrent requests)" if serving.max_concurrent == 1 else ""
+    log(
+        f"serving {loaded.name} with continuous batching: {serving.max_concurrent} at once{hint}, "
+        f"{serving.num_blocks} blocks of {serving.page_size_tokens} tokens, {serving.max_batch_tokens} tokens per step"
+    )
+    return loaded.batching
