@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,11 +43,10 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
         raise ShardwiseError(
             f"model.path {str(path)!r} has no config.json: give a directory holding config.json, or the file itself"
         )
-    try:
-        data = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardwiseError(f"{config_path} is not valid JSON ({exc}): fix or re-download it") from None
-    if not isinstance(data, dict) or "model_type" not in data:
+    from planner.jsonfile import read_json
+
+    data = read_json(config_path, "config.json", dict, "fix or re-download it")
+    if "model_type" not in data:
         raise ShardwiseError(f"{config_path} has no model_type: it is not a transformers config.json")
     return data, model_dir
 
