@@ -146,3 +146,213 @@ def test_log_lines_never_reach_stdout_and_no_log_file_is_written(tmp_path):
     assert [json.loads(line)["model"]["name"] for line in lines] == ["gpt2", "gpt2-medium"]  # JSON Lines only
     assert "Launching 2 jobs locally" in result.stderr
     assert not list(tmp_path.rglob("*.log"))
+
+
+# --- item 6: hostile files and values: one line, exit 2 ---------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = '{"model_type": "llama", "hidden_size": ' + "9" * 5000 + "}"
+
+
+def _tiny_llama_config(**changes) -> dict:
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "vocab_size": 256,
+        "max_position_embeddings": 512,
+        "torch_dtype": "float32",
+    }
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        (DEEP, "nests deeper than"),
+        (HUGE_INT, "is not valid JSON"),
+        (b"\xff\xfe{not utf8", "is not UTF-8"),
+        ("[1, 2]", "holds list at the top"),
+    ],
+)
+def test_hostile_config_json_is_one_line(tmp_path, raw, needle):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_bytes(raw if isinstance(raw, bytes) else raw.encode())
+    one_line_error(shardwise("plan", f"model.path={model}", "hardware=t4", cwd=tmp_path), "plan", needle)
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"num_key_value_heads": 0}, "num_key_value_heads=0"),
+        ({"num_key_value_heads": -2}, "num_key_value_heads=-2"),
+        ({"num_key_value_heads": 3}, "does not divide"),
+        ({"hidden_size": 66}, "not divisible by 4 attention heads"),
+        ({"num_hidden_layers": 1_000_000_000}, "num_hidden_layers=1000000000"),
+    ],
+)
+def test_impossible_architecture_numbers_are_refused(tmp_path, changes, needle):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(_tiny_llama_config(**changes)))
+    with pytest.raises(ShardwiseError, match=needle):
+        make_plan("gpt2", "t4", model_path=str(model))
+
+
+def _safetensors(path: Path, header, data_bytes: int = 16) -> None:
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * data_bytes)
+
+
+@pytest.mark.parametrize(
+    "header,needle",
+    [
+        ([1, 2, 3], "holds list at the top"),
+        ({"w": [1]}, "is described by list"),
+        ({"w": {"dtype": "F32", "shape": [2]}}, "data_offsets None"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, "outside the 16 data bytes"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "outside the 16 data bytes"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 10**30]}}, "outside the 16 data bytes"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1e999]}}, "not [start, end]"),
+        ({"w": {"dtype": 7, "shape": [2], "data_offsets": [0, 8]}}, "dtype 7"),
+        ({"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, "shape '2'"),
+    ],
+)
+def test_hostile_safetensors_headers_are_refused(tmp_path, header, needle):
+    from planner.errors import ShardwiseError
+    from planner.model.headers import read_index
+
+    _safetensors(tmp_path / "model.safetensors", header)
+    with pytest.raises(ShardwiseError, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        read_index(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "index,needle",
+    [
+        ('{"weight_map": ["a.safetensors"]}', "no weight_map of tensor -> shard file name"),
+        (b'{"weight_map": {"w": "\xff.safetensors"}}', "is not UTF-8"),
+        ('{"weight_map": {"w": "../../etc/passwd"}}', "no weight_map"),
+    ],
+)
+def test_hostile_index_files_are_refused(tmp_path, index, needle):
+    from planner.errors import ShardwiseError
+    from planner.model.headers import read_index
+
+    (tmp_path / "model.safetensors.index.json").write_bytes(index if isinstance(index, bytes) else index.encode())
+    with pytest.raises(ShardwiseError, match=needle):
+        read_index(str(tmp_path))
+
+
+SNAPSHOT_DEVICE = {
+    "id": 0,
+    "name": "NVIDIA H100 80GB HBM3",
+    "total_bytes": 85899345920,
+    "free_bytes": 84000000000,
+    "compute_capability": "9.0",
+}
+
+
+@pytest.mark.parametrize(
+    "snapshot,needle",
+    [
+        (
+            {
+                "snapshot_version": 1,
+                "devices": [{**SNAPSHOT_DEVICE, "compute_capability": 8.0}],
+                "host_ram_bytes": 1 << 36,
+            },
+            "compute_capability = 8.0",
+        ),
+        (
+            {"snapshot_version": 1, "devices": [SNAPSHOT_DEVICE], "host_ram_bytes": 1 << 36, "nodes": 1_000_000},
+            "nodes = 1000000",
+        ),
+        (DEEP, "nests deeper than"),
+    ],
+)
+def test_hostile_snapshots_are_one_line(tmp_path, snapshot, needle):
+    (tmp_path / "box.json").write_text(snapshot if isinstance(snapshot, str) else json.dumps(snapshot))
+    result = shardwise("plan", "hardware=snapshot", "hardware.path=box.json", cwd=tmp_path)
+    one_line_error(result, "plan", needle)
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda p: p.update(hardware=[1]), "hardware must be an object"),
+        (lambda p: p.update(device_map=["cpu"]), "device_map must be an object"),
+        (lambda p: p["limits"].update(context_tokens="lots"), "limits.context_tokens must be an integer"),
+        (lambda p: p["model"].update(params_total=True), "model.params_total must be an integer"),
+        (lambda p: p["device_map"].update(x=[0]), "device_map['x'] must be an integer or a string"),
+        (lambda p: p.update(budget=[5]), "budget[0] must be an object"),
+    ],
+)
+def test_plan_file_fields_of_the_wrong_type_are_refused_naming_the_field(tmp_path, change, needle):
+    from planner.errors import ShardwiseError
+    from planner.plan import Plan
+
+    data = _a_plan().to_dict()
+    change(data)
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(ShardwiseError) as caught:
+        Plan.load(tmp_path / "plan.json")
+    assert needle in str(caught.value) and "plan.json" in str(caught.value)
+
+
+def test_plan_file_nested_too_deep_is_one_line_for_chat(tmp_path):
+    (tmp_path / "plan.json").write_text(DEEP)
+    one_line_error(shardwise("chat", "plan_file=plan.json", "prompt=hi", cwd=tmp_path), "chat", "nests deeper")
+
+
+def test_repl_load_of_a_hostile_file_keeps_the_conversation(tmp_path):
+    from test_qa_regressions import _repl, _StubSession
+
+    session = _StubSession()
+    repl, out = _repl(session)
+    for i, raw in enumerate([DEEP, '{"messages": ' + "1" * 5000 + "}", "\udcff"]):
+        path = tmp_path / f"conv{i}.json"
+        path.write_bytes(raw.encode("utf-8", "surrogateescape"))
+        assert repl.command(f"/load {path}") is True
+    text = out.getvalue()
+    assert text.count("cannot load") == 3 and "nests deeper" in text and "not UTF-8" in text
+    assert session.history == [{"role": "user", "content": "keep me"}]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["hardware=cpu", "hardware.host_ram_gib=nan"], "hardware.host_ram_gib=nan is not a finite number"),
+        (["hardware=cpu", "hardware.host_ram_gib=inf"], "hardware.host_ram_gib=inf is not a finite number"),
+        (["hardware=t4", "out=${oc.env:SHARDWISE_SURELY_UNSET}"], "cannot resolve the value of out"),
+        (["hardware=t4", "out=${out}"], "Recursive interpolation"),
+        (["hardware=snapshot", "hardware.path=" + "a" * 300], "File name too long"),
+        (["hardware=t4", "out=" + "b" * 300], "File name too long"),
+        (["hardware=t4", "policy.overhead.cpu_runtime_mib=-1"], "policy.overhead.cpu_runtime_mib=-1 must be >= 0"),
+        (["hardware=t4", "policy.overhead.workspace_mib=-100000"], "must be >= 0"),
+        (["hardware=t4", "policy.offload_disk_gib=nan"], "policy.offload_disk_gib=nan is not a finite number"),
+        (["hardware=t4", "policy.offload_disk_gib=-5"], "policy.offload_disk_gib=-5.0 must be >= 0"),
+        (["hardware=t4", "+foo=1"], "unknown key foo"),
+        (["hardware=t4", "++bar=2"], "unknown key bar"),
+        (["hardware=h100_80gb", "hardware.count=100000"], "hardware.count=100000 is more than"),
+        (["hardware=t4", "policy.sessions=1000000"], "policy.sessions=1000000 is more than"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(tmp_path, args, needle):
+    one_line_error(shardwise("plan", *args, cwd=tmp_path), "plan", needle)
+
+
+def test_an_ascii_only_stdout_degrades_the_report_instead_of_crashing(tmp_path):
+    result = shardwise("plan", "model=gpt2", "hardware=t4", cwd=tmp_path, env_extra={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "FITS" in result.stdout and "Traceback" not in result.stderr
