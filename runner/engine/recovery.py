@@ -131,6 +131,9 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
     policy = policy or RecoveryPolicy()
     if policy.load is None:
         from runner.engine.loader import load
+        from runner.engine.preflight import check_runnable
+
+        check_runnable(plan)  # a GPU this machine lacks, a missing directory, int64: bad input, not memory
     else:
         load = policy.load
     try:

@@ -232,10 +232,38 @@ def launch_env(plan: Plan) -> dict[str, str]:
     return env
 
 
-def single_process_command(plan: Plan, plan_path: str, settings: LaunchSettings) -> Command:
+def hydra_literal(value) -> str:
+    """`value` written as a Hydra override value that parses back to exactly `value` (strings quoted and escaped)."""
+    import re
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_literal(item) for item in value) + "]"
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", str(value))  # no interpolation of user text
+    quote = "'" if '"' in text and "'" not in text else '"'  # double quotes read better inside shell quotes
+    text = re.sub(rf"(\\*){quote}", lambda m: m.group(1) * 2 + "\\" + quote, text)  # backslashes before a quote
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)  # ... and before the closing quote are escapes
+    return f"{quote}{text}{quote}"
+
+
+def single_process_command(
+    plan: Plan, plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code=False
+) -> Command:
+    """`shardwise chat|serve plan_file=...` with what the parent resolved: generation.* and launch.prompt."""
     argv = ["shardwise", settings.task.value, f"plan_file={plan_path}"]
+    if trust_remote_code and plan.model.trust_remote_code:
+        argv.append("trust_remote_code=true")  # the consent given on launch's command line
+    for key, value in (generation or {}).items():
+        argv.append(f"generation.{key}={hydra_literal(value)}")
     if settings.task == LaunchTask.serve:
         argv += [f"serve.host={settings.host}", f"serve.port={settings.port}"]
+    elif settings.prompt:
+        argv.append(f"prompt={hydra_literal(list(settings.prompt))}")
     reason = f"{plan.strategy} plan on one node: one process loads it with accelerate (device_map of {len(plan.device_map)} entries)"
     return Command(argv=tuple(argv), where="this machine", reason=reason, env=tuple(sorted(launch_env(plan).items())))
 

@@ -186,6 +186,10 @@ def model_sources(cfg) -> list:
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
 
+    from runner.engine.preflight import check_remote_code, remote_code_consent
+
+    check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
+
     def loader_for(make_plan):
         return lambda: load_session(cfg, make_plan())
 
