@@ -85,6 +85,27 @@ def _more_gpus(planner, quick_policy, limit: int = 64):
     return high, on(high, planner.policy), best
 
 
+def _most_sessions_that_fit(planner, most: int):
+    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more."""
+    policy = planner.policy
+
+    def plan_for(n: int):
+        return _replan(planner, PolicyOverride(policy, sessions=n))
+
+    best = plan_for(1)
+    if not _fits(best):
+        return None
+    low, high = 1, most + 1  # low fits, high is the first count not known to fit
+    while high - low > 1:
+        mid = (low + high) // 2
+        attempt = plan_for(mid)
+        if _fits(attempt):
+            low, best = mid, attempt
+        else:
+            high = mid
+    return low, best
+
+
 def _fix(text: str, *overrides: str) -> dict:
     """A suggestion: what to tell the user, and the CLI overrides that apply it (empty when it is not a knob)."""
     return {"text": text, "overrides": list(overrides)}
@@ -112,12 +133,15 @@ def what_would_fit(planner) -> list[dict]:
                 )
             )
     sessions = int(policy.sessions)
-    if sessions > 1:
-        fewer = next(
-            (n for n in range(sessions - 1, 0, -1) if _fits(_replan(planner, PolicyOverride(policy, sessions=n)))), None
+    fewer = _most_sessions_that_fit(planner, sessions - 1) if sessions > 1 else None
+    if fewer:
+        n, plan = fewer
+        fixes.append(
+            _fix(
+                f"fewer concurrent sessions: policy.sessions={n} ({plan.limits.context_tokens:,} tokens of context each)",
+                f"policy.sessions={n}",
+            )
         )
-        if fewer:
-            fixes.append(_fix(f"fewer concurrent sessions: policy.sessions={fewer}", f"policy.sessions={fewer}"))
     if planner.dtype == "float32":
         lower = "bfloat16" if (not hw.devices or all(d.supports_bf16 for d in hw.devices)) else "float16"
         halved = _replan(planner, PolicyOverride(policy, dtype=lower))
@@ -163,17 +187,14 @@ def what_would_fit(planner) -> list[dict]:
             offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, **changes))
             if _fits(offloaded):
                 slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
-                knobs = [f"policy.{k}=true" for k in changes]
+                # the speed holds at the context it was planned for: the fix names that context and sets it
+                knobs = [f"policy.{k}=true" for k in changes] + [f"policy.context_tokens={probe_context}"]
                 fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
                 break
     elif not hw.devices and not policy.allow_disk_offload:
         offloaded = _replan(planner, PolicyOverride(policy, context_tokens=probe_context, allow_disk_offload=True))
         if _fits(offloaded):
             slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
-            fixes.append(
-                _fix(
-                    f"policy.allow_disk_offload=true ({slow.removeprefix('offload: ') or 'slow'})",
-                    "policy.allow_disk_offload=true",
-                )
-            )
+            knobs = ["policy.allow_disk_offload=true", f"policy.context_tokens={probe_context}"]
+            fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
     return fixes

@@ -160,13 +160,18 @@ class Planner:
 
     # ---- devices -------------------------------------------------------------------------
     def _gpu_entries(self, node: int = 0) -> list[tuple]:
-        entries = []
-        for d in self.hw.devices:
-            if d.node != node:
-                continue
-            reserve = headroom(d.free_bytes, self.policy.headroom_fraction, self.policy.headroom_mib * (1 << 20))
-            entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
-        return entries
+        # computed once per node and hardware: the cross-node search asks for every node many times
+        key = (id(self.hw), node)
+        cache = self.__dict__.setdefault("_entries_cache", {})
+        if key not in cache:
+            entries = []
+            for d in self.hw.devices:
+                if d.node != node:
+                    continue
+                reserve = headroom(d.free_bytes, self.policy.headroom_fraction, self.policy.headroom_mib * (1 << 20))
+                entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
+            cache[key] = (self.hw, entries)  # holding hw keeps its id from being reused
+        return list(cache[key][1])
 
     def _host_entry(self):
         ram = self.hw.host_ram_bytes

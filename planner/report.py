@@ -14,6 +14,9 @@ SEGMENTS = (
 )
 
 
+_FREE = "·"
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:,.2f}"
 
@@ -28,7 +31,7 @@ def _bar(row, width: int = BAR_WIDTH) -> str:
         if width_here:
             cells.append(f"[{color}]{char * width_here}[/{color}]")
             used += width_here
-    cells.append("·" * (width - used))
+    cells.append(_FREE * (width - used))
     return "".join(cells)
 
 
@@ -37,8 +40,12 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.table import Table
 
     if console is None:
+        import os
+
         probe = Console()
-        console = Console(highlight=False, width=max(probe.width, 110) if not probe.is_terminal else probe.width)
+        # a pipe gets 110 columns unless COLUMNS says otherwise; a terminal, or COLUMNS=80, gets what it has
+        wide = probe.is_terminal or "COLUMNS" in os.environ
+        console = Console(highlight=False, width=probe.width if wide else max(probe.width, 110))
     m, lim = plan.model, plan.limits
     quant = m.quantization
     quant_text = f"{quant.method} {'kept' if quant.kept else 'dequantized'}" if quant.method else "none"
@@ -50,6 +57,11 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print(
         f"dtype {m.dtype}, quantization {quant_text}, attention {plan.attn_implementation}, KV {plan.kv_cache_dtype}"
     )
+    if m.trust_remote_code:
+        console.print(
+            "[bold yellow]remote code: yes[/bold yellow] (model.trust_remote_code=true): the model's own Python runs "
+            "when it loads; chat, serve and launch refuse it unless their command line says trust_remote_code=true"
+        )
     hw = plan.hardware
     gpus = hw.get("devices", [])
     names: dict[str, int] = {}
@@ -66,8 +78,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print()
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    bar_width = max(10, min(BAR_WIDTH, console.width - 84))
-    for col in ("device", "memory", "weights", "kv", "act", "overhead", "planned", "usable", "free", "layers"):
+    bar_width = max(10, min(BAR_WIDTH, console.width - 70))
+    for col in ("device", "memory", "wts", "kv", "act", "ovh", "plan", "usable", "free", "layers"):
         table.add_column(
             col,
             justify="left" if col in ("device", "memory") else "right",
@@ -95,7 +107,20 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
             layers,
         )
     console.print(table)
-    console.print("memory in GiB; bar: █ weights ▓ KV cache ▒ activations ░ overhead · free (scaled to usable)")
+    console.print(
+        f"GiB. wts weights, kv KV cache, act activations, ovh overhead (CUDA context + workspaces + fragmentation), "
+        f"plan = their sum, usable = free memory - headroom; bar {''.join(c for _, c, _ in SEGMENTS)} "
+        f"in that order, {_FREE} free"
+    )
+    kv_total = sum(row.kv_cache for row in plan.budget)
+    linear = lim.kv_bytes_per_token * lim.context_tokens * lim.sessions
+    if plan.strategy == "tensor_parallel":
+        kv_total *= max(plan.tp_size, 1)  # budget rows are per GPU
+    if 0 < kv_total < linear:
+        console.print(
+            f"KV {kv_total / GIB:,.2f} GiB < KV B/token x context x sessions ({linear / GIB:,.2f} GiB): sliding-window "
+            "and chunked layers keep at most their window, so only full-attention layers grow with the context"
+        )
     console.print()
     chunk = f", prefill in chunks of {lim.prefill_chunk_tokens}" if lim.prefill_chunk_tokens else ""
     console.print(
@@ -121,13 +146,21 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         if plan_path:
             command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
         console.print(
-            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: {command}"
+            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it:"
         )
+        # its own line, never wrapped or marked up: copied into a shell as it is
+        console.print(command, soft_wrap=True, markup=False, highlight=False)
     else:
         b = plan.binding
         console.print(
             f"[bold red]DOES NOT FIT[/bold red]: device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
             f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds."
         )
-        for fix in b.get("fixes", []):
-            console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}")
+        fixes = b.get("fixes", [])
+        for fix in fixes:
+            console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}", markup=False)
+        if not fixes:
+            console.print(
+                "  nothing here would fit: no shorter context, fewer sessions, lower dtype, quantization, more GPUs "
+                "of this kind or offload that shardwise tried makes it fit; choose a smaller model (model=auto)"
+            )

@@ -21,7 +21,7 @@ from enum import Enum
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device, Hardware
-from planner.limits import MAX_GPUS_PER_NODE, MAX_NODES
+from planner.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NODES
 from planner.units import GIB, MIB
 
 _TIER_ONLY = {"name": "", "memory_mib": 0, "compute_capability": "", "count": 1, "nodes": 1}  # schema defaults
@@ -66,10 +66,10 @@ def _tier(cfg, name: str | None) -> Hardware:
     cc = str(_get(cfg, "compute_capability", "") or "")
     interconnect = str(_get(cfg, "interconnect", "pcie"))
     label = name or "tier"
-    if count > MAX_GPUS_PER_NODE or nodes > MAX_NODES:
+    if count > MAX_GPUS_PER_NODE or nodes > MAX_NODES or count * nodes > MAX_GPUS:
         raise ShardwiseError(
             f"hardware.count={count} x hardware.nodes={nodes} is more than shardwise plans for "
-            f"(at most {MAX_GPUS_PER_NODE} GPUs per node and {MAX_NODES} nodes)"
+            f"(at most {MAX_GPUS_PER_NODE} GPUs per node, {MAX_NODES} nodes, {MAX_GPUS} GPUs in all)"
         )
     if count < 1:
         raise ShardwiseError(f"hardware.count must be >= 1 GPU per node, got {count}: set hardware.count=1 or more")

@@ -46,6 +46,9 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
     from planner.jsonfile import read_json
 
     data = read_json(config_path, "config.json", dict, "fix or re-download it")
+    from planner.model.config_check import check_config
+
+    check_config(data, config_path)
     if "model_type" not in data:
         raise ShardwiseError(f"{config_path} has no model_type: it is not a transformers config.json")
     return data, model_dir
