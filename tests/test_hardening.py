@@ -356,3 +356,40 @@ def test_an_ascii_only_stdout_degrades_the_report_instead_of_crashing(tmp_path):
     result = shardwise("plan", "model=gpt2", "hardware=t4", cwd=tmp_path, env_extra={"PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0, result.stderr
     assert "FITS" in result.stdout and "Traceback" not in result.stderr
+
+
+# --- launch: environment and settings that cannot work are one line -------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,env,needle",
+    [
+        (["-m", "hydra/launcher=slurm_1node_1gpu", "model=gpt2", "hardware=cpu"], {}, "has no `srun`"),
+        (["model=gpt2", "hardware=cpu", "launch.prompt=[hi]"], {"SLURM_NODEID": "abc"}, "SLURM_NODEID='abc'"),
+        (
+            ["model=gpt2", "hardware=cpu", "launch.node_rank=3", "launch.dry_run=true"],
+            {},
+            "launch.node_rank=3 is outside",
+        ),
+        (
+            ["model=llama-3.2-1b", "hardware=cpu", "launch.cpu_tp_size=2", "launch.record_dir=/dev/full", "launch.prompt=[hi]"],
+            {},
+            "launch.record_dir='/dev/full' cannot be used as a directory",
+        ),
+    ],
+)
+def test_launch_settings_and_environment_that_cannot_work_are_one_line(tmp_path, args, env, needle):
+    result = shardwise("launch", *args, cwd=tmp_path, env_extra=env)
+    one_line_error(result, "launch", needle)
+
+
+def test_the_slurm_comment_names_the_engine_each_task_starts():
+    from planner.config.compose import make_plan
+    from runner.launch import render as L
+
+    plan = make_plan("llama-3.1-70b", "h100_80gb", ["hardware.count=2"])
+    assert plan.strategy == "pipeline" and plan.nodes == 1
+    _, auto = L.slurm_launcher(plan, L.SlurmSettings())
+    _, vllm = L.slurm_launcher(plan, L.SlurmSettings(), engine=L.Engine.vllm)
+    assert "one accelerate process loads the plan" in auto[0] and "torchrun" not in auto[0]
+    assert "vllm serve runs the model" in vllm[0]

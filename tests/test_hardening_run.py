@@ -190,3 +190,13 @@ def test_sigterm_to_launch_serve_stops_the_server_it_started(gpt2, tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_chat_stdout_holds_only_the_answer_and_nothing_is_left_behind(gpt2, tmp_path):
+    result = shardwise(
+        "chat", f"model.path={gpt2}", "hardware=cpu", "prompt=hi", "generation.max_tokens=3", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1  # the reply; loading notes, progress bars and stats go to stderr
+    assert "loading tiny-gpt2" in result.stderr and " tokens · prompt " in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/chat/<time>/ and no log

@@ -408,12 +408,22 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     return commands, notes
 
 
-def slurm_launcher(plan: Plan, slurm: SlurmSettings, name: str = "shardwise") -> tuple[dict, list[str]]:
+def slurm_launcher(
+    plan: Plan, slurm: SlurmSettings, name: str = "shardwise", engine: Engine | None = None
+) -> tuple[dict, list[str]]:
     """hydra/launcher=submitit_slurm settings for the plan: one task per node holding the node's GPUs.
 
-    Each SLURM task runs `shardwise launch`, which starts torchrun's ranks on its node (node rank
-    from SLURM_NODEID), so torchrun, not srun, owns the per-GPU processes.
+    Each SLURM task runs `shardwise launch`, which starts the plan's engine on its node: torchrun's
+    ranks (node rank from SLURM_NODEID, so torchrun, not srun, owns the per-GPU processes), `vllm
+    serve`, or one accelerate process for a plan on one node.
     """
+    if engine in (None, Engine.auto):
+        engine = Engine.torchrun if needs_torchrun(plan) else Engine.accelerate
+    starts = {
+        Engine.torchrun: "torchrun starts the ranks",
+        Engine.vllm: "vllm serve runs the model",
+        Engine.accelerate: "one accelerate process loads the plan",
+    }[engine]
     gpus = gpus_per_node(plan)
     config, reasons = slurm_config(
         plan.nodes,
@@ -423,7 +433,7 @@ def slurm_launcher(plan: Plan, slurm: SlurmSettings, name: str = "shardwise") ->
         node_ram_gib=int(plan.hardware.get("host_ram_bytes") or 0) // GIB,
         name=name,
     )
-    reasons[0] += f" (the plan's {plan.strategy} shape)"
+    reasons[0] = reasons[0].replace("torchrun starts the ranks", starts) + f" (the plan's {plan.strategy} shape)"
     return config, reasons
 
 

@@ -289,7 +289,7 @@ def print_dry_run(
         print(f"# {command.where}: {command.reason}")
         print(command.line())
     if L.gpus_per_node(plan):
-        config, reasons = L.slurm_launcher(plan, settings.slurm)
+        config, reasons = L.slurm_launcher(plan, settings.slurm, engine=engine)
         print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
         print(" ".join(L.slurm_overrides(config)))
     for note in notes:
