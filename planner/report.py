@@ -15,6 +15,8 @@ SEGMENTS = (
 
 
 _FREE = "·"
+# an ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) gets the same bars drawn with ASCII characters
+_ASCII = str.maketrans({"█": "#", "▓": "=", "▒": "-", "░": ":", "·": "."})
 
 
 def _gib(n: int) -> str:
@@ -47,6 +49,7 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         wide = probe.is_terminal or "COLUMNS" in os.environ
         console = Console(highlight=False, width=probe.width if wide else max(probe.width, 110))
     m, lim = plan.model, plan.limits
+    chars = {} if (console.encoding or "").lower().startswith("utf") else _ASCII
     quant = m.quantization
     quant_text = f"{quant.method} {'kept' if quant.kept else 'dequantized'}" if quant.method else "none"
     ckpt = f", checkpoint {m.checkpoint_bytes:,} B" if m.checkpoint_bytes else ""
@@ -96,7 +99,7 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         free_style = "red" if row.free_after < 0 else "green"
         table.add_row(
             label,
-            _bar(row, bar_width),
+            _bar(row, bar_width).translate(chars),
             _gib(row.weights),
             _gib(row.kv_cache),
             _gib(row.activations),
@@ -109,8 +112,8 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print(table)
     console.print(
         f"GiB. wts weights, kv KV cache, act activations, ovh overhead (CUDA context + workspaces + fragmentation), "
-        f"plan = their sum, usable = free memory - headroom; bar {''.join(c for _, c, _ in SEGMENTS)} "
-        f"in that order, {_FREE} free"
+        f"plan = their sum, usable = free memory - headroom; bar {''.join(c for _, c, _ in SEGMENTS).translate(chars)} "
+        f"in that order, {_FREE.translate(chars)} free"
     )
     kv_total = sum(row.kv_cache for row in plan.budget)
     linear = lim.kv_bytes_per_token * lim.context_tokens * lim.sessions

@@ -356,6 +356,8 @@ def test_an_ascii_only_stdout_degrades_the_report_instead_of_crashing(tmp_path):
     result = shardwise("plan", "model=gpt2", "hardware=t4", cwd=tmp_path, env_extra={"PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0, result.stderr
     assert "FITS" in result.stdout and "Traceback" not in result.stderr
+    bar_row = next(line for line in result.stdout.splitlines() if line.startswith("GPU 0"))
+    assert "#" in bar_row and "?" not in bar_row  # the bars are drawn in ASCII, not replaced by '?'
 
 
 # --- launch: environment and settings that cannot work are one line -------------------------------
@@ -372,7 +374,13 @@ def test_an_ascii_only_stdout_degrades_the_report_instead_of_crashing(tmp_path):
             "launch.node_rank=3 is outside",
         ),
         (
-            ["model=llama-3.2-1b", "hardware=cpu", "launch.cpu_tp_size=2", "launch.record_dir=/dev/full", "launch.prompt=[hi]"],
+            [
+                "model=llama-3.2-1b",
+                "hardware=cpu",
+                "launch.cpu_tp_size=2",
+                "launch.record_dir=/dev/full",
+                "launch.prompt=[hi]",
+            ],
             {},
             "launch.record_dir='/dev/full' cannot be used as a directory",
         ),
@@ -393,3 +401,49 @@ def test_the_slurm_comment_names_the_engine_each_task_starts():
     _, vllm = L.slurm_launcher(plan, L.SlurmSettings(), engine=L.Engine.vllm)
     assert "one accelerate process loads the plan" in auto[0] and "torchrun" not in auto[0]
     assert "vllm serve runs the model" in vllm[0]
+
+
+# --- the report at 80 columns and in pipes ---------------------------------------------------------
+
+
+def test_the_run_it_command_has_its_own_unwrapped_line_at_80_columns(tmp_path):
+    result = shardwise("plan", "model=gpt-oss-20b", "hardware=t4", cwd=tmp_path, env_extra={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    command = lines[lines.index(next(line for line in lines if line.endswith("Run it:"))) + 1]
+    assert command.startswith("shardwise chat plan_file=") and command.endswith("/plan.json")
+    assert Path(command.split("plan_file=", 1)[1]).is_file()
+    table = [line for line in lines if line.startswith("GPU 0") or line.startswith("device")]
+    assert all(len(line) <= 80 for line in table)
+    assert any(line.startswith("GiB. wts weights") for line in lines)
+    assert any("sliding-window" in line for line in lines)  # gpt-oss: KV < KV B/token x context
+
+
+def test_a_does_not_fit_without_fixes_says_nothing_here_would_fit():
+    import io
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from planner.config.compose import make_plan
+    from planner.report import render
+
+    plan = make_plan("gpt-oss-120b", "a100_40gb")
+    assert not plan.fits and plan.binding["fixes"]
+    for fixes, needle in ((plan.binding["fixes"], "would fit with:"), ([], "nothing here would fit")):
+        out = io.StringIO()
+        render(replace(plan, binding={**plan.binding, "fixes": fixes}), console=Console(file=out, width=80))
+        assert needle in out.getvalue()
+
+
+def test_an_offload_fix_states_and_sets_the_context_it_was_planned_at():
+    from planner.config.compose import make_plan
+
+    plan = make_plan("llama-3.1-8b", "rtx3080", ["policy.context_tokens=auto"])
+    offload = [f for f in plan.binding.get("fixes", []) if "allow_cpu_offload" in f["text"]]
+    assert not plan.fits and offload
+    (fix,) = offload[:1]
+    context = next(o for o in fix["overrides"] if o.startswith("policy.context_tokens="))
+    assert context in fix["text"]
+    applied = make_plan("llama-3.1-8b", "rtx3080", fix["overrides"])
+    assert applied.fits and applied.limits.context_tokens == int(context.split("=")[1])
