@@ -11,7 +11,6 @@ type. Every number in a command comes from a plan field, and every choice carrie
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass
@@ -104,7 +103,9 @@ def plan_architecture(plan: Plan, conf_dir: Path | None = None) -> dict | None:
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
-            return json.loads(candidate.read_text())
+            from planner.jsonfile import read_json
+
+            return read_json(candidate, "config.json", dict, "fix or re-download it")
     if conf_dir is not None:
         profile = conf_dir / "model" / f"{plan.model.name}.yaml"
         if profile.is_file():
