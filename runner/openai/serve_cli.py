@@ -97,6 +97,10 @@ def settings_from_config(cfg):
         max_n=block.max_n,
     )
     api_key = block.api_key or os.environ.get("SHARDWISE_API_KEY") or None
+    if not str(block.host or "").strip():  # an empty host would bind every interface, shown as a blank address
+        raise ShardwiseError(
+            "serve.host is empty: give an address to bind, 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )
     return ServeSettings(
         host=block.host,
         port=block.port,
