@@ -31,7 +31,8 @@ def check_max_memory(max_memory) -> None:
         return
     if not isinstance(max_memory, dict):
         raise ShardwiseError(
-            f"max_memory must be a dict of device -> size, got {max_memory!r:.60}: write e.g. {{0: '20GiB', 'cpu': '30GiB'}}"
+            f"max_memory must be a dict of device -> size, got {max_memory!r:.60}: "
+            "write e.g. {0: '20GiB', 'cpu': '30GiB'}"
         )
     for device, size in max_memory.items():
         if isinstance(size, bool) or not isinstance(size, (int, float, str)):

@@ -3,6 +3,7 @@ lines, and an empty serve.host is refused instead of binding every interface."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import httpx
@@ -28,7 +29,8 @@ def test_a_role_that_is_not_a_string_is_a_400_naming_the_field(server, role):
 
 
 def test_a_lone_surrogate_in_content_is_a_400(server):
-    raw = '{"model": "%s", "messages": [{"role": "user", "content": "hi \\ud800"}], "max_tokens": 2}' % MODEL
+    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}], "max_tokens": 2})
+    assert "\\ud800" in raw  # json.dumps writes the lone surrogate as an escape
     response = httpx.post(
         server.url + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
     )
