@@ -230,7 +230,8 @@ def _reporting(verb: str, task_started: list, original: Callable) -> Callable:
             if error is None and 'Could not detect "srun"' in str(exc):
                 error = ShardwiseError(
                     "a hydra/launcher=slurm_* or submitit_slurm launch needs a SLURM cluster and this machine has no "
-                    "`srun`: run it on a SLURM login node, or add launch.dry_run=true (without -m) to print the commands"
+                    "`srun`: run it on a SLURM login node, or add launch.dry_run=true (without -m) "
+                    "to print the commands"
                 )
             if error is None and isinstance(exc, OSError) and not task_started:
                 where = exc.filename if exc.filename is not None else "the run directory"

@@ -307,7 +307,8 @@ class _Config:
         maximum = _MAX_LAYERS if key in _LAYER_KEYS else _MAX_COUNT
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             raise ShardwiseError(
-                f"architecture {self.model_type!r}: {key}={value!r:.40} is not an integer from {minimum} to {maximum:,}; "
+                f"architecture {self.model_type!r}: {key}={value!r:.40} is not an integer "
+                f"from {minimum} to {maximum:,}; "
                 "fix the profile's architecture (config.json) numbers"
             )
         return value
