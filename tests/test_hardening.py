@@ -447,3 +447,18 @@ def test_an_offload_fix_states_and_sets_the_context_it_was_planned_at():
     assert context in fix["text"]
     applied = make_plan("llama-3.1-8b", "rtx3080", fix["overrides"])
     assert applied.fits and applied.limits.context_tokens == int(context.split("=")[1])
+
+
+def test_the_fewer_sessions_fix_is_the_largest_count_that_fits_and_found_quickly():
+    import time
+
+    from planner.config.compose import make_plan
+
+    start = time.perf_counter()
+    plan = make_plan("gpt-oss-120b", "a100_80gb", ["policy.sessions=10000", "policy.context_tokens=8192"])
+    elapsed = time.perf_counter() - start
+    (fix,) = [f for f in plan.binding["fixes"] if f["text"].startswith("fewer concurrent sessions")]
+    n = int(fix["overrides"][0].split("=")[1])
+    assert make_plan("gpt-oss-120b", "a100_80gb", [f"policy.sessions={n}", "policy.context_tokens=8192"]).fits
+    assert not make_plan("gpt-oss-120b", "a100_80gb", [f"policy.sessions={n + 1}", "policy.context_tokens=8192"]).fits
+    assert elapsed < 30  # a linear walk down from 10,000 took about a minute
