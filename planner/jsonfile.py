@@ -54,7 +54,9 @@ def loads_json(raw: bytes | str, what: str, expect: type | tuple[type, ...] | No
     if expect is not None and not isinstance(value, expect):
         names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         wanted = {"dict": "a JSON object {...}", "list": "a JSON array [...]"}.get(names, names)
-        raise ShardwiseError(f"{what} holds {type(value).__name__} at the top, not {wanted}{tail}")
+        found = type(value).__name__
+        article = "an" if found[0] in "aeiou" else "a"
+        raise ShardwiseError(f"{what} holds {article} {found} at the top, not {wanted}{tail}")
     return value
 
 
@@ -102,10 +104,11 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str, make_parents: bool = True) -> Path:
     """Write `text` to `path` through a temp file in the same directory and a rename: all of it or none of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

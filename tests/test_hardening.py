@@ -176,7 +176,7 @@ def _tiny_llama_config(**changes) -> dict:
         (DEEP, "nests deeper than"),
         (HUGE_INT, "is not valid JSON"),
         (b"\xff\xfe{not utf8", "is not UTF-8"),
-        ("[1, 2]", "holds list at the top"),
+        ("[1, 2]", "holds a list at the top"),
     ],
 )
 def test_hostile_config_json_is_one_line(tmp_path, raw, needle):
@@ -190,7 +190,7 @@ def test_hostile_config_json_is_one_line(tmp_path, raw, needle):
     "changes,needle",
     [
         ({"num_key_value_heads": 0}, "num_key_value_heads=0"),
-        ({"num_key_value_heads": -2}, "num_key_value_heads=-2"),
+        ({"num_key_value_heads": -2}, "num_key_value_heads in config.json is -2"),
         ({"num_key_value_heads": 3}, "does not divide"),
         ({"hidden_size": 66}, "not divisible by 4 attention heads"),
         ({"num_hidden_layers": 1_000_000_000}, "num_hidden_layers=1000000000"),
@@ -217,7 +217,7 @@ def _safetensors(path: Path, header, data_bytes: int = 16) -> None:
 @pytest.mark.parametrize(
     "header,needle",
     [
-        ([1, 2, 3], "holds list at the top"),
+        ([1, 2, 3], "holds a list at the top"),
         ({"w": [1]}, "is described by list"),
         ({"w": {"dtype": "F32", "shape": [2]}}, "data_offsets None"),
         ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, "outside the 16 data bytes"),

@@ -36,7 +36,7 @@ def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
         **hw.to_dict(),
     }
     try:
-        write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+        write_text_atomic(target, json.dumps(data, indent=2) + "\n", make_parents=False)
     except OSError as exc:
         raise ShardwiseError(
             f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with probe.save=FILE"
@@ -99,8 +99,10 @@ def _check_host(path, data: dict) -> None:
         if key in data and not _count(data[key]):
             raise _snapshot_error(path, f"has {key} = {data[key]!r}, not an integer >= 0")
     nodes = data.get("nodes", 1)
-    if not _count(nodes) or not 1 <= nodes <= MAX_NODES:
-        raise _snapshot_error(path, f"has nodes = {nodes!r:.40}, not an integer from 1 to {MAX_NODES}")
+    if not _count(nodes) or nodes < 1:
+        raise _snapshot_error(path, f"has nodes = {nodes!r:.40}, not an integer >= 1")
+    if nodes > MAX_NODES:
+        raise _snapshot_error(path, f"has nodes = {nodes}, more than the {MAX_NODES} nodes shardwise plans for")
     if len(data["devices"]) > MAX_GPUS:
         raise _snapshot_error(
             path, f"lists {len(data['devices'])} devices, more than the {MAX_GPUS} shardwise plans for"
@@ -143,7 +145,7 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} does not exist: record one with `shardwise probe probe.save={path}`"
         )
-    data = read_json(file, "hardware snapshot", dict, f"record it again with `shardwise probe probe.save={path}`")
+    data = read_json(file, "hardware snapshot", dict, "record it again with `shardwise probe probe.save=FILE`")
     missing = [k for k in _SNAPSHOT_REQUIRED if k not in data]
     if missing:
         raise _snapshot_error(path, f"lacks the keys {missing}")

@@ -52,7 +52,9 @@ TEXT_KEYS = ("model_type", "torch_dtype", "dtype", "hidden_act")
 
 
 def _bad(path, key: str, value, wanted: str) -> ShardwiseError:
-    return ShardwiseError(f"{path}: {key}={value!r:.60} is not {wanted}; fix or re-download config.json")
+    return ShardwiseError(
+        f"{path}: {key} in config.json is {value!r:.60}, not {wanted}: fix or re-download config.json"
+    )
 
 
 def check_config(data: dict, path) -> None:

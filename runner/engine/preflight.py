@@ -114,7 +114,10 @@ def remote_code_consent(cfg) -> bool:
         return True
     if cfg.get("plan_file"):
         return False
-    typed = [o.replace(" ", "").lower() for o in HydraConfig.get().overrides.task]
+    try:
+        typed = [o.replace(" ", "").lower() for o in HydraConfig.get().overrides.task]
+    except ValueError:  # composed outside a Hydra run (the Python API, tests): nothing was typed
+        return False
     return any(o.lstrip("+") in ("model.trust_remote_code=true", "model.trust_remote_code=yes") for o in typed)
 
 
