@@ -62,20 +62,20 @@ def _without_tokenizer(model_dir: Path, where: Path) -> Path:
     return where
 
 
-@pytest.mark.parametrize("case", ["gpu 3", "cuda:1", "missing source", "int64", "no tokenizer"])
+@pytest.mark.parametrize("case", ["gpu 97", "cuda:98", "missing source", "int64", "no tokenizer"])
 def test_plan_files_wrong_for_this_machine_exit_2_with_what_is_wrong(gpt2, tmp_path, case):
     plan = here_plan(gpt2)
     needle = {
-        "gpu 3": "places weights on GPU 3 but this machine has 0 GPU(s)",
-        "cuda:1": "places weights on GPU 1",
+        "gpu 97": "places weights on GPU 97 but this machine has",  # an index no machine has, GPU or not
+        "cuda:98": "places weights on GPU 98",
         "missing source": "model source '/nonexistent/model' does not exist",
         "int64": "model.dtype is 'int64'",
         "no tokenizer": "has no tokenizer",
     }[case]
-    if case == "gpu 3":
-        plan = replace(plan, device_map={"": 3})
-    elif case == "cuda:1":
-        plan = replace(plan, device_map={"": "cuda:1"})
+    if case == "gpu 97":
+        plan = replace(plan, device_map={"": 97})
+    elif case == "cuda:98":
+        plan = replace(plan, device_map={"": "cuda:98"})
     elif case == "missing source":
         plan = replace(plan, model=replace(plan.model, source="/nonexistent/model"))
     elif case == "int64":
