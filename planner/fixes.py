@@ -56,6 +56,22 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
     return high, on(high, policy), best
 
 
+def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int):
+    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more."""
+    best = replan(replace(policy, sessions=1))
+    if not _fits(best):
+        return None
+    low, high = 1, most + 1  # low fits, high is the first count not known to fit
+    while high - low > 1:
+        mid = (low + high) // 2
+        attempt = replan(replace(policy, sessions=mid))
+        if _fits(attempt):
+            low, best = mid, attempt
+        else:
+            high = mid
+    return low, best
+
+
 def _fix(text: str, *overrides: str) -> dict:
     """A suggestion: what to tell the user, and the CLI overrides that apply it (empty when it is not a knob)."""
     return {"text": text, "overrides": list(overrides)}
@@ -98,10 +114,15 @@ def what_would_fit(
                 )
             )
     sessions = policy.sessions
-    if sessions > 1:
-        fewer = next((n for n in range(sessions - 1, 0, -1) if _fits(replan(replace(policy, sessions=n)))), None)
-        if fewer:
-            fixes.append(_fix(f"fewer concurrent sessions: policy.sessions={fewer}", f"policy.sessions={fewer}"))
+    fewer = _most_sessions_that_fit(policy, replan, sessions - 1) if sessions > 1 else None
+    if fewer:
+        n, plan = fewer
+        fixes.append(
+            _fix(
+                f"fewer concurrent sessions: policy.sessions={n} ({plan.limits.context_tokens:,} tokens of context each)",
+                f"policy.sessions={n}",
+            )
+        )
     if formats.dtype == "float32":
         lower = "bfloat16" if (not hw.devices or all(d.supports_bf16 for d in hw.devices)) else "float16"
         halved = replan(replace(policy, dtype=lower))
@@ -147,17 +168,14 @@ def what_would_fit(
             offloaded = replan(replace(policy, context_tokens=probe_context, **changes))
             if _fits(offloaded):
                 slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
-                knobs = [f"policy.{k}=true" for k in changes]
+                # the speed holds at the context it was planned for: the fix names that context and sets it
+                knobs = [f"policy.{k}=true" for k in changes] + [f"policy.context_tokens={probe_context}"]
                 fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
                 break
     elif not hw.devices and not policy.allow_disk_offload:
         offloaded = replan(replace(policy, context_tokens=probe_context, allow_disk_offload=True))
         if _fits(offloaded):
             slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
-            fixes.append(
-                _fix(
-                    f"policy.allow_disk_offload=true ({slow.removeprefix('offload: ') or 'slow'})",
-                    "policy.allow_disk_offload=true",
-                )
-            )
+            knobs = ["policy.allow_disk_offload=true", f"policy.context_tokens={probe_context}"]
+            fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
     return fixes

@@ -157,10 +157,9 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json() + "\n")
-        return path
+        from planner.jsonfile import write_text_atomic
+
+        return write_text_atomic(path, self.to_json() + "\n")  # a failed write leaves the old plan whole
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
@@ -173,6 +172,11 @@ class Plan:
             raise ShardwiseError(
                 f"plan schema_version {version!r} is not {SCHEMA_VERSION}: re-create it with `shardwise plan`"
             )
+        import sys
+
+        from planner.plan_check import check_plan_dict, dataclasses_of
+
+        check_plan_dict(data, cls, dataclasses_of(sys.modules[__name__]))
         data = dict(data)
         model = dict(data.pop("model"))
         model["quantization"] = Quantization(**model["quantization"])
@@ -193,20 +197,17 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        from planner.jsonfile import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ShardwiseError(
-                f"plan file {str(path)!r} does not exist: write one with `shardwise plan out={path}`"
-            ) from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ShardwiseError(
-                f"plan file {str(path)!r} is not readable JSON ({exc}): re-create it with `shardwise plan`"
-            ) from None
+        hint = "re-create it with `shardwise plan out=plan.json`"
+        data = read_json(path, "plan file", hint=hint)
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError) as exc:
+        except ShardwiseError as exc:
+            fix = "" if "shardwise plan" in str(exc) else f": {hint}"
+            raise ShardwiseError(f"plan file {str(path)!r}: {exc}{fix}") from None
+        except (KeyError, TypeError, ValueError) as exc:
             raise ShardwiseError(
                 f"plan file {str(path)!r} is missing or has unexpected keys ({exc}): re-create it with `shardwise plan`"
             ) from None

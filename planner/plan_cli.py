@@ -4,15 +4,26 @@
     shardwise plan model=llama-3.1-70b hardware=h100_80gb hardware.count=2 out=plan.json
     shardwise plan -m model=gpt2,gpt-oss-20b hardware=t4,a100_80gb     # summary table at the end
 
-out=DIR (an existing directory) writes DIR/plan.json; a path that cannot be written is a one-line error.
+Without json=true the plan also goes to the run directory outputs/plan/<time>_<pid>-<random>/plan.json
+(unique per process), which the report's "Run it" line names; json=true prints the plan and writes
+nothing unless out= asks. out=DIR (an existing directory) writes DIR/plan.json. Every write is
+atomic (a temp file beside it, then a rename); a path that cannot be written is a one-line error.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from planner.config.app import flag, run_verb
 from planner.errors import ShardwiseError
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def hardware_choice() -> str | None:
@@ -49,11 +60,12 @@ def task(cfg):
     hardware = resolve_hardware(cfg.hardware, name=hardware_choice())
     plan = plan_from_config(cfg, hardware)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    written = [save_to(plan, run_dir / "plan.json")]
+    written = [] if as_json else [save_to(plan, run_dir / "plan.json")]
     if out is not None:
         written.append(save_to(plan, out))
     if as_json:
-        print(plan.to_json())
+        # one plan per line in a -m sweep (JSON Lines), pretty-printed otherwise
+        print(json.dumps(plan.to_dict()) if _in_sweep() else plan.to_json(), flush=True)
     else:
         from planner.report import render
 

@@ -14,6 +14,11 @@ SEGMENTS = (
 )
 
 
+_FREE = "·"
+# an ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) gets the same bars drawn with ASCII characters
+_ASCII = str.maketrans({"█": "#", "▓": "=", "▒": "-", "░": ":", "·": "."})
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:,.2f}"
 
@@ -29,7 +34,7 @@ def _bar(row, width: int = BAR_WIDTH) -> str:
         if width_here:
             cells.append(f"[{color}]{char * width_here}[/{color}]")
             used += width_here
-    cells.append("·" * (width - used))
+    cells.append(_FREE * (width - used))
     return "".join(cells)
 
 
@@ -38,9 +43,14 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.table import Table
 
     if console is None:
+        import os
+
         probe = Console()
-        console = Console(highlight=False, width=max(probe.width, 110) if not probe.is_terminal else probe.width)
+        # a pipe gets 110 columns unless COLUMNS says otherwise; a terminal, or COLUMNS=80, gets what it has
+        wide = probe.is_terminal or "COLUMNS" in os.environ
+        console = Console(highlight=False, width=probe.width if wide else max(probe.width, 110))
     m, lim = plan.model, plan.limits
+    chars = {} if (console.encoding or "").lower().startswith("utf") else _ASCII
     quant = m.quantization
     quant_text = f"{quant.method} {'kept' if quant.kept else 'dequantized'}" if quant.method else "none"
     if quant.on_load:
@@ -53,6 +63,11 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print(
         f"dtype {m.dtype}, quantization {quant_text}, attention {plan.attn_implementation}, KV {plan.kv_cache_dtype}"
     )
+    if m.trust_remote_code:
+        console.print(
+            "[bold yellow]remote code: yes[/bold yellow] (model.trust_remote_code=true): the model's own Python runs "
+            "when it loads; chat, serve and launch refuse it unless their command line says trust_remote_code=true"
+        )
     hw = plan.hardware
     gpus = hw.get("devices", [])
     names: dict[str, int] = {}
@@ -70,10 +85,10 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print()
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    bar_width = max(10, min(BAR_WIDTH, console.width - 84))
+    bar_width = max(10, min(BAR_WIDTH, console.width - 70))
     has_state = any(row.state for row in plan.budget)
-    kv_col = "kv+state" if has_state else "kv"
-    for col in ("device", "memory", "weights", kv_col, "act", "overhead", "planned", "usable", "free", "layers"):
+    kv_col = "kv+st" if has_state else "kv"
+    for col in ("device", "memory", "wts", kv_col, "act", "ovh", "plan", "usable", "free", "layers"):
         table.add_column(
             col,
             justify="left" if col in ("device", "memory") else "right",
@@ -90,7 +105,7 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         free_style = "red" if row.free_after < 0 else "green"
         table.add_row(
             label,
-            _bar(row, bar_width),
+            _bar(row, bar_width).translate(chars),
             _gib(row.weights),
             _gib(row.kv_cache + row.state),
             _gib(row.activations),
@@ -101,8 +116,21 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
             layers,
         )
     console.print(table)
-    kv_text = "KV cache + fixed state" if has_state else "KV cache"
-    console.print(f"memory in GiB; bar: █ weights ▓ {kv_text} ▒ activations ░ overhead · free (scaled to usable)")
+    kv_text = f"{kv_col} KV cache" + (" + fixed Mamba/linear-attention state" if has_state else "")
+    console.print(
+        f"GiB. wts weights, {kv_text}, act activations, ovh overhead (CUDA context + workspaces + fragmentation), "
+        f"plan = their sum, usable = free memory - headroom; bar {''.join(c for _, c, _ in SEGMENTS).translate(chars)} "
+        f"in that order, {_FREE.translate(chars)} free"
+    )
+    kv_total = sum(row.kv_cache for row in plan.budget)
+    linear = lim.kv_bytes_per_token * lim.context_tokens * lim.sessions
+    if plan.strategy == "tensor_parallel":
+        kv_total *= max(plan.tp_size, 1)  # budget rows are per GPU
+    if 0 < kv_total < linear:
+        console.print(
+            f"KV {kv_total / GIB:,.2f} GiB < KV B/token x context x sessions ({linear / GIB:,.2f} GiB): sliding-window "
+            "and chunked layers keep at most their window, so only full-attention layers grow with the context"
+        )
     console.print()
     chunk = f", prefill in chunks of {lim.prefill_chunk_tokens}" if lim.prefill_chunk_tokens else ""
     if lim.state_bytes_per_sequence:
@@ -130,14 +158,21 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         if plan_path:
             command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
         console.print(
-            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it: "
-            f"{command}"
+            f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it:"
         )
+        # its own line, never wrapped or marked up: copied into a shell as it is
+        console.print(command, soft_wrap=True, markup=False, highlight=False)
     else:
         b = plan.binding
         console.print(
             f"[bold red]DOES NOT FIT[/bold red]: device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
             f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds."
         )
-        for fix in b.get("fixes", []):
-            console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}")
+        fixes = b.get("fixes", [])
+        for fix in fixes:
+            console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}", markup=False)
+        if not fixes:
+            console.print(
+                "  nothing here would fit: no shorter context, fewer sessions, lower dtype, quantization, more GPUs "
+                "of this kind or offload that shardwise tried makes it fit; choose a smaller model (model=auto)"
+            )

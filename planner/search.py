@@ -137,9 +137,10 @@ def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_n
             for per_stage_node in range(1, per_node + 1)
         }
     )
+    by_node = [gpu_entries(hw, policy, node) for node in range(hw.nodes)]  # once: the shapes ask for each many times
     found = []
     for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
-        stages = [entry for node in range(nodes) for entry in gpu_entries(hw, policy, node)[:per_stage_node]]
+        stages = [entry for node in range(nodes) for entry in by_node[node][:per_stage_node]]
         found.append(
             Attempt(
                 "pipeline",
@@ -181,8 +182,9 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
             )
         )
     if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
+        first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(hw.nodes)]
         for nodes in range(2, hw.nodes + 1):
-            stages = [gpu_entries(hw, policy, n)[0] for n in range(nodes)]
+            stages = first_of_node[:nodes]
             found.append(
                 Attempt(
                     "tensor_parallel",

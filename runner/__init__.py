@@ -6,7 +6,7 @@ Heavy modules (torch, transformers) load on first use, not at import.
 
 from __future__ import annotations
 
-__all__ = ["OpenAIChat", "create_chat_completion", "clear_memory", "ChatSession"]
+__all__ = ["OpenAIChat", "create_chat_completion", "clear_memory", "ChatSession", "ShardwiseError"]
 
 
 def __getattr__(name):
@@ -14,6 +14,10 @@ def __getattr__(name):
         from runner import api
 
         return getattr(api, name)
+    if name == "ShardwiseError":  # the one exception type for bad arguments, as openai's BadRequestError
+        from planner.errors import ShardwiseError
+
+        return ShardwiseError
     if name == "ChatSession":
         from runner.engine.session import ChatSession
 

@@ -156,9 +156,11 @@ class OpenAIChat:
         recovery=None,
         batching: bool = True,
     ):
+        from runner.api_args import check_chat_args
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
 
+        check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt)
         if defaults is not None:
             defaults = defaults.checked()
         elif any(o.lstrip("+~").startswith("generation.") for o in overrides):
@@ -293,6 +295,9 @@ def create_chat_completion(
     **sampling,
 ):
     """OpenAI-shaped dict (or an iterator of chunk dicts with stream=True); one loaded model per (model, hardware)."""
+    from runner.api_args import check_completion_args
+
+    check_completion_args(model, stream, sampling.get("stream_options"), use_cpu, hardware, model_path)
     if not messages:
         raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
     messages = checked_messages(messages)

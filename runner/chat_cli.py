@@ -2,6 +2,7 @@
 
 shardwise chat model=gpt2 hardware=cpu                 # interactive REPL (see runner.repl)
 shardwise chat model=gpt2 prompt="Hello"               # answer once and exit
+shardwise chat model=gpt2 'prompt=[Hello, "And in French?"]'   # several turns of one conversation
 echo "Hello" | shardwise chat model=gpt2               # piped stdin is the prompt
 shardwise chat plan_file=plan.json                     # run a reviewed plan (refused if hardware changed)
 shardwise chat model.path=./my-model use_cpu=true      # any local model directory
@@ -63,14 +64,19 @@ def max_memory_caps(cfg) -> dict:
     return parse_max_memory(OmegaConf.to_container(value))
 
 
-def read_prompt(cfg) -> str | None:
-    """The one prompt to answer (prompt=..., else a piped stdin), None for the REPL; an empty one is an error."""
+def read_prompt(cfg) -> list[str] | None:
+    """The turns to answer (prompt=TEXT, prompt='[a, b]' for a conversation, else a piped stdin), None for the REPL."""
+    from omegaconf import ListConfig
+
     prompt = cfg.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
-    if prompt is not None and not str(prompt).strip():
+    if prompt is None:
+        return None
+    turns = [str(turn) for turn in prompt] if isinstance(prompt, (ListConfig, list)) else [str(prompt)]
+    if not turns or not all(turn.strip() for turn in turns):
         raise ShardwiseError('the prompt is empty: pass prompt="..." or pipe text into shardwise chat')
-    return None if prompt is None else str(prompt)
+    return turns
 
 
 def answer_once(session, prompt: str, stream: bool) -> None:
@@ -106,7 +112,13 @@ def task(cfg):
     flag(cfg, "replan")
     prompt = read_prompt(cfg)
     set_runtime_env(cfg.alloc_conf, _notice)  # before anything can touch CUDA
-    plan = plan_that_fits(build_plan(cfg), notice=_notice, caps=caps)
+    from runner.engine.preflight import check_remote_code, remote_code_consent
+
+    consent = remote_code_consent(cfg)
+    plan = build_plan(cfg)
+    check_remote_code(plan, consent)
+    plan = plan_that_fits(plan, notice=_notice, caps=caps)
+    check_remote_code(plan, consent)  # a fallback model may ask too
     policy = RecoveryPolicy()
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
     metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None
@@ -120,7 +132,8 @@ def task(cfg):
         telemetry=Telemetry(metrics),
     )
     if prompt is not None:
-        answer_once(session, prompt, stream)
+        for turn in prompt:  # one conversation: each turn sees the replies before it
+            answer_once(session, turn, stream)
         return
     from runner.repl import Repl
 

@@ -116,7 +116,18 @@ def shell_completion(request: str) -> None:
     verb_runner(verb)(["--shell-completion", "query=bash"])
 
 
+def _tolerate_narrow_encodings() -> None:
+    """An ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) degrades the report to '?' instead of crashing."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.errors or "strict") == "strict":
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change encoding settings now
+                pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _tolerate_narrow_encodings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -16,6 +16,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.jsonfile import read_json
 from planner.units import GIB
 from runner.api import checked_messages
 from runner.engine.sampling import SamplingParams
@@ -184,9 +185,7 @@ class Repl:
             self.console.print("usage: /load FILE", markup=False)
             return
         try:
-            data = json.loads(Path(path).expanduser().read_text())
-            if not isinstance(data, dict):
-                raise ValueError(f"it holds a {type(data).__name__}, not what /save writes")
+            data = read_json(Path(path).expanduser(), "conversation", dict, "give a file written by /save")
             messages = checked_messages(data["messages"]) if data["messages"] else []
             system_prompt = data.get("system_prompt")
             if system_prompt is not None and not isinstance(system_prompt, str):
@@ -196,7 +195,7 @@ class Repl:
             if not isinstance(saved, dict):
                 raise ValueError(f"params is {saved!r}, not an object")
             params = SamplingParams(**{k: v for k, v in saved.items() if k in known}).checked()
-        except (OSError, ValueError, KeyError, TypeError, ShardwiseError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, ShardwiseError) as exc:
             self.console.print(f"cannot load {path}: {exc}", markup=False)
             return
         self.session.history = messages

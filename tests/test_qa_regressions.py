@@ -34,7 +34,8 @@ def one_line_error(result: subprocess.CompletedProcess, verb: str, needle: str) 
     """The single stderr line `shardwise <verb>: error: ...` containing `needle`, with exit status 2."""
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # the server's own log lines ("[time][shardwise.serve][WARNING] ...") go to stderr too; the error is one line
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "][shardwise." not in line]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"shardwise {verb}: error: ") and needle in lines[0], lines[0]
     return lines[0]

@@ -127,7 +127,14 @@ def _shardwise(args, cwd, stdin=None, timeout=180):
 @pytest.mark.slow
 def test_shardwise_chat_answers_a_prompt_once_and_writes_metrics(dirs, tmp_path):
     result = _shardwise(
-        [f"model.path={dirs['gpt2']}", "hardware=cpu", "prompt=hello", "generation.max_tokens=5", "hydra.run.dir=run"],
+        [
+            f"model.path={dirs['gpt2']}",
+            "hardware=cpu",
+            "prompt=hello",
+            "generation.max_tokens=5",
+            "hydra.run.dir=run",
+            "metrics=true",  # telemetry is written only when asked for (issue 10: no run directory otherwise)
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr

@@ -198,9 +198,45 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
     return None
 
 
+def resolve_or_refuse(cfg) -> None:
+    """Resolve every interpolation now (`${oc.env:MISSING}`, a self reference): one line naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    failures = (OmegaConfBaseException, RecursionError, ValueError, TypeError)
+
+    def failing_key(node, prefix: str) -> str:
+        keys = range(len(node)) if OmegaConf.is_list(node) else node.keys()
+        for key in keys:
+            try:
+                value = node._get_node(key)._dereference_node()
+            except failures:
+                return f"{prefix}{key}"
+            if OmegaConf.is_config(value):
+                found = failing_key(value, f"{prefix}{key}.")
+                if found:
+                    return found
+        return ""
+
+    try:
+        OmegaConf.resolve(cfg)
+    except failures as exc:
+        key = getattr(exc, "full_key", None) or failing_key(cfg, "")
+        where = f" of {key}" if key else ""
+        raise ShardwiseError(
+            f"cannot resolve the value{where} ({_first_line(getattr(exc, 'msg', None) or exc)[:200]}): "
+            "check the ${...} interpolation (an environment variable it names may be unset)"
+        ) from None
+
+
 def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
     """One line for what Hydra refused before the task ran (composition, unwritable run directory), else None."""
     error = composition_error(exc, verb)
+    if error is None and 'Could not detect "srun"' in str(exc):
+        error = ShardwiseError(
+            "a hydra/launcher=slurm_* or submitit_slurm launch needs a SLURM cluster and this machine has no "
+            "`srun`: run it on a SLURM login node, or add launch.dry_run=true (without -m) to print the commands"
+        )
     if error is None and isinstance(exc, OSError) and not task_started:
         where = exc.filename if exc.filename is not None else "the run directory"
         error = ShardwiseError(
@@ -236,9 +272,11 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     """Run `task(cfg)` as the Hydra app `conf/<config_name>.yaml` with `argv` as overrides."""
     import hydra
 
-    from planner.config import schema
+    from planner.config import bounds, schema
+    from planner.config.rundir import register_resolvers
 
     schema.register()
+    register_resolvers()
     try:
         args = normalize_overrides(argv)
     except ShardwiseError as exc:
@@ -249,7 +287,18 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
         task_started.append(True)
         try:
             schema.validate(cfg)
-            return task(cfg)
+            resolve_or_refuse(cfg)
+            bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
+            try:
+                return task(cfg)
+            except OSError as exc:
+                if exc.filename is None:
+                    raise
+                # a path the user gave that the system refuses (name too long, no permission, a directory...)
+                raise ShardwiseError(
+                    f"cannot use {str(exc.filename)[:120]!r} ({exc.strerror or exc}): "
+                    "give a path that exists and is readable"
+                ) from None
         except ShardwiseError as exc:
             if verb == "plan" and _in_sweep():
                 # One bad combination of a sweep must not cost the others: report it, go on, exit 2 at the end.
@@ -257,6 +306,8 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
                 _FAILED_JOBS.append(str(exc))
                 return None
             fail(verb, str(exc), exc.exit_code)
+        finally:
+            _discard_unused_run_dir()
 
     guarded.__name__ = f"shardwise_{verb}"
     guarded.__module__ = task.__module__
@@ -276,6 +327,18 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
         sys.argv = saved
     if _FAILED_JOBS:
         fail(verb, f"{len(_FAILED_JOBS)} job(s) of the sweep failed (see the errors above)")
+
+
+def _discard_unused_run_dir() -> None:
+    """A run that wrote nothing into its run directory leaves none behind (sweeps keep theirs)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from planner.config.rundir import discard_if_unused
+
+    if not _in_sweep():
+        discard_if_unused(Path(HydraConfig.get().runtime.output_dir), Path(os.getcwd()))
 
 
 def _job_overrides() -> str:

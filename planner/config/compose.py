@@ -6,7 +6,8 @@ plan = make_plan("gpt-oss-120b", "h100_80gb", ["hardware.count=2", "policy.conte
 
 from __future__ import annotations
 
-from planner.config.app import conf_dir, normalize_overrides
+from planner.config import bounds
+from planner.config.app import conf_dir, normalize_overrides, resolve_or_refuse
 from planner.hardware.devices import Hardware
 from planner.plan import Plan
 
@@ -18,14 +19,18 @@ def compose(config_name: str = "plan", overrides: list[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     from planner.config import schema
+    from planner.config.rundir import register_resolvers
 
     schema.register()
+    register_resolvers()
     args = normalize_overrides(list(overrides))
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
     schema.validate(cfg)
+    resolve_or_refuse(cfg)
+    bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
     return cfg
 
 

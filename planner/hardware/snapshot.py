@@ -15,6 +15,8 @@ from pathlib import Path
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device, Hardware
+from planner.jsonfile import read_json, write_text_atomic
+from planner.limits import MAX_GPUS, MAX_NODES
 
 SNAPSHOT_VERSION = 1
 
@@ -34,7 +36,7 @@ def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
         **hw.to_dict(),
     }
     try:
-        target.write_text(json.dumps(data, indent=2) + "\n")
+        write_text_atomic(target, json.dumps(data, indent=2) + "\n", make_parents=False)
     except OSError as exc:
         raise ShardwiseError(
             f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with "
@@ -65,8 +67,9 @@ def _check_device(path, index: int, device) -> dict:
             path,
             f"has devices[{index}].free_bytes = {device['free_bytes']} above its total_bytes = {device['total_bytes']}",
         )
-    major, dot, minor = str(device["compute_capability"]).partition(".")
-    if not (major.isdigit() and dot and minor.isdigit()):
+    capability = device["compute_capability"]
+    major, dot, minor = str(capability).partition(".")
+    if not (isinstance(capability, str) and major.isdigit() and dot and minor.isdigit()):
         raise _snapshot_error(
             path, f"has devices[{index}].compute_capability = {device['compute_capability']!r}, not like '8.0'"
         )
@@ -98,7 +101,13 @@ def _check_host(path, data: dict) -> None:
             raise _snapshot_error(path, f"has {key} = {data[key]!r}, not an integer >= 0")
     nodes = data.get("nodes", 1)
     if not _count(nodes) or nodes < 1:
-        raise _snapshot_error(path, f"has nodes = {nodes!r}, not an integer >= 1")
+        raise _snapshot_error(path, f"has nodes = {nodes!r:.40}, not an integer >= 1")
+    if nodes > MAX_NODES:
+        raise _snapshot_error(path, f"has nodes = {nodes}, more than the {MAX_NODES} nodes shardwise plans for")
+    if len(data["devices"]) > MAX_GPUS:
+        raise _snapshot_error(
+            path, f"lists {len(data['devices'])} devices, more than the {MAX_GPUS} shardwise plans for"
+        )
     for key in ("source", "interconnect", "driver_version", "cuda_driver_version"):
         if key in data and not isinstance(data[key], str):
             raise _snapshot_error(path, f"has {key} = {data[key]!r}, not a string")
@@ -138,14 +147,7 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} does not exist: record one with `shardwise probe probe.save={path}`"
         )
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _snapshot_error(path, f"cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise _snapshot_error(path, f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise _snapshot_error(path, f"holds a {type(data).__name__}, not a snapshot object")
+    data = read_json(file, "hardware snapshot", dict, "record it again with `shardwise probe probe.save=FILE`")
     missing = [k for k in _SNAPSHOT_REQUIRED if k not in data]
     if missing:
         raise _snapshot_error(path, f"lacks the keys {missing}")

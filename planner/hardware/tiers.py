@@ -14,12 +14,14 @@ Bad values raise a one-line ShardwiseError naming the key, the value and the fix
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from enum import Enum
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device, Hardware
+from planner.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NODES
 from planner.units import GIB, MIB
 
 _TIER_ONLY = {"name": "", "memory_mib": 0, "compute_capability": "", "count": 1, "nodes": 1}  # schema defaults
@@ -36,8 +38,11 @@ def _number(cfg, key: str, kind: type, default):
     try:
         if isinstance(value, bool):
             raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
+        number = kind(value)
+        if not math.isfinite(number):  # nan would pass every `<= 0` check below
+            raise ValueError
+        return number
+    except (TypeError, ValueError, OverflowError):
         raise ShardwiseError(f"hardware.{key} must be a number, got {value!r}: set hardware.{key}=N") from None
 
 
@@ -62,6 +67,11 @@ def _tier(cfg, name: str | None) -> Hardware:
     cc = str(_get(cfg, "compute_capability", "") or "")
     interconnect = str(_get(cfg, "interconnect", "pcie"))
     label = name or "tier"
+    if count > MAX_GPUS_PER_NODE or nodes > MAX_NODES or count * nodes > MAX_GPUS:
+        raise ShardwiseError(
+            f"hardware.count={count} x hardware.nodes={nodes} is more than shardwise plans for "
+            f"(at most {MAX_GPUS_PER_NODE} GPUs per node, {MAX_NODES} nodes, {MAX_GPUS} GPUs in all)"
+        )
     if count < 1:
         raise ShardwiseError(f"hardware.count must be >= 1 GPU per node, got {count}: set hardware.count=1 or more")
     if nodes < 1:

@@ -309,12 +309,37 @@ class _Config:
 
     def count(self, key: str, minimum: int = 1) -> int:
         value = self.values.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        # an upper bound keeps a hostile config.json (num_hidden_layers: 1e9) from planning without end
+        maximum = _MAX_LAYERS if key in _LAYER_KEYS else _MAX_COUNT
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             raise ShardwiseError(
-                f"architecture {self.model_type!r}: {key}={value!r} is not an integer >= {minimum}; "
+                f"architecture {self.model_type!r}: {key}={value!r:.40} is not an integer "
+                f"from {minimum} to {maximum:,}; "
                 "fix the profile's architecture (config.json) numbers"
             )
         return value
+
+    def heads(self, hidden: int, heads: int, kv_key: str | None) -> tuple[int, int]:
+        """(kv heads, head_dim), checked: kv heads divide the query heads, hidden divides by heads without head_dim."""
+        kv_heads = self.count(kv_key) if kv_key and self.values.get(kv_key) is not None else heads
+        if heads % kv_heads:
+            raise ShardwiseError(
+                f"architecture {self.model_type!r}: {kv_key}={kv_heads} does not divide num_attention_heads={heads}; "
+                "fix config.json"
+            )
+        if self.values.get("head_dim") is not None:
+            return kv_heads, self.count("head_dim")
+        if hidden % heads:
+            raise ShardwiseError(
+                f"architecture {self.model_type!r}: hidden size {hidden} is not divisible by {heads} attention heads "
+                "and config.json gives no head_dim; fix config.json"
+            )
+        return kv_heads, hidden // heads
+
+
+_LAYER_KEYS = ("num_hidden_layers", "n_layer")
+_MAX_LAYERS = 10_000  # the deepest public models have a few hundred layers
+_MAX_COUNT = 2**31  # any width, vocabulary or expert count beyond this is not a model
 
 
 def _rotary_dim(cfg: _Config, head_dim: int) -> int:
@@ -337,6 +362,7 @@ def _describe_gpt2(cfg: _Config) -> ArchDescription:
     if cfg.get("add_cross_attention"):
         raise NotImplementedError("gpt2 with cross attention: sized on the meta device")
     hidden, heads, n_layers = cfg.count("n_embd"), cfg.count("n_head"), cfg.count("n_layer")
+    cfg.heads(hidden, heads, None)
     vocab, positions = cfg.count("vocab_size"), cfg.count("n_positions")
     inner = cfg.get("n_inner") or 4 * hidden
     tied = bool(cfg.get("tie_word_embeddings"))
@@ -438,8 +464,7 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
     family = FAMILIES[mt]
     hidden, heads = cfg.count("hidden_size"), cfg.count("num_attention_heads")
     n_layers, vocab = cfg.count("num_hidden_layers"), cfg.count("vocab_size")
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or hidden // heads
+    kv_heads, head_dim = cfg.heads(hidden, heads, "num_key_value_heads")
     inter = cfg.count("intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings"))
     attn_bias = bool(cfg.get("attention_bias")) and mt not in ("mistral", "mixtral", "phi3", "qwen2")

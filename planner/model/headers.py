@@ -9,7 +9,6 @@ headers, fetched by range requests, are kept as one JSON table and read the same
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +113,8 @@ def _owner(name: str, ordered_modules: list[str]) -> str | None:
 
 def read_header(path: Path) -> tuple[dict, int]:
     """(JSON header, header bytes including the 8-byte prefix) of one .safetensors file."""
+    from planner.jsonfile import loads_json
+
     try:
         with open(path, "rb") as f:
             prefix = f.read(8)
@@ -124,23 +125,55 @@ def read_header(path: Path) -> tuple[dict, int]:
                 raise ShardwiseError(
                     f"{path}: header length {length} is not plausible; the file is not safetensors or is corrupt"
                 )
-            header = json.loads(f.read(length))
+            raw = f.read(length)
     except OSError as err:
-        raise ShardwiseError(f"cannot read {path}: {err.strerror}; check model.path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ShardwiseError(
-            f"{path}: safetensors header is not valid JSON; the file is corrupt, re-download it"
-        ) from None
+        raise ShardwiseError(f"cannot read {path}: {err.strerror or err}; check model.path") from None
+    if len(raw) != length:
+        raise ShardwiseError(f"{path}: the file ends inside its safetensors header; re-download it")
+    header = loads_json(raw, f"{path}: safetensors header", dict, "the file is corrupt, re-download it")
     return header, 8 + length
 
 
+def _tensor(path: Path, name: str, info, data_bytes: int) -> TensorInfo:
+    """One header entry, checked: a dtype, a shape of counts, and data_offsets inside the file's data."""
+
+    def bad(why: str) -> ShardwiseError:
+        return ShardwiseError(f"{path}: tensor {name[:80]!r} {why}; the file is corrupt, re-download it")
+
+    if not isinstance(info, dict):
+        raise bad(f"is described by {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad(f"has dtype {dtype!r:.40}, not a string")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise bad(f"has shape {shape!r:.60}, not a list of sizes >= 0")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise bad(f"has data_offsets {offsets!r:.60}, not [start, end]")
+    start, end = offsets
+    if not 0 <= start <= end <= data_bytes:
+        raise bad(f"has data_offsets [{start}, {end}] outside the {data_bytes} data bytes of the file")
+    return TensorInfo(name, dtype, tuple(shape), end - start, path.name)
+
+
 def _files(directory: Path) -> list[Path]:
+    from planner.jsonfile import read_json
+
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError):
-            raise ShardwiseError(f"{index} has no weight_map; the index is corrupt, re-download it") from None
+        weight_map = read_json(index, "safetensors index", dict, "the index is corrupt, re-download it").get(
+            "weight_map"
+        )
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and v and not Path(v).is_absolute() and ".." not in Path(v).parts
+            for v in weight_map.values()
+        ):
+            raise ShardwiseError(
+                f"{index} has no weight_map of tensor -> shard file name; the index is corrupt, re-download it"
+            )
         files = [directory / name for name in sorted(set(weight_map.values()))]
         missing = [p.name for p in files if not p.is_file()]
         if missing:
@@ -188,9 +221,9 @@ def _index(directory: str, headers: list[tuple[str, dict, int]]) -> SafetensorsI
     tensors, header_total = [], 0
     for file_name, header, header_bytes in headers:
         header_total += header_bytes
+        data_bytes = path.stat().st_size - header_bytes
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            start, end = info["data_offsets"]
-            tensors.append(TensorInfo(name, info["dtype"], tuple(info["shape"]), end - start, file_name))
-    return SafetensorsIndex(directory, tuple(tensors), header_total)
+            tensors.append(_tensor(path, name, info, data_bytes))
+    return SafetensorsIndex(str(directory), tuple(tensors), header_total)

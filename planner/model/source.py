@@ -6,7 +6,6 @@ A hub id (`model=ORG/NAME`, `model.path=ORG/NAME` when no such local path exists
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +50,13 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
         raise ShardwiseError(
             f"model.path {str(path)!r} has no config.json: give a directory holding config.json, or the file itself"
         )
-    try:
-        data = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardwiseError(f"{config_path} is not valid JSON ({exc}): fix or re-download it") from None
-    if not isinstance(data, dict) or "model_type" not in data:
+    from planner.jsonfile import read_json
+
+    data = read_json(config_path, "config.json", dict, "fix or re-download it")
+    from planner.model.config_check import check_config
+
+    check_config(data, config_path)
+    if "model_type" not in data:
         raise ShardwiseError(f"{config_path} has no model_type: it is not a transformers config.json")
     return data, model_dir
 

@@ -135,6 +135,10 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
     """Load `plan`; when that fails for lack of memory (or weights/kernels), walk its fallback chain."""
     policy = policy or RecoveryPolicy()
     load = policy.loader()
+    if policy.load is None:
+        from runner.engine.preflight import check_runnable
+
+        check_runnable(plan)  # a GPU this machine lacks, a missing directory, int64: bad input, not memory
     try:
         return load(plan)
     except BaseException as exc:

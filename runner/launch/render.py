@@ -11,7 +11,6 @@ type. Every number in a command comes from a plan field, and every choice carrie
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass
@@ -107,7 +106,9 @@ def plan_architecture(plan: Plan) -> dict | None:
     source = Path(plan.model.source)
     for candidate in (source / "config.json", source):
         if candidate.name == "config.json" and candidate.is_file():
-            return json.loads(candidate.read_text())
+            from planner.jsonfile import read_json
+
+            return read_json(candidate, "config.json", dict, "fix or re-download it")
     if plan.model.revision:  # a hub id: its config.json is in the HF cache since it was planned
         from planner.model.hub import cached_config
 
@@ -251,10 +252,38 @@ def launch_env(plan: Plan) -> dict[str, str]:
     return env
 
 
-def single_process_command(plan: Plan, plan_path: str, settings: LaunchSettings) -> Command:
+def hydra_literal(value) -> str:
+    """`value` written as a Hydra override value that parses back to exactly `value` (strings quoted and escaped)."""
+    import re
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_literal(item) for item in value) + "]"
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", str(value))  # no interpolation of user text
+    quote = "'" if '"' in text and "'" not in text else '"'  # double quotes read better inside shell quotes
+    text = re.sub(rf"(\\*){quote}", lambda m: m.group(1) * 2 + "\\" + quote, text)  # backslashes before a quote
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)  # ... and before the closing quote are escapes
+    return f"{quote}{text}{quote}"
+
+
+def single_process_command(
+    plan: Plan, plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code=False
+) -> Command:
+    """`shardwise chat|serve plan_file=...` with what the parent resolved: generation.* and launch.prompt."""
     argv = ["shardwise", settings.task.value, f"plan_file={plan_path}"]
+    if trust_remote_code and plan.model.trust_remote_code:
+        argv.append("trust_remote_code=true")  # the consent given on launch's command line
+    for key, value in (generation or {}).items():
+        argv.append(f"generation.{key}={hydra_literal(value)}")
     if settings.task == LaunchTask.serve:
         argv += [f"serve.host={settings.host}", f"serve.port={settings.port}"]
+    elif settings.prompt:
+        argv.append(f"prompt={hydra_literal(list(settings.prompt))}")
     reason = (
         f"{plan.strategy} plan on one node: one process loads it with accelerate (device_map of "
         f"{len(plan.device_map)} entries)"
@@ -411,12 +440,22 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     return commands, notes
 
 
-def slurm_launcher(plan: Plan, slurm: SlurmSettings, name: str = "shardwise") -> tuple[dict, list[str]]:
+def slurm_launcher(
+    plan: Plan, slurm: SlurmSettings, name: str = "shardwise", engine: Engine | None = None
+) -> tuple[dict, list[str]]:
     """hydra/launcher=submitit_slurm settings for the plan: one task per node holding the node's GPUs.
 
-    Each SLURM task runs `shardwise launch`, which starts torchrun's ranks on its node (node rank
-    from SLURM_NODEID), so torchrun, not srun, owns the per-GPU processes.
+    Each SLURM task runs `shardwise launch`, which starts the plan's engine on its node: torchrun's
+    ranks (node rank from SLURM_NODEID, so torchrun, not srun, owns the per-GPU processes), `vllm
+    serve`, or one accelerate process for a plan on one node.
     """
+    if engine in (None, Engine.auto):
+        engine = Engine.torchrun if needs_torchrun(plan) else Engine.accelerate
+    starts = {
+        Engine.torchrun: "torchrun starts the ranks",
+        Engine.vllm: "vllm serve runs the model",
+        Engine.accelerate: "one accelerate process loads the plan",
+    }[engine]
     gpus = gpus_per_node(plan)
     config, reasons = slurm_config(
         plan.nodes,
@@ -426,7 +465,7 @@ def slurm_launcher(plan: Plan, slurm: SlurmSettings, name: str = "shardwise") ->
         node_ram_gib=int(plan.hardware.get("host_ram_bytes") or 0) // GIB,
         name=name,
     )
-    reasons[0] += f" (the plan's {plan.strategy} shape)"
+    reasons[0] = reasons[0].replace("torchrun starts the ranks", starts) + f" (the plan's {plan.strategy} shape)"
     return config, reasons
 
 

@@ -64,6 +64,12 @@ def task(cfg) -> None:
         plan = rehearsal_plan(plan, settings.cpu_tp_size)
         plan_path = plan.save(out_dir / "plan.json")
 
+    check_node_rank(plan, settings)
+    from runner.engine.preflight import check_remote_code, remote_code_consent
+
+    consent = remote_code_consent(cfg)
+    if not settings.dry_run:
+        check_remote_code(plan, consent)
     engine = settings.engine
     if engine == L.Engine.auto:
         engine = L.Engine.torchrun if L.needs_torchrun(plan) else L.Engine.accelerate
@@ -84,7 +90,11 @@ def task(cfg) -> None:
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
         commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
     else:
-        commands = [L.single_process_command(plan, str(plan_path), settings)]
+        commands = [L.single_process_command(plan, str(plan_path), settings, generation, consent)]
+        if settings.record_dir:
+            notes.append("launch.record_dir has no effect on a one-process launch: only torchrun ranks record tokens")
+    if engine == L.Engine.torchrun and not settings.dry_run:
+        check_record_dir(settings)
 
     if settings.dry_run:
         print_dry_run(plan, plan_path, engine, commands, settings, notes)
@@ -126,8 +136,46 @@ def current_hardware(plan: Plan) -> dict:
     return planner_current(str(plan.hardware.get("source", ""))).to_dict()
 
 
+def slurm_int(name: str, default: int | None = None) -> int | None:
+    """An integer SLURM sets (SLURM_NODEID, SLURM_NNODES); anything else is a one-line error naming it."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise ShardwiseError(f"{name}={value!r:.40} is not a node count or index: run under SLURM or unset {name}")
+    return int(value)
+
+
+def check_node_rank(plan: Plan, settings: L.LaunchSettings) -> None:
+    """launch.node_rank names a node of this plan; SLURM_NODEID, when set, is an index."""
+    slurm_int("SLURM_NODEID")
+    rank = settings.node_rank
+    if rank is not None and not 0 <= rank < max(plan.nodes, 1):
+        raise ShardwiseError(
+            f"launch.node_rank={rank} is outside this {plan.nodes}-node plan: use 0..{max(plan.nodes, 1) - 1}"
+        )
+
+
+def check_record_dir(settings: L.LaunchSettings) -> None:
+    """launch.record_dir is a directory the ranks can write into (created if missing), checked before they start."""
+    if not settings.record_dir:
+        return
+    where = Path(str(settings.record_dir)).expanduser()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ShardwiseError(
+            f"launch.record_dir={str(settings.record_dir)!r} cannot be used as a directory ({exc.strerror or exc}): "
+            "give a writable directory"
+        ) from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ShardwiseError(
+            f"launch.record_dir={str(settings.record_dir)!r} is not writable: give a writable directory"
+        )
+
+
 def check_hardware(plan: Plan, settings: L.LaunchSettings) -> list[str]:
-    rank = settings.node_rank if settings.node_rank is not None else int(os.environ.get("SLURM_NODEID", "0"))
+    rank = settings.node_rank if settings.node_rank is not None else slurm_int("SLURM_NODEID", 0)
     why = L.hardware_mismatch(plan, current_hardware(plan), rank)
     if why is None:
         return []
@@ -164,15 +212,15 @@ def this_node_rank(plan: Plan, settings: L.LaunchSettings) -> int | None:
     """Which node this is: launch.node_rank, else SLURM_NODEID; None for one node or a c10d rendezvous."""
     if plan.nodes <= 1 or settings.rdzv_endpoint:
         return None
-    slurm_nodes = os.environ.get("SLURM_NNODES")
-    if slurm_nodes and int(slurm_nodes) != plan.nodes:
+    slurm_nodes = slurm_int("SLURM_NNODES")
+    if slurm_nodes and slurm_nodes != plan.nodes:
         raise ShardwiseError(
             f"SLURM gave this job {slurm_nodes} nodes but the plan needs {plan.nodes}: submit with "
             f"hydra.launcher.nodes={plan.nodes}"
         )
     rank = settings.node_rank
     if rank is None and "SLURM_NODEID" in os.environ:
-        rank = int(os.environ["SLURM_NODEID"])
+        rank = slurm_int("SLURM_NODEID")
         if not settings.master_addr:
             settings.master_addr = slurm_master_addr()
     if rank is None:
@@ -212,7 +260,7 @@ def print_dry_run(
         print(f"# {command.where}: {command.reason}")
         print(command.line())
     if L.gpus_per_node(plan):
-        config, reasons = L.slurm_launcher(plan, settings.slurm)
+        config, reasons = L.slurm_launcher(plan, settings.slurm, engine=engine)
         print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
         print(" ".join(L.slurm_overrides(config)))
     for note in notes:
@@ -223,7 +271,7 @@ def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSett
     """Run the command meant for this machine; torchrun and shardwise through this interpreter."""
     env = dict(os.environ)
     if engine == L.Engine.vllm:
-        rank = settings.node_rank or int(os.environ.get("SLURM_NODEID", "0"))
+        rank = settings.node_rank or slurm_int("SLURM_NODEID", 0)
         mine = [c for c in commands if (c.where == "every node but node 0") == (rank != 0)]
     else:
         mine = commands
@@ -235,7 +283,32 @@ def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSett
         elif argv[0] == "shardwise":
             argv[:1] = [sys.executable, "-m", "runner"]
         print(f"shardwise launch: {command.line()}", file=sys.stderr, flush=True)
-        rc = subprocess.call(argv, env={**env, **dict(command.env)})
+        rc = run_forwarding_signals(argv, {**env, **dict(command.env)})
         if rc:
             return rc
     return rc
+
+
+def run_forwarding_signals(argv: list[str], env: dict) -> int:
+    """Run a child and pass SIGTERM/SIGHUP/SIGINT on to it: stopping `shardwise launch` stops what it started."""
+    import signal
+
+    child = subprocess.Popen(argv, env=env)
+    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def forward(signum, frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except InterruptedError:  # pragma: no cover - wait() retries on EINTR itself since PEP 475
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - rc if rc < 0 else rc  # a child killed by signal N: exit 128+N, like a shell

@@ -135,7 +135,9 @@ class RequestLog:
 
 
 def _log_line(scope, info: dict, seconds: float) -> str:
-    parts = [f"{scope['method']} {scope['path']}", f"status={info.get('status')}"]
+    # the path is escaped: a request for "/x\n[...] status=200" must not forge a second log line
+    path = str(scope["path"]).encode("unicode_escape").decode("ascii")
+    parts = [f"{scope['method']} {path}", f"status={info.get('status')}"]
     for key in ("id", "model", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_s", "queue_ms", "error"):
         if info.get(key) is not None:
             value = info[key]

@@ -170,10 +170,10 @@ def parse_messages(value) -> list[dict]:
                 "invalid_type",
             )
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or an object as role is a 400, not a TypeError
             choices = ", ".join(ROLES)
             raise invalid(
-                f"messages[{index}].role is {role!r}: use one of {choices} (tool messages are not supported)",
+                f"messages[{index}].role is {role!r:.60}: use one of {choices} (tool messages are not supported)",
                 f"messages[{index}].role",
                 "invalid_value",
             )
@@ -188,7 +188,16 @@ def parse_messages(value) -> list[dict]:
             raise invalid(
                 f"messages[{index}].name must be a string, got {name!r}", f"messages[{index}].name", "invalid_type"
             )
-        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), index, role)})
+        text = _content_text(message.get("content"), index, role)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" cannot be tokenized or echoed
+            raise invalid(
+                f"messages[{index}].content holds a lone surrogate at character {exc.start}: send valid Unicode text",
+                f"messages[{index}].content",
+                "invalid_value",
+            ) from None
+        out.append({"role": ROLES[role], "content": text})
     return out
 
 

@@ -39,6 +39,10 @@ def settings_from_config(cfg):
     # a bad generation.* default is refused now, not on every request
     defaults = SamplingParams.from_generation(cfg.generation)
     api_key = block.api_key or os.environ.get("SHARDWISE_API_KEY") or None
+    if not str(block.host or "").strip():  # an empty host would bind every interface, shown as a blank address
+        raise ShardwiseError(
+            "serve.host is empty: give an address to bind, 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )
     return ServeSettings(
         host=block.host,
         port=block.port,
@@ -121,6 +125,10 @@ def model_sources(cfg) -> list:
         primary_plan = plan_for(cfg, cfg.model)
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
+
+    from runner.engine.preflight import check_remote_code, remote_code_consent
+
+    check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
 
     def loader_for(make_plan):
         return lambda: load_session(cfg, make_plan())

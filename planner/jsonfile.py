@@ -1,0 +1,126 @@
+"""Read JSON files people hand us, and write the ones we make, without surprises.
+
+Every JSON file shardwise reads (config.json, safetensors index files, hardware snapshots,
+plan files, saved chats) goes through `read_json`: a size cap, a nesting cap, no 5,000-digit
+numbers, UTF-8 only, and the top-level type checked, each failure one `ShardwiseError` that
+names the file. Files we write (plan.json, snapshots) go through `write_text_atomic`, so a full
+disk or a concurrent reader never sees half a file and an old file survives a failed write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a plan or config.json is kilobytes; 64 MiB leaves room for huge index files
+MAX_JSON_DEPTH = 64  # real files nest a handful of levels; deeper is hostile (and Python's parser recurses)
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit` containers (iterative: a deep value must not recurse here)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def loads_json(raw: bytes | str, what: str, expect: type | tuple[type, ...] | None = dict, hint: str = ""):
+    """Parse `raw` (the contents of `what`, e.g. "config.json '/m/config.json'") or raise one ShardwiseError."""
+    tail = f": {hint}" if hint else ""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ShardwiseError(f"{what} is not UTF-8 text (byte {exc.start}){tail}") from None
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ShardwiseError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels{tail}") from None
+    except ValueError as exc:  # JSONDecodeError, and the int-digits limit of Python >= 3.11
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ShardwiseError(f"{what} is not valid JSON ({reason[:200]}){tail}") from None
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise ShardwiseError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels{tail}")
+    if expect is not None and not isinstance(value, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        wanted = {"dict": "a JSON object {...}", "list": "a JSON array [...]"}.get(names, names)
+        found = type(value).__name__
+        article = "an" if found[0] in "aeiou" else "a"
+        raise ShardwiseError(f"{what} holds {article} {found} at the top, not {wanted}{tail}")
+    return value
+
+
+def read_json(
+    path: str | Path,
+    what: str = "JSON file",
+    expect: type | tuple[type, ...] | None = dict,
+    hint: str = "",
+    max_bytes: int = MAX_JSON_BYTES,
+):
+    """The JSON value in `path`, or one ShardwiseError naming `what` and the file (missing, too big, bad JSON...)."""
+    path = Path(path)
+    label = f"{what} {str(path)!r}"
+    tail = f": {hint}" if hint else ""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ShardwiseError(f"{label} does not exist{tail}") from None
+    except OSError as exc:  # a directory, no permission, a name too long for the file system
+        raise ShardwiseError(f"cannot read {label} ({exc.strerror or exc}){tail}") from None
+    if len(raw) > max_bytes:
+        raise ShardwiseError(
+            f"{label} is larger than {max_bytes // (1024 * 1024)} MiB: not a file shardwise reads{tail}"
+        )
+    return loads_json(raw, label, expect, hint)
+
+
+def finite_number(value, name: str) -> float:
+    """`value` as a float if it is a finite real number (bool excluded), else one ShardwiseError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ShardwiseError(f"{name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ShardwiseError(f"{name}={value} is too large") from None
+    if not math.isfinite(number):
+        raise ShardwiseError(f"{name} must be a finite number, not {value!r}")
+    return number
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, text: str, make_parents: bool = True) -> Path:
+    """Write `text` to `path` through a temp file in the same directory and a rename: all of it or none of it."""
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plan is as readable as any file the user writes
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path

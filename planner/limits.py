@@ -1,0 +1,15 @@
+"""Upper bounds on sizes people type or files claim, checked where the values enter.
+
+A plan must take seconds, whatever the input: `hardware.count=100000` or a snapshot claiming a
+million nodes would otherwise build huge device lists before any rule could refuse them. Each
+bound is far above any real machine or model today, so only hostile or mistyped input hits it.
+"""
+
+from __future__ import annotations
+
+MAX_GPUS_PER_NODE = 256  # the largest NVLink domains today (NVL72 racks) hold 72 GPUs
+MAX_NODES = 256  # nodes one plan may span (the planner tries pipeline shapes over every node count)
+MAX_GPUS = 4096  # GPUs one plan may span (nodes x GPUs per node); keeps every plan within seconds
+MAX_SESSIONS = 65536  # concurrent sequences (vLLM's default max-num-seqs is 256 to 1024)
+MAX_LAYERS = 10_000  # the deepest public models have a few hundred layers
+MAX_HOST_RAM_GIB = 1 << 20  # 1 PiB of host RAM per node

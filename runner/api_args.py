@@ -1,0 +1,72 @@
+"""Argument checks for the Python API: every bad argument is one ShardwiseError that names it.
+
+`OpenAIChat(...)` and `create_chat_completion(...)` take Python values, not a parsed config, so
+a list where a name belongs or NaN where a size belongs would otherwise surface as a TypeError
+from deep inside. As the `openai` client raises one `BadRequestError` for a bad request, these
+raise `planner.errors.ShardwiseError` (also `runner.ShardwiseError`), before anything is planned
+or loaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+from planner.errors import ShardwiseError
+
+
+def _text(name: str, value, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ShardwiseError(f"{name} must be a non-empty string, got {value!r:.60}")
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ShardwiseError(f"{name} must be True or False, got {value!r:.60}")
+
+
+def check_max_memory(max_memory) -> None:
+    if max_memory is None:
+        return
+    if not isinstance(max_memory, dict):
+        raise ShardwiseError(
+            f"max_memory must be a dict of device -> size, got {max_memory!r:.60}: "
+            "write e.g. {0: '20GiB', 'cpu': '30GiB'}"
+        )
+    for device, size in max_memory.items():
+        if isinstance(size, bool) or not isinstance(size, (int, float, str)):
+            raise ShardwiseError(f"max_memory[{device!r}] must be bytes or a size such as '20GiB', got {size!r:.60}")
+        if isinstance(size, float) and not math.isfinite(size):
+            raise ShardwiseError(f"max_memory[{device!r}] must be a finite size, got {size!r}")
+
+
+def check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt) -> None:
+    """The arguments of OpenAIChat, checked before planning; raises ShardwiseError naming the argument."""
+    _text("model", model, optional=False)
+    _flag("use_cpu", use_cpu)
+    check_max_memory(max_memory)
+    _text("model_path", model_path)
+    _text("hardware", hardware)
+    if isinstance(overrides, str) or not isinstance(overrides, (list, tuple)):
+        raise ShardwiseError(
+            f"overrides must be a list of 'key=value' strings, got {overrides!r:.60}: write e.g. ['policy.sessions=2']"
+        )
+    for i, item in enumerate(overrides):
+        if not isinstance(item, str):
+            raise ShardwiseError(f"overrides[{i}] must be a 'key=value' string, got {item!r:.60}")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise ShardwiseError(f"system_prompt must be a string or None, got {system_prompt!r:.60}")
+
+
+def check_completion_args(model, stream, stream_options, use_cpu, hardware, model_path) -> None:
+    """The arguments of create_chat_completion that are not messages or sampling (those have their own checks)."""
+    _text("model", model, optional=False)
+    _flag("stream", stream)
+    _flag("use_cpu", use_cpu)
+    _text("hardware", hardware)
+    _text("model_path", model_path)
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise ShardwiseError(
+            f"stream_options must be a dict such as {{'include_usage': True}}, got {stream_options!r:.60}"
+        )

@@ -1,0 +1,130 @@
+"""Checks on a plan before its model loads: what is wrong with the input is exit 2, never out-of-memory advice.
+
+A plan file may name a GPU this machine lacks, a model directory that is gone, a dtype no model
+computes in, or a directory without a tokenizer. Loading would fail deep inside torch or
+transformers (or start and produce garbage), and the recovery ladder would then offer smaller
+models as if memory were the problem. `check_runnable` says what is wrong, in one line, first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+# any one of these in a model directory gives transformers a tokenizer to load
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _gpu_index(device) -> int | None:
+    """The CUDA index a device_map / max_memory entry names (0, "0", "cuda:0"); None for cpu, disk and the like."""
+    if isinstance(device, bool):
+        return None
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text.startswith("cuda:"):
+        text = text[len("cuda:") :]
+    return int(text) if text.isdigit() else None
+
+
+def _check_devices(plan) -> None:
+    import torch
+
+    named = {d for d in plan.device_map.values()} | set(plan.max_memory)
+    for device in sorted(named, key=str):
+        text = str(device)
+        if text in ("cpu", "disk", "meta", "cuda") or _gpu_index(device) is not None:
+            continue
+        raise ShardwiseError(
+            f"the plan places weights on {text!r}, which is not a device shardwise runs on (GPU index, cpu or disk): "
+            "re-create the plan with `shardwise plan`"
+        )
+    wanted = sorted({i for i in map(_gpu_index, named) if i is not None})
+    if not wanted:
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [i for i in wanted if i >= available]
+    if missing:
+        raise ShardwiseError(
+            f"the plan places weights on GPU {', '.join(map(str, missing))} but this machine has {available} GPU(s) "
+            "visible to torch: re-plan here with `shardwise plan`, or check CUDA_VISIBLE_DEVICES"
+        )
+
+
+def _check_dtypes(plan) -> None:
+    for what, value in (("model.dtype", plan.model.dtype), ("kv_cache_dtype", plan.kv_cache_dtype)):
+        if what == "model.dtype" and value not in COMPUTE_DTYPES:
+            raise ShardwiseError(
+                f"the plan's {what} is {value!r}: a model computes in {', '.join(COMPUTE_DTYPES)}; re-create the plan"
+            )
+        if what == "kv_cache_dtype" and value not in ("auto", None):
+            import torch
+
+            found = getattr(torch, str(value), None)
+            if not isinstance(found, torch.dtype) or not found.is_floating_point:
+                raise ShardwiseError(f"the plan's {what} is {value!r}, not a floating-point dtype; re-create the plan")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or "\\" in source or source.count("/") > 1
+
+
+def _check_source(plan) -> None:
+    source = str(plan.model.source)
+    where = Path(source).expanduser()
+    if where.exists():
+        if where.is_dir() and not any((where / name).is_file() for name in TOKENIZER_FILES):
+            raise ShardwiseError(
+                f"model directory {source!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ...): "
+                "copy the tokenizer files of the model into it"
+            )
+        return
+    if _looks_like_a_path(source):
+        raise ShardwiseError(
+            f"the plan's model source {source!r} does not exist on this machine: copy the model there, "
+            "or re-plan with model.path=DIR"
+        )
+
+
+def check_runnable(plan) -> None:
+    """Refuse, in one line, a plan this machine cannot load for reasons that are not memory."""
+    _check_dtypes(plan)
+    _check_source(plan)
+    _check_devices(plan)
+
+
+def remote_code_consent(cfg) -> bool:
+    """Whether this run's own command line allows code from the model directory: `trust_remote_code=true`,
+    or `model.trust_remote_code=true` typed for a fresh plan (a plan file or a profile cannot consent for you)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from planner.config.app import flag
+
+    if flag(cfg, "trust_remote_code"):
+        return True
+    if cfg.get("plan_file"):
+        return False
+    try:
+        typed = [o.replace(" ", "").lower() for o in HydraConfig.get().overrides.task]
+    except ValueError:  # composed outside a Hydra run (the Python API, tests): nothing was typed
+        return False
+    return any(o.lstrip("+") in ("model.trust_remote_code=true", "model.trust_remote_code=yes") for o in typed)
+
+
+def check_remote_code(plan, consent: bool) -> None:
+    """A plan that runs Python shipped with the model (auto_map) needs consent on the command line of this run."""
+    if plan.model.trust_remote_code and not consent:
+        raise ShardwiseError(
+            f"the plan for {plan.model.name} runs Python code shipped in {plan.model.source} "
+            "(model.trust_remote_code=true): read that code, then add trust_remote_code=true to this command line"
+        )

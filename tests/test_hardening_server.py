@@ -1,0 +1,57 @@
+"""Server hardening (issue 10, item 9): odd roles and lone surrogates are 400s, request paths cannot forge log
+lines, and an empty serve.host is refused instead of binding every interface."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+from server_fakes import FakeSession
+from test_server import MODEL, live_server
+
+from planner.errors import ShardwiseError
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server(FakeSession()) as server:
+        yield server
+
+
+@pytest.mark.parametrize("role", [["user"], {"r": "user"}, 7, None])
+def test_a_role_that_is_not_a_string_is_a_400_naming_the_field(server, role):
+    body = {"model": MODEL, "messages": [{"role": role, "content": "hi"}], "max_tokens": 2}
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "messages[0].role"
+
+
+def test_a_lone_surrogate_in_content_is_a_400(server):
+    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}], "max_tokens": 2})
+    assert "\\ud800" in raw  # json.dumps writes the lone surrogate as an escape
+    response = httpx.post(
+        server.url + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content" and "surrogate" in error["message"]
+
+
+def test_a_request_path_cannot_forge_a_log_line(server, caplog):
+    with caplog.at_level(logging.INFO, logger="shardwise.serve"):
+        httpx.get(server.url + "/v1/x%0A[forged] GET /health status=200", timeout=10)
+        httpx.get(server.url + "/health", timeout=10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "shardwise.serve"]
+    assert lines and all("\n" not in line for line in lines)
+    assert any("\\n[forged]" in line for line in lines)
+
+
+def test_an_empty_serve_host_is_refused(monkeypatch):
+    from test_server_cli import compose_serve
+
+    from runner.openai import serve_cli
+
+    with pytest.raises(ShardwiseError, match="serve.host is empty"):
+        serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.host="]))
