@@ -119,7 +119,8 @@ def what_would_fit(
         n, plan = fewer
         fixes.append(
             _fix(
-                f"fewer concurrent sessions: policy.sessions={n} ({plan.limits.context_tokens:,} tokens of context each)",
+                f"fewer concurrent sessions: policy.sessions={n} "
+                f"({plan.limits.context_tokens:,} tokens of context each)",
                 f"policy.sessions={n}",
             )
         )

@@ -134,7 +134,7 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + length
 
 
-def _tensor(path: Path, name: str, info, data_bytes: int) -> TensorInfo:
+def _tensor(path: Path, name: str, info, data_bytes: int | None) -> TensorInfo:
     """One header entry, checked: a dtype, a shape of counts, and data_offsets inside the file's data."""
 
     def bad(why: str) -> ShardwiseError:
@@ -154,7 +154,7 @@ def _tensor(path: Path, name: str, info, data_bytes: int) -> TensorInfo:
     ):
         raise bad(f"has data_offsets {offsets!r:.60}, not [start, end]")
     start, end = offsets
-    if not 0 <= start <= end <= data_bytes:
+    if not 0 <= start <= end or (data_bytes is not None and end > data_bytes):
         raise bad(f"has data_offsets [{start}, {end}] outside the {data_bytes} data bytes of the file")
     return TensorInfo(name, dtype, tuple(shape), end - start, path.name)
 
@@ -209,10 +209,11 @@ def read_index(model_dir: str) -> SafetensorsIndex | None:
 def _read_table(table: Path) -> SafetensorsIndex | None:
     if not table.is_file():
         return None
-    try:
-        files = json.loads(table.read_text()).get("files") or {}
-    except (OSError, ValueError, AttributeError):
-        raise ShardwiseError(f"{table} is not a header table; delete it and plan again") from None
+    from planner.jsonfile import read_json
+
+    files = read_json(table, "header table", dict, f"delete {table} and plan again").get("files") or {}
+    if not isinstance(files, dict):
+        raise ShardwiseError(f"{table} is not a header table; delete it and plan again")
     # The table keeps the parsed headers, not their encoded length: header bytes are unknown (0) here.
     return _index(str(table.parent), [(name, header, 0) for name, header in sorted(files.items())]) if files else None
 
@@ -221,7 +222,11 @@ def _index(directory: str, headers: list[tuple[str, dict, int]]) -> SafetensorsI
     tensors, header_total = [], 0
     for file_name, header, header_bytes in headers:
         header_total += header_bytes
-        data_bytes = path.stat().st_size - header_bytes
+        path = Path(directory) / file_name
+        if not isinstance(header, dict):
+            raise ShardwiseError(f"{path}: the safetensors header is not an object; the file is corrupt, re-download it")
+        # a cached header table (hub) has no file beside it: its offsets cannot be checked against a size
+        data_bytes = path.stat().st_size - header_bytes if header_bytes and path.is_file() else None
         for name, info in header.items():
             if name == "__metadata__":
                 continue

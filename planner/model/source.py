@@ -85,10 +85,12 @@ def _quant_method(arch: dict, where: str) -> str | None:
 
 
 def _optional_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardwiseError(f"{path} is not valid JSON ({exc}): fix or re-download it") from None
+    """A side file (hf_quant_config.json, generation_config.json) beside config.json, or None when absent."""
+    if not path.is_file():
+        return None
+    from planner.jsonfile import read_json
+
+    data = read_json(path, path.name, None, "fix or re-download it")
     return data if isinstance(data, dict) else None
 
 
