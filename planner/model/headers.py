@@ -224,7 +224,7 @@ def _index(directory: str, headers: list[tuple[str, dict, int]]) -> SafetensorsI
         header_total += header_bytes
         path = Path(directory) / file_name
         if not isinstance(header, dict):
-            raise ShardwiseError(f"{path}: the safetensors header is not an object; the file is corrupt, re-download it")
+            raise ShardwiseError(f"{path}: the safetensors header is not an object; the file is corrupt: re-download")
         # a cached header table (hub) has no file beside it: its offsets cannot be checked against a size
         data_bytes = path.stat().st_size - header_bytes if header_bytes and path.is_file() else None
         for name, info in header.items():
