@@ -97,6 +97,9 @@ class Plan:
     binding: dict = field(
         default_factory=dict
     )  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
+    performance: dict = field(
+        default_factory=dict
+    )  # predicted speed (planner/speed.py): decode_tokens_per_s, aggregate_tokens_per_s, ttft_s, ttft_full_s, binding
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -636,6 +636,7 @@ class Planner:
             kv_cache_dtype=self.kv_dtype,
             offload_folder=offload_folder,
             binding=binding,
+            performance=_performance(self, inv, cost, slots, attempt, limits) if fits and slots else {},
         )
 
     def _fallbacks(self) -> list[dict]:
@@ -671,6 +672,23 @@ class Planner:
                 }
             )
         return chain
+
+
+def _performance(planner: Planner, inv, cost, slots, attempt: Attempt, limits: Limits) -> dict:
+    from planner.speed import performance_block
+
+    return performance_block(
+        inv,
+        planner.hw,
+        slots,
+        tp_size=attempt.tp_size,
+        dtype=planner.dtype,
+        kv_elem_bytes=cost.kv_elem_bytes,
+        context_tokens=limits.context_tokens,
+        sessions=limits.sessions,
+        prefill_chunk_tokens=limits.prefill_chunk_tokens,
+        config=getattr(planner.policy, "performance", None),
+    )
 
 
 def _lenient(policy):

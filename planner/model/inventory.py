@@ -31,6 +31,8 @@ class ModuleEntry:
     layer_index: int | None = None  # decoder layer index for kind == "layer"
     tied_to: str | None = None  # name of the module that owns a weight this one shares (lm_head -> embed)
     quantized_bytes: int = 0  # of `bytes`, bytes held in a kept quantized format (MXFP4 experts): never offload these
+    expert_bytes: int = 0  # of `bytes`, routed MoE experts (a token reads only experts_per_token of num_experts)
+    expert_params: int = 0  # of `params`, routed MoE experts
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ _DTYPE_ALIASES = {
     "f32": "float32",
     "f16": "float16",
 }
+ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
 MXFP4_BLOCK = 32  # FP4 values sharing one E8M0 scale byte; two values per byte in the blocks
 QUANTIZATIONS = ("mxfp4",)
 
@@ -129,10 +132,12 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, 
     element, ckpt_element = DTYPE_BYTES[dtype], DTYPE_BYTES[checkpoint_dtype]
     entries = []
     for spec in desc.modules:
-        params = loaded = shipped = packed = 0
+        params = loaded = shipped = packed = expert_loaded = expert_params = 0
         for t in spec.tensors:
+            routed = ROUTED_EXPERTS in t.name
             if t.is_param:
                 params += t.numel
+                expert_params += t.numel if routed else 0
             if t.persistent:
                 if t.expert_matrix is not None and shipped_mxfp4:
                     shipped += mxfp4_bytes(*t.expert_matrix)
@@ -148,6 +153,7 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, 
             else:
                 nbytes = t.numel * element
             loaded += nbytes
+            expert_loaded += nbytes if routed else 0
         entries.append(
             ModuleEntry(
                 name=spec.name,
@@ -158,6 +164,8 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, shipped_mxfp4: bool, 
                 layer_index=spec.layer_index,
                 tied_to=spec.tied_to,
                 quantized_bytes=packed,
+                expert_bytes=expert_loaded,
+                expert_params=expert_params,
             )
         )
     return entries

@@ -1,0 +1,261 @@
+"""Predicted vs measured decode tokens/s and time to first token on this CPU, for llama-style models.
+
+    PYTHONPATH=. python benchmarks/speed_prediction.py            # score: 5 models, ~9M-0.85B, fp32 and bf16
+    PYTHONPATH=. python benchmarks/speed_prediction.py --fit      # fit CPU factors on 3 *other* model shapes
+
+Each model is built from a LlamaConfig with random weights (uniform, seeded) in the dtype, and runs
+plain greedy `model.generate` with a fixed number of new tokens; a streamer stamps the first token
+(time to first token) and the last (decode tokens/s = (new - 1) / (last - first)); the median of
+`--runs` runs is reported. The prediction is the plan's `performance` block: `shardwise plan`
+for the model's config.json on hardware=cpu, with the host's memory bandwidth and matmul rate
+measured by the probe (planner/hardware/host.py) right before that model runs, because other
+processes share this machine and move both.
+
+The CPU efficiency factors in conf/policy/default.yaml (policy.performance.cpu) come from `--fit`,
+which runs FIT_MODELS (different widths and depths from SCORE_MODELS), predicts them with every
+factor neutral (efficiency 1, no fixed costs) and solves measured = a x ideal + layers x b + c by
+least squares; the scored table never feeds the fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+VOCAB = 32000
+# name: (hidden, layers, intermediate, heads, kv heads)
+SCORE_MODELS = {
+    "llama-9m": (128, 4, 512, 4, 4),
+    "llama-40m": (384, 6, 1024, 6, 2),
+    "llama-150m": (768, 12, 2048, 12, 4),
+    "llama-400m": (1024, 24, 2816, 16, 8),
+    "llama-850m": (2048, 16, 5632, 32, 8),
+}
+FIT_MODELS = {
+    "fit-20m": (256, 8, 768, 4, 2),
+    "fit-120m": (640, 10, 1792, 10, 2),
+    "fit-500m": (1536, 8, 4096, 12, 4),
+}
+NEUTRAL = [
+    "policy.performance.cpu.bandwidth_efficiency=1",
+    "policy.performance.cpu.compute_efficiency=1",
+    "policy.performance.cpu.layer_overhead_us=0",
+    "policy.performance.cpu.step_overhead_ms=0",
+]
+
+
+def build(shape, dtype_name: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, inter, heads, kv = shape
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        intermediate_size=inter,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=VOCAB,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    dtype = getattr(torch, dtype_name)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.uniform_(-0.05, 0.05, generator=generator)
+        for module in model.modules():  # buffers (rotary inv_freq) were left empty by to_empty
+            if hasattr(module, "inv_freq"):
+                module.__init__(config)
+    model.generation_config.eos_token_id = None
+    return config, model.eval()
+
+
+class Stamps:
+    """A generate streamer that records when each generated token arrives (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times = []
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def measure(model, prompt_tokens: int, new_tokens: int, runs: int) -> tuple[float, float]:
+    """Median (time to first token, decode tokens/s) over `runs` greedy generations."""
+    import torch
+
+    ids = torch.randint(0, VOCAB, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
+    ttfts, rates = [], []
+    with torch.no_grad():
+        model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
+        for _ in range(runs):
+            stamps = Stamps()
+            start = time.perf_counter()
+            model.generate(
+                ids,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                streamer=stamps,
+            )
+            ttfts.append(stamps.times[0] - start)
+            rates.append((len(stamps.times) - 1) / (stamps.times[-1] - stamps.times[0]))
+    return statistics.median(ttfts), statistics.median(rates)
+
+
+def predict(config, dtype: str, prompt_tokens: int, speed, extra: list[str]) -> dict:
+    from planner.config.compose import make_plan
+
+    with tempfile.TemporaryDirectory() as folder:
+        config.save_pretrained(folder)
+        plan = make_plan(
+            "gpt2",
+            "cpu",
+            [
+                f"policy.dtype={dtype}",
+                "policy.context_tokens=1024",
+                f"policy.performance.prompt_tokens={prompt_tokens}",
+                f"hardware.memory_bandwidth_gb_per_s={speed.memory_bandwidth_gb_per_s:.3f}",
+                f"hardware.fp32_tflops={speed.fp32_tflops:.5f}",
+                f"hardware.bf16_tflops={speed.bf16_tflops:.5f}",
+                *extra,
+            ],
+            model_path=folder,
+        )
+    return {**plan.performance, "params": plan.model.params_total, "layers": plan.model.num_layers}
+
+
+def host_now():
+    from planner.hardware.host import host_speed
+
+    host_speed.cache_clear()
+    return host_speed()
+
+
+def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
+    rows = []
+    for name, shape in models.items():
+        for dtype in dtypes:
+            config, model = build(shape, dtype)
+            speed = host_now()
+            load = os.getloadavg()[0]
+            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs)
+            predicted = predict(config, dtype, args.prompt_tokens, speed, extra)
+            rows.append(
+                {
+                    "model": name,
+                    "dtype": dtype,
+                    "params": predicted["params"],
+                    "layers": predicted["layers"],
+                    "load": load,
+                    "bandwidth_gb_per_s": speed.memory_bandwidth_gb_per_s,
+                    "gflops_fp32": speed.fp32_tflops * 1e3,
+                    "predicted_tokens_per_s": predicted["decode_tokens_per_s"],
+                    "measured_tokens_per_s": rate,
+                    "predicted_ttft_s": predicted["ttft_s"],
+                    "measured_ttft_s": ttft,
+                    "binding": predicted["binding"],
+                    "ttft_binding": predicted["ttft_binding"],
+                }
+            )
+            del model
+            print_row(rows[-1])
+    return rows
+
+
+def print_row(r: dict) -> None:
+    decode_ratio = r["predicted_tokens_per_s"] / r["measured_tokens_per_s"]
+    ttft_ratio = r["predicted_ttft_s"] / r["measured_ttft_s"]
+    print(
+        f"{r['model']:<11} {r['dtype']:<8} {r['params'] / 1e6:>6.0f}M  load {r['load']:4.1f}  "
+        f"{r['bandwidth_gb_per_s']:5.1f} GB/s {r['gflops_fp32']:4.0f} GF | "
+        f"decode tok/s pred {r['predicted_tokens_per_s']:7.2f} meas {r['measured_tokens_per_s']:7.2f} "
+        f"ratio {decode_ratio:4.2f} | ttft s pred {r['predicted_ttft_s']:6.3f} meas {r['measured_ttft_s']:6.3f} "
+        f"ratio {ttft_ratio:4.2f} | {r['binding']}",
+        flush=True,
+    )
+
+
+def fit(rows: list[dict]) -> dict:
+    """Least squares: measured step = a x ideal + layers x b + c; prefill: (measured - fixed) = ideal / efficiency."""
+    import numpy as np
+
+    design = np.array([[1 / r["predicted_tokens_per_s"], r["layers"], 1.0] for r in rows])
+    target = np.array([1 / r["measured_tokens_per_s"] for r in rows])
+    (a, b, c), *_ = np.linalg.lstsq(design, target, rcond=None)
+    b, c = max(b, 0.0), max(c, 0.0)
+    fixed = [r["layers"] * b + c for r in rows]
+    compute = statistics.median(
+        r["predicted_ttft_s"] / max(r["measured_ttft_s"] - f, 1e-6) for r, f in zip(rows, fixed)
+    )
+    return {
+        "bandwidth_efficiency": round(min(1.0, 1 / a), 3),
+        "compute_efficiency": round(min(1.0, compute), 3),
+        "layer_overhead_us": round(b * 1e6, 1),
+        "step_overhead_ms": round(c * 1e3, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fit", action="store_true", help="fit CPU factors on FIT_MODELS instead of scoring")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=9)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    import torch
+
+    started = time.perf_counter()
+    dtypes = args.dtypes.split(",")
+    print(
+        f"# {'fit' if args.fit else 'score'}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; prompt {args.prompt_tokens} tokens, "
+        f"{args.new_tokens} new tokens, median of {args.runs} runs"
+    )
+    rows = run(FIT_MODELS if args.fit else SCORE_MODELS, dtypes, args, NEUTRAL if args.fit else [])
+    if args.fit:
+        print("# fitted policy.performance.cpu:", json.dumps(fit(rows)))
+    else:
+        ratios = [r["predicted_tokens_per_s"] / r["measured_tokens_per_s"] for r in rows]
+        within = sum(1 for x in ratios if 0.75 <= x <= 1.25)
+        ttft = [r["predicted_ttft_s"] / r["measured_ttft_s"] for r in rows]
+        print(
+            f"# decode: {within}/{len(rows)} within 25%, median ratio {statistics.median(ratios):.2f}; "
+            f"ttft median ratio {statistics.median(ttft):.2f}"
+        )
+    print(f"# load average {os.getloadavg()[0]:.1f} at end; {time.perf_counter() - started:.0f} s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
