@@ -160,9 +160,10 @@ def test_moe_decodes_faster_than_a_dense_model_of_the_same_total_size(total, exp
         experts_per_token=top_k,
     )
     dense = one_stage(dense_weight_bytes=total, dense_params=total // 2)
-    assert predict(moe, context_tokens=4096, sessions=1).decode_tokens_per_s > predict(
-        dense, context_tokens=4096, sessions=1
-    ).decode_tokens_per_s
+    assert (
+        predict(moe, context_tokens=4096, sessions=1).decode_tokens_per_s
+        > predict(dense, context_tokens=4096, sessions=1).decode_tokens_per_s
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -170,9 +171,10 @@ def test_moe_decodes_faster_than_a_dense_model_of_the_same_total_size(total, exp
 def test_offload_is_slower(offloaded, link):
     resident = one_stage()
     streamed = one_stage(streams=(Stream(offloaded, link, "host RAM over PCIe"),))
-    assert predict(streamed, context_tokens=4096, sessions=1).decode_tokens_per_s < predict(
-        resident, context_tokens=4096, sessions=1
-    ).decode_tokens_per_s
+    assert (
+        predict(streamed, context_tokens=4096, sessions=1).decode_tokens_per_s
+        < predict(resident, context_tokens=4096, sessions=1).decode_tokens_per_s
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -224,7 +226,9 @@ def test_cpu_plan_decode_is_the_weights_read_at_the_given_bandwidth():
     position_table = 1024 * 768 * 4  # wpe: a lookup, never read whole
     read = plan.model.weight_bytes - position_table
     kv = plan.limits.kv_bytes_per_token * 2  # one cached token read, one written
-    assert plan.performance["decode_tokens_per_s"] == pytest.approx(40e9 / (read + kv), rel=1e-4)  # the block rounds to 3 decimals
+    assert plan.performance["decode_tokens_per_s"] == pytest.approx(
+        40e9 / (read + kv), rel=1e-4
+    )  # the block rounds to 3 decimals
 
 
 def test_report_and_sweep_show_the_predicted_speed():
