@@ -203,14 +203,13 @@ def test_every_fitting_plan_carries_a_performance_block_that_survives_plan_json(
     assert perf["aggregate_tokens_per_s"] > perf["decode_tokens_per_s"] > 0
     # 70B in bf16 on two H100s: every token reads both halves of the weights in turn
     weights_read = plan.model.weight_bytes - 128256 * 8192 * 2  # the input embedding is a lookup
-    assert perf["binding"] == (
-        f"decode is bound by reading {weights_read / 2**30:.1f} GiB of weights per token at 3.35 TB/s (2 stages in turn)"
-    )
+    read = f"{weights_read / 2**30:.1f} GiB"
+    assert perf["binding"] == f"decode is bound by reading {read} of weights per token at 3.35 TB/s (2 stages in turn)"
     assert Plan.load(plan.save(tmp_path / "plan.json")).performance == perf
 
 
 def test_cpu_plan_decode_is_the_weights_read_at_the_given_bandwidth():
-    """Neutral factors: tokens/s = bandwidth / (bytes read per token), the embedding excluded (gpt2 ties it to lm_head)."""
+    """Neutral factors: tokens/s = bandwidth / bytes read per token; gpt2's wte is read whole (tied to lm_head)."""
     from planner.config.compose import make_plan
 
     overrides = [
