@@ -1,20 +1,25 @@
 """Predicted vs measured decode tokens/s and time to first token on this CPU, for llama-style models.
 
     PYTHONPATH=. python benchmarks/speed_prediction.py            # score: 5 models, ~9M-0.85B, fp32 and bf16
-    PYTHONPATH=. python benchmarks/speed_prediction.py --fit      # fit CPU factors on 3 *other* model shapes
+    PYTHONPATH=. python benchmarks/speed_prediction.py --fit      # fit CPU factors on 5 *other* model shapes
 
 Each model is built from a LlamaConfig with random weights (uniform, seeded) in the dtype, and runs
 plain greedy `model.generate` with a fixed number of new tokens; a streamer stamps the first token
 (time to first token) and the last (decode tokens/s = (new - 1) / (last - first)); the median of
-`--runs` runs is reported. The prediction is the plan's `performance` block: `shardwise plan`
-for the model's config.json on hardware=cpu, with the host's memory bandwidth and matmul rate
-measured by the probe (planner/hardware/host.py) right before that model runs, because other
-processes share this machine and move both.
+`--runs` runs is reported. One thread by default (`--threads`): on a machine shared with other
+busy processes, two spinning OpenMP threads lose most of their time waiting for each other; and
+with one thread the process's CPU time (`--clock cpu`, the default) is what the generation would
+take on a core of its own, which the wall clock of a shared machine cannot show (`--clock wall`).
 
-The CPU efficiency factors in conf/policy/default.yaml (policy.performance.cpu) come from `--fit`,
-which runs FIT_MODELS (different widths and depths from SCORE_MODELS), predicts them with every
-factor neutral (efficiency 1, no fixed costs) and solves measured = a x ideal + layers x b + c by
-least squares; the scored table never feeds the fit.
+The prediction is the plan's `performance` block: `shardwise plan` for the model's config.json on
+hardware=cpu, with the host's memory bandwidth and matmul rate measured once at the start by the
+probe (planner/hardware/host.py), as `shardwise plan` does.
+
+The CPU efficiency factors in conf/policy/default.yaml (policy.performance.cpu for float32,
+cpu_half for bfloat16) come from `--fit`, a separate run over FIT_MODELS (other widths and depths
+than SCORE_MODELS): it predicts them with every factor neutral (efficiency 1, no fixed costs) and
+solves measured step = a x ideal step + layers x b + c by least squares, per dtype; the scored
+table never feeds the fit.
 """
 
 from __future__ import annotations
@@ -43,14 +48,21 @@ SCORE_MODELS = {
 }
 FIT_MODELS = {
     "fit-20m": (256, 8, 768, 4, 2),
+    "fit-60m": (512, 3, 1536, 8, 8),
     "fit-120m": (640, 10, 1792, 10, 2),
+    "fit-250m": (896, 20, 2432, 14, 2),
     "fit-500m": (1536, 8, 4096, 12, 4),
 }
+FACTOR_BLOCKS = {"float32": "cpu", "bfloat16": "cpu_half"}  # policy.performance.<block> each dtype uses
 NEUTRAL = [
-    "policy.performance.cpu.bandwidth_efficiency=1",
-    "policy.performance.cpu.compute_efficiency=1",
-    "policy.performance.cpu.layer_overhead_us=0",
-    "policy.performance.cpu.step_overhead_ms=0",
+    f"policy.performance.{block}.{key}={value}"
+    for block in FACTOR_BLOCKS.values()
+    for key, value in (
+        ("bandwidth_efficiency", 1),
+        ("compute_efficiency", 1),
+        ("layer_overhead_us", 0),
+        ("step_overhead_ms", 0),
+    )
 ]
 
 
@@ -90,9 +102,10 @@ def build(shape, dtype_name: str):
 
 
 class Stamps:
-    """A generate streamer that records when each generated token arrives (the first put() is the prompt)."""
+    """A generate streamer that stamps each generated token (the first put() is the prompt) on two clocks."""
 
-    def __init__(self):
+    def __init__(self, clock):
+        self.clock = clock
         self.times = []
         self.prompt_seen = False
 
@@ -100,14 +113,14 @@ class Stamps:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.times.append(time.perf_counter())
+        self.times.append(self.clock())
 
     def end(self):
         pass
 
 
-def measure(model, prompt_tokens: int, new_tokens: int, runs: int) -> tuple[float, float]:
-    """Median (time to first token, decode tokens/s) over `runs` greedy generations."""
+def measure(model, prompt_tokens: int, new_tokens: int, runs: int, clock) -> tuple[float, float]:
+    """Median (time to first token, decode tokens/s) over `runs` greedy generations, timed by `clock`."""
     import torch
 
     ids = torch.randint(0, VOCAB, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
@@ -115,8 +128,8 @@ def measure(model, prompt_tokens: int, new_tokens: int, runs: int) -> tuple[floa
     with torch.no_grad():
         model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
         for _ in range(runs):
-            stamps = Stamps()
-            start = time.perf_counter()
+            stamps = Stamps(clock)
+            start = clock()
             model.generate(
                 ids,
                 max_new_tokens=new_tokens,
@@ -130,7 +143,7 @@ def measure(model, prompt_tokens: int, new_tokens: int, runs: int) -> tuple[floa
     return statistics.median(ttfts), statistics.median(rates)
 
 
-def predict(config, dtype: str, prompt_tokens: int, speed, extra: list[str]) -> dict:
+def predict(config, dtype: str, prompt_tokens: int, speed, threads: int, extra: list[str]) -> dict:
     from planner.config.compose import make_plan
 
     with tempfile.TemporaryDirectory() as folder:
@@ -145,6 +158,7 @@ def predict(config, dtype: str, prompt_tokens: int, speed, extra: list[str]) -> 
                 f"hardware.memory_bandwidth_gb_per_s={speed.memory_bandwidth_gb_per_s:.3f}",
                 f"hardware.fp32_tflops={speed.fp32_tflops:.5f}",
                 f"hardware.bf16_tflops={speed.bf16_tflops:.5f}",
+                f"hardware.cpu_count={threads}",
                 *extra,
             ],
             model_path=folder,
@@ -152,22 +166,27 @@ def predict(config, dtype: str, prompt_tokens: int, speed, extra: list[str]) -> 
     return {**plan.performance, "params": plan.model.params_total, "layers": plan.model.num_layers}
 
 
-def host_now():
+def host_now(threads: int):
     from planner.hardware.host import host_speed
 
     host_speed.cache_clear()
-    return host_speed()
+    return host_speed(threads)
 
 
 def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
+    # One thread: the process's CPU time is the time this generation would take on a core of its own,
+    # which a machine shared with other busy processes cannot give in wall time. More threads: wall time.
+    clock = time.process_time if args.threads == 1 and args.clock == "cpu" else time.perf_counter
+    print(f"# clock: {'process CPU time' if clock is time.process_time else 'wall time'}")
     rows = []
+    speed = host_now(args.threads)
+    print(f"# probe: {speed.note}")
     for name, shape in models.items():
         for dtype in dtypes:
             config, model = build(shape, dtype)
-            speed = host_now()
             load = os.getloadavg()[0]
-            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs)
-            predicted = predict(config, dtype, args.prompt_tokens, speed, extra)
+            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs, clock)
+            predicted = predict(config, dtype, args.prompt_tokens, speed, args.threads, extra)
             rows.append(
                 {
                     "model": name,
@@ -207,10 +226,17 @@ def fit(rows: list[dict]) -> dict:
     """Least squares: measured step = a x ideal + layers x b + c; prefill: (measured - fixed) = ideal / efficiency."""
     import numpy as np
 
-    design = np.array([[1 / r["predicted_tokens_per_s"], r["layers"], 1.0] for r in rows])
+    full = np.array([[1 / r["predicted_tokens_per_s"], r["layers"], 1.0] for r in rows])
     target = np.array([1 / r["measured_tokens_per_s"] for r in rows])
-    (a, b, c), *_ = np.linalg.lstsq(design, target, rcond=None)
-    b, c = max(b, 0.0), max(c, 0.0)
+    kept = [0, 1, 2]
+    while True:  # a fixed cost cannot be negative: drop a term that comes out below zero and solve again
+        solved, *_ = np.linalg.lstsq(full[:, kept], target, rcond=None)
+        coefficients = dict(zip(kept, solved))
+        negative = [k for k in kept[1:] if coefficients[k] < 0]
+        if not negative:
+            break
+        kept.remove(negative[0])
+    a, b, c = (coefficients.get(k, 0.0) for k in range(3))
     fixed = [r["layers"] * b + c for r in rows]
     compute = statistics.median(
         r["predicted_ttft_s"] / max(r["measured_ttft_s"] - f, 1e-6) for r, f in zip(rows, fixed)
@@ -231,19 +257,39 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="time generation by the process's CPU time (default, one thread only) or by the wall clock",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for torch and the probe's matmul (default 1: on a shared machine two spinning OpenMP "
+        "threads lose most of their time waiting for each other)",
+    )
     args = parser.parse_args()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(args.threads)  # before numpy and torch load their thread pools
     import torch
+
+    torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     dtypes = args.dtypes.split(",")
     print(
-        f"# {'fit' if args.fit else 'score'}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"# {'fit' if args.fit else 'score'}: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; prompt {args.prompt_tokens} tokens, "
         f"{args.new_tokens} new tokens, median of {args.runs} runs"
     )
     rows = run(FIT_MODELS if args.fit else SCORE_MODELS, dtypes, args, NEUTRAL if args.fit else [])
     if args.fit:
-        print("# fitted policy.performance.cpu:", json.dumps(fit(rows)))
+        for dtype, block in FACTOR_BLOCKS.items():
+            mine = [r for r in rows if r["dtype"] == dtype]
+            if mine:
+                print(f"# fitted policy.performance.{block} ({dtype}, {len(mine)} models):", json.dumps(fit(mine)))
     else:
         ratios = [r["predicted_tokens_per_s"] / r["measured_tokens_per_s"] for r in rows]
         within = sum(1 for x in ratios if 0.75 <= x <= 1.25)

@@ -32,7 +32,7 @@ def _value(config, key: str, default):
 
 
 def efficiency(config, kind: str) -> Efficiency:
-    """Efficiency factors for GPU or CPU stages from `policy.performance` (None: the built-in defaults)."""
+    """Efficiency factors for "gpu", "cpu" (float32) or "cpu_half" stages from `policy.performance` (None: defaults)."""
     factors = _value(config, kind, None)
     link = float(_value(config, "link_efficiency", 0.7))
     if factors is None:
@@ -69,7 +69,7 @@ def _device_peaks(slot, hw: Hardware, dtype: str) -> tuple[float, float, str]:
                 "no host memory bandwidth or compute: use hardware=cpu (measured here) "
                 "or set hardware.memory_bandwidth_gb_per_s and hardware.fp32_tflops"
             )
-        return bandwidth * 1e9, flops * 1e12, "cpu"
+        return bandwidth * 1e9, flops * 1e12, "cpu" if dtype == "float32" else "cpu_half"
     device = slot.device
     flops = device.tflops(dtype)
     if not device.memory_bandwidth_gb_per_s or not flops:

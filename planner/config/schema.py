@@ -125,7 +125,10 @@ class PerformanceConfig:
     )  # factors for GPU stages (assumed: see conf/policy/default.yaml)
     cpu: SpeedFactors = field(
         default_factory=lambda: SpeedFactors(0.8, 0.5, 200.0, 5.0)
-    )  # factors for CPU stages (fitted: benchmarks/speed_prediction.py --fit)
+    )  # factors for CPU stages in float32 (fitted: benchmarks/speed_prediction.py --fit)
+    cpu_half: SpeedFactors = field(
+        default_factory=lambda: SpeedFactors(0.8, 0.5, 200.0, 5.0)
+    )  # factors for CPU stages in bfloat16/float16 (their GEMV kernels stream weights slower than float32's)
 
 
 @dataclass
@@ -252,7 +255,7 @@ def validate(cfg) -> None:
         if cls is PolicyConfig and "performance" in node:
             check(node.performance, PerformanceConfig, f"{prefix}performance.")
         if cls is PerformanceConfig:
-            for kind in ("gpu", "cpu"):
+            for kind in ("gpu", "cpu", "cpu_half"):
                 if kind in node:
                     check(node[kind], SpeedFactors, f"{prefix}{kind}.")
 

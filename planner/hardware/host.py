@@ -124,9 +124,12 @@ def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
 def host_speed(cpus: int = 0) -> HostSpeed:
     """Memory bandwidth and compute of this host, measured once per process (~0.3 s) with numpy.
 
-    Bandwidth: best of 4 copies of a 64 MiB buffer (first touch excluded). Compute: best of 3 fp32
-    matmuls of 1024 x 1024 on all usable cores. bf16 is taken as twice fp32 where the CPU has native bf16
-    dot products (avx512_bf16, amx_bf16), else as fp32 (the kernels convert).
+    Timed by CPU time, not the wall clock: on a machine shared with other busy processes the wall
+    clock also counts their turns, and the plan describes the hardware, not today's load.
+    Bandwidth: best of 4 copies of a 64 MiB buffer by one core (first touch excluded; a many-core
+    server streams more with all cores). Compute: best of 3 fp32 matmuls of 1024 x 1024, as FLOPs
+    per core-second times `cpus`. bf16 is taken as twice fp32 where the CPU has native bf16 dot
+    products (avx512_bf16, amx_bf16), else as fp32 (the kernels convert).
     """
     cpus = cpus or usable_cpu_count()
     bf16_factor = 2.0 if cpu_flags() & set(NATIVE_BF16_FLAGS) else 1.0
@@ -146,20 +149,20 @@ def host_speed(cpus: int = 0) -> HostSpeed:
     np.copyto(target, source)  # first touch: page faults, not bandwidth
     best = float("inf")
     for _ in range(4):
-        start = time.perf_counter()
+        start = time.thread_time()  # the copy runs on this thread
         np.copyto(target, source)
-        best = min(best, time.perf_counter() - start)
-    bandwidth = 2 * source.nbytes / best / 1e9
+        best = min(best, time.thread_time() - start)
+    bandwidth = 2 * source.nbytes / max(best, 1e-6) / 1e9
     del source, target
     size = 1024
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     a @ a
     best = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.process_time()  # every BLAS thread's CPU time: core-seconds
         a @ a
-        best = min(best, time.perf_counter() - start)
-    fp32 = 2 * size**3 / best / 1e12
+        best = min(best, time.process_time() - start)
+    fp32 = 2 * size**3 / max(best, 1e-6) / 1e12 * cpus
     return HostSpeed(
         bandwidth,
         fp32,
