@@ -223,30 +223,43 @@ def print_row(r: dict) -> None:
 
 
 def fit(rows: list[dict]) -> dict:
-    """Least squares: measured step = a x ideal + layers x b + c; prefill: (measured - fixed) = ideal / efficiency."""
-    import numpy as np
+    """policy.performance factors from rows predicted with neutral factors (planner/calibration.py)."""
+    from planner.calibration import Sample, fit_factors
 
-    full = np.array([[1 / r["predicted_tokens_per_s"], r["layers"], 1.0] for r in rows])
-    target = np.array([1 / r["measured_tokens_per_s"] for r in rows])
-    kept = [0, 1, 2]
-    while True:  # a fixed cost cannot be negative: drop a term that comes out below zero and solve again
-        solved, *_ = np.linalg.lstsq(full[:, kept], target, rcond=None)
-        coefficients = dict(zip(kept, solved))
-        negative = [k for k in kept[1:] if coefficients[k] < 0]
-        if not negative:
-            break
-        kept.remove(negative[0])
-    a, b, c = (coefficients.get(k, 0.0) for k in range(3))
-    fixed = [r["layers"] * b + c for r in rows]
-    compute = statistics.median(
-        r["predicted_ttft_s"] / max(r["measured_ttft_s"] - f, 1e-6) for r, f in zip(rows, fixed)
+    return fit_factors(
+        [
+            Sample(
+                layers=r["layers"],
+                ideal_step_s=1 / r["predicted_tokens_per_s"],
+                measured_step_s=1 / r["measured_tokens_per_s"],
+                ideal_prefill_s=r["predicted_ttft_s"],
+                measured_prefill_s=r["measured_ttft_s"],
+            )
+            for r in rows
+        ]
     )
-    return {
-        "bandwidth_efficiency": round(min(1.0, 1 / a), 3),
-        "compute_efficiency": round(min(1.0, compute), 3),
-        "layer_overhead_us": round(b * 1e6, 1),
-        "step_overhead_ms": round(c * 1e3, 2),
-    }
+
+
+def save_snapshot(path: str, speed, threads: int, factors: dict) -> None:
+    """This host as a snapshot (`hardware=snapshot hardware.path=FILE`) with its speed and fitted factors."""
+    from planner.hardware.devices import Hardware
+    from planner.hardware.host import host_info
+    from planner.hardware.snapshot import save_snapshot as write
+
+    host = host_info()
+    hw = Hardware(
+        source="probe",
+        host_ram_bytes=host.ram_bytes,
+        cpu_count=threads,
+        interconnect="none",
+        probed=True,
+        host_memory_bandwidth_gb_per_s=speed.memory_bandwidth_gb_per_s,
+        host_fp32_tflops=speed.fp32_tflops,
+        host_bf16_tflops=speed.bf16_tflops,
+        speed_factors=factors,
+        notes=(speed.note, "speed factors fitted by benchmarks/speed_prediction.py --fit"),
+    )
+    print(f"# wrote {write(hw, path)}: plan with hardware=snapshot hardware.path={path}")
 
 
 def main() -> None:
@@ -257,6 +270,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--snapshot", help="with --fit: record this host and the fitted factors as a snapshot file")
     parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
@@ -286,10 +300,14 @@ def main() -> None:
     )
     rows = run(FIT_MODELS if args.fit else SCORE_MODELS, dtypes, args, NEUTRAL if args.fit else [])
     if args.fit:
+        fitted = {}
         for dtype, block in FACTOR_BLOCKS.items():
             mine = [r for r in rows if r["dtype"] == dtype]
             if mine:
-                print(f"# fitted policy.performance.{block} ({dtype}, {len(mine)} models):", json.dumps(fit(mine)))
+                fitted[block] = fit(mine)
+                print(f"# fitted policy.performance.{block} ({dtype}, {len(mine)} models):", json.dumps(fitted[block]))
+        if args.snapshot:
+            save_snapshot(args.snapshot, host_now(args.threads), args.threads, fitted)
     else:
         ratios = [r["predicted_tokens_per_s"] / r["measured_tokens_per_s"] for r in rows]
         within = sum(1 for x in ratios if 0.75 <= x <= 1.25)

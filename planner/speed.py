@@ -31,9 +31,13 @@ def _value(config, key: str, default):
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
-def efficiency(config, kind: str) -> Efficiency:
-    """Efficiency factors for "gpu", "cpu" (float32) or "cpu_half" stages from `policy.performance` (None: defaults)."""
-    factors = _value(config, kind, None)
+def efficiency(config, kind: str, measured: dict | None = None) -> Efficiency:
+    """Efficiency factors for "gpu", "cpu" (float32) or "cpu_half" stages.
+
+    Factors measured on this hardware (a calibrated snapshot's `speed_factors`) win over
+    `policy.performance` (None: the built-in defaults).
+    """
+    factors = (measured or {}).get(kind) or _value(config, kind, None)
     link = float(_value(config, "link_efficiency", 0.7))
     if factors is None:
         return Efficiency(link=link)
@@ -131,7 +135,7 @@ def speed_inputs(
                     for i in ids
                 ),
                 streams=streams,
-                efficiency=efficiency(config, kind),
+                efficiency=efficiency(config, kind, hw.speed_factors),
             )
         )
     hops = tuple(_link_between(a, b, hw) for a, b in zip(running, running[1:]))

@@ -287,3 +287,63 @@ def test_moe_plan_reads_only_the_routed_experts():
     plan = make_plan("gpt-oss-120b", "h100_80gb", neutral)
     all_weights = plan.model.weight_bytes / 3.35e12
     assert 1 / plan.performance["decode_tokens_per_s"] < all_weights / 5
+
+
+# ---- calibration ------------------------------------------------------------------------------
+def test_fit_factors_recovers_the_factors_samples_were_made_with():
+    from planner.calibration import Sample, fit_factors
+
+    bandwidth, compute, per_layer, per_pass = 0.6, 0.8, 500e-6, 2e-3
+    shapes = [(4, 0.002, 0.01), (12, 0.010, 0.05), (8, 0.030, 0.20), (24, 0.050, 0.31), (16, 0.120, 0.90)]
+    samples = [
+        Sample(
+            layers=layers,
+            ideal_step_s=step,
+            measured_step_s=step / bandwidth + layers * per_layer + per_pass,
+            ideal_prefill_s=prefill,
+            measured_prefill_s=prefill / compute + layers * per_layer + per_pass,
+        )
+        for layers, step, prefill in shapes
+    ]
+    assert fit_factors(samples) == {
+        "bandwidth_efficiency": 0.6,
+        "compute_efficiency": 0.8,
+        "layer_overhead_us": 500.0,
+        "step_overhead_ms": 2.0,
+    }
+
+
+def test_a_calibrated_snapshot_plans_with_its_measured_factors(tmp_path):
+    """`speed_factors` recorded in a snapshot win over policy.performance for plans on that snapshot."""
+    from planner.config.compose import make_plan
+    from planner.hardware.devices import Hardware
+    from planner.hardware.snapshot import save_snapshot
+
+    factors = {
+        "bandwidth_efficiency": 0.5,
+        "compute_efficiency": 0.5,
+        "layer_overhead_us": 100.0,
+        "step_overhead_ms": 1.0,
+    }
+    box = Hardware(
+        source="probe",
+        host_ram_bytes=32 * 2**30,
+        cpu_count=4,
+        interconnect="none",
+        probed=True,
+        host_memory_bandwidth_gb_per_s=20.0,
+        host_fp32_tflops=0.2,
+        host_bf16_tflops=0.4,
+        speed_factors={"cpu": factors},
+    )
+    path = save_snapshot(box, tmp_path / "box.json")
+    overrides = [
+        f"hardware.path={path}",
+        "policy.dtype=float32",
+        "policy.context_tokens=1",
+        "policy.min_context_tokens=1",
+    ]
+    plan = make_plan("gpt2", "snapshot", [*overrides, "policy.performance.prompt_tokens=1"])
+    read = plan.model.weight_bytes - 1024 * 768 * 4 + 2 * plan.limits.kv_bytes_per_token  # wpe is a lookup
+    step = read / (20e9 * 0.5) + 12 * 100e-6 + 1e-3
+    assert plan.performance["decode_tokens_per_s"] == pytest.approx(1 / step, rel=1e-4)

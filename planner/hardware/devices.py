@@ -75,6 +75,9 @@ class Hardware:
     host_memory_bandwidth_gb_per_s: float = 0.0  # host RAM, GB/s (measured for CPU plans; 0: unknown)
     host_fp32_tflops: float = 0.0  # all usable cores, fp32 (0: unknown)
     host_bf16_tflops: float = 0.0  # all usable cores, bf16 (0: unknown)
+    speed_factors: dict = field(
+        default_factory=dict
+    )  # measured efficiency factors, {"gpu"|"cpu"|"cpu_half": {bandwidth_efficiency, ...}}: win over policy's
 
     def host_tflops(self, dtype: str) -> float:
         return self.host_fp32_tflops if dtype == "float32" else self.host_bf16_tflops
