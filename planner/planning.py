@@ -727,6 +727,9 @@ def _launch(strategy: str) -> Launch:
 
 def plan_from_config(cfg, hardware: Hardware) -> Plan:
     """The Plan for a composed config (`model`, `policy`, `generation` nodes) on `hardware`."""
+    from planner.config.gpu_speeds import with_published_speeds  # probed GPUs: datasheet speeds by name
+
+    hardware = with_published_speeds(hardware)
     if cfg.model.name == "auto" and not cfg.model.get("path"):
         return plan_auto_model(cfg, hardware)
     return Planner(spec_from_config(cfg.model), hardware, cfg.policy, cfg.generation).plan()

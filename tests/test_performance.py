@@ -242,6 +242,16 @@ def test_report_and_sweep_show_the_predicted_speed():
     assert performance_line({"available": False, "reason": "no bandwidth"}) == "speed: not predicted (no bandwidth)"
 
 
+def test_a_probed_gpu_plans_with_the_speeds_its_tier_publishes():
+    """A tier GPU whose numbers were left out (as NVML leaves them out) gets them back by name when planned."""
+    from planner.config.compose import make_plan
+
+    bare = make_plan("gpt2", "h100_80gb", ["hardware.memory_bandwidth_gb_per_s=0", "hardware.bf16_tflops=0"])
+    full = make_plan("gpt2", "h100_80gb")
+    assert bare.hardware["devices"][0]["memory_bandwidth_gb_per_s"] == 3350
+    assert bare.performance == full.performance
+
+
 def test_probed_gpus_get_their_published_speeds_by_name():
     from planner.config.gpu_speeds import with_published_speeds
     from planner.hardware.devices import Device, Hardware
@@ -266,12 +276,14 @@ def test_probed_gpus_get_their_published_speeds_by_name():
 def test_a_gpu_without_published_speeds_gets_no_prediction_and_says_why():
     from planner.config.compose import make_plan
 
-    plan = make_plan("gpt2", "t4", ["hardware.memory_bandwidth_gb_per_s=0"])
+    plan = make_plan("gpt2", "t4", ["hardware.name=Some Future GPU", "hardware.memory_bandwidth_gb_per_s=0"])
     assert plan.fits
     assert plan.performance == {
         "available": False,
-        "reason": "no published bandwidth or float16 TFLOPs for 'Tesla T4': add them to its tier in conf/hardware/",
+        "reason": "no published bandwidth or float16 TFLOPs for 'Some Future GPU': "
+        "add them to its tier in conf/hardware/",
     }
+    assert any("no published speeds for 'Some Future GPU'" in warning for warning in plan.warnings)
 
 
 def test_moe_plan_reads_only_the_routed_experts():

@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from planner.hardware.devices import Hardware
-from planner.hardware.tiers import DEVICE_SPEEDS, LINK_SPEEDS
+from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Hardware
 
 
 @functools.cache
@@ -34,6 +33,8 @@ def published_speeds() -> dict[str, dict]:
 
 def with_published_speeds(hw: Hardware) -> Hardware:
     """`hw` with each GPU's published speeds looked up by name (numbers already present are kept)."""
+    if all(d.memory_bandwidth_gb_per_s for d in hw.devices):
+        return hw  # a tier, or a snapshot that recorded them: nothing to look up
     table = published_speeds()
     devices, links, unknown = [], {}, set()
     for device in hw.devices:

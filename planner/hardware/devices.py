@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 from planner.units import GIB
 
+DEVICE_SPEEDS = ("memory_bandwidth_gb_per_s", "bf16_tflops", "fp16_tflops", "fp8_tflops", "fp32_tflops")
+LINK_SPEEDS = ("nvlink_gb_per_s", "pcie_gb_per_s", "network_gb_per_s")
+
 
 @dataclass(frozen=True)
 class Device:

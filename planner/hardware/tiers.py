@@ -10,8 +10,9 @@
 
 Tier fields given to auto, snapshot or cpu have no effect; the result carries a note saying so.
 Speeds: a tier carries its published bandwidth, TFLOPs and link speeds; probed and recorded GPUs
-get them by name from the tiers (planner/config/gpu_speeds.py); a CPU host is measured (host.py)
-unless `hardware.memory_bandwidth_gb_per_s` gives its bandwidth.
+get them by name from the tiers when planned (planner/config/gpu_speeds.py, applied by
+`plan_from_config`); a CPU host is measured (host.py) unless `hardware.memory_bandwidth_gb_per_s`
+gives its bandwidth.
 Bad values raise a one-line ShardwiseError naming the key, the value and the fix.
 """
 
@@ -22,13 +23,11 @@ from dataclasses import replace
 from enum import Enum
 
 from planner.errors import ShardwiseError
-from planner.hardware.devices import Device, Hardware
+from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Device, Hardware
 from planner.units import GIB, MIB
 
 _TIER_ONLY = {"name": "", "memory_mib": 0, "compute_capability": "", "count": 1, "nodes": 1}  # schema defaults
 _INTERCONNECTS = ("nvlink", "pcie", "none")
-DEVICE_SPEEDS = ("memory_bandwidth_gb_per_s", "bf16_tflops", "fp16_tflops", "fp8_tflops", "fp32_tflops")
-LINK_SPEEDS = ("nvlink_gb_per_s", "pcie_gb_per_s", "network_gb_per_s")
 
 
 def _get(cfg, key: str, default=None):
@@ -188,9 +187,5 @@ def resolve_hardware(hw_cfg, name: str | None = None) -> Hardware:
         raise ShardwiseError(f"hardware.kind must be one of auto, cpu, snapshot, tier, got {kind!r}")
     if kind == "auto" and not hw.devices:
         hw = with_host_speed(hw)
-    if kind in ("auto", "snapshot") and hw.devices:
-        from planner.config.gpu_speeds import with_published_speeds
-
-        hw = with_published_speeds(hw)
     extra = _ignored_knobs(hw_cfg, kind)
     return replace(hw, notes=(*hw.notes, *extra)) if extra else hw
