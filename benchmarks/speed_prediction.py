@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-VOCAB = 32000
+from runner.calibrate import measure  # noqa: E402  (after the sys.path line above)
+
 # name: (hidden, layers, intermediate, heads, kv heads)
 SCORE_MODELS = {
     "llama-9m": (128, 4, 512, 4, 4),
@@ -67,80 +68,12 @@ NEUTRAL = [
 
 
 def build(shape, dtype_name: str):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """(config, model) for a shape, built as `shardwise calibrate` builds its models."""
+    from runner.calibrate import build as build_model
+    from runner.calibrate import llama_config
 
-    hidden, layers, inter, heads, kv = shape
-    config = LlamaConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        intermediate_size=inter,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        vocab_size=VOCAB,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-    )
-    dtype = getattr(torch, dtype_name)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.uniform_(-0.05, 0.05, generator=generator)
-        for module in model.modules():  # buffers (rotary inv_freq) were left empty by to_empty
-            if hasattr(module, "inv_freq"):
-                module.__init__(config)
-    model.generation_config.eos_token_id = None
-    return config, model.eval()
-
-
-class Stamps:
-    """A generate streamer that stamps each generated token (the first put() is the prompt) on two clocks."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.times = []
-        self.prompt_seen = False
-
-    def put(self, value):
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.times.append(self.clock())
-
-    def end(self):
-        pass
-
-
-def measure(model, prompt_tokens: int, new_tokens: int, runs: int, clock) -> tuple[float, float]:
-    """Median (time to first token, decode tokens/s) over `runs` greedy generations, timed by `clock`."""
-    import torch
-
-    ids = torch.randint(0, VOCAB, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
-    ttfts, rates = [], []
-    with torch.no_grad():
-        model.generate(ids[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
-        for _ in range(runs):
-            stamps = Stamps(clock)
-            start = clock()
-            model.generate(
-                ids,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-                streamer=stamps,
-            )
-            ttfts.append(stamps.times[0] - start)
-            rates.append((len(stamps.times) - 1) / (stamps.times[-1] - stamps.times[0]))
-    return statistics.median(ttfts), statistics.median(rates)
+    config = llama_config(shape)
+    return config, build_model(config, dtype_name)
 
 
 def predict(config, dtype: str, prompt_tokens: int, speed, threads: int, extra: list[str]) -> dict:
@@ -185,7 +118,7 @@ def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
         for dtype in dtypes:
             config, model = build(shape, dtype)
             load = os.getloadavg()[0]
-            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs, clock)
+            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs, clock)  # runner.calibrate
             predicted = predict(config, dtype, args.prompt_tokens, speed, args.threads, extra)
             rows.append(
                 {
