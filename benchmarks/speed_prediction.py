@@ -1,7 +1,7 @@
 """Predicted vs measured decode tokens/s and time to first token on this CPU, for llama-style models.
 
     PYTHONPATH=. python benchmarks/speed_prediction.py            # score: 5 models, ~9M-0.85B, fp32 and bf16
-    PYTHONPATH=. python benchmarks/speed_prediction.py --fit      # fit CPU factors on 5 *other* model shapes
+    PYTHONPATH=. python benchmarks/speed_prediction.py --fit      # fit CPU factors on 6 *other* model shapes
 
 Each model is built from a LlamaConfig with random weights (uniform, seeded) in the dtype, and runs
 plain greedy `model.generate` with a fixed number of new tokens; a streamer stamps the first token
@@ -53,6 +53,7 @@ FIT_MODELS = {
     "fit-120m": (640, 10, 1792, 10, 2),
     "fit-250m": (896, 20, 2432, 14, 2),
     "fit-500m": (1536, 8, 4096, 12, 4),
+    "fit-800m": (1792, 20, 4864, 14, 2),
 }
 FACTOR_BLOCKS = {"float32": "cpu", "bfloat16": "cpu_half"}  # policy.performance.<block> each dtype uses
 NEUTRAL = [

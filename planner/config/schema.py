@@ -124,10 +124,10 @@ class PerformanceConfig:
         default_factory=lambda: SpeedFactors(0.8, 0.6, 300.0, 3.0)
     )  # factors for GPU stages (assumed: see conf/policy/default.yaml)
     cpu: SpeedFactors = field(
-        default_factory=lambda: SpeedFactors(0.576, 0.905, 1124.7, 0.93)
+        default_factory=lambda: SpeedFactors(0.546, 0.819, 1193.9, 1.92)
     )  # factors for CPU stages in float32 (fitted: benchmarks/speed_prediction.py --fit)
     cpu_half: SpeedFactors = field(
-        default_factory=lambda: SpeedFactors(0.363, 0.911, 1425.1, 0.0)
+        default_factory=lambda: SpeedFactors(0.324, 0.866, 1327.7, 0.0)
     )  # factors for CPU stages in bfloat16/float16 (their GEMV kernels stream weights slower than float32's)
 
 
