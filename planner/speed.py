@@ -11,6 +11,7 @@ offloaded plan are streams over PCIe or from disk. Pure: everything comes in as 
 
 from __future__ import annotations
 
+from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import layer_bytes_per_token
 from planner.model.inventory import DTYPE_BYTES, Inventory
@@ -37,17 +38,35 @@ def efficiency(config, kind: str, measured: dict | None = None) -> Efficiency:
     Factors measured on this hardware (a calibrated snapshot's `speed_factors`) win over
     `policy.performance` (None: the built-in defaults).
     """
+    where = f"the snapshot's speed_factors.{kind}" if (measured or {}).get(kind) else f"policy.performance.{kind}"
     factors = (measured or {}).get(kind) or _value(config, kind, None)
-    link = float(_value(config, "link_efficiency", 0.7))
+    link = _checked("policy.performance", "link_efficiency", _value(config, "link_efficiency", 0.7), fraction=True)
     if factors is None:
         return Efficiency(link=link)
+
+    def read(key: str, default: float, fraction: bool) -> float:
+        return _checked(where, key, _value(factors, key, default), fraction)
+
     return Efficiency(
-        bandwidth=float(_value(factors, "bandwidth_efficiency", 0.8)),
-        compute=float(_value(factors, "compute_efficiency", 0.5)),
+        bandwidth=read("bandwidth_efficiency", 0.8, True),
+        compute=read("compute_efficiency", 0.5, True),
         link=link,
-        layer_overhead_s=float(_value(factors, "layer_overhead_us", 0.0)) * 1e-6,
-        step_overhead_s=float(_value(factors, "step_overhead_ms", 0.0)) * 1e-3,
+        layer_overhead_s=read("layer_overhead_us", 0.0, False) * 1e-6,
+        step_overhead_s=read("step_overhead_ms", 0.0, False) * 1e-3,
     )
+
+
+def _checked(where: str, key: str, value, fraction: bool) -> float:
+    """A factor as a float: a fraction of a peak in (0, 1], or a fixed cost >= 0; else a one-line error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    ok = 0 < number <= 1 if fraction else number >= 0
+    if not ok:
+        rule = "a fraction of the peak in (0, 1]" if fraction else "a cost >= 0"
+        raise ShardwiseError(f"{where}.{key}={value!r} must be {rule}: e.g. {where}.{key}={0.8 if fraction else 0}")
+    return number
 
 
 def _read_bytes(modules, inv: Inventory, shard: int) -> tuple[int, int, int, int]:
@@ -158,7 +177,10 @@ def speed_inputs(
 def _stream(parked, hw: Hardware, runner, config) -> Stream:
     size = sum(m.bytes for m in parked.modules)
     if parked.key == "disk":
-        return Stream(size, float(_value(config, "disk_gb_per_s", 2.0)) * 1e9, "disk")
+        disk = _value(config, "disk_gb_per_s", 2.0)
+        if not float(disk) > 0:
+            raise ShardwiseError(f"policy.performance.disk_gb_per_s={disk!r} must be > 0 GB/s: e.g. 2.0")
+        return Stream(size, float(disk) * 1e9, "disk")
     if runner.device is None:
         return Stream(size, hw.host_memory_bandwidth_gb_per_s * 1e9, "host RAM")
     return Stream(size, (hw.pcie_gb_per_s or 31.5) * 1e9, "host RAM over PCIe")
@@ -183,6 +205,8 @@ def performance_block(
     except Unknown as exc:
         return {"available": False, "reason": str(exc)}
     prompt = int(_value(config, "prompt_tokens", 512))
+    if prompt < 1:
+        raise ShardwiseError(f"policy.performance.prompt_tokens={prompt} must be >= 1: e.g. 512")
     prediction = predict(
         inputs,
         context_tokens=context_tokens,

@@ -359,3 +359,21 @@ def test_a_calibrated_snapshot_plans_with_its_measured_factors(tmp_path):
     read = plan.model.weight_bytes - 1024 * 768 * 4 + 2 * plan.limits.kv_bytes_per_token  # wpe is a lookup
     step = read / (20e9 * 0.5) + 12 * 100e-6 + 1e-3
     assert plan.performance["decode_tokens_per_s"] == pytest.approx(1 / step, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("policy.performance.cpu.bandwidth_efficiency=1.5", "policy.performance.cpu.bandwidth_efficiency=1.5 must be"),
+        ("policy.performance.link_efficiency=0", "policy.performance.link_efficiency=0.0 must be a fraction"),
+        ("policy.performance.cpu.layer_overhead_us=-1", "policy.performance.cpu.layer_overhead_us=-1.0 must be a cost"),
+        ("policy.performance.prompt_tokens=0", "policy.performance.prompt_tokens=0 must be >= 1"),
+    ],
+)
+def test_bad_speed_factors_are_one_line_errors(override, message):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError) as caught:
+        make_plan("gpt2", "cpu_only", [override])
+    assert str(caught.value).startswith(message)
