@@ -141,6 +141,8 @@ class Plan:
         default_factory=dict
     )  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
     serving: Serving | None = None  # None in plans written before batching existed: served sequentially
+    # predicted speed (planner/speed.py): decode_tokens_per_s, aggregate_tokens_per_s, ttft_s, ttft_full_s, binding
+    performance: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -229,6 +229,25 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         offload_folder=offload_folder,
         binding=binding,
         serving=serving,
+        performance=_performance(run, slots, attempt, limits) if fits and slots else {},
+    )
+
+
+def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
+    """The plan's predicted speed (planner/speed.py) on the layout it chose."""
+    from planner.speed import performance_block
+
+    return performance_block(
+        run.inv,
+        run.hw,
+        slots,
+        tp_size=attempt.tp_size,
+        dtype=run.formats.dtype,
+        kv_elem_bytes=run.cost.kv_elem_bytes,
+        context_tokens=limits.context_tokens,
+        sessions=limits.sessions,
+        prefill_chunk_tokens=limits.prefill_chunk_tokens,
+        config=run.policy.performance,
     )
 
 

@@ -40,6 +40,8 @@ class Policy:
     min_context_tokens: int = 512
     candidates: tuple[str, ...] = ()
     overhead: Overheads = field(default_factory=Overheads)
+    # speed-model factors (policy.performance, a plain dict; planner/speed.py); None: the model's defaults
+    performance: dict | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         checks = [

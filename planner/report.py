@@ -38,6 +38,20 @@ def _bar(row, width: int = BAR_WIDTH) -> str:
     return "".join(cells)
 
 
+def performance_line(perf: dict) -> str:
+    """One line of predicted speed, or why there is none; "" for a plan without a performance block."""
+    if not perf:
+        return ""
+    if not perf.get("available"):
+        return f"speed: not predicted ({perf.get('reason', 'unknown')})"
+    return (
+        f"speed (predicted): {perf['decode_tokens_per_s']:,.1f} tokens/s per sequence, "
+        f"{perf['aggregate_tokens_per_s']:,.1f} over {perf['sessions']} session(s); first token in "
+        f"{perf['ttft_s']:,.2f} s at {perf['prompt_tokens']:,} tokens, {perf['ttft_full_s']:,.1f} s at "
+        f"{perf['context_tokens']:,}; {perf['binding']}"
+    )
+
+
 def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -139,6 +153,9 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         f"limits: context {lim.context_tokens:,} tokens x {lim.sessions} session(s), max new tokens "
         f"{lim.max_new_tokens:,}, KV {lim.kv_bytes_per_token:,} B/token{chunk}"
     )
+    line = performance_line(plan.performance)
+    if line:
+        console.print(line)
     console.print()
     decisions = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     decisions.add_column("decision")

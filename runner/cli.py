@@ -21,6 +21,7 @@ VERBS = {
     "chat": "interactive chat from a fresh plan or plan_file=plan.json",
     "serve": "OpenAI-compatible /v1/chat/completions on 127.0.0.1",
     "launch": "start a plan on torchrun, SLURM (submitit) or vLLM",
+    "calibrate": "measure this machine's speed factors into a snapshot (out=FILE)",
 }
 
 
@@ -46,12 +47,16 @@ def verb_runner(verb: str) -> Callable[[list[str]], None]:
         from runner.launch import verb as launch_verb
 
         return launch_verb.run
+    if verb == "calibrate":
+        from runner import calibrate
+
+        return calibrate.run
     raise KeyError(verb)
 
 
 def usage() -> str:
     lines = ["usage: shardwise <verb> [hydra overrides]", "", "verbs:"]
-    lines += [f"  {verb:<7} {summary}" for verb, summary in VERBS.items()]
+    lines += [f"  {verb:<9} {summary}" for verb, summary in VERBS.items()]
     lines += [
         "",
         "examples:",

@@ -240,6 +240,22 @@ def test_telemetry_appends_one_json_line_per_turn(llama, tmp_path):
     assert records[0]["peak_bytes"]["cpu"] > 0 and records[0]["time_to_first_token_s"] > 0
 
 
+def test_telemetry_records_predicted_next_to_measured_tokens_per_s(dirs, llama, tmp_path):
+    from dataclasses import replace
+
+    from runner.engine.telemetry import Telemetry
+
+    plan = replace(cpu_plan(dirs["llama"]), performance={"available": True, "decode_tokens_per_s": 1234.5})
+    s = session(llama, plan=plan, telemetry=Telemetry(tmp_path / "metrics.jsonl"))
+    s.generate(HELLO)
+    record = s.telemetry.turns[-1]
+    assert record["predicted_tokens_per_s"] == 1234.5
+    assert record["measured_over_predicted"] == round(record["tokens_per_s"] / 1234.5, 3)
+    unpredicted = session(llama, plan=cpu_plan(dirs["llama"]), telemetry=Telemetry())
+    unpredicted.generate(HELLO)
+    assert "predicted_tokens_per_s" not in unpredicted.telemetry.turns[-1]
+
+
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_oss"])
 def test_chunked_prefill_gives_the_same_greedy_ids_as_one_pass(dirs, tmp_path_factory, name):
     """A plan's prefill_chunk_tokens feeds the prompt in chunks; the reply must not change."""

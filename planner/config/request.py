@@ -94,7 +94,17 @@ def policy_from_config(node) -> Policy:
             fragmentation_fraction=float(overhead["fragmentation_fraction"]),
             cpu_runtime_bytes=int(overhead["cpu_runtime_mib"]) * MIB,
         ),
+        performance=_plain(node.get("performance")),
     )
+
+
+def _plain(node) -> dict | None:
+    """A composed sub-node as plain dicts (the core takes no OmegaConf objects)."""
+    if node is None or isinstance(node, dict):
+        return node
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,8 @@ def request_from_config(cfg) -> PlanRequest:
 
 def plan_from_config(cfg, hardware: Hardware) -> Plan:
     """The Plan for a composed config on `hardware`: parse once, then hand the core typed values."""
+    from planner.config.gpu_speeds import with_published_speeds  # probed GPUs: datasheet speeds by name
     from planner.config.reader import profile_spec
     from planner.planning import plan
 
-    return plan(request_from_config(cfg), hardware, load_profile=profile_spec)
+    return plan(request_from_config(cfg), with_published_speeds(hardware), load_profile=profile_spec)

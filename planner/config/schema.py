@@ -74,6 +74,17 @@ class HardwareConfig:
     cpu_count: int = 8  # CPU cores per node (tiers and cpu)
     path: Optional[str] = None  # snapshot file written by `shardwise probe probe.save=FILE`
     description: str = ""  # one line shown in listings
+    # published speeds (datasheet, dense not sparse); 0: unknown (probed GPUs are looked up by name in the tiers)
+    memory_bandwidth_gb_per_s: float = (
+        0.0  # peak memory bandwidth of one GPU, GB/s (10^9 bytes/s); cpu: 0 measures the host
+    )
+    bf16_tflops: float = 0.0  # dense bf16 tensor TFLOPs of one GPU (0: no bf16)
+    fp16_tflops: float = 0.0  # dense fp16 tensor TFLOPs (fp32 accumulate) of one GPU
+    fp8_tflops: float = 0.0  # dense fp8 tensor TFLOPs of one GPU (0: no fp8)
+    fp32_tflops: float = 0.0  # fp32 (non-tensor) TFLOPs of one GPU
+    nvlink_gb_per_s: float = 0.0  # NVLink bandwidth per GPU, one direction, GB/s (0: no NVLink)
+    pcie_gb_per_s: float = 31.5  # host link per GPU, one direction, GB/s (PCIe 4.0 x16 unless the tier says)
+    network_gb_per_s: float = 25.0  # between nodes per GPU, GB/s (200 Gb/s InfiniBand assumed unless the tier says)
 
 
 @dataclass
@@ -111,6 +122,32 @@ class OverheadConfig:
 
 
 @dataclass
+class SpeedFactors:
+    """Fraction of the published peak each term reaches with shardwise's runner, and its fixed costs."""
+
+    bandwidth_efficiency: float = 0.8  # of peak memory bandwidth reached reading weights and KV
+    compute_efficiency: float = 0.5  # of peak dense FLOPs reached by prefill matmuls
+    layer_overhead_us: float = 0.0  # fixed cost per decoder layer per forward pass (launches, Python), microseconds
+    step_overhead_ms: float = 0.0  # fixed cost per forward pass (generate loop, sampling), milliseconds
+
+
+@dataclass
+class PerformanceConfig:
+    prompt_tokens: int = 512  # typical prompt: ttft_s and decode tokens/s are predicted at this many tokens
+    link_efficiency: float = 0.7  # of a link's peak reached by all-reduces, hand-offs and offload streaming
+    disk_gb_per_s: float = 2.0  # sequential read of the offload disk, GB/s (a fast NVMe drive)
+    gpu: SpeedFactors = field(
+        default_factory=lambda: SpeedFactors(0.8, 0.6, 300.0, 3.0)
+    )  # factors for GPU stages (assumed: see conf/policy/default.yaml)
+    cpu: SpeedFactors = field(
+        default_factory=lambda: SpeedFactors(0.546, 0.819, 1193.9, 1.92)
+    )  # factors for CPU stages in float32 (fitted: benchmarks/speed_prediction.py --fit)
+    cpu_half: SpeedFactors = field(
+        default_factory=lambda: SpeedFactors(0.324, 0.866, 1327.7, 0.0)
+    )  # factors for CPU stages in bfloat16/float16 (their GEMV kernels stream weights slower than float32's)
+
+
+@dataclass
 class PolicyConfig:
     # Token counts are parsed once, by planner.config.request.parse_tokens: 8192, 8e3 or 8k (k = 1024
     # tokens, as context sizes are usually written: 8k = 8192); hence str / Any here, not int.
@@ -138,6 +175,7 @@ class PolicyConfig:
         default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
     )  # model=auto picks the largest that fits
     overhead: OverheadConfig = field(default_factory=OverheadConfig)  # runtime overhead constants
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)  # speed model factors
 
 
 @dataclass
@@ -345,6 +383,12 @@ def validate(cfg) -> None:
                 raise ShardwiseError(f"unknown key {prefix}{key}: {cls.__name__} has {', '.join(sorted(known))}")
         if cls is PolicyConfig and "overhead" in node:
             check(node.overhead, OverheadConfig, f"{prefix}overhead.")
+        if cls is PolicyConfig and "performance" in node:
+            check(node.performance, PerformanceConfig, f"{prefix}performance.")
+        if cls is PerformanceConfig:
+            for kind in ("gpu", "cpu", "cpu_half"):
+                if kind in node:
+                    check(node[kind], SpeedFactors, f"{prefix}{kind}.")
 
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:

@@ -30,6 +30,7 @@ class SweepSummary(Callback):
                     plan["strategy"],
                     str(len(gpus)),
                     f"{plan['limits']['context_tokens']:,}" if plan["fits"] else "-",
+                    _tokens_per_s(plan.get("performance") or {}),
                 )
             )
         if not rows:
@@ -38,7 +39,7 @@ class SweepSummary(Callback):
         from rich.table import Table
 
         table = Table(title="shardwise plan sweep", header_style="bold")
-        for col in ("model", "hardware", "fits", "strategy", "GPUs used", "max context"):
+        for col in ("model", "hardware", "fits", "strategy", "GPUs used", "max context", "tok/s"):
             table.add_column(col, no_wrap=True)
         for row in rows:
             table.add_row(*row)
@@ -49,3 +50,13 @@ class SweepSummary(Callback):
 def _job_number(relative: Path) -> int:
     head = relative.parts[0].split("_")[0]
     return int(head) if head.isdigit() else 0
+
+
+def _tokens_per_s(perf: dict) -> str:
+    """Predicted decode tokens/s of one sequence (and at the planned sessions when more than one)."""
+    if not perf.get("available"):
+        return "-"
+    text = f"{perf['decode_tokens_per_s']:,.1f}"
+    if perf.get("sessions", 1) > 1:
+        text += f" ({perf['aggregate_tokens_per_s']:,.0f} x{perf['sessions']})"
+    return text

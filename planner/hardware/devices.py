@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 from planner.units import GIB
 
+DEVICE_SPEEDS = ("memory_bandwidth_gb_per_s", "bf16_tflops", "fp16_tflops", "fp8_tflops", "fp32_tflops")
+LINK_SPEEDS = ("nvlink_gb_per_s", "pcie_gb_per_s", "network_gb_per_s")
+
 
 @dataclass(frozen=True)
 class Device:
@@ -28,6 +31,12 @@ class Device:
     node: int = 0  # node index for multi-node tiers
     mig: bool = False  # a MIG slice: a separate small GPU, never sharded across
     processes: tuple = ()  # other processes on it: ({"pid": int, "used_bytes": int, "name": str}, ...)
+    # published peaks (datasheet, dense); 0: unknown
+    memory_bandwidth_gb_per_s: float = 0.0  # GB/s (10^9 bytes/s)
+    bf16_tflops: float = 0.0
+    fp16_tflops: float = 0.0
+    fp8_tflops: float = 0.0
+    fp32_tflops: float = 0.0
 
     @property
     def cc_major_minor(self) -> tuple[int, int]:
@@ -37,6 +46,10 @@ class Device:
     @property
     def supports_bf16(self) -> bool:
         return self.cc_major_minor >= (8, 0)
+
+    def tflops(self, dtype: str) -> float:
+        """Published dense TFLOPs at a compute dtype ("bfloat16", "float16", "float32"); 0 when unknown."""
+        return {"bfloat16": self.bf16_tflops, "float16": self.fp16_tflops, "float32": self.fp32_tflops}.get(dtype, 0.0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,18 @@ class Hardware:
         False  # read off a real machine (probe, or a snapshot of one): `installed` is a fact, not an assumption
     )
     notes: tuple = ()  # one-line notes from probing ("no NVIDIA driver found: planning for CPU")
+    nvlink_gb_per_s: float = 0.0  # NVLink per GPU, one direction, GB/s (0: none or unknown)
+    pcie_gb_per_s: float = 0.0  # host link per GPU, one direction, GB/s (0: unknown)
+    network_gb_per_s: float = 0.0  # between nodes per GPU, GB/s (0: unknown)
+    host_memory_bandwidth_gb_per_s: float = 0.0  # host RAM, GB/s (measured for CPU plans; 0: unknown)
+    host_fp32_tflops: float = 0.0  # all usable cores, fp32 (0: unknown)
+    host_bf16_tflops: float = 0.0  # all usable cores, bf16 (0: unknown)
+    speed_factors: dict = field(
+        default_factory=dict
+    )  # measured efficiency factors, {"gpu"|"cpu"|"cpu_half": {bandwidth_efficiency, ...}}: win over policy's
+
+    def host_tflops(self, dtype: str) -> float:
+        return self.host_fp32_tflops if dtype == "float32" else self.host_bf16_tflops
 
     @property
     def gpus_per_node(self) -> int:

@@ -1,11 +1,16 @@
-"""What the host offers besides GPUs: RAM (within any container limit), usable CPUs, installed kernels.
+"""What the host offers besides GPUs: RAM (within any container limit), usable CPUs, installed kernels,
+and how fast its memory and cores are (for the speed model of CPU plans).
 
-Used by the probe; everything is read without importing torch or the kernel packages.
+Used by the probe; everything is read without importing torch or the kernel packages. The speed
+measurement uses numpy when it is installed (it comes with torch) and otherwise falls back to
+documented constants, saying so.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -89,3 +94,81 @@ def installed_kernels(names: tuple[str, ...] = KERNEL_PACKAGES) -> dict[str, str
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+# Used when numpy is missing: a DDR4-3200 dual-channel desktop streams ~25 GB/s (STREAM copy) and
+# two AVX2 cores at ~3 GHz do ~2 x 3e9 x 32 = ~190 GFLOPs fp32 peak; both are rough, and said so.
+FALLBACK_BANDWIDTH_GB_PER_S = 25.0
+FALLBACK_FP32_GFLOPS_PER_CORE = 96.0
+BANDWIDTH_BUFFER_BYTES = 64 * 1024 * 1024  # two of these are well past a 32 MiB L3, so the copy streams from DRAM
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # instructions that multiply bf16 at twice the fp32 rate
+
+
+@dataclass(frozen=True)
+class HostSpeed:
+    memory_bandwidth_gb_per_s: float  # STREAM-copy convention: bytes read + bytes written per second
+    fp32_tflops: float
+    bf16_tflops: float
+    note: str  # how the numbers were obtained
+
+
+def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.cache
+def host_speed(cpus: int = 0) -> HostSpeed:
+    """Memory bandwidth and compute of this host, measured once per process (~0.3 s) with numpy.
+
+    Timed by CPU time, not the wall clock: on a machine shared with other busy processes the wall
+    clock also counts their turns, and the plan describes the hardware, not today's load.
+    Bandwidth: best of 4 copies of a 64 MiB buffer by one core (first touch excluded; a many-core
+    server streams more with all cores). Compute: best of 3 fp32 matmuls of 1024 x 1024, as FLOPs
+    per core-second times `cpus`. bf16 is taken as twice fp32 where the CPU has native bf16 dot
+    products (avx512_bf16, amx_bf16), else as fp32 (the kernels convert).
+    """
+    cpus = cpus or usable_cpu_count()
+    bf16_factor = 2.0 if cpu_flags() & set(NATIVE_BF16_FLAGS) else 1.0
+    try:
+        import numpy as np
+    except ImportError:
+        fp32 = FALLBACK_FP32_GFLOPS_PER_CORE * cpus / 1e3
+        return HostSpeed(
+            FALLBACK_BANDWIDTH_GB_PER_S,
+            fp32,
+            fp32 * bf16_factor,
+            f"numpy is not installed: host speed assumed ({FALLBACK_BANDWIDTH_GB_PER_S:.0f} GB/s, "
+            f"{fp32 * 1e3:.0f} GFLOPs fp32), not measured",
+        )
+    source = np.ones(BANDWIDTH_BUFFER_BYTES // 8)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # first touch: page faults, not bandwidth
+    best = float("inf")
+    for _ in range(4):
+        start = time.thread_time()  # the copy runs on this thread
+        np.copyto(target, source)
+        best = min(best, time.thread_time() - start)
+    bandwidth = 2 * source.nbytes / max(best, 1e-6) / 1e9
+    del source, target
+    size = 1024
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()  # every BLAS thread's CPU time: core-seconds
+        a @ a
+        best = min(best, time.process_time() - start)
+    fp32 = 2 * size**3 / max(best, 1e-6) / 1e12 * cpus
+    return HostSpeed(
+        bandwidth,
+        fp32,
+        fp32 * bf16_factor,
+        f"host speed measured: {bandwidth:.1f} GB/s memory copy, {fp32 * 1e3:.0f} GFLOPs fp32"
+        + (", bf16 at twice that (native bf16 instructions)" if bf16_factor > 1 else ""),
+    )

@@ -9,6 +9,10 @@
 - kind=tier: `count` GPUs per node x `nodes` nodes of one kind, all memory free; source = tier name.
 
 Tier fields given to auto, snapshot or cpu have no effect; the result carries a note saying so.
+Speeds: a tier carries its published bandwidth, TFLOPs and link speeds; probed and recorded GPUs
+get them by name from the tiers when planned (planner/config/gpu_speeds.py, applied by
+`plan_from_config`); a CPU host is measured (host.py) unless `hardware.memory_bandwidth_gb_per_s`
+gives its bandwidth.
 Bad values raise a one-line ShardwiseError naming the key, the value and the fix.
 """
 
@@ -20,7 +24,7 @@ from dataclasses import replace
 from enum import Enum
 
 from planner.errors import ShardwiseError
-from planner.hardware.devices import Device, Hardware
+from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Device, Hardware
 from planner.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NODES
 from planner.units import GIB, MIB
 
@@ -93,8 +97,12 @@ def _tier(cfg, name: str | None) -> Hardware:
         raise ShardwiseError(f"hardware.interconnect must be one of {', '.join(_INTERCONNECTS)}, got {interconnect!r}")
     gpu_name = str(_get(cfg, "name", "") or label)
     total = memory_mib * MIB
+    speeds = {key: _number(cfg, key, float, 0.0) for key in DEVICE_SPEEDS}
+    links = {key: _number(cfg, key, float, 0.0) for key in LINK_SPEEDS}
+    if any(value < 0 for value in (*speeds.values(), *links.values())):
+        raise ShardwiseError(f"hardware speeds must be >= 0 (0: unknown) for tier {label!r}: got {speeds | links}")
     devices = tuple(
-        Device(id=i, name=gpu_name, total_bytes=total, free_bytes=total, compute_capability=cc, node=node)
+        Device(id=i, name=gpu_name, total_bytes=total, free_bytes=total, compute_capability=cc, node=node, **speeds)
         for node in range(nodes)
         for i in range(count)
     )
@@ -108,6 +116,7 @@ def _tier(cfg, name: str | None) -> Hardware:
         cpu_count=cpu_count,
         interconnect=interconnect,
         nvlink_pairs=pairs,
+        **links,
     )
 
 
@@ -131,8 +140,35 @@ def _cpu(cfg, name: str | None) -> Hardware:
             f"hardware=cpu: {ram_bytes / GIB:.1f} GiB RAM and {cpu_count} CPUs measured on this machine",
             *host.notes,
         )
-    return Hardware(
-        source=name or "cpu", host_ram_bytes=ram_bytes, cpu_count=cpu_count, interconnect="none", notes=notes
+    hw = Hardware(source=name or "cpu", host_ram_bytes=ram_bytes, cpu_count=cpu_count, interconnect="none", notes=notes)
+    return with_host_speed(
+        hw,
+        _number(cfg, "memory_bandwidth_gb_per_s", float, 0.0),
+        _number(cfg, "fp32_tflops", float, 0.0),
+        _number(cfg, "bf16_tflops", float, 0.0),
+    )
+
+
+def with_host_speed(
+    hw: Hardware, bandwidth_gb_per_s: float = 0.0, fp32_tflops: float = 0.0, bf16_tflops: float = 0.0
+) -> Hardware:
+    """`hw` with the host's memory bandwidth and compute: as given, else measured on this machine (with a note)."""
+    if bandwidth_gb_per_s > 0 and fp32_tflops > 0:
+        return replace(
+            hw,
+            host_memory_bandwidth_gb_per_s=bandwidth_gb_per_s,
+            host_fp32_tflops=fp32_tflops,
+            host_bf16_tflops=bf16_tflops or fp32_tflops,
+        )
+    from planner.hardware.host import host_speed
+
+    speed = host_speed(hw.cpu_count)
+    return replace(
+        hw,
+        host_memory_bandwidth_gb_per_s=bandwidth_gb_per_s or speed.memory_bandwidth_gb_per_s,
+        host_fp32_tflops=fp32_tflops or speed.fp32_tflops,
+        host_bf16_tflops=bf16_tflops or (speed.bf16_tflops if not fp32_tflops else fp32_tflops),
+        notes=(*hw.notes, speed.note),
     )
 
 
@@ -152,11 +188,17 @@ def resolve_hardware(hw_cfg, name: str | None = None) -> Hardware:
         from planner.hardware.snapshot import load_snapshot
 
         hw = load_snapshot(str(path))
+        if not hw.devices and not hw.host_memory_bandwidth_gb_per_s:
+            hw = replace(
+                hw, notes=(*hw.notes, "the snapshot records no host speed: no speed prediction for a CPU plan")
+            )
     elif kind == "cpu":
         hw = _cpu(hw_cfg, name)
     elif kind == "tier":
         return _tier(hw_cfg, name)
     else:
         raise ShardwiseError(f"hardware.kind must be one of auto, cpu, snapshot, tier, got {kind!r}")
+    if kind == "auto" and not hw.devices:
+        hw = with_host_speed(hw)
     extra = _ignored_knobs(hw_cfg, kind)
     return replace(hw, notes=(*hw.notes, *extra)) if extra else hw

@@ -32,6 +32,8 @@ class ModuleEntry:
     layer_index: int | None = None  # decoder layer index for kind == "layer"
     tied_to: str | None = None  # name of the module that owns a weight this one shares (lm_head -> embed)
     quantized_bytes: int = 0  # of `bytes`, bytes held in a kept quantized format (MXFP4 experts): never offload these
+    expert_bytes: int = 0  # of `bytes`, routed MoE experts (a token reads only experts_per_token of num_experts)
+    expert_params: int = 0  # of `params`, routed MoE experts
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ _DTYPE_ALIASES = {
 # Models without a position limit in config.json (ALiBi: BLOOM; state-only: Mamba) take the
 # tokenizer's model_max_length, else this many tokens; a numeric policy.context_tokens may go beyond.
 UNBOUNDED_CONTEXT_TOKENS = 32768
+ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
 
 
 def normalize_dtype(name: str, what: str = "dtype") -> str:
@@ -157,10 +160,12 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool, on_l
     element, ckpt_element = DTYPE_BYTES[dtype], DTYPE_BYTES[checkpoint_dtype]
     entries = []
     for spec in desc.modules:
-        params = loaded = shipped = packed = 0
+        params = loaded = shipped = packed = expert_loaded = expert_params = 0
         for t in spec.tensors:
+            routed = ROUTED_EXPERTS in t.name
             if t.is_param:
                 params += t.numel
+                expert_params += t.numel if routed else 0
             quantized = _is_quantized(fmt, t)
             packed_bytes = t.matrix[0] * fmt.matrix_bytes(t.matrix[1], t.matrix[2], ckpt_element) if quantized else 0
             if t.persistent:
@@ -181,6 +186,7 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool, on_l
             else:
                 nbytes = t.numel * element
             loaded += nbytes
+            expert_loaded += nbytes if routed else 0
         entries.append(
             ModuleEntry(
                 name=spec.name,
@@ -191,6 +197,8 @@ def _size_modules(desc, dtype: str, checkpoint_dtype: str, fmt, keep: bool, on_l
                 layer_index=spec.layer_index,
                 tied_to=spec.tied_to,
                 quantized_bytes=packed,
+                expert_bytes=expert_loaded,
+                expert_params=expert_params,
             )
         )
     return entries

@@ -1,5 +1,8 @@
 """Per-turn measurements: time to first token, tokens/s, token counts, peak memory per device vs the plan.
 
+Next to the measured tokens/s each record carries the plan's predicted decode tokens/s (one sequence,
+`plan.performance`) and their ratio, so a run shows how far the speed model is from this machine.
+
 Each turn becomes one JSON line in `metrics.jsonl` (the Hydra run directory for `shardwise chat`,
 or any path given). Peak memory is reset at the start of each turn so the number belongs to
 that turn: `torch.cuda.max_memory_allocated` per GPU, and on the host the resident-set high-water
@@ -42,6 +45,19 @@ def _cuda():
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch
     return None
+
+
+def _predicted(plan, measured_tokens_per_s) -> dict:
+    """The plan's predicted decode tokens/s beside the measured one (empty when the plan predicts none)."""
+    perf = getattr(plan, "performance", None) or {}
+    predicted = perf.get("decode_tokens_per_s") if perf.get("available") else None
+    if not predicted:
+        return {}
+    ratio = measured_tokens_per_s / predicted if measured_tokens_per_s else None
+    return {
+        "predicted_tokens_per_s": predicted,
+        "measured_over_predicted": round(ratio, 3) if ratio is not None else None,
+    }
 
 
 class Telemetry:
@@ -98,6 +114,7 @@ class Telemetry:
             "peak_bytes": self.peaks(),
             "planned_bytes": planned,
             "host_peak_per_turn": self._host_peak_is_per_turn,
+            **_predicted(plan, completion.tokens_per_s),
         }
         self.turns.append(record)
         self.totals["turns"] += 1
