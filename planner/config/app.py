@@ -286,8 +286,8 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     def guarded(cfg):
         task_started.append(True)
         try:
+            resolve_or_refuse(cfg)  # first: the range rules below read values, and a failing ${...} is one line
             schema.validate(cfg)
-            resolve_or_refuse(cfg)
             bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
             try:
                 return task(cfg)

@@ -28,8 +28,8 @@ def compose(config_name: str = "plan", overrides: list[str] = ()):
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
-    schema.validate(cfg)
     resolve_or_refuse(cfg)
+    schema.validate(cfg)
     bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
     return cfg
 
