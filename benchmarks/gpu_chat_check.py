@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
-from planner.units import GIB
+from planner.units import GIB  # noqa: E402  (after the sys.path line above)
 
 
 def main() -> int:
@@ -75,7 +75,10 @@ def main() -> int:
         f"turn: prompt {completion.usage.prompt_tokens} tokens, {completion.usage.completion_tokens} generated, "
         f"TTFT {completion.time_to_first_token_s * 1e3:.0f} ms, {completion.tokens_per_s:.0f} tok/s"
     )
-    header = f"{'device':<7}{'weights':>9}{'kv':>8}{'activ':>8}{'overhd':>8}{'planned':>9}{'load':>9}{'peak':>9}{'peak/planned':>14}"
+    header = (
+        f"{'device':<7}{'weights':>9}{'kv':>8}{'activ':>8}{'overhd':>8}"
+        f"{'planned':>9}{'load':>9}{'peak':>9}{'peak/planned':>14}"
+    )
     print(header + "   (GiB; peak = max allocated during the turn)")
     for budget in plan.budget:
         key = str(budget.device)

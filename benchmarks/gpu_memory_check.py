@@ -350,7 +350,8 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
     torch.empty(1, device="cuda")
     context_bytes, context_src = nvml.process_bytes()
     print(
-        f"CUDA context + torch runtime, measured: {_common.gib(context_bytes) if context_bytes is not None else '?'} GiB ({context_src})"
+        "CUDA context + torch runtime, measured: "
+        f"{_common.gib(context_bytes) if context_bytes is not None else '?'} GiB ({context_src})"
     )
     rows, loaded = [], None
     for model_name, context in todo:
@@ -444,7 +445,8 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
         )
         rows.append(row)
         print(
-            f"{model_name} @ {context}: planned {_common.gib(b.planned)} GiB, measured {_common.gib(measured_total)} GiB ({source}), "
+            f"{model_name} @ {context}: planned {_common.gib(b.planned)} GiB, measured "
+            f"{_common.gib(measured_total)} GiB ({source}), "
             f"ratio {ratio:.3f} {flag} [{row['seconds']:.1f} s]",
             flush=True,
         )
@@ -514,7 +516,8 @@ def print_results(rows: list[dict]) -> None:
     under = sum(r["flag"] == "UNDER" for r in measured)
     over = sum(r["flag"] == "OVER" for r in measured)
     print(
-        f"\n{len(measured)} measured, {under} under-estimates (planned < measured), {over} over by > {OVER_FACTOR - 1:.0%}, "
+        f"\n{len(measured)} measured, {under} under-estimates (planned < measured), {over} over by > "
+        f"{OVER_FACTOR - 1:.0%}, "
         f"{sum(1 for r in rows if 'error' in r)} OOM; measured total = NVML process memory (context + cached blocks)"
     )
 

@@ -141,7 +141,8 @@ def cold(runs: int) -> dict:
                 f"{result['ours_median_s']:.3f}",
                 " ".join(f"{t:.2f}" for t in ours),
                 ours_gpus,
-                f"{plan['strategy']}, context {plan['limits']['context_tokens']}, MXFP4 kept={plan['model']['quantization']['kept']}",
+                f"{plan['strategy']}, context {plan['limits']['context_tokens']}, MXFP4 "
+                f"kept={plan['model']['quantization']['kept']}",
             ],
             [
                 "transformers+accelerate",
@@ -156,7 +157,8 @@ def cold(runs: int) -> dict:
     result["ratio"] = ratio
     verdict = "meets" if result["ours_median_s"] <= TARGET_COLD_S else "MISSES"
     print(
-        f"ratio ours/accelerate = {ratio:.2f} ({1 / ratio:.1f}x faster); ours {verdict} the {TARGET_COLD_S:.1f} s target"
+        f"ratio ours/accelerate = {ratio:.2f} ({1 / ratio:.1f}x faster); ours {verdict} the "
+        f"{TARGET_COLD_S:.1f} s target"
     )
     return result
 
@@ -233,7 +235,8 @@ def sweep(profile_top: int) -> dict:
     results["compose_s"] = compose_s
     n_pairs = len(models) * len(hardware) // len(COUNTS)
     print(
-        f"one Hydra compose (after the first): {compose_s * 1e3:.0f} ms; composing once per model x tier ({n_pairs} pairs) would add {compose_s * n_pairs:.1f} s"
+        f"one Hydra compose (after the first): {compose_s * 1e3:.0f} ms; composing once per model x tier "
+        f"({n_pairs} pairs) would add {compose_s * n_pairs:.1f} s"
     )
     if profile_top:
         print(f"\ncProfile of the planner-only sweep, top {profile_top} by own time:")

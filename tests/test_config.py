@@ -121,7 +121,7 @@ _profiles: dict[str, dict] = {}
 
 
 def profile(name: str) -> dict:
-    """The composed model profile as a fresh plain dict (composed once per session; transformers mutates what it is given)."""
+    """The composed model profile as a fresh plain dict (composed once; transformers mutates what it is given)."""
     if name not in _profiles:
         cfg = compose_with([f"model={name}"])
         _profiles[name] = OmegaConf.to_container(cfg.model, resolve=True)

@@ -26,7 +26,10 @@ def test_mirrored_kernel_requirements_match_the_installed_transformers():
     from transformers.quantizers import quantizer_mxfp4
     from transformers.utils import import_utils
 
-    as_tuple = lambda text: tuple(int(x) for x in text.split("."))
+    def as_tuple(text):
+
+        return tuple(int(x) for x in text.split("."))
+
     assert as_tuple(import_utils.KERNELS_MIN_VERSION) == dtypes.KERNELS_MIN
     assert as_tuple(import_utils.KERNELS_MAX_VERSION) == dtypes.KERNELS_MAX
     source = inspect.getsource(quantizer_mxfp4)

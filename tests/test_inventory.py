@@ -233,7 +233,8 @@ def test_fast_path_for_gpt_oss_120b_is_fast_and_imports_no_torch():
         "import json,sys,time; from planner.model.inventory import build_inventory;"
         "a=json.load(open('tests/data/reference_models/openai__gpt-oss-120b.json'));"
         "build_inventory(a,dtype='bfloat16',quantization='mxfp4',keep_quantized=True);"
-        "t=time.perf_counter(); [build_inventory(a,dtype='bfloat16',quantization='mxfp4',keep_quantized=True) for _ in range(10)];"
+        "t=time.perf_counter(); [build_inventory(a,dtype='bfloat16',quantization='mxfp4',keep_quantized=True) "
+        "for _ in range(10)];"
         "print((time.perf_counter()-t)/10, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run(

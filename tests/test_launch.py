@@ -169,7 +169,8 @@ def test_torchrun_golden_for_llama70b_on_two_nodes_of_eight_h100_static_master(l
     got = lines(L.torchrun_commands(llama70b_2x8, "plan.json", settings, generation))
     worker = "-m runner.launch.worker --plan plan.json --max-tokens 128 --temperature 0.0 --top-p 1.0 --seed 7"
     assert got == [
-        f"CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --node-rank={r} --master-addr=10.0.0.1 --master-port=29501 {worker}"
+        f"CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --node-rank={r} "
+        f"--master-addr=10.0.0.1 --master-port=29501 {worker}"
         for r in (0, 1)
     ]
     only_node_1 = L.torchrun_commands(llama70b_2x8, "plan.json", settings, generation, node_rank=1)
@@ -211,7 +212,8 @@ def test_vllm_golden_for_llama70b_on_two_h100(llama70b_2x):
     assert lines(commands) == [
         "CUDA_DEVICE_ORDER=PCI_BUS_ID vllm serve meta-llama/Llama-3.1-70B-Instruct --served-model-name=llama-3.1-70b "
         "--tensor-parallel-size=2 --pipeline-parallel-size=1 --max-model-len=46159 --max-num-seqs=1 "
-        "--gpu-memory-utilization=0.98 --dtype=bfloat16 --kv-cache-dtype=auto --host=127.0.0.1 --port=8001 --enable-prefix-caching"
+        "--gpu-memory-utilization=0.98 --dtype=bfloat16 --kv-cache-dtype=auto --host=127.0.0.1 --port=8001 "
+        "--enable-prefix-caching"
     ]
 
 
@@ -222,7 +224,8 @@ def test_vllm_golden_for_llama70b_on_two_nodes_starts_a_ray_cluster(llama70b_2x8
         ("every node but node 0", "CUDA_DEVICE_ORDER=PCI_BUS_ID ray start --address=10.0.0.1:6379"),
         (
             "node 0",
-            "CUDA_DEVICE_ORDER=PCI_BUS_ID vllm serve meta-llama/Llama-3.1-70B-Instruct --served-model-name=llama-3.1-70b "
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID vllm serve meta-llama/Llama-3.1-70B-Instruct "
+            "--served-model-name=llama-3.1-70b "
             "--tensor-parallel-size=8 --pipeline-parallel-size=2 --max-model-len=131072 --max-num-seqs=16 "
             "--gpu-memory-utilization=0.98 --dtype=bfloat16 --kv-cache-dtype=auto --distributed-executor-backend=ray "
             "--host=127.0.0.1 --port=8000",

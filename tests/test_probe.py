@@ -1,4 +1,4 @@
-"""The NVML probe, snapshots, hardware resolution and `shardwise probe`, on authored NVML snapshots (tests/data/nvml)."""
+"""The NVML probe, snapshots, hardware resolution and `shardwise probe`, on authored NVML snapshots (tests/data)."""
 
 from __future__ import annotations
 
@@ -451,7 +451,8 @@ def test_shardwise_probe_bad_save_path_is_one_line_exit_2(tmp_path):
 
 def test_probe_modules_import_neither_torch_nor_pynvml():
     code = (
-        "import sys, planner.hardware.probe, planner.probe_cli, planner.hardware.tiers, planner.hardware.visible_devices;"
+        "import sys, planner.hardware.probe, planner.probe_cli, planner.hardware.tiers, "
+        "planner.hardware.visible_devices;"
         "bad = [m for m in ('torch', 'transformers', 'pynvml', 'runner') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

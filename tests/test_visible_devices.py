@@ -1,4 +1,4 @@
-"""CUDA_VISIBLE_DEVICES is read the way CUDA reads it: indices, UUID prefixes, a bad entry ends the list, duplicates hide all."""
+"""CUDA_VISIBLE_DEVICES read as CUDA reads it: indices, UUID prefixes, a bad entry ends the list, duplicates: none."""
 
 import pytest
 from hypothesis import given
