@@ -297,7 +297,9 @@ def hub_from_cache(runs: int) -> dict:
     sys.path.insert(0, str(_common.REPO / "tests"))
     from fake_hub import FakeHub
 
-    arch = dict(_common.read_yaml(_common.CONF / "model" / f"{HUB_PROFILE}.yaml")["architecture"])
+    from planner.config.reader import read_option
+
+    arch = dict(read_option("model", HUB_PROFILE)["architecture"])
     hub = FakeHub()
     hub.add(HUB_ID, qwen2_header_only_files(arch))
     script = str(shardwise_script())
