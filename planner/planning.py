@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from planner import explain, search
+from planner import explain, objective, search
 from planner.decisions import Formats, decide_formats
 from planner.errors import ShardwiseError
 from planner.fallbacks import LoadProfile, fallback_chain, plan_auto_model
@@ -21,7 +21,7 @@ from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.memory import CostModel
 from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec
-from planner.placement import Slot, evaluate
+from planner.placement import Slot, best_chunk, evaluate
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
 from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
@@ -146,17 +146,64 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
+    found, chosen_because = _by_objective(run, tried, found)
     attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
     strategy = explain.executed_strategy(attempt, slots)
     explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
+    if chosen_because:
+        notes.decide("objective", policy.objective, chosen_because)
     binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
     explain.explain_chunk(notes, context, chunk, formats.attn)
     notes.decide(
         "sessions", policy.sessions, f"KV cache sized for {policy.sessions} concurrent sequence(s) (policy.sessions)"
     )
     return _make_plan(run, strategy, attempt, slots, priced, context, chunk, True, binding)
+
+
+def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[search.Found, str]:
+    """The layout policy.objective takes among those that fit at the found context, and why ("" : no choice made).
+
+    Only layouts that fit at that one context are priced, once each (planner.objective).
+    """
+    policy, fewest, context = run.policy, found.attempt, found.context
+    if fewest.strategy in ("cpu", "offload") or (policy.objective == "auto" and fewest.gpus <= 1):
+        return found, ""  # offload only when nothing else fits; one GPU is never spread by default
+    others = [a for a in tried if a is not fewest and a.strategy != "offload"]
+    extra = search.speed_alternatives(run.inv, run.cost, run.hw, policy)
+    layouts, options, unknown = [], [], ""
+    for attempt in [fewest, *others, *extra]:
+        if attempt is fewest:
+            chunk = found.chunk
+        else:
+            chunk = best_chunk(lambda c, k, a=attempt: a.fits_at(run.cost, c, k), context, policy.prefill_chunk_tokens)
+            if chunk is None:
+                continue
+        speed = _speed(run, attempt.build(context, chunk), attempt, context, chunk, policy.sessions)
+        name = objective.label(attempt)
+        if not speed.get("available"):
+            unknown = unknown or f"no predicted speed for {name} ({speed.get('reason', 'unavailable')})"
+            speed = {"decode_tokens_per_s": 0.0, "aggregate_tokens_per_s": 0.0}
+        layouts.append((attempt, chunk))
+        # auto never adds GPUs to tensor parallel inside a node (a torchrun launch): only latency/throughput do
+        searched = attempt is fewest or not (attempt.strategy == "tensor_parallel" and attempt.nodes == 1)
+        options.append(
+            objective.Option(
+                name, attempt.gpus, speed["decode_tokens_per_s"], speed["aggregate_tokens_per_s"], searched
+            )
+        )
+    if len(options) > 1 and unknown:
+        return found, f"{unknown}: kept the fewest GPUs that fit, {options[0].label}"
+    if len(options) == 1:
+        if policy.objective == "auto":
+            return found, ""
+        return found, f"{options[0].label} is the only layout that fits at {context:,} tokens"
+    index, why = objective.choose(options, policy.objective, policy.sessions, context)
+    if index == 0:
+        return found, why
+    attempt, chunk = layouts[index]
+    return search.Found(attempt, context, chunk, why=f"policy.objective={policy.objective}: {why}"), why
 
 
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
@@ -235,6 +282,11 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
 
 def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
     """The plan's predicted speed (planner/speed.py) on the layout it chose."""
+    return _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+
+
+def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:
+    """The performance block of `slots` laid out by `attempt` at (context, prefill chunk; 0 or >= context: none)."""
     from planner.speed import performance_block
 
     return performance_block(
@@ -244,9 +296,9 @@ def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> di
         tp_size=attempt.tp_size,
         dtype=run.formats.dtype,
         kv_elem_bytes=run.cost.kv_elem_bytes,
-        context_tokens=limits.context_tokens,
-        sessions=limits.sessions,
-        prefill_chunk_tokens=limits.prefill_chunk_tokens,
+        context_tokens=context,
+        sessions=sessions,
+        prefill_chunk_tokens=chunk if 0 < chunk < context else 0,
         config=run.policy.performance,
     )
 
