@@ -11,12 +11,16 @@ context probe:
   there, and more GPUs in tensor parallel inside a node (a torchrun launch) are taken only for
   latency or throughput; when they would be faster the decision says so.
 
-Pure: the caller prices each layout and hands in `Option`s, the fewest-GPUs layout first.
+Pure: the caller hands in how to fit a layout at the context and how to price it (planner.planning).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from planner.policy import Policy
+from planner.search import Attempt, Found
 
 AUTO_MARGIN = 0.10  # auto: fewer GPUs are worth up to this fraction of the fastest decode
 
@@ -76,3 +80,55 @@ def choose(options: list[Option], objective: str, sessions: int, context: int) -
             "(more GPUs in tensor parallel inside a node: policy.objective=latency takes it)"
         )
     return index, reason
+
+
+def take(
+    found: Found,
+    tried: list[Attempt],
+    extra: list[Attempt],
+    policy: Policy,
+    *,
+    chunk_at: Callable[[Attempt], int | None],
+    price: Callable[[Attempt, int], dict],
+) -> tuple[Found, str]:
+    """The layout to plan, and why ("": no choice was made, the search's stands unsaid).
+
+    `found` is the search's fewest-GPUs layout, `tried` every layout it searched, `extra` those only
+    a speed objective may take; chunk_at(attempt) is the prefill chunk at which it fits at found's
+    context (None: it does not), price(attempt, chunk) its performance block there.
+    """
+    fewest, context = found.attempt, found.context
+    if fewest.strategy == "offload" and policy.objective != "auto":
+        return found, f"offload is the only layout that fits at {context:,} tokens"
+    if fewest.strategy in ("cpu", "offload") or (policy.objective == "auto" and fewest.gpus <= 1):
+        return found, ""  # offload only when nothing else fits; one GPU is never spread by default
+    layouts, options, unknown = [], [], ""
+    for attempt in [fewest, *(a for a in tried if a is not fewest and a.strategy != "offload"), *extra]:
+        chunk = found.chunk if attempt is fewest else chunk_at(attempt)
+        if chunk is None:
+            continue
+        speed = price(attempt, chunk)
+        name = label(attempt)
+        if not speed.get("available"):
+            unknown = unknown or f"no predicted speed for {name} ({speed.get('reason', 'unavailable')})"
+            speed = {"decode_tokens_per_s": 0.0, "aggregate_tokens_per_s": 0.0}
+        layouts.append((attempt, chunk))
+        # auto never adds GPUs to tensor parallel inside a node (a torchrun launch): only latency/throughput do
+        searched = attempt is fewest or not (attempt.strategy == "tensor_parallel" and attempt.nodes == 1)
+        options.append(
+            Option(name, attempt.gpus, speed["decode_tokens_per_s"], speed["aggregate_tokens_per_s"], searched)
+        )
+    if len(options) > 1 and unknown:
+        return found, f"{unknown}: kept the fewest GPUs that fit, {options[0].label}"
+    if len(options) == 1:
+        return (
+            found,
+            ""
+            if policy.objective == "auto"
+            else f"{options[0].label} is the only layout that fits at {context:,} tokens",
+        )
+    index, why = choose(options, policy.objective, policy.sessions, context)
+    if index == 0:
+        return found, why
+    attempt, chunk = layouts[index]
+    return Found(attempt, context, chunk, why=f"policy.objective={policy.objective}: {why}"), why

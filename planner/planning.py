@@ -163,47 +163,17 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
 
 
 def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[search.Found, str]:
-    """The layout policy.objective takes among those that fit at the found context, and why ("" : no choice made).
+    """The layout policy.objective takes among those that fit at the found context, and why (planner.objective)."""
+    context, chunk_req = found.context, run.policy.prefill_chunk_tokens
 
-    Only layouts that fit at that one context are priced, once each (planner.objective).
-    """
-    policy, fewest, context = run.policy, found.attempt, found.context
-    if fewest.strategy in ("cpu", "offload") or (policy.objective == "auto" and fewest.gpus <= 1):
-        return found, ""  # offload only when nothing else fits; one GPU is never spread by default
-    others = [a for a in tried if a is not fewest and a.strategy != "offload"]
-    extra = search.speed_alternatives(run.inv, run.cost, run.hw, policy)
-    layouts, options, unknown = [], [], ""
-    for attempt in [fewest, *others, *extra]:
-        if attempt is fewest:
-            chunk = found.chunk
-        else:
-            chunk = best_chunk(lambda c, k, a=attempt: a.fits_at(run.cost, c, k), context, policy.prefill_chunk_tokens)
-            if chunk is None:
-                continue
-        speed = _speed(run, attempt.build(context, chunk), attempt, context, chunk, policy.sessions)
-        name = objective.label(attempt)
-        if not speed.get("available"):
-            unknown = unknown or f"no predicted speed for {name} ({speed.get('reason', 'unavailable')})"
-            speed = {"decode_tokens_per_s": 0.0, "aggregate_tokens_per_s": 0.0}
-        layouts.append((attempt, chunk))
-        # auto never adds GPUs to tensor parallel inside a node (a torchrun launch): only latency/throughput do
-        searched = attempt is fewest or not (attempt.strategy == "tensor_parallel" and attempt.nodes == 1)
-        options.append(
-            objective.Option(
-                name, attempt.gpus, speed["decode_tokens_per_s"], speed["aggregate_tokens_per_s"], searched
-            )
-        )
-    if len(options) > 1 and unknown:
-        return found, f"{unknown}: kept the fewest GPUs that fit, {options[0].label}"
-    if len(options) == 1:
-        if policy.objective == "auto":
-            return found, ""
-        return found, f"{options[0].label} is the only layout that fits at {context:,} tokens"
-    index, why = objective.choose(options, policy.objective, policy.sessions, context)
-    if index == 0:
-        return found, why
-    attempt, chunk = layouts[index]
-    return search.Found(attempt, context, chunk, why=f"policy.objective={policy.objective}: {why}"), why
+    def chunk_at(attempt) -> int | None:
+        return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
+
+    def price(attempt, chunk: int) -> dict:
+        return _speed(run, attempt.build(context, chunk), attempt, context, chunk, run.policy.sessions)
+
+    extra = search.speed_alternatives(run.inv, run.cost, run.hw, run.policy)
+    return objective.take(found, tried, extra, run.policy, chunk_at=chunk_at, price=price)
 
 
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
