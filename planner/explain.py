@@ -36,7 +36,7 @@ def explain_strategy(
             "strategy",
             "single_gpu",
             f"fits on one GPU (GPU {slots[0].key}, {gib(slots[0].usable)} usable) of {total_gpus}: "
-            "never spread a model that fits on one",
+            + (found.why or "never spread a model that fits on one"),
         )
     elif strategy == "pipeline":
         ranges = ", ".join(
@@ -45,7 +45,9 @@ def explain_strategy(
             for s in slots
             if s.layer_ids
         )
-        if found.fewer_reach is not None:
+        if found.why:
+            why = found.why
+        elif found.fewer_reach is not None:
             why = f"the fewest GPUs that reach {found.context:,} tokens (fewer give at most {found.fewer_reach:,})"
         elif policy.strategy == "pipeline":
             why = "policy.strategy=pipeline: the fewest GPUs (at least 2) that fit"
@@ -65,7 +67,8 @@ def explain_strategy(
         notes.decide(
             "strategy",
             f"tensor_parallel tp={attempt.tp_size} pp={attempt.pp_size}",
-            f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide",
+            f"{where}; {inv.model_type} has a tensor-parallel plan and heads divide"
+            + (f"; {found.why}" if found.why else ""),
         )
     elif strategy == "offload":
         in_ram = sum(p.weights for p in priced if p.device == "cpu" and slots[0].device is not None)

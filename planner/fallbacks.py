@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from planner.errors import ShardwiseError
+from planner.fixes import speed_text
 from planner.hardware.devices import Hardware
 from planner.model.source import ModelSpec
 from planner.plan import Decision, Plan
@@ -40,7 +41,7 @@ def fallback_chain(
                 "hardware": "same",
                 "fits": sub.fits,
                 "reason": f"smaller model: {'fits' if sub.fits else 'does not fit either'} here "
-                f"({sub.strategy}, {sub.limits.context_tokens} tokens)",
+                f"({sub.strategy}, {sub.limits.context_tokens} tokens{speed_text(sub) if sub.fits else ''})",
             }
         )
         name = smaller.fallback
@@ -77,7 +78,7 @@ def plan_auto_model(hw: Hardware, policy: Policy, *, load_profile: LoadProfile, 
                 f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}"
                 if tried
                 else "largest of policy.candidates, and it fits"
-            )
+            ) + speed_text(plan).replace(",", "; predicted", 1)
         else:
             at = f" at {requested} tokens" if short else ""
             reason = f"no candidate fits{at}; showing the smallest ({', '.join(tried) or 'none other'} did not fit)"

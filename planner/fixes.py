@@ -72,6 +72,21 @@ def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int):
     return low, best
 
 
+def speed_text(plan) -> str:
+    """ ", ~35 tok/s" from a re-planned plan's predicted one-sequence decode; "" where it has none."""
+    performance = getattr(plan, "performance", None) or {}
+    if not performance.get("available"):
+        return ""
+    rate = performance["decode_tokens_per_s"]
+    return f", ~{rate:.0f} tok/s" if rate >= 10 else f", ~{rate:.2g} tok/s"
+
+
+def _slowdown(warning: str, plan) -> str:
+    """An offload fix's cost: the plan's offload warning, and the speed model's prediction where it has one."""
+    predicted = speed_text(plan).removeprefix(", ")
+    return (warning.removeprefix("offload: ") or "slow") + (f"; predicted {predicted}" if predicted else "")
+
+
 def _fix(text: str, *overrides: str) -> dict:
     """A suggestion: what to tell the user, and the CLI overrides that apply it (empty when it is not a knob)."""
     return {"text": text, "overrides": list(overrides)}
@@ -88,7 +103,8 @@ def _quantize_on_load(spec: ModelSpec, hw: Hardware, policy: Policy, replan: Rep
             return [
                 _fix(
                     f"fits on {gpus}x {hw.devices[0].name} with policy.quantization={choice}, "
-                    f"{plan.limits.context_tokens:,} tokens ({plan.model.weight_bytes / GIB:.1f} GiB of weights)",
+                    f"{plan.limits.context_tokens:,} tokens ({plan.model.weight_bytes / GIB:.1f} GiB of weights"
+                    f"{speed_text(plan)})",
                     f"policy.quantization={choice}",
                 )
             ]
@@ -109,7 +125,7 @@ def what_would_fit(
             n = shorter.limits.context_tokens
             fixes.append(
                 _fix(
-                    f"a shorter context: policy.context_tokens={n} (the most that fits here)",
+                    f"a shorter context: policy.context_tokens={n} (the most that fits here{speed_text(shorter)})",
                     f"policy.context_tokens={n}",
                 )
             )
@@ -120,7 +136,7 @@ def what_would_fit(
         fixes.append(
             _fix(
                 f"fewer concurrent sessions: policy.sessions={n} "
-                f"({plan.limits.context_tokens:,} tokens of context each)",
+                f"({plan.limits.context_tokens:,} tokens of context each{speed_text(plan)})",
                 f"policy.sessions={n}",
             )
         )
@@ -131,7 +147,7 @@ def what_would_fit(
             fixes.append(
                 _fix(
                     f"policy.dtype={lower}: half the weight memory ({halved.limits.context_tokens:,} tokens of "
-                    "context)",
+                    f"context{speed_text(halved)})",
                     f"policy.dtype={lower}",
                 )
             )
@@ -144,8 +160,8 @@ def what_would_fit(
                 fixes.append(
                     _fix(
                         f"keep {spec.quantization} ({kept.model.weight_bytes / GIB:.1f} GiB of weights instead of "
-                        f"{inv.weight_bytes / GIB:.1f}): pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19'"
-                        + (" and policy.quantization=auto" if again else ""),
+                        f"{inv.weight_bytes / GIB:.1f}{speed_text(kept)}): pip install 'triton>=3.4' "
+                        "'kernels>=0.18.2,<0.19'" + (" and policy.quantization=auto" if again else ""),
                         *again,
                     )
                 )
@@ -160,7 +176,8 @@ def what_would_fit(
         )
         fixes.append(
             _fix(
-                f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context",
+                f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context"
+                + speed_text(plan),
                 *([] if hw.probed else [f"hardware.count={count}"]),
             )
         )
@@ -171,12 +188,12 @@ def what_would_fit(
                 slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
                 # the speed holds at the context it was planned for: the fix names that context and sets it
                 knobs = [f"policy.{k}=true" for k in changes] + [f"policy.context_tokens={probe_context}"]
-                fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
+                fixes.append(_fix(f"{' '.join(knobs)} ({_slowdown(slow, offloaded)})", *knobs))
                 break
     elif not hw.devices and not policy.allow_disk_offload:
         offloaded = replan(replace(policy, context_tokens=probe_context, allow_disk_offload=True))
         if _fits(offloaded):
             slow = next((w for w in offloaded.warnings if w.startswith("offload:")), "")
             knobs = ["policy.allow_disk_offload=true", f"policy.context_tokens={probe_context}"]
-            fixes.append(_fix(f"{' '.join(knobs)} ({slow.removeprefix('offload: ') or 'slow'})", *knobs))
+            fixes.append(_fix(f"{' '.join(knobs)} ({_slowdown(slow, offloaded)})", *knobs))
     return fixes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from planner import explain, search
+from planner import explain, objective, search
 from planner.decisions import Formats, decide_formats
 from planner.errors import ShardwiseError
 from planner.fallbacks import LoadProfile, fallback_chain, plan_auto_model
@@ -21,7 +21,7 @@ from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.memory import CostModel
 from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec
-from planner.placement import Slot, evaluate
+from planner.placement import Slot, best_chunk, evaluate
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
 from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
@@ -146,17 +146,34 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
+    found, chosen_because = _by_objective(run, tried, found)
     attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
     strategy = explain.executed_strategy(attempt, slots)
     explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
+    if chosen_because:
+        notes.decide("objective", policy.objective, chosen_because)
     binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
     explain.explain_chunk(notes, context, chunk, formats.attn)
     notes.decide(
         "sessions", policy.sessions, f"KV cache sized for {policy.sessions} concurrent sequence(s) (policy.sessions)"
     )
     return _make_plan(run, strategy, attempt, slots, priced, context, chunk, True, binding)
+
+
+def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[search.Found, str]:
+    """The layout policy.objective takes among those that fit at the found context, and why (planner.objective)."""
+    context, chunk_req = found.context, run.policy.prefill_chunk_tokens
+
+    def chunk_at(attempt) -> int | None:
+        return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
+
+    def price(attempt, chunk: int) -> dict:
+        return _speed(run, attempt.build(context, chunk), attempt, context, chunk, run.policy.sessions)
+
+    extra = search.speed_alternatives(run.inv, run.cost, run.hw, run.policy)
+    return objective.take(found, tried, extra, run.policy, chunk_at=chunk_at, price=price)
 
 
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
@@ -235,6 +252,11 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
 
 def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
     """The plan's predicted speed (planner/speed.py) on the layout it chose."""
+    return _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+
+
+def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:
+    """The performance block of `slots` laid out by `attempt` at (context, prefill chunk; 0 or >= context: none)."""
     from planner.speed import performance_block
 
     return performance_block(
@@ -244,9 +266,9 @@ def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> di
         tp_size=attempt.tp_size,
         dtype=run.formats.dtype,
         kv_elem_bytes=run.cost.kv_elem_bytes,
-        context_tokens=limits.context_tokens,
-        sessions=limits.sessions,
-        prefill_chunk_tokens=limits.prefill_chunk_tokens,
+        context_tokens=context,
+        sessions=sessions,
+        prefill_chunk_tokens=chunk if 0 < chunk < context else 0,
         config=run.policy.performance,
     )
 

@@ -13,6 +13,7 @@ from planner.errors import ShardwiseError
 from planner.memory import Overheads
 
 STRATEGIES = ("auto", "single_gpu", "pipeline", "tensor_parallel")
+OBJECTIVES = ("auto", "latency", "throughput")  # how to choose among layouts that fit (planner/objective.py)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATION_POLICIES = ("auto", "keep", "none", "bnb4", "bnb8", "fp8")  # the last three quantize on load
 ATTENTION_KERNELS = ("auto", "eager", "sdpa", "flash_attention_2")
@@ -32,6 +33,7 @@ class Policy:
     offload_folder: str = "offload"
     offload_disk_bytes: int = 0  # room for disk-offloaded weights (policy.offload_disk_gib, or measured free space)
     strategy: str = "auto"
+    objective: str = "auto"
     dtype: str = "auto"
     quantization: str = "auto"
     kv_cache_dtype: str = "auto"
@@ -72,6 +74,7 @@ class Policy:
         ]
         choices = [
             ("strategy", STRATEGIES),
+            ("objective", OBJECTIVES),
             ("dtype", DTYPES),
             ("quantization", QUANTIZATION_POLICIES),
             ("kv_cache_dtype", DTYPES),

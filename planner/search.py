@@ -28,6 +28,7 @@ class Found:
     context: int
     chunk: int
     fewer_reach: int | None = None
+    why: str = ""  # set when policy.objective took this layout over the fewest GPUs (planner.objective)
 
 
 @dataclass
@@ -128,6 +129,33 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
     return found
 
 
+def _in_node_tp(inv, cost, gpus: list) -> list[Attempt]:
+    """Tensor parallel over 2..n GPUs of one node, every size the heads divide by."""
+    ordered = sorted(gpus, key=lambda e: e[1])
+    return [
+        Attempt(
+            "tensor_parallel",
+            lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
+            gpus=t,
+            tp_size=t,
+        )
+        for t in range(2, len(gpus) + 1)
+        if divides(t, inv)
+    ]
+
+
+def speed_alternatives(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy) -> list[Attempt]:
+    """Layouts policy.strategy=auto does not search but policy.objective may take: tensor parallel inside a node.
+
+    The fewest-GPUs search pipelines inside a node (one process); tensor parallel there needs a
+    torchrun launch, so it is weighed only by speed (planner.objective), where the GPUs are NVLinked.
+    """
+    gpus = gpu_entries(hw, policy, 0)
+    if policy.strategy != "auto" or len(gpus) < 2 or not inv.has_tp_plan or hw.interconnect != "nvlink":
+        return []
+    return _in_node_tp(inv, cost, gpus)
+
+
 def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_node: int) -> list[Attempt]:
     """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot."""
     shapes = sorted(
@@ -169,18 +197,7 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
             )
         notes.decide("tensor_parallel", "no", "; ".join(problems))
         return []
-    found = []
-    ordered = sorted(gpus, key=lambda e: e[1])
-    sizes = [t for t in range(2, per_node + 1) if divides(t, inv)] if explicit else []
-    for t in sizes:
-        found.append(
-            Attempt(
-                "tensor_parallel",
-                lambda c, k, t=t: layout_layers(inv, cost, [ordered[0]], c, k, shard=t),
-                gpus=t,
-                tp_size=t,
-            )
-        )
+    found = _in_node_tp(inv, cost, gpus) if explicit else []
     if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
         first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(hw.nodes)]
         for nodes in range(2, hw.nodes + 1):

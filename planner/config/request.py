@@ -81,6 +81,7 @@ def policy_from_config(node) -> Policy:
         offload_folder=str(node["offload_folder"]),
         offload_disk_bytes=offload_disk_bytes(float(node["offload_disk_gib"] or 0), str(node["offload_folder"])),
         strategy=_enum_value(node["strategy"]),
+        objective=_enum_value(node.get("objective", "auto")),
         dtype=_enum_value(node["dtype"]),
         quantization=_enum_value(node["quantization"]),
         kv_cache_dtype=_enum_value(node["kv_cache_dtype"]),

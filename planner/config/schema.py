@@ -38,6 +38,12 @@ class Strategy(str, Enum):
     tensor_parallel = "tensor_parallel"
 
 
+class Objective(str, Enum):
+    auto = "auto"  # the fewest GPUs within ~10% of the fastest single-sequence decode
+    latency = "latency"  # the fastest single-sequence decode
+    throughput = "throughput"  # the most tokens/s over the planned sessions
+
+
 class DType(str, Enum):
     auto = "auto"
     bfloat16 = "bfloat16"
@@ -165,6 +171,7 @@ class PolicyConfig:
         0.0  # disk space for offloaded weights, GiB (0: the free space where offload_folder is, measured here)
     )
     strategy: Strategy = Strategy.auto  # how to split the model over GPUs
+    objective: Objective = Objective.auto  # which fitting layout to take: auto | latency | throughput (by speed)
     dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
     kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
