@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve_load.py                       # 8 clients, 48 requests
     .venv/bin/python benchmarks/serve_load.py --clients 16 --requests 64 --max-tokens 32
     .venv/bin/python benchmarks/serve_load.py --compare             # batched vs sequential vs ceilings, 1-16 clients
+    .venv/bin/python benchmarks/serve_load.py --abuse               # normal requests while the server is abused
 
 `--compare` builds a ~40M-parameter Llama-style model (random weights) and, at 1, 4, 8 and 16 concurrent
 greedy streaming clients, serves it twice through the same server code: with continuous batching
@@ -10,6 +11,16 @@ greedy streaming clients, serves it twice through the same server code: with con
 them: raw `model.generate` for one sequence (the 1-client target) and transformers' in-process
 `generate_batch` with every request at once (the ceiling; `transformers serve` needs fastapi, which this
 venv lacks). Every streamed reply must equal the sequential session's greedy reply token for token.
+
+`--abuse` serves a tiny model with continuous batching (4 slots, serve.max_queue=4) and times a normal
+small request (8 greedy tokens, non-streaming) just before, during and right after each of: (a) a
+3000-message conversation sent twice at once, answered with max_tokens=1 (what fitting it costs) and
+asking for 1500 tokens, abandoned by its client after 0.1 s; (b) a burst of twice slots + max_queue
+requests at once (the excess must get 429, never 5xx); (c) streaming clients that read 3 chunks, stop,
+then hang up (the server must stop them: /metrics running back to 0, none counted as finished). One
+table: the ratios to the local unloaded latency (target <= 2x), the abusive requests' outcomes, /health
+answered throughout. Exits 1 on a 5xx, a step after which no normal request was answered, work the server
+did not stop, or a /health failure.
 
 It builds a tiny Llama (random weights, chat template) in a temporary directory, loads it the
 way `shardwise serve` does (runner.engine.loader.load -> ChatSession), and serves it on 127.0.0.1 with
@@ -538,7 +549,9 @@ def huge_conversation(messages: int) -> list[dict]:
 
 
 async def abuse_huge(client, url, model, args, during: Step, after: Step) -> None:
-    """(a) a conversation of thousands of short messages, abandoned by its client after `abandon_s`."""
+    """(a) a conversation of thousands of short messages, sent twice at once: answered in full with one new
+    token (what fitting it costs the server) and asking for many tokens, abandoned by its client after
+    `abandon_s`. Normal requests are timed while both are in the server."""
     import httpx
 
     body = {
@@ -547,37 +560,40 @@ async def abuse_huge(client, url, model, args, during: Step, after: Step) -> Non
         "max_tokens": ABUSE_LONG_TOKENS,
         "temperature": 0,
     }
-    # the same conversation answered in full with one new token: what fitting it costs the server
-    start = time.perf_counter()
-    try:
-        status = (await client.post(url + "/v1/chat/completions", json={**body, "max_tokens": 1})).status_code
-    except Exception as exc:
-        status = type(exc).__name__
-    during.note = f"{len(json.dumps(body)) // 1024} KB body; with max_tokens=1 answered {status} in "
-    during.note += f"{time.perf_counter() - start:.2f} s; "
-    during.abuse[_outcome(status)] = 1
     finished_before = await metric(client, url, "request_success_total")
     start = time.perf_counter()
+    took = {}
 
-    async def huge():
+    async def huge(name: str, timeout: float | None, max_tokens: int):
         try:
-            response = await client.post(url + "/v1/chat/completions", json=body, timeout=args.abandon_s)
-            during.note += f"not abandoned: answered in {time.perf_counter() - start:.2f} s"
+            response = await client.post(
+                url + "/v1/chat/completions", json={**body, "max_tokens": max_tokens}, timeout=timeout
+            )
+            took[name] = time.perf_counter() - start
             return response.status_code
         except httpx.TimeoutException:
             return "abandoned"
         except Exception as exc:
             return type(exc).__name__
 
-    task = asyncio.create_task(huge())
-    await asyncio.sleep(0.05)  # the body is on its way: the server is reading or fitting it
+    tasks = [
+        asyncio.create_task(huge("full", 30.0, 1)),
+        asyncio.create_task(huge("abandoned", args.abandon_s, ABUSE_LONG_TOKENS)),
+    ]
+    await asyncio.sleep(0.05)  # the bodies are on their way: the server is reading or fitting them
     await normal_requests(client, url, model, during, args.abuse_normal)
-    status = await task
-    during.abuse[_outcome(status)] = during.abuse.get(_outcome(status), 0) + 1
+    full, abandoned = await asyncio.gather(*tasks)
+    for status in (full, abandoned):
+        during.abuse[_outcome(status)] = during.abuse.get(_outcome(status), 0) + 1
+    during.note = f"{len(json.dumps(body)) // 1024} KB body; with max_tokens=1 answered {full}"
+    during.note += f" in {took['full']:.2f} s" if "full" in took else ""
+    if "abandoned" in took:
+        during.note += f"; the other was not abandoned: answered in {took['abandoned']:.2f} s"
     idle = await wait_idle(client, url, 20.0)
-    finished = await metric(client, url, "request_success_total") - finished_before - len(during.latencies)
+    finished = await metric(client, url, "request_success_total") - finished_before
+    finished -= len(during.latencies) + (full == 200)
     after.note = "running back to 0 " + (f"in {idle:.2f} s" if idle is not None else "NEVER (20 s)")
-    if status == "abandoned":  # request_success_total counts only requests that ran to their end
+    if abandoned == "abandoned":  # request_success_total counts only requests that ran to their end
         after.note += "; the abandoned request " + ("ran to its end anyway" if finished else "was stopped")
         if finished:
             after.problems.append("the abandoned request was not cancelled")
@@ -605,16 +621,16 @@ async def abuse_burst(client, url, model, args, capacity: int, during: Step, aft
 
 
 async def abuse_disconnect(client, url, model, args, slots: int, during: Step, after: Step) -> None:
-    """(c) streaming clients that hang up mid-stream (and, past the batch slots, while still queued).
+    """(c) streaming clients that hang up mid-stream.
 
     Each stream reads 3 chunks and then stops reading; once they all generate, normal requests are timed
     (during), then every client hangs up. The server must stop them all: /metrics shows no running request
-    soon after, and request_success_total (requests that ran to their end) counts none of them. The default
-    leaves one batch slot free, so the normal requests measure interference, not a wait for a slot (streams
-    that fill every slot make a normal request wait until one of them ends or hangs up).
+    soon after, and request_success_total (requests that ran to their end) counts none of them. Fewer
+    streams than batch slots (checked by main): the normal requests measure interference, not a wait for a
+    slot (a stream whose client stops reading still generates to its end, holding its slot meanwhile).
     """
     body = {**NORMAL_BODY, "model": model, "max_tokens": ABUSE_LONG_TOKENS, "stream": True}
-    generating = min(args.abuse_streams, slots)
+    generating = args.abuse_streams
     started = asyncio.Event()
     hang_up = asyncio.Event()
     begun = 0
@@ -882,6 +898,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 "keep it bounded: --abuse-messages 1-20000, --abandon-s 0.05-10, burst/streams/slots/queue up to 64, "
                 "--abuse-unloaded and --abuse-normal 1-20"
+            )
+        if args.abuse_streams >= args.abuse_slots:
+            parser.error(
+                "--abuse-streams must be below --abuse-slots: one batch slot stays free for the normal requests "
+                "(streams in every slot make them wait for a slot, which measures the queue, not the hang-ups)"
             )
         return abuse(args)
     if args.compare:
