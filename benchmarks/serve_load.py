@@ -687,6 +687,7 @@ class AbuseRow:
     after: Step
     health_answered: int = 0
     health_failed: int = 0
+    load: float = 0.0  # 1-min load average when the abuse began (other processes share the cores)
 
 
 async def run_abuse(url: str, model: str, args, slots: int) -> tuple[list[AbuseRow], HealthLog, bool]:
@@ -695,6 +696,8 @@ async def run_abuse(url: str, model: str, args, slots: int) -> tuple[list[AbuseR
     The baseline is measured again right before every abuse: the cores are shared, and a baseline from
     minutes earlier would turn the machine's drift into a ratio.
     """
+    import os
+
     import httpx
 
     health = HealthLog()
@@ -713,7 +716,7 @@ async def run_abuse(url: str, model: str, args, slots: int) -> tuple[list[AbuseR
                     lambda *a: abuse_disconnect(*a[:4], slots, *a[4:]),
                 ),
             ):
-                row = AbuseRow(name, Step("before"), Step("during"), Step("after"))
+                row = AbuseRow(name, Step("before"), Step("during"), Step("after"), load=os.getloadavg()[0])
                 await normal_requests(client, url, model, row.before, args.abuse_unloaded)
                 answered, failed = health.answered, health.failed
                 await abuse(client, url, model, args, row.during, row.after)
@@ -737,9 +740,9 @@ def abuse_table(rows: list[AbuseRow], health: HealthLog, idle: bool) -> bool:
     the server stopped abandoned work, and /health stayed ok."""
     print(
         "| abuse | unloaded p50 s (just before) | during p50 s | after p50 s | during / unloaded | after / unloaded "
-        "| <= 2x | normal answered (during; after) | abusive requests | /health ok | notes |"
+        "| <= 2x | normal answered (during; after) | abusive requests | /health ok | load | notes |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     ok = True
     for row in rows:
         base = _p50(row.before)
@@ -761,7 +764,7 @@ def abuse_table(rows: list[AbuseRow], health: HealthLog, idle: bool) -> bool:
             f"| {_p50(row.during) / base:.2f} | {_p50(row.after) / base:.2f} "
             f"| {'yes' if ratios and max(ratios) <= 2.0 else 'no'} | {'; '.join(normals)} | {abusive} "
             f"| {'yes' if health_ok else 'NO'} ({row.health_answered}/{row.health_answered + row.health_failed}) "
-            f"| {notes} |"
+            f"| {row.load:.1f} | {notes} |"
         )
         fives = sum(
             1
