@@ -488,7 +488,7 @@ NORMAL_BODY = {"messages": [{"role": "user", "content": "hello, how are you?"}],
 
 @dataclass
 class Step:
-    """One row of the abuse table: normal requests timed in one window, and what the abusive requests got."""
+    """Normal requests timed in one window (before, during or after an abuse), and what the abusive requests got."""
 
     name: str
     latencies: list = field(default_factory=list)  # answered normal requests, seconds
@@ -501,7 +501,7 @@ class Step:
 
 def _outcome(status) -> str:
     if isinstance(status, str):
-        return status  # "abandoned", "disconnected" or an exception name
+        return status  # "abandoned", "hung up mid-stream" or an exception name
     if 200 <= status < 300:
         return "2xx"
     return "429" if status == 429 else "5xx" if status >= 500 else str(status)
@@ -544,8 +544,8 @@ async def wait_idle(client, url: str, limit_s: float) -> float | None:
 
 
 def huge_conversation(messages: int) -> list[dict]:
-    roles = ("user", "assistant")
-    return [{"role": roles[i % 2], "content": "hi"} for i in range(messages - 1)] + [{"role": "user", "content": "hi"}]
+    """`messages` turns of "hi", alternating, the last one the user's."""
+    return [{"role": ("user", "assistant")[(messages - 1 - i) % 2], "content": "hi"} for i in range(messages)]
 
 
 async def abuse_huge(client, url, model, args, during: Step, after: Step) -> None:
