@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve_load.py                       # 8 clients, 48 requests
     .venv/bin/python benchmarks/serve_load.py --clients 16 --requests 64 --max-tokens 32
     .venv/bin/python benchmarks/serve_load.py --compare             # batched vs sequential vs ceilings, 1-16 clients
+    .venv/bin/python benchmarks/serve_load.py --abuse               # normal requests while the server is abused
 
 `--compare` builds a ~40M-parameter Llama-style model (random weights) and, at 1, 4, 8 and 16 concurrent
 greedy streaming clients, serves it twice through the same server code: with continuous batching
@@ -10,6 +11,16 @@ greedy streaming clients, serves it twice through the same server code: with con
 them: raw `model.generate` for one sequence (the 1-client target) and transformers' in-process
 `generate_batch` with every request at once (the ceiling; `transformers serve` needs fastapi, which this
 venv lacks). Every streamed reply must equal the sequential session's greedy reply token for token.
+
+`--abuse` serves a tiny model with continuous batching (4 slots, serve.max_queue=4) and times a normal
+small request (8 greedy tokens, non-streaming) just before, during and right after each of: (a) a
+3000-message conversation sent twice at once, answered with max_tokens=1 (what fitting it costs) and
+asking for 1500 tokens, abandoned by its client after 0.1 s; (b) a burst of twice slots + max_queue
+requests at once (the excess must get 429, never 5xx); (c) streaming clients that read 3 chunks, stop,
+then hang up (the server must stop them: /metrics running back to 0, none counted as finished). One
+table: the ratios to the local unloaded latency (target <= 2x), the abusive requests' outcomes, /health
+answered throughout. Exits 1 on a 5xx, a step after which no normal request was answered, work the server
+did not stop, or a /health failure.
 
 It builds a tiny Llama (random weights, chat template) in a temporary directory, loads it the
 way `shardwise serve` does (runner.engine.loader.load -> ChatSession), and serves it on 127.0.0.1 with
@@ -468,7 +479,391 @@ def compare(args) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+# ----- --abuse: normal requests while the server is abused ---------------------------------------------
+
+ABUSE_CONTEXT = 2048  # the tiny model's context: room for long generations that a hang-up must cut short
+ABUSE_LONG_TOKENS = 1500  # max_tokens of the abandoned and hung-up requests
+NORMAL_BODY = {"messages": [{"role": "user", "content": "hello, how are you?"}], "max_tokens": 8, "temperature": 0}
+
+
+@dataclass
+class Step:
+    """Normal requests timed in one window (before, during or after an abuse), and what the abusive requests got."""
+
+    name: str
+    latencies: list = field(default_factory=list)  # answered normal requests, seconds
+    normal_statuses: list = field(default_factory=list)  # HTTP status (or exception name) of each normal request
+    abuse: dict = field(default_factory=dict)  # outcome -> count for the abusive requests of this step
+    note: str = ""
+    problems: list = field(default_factory=list)  # what the server got wrong in this step
+    refused_s: list = field(default_factory=list)  # seconds until a normal request got its 429
+
+
+def _outcome(status) -> str:
+    if isinstance(status, str):
+        return status  # "abandoned", "hung up mid-stream" or an exception name
+    if 200 <= status < 300:
+        return "2xx"
+    return "429" if status == 429 else "5xx" if status >= 500 else str(status)
+
+
+async def normal_requests(client, url: str, model: str, step: Step, count: int) -> None:
+    """`count` small non-streaming requests one after another, each timed."""
+    for _ in range(count):
+        start = time.perf_counter()
+        try:
+            response = await client.post(url + "/v1/chat/completions", json={**NORMAL_BODY, "model": model})
+            status = response.status_code
+        except Exception as exc:  # a transport failure is counted, not a crash of the benchmark
+            status = type(exc).__name__
+        step.normal_statuses.append(status)
+        if status == 200:
+            step.latencies.append(time.perf_counter() - start)
+        elif status == 429:
+            step.refused_s.append(time.perf_counter() - start)
+
+
+async def metric(client, url: str, name: str) -> float:
+    """A /metrics series summed over its labels (models, reasons)."""
+    text = (await client.get(url + "/metrics", timeout=5)).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"shardwise:{name}{{"))
+
+
+async def running_requests(client, url: str) -> float:
+    return await metric(client, url, "num_requests_running")
+
+
+async def wait_idle(client, url: str, limit_s: float) -> float | None:
+    """Seconds until /metrics shows no running request, None if it never did within `limit_s`."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        if await running_requests(client, url) == 0:
+            return time.perf_counter() - start
+        await asyncio.sleep(0.05)
+    return None
+
+
+def huge_conversation(messages: int) -> list[dict]:
+    """`messages` turns of "hi", alternating, the last one the user's."""
+    return [{"role": ("user", "assistant")[(messages - 1 - i) % 2], "content": "hi"} for i in range(messages)]
+
+
+async def abuse_huge(client, url, model, args, during: Step, after: Step) -> None:
+    """(a) a conversation of thousands of short messages, sent twice at once: answered in full with one new
+    token (what fitting it costs the server) and asking for many tokens, abandoned by its client after
+    `abandon_s`. Normal requests are timed while both are in the server."""
+    import httpx
+
+    body = {
+        "model": model,
+        "messages": huge_conversation(args.abuse_messages),
+        "max_tokens": ABUSE_LONG_TOKENS,
+        "temperature": 0,
+    }
+    finished_before = await metric(client, url, "request_success_total")
+    start = time.perf_counter()
+    took = {}
+
+    async def huge(name: str, timeout: float | None, max_tokens: int):
+        try:
+            response = await client.post(
+                url + "/v1/chat/completions", json={**body, "max_tokens": max_tokens}, timeout=timeout
+            )
+            took[name] = time.perf_counter() - start
+            return response.status_code
+        except httpx.TimeoutException:
+            return "abandoned"
+        except Exception as exc:
+            return type(exc).__name__
+
+    tasks = [
+        asyncio.create_task(huge("full", 30.0, 1)),
+        asyncio.create_task(huge("abandoned", args.abandon_s, ABUSE_LONG_TOKENS)),
+    ]
+    await asyncio.sleep(0.05)  # the bodies are on their way: the server is reading or fitting them
+    await normal_requests(client, url, model, during, args.abuse_normal)
+    full, abandoned = await asyncio.gather(*tasks)
+    for status in (full, abandoned):
+        during.abuse[_outcome(status)] = during.abuse.get(_outcome(status), 0) + 1
+    during.note = f"{len(json.dumps(body)) // 1024} KB body; with max_tokens=1 answered {full}"
+    during.note += f" in {took['full']:.2f} s" if "full" in took else ""
+    if "abandoned" in took:
+        during.note += f"; the other was not abandoned: answered in {took['abandoned']:.2f} s"
+    idle = await wait_idle(client, url, 20.0)
+    finished = await metric(client, url, "request_success_total") - finished_before
+    finished -= len(during.latencies) + (full == 200)
+    after.note = "running back to 0 " + (f"in {idle:.2f} s" if idle is not None else "NEVER (20 s)")
+    if abandoned == "abandoned":  # request_success_total counts only requests that ran to their end
+        after.note += "; the abandoned request " + ("ran to its end anyway" if finished else "was stopped")
+        if finished:
+            after.problems.append("the abandoned request was not cancelled")
+    await normal_requests(client, url, model, after, args.abuse_normal)
+
+
+async def abuse_burst(client, url, model, args, capacity: int, during: Step, after: Step) -> None:
+    """(b) more requests at once than the server holds (batch slots + serve.max_queue): the rest must get 429."""
+    count = args.abuse_burst or 2 * capacity
+    body = {**NORMAL_BODY, "model": model, "max_tokens": 32}
+
+    async def one():
+        try:
+            return (await client.post(url + "/v1/chat/completions", json=body)).status_code
+        except Exception as exc:
+            return type(exc).__name__
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    await asyncio.sleep(0.1)
+    await normal_requests(client, url, model, during, args.abuse_normal)
+    for status in await asyncio.gather(*tasks):
+        during.abuse[_outcome(status)] = during.abuse.get(_outcome(status), 0) + 1
+    during.note = f"{count} at once against {capacity} places (a normal request may get 429 too)"
+    await normal_requests(client, url, model, after, args.abuse_normal)
+
+
+async def abuse_disconnect(client, url, model, args, slots: int, during: Step, after: Step) -> None:
+    """(c) streaming clients that hang up mid-stream.
+
+    Each stream reads 3 chunks and then stops reading; once they all generate, normal requests are timed
+    (during), then every client hangs up. The server must stop them all: /metrics shows no running request
+    soon after, and request_success_total (requests that ran to their end) counts none of them. Fewer
+    streams than batch slots (checked by main): the normal requests measure interference, not a wait for a
+    slot (a stream whose client stops reading still generates to its end, holding its slot meanwhile).
+    """
+    body = {**NORMAL_BODY, "model": model, "max_tokens": ABUSE_LONG_TOKENS, "stream": True}
+    generating = args.abuse_streams
+    started = asyncio.Event()
+    hang_up = asyncio.Event()
+    begun = 0
+
+    async def one():
+        nonlocal begun
+        try:
+            async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    return response.status_code
+                chunks = 0
+                async for line in response.aiter_lines():
+                    chunks += line.startswith("data: ")
+                    if chunks == 3:
+                        begun += 1
+                        if begun >= generating:
+                            started.set()
+                        await hang_up.wait()
+                        return "hung up mid-stream"  # leaving the block closes the connection
+                return "finished"
+        except Exception as exc:
+            return type(exc).__name__
+
+    finished_before = await metric(client, url, "request_success_total")
+    tasks = [asyncio.create_task(one()) for _ in range(args.abuse_streams)]
+    try:
+        await asyncio.wait_for(started.wait(), timeout=20.0)
+    except asyncio.TimeoutError:
+        during.note = f"only {begun} of {generating} streams started in 20 s; "
+    await normal_requests(client, url, model, during, args.abuse_normal)
+    hang_up.set()
+    await asyncio.sleep(0.05)
+    for task in tasks:  # still waiting for a batch slot: hang up by dropping the connection
+        task.cancel()
+    for status in await asyncio.gather(*tasks, return_exceptions=True):
+        status = "hung up while queued" if isinstance(status, asyncio.CancelledError) else status
+        during.abuse[_outcome(status)] = during.abuse.get(_outcome(status), 0) + 1
+    idle = await wait_idle(client, url, 20.0)
+    finished = await metric(client, url, "request_success_total") - finished_before - len(during.latencies)
+    after.note = "running back to 0 " + (f"in {idle:.2f} s" if idle is not None else "NEVER (20 s)")
+    after.note += f"; {finished:.0f} of the {args.abuse_streams} streams ran to their end"
+    if finished:
+        after.problems.append(f"{finished:.0f} hung-up stream(s) were not cancelled")
+    await normal_requests(client, url, model, after, args.abuse_normal)
+
+
+@dataclass
+class AbuseRow:
+    """One abuse: normal requests just before it (the local unloaded baseline), during it and right after it."""
+
+    name: str
+    before: Step
+    during: Step
+    after: Step
+    health_answered: int = 0
+    health_failed: int = 0
+    load: float = 0.0  # 1-min load average when the abuse began (other processes share the cores)
+
+
+async def run_abuse(url: str, model: str, args, slots: int) -> tuple[list[AbuseRow], HealthLog, bool]:
+    """Each abuse with normal requests before, during and after it; (rows, /health log, nothing running at the end).
+
+    The baseline is measured again right before every abuse: the cores are shared, and a baseline from
+    minutes earlier would turn the machine's drift into a ratio.
+    """
+    import os
+
+    import httpx
+
+    health = HealthLog()
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=16)
+    rows = []
+    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+        await normal_requests(client, url, model, Step("warm-up"), 2)  # first-request costs out of the baseline
+        poller = asyncio.create_task(poll_health(client, url, stop, health))
+        try:
+            for name, abuse in (
+                (f"(a) {args.abuse_messages}-message conversation, abandoned after {args.abandon_s:g} s", abuse_huge),
+                ("(b) burst past the queue", lambda *a: abuse_burst(*a[:4], slots + args.abuse_queue, *a[4:])),
+                (
+                    f"(c) {args.abuse_streams} streaming clients hang up mid-stream",
+                    lambda *a: abuse_disconnect(*a[:4], slots, *a[4:]),
+                ),
+            ):
+                row = AbuseRow(name, Step("before"), Step("during"), Step("after"), load=os.getloadavg()[0])
+                await normal_requests(client, url, model, row.before, args.abuse_unloaded)
+                answered, failed = health.answered, health.failed
+                await abuse(client, url, model, args, row.during, row.after)
+                row.health_answered, row.health_failed = health.answered - answered, health.failed - failed
+                rows.append(row)
+            idle = await running_requests(client, url) == 0
+        finally:
+            stop.set()
+            await poller
+    return rows, health, idle
+
+
+def _p50(step: Step) -> float:
+    import statistics
+
+    return statistics.median(step.latencies) if step.latencies else float("nan")
+
+
+def abuse_table(rows: list[AbuseRow], health: HealthLog, idle: bool) -> bool:
+    """Print the side-by-side table; True when no 5xx, every abuse was followed by an answered normal request,
+    the server stopped abandoned work, and /health stayed ok."""
+    print(
+        "| abuse | unloaded p50 s (just before) | during p50 s | after p50 s | during / unloaded | after / unloaded "
+        "| <= 2x | normal answered (during; after) | abusive requests | /health ok | load | notes |"
+    )
+    print("|" + "---|" * 12)
+    ok = True
+    for row in rows:
+        base = _p50(row.before)
+        ratios = [_p50(step) / base for step in (row.during, row.after) if step.latencies]
+        normals = []
+        for step in (row.during, row.after):
+            others = [str(s) for s in step.normal_statuses if s != 200]
+            normals.append(
+                f"{len(step.latencies)}/{len(step.normal_statuses)}" + (f" ({', '.join(others)})" if others else "")
+            )
+        abusive = ", ".join(f"{k}: {v}" for k, v in sorted(row.during.abuse.items())) or "-"
+        refused = row.during.refused_s
+        if refused:
+            row.during.note += f"; normal requests refused with 429 in {max(refused) * 1000:.0f} ms at most"
+        notes = "; ".join(n.strip("; ") for n in (row.during.note, row.after.note) if n.strip("; "))
+        health_ok = row.health_failed == 0 and row.health_answered > 0
+        print(
+            f"| {row.name} | {base:.3f} | {_p50(row.during):.3f} | {_p50(row.after):.3f} "
+            f"| {_p50(row.during) / base:.2f} | {_p50(row.after) / base:.2f} "
+            f"| {'yes' if ratios and max(ratios) <= 2.0 else 'no'} | {'; '.join(normals)} | {abusive} "
+            f"| {'yes' if health_ok else 'NO'} ({row.health_answered}/{row.health_answered + row.health_failed}) "
+            f"| {row.load:.1f} | {notes} |"
+        )
+        fives = sum(
+            1
+            for st in (row.before, row.during, row.after)
+            for s in st.normal_statuses
+            if isinstance(s, int) and s >= 500
+        )
+        fives += row.during.abuse.get("5xx", 0)
+        problems = row.during.problems + row.after.problems
+        ok &= fives == 0 and health_ok and not problems and "NEVER" not in notes
+        ok &= bool(row.before.latencies) and bool(row.after.latencies)  # answered after the abuse
+        for problem in problems:
+            print(f"  problem in {row.name}: {problem}")
+    print()
+    print(
+        f"/health during the whole phase: {health.answered} answered 200, {health.failed} failed "
+        f"({', '.join(health.failures[:3]) or 'none'}), slowest {health.slowest_s * 1000:.0f} ms; "
+        f"requests running at the end: {'0' if idle else 'SOME'}"
+    )
+    return ok and health.failed == 0 and idle
+
+
+def measure_abuse(args) -> dict:
+    """Serve the tiny model with continuous batching on loopback, run the abuse steps against it, stop the server.
+
+    Returns rows (AbuseRow), health (HealthLog), idle (nothing running at the end), slots, batching (bool),
+    load_before / load_after (1-min load average) and seconds (the phase, server start to stop).
+    """
+    import logging
+    import os
+
+    from runner.engine.batching import attach
+    from runner.engine.loader import load
+    from runner.engine.session import ChatSession
+    from runner.engine.types import SamplingParams
+    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import cpu_plan, cpu_serving, tiny_llama
+
+    logging.getLogger("shardwise.serve").setLevel(logging.ERROR)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="shardwise-abuse-") as workdir:
+        model_dir = tiny_llama(Path(workdir), max_position_embeddings=ABUSE_CONTEXT)
+        plan = cpu_plan(model_dir, context_tokens=ABUSE_CONTEXT, max_new_tokens=ABUSE_LONG_TOKENS)
+        loaded = load(plan, log=lambda line: None)
+        session = ChatSession(loaded, defaults=SamplingParams(max_tokens=8), plan=plan, on_notice=lambda line: None)
+        engine = attach(
+            loaded,
+            cpu_serving(model_dir, sessions=args.abuse_slots, context_tokens=ABUSE_CONTEXT),
+            max_waiting=args.abuse_queue,
+            log=lambda line: None,
+        )
+        slots = engine.admission.slots if engine is not None else 1
+        settings = ServeSettings(max_queue=args.abuse_queue, request_timeout_s=60.0)
+        app = create_app([ModelSource(plan.model.name, load=lambda: session)], settings)
+        started = time.perf_counter()
+        try:
+            with BackgroundServer(app) as server:
+                wait_ready(server.url)
+                rows, health, idle = asyncio.run(
+                    asyncio.wait_for(run_abuse(server.url, plan.model.name, args, slots), args.timeout_s)
+                )
+        finally:
+            if loaded.batching is not None:
+                loaded.batching.close()
+    return {
+        "rows": rows,
+        "health": health,
+        "idle": idle,
+        "slots": slots,
+        "batching": engine is not None,
+        "load_before": load_before[0],
+        "load_after": os.getloadavg()[0],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def abuse(args) -> int:
+    """--abuse: measure, then print the table; exit status 1 when the server got something wrong."""
+    result = measure_abuse(args)
+    batching, slots = result["batching"], result["slots"]
+    print(
+        f"tiny Llama-style model (random weights), CPU, {'continuous batching' if batching else 'sequential'} with "
+        f"{slots} slots, serve.max_queue={args.abuse_queue}; normal request: 1 short message, 8 new tokens, greedy, "
+        f"non-streaming, one after another: {args.abuse_unloaded} just before each abuse, "
+        f"{args.abuse_normal} during and {args.abuse_normal} after it"
+    )
+    print(
+        f"load average before {result['load_before']:.2f}, after {result['load_after']:.2f} (1 min); "
+        f"phase took {result['seconds']:.1f} s"
+    )
+    print()
+    ok = abuse_table(result["rows"], result["health"], result["idle"])
+    print("PASS: no 5xx, normal requests answered after every abuse, /health ok" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent streaming clients")
     parser.add_argument("--requests", type=int, default=48, help="requests in total")
@@ -479,11 +874,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="--compare: prompt length, tokens")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--min-requests", type=int, default=8, help="--compare: requests per point at least")
+    abuse_group = parser.add_argument_group("--abuse: normal requests while the server is abused")
+    abuse_group.add_argument("--abuse", action="store_true", help="huge conversation, burst past the queue, hang-ups")
+    abuse_group.add_argument("--abuse-messages", type=int, default=3000, help="messages in the huge conversation")
+    abuse_group.add_argument("--abandon-s", type=float, default=0.1, help="the huge request's client gives up after, s")
+    abuse_group.add_argument("--abuse-burst", type=int, default=0, help="burst size (0: twice slots + max_queue)")
+    abuse_group.add_argument("--abuse-streams", type=int, default=3, help="streaming clients that hang up")
+    abuse_group.add_argument("--abuse-slots", type=int, default=4, help="continuous-batching slots (plan sessions)")
+    abuse_group.add_argument("--abuse-queue", type=int, default=4, help="serve.max_queue")
+    abuse_group.add_argument("--abuse-unloaded", type=int, default=5, help="normal requests for the unloaded median")
+    abuse_group.add_argument("--abuse-normal", type=int, default=3, help="normal requests in each window")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.abuse:
+        sizes = (args.abuse_burst, args.abuse_streams, args.abuse_slots, args.abuse_queue)
+        bounded = 1 <= args.abuse_messages <= 20000 and 0.05 <= args.abandon_s <= 10 and max(sizes) <= 64
+        if not (bounded and min(sizes[1:]) >= 1 and 1 <= args.abuse_unloaded <= 20 and 1 <= args.abuse_normal <= 20):
+            parser.error(
+                "keep it bounded: --abuse-messages 1-20000, --abandon-s 0.05-10, burst/streams/slots/queue up to 64, "
+                "--abuse-unloaded and --abuse-normal 1-20"
+            )
+        if args.abuse_streams >= args.abuse_slots:
+            parser.error(
+                "--abuse-streams must be below --abuse-slots: one batch slot stays free for the normal requests "
+                "(streams in every slot make them wait for a slot, which measures the queue, not the hang-ups)"
+            )
+        return abuse(args)
     if args.compare:
         bounded = 1 <= args.max_clients <= 16 and 8 <= args.prompt_tokens <= 256 and 1 <= args.max_tokens <= 128
         if not (bounded and 1 <= args.min_requests <= 64):
