@@ -9,17 +9,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cli_runner import shardwise as run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def shardwise(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "COLUMNS": "160", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return run_cli(*args, cwd=cwd, env_extra=env_extra, timeout=timeout, offline=False, stdin=None)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:

@@ -10,22 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import shardwise
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def shardwise(*args: str, cwd: Path, timeout: int = 120, env_extra: dict | None = None, **kw):
-    env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        **kw,
-    )
 
 
 def one_line_error(result, verb: str, needle: str) -> str:

@@ -14,22 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_runner import shardwise
 from tiny_models import cpu_plan, tiny_gpt2
 
 pytestmark = pytest.mark.slow
-
-
-def shardwise(*args: str, cwd: Path, timeout: int = 120):
-    env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def error_line(result, verb: str) -> str:

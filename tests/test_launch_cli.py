@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_runner import shardwise as run_cli
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
 
 pytestmark = pytest.mark.slow
 
 
 def shardwise(*args: str, cwd: Path, timeout: int = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", "launch", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=stdin,
-    )
+    return run_cli("launch", *args, cwd=cwd, timeout=timeout, offline=False, input=stdin)
 
 
 @pytest.fixture(scope="module")

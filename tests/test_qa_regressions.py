@@ -7,27 +7,17 @@ a silently accepted bad value, or a crash that lost a REPL conversation.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import shardwise as run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def shardwise(*args: str, cwd: Path, timeout: int = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "160", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def one_line_error(result: subprocess.CompletedProcess, verb: str, needle: str) -> str:
