@@ -90,6 +90,15 @@ def test_kept_mxfp4_plan_leaves_the_checkpoint_quantization_alone(models):
     assert kwargs["device_map"] == {"": "cpu"}
 
 
+def test_a_hub_plan_loads_the_revision_it_was_planned_from(models):
+    from dataclasses import replace
+
+    plan = cpu_plan(models["llama"])
+    assert "revision" not in from_pretrained_kwargs(plan)
+    pinned = replace(plan, model=replace(plan.model, revision="0123abcd" * 5))
+    assert from_pretrained_kwargs(pinned)["revision"] == "0123abcd" * 5
+
+
 @pytest.mark.parametrize(
     "quantization,config_class,settings",
     [

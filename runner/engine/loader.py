@@ -114,6 +114,8 @@ def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
         kwargs["max_memory"] = dict(plan.max_memory)
     if offload_folder:
         kwargs["offload_folder"] = offload_folder
+    if plan.model.revision:  # a hub model loads the commit it was planned from, not whatever main is by now
+        kwargs["revision"] = plan.model.revision
     quant = plan.model.quantization
     if quant.method == "mxfp4" and not quant.kept:
         # The plan sized dequantized weights: ask transformers for exactly that.
@@ -182,7 +184,9 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     size = _human_bytes(plan.model.weight_bytes) if plan.model.weight_bytes else "size unknown"
     log(f"loading {plan.model.name} ({source}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}")
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")
+    )
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, plan=plan, load_s=time.perf_counter() - start)

@@ -80,9 +80,13 @@ def load(plan: Plan):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.distributed.configuration_utils import DistributedConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(plan.model.source, trust_remote_code=plan.model.trust_remote_code)
+    revision = plan.model.revision or None  # a hub model: the commit it was planned from
+    tokenizer = AutoTokenizer.from_pretrained(
+        plan.model.source, trust_remote_code=plan.model.trust_remote_code, revision=revision
+    )
     model = AutoModelForCausalLM.from_pretrained(
         plan.model.source,
+        revision=revision,
         dtype=getattr(torch, plan.model.dtype),
         distributed_config=DistributedConfig(tp_size=plan.tp_size, pp_size=plan.pp_size),
         attn_implementation=plan.attn_implementation,
