@@ -14,6 +14,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from tiny_models import TINY_LLAMA_CONFIG
 
 from planner.errors import ShardwiseError
 
@@ -43,17 +44,7 @@ values = st.recursive(
     max_leaves=6,
 )
 
-LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 512,
-    "torch_dtype": "float32",
-}
+LLAMA = TINY_LLAMA_CONFIG
 
 
 def _timed(call):

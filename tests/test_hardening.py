@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import shardwise
+from tiny_models import TINY_LLAMA_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,19 +143,7 @@ HUGE_INT = '{"model_type": "llama", "hidden_size": ' + "9" * 5000 + "}"
 
 
 def _tiny_llama_config(**changes) -> dict:
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-        "vocab_size": 256,
-        "max_position_embeddings": 512,
-        "torch_dtype": "float32",
-    }
-    config.update(changes)
-    return config
+    return {**TINY_LLAMA_CONFIG, **changes}
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,19 @@ _CORPUS = [
     "0123456789 + - * / = ( ) [ ] { } < > | : ; ' \" ! ? . ,",
 ] * 20
 
+# config.json numbers of a 2-layer llama, for tests that write hostile or edited configs (never loaded)
+TINY_LLAMA_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+    "torch_dtype": "float32",
+}
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
