@@ -82,8 +82,9 @@ class HardwareConfig:
     description: str = ""  # one line shown in listings
     # published speeds (datasheet, dense not sparse); 0: unknown (probed GPUs are looked up by name in the tiers)
     memory_bandwidth_gb_per_s: float = (
-        0.0  # peak memory bandwidth of one GPU, GB/s (10^9 bytes/s); cpu: 0 measures the host
+        0.0  # peak memory bandwidth of one GPU, GB/s (10^9 bytes/s); cpu: one thread's copy, 0 measures the host
     )
+    all_core_bandwidth_gb_per_s: float = 0.0  # cpu: copy bandwidth with every core at once, GB/s (0: measured)
     bf16_tflops: float = 0.0  # dense bf16 tensor TFLOPs of one GPU (0: no bf16)
     fp16_tflops: float = 0.0  # dense fp16 tensor TFLOPs (fp32 accumulate) of one GPU
     fp8_tflops: float = 0.0  # dense fp8 tensor TFLOPs of one GPU (0: no fp8)
