@@ -3,9 +3,14 @@
     shardwise serve model=gpt2 hardware=cpu                 # plans, loads, listens on :8000
     shardwise serve plan_file=plan.json serve.api_key=KEY   # a reviewed plan, key required
     shardwise serve model=gpt2 serve.models=[gpt2-medium]   # more than one model
+    shardwise serve model=gpt2 policy.sessions=4            # batch 4 at once (default auto: as many as fit)
 
     from openai import OpenAI
     OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY").chat.completions.create(...)
+
+Concurrent requests share transformers' continuous batching: serve plans `policy.sessions=auto` by default (as
+many full-context sequences as fit, bounded by policy.max_sessions; conf/serve.yaml), and the plan's `sessions`
+decision says how many and what binds. A plan_file serves exactly what it planned.
 
 The primary model is planned before the port opens, so a plan that does not fit fails at once
 with exit 2. The server then listens (GET /health answers 503 "loading") while the models load
@@ -71,6 +76,31 @@ def _fitting(plan):
     return plan_that_fits(plan, notice=log.warning)
 
 
+def _sessions_given() -> bool:
+    """policy.sessions was set on the command line (else serve's default, auto, applies)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # composed outside a Hydra run (tests): only the composed value is known
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] == "policy.sessions" for o in overrides)
+
+
+def serve_default_noted(plan, cfg):
+    """The plan with its `sessions` decision saying that auto came from serve's default (conf/serve.yaml)."""
+    from dataclasses import replace
+
+    if str(cfg.policy.get("sessions", "")).strip().lower() != "auto" or _sessions_given():
+        return plan
+    marker = "policy.sessions=auto"
+    note = f"{marker} (serve's default; plan and chat size for 1)"
+    decisions = tuple(
+        replace(d, reason=d.reason.replace(marker, note, 1)) if d.what == "sessions" else d for d in plan.decisions
+    )
+    return replace(plan, decisions=decisions)
+
+
 def plan_for(cfg, model_node) -> object:
     """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now)."""
     from omegaconf import OmegaConf
@@ -80,7 +110,7 @@ def plan_for(cfg, model_node) -> object:
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
     view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
-    return _fitting(plan_from_config(view, hardware))
+    return _fitting(serve_default_noted(plan_from_config(view, hardware), cfg))
 
 
 def extra_model_node(entry: str):
@@ -171,10 +201,17 @@ def load_session(cfg, plan):
         on_notice=log.info,
     )
     block = read_serve_block(cfg.get("serve"))
+    sessions = next((d.reason for d in loaded.plan.decisions if d.what == "sessions"), None)
+    if sessions:
+        log.info("%s sessions: %s", loaded.name, sessions)
     if block.batching:
         from runner.engine.batching import attach
 
-        attach(loaded, loaded.plan.serving, max_waiting=block.max_queue, log=log.info)
+        # The server's own line (serve.max_queue, 429) admits requests; the batch's line must then hold the
+        # extra choices (n > 1) of the requests generating, which join the batch together.
+        slots = loaded.plan.serving.max_concurrent if loaded.plan.serving is not None else 1
+        waiting = block.max_queue + max(1, slots) * (block.max_n - 1)
+        attach(loaded, loaded.plan.serving, max_waiting=waiting, log=log.info)
     else:
         log.info("serving %s one request at a time: serve.batching=false", loaded.name)
     return session
