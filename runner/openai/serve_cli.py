@@ -87,30 +87,51 @@ def _sessions_given() -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == "policy.sessions" for o in overrides)
 
 
-def serve_default_noted(plan, cfg):
-    """The plan with its `sessions` decision saying that auto came from serve's default (conf/serve.yaml)."""
+def _serve_default_sessions(cfg) -> bool:
+    """policy.sessions is auto because serve defaults to it (conf/serve.yaml), not because it was asked for."""
+    return str(cfg.policy.get("sessions", "")).strip().lower() == "auto" and not _sessions_given()
+
+
+def _with_sessions_reason(plan, rewrite):
     from dataclasses import replace
 
-    if str(cfg.policy.get("sessions", "")).strip().lower() != "auto" or _sessions_given():
-        return plan
-    marker = "policy.sessions=auto"
-    note = f"{marker} (serve's default; plan and chat size for 1)"
-    decisions = tuple(
-        replace(d, reason=d.reason.replace(marker, note, 1)) if d.what == "sessions" else d for d in plan.decisions
-    )
+    decisions = tuple(replace(d, reason=rewrite(d.reason)) if d.what == "sessions" else d for d in plan.decisions)
     return replace(plan, decisions=decisions)
 
 
 def plan_for(cfg, model_node) -> object:
-    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now)."""
+    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now).
+
+    serve's default policy.sessions=auto holds for one served model; with serve.models each model plans one
+    session instead, so the first model's paged cache cannot take the memory the next ones are planned in.
+    """
     from omegaconf import OmegaConf
 
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
-    view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
-    return _fitting(serve_default_noted(plan_from_config(view, hardware), cfg))
+    policy = cfg.policy
+    by_default = _serve_default_sessions(cfg)
+    shared = by_default and bool(read_serve_block(cfg.get("serve")).models)
+    if shared:
+        policy = OmegaConf.merge(policy, {"sessions": "1"})
+    view = OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation})
+    plan = plan_from_config(view, hardware)
+    if shared:
+        plan = _with_sessions_reason(
+            plan,
+            lambda reason: (
+                "policy.sessions=1: serve's default (auto) would let the first of several served models (serve.models) "
+                "take the memory the next ones need; set policy.sessions=N or auto to batch more at once"
+            ),
+        )
+    elif by_default:
+        marker = "policy.sessions=auto"
+        plan = _with_sessions_reason(
+            plan, lambda reason: reason.replace(marker, f"{marker} (serve's default; plan and chat size for 1)", 1)
+        )
+    return _fitting(plan)
 
 
 def extra_model_node(entry: str):
