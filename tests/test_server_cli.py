@@ -107,13 +107,20 @@ def test_serve_plans_auto_sessions_by_default_and_says_so(model_dir):
     assert serve_cli.plan_for(asked, asked.model).serving.max_concurrent == 3
 
 
-def test_several_served_models_plan_one_session_each_by_default(model_dir):
-    """With serve.models the first model's cache must not take the memory the next ones are planned in."""
+def test_several_served_models_or_no_batching_plan_one_session_by_default(model_dir):
+    """With serve.models the first model's cache must not take the memory the next ones are planned in; without
+    batching nothing would use more sessions."""
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", f"serve.models=[{model_dir}]"])
     plan = serve_cli.plan_for(cfg, cfg.model)
     assert plan.limits.sessions == plan.serving.max_concurrent == 1
     reason = next(d.reason for d in plan.decisions if d.what == "sessions")
-    assert reason.startswith("policy.sessions=1: serve's default (auto) would let the first of several served models")
+    assert reason.startswith("policy.sessions=1, not serve's default auto: the first of several served models")
+    cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", "serve.batching=false"])
+    plan = serve_cli.plan_for(cfg, cfg.model)
+    assert plan.limits.sessions == 1
+    assert "serve.batching=false serves one request at a time" in next(
+        d.reason for d in plan.decisions if d.what == "sessions"
+    )
 
 
 def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monkeypatch):

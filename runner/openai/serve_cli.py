@@ -102,8 +102,9 @@ def _with_sessions_reason(plan, rewrite):
 def plan_for(cfg, model_node) -> object:
     """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now).
 
-    serve's default policy.sessions=auto holds for one served model; with serve.models each model plans one
-    session instead, so the first model's paged cache cannot take the memory the next ones are planned in.
+    serve's default policy.sessions=auto holds for one batched model; with serve.models each model plans one
+    session instead (the first model's paged cache must not take the memory the next ones are planned in), and
+    with serve.batching=false too (nothing would use the other sessions' cache).
     """
     from omegaconf import OmegaConf
 
@@ -113,18 +114,19 @@ def plan_for(cfg, model_node) -> object:
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
     policy = cfg.policy
     by_default = _serve_default_sessions(cfg)
-    shared = by_default and bool(read_serve_block(cfg.get("serve")).models)
-    if shared:
+    block = read_serve_block(cfg.get("serve"))
+    why_one = None
+    if by_default and not block.batching:
+        why_one = "serve.batching=false serves one request at a time"
+    elif by_default and block.models:
+        why_one = "the first of several served models (serve.models) would take the memory the next ones need"
+    if why_one:
         policy = OmegaConf.merge(policy, {"sessions": "1"})
     view = OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation})
     plan = plan_from_config(view, hardware)
-    if shared:
+    if why_one:
         plan = _with_sessions_reason(
-            plan,
-            lambda reason: (
-                "policy.sessions=1: serve's default (auto) would let the first of several served models (serve.models) "
-                "take the memory the next ones need; set policy.sessions=N or auto to batch more at once"
-            ),
+            plan, lambda reason: f"policy.sessions=1, not serve's default auto: {why_one} (policy.sessions=N sets it)"
         )
     elif by_default:
         marker = "policy.sessions=auto"
