@@ -276,10 +276,19 @@ class ChatSession:
         return completion
 
     def generate(
-        self, messages: list[dict], params: SamplingParams | None = None, *, cancel: threading.Event | None = None
+        self,
+        messages: list[dict],
+        params: SamplingParams | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
-        """One reply to `messages` (history is not touched)."""
-        return self._generate(messages, self._params(params), cancel or threading.Event(), None)
+        """One reply to `messages` (history is not touched), generated on the calling thread.
+
+        `on_delta` receives the text as it grows (what `stream()` yields): a caller that owns a long-lived
+        thread (the server's model worker) streams this way, so the model never runs on a fresh thread.
+        """
+        return self._generate(messages, self._params(params), cancel or threading.Event(), on_delta)
 
     def stream(
         self,
