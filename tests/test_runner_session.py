@@ -139,6 +139,27 @@ def test_streaming_and_non_streaming_produce_the_same_ids(llama):
     assert "".join(deltas) == stream.completion.text
 
 
+def test_streams_generate_on_one_long_lived_thread_of_the_session(llama):
+    """Issue 13: a thread per stream left OpenMP threads parked across many Python threads, and once another
+    thread had generated, every later streamed turn ran ~1.5x slower. After a non-streaming turn (on the
+    caller's thread), a session's streams all generate on one thread that outlives them."""
+    s = session(llama)
+    generating: set[threading.Thread] = set()
+    embeddings = llama.model.get_input_embeddings()  # a submodule: called on every forward pass
+    hook = embeddings.register_forward_pre_hook(lambda module, args: generating.add(threading.current_thread()))
+    try:
+        s.generate(HELLO, SamplingParams(max_tokens=4, temperature=0))
+        assert generating == {threading.current_thread()}
+        for _ in range(3):
+            list(s.stream(HELLO, SamplingParams(max_tokens=4, temperature=0)))
+        "".join(s.send("hello", stream=True))
+    finally:
+        hook.remove()
+    streamed = generating - {threading.current_thread()}
+    assert len(streamed) == 1, [t.name for t in streamed]
+    assert all(thread.is_alive() for thread in streamed)
+
+
 def test_same_seed_same_sample_other_seed_other_sample(llama):
     s = session(llama)
     sample = lambda seed: s.generate(HELLO, SamplingParams(max_tokens=16, temperature=1.0, seed=seed)).token_ids  # noqa: E731

@@ -12,7 +12,10 @@ runner.engine.generate, shared with the tensor-parallel rank):
 - when the model has a batching engine (runner.engine.batching, `loaded.batching`), turns join its
   continuous batch; turns it cannot batch (a seed, penalties) and models without one run generate()
   one at a time (the LoadedModel's lock, with the batching loop paused meanwhile); out-of-memory
-  goes through runner.engine.recovery's ladder without losing the conversation.
+  goes through runner.engine.recovery's ladder without losing the conversation;
+- a stream generates on the session's long-lived StreamThreads, never a thread of its own per turn
+  (issue 13: that made later turns ~1.5x slower); the server's worker streams on its own thread
+  through `generate(on_delta=...)`.
 """
 
 from __future__ import annotations
@@ -45,12 +48,45 @@ class _Failure:
         self.exc = exc
 
 
+class StreamThreads:
+    """Long-lived daemon threads that run a session's streamed turns, started on first use and never stopped.
+
+    A thread per stream left OpenMP threads parked across many Python threads, and turns ran ~1.5x slower
+    once another thread had generated (issue 13). As many threads as the model's batch slots (1 without
+    batching: turns run one at a time anyway), so concurrent streams still share one continuous batch.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None], size: int) -> None:
+        with self._lock:
+            while len(self._threads) < size:
+                thread = threading.Thread(
+                    target=self._loop, name=f"shardwise-stream-{self.name}-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(work)
+
+    def _loop(self) -> None:
+        while True:
+            work = self._jobs.get()
+            try:
+                work()
+            except BaseException:  # TextStream._work reports its own errors; this thread must outlive any job
+                pass
+
+
 class TextStream:
     """Iterate for text deltas; `.completion` is set once iteration ends.
 
-    The generation runs in a worker thread that always ends the queue, so an exception there is
-    re-raised here instead of leaving the reader waiting. `close()` (or breaking out and
-    dropping the stream) cancels the generation.
+    The generation runs on one of the session's StreamThreads (or, without `submit`, a thread of its own)
+    and always ends the queue, so an exception there is re-raised here instead of leaving the reader
+    waiting. `close()` (or breaking out and dropping the stream) cancels the generation.
     """
 
     def __init__(
@@ -58,6 +94,7 @@ class TextStream:
         run: Callable[[Callable[[str], None]], Completion],
         cancel: threading.Event,
         on_done: Callable | None = None,
+        submit: Callable[[Callable[[], None]], None] | None = None,
     ):
         self.cancel = cancel
         self.completion: Completion | None = None
@@ -66,8 +103,10 @@ class TextStream:
         self._run = run
         self._on_done = on_done
         self._finished = False
-        self._thread = threading.Thread(target=self._work, name="shardwise-generate", daemon=True)
-        self._thread.start()
+        if submit is not None:
+            submit(self._work)
+        else:
+            threading.Thread(target=self._work, name="shardwise-generate", daemon=True).start()
 
     def _work(self) -> None:
         try:
@@ -92,7 +131,6 @@ class TextStream:
         item = self._queue.get()
         if item is _END:
             self._finished = True
-            self._thread.join()
             raise StopIteration
         if isinstance(item, _Failure):
             raise item.exc
@@ -140,6 +178,7 @@ class ChatSession:
         self.on_notice = on_notice or (lambda line: print(line, file=sys.stderr, flush=True))
         self.telemetry = telemetry or Telemetry(None)
         self.last_completion: Completion | None = None
+        self._stream_threads = StreamThreads(getattr(loaded, "name", "model"))
         self._configure()
 
     # -- model facts -------------------------------------------------------------------------
@@ -301,7 +340,14 @@ class ChatSession:
         """Like generate(), as text deltas; errors from the generation thread re-raise while iterating."""
         cancel = cancel or threading.Event()
         params = self._params(params)
-        return TextStream(lambda on_delta: self._generate(messages, params, cancel, on_delta), cancel, on_done)
+        batching = getattr(self.loaded, "batching", None)
+        slots = batching.admission.slots if batching is not None else 1
+        return TextStream(
+            lambda on_delta: self._generate(messages, params, cancel, on_delta),
+            cancel,
+            on_done,
+            submit=lambda work: self._stream_threads.submit(work, slots),
+        )
 
     # -- conversation ------------------------------------------------------------------------
     def conversation(self) -> list[dict]:
