@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
@@ -158,6 +159,37 @@ def test_streams_generate_on_one_long_lived_thread_of_the_session(llama):
     streamed = generating - {threading.current_thread()}
     assert len(streamed) == 1, [t.name for t in streamed]
     assert all(thread.is_alive() for thread in streamed)
+
+
+def test_stream_threads_run_up_to_size_jobs_at_once_and_reuse_their_threads():
+    from runner.engine.session import StreamThreads
+
+    pool = StreamThreads("test")
+    release = threading.Event()
+    started: list[threading.Thread] = []
+    lock = threading.Lock()
+
+    def job():
+        with lock:
+            started.append(threading.current_thread())
+        release.wait(10)
+
+    for _ in range(4):
+        pool.submit(job, 3)
+    deadline = time.monotonic() + 5
+    while len(started) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert len(started) == 3, "three jobs run at once, the fourth waits for a free thread"
+    release.set()
+    while len(started) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(started) == 4
+    for _ in range(20):  # later jobs, one at a time: the same threads take them, none is added
+        done = threading.Event()
+        pool.submit(done.set, 3)
+        assert done.wait(5)
+    assert len(set(started)) == 3 and len(pool._threads) == 3
 
 
 def test_same_seed_same_sample_other_seed_other_sample(llama):

@@ -49,11 +49,13 @@ class _Failure:
 
 
 class StreamThreads:
-    """Long-lived daemon threads that run a session's streamed turns, started on first use and never stopped.
+    """Long-lived daemon threads that run a session's streamed turns, started when needed and never stopped.
 
     A thread per stream left OpenMP threads parked across many Python threads, and turns ran ~1.5x slower
-    once another thread had generated (issue 13). As many threads as the model's batch slots (1 without
-    batching: turns run one at a time anyway), so concurrent streams still share one continuous batch.
+    once another thread had generated (issue 13). At most `size` threads: 1 without batching (turns run one
+    at a time anyway); with a batching engine, one per request it admits (running or waiting) plus one, so
+    concurrent streams share one continuous batch and the engine's own line (and its QueueFull) decides who
+    waits. A stream beyond that waits here for the next free thread.
     """
 
     def __init__(self, name: str):
@@ -61,16 +63,22 @@ class StreamThreads:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job that nobody has claimed
+        self._backlog = 0  # jobs queued while every thread was busy
 
     def submit(self, work: Callable[[], None], size: int) -> None:
         with self._lock:
-            while len(self._threads) < size:
+            if self._idle:
+                self._idle -= 1  # that thread takes this job
+            elif len(self._threads) < size:
                 thread = threading.Thread(
                     target=self._loop, name=f"shardwise-stream-{self.name}-{len(self._threads)}", daemon=True
                 )
-                thread.start()
                 self._threads.append(thread)
-        self._jobs.put(work)
+                thread.start()
+            else:
+                self._backlog += 1
+            self._jobs.put(work)
 
     def _loop(self) -> None:
         while True:
@@ -79,6 +87,12 @@ class StreamThreads:
                 work()
             except BaseException:  # TextStream._work reports its own errors; this thread must outlive any job
                 pass
+            finally:
+                with self._lock:
+                    if self._backlog:
+                        self._backlog -= 1  # a queued job is this thread's next
+                    else:
+                        self._idle += 1
 
 
 class TextStream:
@@ -341,12 +355,12 @@ class ChatSession:
         cancel = cancel or threading.Event()
         params = self._params(params)
         batching = getattr(self.loaded, "batching", None)
-        slots = batching.admission.slots if batching is not None else 1
+        admitted = batching.admission.slots + batching.admission.max_waiting if batching is not None else 0
         return TextStream(
             lambda on_delta: self._generate(messages, params, cancel, on_delta),
             cancel,
             on_done,
-            submit=lambda work: self._stream_threads.submit(work, slots),
+            submit=lambda work: self._stream_threads.submit(work, admitted + 1),
         )
 
     # -- conversation ------------------------------------------------------------------------
