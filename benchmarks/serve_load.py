@@ -3,14 +3,21 @@
     .venv/bin/python benchmarks/serve_load.py                       # 8 clients, 48 requests
     .venv/bin/python benchmarks/serve_load.py --clients 16 --requests 64 --max-tokens 32
     .venv/bin/python benchmarks/serve_load.py --compare             # batched vs sequential vs ceilings, 1-16 clients
+    .venv/bin/python benchmarks/serve_load.py --compare --peer-python /work/peer-venv/bin/python  # + transformers serve
     .venv/bin/python benchmarks/serve_load.py --abuse               # normal requests while the server is abused
 
 `--compare` builds a ~40M-parameter Llama-style model (random weights) and, at 1, 4, 8 and 16 concurrent
 greedy streaming clients, serves it twice through the same server code: with continuous batching
 (runner.engine.batching, sized like a plan with 16 sessions) and with the old one-at-a-time path. Beside
 them: raw `model.generate` for one sequence (the 1-client target) and transformers' in-process
-`generate_batch` with every request at once (the ceiling; `transformers serve` needs fastapi, which this
-venv lacks). Every streamed reply must equal the sequential session's greedy reply token for token.
+`generate_batch` with every request at once (the ceiling). Every streamed reply must equal the sequential
+session's greedy reply token for token. A second table is issue 13's 1-client target: one streaming client
+on a fresh server, before and after it answered non-streaming requests, next to raw generate.
+With `--peer-python PY` (an environment with `transformers[serving]`; this venv lacks fastapi), the same
+model directory, prompts, max_tokens, greedy settings, torch threads and cache sizes are also served by
+`transformers serve` and `transformers serve --continuous-batching` on 127.0.0.1 (benchmarks/serve_peer.py),
+one after the other, as more columns and ratios of the same tables; their greedy texts are compared with
+shardwise's and the matches counted (reported, never an error).
 
 `--abuse` serves a tiny model with continuous batching (4 slots, serve.max_queue=4) and times a normal
 small request (8 greedy tokens, non-streaming) just before, during and right after each of: (a) a
@@ -41,7 +48,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +154,9 @@ def check_stream(events: list[str], case: Case) -> tuple[str, str, int, str | No
     return "", text, usage["usage"]["completion_tokens"], ids.pop()
 
 
-async def one_request(client, url: str, model: str, case: Case, limit: asyncio.Semaphore) -> Result:
+async def one_request(
+    client, url: str, model: str, case: Case, limit: asyncio.Semaphore, checker=check_stream
+) -> Result:
     result = Result(case.index)
     async with limit:
         start = time.perf_counter()
@@ -171,7 +180,7 @@ async def one_request(client, url: str, model: str, case: Case, limit: asyncio.S
             result.problem = f"{type(exc).__name__}: {exc}"
             return result
         result.latency_s = time.perf_counter() - start
-    problem, text, tokens, _ = check_stream(events, case)
+    problem, text, tokens, _ = checker(events, case)
     result.completion_tokens, result.text = tokens, text
     if problem:
         result.problem = problem
@@ -204,9 +213,12 @@ async def poll_health(client, url: str, stop: asyncio.Event, log: HealthLog) -> 
 
 
 async def run_load(
-    url: str, model: str, cases: list[Case], clients: int, timeout_s: float
+    url: str, model: str, cases: list[Case], clients: int, timeout_s: float, checker=check_stream
 ) -> tuple[list[Result], HealthLog, float]:
-    """All cases through `clients` concurrent streams; (results, health log, wall seconds)."""
+    """All cases through `clients` concurrent streams; (results, health log, wall seconds).
+
+    `checker(events, case)` reads one stream (check_stream: shardwise's, with [DONE]; serve_peer's for
+    transformers serve)."""
     import httpx
 
     limit = asyncio.Semaphore(clients)
@@ -218,7 +230,7 @@ async def run_load(
         start = time.perf_counter()
         try:
             results = await asyncio.wait_for(
-                asyncio.gather(*(one_request(client, url, model, c, limit) for c in cases)), timeout=timeout_s
+                asyncio.gather(*(one_request(client, url, model, c, limit, checker) for c in cases)), timeout=timeout_s
             )
         finally:
             wall_s = time.perf_counter() - start
@@ -335,21 +347,93 @@ def summarize(results: list[Result], wall_s: float) -> dict:
     }
 
 
-def serve_point(session, name: str, cases: list[Case], clients: int, timeout_s: float) -> dict:
-    """One server, two non-streaming warm-up requests (the issue's slow state came after those), then the load."""
+def warm_up(url: str, model: str, cases: list[Case], timeout_s: float) -> None:
+    """Two short non-streaming requests (the issue's slow state came after those)."""
     import httpx
 
+    for case in cases[:2]:
+        body = {**case.body(model), "stream": False, "max_tokens": 8}
+        body.pop("stream_options")
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout_s).raise_for_status()
+
+
+def serve_point(session, name: str, cases: list[Case], clients: int, timeout_s: float) -> dict:
+    """One server, two non-streaming warm-up requests, then the load."""
     from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
 
     app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
     with BackgroundServer(app) as server:
         wait_ready(server.url)
-        for case in cases[:2]:
-            body = {**case.body(name), "stream": False, "max_tokens": 8}
-            body.pop("stream_options")
-            httpx.post(server.url + "/v1/chat/completions", json=body, timeout=timeout_s).raise_for_status()
+        warm_up(server.url, name, cases, timeout_s)
         results, _, wall_s = asyncio.run(run_load(server.url, name, cases, clients, timeout_s))
     return summarize(results, wall_s)
+
+
+def unchecked(cases: list[Case]) -> list[Case]:
+    """Copies that carry no reference: a peer's replies are compared afterwards, never counted as errors."""
+    return [replace(case, expected_text=None, expected_tokens=None) for case in cases]
+
+
+def peer_point(peer, cases: list[Case], clients: int, timeout_s: float) -> dict:
+    """serve_point against a running transformers serve; `matches`: replies equal to shardwise's sequential text."""
+    from serve_peer import check_peer_stream
+
+    warm_up(peer.url, peer.model, cases, timeout_s)
+    results, _, wall_s = asyncio.run(
+        run_load(peer.url, peer.model, unchecked(cases), clients, timeout_s, check_peer_stream)
+    )
+    row = summarize(results, wall_s)
+    row["matches"] = sum(r.ok and r.text == c.expected_text for r, c in zip(row["results"], cases))
+    return row
+
+
+def one_client_before_after(url: str, model: str, cases: list[Case], timeout_s: float, checker=check_stream) -> dict:
+    """At 1 streaming client: tok/s of `cases` streamed on a fresh server, then after 3 non-streaming requests.
+
+    The issue's slow state showed only after the server had answered a non-streaming request."""
+    import httpx
+
+    before, _, before_s = asyncio.run(run_load(url, model, unchecked(cases), 1, timeout_s, checker))
+    for case in cases[:3]:
+        body = {**case.body(model), "stream": False}
+        body.pop("stream_options")
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout_s).raise_for_status()
+    after, _, after_s = asyncio.run(run_load(url, model, unchecked(cases), 1, timeout_s, checker))
+    first, second = summarize(before, before_s), summarize(after, after_s)
+    return {
+        "before": first["tokens_per_s"],
+        "after": second["tokens_per_s"],
+        "errors": first["errors"] + second["errors"],
+    }
+
+
+def shardwise_one_client(session, name: str, cases: list[Case], timeout_s: float) -> dict:
+    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+
+    app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
+    with BackgroundServer(app) as server:
+        wait_ready(server.url)
+        return one_client_before_after(server.url, name, cases, timeout_s)
+
+
+def peer_agreement(peer, cases: list[Case], clients: int, timeout_s: float) -> int:
+    """How many of `cases`, asked non-streaming (the server decodes the whole reply at once), equal shardwise's
+    sequential greedy text: a streamed reply's text can differ by how partial UTF-8 bytes were cut."""
+    import httpx
+
+    async def ask(client, case, limit) -> bool:
+        body = {**case.body(peer.model), "stream": False}
+        body.pop("stream_options")
+        async with limit:
+            response = await client.post(peer.url + "/v1/chat/completions", json=body)
+        return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == case.expected_text
+
+    async def run() -> int:
+        limit = asyncio.Semaphore(clients)
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            return sum(await asyncio.gather(*(ask(client, case, limit) for case in cases)))
+
+    return asyncio.run(run())
 
 
 def raw_generate_tokens_per_s(loaded, prompt_ids: list[int], max_tokens: int, runs: int = 3) -> float:
@@ -391,6 +475,9 @@ def generate_batch_tokens_per_s(loaded, serving, prompts: list[list[int]], max_t
     return sum(len(o.generated_tokens) for o in outputs.values()) / span_s
 
 
+PEER_MODES = (("transformers serve", "serve", False), ("transformers CB", "CB", True))  # label, short, batching
+
+
 def compare(args) -> int:
     import os
 
@@ -402,10 +489,16 @@ def compare(args) -> int:
     from runner.engine.types import SamplingParams
 
     sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from serve_peer import PeerServer, check_peer_stream, peer_versions
     from tiny_models import cpu_plan, cpu_serving, tiny_llama
 
     clients_list = [c for c in COMPARE_CLIENTS if c <= args.max_clients]
+    peer_modes = PEER_MODES if args.peer_python else ()
+    versions = peer_versions(args.peer_python) if args.peer_python else ""
+    threads_lines, agreement, single = [], {}, {}
     load_before = os.getloadavg()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shardwise-compare-") as workdir:
         model_dir = tiny_llama(Path(workdir), name="bench-llama", **COMPARE_MODEL)
         plan = cpu_plan(model_dir, context_tokens=COMPARE_CONTEXT, max_new_tokens=args.max_tokens)
@@ -422,11 +515,14 @@ def compare(args) -> int:
         raw = raw_generate_tokens_per_s(loaded, prompt_ids[0], args.max_tokens)
         serving = cpu_serving(model_dir, sessions=clients_list[-1], context_tokens=COMPARE_CONTEXT)
         ceiling = generate_batch_tokens_per_s(loaded, serving, prompt_ids, args.max_tokens)
+        alone = points[clients_list[0]]  # the 1-client phase's requests
         rows = {}
         for mode in ("sequential", "batched"):
             if mode == "batched":
                 attach(loaded, serving, max_waiting=2 * len(every), log=lambda line: None)
             try:
+                single[mode] = {"raw": raw_generate_tokens_per_s(loaded, prompt_ids[0], args.max_tokens)}
+                single[mode].update(shardwise_one_client(session, name, alone, args.timeout_s))
                 for clients in clients_list:
                     row = rows[(mode, clients)] = serve_point(session, name, points[clients], clients, args.timeout_s)
                     results = row.pop("results")
@@ -437,6 +533,25 @@ def compare(args) -> int:
                 if loaded.batching is not None:
                     loaded.batching.close()
                     loaded.batching = None
+        for label, _, batching in peer_modes:  # one at a time: they never compete with each other for the cores
+            peer = PeerServer(
+                args.peer_python,
+                model_dir,
+                continuous_batching=batching,
+                threads=args.threads,
+                serving=serving,
+                log_dir=Path(workdir),
+            )
+            with peer:
+                threads_lines.append(f"{label}: {peer.threads_line()}")
+                single[label] = {"raw": raw_generate_tokens_per_s(loaded, prompt_ids[0], args.max_tokens)}
+                single[label].update(
+                    one_client_before_after(peer.url, peer.model, alone, args.timeout_s, check_peer_stream)
+                )
+                for clients in clients_list:
+                    rows[(label, clients)] = peer_point(peer, points[clients], clients, args.timeout_s)
+                    rows[(label, clients)].pop("results")
+                agreement[label] = peer_agreement(peer, every, clients_list[-1], args.timeout_s)
     load_after = os.getloadavg()
     print(
         f"model: Llama-style, {params / 1e6:.1f}M parameters, float32, sdpa, CPU with {torch.get_num_threads()} "
@@ -444,27 +559,19 @@ def compare(args) -> int:
         f"batched = continuous batching sized for {serving.max_concurrent} sessions ({serving.num_blocks} blocks of "
         f"{serving.page_size_tokens} tokens, {serving.max_batch_tokens} tokens per step)"
     )
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min; other agents share the cores)")
-    print()
-    print(
-        "| clients | requests | sequential tok/s | batched tok/s | batched / sequential | batched / generate_batch "
-        "| p50 latency s (seq / batched) | p95 latency s (seq / batched) | TTFT p50 s (seq / batched) "
-        "| TTFT p95 s (seq / batched) | errors |"
-    )
-    print("|" + "---|" * 11)
-    ok = True
-    for clients in clients_list:
-        seq, bat = rows[("sequential", clients)], rows[("batched", clients)]
-        ok &= seq["errors"] == 0 and bat["errors"] == 0
+    if peer_modes:
         print(
-            f"| {clients} | {len(points[clients])} | {seq['tokens_per_s']:.0f} | {bat['tokens_per_s']:.0f} "
-            f"| {bat['tokens_per_s'] / seq['tokens_per_s']:.2f} | {bat['tokens_per_s'] / ceiling:.2f} "
-            f"| {seq['p50']:.2f} / {bat['p50']:.2f} | {seq['p95']:.2f} / {bat['p95']:.2f} "
-            f"| {seq['ttft_p50']:.2f} / {bat['ttft_p50']:.2f} | {seq['ttft_p95']:.2f} / {bat['ttft_p95']:.2f} "
-            f"| {seq['errors'] + bat['errors']} |"
+            f"peer: {versions} from {args.peer_python}, `transformers serve MODEL_DIR --device cpu --dtype float32 "
+            f"--attn-implementation sdpa` on 127.0.0.1, plain and with --continuous-batching (the same cache sizes: "
+            f"--cb-block-size {serving.page_size_tokens} --cb-num-blocks {serving.num_blocks} --cb-max-batch-tokens "
+            f"{serving.max_batch_tokens}), one after the other; {'; '.join(threads_lines)}"
         )
-        for problem in seq["problems"] + bat["problems"]:
-            print(f"  problem: {problem}")
+    print(
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min; other agents share the cores); "
+        f"the run took {time.perf_counter() - started:.0f} s"
+    )
+    print()
+    ok = compare_table(rows, clients_list, points, ceiling, [label for label, _, _ in peer_modes])
     one = rows[("batched", clients_list[0])]["tokens_per_s"]
     print()
     print(f"raw model.generate, one sequence: {raw:.0f} tok/s; batched at 1 client / raw generate: {one / raw:.2f}")
@@ -476,7 +583,73 @@ def compare(args) -> int:
         "every batched reply was compared with the sequential path's greedy reply, token for token"
         + ("" if ok else ": MISMATCHES")
     )
+    for label, _, _ in peer_modes:
+        streamed = sum(rows[(label, c)]["matches"] for c in clients_list)
+        print(
+            f"{label}: streamed text equal to shardwise's sequential greedy text in {streamed} of "
+            f"{sum(len(points[c]) for c in clients_list)} replies; asked non-streaming (one decode of the whole "
+            f"reply), {agreement[label]} of {len(every)} prompts"
+        )
+    print()
+    single_table(single, len(alone))
     return 0 if ok else 1
+
+
+def compare_table(rows: dict, clients_list: list[int], points: dict, ceiling: float, peers: list[str]) -> bool:
+    """The side-by-side table; True when no shardwise reply had an error or differed from the sequential one."""
+    short = {"sequential": "seq", "batched": "batched", **{label: s for label, s, _ in PEER_MODES}}
+    modes = ["sequential", "batched", *peers]
+    names = " / ".join(short[m] for m in modes)
+    ratios = ["batched / sequential", *(f"batched / {p}" for p in reversed(peers)), "batched / generate_batch"]
+    header = [
+        "clients",
+        "requests",
+        *(f"{m} tok/s" for m in modes),
+        *ratios,
+        *(f"{what} s ({names})" for what in ("p50 latency", "p95 latency", "TTFT p50", "TTFT p95")),
+        "errors",
+    ]
+    header += [f"greedy text = shardwise ({' / '.join(short[p] for p in peers)})"] if peers else []
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    ok = True
+    for clients in clients_list:
+        row = {m: rows[(m, clients)] for m in modes}
+        bat = row["batched"]["tokens_per_s"]
+        ok &= row["sequential"]["errors"] == 0 and row["batched"]["errors"] == 0
+        cells = [str(clients), str(len(points[clients]))]
+        cells += [f"{row[m]['tokens_per_s']:.0f}" for m in modes]
+        cells += [f"{bat / row[m]['tokens_per_s']:.2f}" for m in ("sequential", *reversed(peers))]
+        cells += [f"{bat / ceiling:.2f}"]
+        for key in ("p50", "p95", "ttft_p50", "ttft_p95"):
+            cells.append(" / ".join(f"{row[m][key]:.2f}" for m in modes))
+        cells.append(str(sum(row[m]["errors"] for m in modes)))
+        if peers:
+            cells.append(" / ".join(f"{row[p]['matches']}/{len(points[clients])}" for p in peers))
+        print("| " + " | ".join(cells) + " |")
+        for m in modes:
+            for problem in row[m]["problems"]:
+                print(f"  problem ({m}): {problem}")
+    return ok
+
+
+def single_table(single: dict, requests: int) -> None:
+    """Issue 13's 1-client target: streaming within 10% of raw generate, also after non-streaming requests."""
+    print(
+        f"1 streaming client, {requests} requests on a fresh server, then {min(3, requests)} non-streaming "
+        f"requests, then the same {requests} again (raw generate measured in-process just before each server):"
+    )
+    print(
+        "| server | raw generate tok/s | streaming tok/s before | after non-streaming | before / raw | after / raw "
+        "| errors |"
+    )
+    print("|" + "---|" * 7)
+    for mode, got in single.items():
+        label = f"shardwise {mode}" if mode in ("sequential", "batched") else mode
+        print(
+            f"| {label} | {got['raw']:.0f} | {got['before']:.0f} | {got['after']:.0f} "
+            f"| {got['before'] / got['raw']:.2f} | {got['after'] / got['raw']:.2f} | {got['errors']} |"
+        )
 
 
 # ----- --abuse: normal requests while the server is abused ---------------------------------------------
@@ -874,6 +1047,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="--compare: prompt length, tokens")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--min-requests", type=int, default=8, help="--compare: requests per point at least")
+    parser.add_argument(
+        "--peer-python",
+        help="--compare: also serve the model with `transformers serve` (plain and --continuous-batching) from "
+        "this Python, which has transformers[serving] (e.g. /work/peer-venv/bin/python)",
+    )
     abuse_group = parser.add_argument_group("--abuse: normal requests while the server is abused")
     abuse_group.add_argument("--abuse", action="store_true", help="huge conversation, burst past the queue, hang-ups")
     abuse_group.add_argument("--abuse-messages", type=int, default=3000, help="messages in the huge conversation")
@@ -908,6 +1086,8 @@ def main(argv: list[str] | None = None) -> int:
                 "(streams in every slot make them wait for a slot, which measures the queue, not the hang-ups)"
             )
         return abuse(args)
+    if args.peer_python and not args.compare:
+        parser.error("--peer-python goes with --compare")
     if args.compare:
         bounded = 1 <= args.max_clients <= 16 and 8 <= args.prompt_tokens <= 256 and 1 <= args.max_tokens <= 128
         if not (bounded and 1 <= args.min_requests <= 64):

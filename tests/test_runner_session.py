@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
@@ -137,6 +138,58 @@ def test_streaming_and_non_streaming_produce_the_same_ids(llama):
     deltas = list(stream)
     assert stream.completion.token_ids == s.generate(HELLO, params).token_ids
     assert "".join(deltas) == stream.completion.text
+
+
+def test_streams_generate_on_one_long_lived_thread_of_the_session(llama):
+    """Issue 13: a thread per stream left OpenMP threads parked across many Python threads, and once another
+    thread had generated, every later streamed turn ran ~1.5x slower. After a non-streaming turn (on the
+    caller's thread), a session's streams all generate on one thread that outlives them."""
+    s = session(llama)
+    generating: set[threading.Thread] = set()
+    embeddings = llama.model.get_input_embeddings()  # a submodule: called on every forward pass
+    hook = embeddings.register_forward_pre_hook(lambda module, args: generating.add(threading.current_thread()))
+    try:
+        s.generate(HELLO, SamplingParams(max_tokens=4, temperature=0))
+        assert generating == {threading.current_thread()}
+        for _ in range(3):
+            list(s.stream(HELLO, SamplingParams(max_tokens=4, temperature=0)))
+        "".join(s.send("hello", stream=True))
+    finally:
+        hook.remove()
+    streamed = generating - {threading.current_thread()}
+    assert len(streamed) == 1, [t.name for t in streamed]
+    assert all(thread.is_alive() for thread in streamed)
+
+
+def test_stream_threads_run_up_to_size_jobs_at_once_and_reuse_their_threads():
+    from runner.engine.session import StreamThreads
+
+    pool = StreamThreads("test")
+    release = threading.Event()
+    started: list[threading.Thread] = []
+    lock = threading.Lock()
+
+    def job():
+        with lock:
+            started.append(threading.current_thread())
+        release.wait(10)
+
+    for _ in range(4):
+        pool.submit(job, 3)
+    deadline = time.monotonic() + 5
+    while len(started) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert len(started) == 3, "three jobs run at once, the fourth waits for a free thread"
+    release.set()
+    while len(started) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(started) == 4
+    for _ in range(20):  # later jobs, one at a time: the same threads take them, none is added
+        done = threading.Event()
+        pool.submit(done.set, 3)
+        assert done.wait(5)
+    assert len(set(started)) == 3 and len(pool._threads) == 3
 
 
 def test_same_seed_same_sample_other_seed_other_sample(llama):

@@ -274,3 +274,41 @@ def test_a_client_gone_cancels_every_choice_of_its_n3_request(server, session, m
     ended = list(session.telemetry.turns)[-3:]
     assert [(t["finish_reason"], t["completion_tokens"]) for t in ended] == [("cancelled", 0)] * 3
     assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).json()["queued"] == {model: 0}
+
+
+def test_every_forward_pass_runs_on_a_long_lived_thread_the_engine_owns(client, session, model):
+    """Issue 13's slow state: streamed requests generated on a new thread each, and once the worker had run a
+    non-streaming request every later stream ran ~1.55x slower (OpenMP threads parked across many Python
+    threads). Whatever the request (non-streaming, streaming, seeded sampling that runs alone beside the
+    batch, several at once), the model's forward passes run on the same few threads, still alive afterwards:
+    the model worker's, and the batching loop's when there is one."""
+    generating: set[threading.Thread] = set()
+    embeddings = session.loaded.model.get_input_embeddings()  # a submodule: called on every forward pass
+    hook = embeddings.register_forward_pre_hook(lambda module, args: generating.add(threading.current_thread()))
+
+    def streamed(**sampling) -> str:
+        chunks = client.chat.completions.create(model=model, messages=HELLO, max_tokens=4, stream=True, **sampling)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    def round_of_requests() -> None:
+        client.chat.completions.create(model=model, messages=HELLO, max_tokens=4, temperature=0)
+        for _ in range(3):
+            streamed(temperature=0)
+        streamed(temperature=0.8, seed=5)  # seeded sampling: the sequential path even on a batching engine
+        pair = [threading.Thread(target=streamed, kwargs={"temperature": 0}) for _ in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join(timeout=TIMEOUT_S)
+
+    try:
+        for _ in range(2):
+            round_of_requests()
+    finally:
+        hook.remove()
+    engine = session.loaded.batching
+    loop = {engine._manager._generation_thread} if engine is not None else set()  # transformers' batching loop
+    workers = {t for t in generating if t.name.startswith(f"shardwise-generate-{model}-")}  # runner.openai.queue
+    assert generating == workers | loop, [t.name for t in generating - workers - loop]
+    assert 1 <= len(workers) <= (engine.admission.slots if engine is not None else 1)
+    assert all(thread.is_alive() for thread in generating), [t.name for t in generating if not t.is_alive()]

@@ -12,7 +12,10 @@ runner.engine.generate, shared with the tensor-parallel rank):
 - when the model has a batching engine (runner.engine.batching, `loaded.batching`), turns join its
   continuous batch; turns it cannot batch (a seed, penalties) and models without one run generate()
   one at a time (the LoadedModel's lock, with the batching loop paused meanwhile); out-of-memory
-  goes through runner.engine.recovery's ladder without losing the conversation.
+  goes through runner.engine.recovery's ladder without losing the conversation;
+- a stream generates on the session's long-lived StreamThreads, never a thread of its own per turn
+  (issue 13: that made later turns ~1.5x slower); the server's worker streams on its own thread
+  through `generate(on_delta=...)`.
 """
 
 from __future__ import annotations
@@ -45,12 +48,59 @@ class _Failure:
         self.exc = exc
 
 
+class StreamThreads:
+    """Long-lived daemon threads that run a session's streamed turns, started when needed and never stopped.
+
+    A thread per stream left OpenMP threads parked across many Python threads, and turns ran ~1.5x slower
+    once another thread had generated (issue 13). At most `size` threads: 1 without batching (turns run one
+    at a time anyway); with a batching engine, one per request it admits (running or waiting) plus one, so
+    concurrent streams share one continuous batch and the engine's own line (and its QueueFull) decides who
+    waits. A stream beyond that waits here for the next free thread.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job that nobody has claimed
+        self._backlog = 0  # jobs queued while every thread was busy
+
+    def submit(self, work: Callable[[], None], size: int) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # that thread takes this job
+            elif len(self._threads) < size:
+                thread = threading.Thread(
+                    target=self._loop, name=f"shardwise-stream-{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._backlog += 1
+            self._jobs.put(work)
+
+    def _loop(self) -> None:
+        while True:
+            work = self._jobs.get()
+            try:
+                work()
+            except BaseException:  # TextStream._work reports its own errors; this thread must outlive any job
+                pass
+            finally:
+                with self._lock:
+                    if self._backlog:
+                        self._backlog -= 1  # a queued job is this thread's next
+                    else:
+                        self._idle += 1
+
+
 class TextStream:
     """Iterate for text deltas; `.completion` is set once iteration ends.
 
-    The generation runs in a worker thread that always ends the queue, so an exception there is
-    re-raised here instead of leaving the reader waiting. `close()` (or breaking out and
-    dropping the stream) cancels the generation.
+    The generation runs on one of the session's StreamThreads (or, without `submit`, a thread of its own)
+    and always ends the queue, so an exception there is re-raised here instead of leaving the reader
+    waiting. `close()` (or breaking out and dropping the stream) cancels the generation.
     """
 
     def __init__(
@@ -58,6 +108,7 @@ class TextStream:
         run: Callable[[Callable[[str], None]], Completion],
         cancel: threading.Event,
         on_done: Callable | None = None,
+        submit: Callable[[Callable[[], None]], None] | None = None,
     ):
         self.cancel = cancel
         self.completion: Completion | None = None
@@ -66,8 +117,10 @@ class TextStream:
         self._run = run
         self._on_done = on_done
         self._finished = False
-        self._thread = threading.Thread(target=self._work, name="shardwise-generate", daemon=True)
-        self._thread.start()
+        if submit is not None:
+            submit(self._work)
+        else:
+            threading.Thread(target=self._work, name="shardwise-generate", daemon=True).start()
 
     def _work(self) -> None:
         try:
@@ -92,7 +145,6 @@ class TextStream:
         item = self._queue.get()
         if item is _END:
             self._finished = True
-            self._thread.join()
             raise StopIteration
         if isinstance(item, _Failure):
             raise item.exc
@@ -140,6 +192,7 @@ class ChatSession:
         self.on_notice = on_notice or (lambda line: print(line, file=sys.stderr, flush=True))
         self.telemetry = telemetry or Telemetry(None)
         self.last_completion: Completion | None = None
+        self._stream_threads = StreamThreads(getattr(loaded, "name", "model"))
         self._configure()
 
     # -- model facts -------------------------------------------------------------------------
@@ -276,10 +329,19 @@ class ChatSession:
         return completion
 
     def generate(
-        self, messages: list[dict], params: SamplingParams | None = None, *, cancel: threading.Event | None = None
+        self,
+        messages: list[dict],
+        params: SamplingParams | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
-        """One reply to `messages` (history is not touched)."""
-        return self._generate(messages, self._params(params), cancel or threading.Event(), None)
+        """One reply to `messages` (history is not touched), generated on the calling thread.
+
+        `on_delta` receives the text as it grows (what `stream()` yields): a caller that owns a long-lived
+        thread (the server's model worker) streams this way, so the model never runs on a fresh thread.
+        """
+        return self._generate(messages, self._params(params), cancel or threading.Event(), on_delta)
 
     def stream(
         self,
@@ -292,7 +354,14 @@ class ChatSession:
         """Like generate(), as text deltas; errors from the generation thread re-raise while iterating."""
         cancel = cancel or threading.Event()
         params = self._params(params)
-        return TextStream(lambda on_delta: self._generate(messages, params, cancel, on_delta), cancel, on_done)
+        batching = getattr(self.loaded, "batching", None)
+        admitted = batching.admission.slots + batching.admission.max_waiting if batching is not None else 0
+        return TextStream(
+            lambda on_delta: self._generate(messages, params, cancel, on_delta),
+            cancel,
+            on_done,
+            submit=lambda work: self._stream_threads.submit(work, admitted + 1),
+        )
 
     # -- conversation ------------------------------------------------------------------------
     def conversation(self) -> list[dict]:
