@@ -23,7 +23,7 @@ from planner.hardware.tiers import resolve_hardware
 from planner.units import GIB, MIB
 
 REPO = Path(__file__).resolve().parents[1]
-SHARDWISE = REPO / ".venv" / "bin" / "shardwise"
+SHARDWISE = Path(sys.executable).parent / "shardwise"  # the console script of the running environment
 HOST = HostInfo(ram_bytes=256 * GIB, cpu_count=32)
 
 
