@@ -122,8 +122,8 @@ class FakeSession:
             tokens_per_s=tokens / (end - start) if end > start else None,
         )
 
-    def generate(self, messages, params: SamplingParams, *, cancel=None) -> Completion:
-        generator = self._run(messages, params, cancel, None)
+    def generate(self, messages, params: SamplingParams, *, cancel=None, on_delta=None) -> Completion:
+        generator = self._run(messages, params, cancel, on_delta)
         while True:
             try:
                 next(generator)

@@ -276,10 +276,15 @@ class ChatSession:
         return completion
 
     def generate(
-        self, messages: list[dict], params: SamplingParams | None = None, *, cancel: threading.Event | None = None
+        self,
+        messages: list[dict],
+        params: SamplingParams | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: Callable[[str], None] | None = None,
     ) -> Completion:
-        """One reply to `messages` (history is not touched)."""
-        return self._generate(messages, self._params(params), cancel or threading.Event(), None)
+        """One reply to `messages` (history is not touched); `on_delta` gets text deltas on this thread."""
+        return self._generate(messages, self._params(params), cancel or threading.Event(), on_delta)
 
     def stream(
         self,

@@ -53,6 +53,7 @@ from runner.openai.responses import (
     error_response,
     finish,
     generation_work,
+    stall_handler,
     stream_chunks,
 )
 
@@ -71,6 +72,8 @@ class ServeSettings:
     request_timeout_s: float = 600.0  # queue wait + generation per request, seconds; 0: no limit
     defaults: SamplingParams = field(default_factory=SamplingParams)  # sampling for fields a request leaves out
     max_n: int = 8  # most choices one request may ask for
+    stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
+    max_messages: int = 4096  # most messages one request may hold; more is a 400
 
 
 @dataclass
@@ -288,8 +291,12 @@ async def chat_completions(request: Request) -> Response:
             return early_end(first, info, job, slot)
         if chat.stream:
             streaming = True  # from here the stream's end finishes the request
+            stall_s = state.settings.stream_stall_timeout_s
             return EventStream(
-                stream_chunks(first, waiter, chat, meta, job), on_close=lambda: finish(waiter, slot, job)
+                stream_chunks(first, waiter, chat, meta, job),
+                on_close=lambda: finish(waiter, slot, job),
+                stall_s=stall_s,
+                on_stall=stall_handler(meta, job, slot, stall_s),
             )
         return await collect(first, waiter, chat, meta, job, slot)
     finally:

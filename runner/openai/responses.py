@@ -104,14 +104,9 @@ def generation_work(session, chat: ChatRequest) -> Callable[[Job], None]:
         started = time.perf_counter()
         for index in range(chat.n):
             params = chat.params_for_choice(index)
-            if chat.stream:
-                text_stream = session.stream(chat.messages, params, cancel=job.cancel)
-                for delta in text_stream:
-                    if delta:
-                        job.emit("delta", index, delta)
-                completion = text_stream.completion
-            else:
-                completion = session.generate(chat.messages, params, cancel=job.cancel)
+            # on this thread: a delta the stream has no room for makes the generation wait (bounded, cancellable)
+            on_delta = (lambda delta, i=index: delta and job.emit_delta("delta", i, delta)) if chat.stream else None
+            completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
             job.emit("choice", index, completion)
             if job.cancel.is_set():
                 return
@@ -134,6 +129,11 @@ class EventWaiter:
             pass
 
     async def next(self) -> tuple:
+        event = await self._next()
+        self.job.taken(event)
+        return event
+
+    async def _next(self) -> tuple:
         if not self.job.events.empty():
             return self.job.events.get_nowait()
         if self._watch.done():
@@ -194,6 +194,14 @@ def _end_error(event: tuple) -> APIError:
     kind = event[0]
     if kind == "error":
         return classify(event[1])
+    if kind == "stalled":
+        return APIError(
+            408,
+            "the client accepted no data for serve.stream_stall_timeout_s seconds, so the request was cancelled: "
+            "read the stream as it arrives",
+            type="timeout",
+            code="stream_stalled",
+        )
     if kind == "timeout":
         return APIError(
             504,
@@ -273,17 +281,60 @@ async def stream_chunks(
     yield sse("[DONE]")
 
 
+def stall_handler(meta: RequestMeta, job: Job, slot, stall_s: float) -> Callable[[], None]:
+    """What a stream whose client stopped reading does: cancel the generation (its batch slot and cache blocks
+    free at once), count and log it, and end the stream with an error should the client read again."""
+
+    def stalled() -> None:
+        slot.worker.cancel(job)
+        meta.info["error"] = "stream_stalled"
+        if meta.metrics is not None:
+            meta.metrics.stalled(meta.response.model)
+        log.warning(
+            "request %s: the client accepted no data for %.1f s (serve.stream_stall_timeout_s): generation cancelled",
+            meta.response.request_id,
+            stall_s,
+        )
+        job.events.put_nowait(("stalled",))
+
+    return stalled
+
+
 class EventStream(StreamingResponse):
-    """Server-sent events; `on_close` runs however the response ends (a client gone before the first byte too)."""
+    """Server-sent events; `on_close` runs however the response ends (a client gone before the first byte too).
+
+    With `stall_s` > 0, a send the client has not accepted after `stall_s` seconds (it keeps the connection open
+    but stopped reading, so the transport's flow control holds the send) calls `on_stall` once; the send then
+    waits for the client to read or leave, holding no generation.
+    """
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[bytes], on_close: Callable[[], None]):
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        on_close: Callable[[], None],
+        *,
+        stall_s: float = 0.0,
+        on_stall: Callable[[], None] | None = None,
+    ):
         super().__init__(chunks, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self.on_close = on_close
+        self.stall_s = stall_s if on_stall is not None else 0.0
+        self.on_stall = on_stall
 
     async def __call__(self, scope, receive, send) -> None:
+        async def watched(message) -> None:
+            if self.stall_s <= 0:
+                return await send(message)
+            sending = asyncio.ensure_future(send(message))
+            done, _ = await asyncio.wait({sending}, timeout=self.stall_s)
+            if not done:
+                self.stall_s = 0.0  # once
+                self.on_stall()
+            await sending
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, watched)
         finally:
             self.on_close()
