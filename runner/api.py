@@ -35,10 +35,13 @@ def _notice(line: str) -> None:
 
 
 def checked_messages(messages) -> list[dict]:
-    """Chat messages checked as the server checks them (roles, text content); else a one-line ShardwiseError."""
+    """Chat messages checked as the server checks them (roles, text content, at most protocol.MAX_MESSAGES);
+    else a one-line ShardwiseError."""
     try:
         return parse_messages(list(messages) if isinstance(messages, tuple) else messages)
     except APIError as exc:
+        if exc.code == "too_many_messages":
+            raise ShardwiseError(exc.message) from None
         raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
 
 

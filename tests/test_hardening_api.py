@@ -117,3 +117,13 @@ def test_the_api_and_the_cli_share_one_consent_rule():
     assert consents_to_remote_code(False, ["model.trust_remote_code=true"], fresh_plan=True) is True
     assert consents_to_remote_code(False, ["model.trust_remote_code=true"], fresh_plan=False) is False
     assert consents_to_remote_code(False, ["model.trust_remote_code=false"], fresh_plan=True) is False
+
+
+def test_the_python_api_refuses_more_messages_than_the_servers_default_bound():
+    from runner.openai.protocol import MAX_MESSAGES
+
+    many = [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1)
+    with pytest.raises(ShardwiseError) as caught:
+        api.create_chat_completion(model="gpt2", messages=many, use_cpu=True)
+    assert f"messages holds {MAX_MESSAGES + 1} messages" in str(caught.value)
+    assert len(api.checked_messages(many[:MAX_MESSAGES])) == MAX_MESSAGES

@@ -73,7 +73,7 @@ class ServeSettings:
     defaults: SamplingParams = field(default_factory=SamplingParams)  # sampling for fields a request leaves out
     max_n: int = 8  # most choices one request may ask for
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
-    max_messages: int = 4096  # most messages one request may hold; more is a 400
+    max_messages: int = oai.MAX_MESSAGES  # most messages one request may hold; more is a 400
 
 
 @dataclass
@@ -263,7 +263,8 @@ async def chat_completions(request: Request) -> Response:
     arrived = time.perf_counter()
     state.check_auth(request)
     body = await read_json(request, state.settings.max_body_bytes)
-    chat = oai.parse_chat_request(body, state.settings.defaults, state.settings.max_n)
+    settings = state.settings
+    chat = oai.parse_chat_request(body, settings.defaults, settings.max_n, max_messages=settings.max_messages)
     slot = state.find_model(chat.model)
     # an alias answers under the served name, as OpenAI does
     response = oai.Response(slot.source.name, fingerprint=slot.source.fingerprint, include_usage=chat.include_usage)
