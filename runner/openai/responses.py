@@ -305,7 +305,8 @@ class EventStream(StreamingResponse):
 
     With `stall_s` > 0, a send the client has not accepted after `stall_s` seconds (it keeps the connection open
     but stopped reading, so the transport's flow control holds the send) calls `on_stall` once; the send then
-    waits for the client to read or leave, holding no generation.
+    waits for the client to read or leave, holding no generation. One watchdog per stream checks the send in
+    progress, so a chunk costs no extra task.
     """
 
     media_type = "text/event-stream"
@@ -324,17 +325,32 @@ class EventStream(StreamingResponse):
         self.on_stall = on_stall
 
     async def __call__(self, scope, receive, send) -> None:
-        async def watched(message) -> None:
-            if self.stall_s <= 0:
-                return await send(message)
-            sending = asyncio.ensure_future(send(message))
-            done, _ = await asyncio.wait({sending}, timeout=self.stall_s)
-            if not done:
-                self.stall_s = 0.0  # once
-                self.on_stall()
-            await sending
+        if self.stall_s <= 0:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.on_close()
+            return
+        loop = asyncio.get_running_loop()
+        sending_since: list[float] = []  # when the send in progress began; empty between sends
 
+        async def watched(message) -> None:
+            sending_since.append(loop.time())
+            try:
+                await send(message)
+            finally:
+                sending_since.clear()
+
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(self.stall_s / 4)
+                if sending_since and loop.time() - sending_since[0] >= self.stall_s:
+                    self.on_stall()
+                    return
+
+        watching = asyncio.ensure_future(watchdog())
         try:
             await super().__call__(scope, receive, watched)
         finally:
+            watching.cancel()
             self.on_close()
