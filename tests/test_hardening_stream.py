@@ -4,8 +4,10 @@ it, and generation never runs ahead of the client by more than a bounded number 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -64,6 +66,17 @@ def stalled_stream(url: str, max_tokens: int) -> socket.socket:
     return sock
 
 
+def _read_until(sock: socket.socket, marker: bytes, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 def _metric(server, name: str) -> float:
     text = httpx.get(server.url + "/metrics", timeout=10).text
     prefix = f'shardwise:{name}{{model_name="{MODEL}"}} '
@@ -89,6 +102,9 @@ def test_a_stream_whose_client_stops_reading_is_cancelled_and_frees_its_slot(cap
             wait_for(session.cancel_seen.is_set, timeout_s=30)
             _second_request_answered(server, within_s=5)
             assert _metric(server, "request_stalled_total") == 1.0
+            # a client that reads again gets what was sent, then the reason its stream ended, then [DONE]
+            received = _read_until(sock, b"data: [DONE]", timeout_s=20)
+            assert b'"code":"stream_stalled"' in received
         finally:
             sock.close()
     stalled = [r.getMessage() for r in caplog.records if "serve.stream_stall_timeout_s" in r.getMessage()]
@@ -98,7 +114,7 @@ def test_a_stream_whose_client_stops_reading_is_cancelled_and_frees_its_slot(cap
 
 
 def test_a_job_hands_over_a_bounded_number_of_deltas_and_stops_waiting_when_cancelled():
-    loop = __import__("asyncio").new_event_loop()
+    loop = asyncio.new_event_loop()
     try:
         job = Job(lambda job: None, loop)
         handed = [job.emit_delta("delta", 0, "x") for _ in range(MAX_PENDING_DELTAS)]
@@ -126,7 +142,7 @@ def test_a_batched_request_keeps_only_the_newest_output_while_its_reader_waits()
     for snapshot in ([1], [1, 2], [1, 2, 3]):  # transformers streams cumulative snapshots
         inbox.put(snapshot)
     assert inbox.get(timeout=0.1) == [1, 2, 3]
-    with pytest.raises(__import__("queue").Empty):
+    with pytest.raises(queue.Empty):
         inbox.get(timeout=0.05)
 
 
@@ -134,8 +150,6 @@ def test_a_batched_generation_whose_stream_takes_nothing_waits_bounded_and_frees
     """The server's producer chain on the batched path (generation_work -> session -> batching engine): with no
     event taken, generation stops after MAX_PENDING_DELTAS deltas instead of running to max_tokens, and the
     cancel a stall sends frees the batch slot at once."""
-    import asyncio
-
     from tiny_models import cpu_plan, cpu_serving, tiny_llama
 
     from runner.engine.batching import attach
