@@ -13,7 +13,9 @@ take on a core of its own, which the wall clock of a shared machine cannot show 
 
 The prediction is the plan's `performance` block: `shardwise plan` for the model's config.json on
 hardware=cpu, with the host's memory bandwidth and matmul rate measured once at the start by the
-probe (planner/hardware/host.py), as `shardwise plan` does.
+probe (planner/hardware/host.py), as `shardwise plan` does. The plan gets `--threads` CPUs, so it
+streams at min(threads x one thread's copy, all cores' copy): with the default one thread, one
+thread's copy, which is what the CPU factors were fitted against.
 
 The CPU efficiency factors in conf/policy/default.yaml (policy.performance.cpu for float32,
 cpu_half for bfloat16) come from `--fit`, a separate run over FIT_MODELS (other widths and depths
@@ -90,6 +92,7 @@ def predict(config, dtype: str, prompt_tokens: int, speed, threads: int, extra: 
                 "policy.context_tokens=1024",
                 f"policy.performance.prompt_tokens={prompt_tokens}",
                 f"hardware.memory_bandwidth_gb_per_s={speed.memory_bandwidth_gb_per_s:.3f}",
+                f"hardware.all_core_bandwidth_gb_per_s={speed.all_core_bandwidth_gb_per_s:.3f}",
                 f"hardware.fp32_tflops={speed.fp32_tflops:.5f}",
                 f"hardware.bf16_tflops={speed.bf16_tflops:.5f}",
                 f"hardware.cpu_count={threads}",
@@ -129,6 +132,7 @@ def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
                     "layers": predicted["layers"],
                     "load": load,
                     "bandwidth_gb_per_s": speed.memory_bandwidth_gb_per_s,
+                    "all_core_bandwidth_gb_per_s": speed.all_core_bandwidth_gb_per_s,
                     "gflops_fp32": speed.fp32_tflops * 1e3,
                     "predicted_tokens_per_s": predicted["decode_tokens_per_s"],
                     "measured_tokens_per_s": rate,
@@ -188,6 +192,7 @@ def save_snapshot(path: str, speed, threads: int, factors: dict) -> None:
         interconnect="none",
         probed=True,
         host_memory_bandwidth_gb_per_s=speed.memory_bandwidth_gb_per_s,
+        host_memory_bandwidth_all_cores_gb_per_s=speed.all_core_bandwidth_gb_per_s,
         host_fp32_tflops=speed.fp32_tflops,
         host_bf16_tflops=speed.bf16_tflops,
         speed_factors=factors,

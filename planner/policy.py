@@ -25,6 +25,7 @@ class Policy:
 
     context_tokens: int | None = None  # per session; None: the largest that fits
     sessions: int | None = 1  # concurrent sequences; None: auto, the most that fit (planner/sessions.py)
+    max_sessions: int | None = None  # the most sessions=auto picks; None: auto (planner/sessions.py says why)
     headroom_fraction: float = 0.02
     headroom_mib: int = 0
     host_headroom_fraction: float = 0.2
@@ -53,6 +54,10 @@ class Policy:
                 "use e.g. policy.context_tokens=8192 or auto",
             ),
             (self.sessions is None or self.sessions >= 1, f"policy.sessions={self.sessions} must be >= 1 (or auto)"),
+            (
+                self.max_sessions is None or self.max_sessions >= 1,
+                f"policy.max_sessions={self.max_sessions} must be >= 1 (or auto)",
+            ),
             (
                 0 <= self.headroom_fraction < 1,
                 f"policy.headroom_fraction={self.headroom_fraction} must be in [0, 1)",

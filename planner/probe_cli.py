@@ -64,8 +64,11 @@ def task(cfg) -> None:
     from rich.console import Console
 
     from planner.hardware.probe import probe, save_snapshot
+    from planner.hardware.tiers import with_host_speed
 
     hw = probe()
+    if not hw.devices:  # a CPU machine: its memory bandwidth (one thread, all cores) and matmul rate, for CPU plans
+        hw = with_host_speed(hw)
     settings = cfg.probe
     if settings.json:
         print(json.dumps(hw.to_dict(), indent=2))

@@ -1,10 +1,20 @@
 """`policy.sessions=auto`: the most concurrent sequences that fit at the planned context, and what binds.
 
 The context is settled first (as for one session: `policy.context_tokens`, or the largest that fits
-one sequence when it is auto); then the planner searches the largest session count whose plan
-still fits at that context, with continuous batching's own buffers (serving.footprint_bytes beyond
-the KV and activation terms) inside the memory left free, capped at MAX_AUTO_SESSIONS (vLLM's
-default `max_num_seqs`), and names the device and term that one more session would overflow.
+one sequence when it is auto), so extra sessions never shrink it; then the planner searches the
+largest session count whose plan still fits at that context, with continuous batching's own buffers
+(serving.footprint_bytes beyond the KV and activation terms) inside the memory left free, bounded by
+`policy.max_sessions`, and names what one more session would overflow.
+
+Why a bound: transformers' paged cache is allocated whole when serving starts, one full-context
+sequence per slot, so "as many as fit" would reserve all of memory for a small model (gpt2 on a
+32 GiB host: 208 sequences, 15 GiB). `policy.max_sessions=auto` is 64 with GPUs (a GPU is a
+dedicated serving device, as vLLM assumes, and batched decode stays nearly free up to a few dozen
+sequences; vLLM's own cap, max_num_seqs, is 256) and 16 on the CPU (host RAM is shared with
+everything else, and CPU decode is compute-bound: issue 13 measured 213 tokens/s at 4 clients,
+310 at 8, 365 at 16 against a 402 ceiling; llama.cpp's server and Ollama default to 4 slots).
+A layout that serves one request at a time (offload, pipeline, tensor parallel, eager attention)
+gets one session: more would reserve KV cache nobody uses.
 """
 
 from __future__ import annotations
@@ -13,21 +23,31 @@ from dataclasses import replace
 
 from planner.errors import ShardwiseError
 
-MAX_AUTO_SESSIONS = 256
+MAX_SESSIONS_GPU = 64  # policy.max_sessions=auto with GPUs (see the module docstring)
+MAX_SESSIONS_CPU = 16  # policy.max_sessions=auto on the CPU
 
 
-def parse_sessions(value, check_range: bool = True) -> int | None:
-    """policy.sessions as a count, or None for auto; `check_range=False` checks only the type (at compose time)."""
+def parse_sessions(value, check_range: bool = True, key: str = "policy.sessions") -> int | None:
+    """A session count as a number, or None for auto; `check_range=False` checks only the type (at compose time)."""
     text = str(getattr(value, "value", value)).strip().lower()
     if text == "auto":
         return None
     try:
         count = int(text)
     except ValueError:
-        raise ShardwiseError(f"bad value for policy.sessions: {value!r} is not a whole number >= 1 or auto") from None
+        raise ShardwiseError(f"bad value for {key}: {value!r} is not a whole number >= 1 or auto") from None
     if check_range and count < 1:
-        raise ShardwiseError(f"policy.sessions={count} must be >= 1 (or auto)")
+        raise ShardwiseError(f"{key}={count} must be >= 1 (or auto)")
     return count
+
+
+def session_bound(policy, on_gpu: bool) -> tuple[int, str]:
+    """The most sessions auto may pick, and how to say where that number comes from."""
+    if policy.max_sessions is not None:
+        return policy.max_sessions, f"policy.max_sessions={policy.max_sessions}"
+    if on_gpu:
+        return MAX_SESSIONS_GPU, f"policy.max_sessions=auto ({MAX_SESSIONS_GPU} with GPUs)"
+    return MAX_SESSIONS_CPU, f"policy.max_sessions=auto ({MAX_SESSIONS_CPU} on the CPU, whose RAM is shared)"
 
 
 def serving_fits(plan) -> bool:
@@ -39,6 +59,11 @@ def serving_fits(plan) -> bool:
     return serving.footprint_bytes - planned <= sum(max(0, b.free_after) for b in plan.budget)
 
 
+def _with_reason(plan, reason: str):
+    decisions = tuple(replace(d, reason=reason) if d.what == "sessions" else d for d in plan.decisions)
+    return replace(plan, decisions=decisions)
+
+
 def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
     """The full plan for the most sessions that fit at the context one session gets (`plan_model` plans one)."""
     quiet = {**kwargs, "load_profile": None, "explain": False}
@@ -46,6 +71,11 @@ def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
     if not first.fits:
         return first
     context = first.limits.context_tokens
+    if first.serving is not None and first.serving.mode != "batched":
+        return _with_reason(
+            first, f"policy.sessions=auto: 1, because this layout serves one request at a time ({first.serving.reason})"
+        )
+    bound, bound_text = session_bound(policy, bool(hw.devices))
 
     def attempt(n: int, **options):
         return plan_model(spec, hw, replace(policy, sessions=n, context_tokens=context), **options)
@@ -58,14 +88,14 @@ def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
         return found.fits and serving_fits(found)
 
     low, high = 1, 2
-    while high <= MAX_AUTO_SESSIONS and fits(high):
+    while high <= bound and fits(high):
         low, high = high, high * 2
-    high = min(high, MAX_AUTO_SESSIONS + 1)
+    high = min(high, bound + 1)
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
-    if low >= MAX_AUTO_SESSIONS:
-        why = f"capped at {MAX_AUTO_SESSIONS} (vLLM's default max_num_seqs); memory allows more"
+    if low >= bound:
+        why = f"bounded by {bound_text}; memory allows more (policy.max_sessions=N raises the bound)"
     else:
         over = attempt(low + 1, **quiet)
         if over.fits:
@@ -75,6 +105,4 @@ def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
             where = where if where in ("cpu", "disk") else f"GPU {where}"
             why = f"{low + 1} would overflow {where} ({over.binding.get('term', 'memory')} binds)"
     final = attempt(low, **kwargs)
-    reason = f"policy.sessions=auto: the most sequences of {context} tokens that fit; {why}"
-    decisions = tuple(replace(d, reason=reason) if d.what == "sessions" else d for d in final.decisions)
-    return replace(final, decisions=decisions)
+    return _with_reason(final, f"policy.sessions=auto: {low} sequence(s) of {context:,} tokens fit; {why}")

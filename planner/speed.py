@@ -86,7 +86,8 @@ def _read_bytes(modules, inv: Inventory, shard: int) -> tuple[int, int, int, int
 
 def _device_peaks(slot, hw: Hardware, dtype: str) -> tuple[float, float, str]:
     if slot.device is None:
-        bandwidth, flops = hw.host_memory_bandwidth_gb_per_s, hw.host_tflops(dtype)
+        # the run's threads (one per usable CPU) stream at min(threads x one thread's, all cores')
+        bandwidth, flops = hw.host_bandwidth_gb_per_s(), hw.host_tflops(dtype)
         if not bandwidth or not flops:
             raise Unknown(
                 "no host memory bandwidth or compute: use hardware=cpu (measured here) "
@@ -182,7 +183,7 @@ def _stream(parked, hw: Hardware, runner, config) -> Stream:
             raise ShardwiseError(f"policy.performance.disk_gb_per_s={disk!r} must be > 0 GB/s: e.g. 2.0")
         return Stream(size, float(disk) * 1e9, "disk")
     if runner.device is None:
-        return Stream(size, hw.host_memory_bandwidth_gb_per_s * 1e9, "host RAM")
+        return Stream(size, hw.host_bandwidth_gb_per_s() * 1e9, "host RAM")
     return Stream(size, (hw.pcie_gb_per_s or 31.5) * 1e9, "host RAM over PCIe")
 
 

@@ -19,7 +19,7 @@ VERBS = {
     "plan": "resolve a model against hardware into an explained plan (dry run)",
     "probe": "show this machine's GPUs (NVML); probe.save=FILE records a snapshot",
     "chat": "interactive chat from a fresh plan or plan_file=plan.json",
-    "serve": "OpenAI-compatible /v1/chat/completions on 127.0.0.1",
+    "serve": "OpenAI-compatible /v1/chat/completions on 127.0.0.1, batching concurrent requests",
     "launch": "start a plan on torchrun, SLURM (submitit) or vLLM",
     "calibrate": "measure this machine's speed factors into a snapshot (out=FILE)",
 }

@@ -235,3 +235,64 @@ def test_server_answers_a_full_batch_line_429_and_a_dead_loop_503():
     assert (full.status, full.code) == (429, "queue_full")
     stopped = classify(BatchingStopped("the batching loop died 3 times: serving sequentially"))
     assert (stopped.status, stopped.code) == (503, "batching_stopped")
+
+
+def test_python_api_create_and_stream_from_four_threads_share_the_batch(model_dir):
+    """OpenAIChat.create / .stream called from four threads at once on one instance (a plan for auto sessions):
+    every answer equals its one-at-a-time answer, the calls generate together, and the telemetry counts each turn."""
+    from runner.api import OpenAIChat
+
+    chat = OpenAIChat(
+        model_path=str(model_dir), use_cpu=True, overrides=["policy.sessions=auto"], notice=lambda line: None
+    )
+    engine = chat.session.loaded.batching
+    try:
+        assert engine is not None and engine.admission.slots == chat.plan.limits.sessions > 1
+        asks = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+        chat.session.loaded.batching = None
+        alone = [chat.create(m, max_tokens=24, temperature=0) for m in asks]
+        chat.session.loaded.batching = engine
+        turns = chat.session.telemetry.totals["turns"]
+
+        def streamed(messages) -> str:
+            return "".join(
+                c["choices"][0]["delta"].get("content") or ""
+                for c in chat.stream(messages, 24, temperature=0)
+                if c["choices"]
+            )
+
+        started = time.monotonic()
+        together = _concurrently(
+            [
+                lambda: chat.create(asks[0], max_tokens=24, temperature=0),
+                lambda: streamed(asks[1]),
+                lambda: chat.create(asks[2], max_tokens=24, temperature=0),
+                lambda: streamed(asks[3]),
+            ]
+        )
+        assert time.monotonic() - started < 60
+        texts = [a["choices"][0]["message"]["content"] for a in alone]
+        assert [
+            together[0]["choices"][0]["message"]["content"],
+            together[1],
+            together[2]["choices"][0]["message"]["content"],
+            together[3],
+        ] == texts
+        assert chat.session.telemetry.totals["turns"] == turns + 4
+        assert max(t["batch_size"] for t in list(chat.session.telemetry.turns)[-4:]) > 1
+        assert engine.stats()["running"] == 0
+    finally:
+        engine.close()
+
+
+def test_python_api_without_batching_serializes_concurrent_calls_safely(model_dir):
+    """A plan for one session has no batching engine: calls from four threads run one at a time, each as alone."""
+    from runner.api import OpenAIChat
+
+    chat = OpenAIChat(model_path=str(model_dir), use_cpu=True, notice=lambda line: None)
+    assert chat.plan.limits.sessions == 1 and chat.session.loaded.batching is None
+    asks = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+    alone = [chat.completion(m, max_tokens=16, temperature=0) for m in asks]
+    together = _concurrently([lambda m=m: chat.completion(m, max_tokens=16, temperature=0) for m in asks])
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert [c.batch_size for c in together] == [1, 1, 1, 1]

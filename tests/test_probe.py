@@ -439,6 +439,12 @@ def test_shardwise_probe_json_and_save_write_a_loadable_snapshot(tmp_path):
     replayed = load_snapshot(tmp_path / "box.json")
     assert replayed.fingerprint() == printed["fingerprint"]
     assert len(replayed.devices) == len(printed["devices"])
+    if not printed["devices"]:  # a CPU machine records its copy bandwidth, one thread and all cores, for CPU plans
+        assert printed["host_memory_bandwidth_all_cores_gb_per_s"] >= printed["host_memory_bandwidth_gb_per_s"] > 0
+        assert replayed.host_bandwidth_gb_per_s() == min(
+            printed["cpu_count"] * printed["host_memory_bandwidth_gb_per_s"],
+            printed["host_memory_bandwidth_all_cores_gb_per_s"],
+        )
 
 
 @pytest.mark.slow

@@ -93,6 +93,48 @@ def test_model_path_is_served_under_its_directory_name(model_dir):
     assert [(s.name, s.aliases) for s in sources] == [("tiny-llama", ())]
 
 
+def test_serve_plans_auto_sessions_by_default_and_says_so(model_dir):
+    """serve's own config sizes the paged cache for as many sequences as fit (bounded), and the plan says why."""
+    from planner.sessions import MAX_SESSIONS_CPU
+
+    cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}"])
+    plan = serve_cli.plan_for(cfg, cfg.model)
+    assert plan.limits.sessions == plan.serving.max_concurrent == MAX_SESSIONS_CPU
+    assert plan.serving.mode == "batched"
+    reason = next(d.reason for d in plan.decisions if d.what == "sessions")
+    assert reason.startswith("policy.sessions=auto (serve's default; plan and chat size for 1): 16 sequence(s)")
+    asked = compose_serve(["hardware=cpu", f"model.path={model_dir}", "policy.sessions=3"])
+    assert serve_cli.plan_for(asked, asked.model).serving.max_concurrent == 3
+
+
+def test_several_served_models_or_no_batching_plan_one_session_by_default(model_dir):
+    """With serve.models the first model's cache must not take the memory the next ones are planned in; without
+    batching nothing would use more sessions."""
+    cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", f"serve.models=[{model_dir}]"])
+    plan = serve_cli.plan_for(cfg, cfg.model)
+    assert plan.limits.sessions == plan.serving.max_concurrent == 1
+    reason = next(d.reason for d in plan.decisions if d.what == "sessions")
+    assert reason.startswith("policy.sessions=1, not serve's default auto: the first of several served models")
+    cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", "serve.batching=false"])
+    plan = serve_cli.plan_for(cfg, cfg.model)
+    assert plan.limits.sessions == 1
+    assert "serve.batching=false serves one request at a time" in next(
+        d.reason for d in plan.decisions if d.what == "sessions"
+    )
+
+
+def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monkeypatch):
+    """A plan from `shardwise plan` (one session) is served as planned, not re-sized by serve's default."""
+    from planner.config.compose import make_plan
+
+    path = make_plan(model_path=str(model_dir), hardware="cpu").save(tmp_path / "plan.json")
+    served = []
+    monkeypatch.setattr(serve_cli, "load_session", lambda cfg, plan: served.append(plan))
+    sources = serve_cli.model_sources(compose_serve(["hardware=cpu", f"plan_file={path}"]))
+    sources[0].load()
+    assert served[0].limits.sessions == served[0].serving.max_concurrent == 1
+
+
 @pytest.mark.slow
 def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
     """The real CLI: plans, listens, turns ready, answers, and stops on SIGINT."""

@@ -179,3 +179,98 @@ def test_a_small_request_is_answered_at_once_after_an_abandoned_three_thousand_m
     reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=4, temperature=0)
     assert reply.choices[0].message.content is not None
     assert time.perf_counter() - started < 2.0
+
+
+def _sequential_reply(session, max_tokens: int):
+    """The greedy reply on the sequential path (generate() alone), whichever way the server runs."""
+    engine, session.loaded.batching = session.loaded.batching, None
+    try:
+        return session.generate(HELLO, SamplingParams(max_tokens=max_tokens, temperature=0))
+    finally:
+        session.loaded.batching = engine
+
+
+def test_n3_greedy_choices_each_equal_the_direct_reply_and_run_in_one_batch(client, session, model):
+    """n=3 greedy: every choice is the sequential path's greedy reply (under batching the three share the batch),
+    in index order, usage summed."""
+    direct = _sequential_reply(session, 32)
+    turns = session.telemetry.totals["turns"]
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=32, temperature=0, n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert [c.message.content for c in reply.choices] == [direct.text] * 3
+    assert reply.usage.prompt_tokens == direct.usage.prompt_tokens
+    assert reply.usage.completion_tokens == 3 * direct.usage.completion_tokens
+    assert session.telemetry.totals["turns"] == turns + 3
+    sizes = [t["batch_size"] for t in list(session.telemetry.turns)[-3:]]
+    if session.loaded.batching is not None:
+        assert max(sizes) > 1  # the choices generated together
+    else:
+        assert sizes == [1, 1, 1]
+
+
+def test_n3_streamed_chunks_carry_their_choice_index(client, session, model):
+    direct = _sequential_reply(session, 32)
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=HELLO,
+            max_tokens=32,
+            temperature=0,
+            n=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    by_index: dict[int, list] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            by_index.setdefault(choice.index, []).append(choice)
+    assert sorted(by_index) == [0, 1, 2]
+    for parts in by_index.values():
+        assert parts[0].delta.role == "assistant"
+        assert "".join(p.delta.content or "" for p in parts) == direct.text
+        assert parts[-1].finish_reason in ("stop", "length")
+        assert [p for p in parts if p.finish_reason] == [parts[-1]]  # one finish chunk, the choice's last
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 3 * direct.usage.completion_tokens
+
+
+def test_a_client_gone_cancels_every_choice_of_its_n3_request(server, session, model):
+    """The batch is paused so all three choices sit inside it; the client leaves: all three leave the batch,
+    free their blocks, and end cancelled with no tokens."""
+    import json
+    import socket
+    import time
+
+    engine = session.loaded.batching
+    if engine is None:
+        pytest.skip("sequential: the choices run one after another (a cancel stops the loop over them)")
+
+    def block_owners() -> set:
+        cache = engine._manager.batch_processor.cache
+        return {rid for allocator in cache.cache_allocators.values() for rid in allocator.block_table}
+
+    body = json.dumps({"model": model, "messages": HELLO, "max_tokens": 32, "temperature": 0, "n": 3, "stream": True})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {server.host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+    def wait_until(condition) -> bool:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return condition()
+
+    turns = session.telemetry.totals["turns"]
+    with engine.exclusive():
+        sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT_S)
+        sock.sendall(request)
+        assert wait_until(lambda: engine.stats()["running"] == 3)  # all three choices admitted at once
+        sock.close()
+        assert wait_until(lambda: engine.stats()["running"] == 0)
+    assert wait_until(lambda: session.telemetry.totals["turns"] == turns + 3)
+    assert wait_until(lambda: not block_owners())
+    ended = list(session.telemetry.turns)[-3:]
+    assert [(t["finish_reason"], t["completion_tokens"]) for t in ended] == [("cancelled", 0)] * 3
+    assert httpx.get(server.url + "/health", timeout=TIMEOUT_S).json()["queued"] == {model: 0}

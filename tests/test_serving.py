@@ -201,3 +201,58 @@ def test_bad_sessions_value_is_one_clear_error(value, message):
 
     with pytest.raises(ShardwiseError, match=message):
         make_plan(model="gpt2", hardware="cpu", overrides=[f"policy.sessions={value}"])
+
+
+def test_auto_sessions_stops_at_max_sessions_and_keeps_the_context(models):
+    """A tiny model fits far more sequences than it needs: auto stops at the bound, and the context stays that of
+    one session (16 on the CPU by default, policy.max_sessions=N otherwise)."""
+    from planner.config.compose import make_plan
+    from planner.sessions import MAX_SESSIONS_CPU
+
+    path = str(models["llama"])
+    one = make_plan(model_path=path, hardware="cpu")
+    auto = make_plan(model_path=path, hardware="cpu", overrides=["policy.sessions=auto"])
+    assert one.limits.sessions == 1
+    assert auto.limits.sessions == auto.serving.max_concurrent == MAX_SESSIONS_CPU
+    assert auto.limits.context_tokens == one.limits.context_tokens
+    reason = next(d.reason for d in auto.decisions if d.what == "sessions")
+    assert f"{MAX_SESSIONS_CPU} sequence(s) of {one.limits.context_tokens:,} tokens" in reason
+    assert "bounded by policy.max_sessions=auto" in reason and "memory allows more" in reason
+    five = make_plan(model_path=path, hardware="cpu", overrides=["policy.sessions=auto", "policy.max_sessions=5"])
+    assert five.limits.sessions == five.serving.max_concurrent == 5
+    assert "bounded by policy.max_sessions=5" in next(d.reason for d in five.decisions if d.what == "sessions")
+
+
+def test_auto_sessions_on_gpus_is_bounded_at_64():
+    from planner.config.compose import make_plan
+    from planner.sessions import MAX_SESSIONS_GPU
+
+    plan = make_plan(
+        model="llama-3.2-1b", hardware="h100_80gb", overrides=["policy.sessions=auto", "policy.context_tokens=8192"]
+    )
+    assert plan.limits.sessions == plan.serving.max_concurrent == MAX_SESSIONS_GPU == 64
+    assert plan.limits.context_tokens == 8192
+
+
+def test_auto_sessions_is_one_where_the_layout_serves_sequentially(models):
+    """Eager attention serves one request at a time: auto reserves no KV cache for sessions that never run."""
+    from planner.config.compose import make_plan
+
+    plan = make_plan(
+        model_path=str(models["llama"]),
+        hardware="cpu",
+        overrides=["policy.sessions=auto", "policy.attn_implementation=eager"],
+    )
+    assert plan.serving.mode == "sequential"
+    assert plan.limits.sessions == 1
+    reason = next(d.reason for d in plan.decisions if d.what == "sessions")
+    assert reason.startswith("policy.sessions=auto: 1, because this layout serves one request at a time (eager")
+
+
+@pytest.mark.parametrize("value,message", [("0", "must be >= 1"), ("lots", "bad value for policy.max_sessions")])
+def test_bad_max_sessions_value_is_one_clear_error(value, message):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError, match=message):
+        make_plan(model="gpt2", hardware="cpu", overrides=["policy.sessions=auto", f"policy.max_sessions={value}"])

@@ -73,6 +73,7 @@ def policy_from_config(node) -> Policy:
     return Policy(
         context_tokens=parse_tokens(node["context_tokens"], "policy.context_tokens", allow_auto=True),
         sessions=parse_sessions(node["sessions"], check_range=False),  # the Policy checks the range
+        max_sessions=parse_sessions(node.get("max_sessions", "auto"), check_range=False, key="policy.max_sessions"),
         headroom_fraction=float(node["headroom_fraction"]),
         headroom_mib=int(node["headroom_mib"]),
         host_headroom_fraction=float(node["host_headroom_fraction"]),

@@ -82,8 +82,9 @@ class HardwareConfig:
     description: str = ""  # one line shown in listings
     # published speeds (datasheet, dense not sparse); 0: unknown (probed GPUs are looked up by name in the tiers)
     memory_bandwidth_gb_per_s: float = (
-        0.0  # peak memory bandwidth of one GPU, GB/s (10^9 bytes/s); cpu: 0 measures the host
+        0.0  # peak memory bandwidth of one GPU, GB/s (10^9 bytes/s); cpu: one thread's copy, 0 measures the host
     )
+    all_core_bandwidth_gb_per_s: float = 0.0  # cpu: copy bandwidth with every core at once, GB/s (0: measured)
     bf16_tflops: float = 0.0  # dense bf16 tensor TFLOPs of one GPU (0: no bf16)
     fp16_tflops: float = 0.0  # dense fp16 tensor TFLOPs (fp32 accumulate) of one GPU
     fp8_tflops: float = 0.0  # dense fp8 tensor TFLOPs of one GPU (0: no fp8)
@@ -159,6 +160,7 @@ class PolicyConfig:
     # tokens, as context sizes are usually written: 8k = 8192); hence str / Any here, not int.
     context_tokens: str = "auto"  # tokens of context per session (prompt + reply), or "auto": the largest that fits
     sessions: str = "1"  # concurrent sequences the KV cache must hold, or "auto": the most that fit at the context
+    max_sessions: str = "auto"  # the most sessions=auto picks, or "auto": 64 with GPUs, 16 on the CPU
     headroom_fraction: float = (
         0.02  # per-GPU memory kept free, fraction of free memory (covers NVML total vs CUDA-allocatable)
     )
@@ -409,10 +411,12 @@ def validate(cfg) -> None:
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:
             check(cfg[group], cls, f"{group}.")
-    if cfg.get("policy") is not None and "sessions" in cfg.policy:
+    if cfg.get("policy") is not None:
         from planner.sessions import parse_sessions
 
-        parse_sessions(cfg.policy.sessions, check_range=False)  # a string field (to allow auto): check the type here
+        for key in ("sessions", "max_sessions"):  # string fields (to allow auto): check the type here
+            if key in cfg.policy:
+                parse_sessions(cfg.policy[key], check_range=False, key=f"policy.{key}")
     # range rules of the verb blocks, once, before the verb runs
     if cfg.get("serve") is not None:
         read_serve_config(cfg.serve)

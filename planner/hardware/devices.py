@@ -75,7 +75,8 @@ class Hardware:
     nvlink_gb_per_s: float = 0.0  # NVLink per GPU, one direction, GB/s (0: none or unknown)
     pcie_gb_per_s: float = 0.0  # host link per GPU, one direction, GB/s (0: unknown)
     network_gb_per_s: float = 0.0  # between nodes per GPU, GB/s (0: unknown)
-    host_memory_bandwidth_gb_per_s: float = 0.0  # host RAM, GB/s (measured for CPU plans; 0: unknown)
+    host_memory_bandwidth_gb_per_s: float = 0.0  # host RAM copied by one thread, GB/s (measured for CPU plans)
+    host_memory_bandwidth_all_cores_gb_per_s: float = 0.0  # every CPU copying at once, GB/s (0: unknown, one thread's)
     host_fp32_tflops: float = 0.0  # all usable cores, fp32 (0: unknown)
     host_bf16_tflops: float = 0.0  # all usable cores, bf16 (0: unknown)
     speed_factors: dict = field(
@@ -84,6 +85,17 @@ class Hardware:
 
     def host_tflops(self, dtype: str) -> float:
         return self.host_fp32_tflops if dtype == "float32" else self.host_bf16_tflops
+
+    def host_bandwidth_gb_per_s(self, threads: int = 0) -> float:
+        """Host RAM bandwidth a run with `threads` threads (0: cpu_count) streams at, GB/s; 0 when unknown.
+
+        min(threads x one thread's, all cores'): each thread streams about what one thread alone does
+        until together they reach what the memory system gives every core. Without an all-core figure
+        (old snapshots, a given hardware.memory_bandwidth_gb_per_s) it is one thread's, as before.
+        """
+        one = self.host_memory_bandwidth_gb_per_s
+        every = max(self.host_memory_bandwidth_all_cores_gb_per_s, one)
+        return min(max(threads or self.cpu_count, 1) * one, every)
 
     @property
     def gpus_per_node(self) -> int:

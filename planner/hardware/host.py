@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -101,15 +102,21 @@ def installed_kernels(names: tuple[str, ...] = KERNEL_PACKAGES) -> dict[str, str
 FALLBACK_BANDWIDTH_GB_PER_S = 25.0
 FALLBACK_FP32_GFLOPS_PER_CORE = 96.0
 BANDWIDTH_BUFFER_BYTES = 64 * 1024 * 1024  # two of these are well past a 32 MiB L3, so the copy streams from DRAM
+# all-core copy: the buffers are split across the threads, at least 8 MiB each, so that a 128-core server
+# copies 1 GiB into 1 GiB, past the largest L3 of today's server parts (~1.1 GB on AMD 3D V-Cache)
+ALL_CORE_TOTAL_BYTES = 128 * 1024 * 1024
+ALL_CORE_MIN_CHUNK_BYTES = 8 * 1024 * 1024
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # instructions that multiply bf16 at twice the fp32 rate
 
 
 @dataclass(frozen=True)
 class HostSpeed:
-    memory_bandwidth_gb_per_s: float  # STREAM-copy convention: bytes read + bytes written per second
+    memory_bandwidth_gb_per_s: float  # one thread copying (STREAM-copy convention: bytes read + written per second)
     fp32_tflops: float
     bf16_tflops: float
     note: str  # how the numbers were obtained
+    all_core_bandwidth_gb_per_s: float = 0.0  # every usable CPU copying at once (0: not measured)
+    all_core_threads: int = 0  # threads that measured it
 
 
 def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -122,16 +129,76 @@ def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+def one_thread_copy_gb_per_s(np, repeats: int = 4) -> float:
+    """Best of `repeats` copies of a 64 MiB buffer by this thread, timed by its CPU time."""
+    source = np.ones(BANDWIDTH_BUFFER_BYTES // 8)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # first touch: page faults, not bandwidth
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.thread_time()  # the copy runs on this thread
+        np.copyto(target, source)
+        best = min(best, time.thread_time() - start)
+    return 2 * source.nbytes / max(best, 1e-6) / 1e9
+
+
+def all_thread_copy_gb_per_s(np, threads: int, repeats: int = 4) -> float:
+    """Copy bandwidth of `threads` threads copying their own buffers at once, best of `repeats` rounds.
+
+    numpy releases the GIL while it copies, so the threads' copies overlap and together they load the
+    memory system the way a torch run with that many threads does. Each thread allocates and first
+    touches its own buffers (on a NUMA server they land on its node, as torch's would). A round is
+    timed by the wall clock, from the first thread's start to the last one's end: CPU time cannot
+    show whether the copies overlapped. So load from other processes lowers it (never raises it).
+    """
+    chunk = max(ALL_CORE_MIN_CHUNK_BYTES, ALL_CORE_TOTAL_BYTES // threads) // 8
+    barrier = threading.Barrier(threads, timeout=60)
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(threads)]
+
+    def work(index: int) -> None:
+        try:
+            source = np.ones(chunk)
+            target = np.empty_like(source)
+            np.copyto(target, source)  # first touch
+            for _ in range(repeats):
+                barrier.wait()
+                start = time.perf_counter()
+                np.copyto(target, source)
+                spans[index].append((start, time.perf_counter()))
+        except (MemoryError, threading.BrokenBarrierError):
+            barrier.abort()  # release the others: this round cannot be timed
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    try:
+        for worker in workers:
+            worker.start()
+    except RuntimeError:  # the system refused a thread: the started ones must not wait for it
+        barrier.abort()
+        raise
+    finally:
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+    if any(len(done) < repeats for done in spans):
+        raise RuntimeError("a copy thread failed")
+    rounds = [
+        max(spans[i][r][1] for i in range(threads)) - min(spans[i][r][0] for i in range(threads))
+        for r in range(repeats)
+    ]
+    return 2 * chunk * 8 * threads / max(min(rounds), 1e-6) / 1e9
+
+
 @functools.cache
 def host_speed(cpus: int = 0) -> HostSpeed:
-    """Memory bandwidth and compute of this host, measured once per process (~0.3 s) with numpy.
+    """Memory bandwidth and compute of this host, measured once per process (~0.5 s idle) with numpy.
 
-    Timed by CPU time, not the wall clock: on a machine shared with other busy processes the wall
-    clock also counts their turns, and the plan describes the hardware, not today's load.
-    Bandwidth: best of 4 copies of a 64 MiB buffer by one core (first touch excluded; a many-core
-    server streams more with all cores). Compute: best of 3 fp32 matmuls of 1024 x 1024, as FLOPs
-    per core-second times `cpus`. bf16 is taken as twice fp32 where the CPU has native bf16 dot
-    products (avx512_bf16, amx_bf16), else as fp32 (the kernels convert).
+    Bandwidth, twice: one thread (best of 4 copies of a 64 MiB buffer, timed by that thread's CPU
+    time, so a machine shared with busy processes still shows what a core of its own streams), and
+    every usable CPU at once (`all_thread_copy_gb_per_s`, wall clock; never below the one-thread
+    figure, which one of those threads alone reaches). A run with T threads streams at
+    min(T x one thread, all threads) (`Hardware.host_bandwidth_gb_per_s`). Compute: best of 3 fp32
+    matmuls of 1024 x 1024, as FLOPs per core-second (process CPU time) times `cpus`. bf16 is taken as
+    twice fp32 where the CPU has native bf16 dot products (avx512_bf16, amx_bf16), else as fp32.
     """
     cpus = cpus or usable_cpu_count()
     bf16_factor = 2.0 if cpu_flags() & set(NATIVE_BF16_FLAGS) else 1.0
@@ -146,16 +213,14 @@ def host_speed(cpus: int = 0) -> HostSpeed:
             f"numpy is not installed: host speed assumed ({FALLBACK_BANDWIDTH_GB_PER_S:.0f} GB/s, "
             f"{fp32 * 1e3:.0f} GFLOPs fp32), not measured",
         )
-    source = np.ones(BANDWIDTH_BUFFER_BYTES // 8)
-    target = np.empty_like(source)
-    np.copyto(target, source)  # first touch: page faults, not bandwidth
-    best = float("inf")
-    for _ in range(4):
-        start = time.thread_time()  # the copy runs on this thread
-        np.copyto(target, source)
-        best = min(best, time.thread_time() - start)
-    bandwidth = 2 * source.nbytes / max(best, 1e-6) / 1e9
-    del source, target
+    bandwidth = one_thread_copy_gb_per_s(np)
+    threads = usable_cpu_count()
+    every = bandwidth  # one CPU: one thread is all of them
+    if threads > 1:
+        try:
+            every = max(bandwidth, all_thread_copy_gb_per_s(np, threads, repeats=3))
+        except RuntimeError:  # no threads or no memory for the buffers: unknown, plans use one thread's
+            every, threads = 0.0, 0
     size = 1024
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     a @ a
@@ -169,6 +234,10 @@ def host_speed(cpus: int = 0) -> HostSpeed:
         bandwidth,
         fp32,
         fp32 * bf16_factor,
-        f"host speed measured: {bandwidth:.1f} GB/s memory copy, {fp32 * 1e3:.0f} GFLOPs fp32"
+        f"host speed measured: {bandwidth:.1f} GB/s memory copy by one thread, "
+        + (f"{every:.1f} GB/s by all {threads} thread(s) at once" if every else "all threads at once not measured")
+        + f", {fp32 * 1e3:.0f} GFLOPs fp32"
         + (", bf16 at twice that (native bf16 instructions)" if bf16_factor > 1 else ""),
+        all_core_bandwidth_gb_per_s=every,
+        all_core_threads=threads,
     )

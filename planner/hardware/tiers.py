@@ -11,8 +11,9 @@
 Tier fields given to auto, snapshot or cpu have no effect; the result carries a note saying so.
 Speeds: a tier carries its published bandwidth, TFLOPs and link speeds; probed and recorded GPUs
 get them by name from the tiers when planned (planner/config/gpu_speeds.py, applied by
-`plan_from_config`); a CPU host is measured (host.py) unless `hardware.memory_bandwidth_gb_per_s`
-gives its bandwidth.
+`plan_from_config`); a CPU host is measured (host.py: one thread's and all cores' copy bandwidth)
+unless `hardware.memory_bandwidth_gb_per_s` (one thread) and `hardware.all_core_bandwidth_gb_per_s`
+give them.
 Bad values raise a one-line ShardwiseError naming the key, the value and the fix.
 """
 
@@ -141,22 +142,37 @@ def _cpu(cfg, name: str | None) -> Hardware:
             *host.notes,
         )
     hw = Hardware(source=name or "cpu", host_ram_bytes=ram_bytes, cpu_count=cpu_count, interconnect="none", notes=notes)
+    all_cores = _number(cfg, "all_core_bandwidth_gb_per_s", float, 0.0)
+    if all_cores < 0:
+        raise ShardwiseError(
+            f"hardware.all_core_bandwidth_gb_per_s must be >= 0 GB/s (0: measure it, or one thread's), got {all_cores}"
+        )
     return with_host_speed(
         hw,
         _number(cfg, "memory_bandwidth_gb_per_s", float, 0.0),
         _number(cfg, "fp32_tflops", float, 0.0),
         _number(cfg, "bf16_tflops", float, 0.0),
+        all_cores,
     )
 
 
 def with_host_speed(
-    hw: Hardware, bandwidth_gb_per_s: float = 0.0, fp32_tflops: float = 0.0, bf16_tflops: float = 0.0
+    hw: Hardware,
+    bandwidth_gb_per_s: float = 0.0,
+    fp32_tflops: float = 0.0,
+    bf16_tflops: float = 0.0,
+    all_core_gb_per_s: float = 0.0,
 ) -> Hardware:
-    """`hw` with the host's memory bandwidth and compute: as given, else measured on this machine (with a note)."""
+    """`hw` with the host's memory bandwidth and compute: as given, else measured on this machine (with a note).
+
+    `bandwidth_gb_per_s` is one thread's copy bandwidth, `all_core_gb_per_s` every core's at once; given
+    numbers without an all-core one keep it unknown (0: plans stream at one thread's, the safe side).
+    """
     if bandwidth_gb_per_s > 0 and fp32_tflops > 0:
         return replace(
             hw,
             host_memory_bandwidth_gb_per_s=bandwidth_gb_per_s,
+            host_memory_bandwidth_all_cores_gb_per_s=all_core_gb_per_s,
             host_fp32_tflops=fp32_tflops,
             host_bf16_tflops=bf16_tflops or fp32_tflops,
         )
@@ -166,6 +182,8 @@ def with_host_speed(
     return replace(
         hw,
         host_memory_bandwidth_gb_per_s=bandwidth_gb_per_s or speed.memory_bandwidth_gb_per_s,
+        host_memory_bandwidth_all_cores_gb_per_s=all_core_gb_per_s
+        or (0.0 if bandwidth_gb_per_s else speed.all_core_bandwidth_gb_per_s),
         host_fp32_tflops=fp32_tflops or speed.fp32_tflops,
         host_bf16_tflops=bf16_tflops or (speed.bf16_tflops if not fp32_tflops else fp32_tflops),
         notes=(*hw.notes, speed.note),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -80,6 +81,7 @@ class Telemetry:
             "timed_turns": 0,
         }
         self._host_peak_is_per_turn = False
+        self._lock = threading.Lock()  # turns from several threads (the server, a batched Python API) end at once
 
     def begin(self) -> None:
         torch = _cuda()
@@ -116,15 +118,16 @@ class Telemetry:
             "host_peak_per_turn": self._host_peak_is_per_turn,
             **_predicted(plan, completion.tokens_per_s),
         }
-        self.turns.append(record)
-        self.totals["turns"] += 1
-        self.totals["prompt_tokens"] += usage.prompt_tokens
-        self.totals["completion_tokens"] += usage.completion_tokens
-        if completion.tokens_per_s:
-            self.totals["tokens_per_s_sum"] += completion.tokens_per_s
-            self.totals["timed_turns"] += 1
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        with self._lock:
+            self.turns.append(record)
+            self.totals["turns"] += 1
+            self.totals["prompt_tokens"] += usage.prompt_tokens
+            self.totals["completion_tokens"] += usage.completion_tokens
+            if completion.tokens_per_s:
+                self.totals["tokens_per_s_sum"] += completion.tokens_per_s
+                self.totals["timed_turns"] += 1
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
         return record

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -97,19 +98,58 @@ def sse(data: dict | str) -> bytes:
 # ----- one request's generation --------------------------------------------------------------
 
 
+def _run_choice(session, chat: ChatRequest, index: int, job: Job) -> None:
+    """One choice, reported as its deltas (streaming) and its completion."""
+    params = chat.params_for_choice(index)
+    # on this thread: a delta the stream has no room for makes the generation wait (bounded, cancellable)
+    on_delta = (lambda delta: delta and job.emit_delta("delta", index, delta)) if chat.stream else None
+    completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
+    job.emit("choice", index, completion)
+
+
+def _choices_together(session, chat: ChatRequest) -> bool:
+    """n > 1 choices join the model's continuous batch at once when its engine batches these settings."""
+    engine = getattr(getattr(session, "loaded", None), "batching", None)
+    return chat.n > 1 and engine is not None and engine.batchable(chat.params_for_choice(1)) is None
+
+
+def _run_choices_together(session, chat: ChatRequest, job: Job) -> None:
+    """Every choice on its own thread, so all n share one batch; the first failure cancels the rest and is raised."""
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            _run_choice(session, chat, index, job)
+        except BaseException as exc:
+            failures.append(exc)
+            job.cancel.set()
+
+    threads = [
+        threading.Thread(target=run, args=(index,), name=f"shardwise-choice-{index}", daemon=True)
+        for index in range(chat.n)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 def generation_work(session, chat: ChatRequest) -> Callable[[Job], None]:
-    """The worker-thread side: n completions one after another, reported as events."""
+    """The worker-thread side: n completions (together in the batch when the model batches), reported as events."""
 
     def work(job: Job) -> None:
         started = time.perf_counter()
-        for index in range(chat.n):
-            params = chat.params_for_choice(index)
-            # on this thread: a delta the stream has no room for makes the generation wait (bounded, cancellable)
-            on_delta = (lambda delta, i=index: delta and job.emit_delta("delta", i, delta)) if chat.stream else None
-            completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
-            job.emit("choice", index, completion)
+        if _choices_together(session, chat):
+            _run_choices_together(session, chat, job)
             if job.cancel.is_set():
                 return
+        else:
+            for index in range(chat.n):
+                _run_choice(session, chat, index, job)
+                if job.cancel.is_set():
+                    return
         job.emit("done", time.perf_counter() - started)
 
     return work

@@ -3,9 +3,14 @@
     shardwise serve model=gpt2 hardware=cpu                 # plans, loads, listens on :8000
     shardwise serve plan_file=plan.json serve.api_key=KEY   # a reviewed plan, key required
     shardwise serve model=gpt2 serve.models=[gpt2-medium]   # more than one model
+    shardwise serve model=gpt2 policy.sessions=4            # batch 4 at once (default auto: as many as fit)
 
     from openai import OpenAI
     OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY").chat.completions.create(...)
+
+Concurrent requests share transformers' continuous batching: serve plans `policy.sessions=auto` by default (as
+many full-context sequences as fit, bounded by policy.max_sessions; conf/serve.yaml), and the plan's `sessions`
+decision says how many and what binds. A plan_file serves exactly what it planned.
 
 The primary model is planned before the port opens, so a plan that does not fit fails at once
 with exit 2. The server then listens (GET /health answers 503 "loading") while the models load
@@ -73,16 +78,64 @@ def _fitting(plan):
     return plan_that_fits(plan, notice=log.warning)
 
 
+def _sessions_given() -> bool:
+    """policy.sessions was set on the command line (else serve's default, auto, applies)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # composed outside a Hydra run (tests): only the composed value is known
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] == "policy.sessions" for o in overrides)
+
+
+def _serve_default_sessions(cfg) -> bool:
+    """policy.sessions is auto because serve defaults to it (conf/serve.yaml), not because it was asked for."""
+    return str(cfg.policy.get("sessions", "")).strip().lower() == "auto" and not _sessions_given()
+
+
+def _with_sessions_reason(plan, rewrite):
+    from dataclasses import replace
+
+    decisions = tuple(replace(d, reason=rewrite(d.reason)) if d.what == "sessions" else d for d in plan.decisions)
+    return replace(plan, decisions=decisions)
+
+
 def plan_for(cfg, model_node) -> object:
-    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now)."""
+    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now).
+
+    serve's default policy.sessions=auto holds for one batched model; with serve.models each model plans one
+    session instead (the first model's paged cache must not take the memory the next ones are planned in), and
+    with serve.batching=false too (nothing would use the other sessions' cache).
+    """
     from omegaconf import OmegaConf
 
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
-    view = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
-    return _fitting(plan_from_config(view, hardware))
+    policy = cfg.policy
+    by_default = _serve_default_sessions(cfg)
+    block = read_serve_block(cfg.get("serve"))
+    why_one = None
+    if by_default and not block.batching:
+        why_one = "serve.batching=false serves one request at a time"
+    elif by_default and block.models:
+        why_one = "the first of several served models (serve.models) would take the memory the next ones need"
+    if why_one:
+        policy = OmegaConf.merge(policy, {"sessions": "1"})
+    view = OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation})
+    plan = plan_from_config(view, hardware)
+    if why_one:
+        plan = _with_sessions_reason(
+            plan, lambda reason: f"policy.sessions=1, not serve's default auto: {why_one} (policy.sessions=N sets it)"
+        )
+    elif by_default:
+        marker = "policy.sessions=auto"
+        plan = _with_sessions_reason(
+            plan, lambda reason: reason.replace(marker, f"{marker} (serve's default; plan and chat size for 1)", 1)
+        )
+    return _fitting(plan)
 
 
 def extra_model_node(entry: str):
@@ -173,10 +226,17 @@ def load_session(cfg, plan):
         on_notice=log.info,
     )
     block = read_serve_block(cfg.get("serve"))
+    sessions = next((d.reason for d in loaded.plan.decisions if d.what == "sessions"), None)
+    if sessions:
+        log.info("%s sessions: %s", loaded.name, sessions)
     if block.batching:
         from runner.engine.batching import attach
 
-        attach(loaded, loaded.plan.serving, max_waiting=block.max_queue, log=log.info)
+        # The server's own line (serve.max_queue, 429) admits requests; the batch's line must then hold the
+        # extra choices (n > 1) of the requests generating, which join the batch together.
+        slots = loaded.plan.serving.max_concurrent if loaded.plan.serving is not None else 1
+        waiting = block.max_queue + max(1, slots) * (block.max_n - 1)
+        attach(loaded, loaded.plan.serving, max_waiting=waiting, log=log.info)
     else:
         log.info("serving %s one request at a time: serve.batching=false", loaded.name)
     return session
