@@ -10,7 +10,8 @@ A model name may be a profile name or alias, a local model directory (`./my-mode
 (`Qwen/Qwen2.5-7B-Instruct`, planned from its config and safetensors headers, from the HF cache when
 offline); `model_path=` plans a local model directory too. The plan is made for this machine
 (`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then
-CPU) is walked, announced.
+CPU) is walked, announced. A plan or profile asking for code shipped with the model runs only with
+`trust_remote_code=True` (the caller's consent, as on the CLI); otherwise ShardwiseError.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from runner.engine.types import Completion
 from runner.openai.protocol import APIError, Response, parse_messages
 
 _UNSET = object()
+_CONSENT_HOW = "pass trust_remote_code=True"
 
 
 def _notice(line: str) -> None:
@@ -33,10 +35,13 @@ def _notice(line: str) -> None:
 
 
 def checked_messages(messages) -> list[dict]:
-    """Chat messages checked as the server checks them (roles, text content); else a one-line ShardwiseError."""
+    """Chat messages checked as the server checks them (roles, text content, at most protocol.MAX_MESSAGES);
+    else a one-line ShardwiseError."""
     try:
         return parse_messages(list(messages) if isinstance(messages, tuple) else messages)
     except APIError as exc:
+        if exc.code == "too_many_messages":
+            raise ShardwiseError(exc.message) from None
         raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
 
 
@@ -155,12 +160,16 @@ class OpenAIChat:
         notice: Callable[[str], None] = _notice,
         recovery=None,
         batching: bool = True,
+        trust_remote_code: bool = False,
     ):
         from runner.api_args import check_chat_args
+        from runner.engine.preflight import check_remote_code, consents_to_remote_code
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
 
-        check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt)
+        check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt, trust_remote_code)
+        # the CLI's rule: a plan or profile never consents to running the model's own Python; the caller does
+        consent = consents_to_remote_code(trust_remote_code, overrides, fresh_plan=plan is None)
         if defaults is not None:
             defaults = defaults.checked()
         elif any(o.lstrip("+~").startswith("generation.") for o in overrides):
@@ -170,10 +179,12 @@ class OpenAIChat:
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
+        check_remote_code(plan, consent, _CONSENT_HOW)
         self.recovery = recovery or RecoveryPolicy()
         plan = plan_that_fits(
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )
+        check_remote_code(plan, consent, _CONSENT_HOW)  # a fallback model may ask too
         loaded = load_with_fallbacks(plan, policy=self.recovery, notice=notice)
         self.session = ChatSession(
             loaded,
@@ -271,14 +282,24 @@ _CACHE: dict[tuple, OpenAIChat] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _cached_chat(model: str, use_cpu: bool, hardware: str | None, model_path: str | None) -> OpenAIChat:
+def _cached_chat(
+    model: str, use_cpu: bool, hardware: str | None, model_path: str | None, trust_remote_code: bool = False
+) -> OpenAIChat:
     from pathlib import Path
 
     local = isinstance(model, str) and Path(model).expanduser().exists()  # "./m" names another model elsewhere
+    # consent is part of the key: a call without it never reuses a model loaded with it
     key = (str(Path(model).expanduser().resolve()) if local else model, use_cpu, hardware, model_path)
+    key += (trust_remote_code,)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = OpenAIChat(model=model, use_cpu=use_cpu, hardware=hardware, model_path=model_path)
+            _CACHE[key] = OpenAIChat(
+                model=model,
+                use_cpu=use_cpu,
+                hardware=hardware,
+                model_path=model_path,
+                trust_remote_code=trust_remote_code,
+            )
         return _CACHE[key]
 
 
@@ -292,16 +313,23 @@ def create_chat_completion(
     use_cpu: bool = False,
     hardware: str | None = None,
     model_path: str | None = None,
+    trust_remote_code: bool = False,
     **sampling,
 ):
-    """OpenAI-shaped dict (or an iterator of chunk dicts with stream=True); one loaded model per (model, hardware)."""
+    """OpenAI-shaped dict (or an iterator of chunk dicts with stream=True); one loaded model per (model, hardware).
+
+    `trust_remote_code=True` is consent to run Python shipped with the model when its plan asks for it;
+    without it such a model is refused (ShardwiseError). It never turns remote code on for a plan that
+    does not ask."""
     from runner.api_args import check_completion_args
 
-    check_completion_args(model, stream, sampling.get("stream_options"), use_cpu, hardware, model_path)
+    check_completion_args(
+        model, stream, sampling.get("stream_options"), use_cpu, hardware, model_path, trust_remote_code
+    )
     if not messages:
         raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
     messages = checked_messages(messages)
-    chat = _cached_chat(model, use_cpu, hardware, model_path)
+    chat = _cached_chat(model, use_cpu, hardware, model_path, trust_remote_code)
     stream_options = sampling.pop("stream_options", None) or {}
     if stream_options and not stream:
         raise ShardwiseError("stream_options is only allowed with stream=True")

@@ -41,10 +41,13 @@ def check_max_memory(max_memory) -> None:
             raise ShardwiseError(f"max_memory[{device!r}] must be a finite size, got {size!r}")
 
 
-def check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt) -> None:
+def check_chat_args(
+    model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt, trust_remote_code=False
+) -> None:
     """The arguments of OpenAIChat, checked before planning; raises ShardwiseError naming the argument."""
     _text("model", model, optional=False)
     _flag("use_cpu", use_cpu)
+    _flag("trust_remote_code", trust_remote_code)
     check_max_memory(max_memory)
     _text("model_path", model_path)
     _text("hardware", hardware)
@@ -59,11 +62,14 @@ def check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides,
         raise ShardwiseError(f"system_prompt must be a string or None, got {system_prompt!r:.60}")
 
 
-def check_completion_args(model, stream, stream_options, use_cpu, hardware, model_path) -> None:
+def check_completion_args(
+    model, stream, stream_options, use_cpu, hardware, model_path, trust_remote_code=False
+) -> None:
     """The arguments of create_chat_completion that are not messages or sampling (those have their own checks)."""
     _text("model", model, optional=False)
     _flag("stream", stream)
     _flag("use_cpu", use_cpu)
+    _flag("trust_remote_code", trust_remote_code)
     _text("hardware", hardware)
     _text("model_path", model_path)
     if stream_options is not None and not isinstance(stream_options, dict):

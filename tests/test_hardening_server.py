@@ -55,3 +55,41 @@ def test_an_empty_serve_host_is_refused(monkeypatch):
 
     with pytest.raises(ShardwiseError, match="serve.host is empty"):
         serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.host="]))
+
+
+def test_more_messages_than_serve_max_messages_is_a_400_naming_messages(server):
+    many = [{"role": "user", "content": "hi"}] * 4097  # the default bound is 4096
+    response = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": MODEL, "messages": many, "max_tokens": 2}, timeout=10
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and error["code"] == "too_many_messages" and "4097" in error["message"]
+
+
+def test_serve_max_messages_sets_the_bound():
+    from test_server import live_server
+
+    with live_server(FakeSession(context_tokens=1000), max_messages=3) as small:
+        url = small.url + "/v1/chat/completions"
+        three = [{"role": "user", "content": "hi"}] * 3
+        assert httpx.post(url, json={"model": MODEL, "messages": three, "max_tokens": 2}, timeout=10).status_code == 200
+        response = httpx.post(url, json={"model": MODEL, "messages": [*three, three[0]], "max_tokens": 2}, timeout=10)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+
+
+def test_serve_config_reads_and_range_checks_the_message_and_stall_bounds():
+    from test_server_cli import compose_serve
+
+    from runner.openai import serve_cli
+
+    settings, _ = serve_cli.settings_from_config(
+        compose_serve(["hardware=cpu", "serve.max_messages=10", "serve.stream_stall_timeout_s=2.5"])
+    )
+    assert settings.max_messages == 10 and settings.stream_stall_timeout_s == 2.5
+    defaults, _ = serve_cli.settings_from_config(compose_serve(["hardware=cpu"]))
+    assert defaults.max_messages == 4096 and defaults.stream_stall_timeout_s == 30.0
+    with pytest.raises(ShardwiseError, match="serve.max_messages=0 is out of range"):
+        serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.max_messages=0"]))
+    with pytest.raises(ShardwiseError, match="serve.stream_stall_timeout_s=-1.0 is out of range"):
+        serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.stream_stall_timeout_s=-1"]))

@@ -265,6 +265,8 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # largest request body accepted, bytes >= 1024; a larger one answers 413
     max_n: int = 8  # most completions (choices) one request may ask for with `n`, count >= 1
     request_timeout_s: float = 600.0  # wall-clock limit per request (queue wait + generation), seconds; 0: none
+    stream_stall_timeout_s: float = 30.0  # a stream whose client accepts no data this long is cancelled, s; 0: never
+    max_messages: int = 4096  # most messages one request may hold, count >= 1; more answers 400
     models: list[str] = field(default_factory=list)  # more models to serve: profile names, hub ids or directories
     log_level: str = "info"  # server log level: debug, info, warning or error
 
@@ -297,6 +299,13 @@ def check_serve(block: ServeConfig) -> ServeConfig:
                 block.request_timeout_s,
                 "use seconds >= 0 (0: no limit)",
             ),
+            (
+                block.stream_stall_timeout_s >= 0,
+                "serve.stream_stall_timeout_s",
+                block.stream_stall_timeout_s,
+                "use seconds >= 0 (0: never)",
+            ),
+            (block.max_messages >= 1, "serve.max_messages", block.max_messages, "use 1 or more"),
             (block.log_level in levels, "serve.log_level", block.log_level, f"use one of {', '.join(levels)}"),
         ]
     )

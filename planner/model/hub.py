@@ -256,6 +256,19 @@ def _complete_safetensors(snapshot: Path) -> bool:
     return bool(shards) and all((snapshot / name).is_file() for name in shards)
 
 
+def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The HF cache's directory of `repo_id` at commit `revision` when it holds config.json and every safetensors
+    weight file (a full download), else None; from the cache alone. A commit never changes, so loading from that
+    directory is loading what the hub would send, without asking it (a branch name is not trusted)."""
+    if not revision or not _COMMIT.fullmatch(revision):
+        return None
+    config = _cached(repo_id, "config.json", revision)
+    if not isinstance(config, str):
+        return None
+    snapshot = Path(config).parent
+    return snapshot if _complete_safetensors(snapshot) else None
+
+
 def cached_config(repo_id: str, revision: str) -> dict | None:
     """config.json of `repo_id` at `revision` if the HF cache holds it (no network), else None."""
     path = _cached(repo_id, "config.json", revision)

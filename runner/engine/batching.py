@@ -98,6 +98,29 @@ class Admission:
             self._cond.notify_all()
 
 
+class Inbox:
+    """A request's newest output. transformers' streamed outputs are cumulative snapshots, so a reader that fell
+    behind (its client reads slowly) needs only the last one: the generation thread never piles up copies."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._output = None
+
+    def put(self, output) -> None:
+        with self._cond:
+            self._output = output
+            self._cond.notify()
+
+    def get(self, timeout: float):
+        with self._cond:
+            if self._output is None:
+                self._cond.wait(timeout)
+            output, self._output = self._output, None
+        if output is None:
+            raise queue.Empty
+        return output
+
+
 def _inbox_router(deliver: Callable):
     """transformers' OutputRouter, handing each output to `deliver` on the generation thread (no shared queue to
     poll, no extra thread hop per token). Built on first use: transformers is imported lazily."""
@@ -127,7 +150,7 @@ class BatchingEngine:
         self.log = log
         self.admission = Admission(max(1, serving.max_concurrent), max(0, max_waiting))
         self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
-        self._routes: dict[str, queue.Queue] = {}
+        self._routes: dict[str, Inbox] = {}
         self._routes_lock = threading.Lock()
         self._ids = itertools.count()
         self._manager = None
@@ -255,7 +278,7 @@ class BatchingEngine:
             return BatchResult(tokens=0, cancelled=True, batch_size=0, queued_s=time.perf_counter() - submitted)
         queued_s = time.perf_counter() - submitted
         request_id = f"shardwise-{next(self._ids)}"
-        inbox: queue.Queue = queue.Queue()
+        inbox = Inbox()
         tokens, batch_size, cancelled, finished = 0, self.admission.running, False, False
         try:
             self._ensure_running()

@@ -171,6 +171,26 @@ def _describe_placement(plan) -> str:
     return f"{plan.strategy} ({plan.device_map})"
 
 
+def local_source(plan) -> str | None:
+    """The HF cache snapshot to load a hub model from when it holds every file a load reads (config, weights, a
+    tokenizer) at the commit the plan was made from; None: load by the plan's source as it is.
+
+    transformers and huggingface_hub ask the hub about a cached file before using it and retry for a minute
+    when the network is down (unless HF_HUB_OFFLINE is set); loading the snapshot directory asks nothing."""
+    from pathlib import Path
+
+    from planner.model.hub import cached_snapshot, is_hub_id
+    from runner.engine.preflight import TOKENIZER_FILES
+
+    source = str(plan.model.source)
+    if not plan.model.revision or not is_hub_id(source) or Path(source).expanduser().exists():
+        return None
+    snapshot = cached_snapshot(source, plan.model.revision)
+    if snapshot is None or not any((snapshot / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return str(snapshot)
+
+
 def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[str], None] | None = None) -> LoadedModel:
     """Load the plan's model and tokenizer; transformers shows its own weight-loading progress bar."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -181,8 +201,14 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     source = plan.model.source
     offload = _offload_folder(plan, log)
     kwargs = from_pretrained_kwargs(plan, offload)
+    snapshot = local_source(plan)
+    if snapshot is not None:
+        source, where = snapshot, f"from the HF cache, {snapshot}"
+        kwargs.pop("revision", None)  # the directory is that revision
+    else:
+        where = source
     size = _human_bytes(plan.model.weight_bytes) if plan.model.weight_bytes else "size unknown"
-    log(f"loading {plan.model.name} ({source}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}")
+    log(f"loading {plan.model.name} ({where}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}")
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(
         source, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")

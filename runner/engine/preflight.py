@@ -110,21 +110,29 @@ def remote_code_consent(cfg) -> bool:
 
     from planner.config.app import flag
 
-    if flag(cfg, "trust_remote_code"):
-        return True
-    if cfg.get("plan_file"):
-        return False
     try:
-        typed = [o.replace(" ", "").lower() for o in HydraConfig.get().overrides.task]
-    except ValueError:  # composed outside a Hydra run (the Python API, tests): nothing was typed
+        typed = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed outside a Hydra run (tests): nothing was typed
+        typed = []
+    return consents_to_remote_code(flag(cfg, "trust_remote_code"), typed, fresh_plan=not cfg.get("plan_file"))
+
+
+def consents_to_remote_code(trust_remote_code: bool, overrides, *, fresh_plan: bool) -> bool:
+    """The one consent rule, for the CLI and the Python API: the run's own `trust_remote_code` says yes, or,
+    for a plan made now, the caller's own overrides set `model.trust_remote_code=true`. A plan file, a
+    `plan=` object or a profile asking for remote code is never consent by itself."""
+    if trust_remote_code is True:
+        return True
+    if not fresh_plan:
         return False
-    return any(o.lstrip("+") in ("model.trust_remote_code=true", "model.trust_remote_code=yes") for o in typed)
+    typed = [str(o).replace(" ", "").lower().lstrip("+") for o in overrides]
+    return any(o in ("model.trust_remote_code=true", "model.trust_remote_code=yes") for o in typed)
 
 
-def check_remote_code(plan, consent: bool) -> None:
-    """A plan that runs Python shipped with the model (auto_map) needs consent on the command line of this run."""
+def check_remote_code(plan, consent: bool, how: str = "add trust_remote_code=true to this command line") -> None:
+    """A plan that runs Python shipped with the model (auto_map) needs consent from this run (`how` gives it)."""
     if plan.model.trust_remote_code and not consent:
         raise ShardwiseError(
             f"the plan for {plan.model.name} runs Python code shipped in {plan.model.source} "
-            "(model.trust_remote_code=true): read that code, then add trust_remote_code=true to this command line"
+            f"(model.trust_remote_code=true): read that code, then {how}"
         )

@@ -80,12 +80,14 @@ def load(plan: Plan):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.distributed.configuration_utils import DistributedConfig
 
-    revision = plan.model.revision or None  # a hub model: the commit it was planned from
-    tokenizer = AutoTokenizer.from_pretrained(
-        plan.model.source, trust_remote_code=plan.model.trust_remote_code, revision=revision
-    )
+    from runner.engine.loader import local_source
+
+    snapshot = local_source(plan)  # a cached hub commit loads from its directory: no network asked
+    source = snapshot or plan.model.source
+    revision = None if snapshot else (plan.model.revision or None)  # a hub model: the commit it was planned from
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=plan.model.trust_remote_code, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(
-        plan.model.source,
+        source,
         revision=revision,
         dtype=getattr(torch, plan.model.dtype),
         distributed_config=DistributedConfig(tp_size=plan.tp_size, pp_size=plan.pp_size),

@@ -53,6 +53,7 @@ from runner.openai.responses import (
     error_response,
     finish,
     generation_work,
+    stall_handler,
     stream_chunks,
 )
 
@@ -71,6 +72,8 @@ class ServeSettings:
     request_timeout_s: float = 600.0  # queue wait + generation per request, seconds; 0: no limit
     defaults: SamplingParams = field(default_factory=SamplingParams)  # sampling for fields a request leaves out
     max_n: int = 8  # most choices one request may ask for
+    stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
+    max_messages: int = oai.MAX_MESSAGES  # most messages one request may hold; more is a 400
 
 
 @dataclass
@@ -260,7 +263,8 @@ async def chat_completions(request: Request) -> Response:
     arrived = time.perf_counter()
     state.check_auth(request)
     body = await read_json(request, state.settings.max_body_bytes)
-    chat = oai.parse_chat_request(body, state.settings.defaults, state.settings.max_n)
+    settings = state.settings
+    chat = oai.parse_chat_request(body, settings.defaults, settings.max_n, max_messages=settings.max_messages)
     slot = state.find_model(chat.model)
     # an alias answers under the served name, as OpenAI does
     response = oai.Response(slot.source.name, fingerprint=slot.source.fingerprint, include_usage=chat.include_usage)
@@ -288,8 +292,12 @@ async def chat_completions(request: Request) -> Response:
             return early_end(first, info, job, slot)
         if chat.stream:
             streaming = True  # from here the stream's end finishes the request
+            stall_s = state.settings.stream_stall_timeout_s
             return EventStream(
-                stream_chunks(first, waiter, chat, meta, job), on_close=lambda: finish(waiter, slot, job)
+                stream_chunks(first, waiter, chat, meta, job),
+                on_close=lambda: finish(waiter, slot, job),
+                stall_s=stall_s,
+                on_stall=stall_handler(meta, job, slot, stall_s),
             )
         return await collect(first, waiter, chat, meta, job, slot)
     finally:

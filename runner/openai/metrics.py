@@ -11,6 +11,8 @@ built for vLLM need only the prefix changed; every series carries `model_name`:
     shardwise:generation_tokens_total      counter    tokens generated (rate() of it is tokens/s)
     shardwise:request_success_total        counter    finished requests, by finished_reason
     shardwise:request_rejected_total       counter    requests refused with 429 because the line was full (no vLLM twin)
+    shardwise:request_stalled_total        counter    streams cancelled: the client accepted no data for
+                                                      serve.stream_stall_timeout_s (no vLLM twin)
     shardwise:time_to_first_token_seconds  histogram  arrival to first token, queueing included
     shardwise:e2e_request_latency_seconds  histogram  arrival to last token
     shardwise:request_queue_time_seconds   histogram  arrival to the start of generation
@@ -91,6 +93,10 @@ class Metrics:
         with self._lock:
             self._add("request_rejected_total", model, 1)
 
+    def stalled(self, model: str) -> None:
+        with self._lock:
+            self._add("request_stalled_total", model, 1)
+
     def render(self, gauges: dict[str, dict]) -> str:
         """The exposition text; `gauges` maps model name -> {"running", "waiting", "kv_cache_usage", "num_blocks"}."""
         lines: list[str] = []
@@ -119,6 +125,7 @@ class Metrics:
             "generation_tokens_total": "Tokens generated.",
             "request_success_total": "Finished requests by finish reason.",
             "request_rejected_total": "Requests refused because the waiting line was full.",
+            "request_stalled_total": "Streams cancelled because the client stopped reading.",
         }
         for name, help_text in helps.items():
 

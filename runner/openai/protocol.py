@@ -51,6 +51,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+MAX_MESSAGES = 4096  # messages one request may hold by default (serve.max_messages; the Python API's bound)
+
+
 def invalid(message: str, param: str | None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 
@@ -154,12 +157,22 @@ def _content_text(content, index: int, role: str) -> str:
     )
 
 
-def parse_messages(value) -> list[dict]:
-    """Chat messages as plain {"role", "content": str} dicts; APIError(400) naming the first bad field."""
+def parse_messages(value, max_messages: int = MAX_MESSAGES) -> list[dict]:
+    """Chat messages as plain {"role", "content": str} dicts; APIError(400) naming the first bad field.
+
+    More than `max_messages` is refused before any message is looked at: a conversation of thousands of
+    tiny messages costs the prompt fitting far more than its bytes suggest."""
     if not isinstance(value, list) or not value:
         shown = "an empty list" if value == [] else repr(value)[:80]
         raise invalid(
             f"messages must be a non-empty list of {{role, content}} objects, got {shown}", "messages", "invalid_value"
+        )
+    if len(value) > max_messages:
+        raise invalid(
+            f"messages holds {len(value)} messages, more than the {max_messages} one request may hold: "
+            "send a shorter conversation",
+            "messages",
+            "too_many_messages",
         )
     out = []
     for index, message in enumerate(value):
@@ -241,10 +254,13 @@ def _refuse_unsupported(body: dict) -> None:
         )
 
 
-def parse_chat_request(body, defaults: SamplingParams, max_n: int = 8) -> ChatRequest:
+def parse_chat_request(
+    body, defaults: SamplingParams, max_n: int = 8, *, max_messages: int = MAX_MESSAGES
+) -> ChatRequest:
     """Validate a decoded JSON body; raise APIError(400) naming the first bad field.
 
-    Fields the body leaves out take `defaults` (the `generation` config); `n` may be at most `max_n`.
+    Fields the body leaves out take `defaults` (the `generation` config); `n` may be at most `max_n`,
+    `messages` hold at most `max_messages`.
     """
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_type")
@@ -253,7 +269,7 @@ def parse_chat_request(body, defaults: SamplingParams, max_n: int = 8) -> ChatRe
         raise invalid(
             f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
         )
-    messages = parse_messages(body.get("messages"))
+    messages = parse_messages(body.get("messages"), max_messages)
     _refuse_unsupported(body)
 
     max_tokens = _positive_int(body, "max_tokens")

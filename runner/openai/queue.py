@@ -7,7 +7,8 @@ serving.max_concurrent), each on one of n long-lived threads, so their turns joi
 `submit` refuses a job (QueueFull, the server's 429) once `slots + max_queue` jobs are admitted. A job
 reports back to the event loop through an asyncio queue of events; cancelling a job sets its `cancel`
 event (the session stops at the next token) and, if it is still waiting, removes it at once so its
-slot frees.
+slot frees. A job hands over at most MAX_PENDING_DELTAS text deltas the stream has not taken yet: a
+client that reads slowly slows its own generation instead of growing a buffer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+MAX_PENDING_DELTAS = 64  # deltas a job may have handed to the event loop that its stream has not taken yet
 
 
 class QueueFull(Exception):
@@ -31,6 +34,7 @@ class Job:
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
+        self._room = threading.BoundedSemaphore(MAX_PENDING_DELTAS)
         self.submitted_s = time.perf_counter()
         self.started_s: float | None = None
         self.finished_s: float | None = None
@@ -41,6 +45,19 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:
             pass  # the loop closed (server shutting down): nobody is listening
+
+    def emit_delta(self, *event) -> bool:
+        """`emit` for a text delta, waiting while MAX_PENDING_DELTAS are not taken; False (dropped) once cancelled."""
+        while not self._room.acquire(timeout=0.05):
+            if self.cancel.is_set():
+                return False
+        self.emit(*event)
+        return True
+
+    def taken(self, event: tuple) -> None:
+        """The stream took `event` off the queue: a delta's place is free again."""
+        if event and event[0] == "delta":
+            self._room.release()
 
     def run(self) -> None:
         self.started_s = time.perf_counter()

@@ -103,19 +103,11 @@ def _run_choice(session, chat: ChatRequest, index: int, job: Job) -> None:
     params = chat.params_for_choice(index)
     # On the calling thread (the model worker's long-lived one, or a choice's thread whose forward passes run
     # on the batching loop), streamed or not: a thread per streamed request left OpenMP threads parked across
-    # many Python threads, and later requests ran ~1.5x slower.
-    completion = session.generate(
-        chat.messages, params, cancel=job.cancel, on_delta=_deltas_to(job, index) if chat.stream else None
-    )
+    # many Python threads, and later requests ran ~1.5x slower. A delta the stream has no room for makes the
+    # generation wait (bounded, cancellable).
+    on_delta = (lambda delta: delta and job.emit_delta("delta", index, delta)) if chat.stream else None
+    completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
     job.emit("choice", index, completion)
-
-
-def _deltas_to(job: Job, index: int) -> Callable[[str], None]:
-    def on_delta(delta: str) -> None:
-        if delta:
-            job.emit("delta", index, delta)
-
-    return on_delta
 
 
 def _choices_together(session, chat: ChatRequest) -> bool:
@@ -180,6 +172,11 @@ class EventWaiter:
             pass
 
     async def next(self) -> tuple:
+        event = await self._next()
+        self.job.taken(event)
+        return event
+
+    async def _next(self) -> tuple:
         if not self.job.events.empty():
             return self.job.events.get_nowait()
         if self._watch.done():
@@ -240,6 +237,14 @@ def _end_error(event: tuple) -> APIError:
     kind = event[0]
     if kind == "error":
         return classify(event[1])
+    if kind == "stalled":
+        return APIError(
+            408,
+            "the client accepted no data for serve.stream_stall_timeout_s seconds, so the request was cancelled: "
+            "read the stream as it arrives",
+            type="timeout",
+            code="stream_stalled",
+        )
     if kind == "timeout":
         return APIError(
             504,
@@ -319,17 +324,76 @@ async def stream_chunks(
     yield sse("[DONE]")
 
 
+def stall_handler(meta: RequestMeta, job: Job, slot, stall_s: float) -> Callable[[], None]:
+    """What a stream whose client stopped reading does: cancel the generation (its batch slot and cache blocks
+    free at once), count and log it, and end the stream with an error should the client read again."""
+
+    def stalled() -> None:
+        slot.worker.cancel(job)
+        meta.info["error"] = "stream_stalled"
+        if meta.metrics is not None:
+            meta.metrics.stalled(meta.response.model)
+        log.warning(
+            "request %s: the client accepted no data for %.1f s (serve.stream_stall_timeout_s): generation cancelled",
+            meta.response.request_id,
+            stall_s,
+        )
+        job.events.put_nowait(("stalled",))
+
+    return stalled
+
+
 class EventStream(StreamingResponse):
-    """Server-sent events; `on_close` runs however the response ends (a client gone before the first byte too)."""
+    """Server-sent events; `on_close` runs however the response ends (a client gone before the first byte too).
+
+    With `stall_s` > 0, a send the client has not accepted after `stall_s` seconds (it keeps the connection open
+    but stopped reading, so the transport's flow control holds the send) calls `on_stall` once; the send then
+    waits for the client to read or leave, holding no generation. One watchdog per stream checks the send in
+    progress, so a chunk costs no extra task.
+    """
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[bytes], on_close: Callable[[], None]):
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        on_close: Callable[[], None],
+        *,
+        stall_s: float = 0.0,
+        on_stall: Callable[[], None] | None = None,
+    ):
         super().__init__(chunks, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self.on_close = on_close
+        self.stall_s = stall_s if on_stall is not None else 0.0
+        self.on_stall = on_stall
 
     async def __call__(self, scope, receive, send) -> None:
+        if self.stall_s <= 0:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.on_close()
+            return
+        loop = asyncio.get_running_loop()
+        sending_since: list[float] = []  # when the send in progress began; empty between sends
+
+        async def watched(message) -> None:
+            sending_since.append(loop.time())
+            try:
+                await send(message)
+            finally:
+                sending_since.clear()
+
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(self.stall_s / 4)
+                if sending_since and loop.time() - sending_since[0] >= self.stall_s:
+                    self.on_stall()
+                    return
+
+        watching = asyncio.ensure_future(watchdog())
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, watched)
         finally:
+            watching.cancel()
             self.on_close()

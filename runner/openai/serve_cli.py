@@ -57,6 +57,8 @@ def settings_from_config(cfg):
         request_timeout_s=float(block.request_timeout_s),
         defaults=defaults,
         max_n=block.max_n,
+        stream_stall_timeout_s=float(block.stream_stall_timeout_s),
+        max_messages=block.max_messages,
     ), block
 
 
