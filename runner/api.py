@@ -181,6 +181,7 @@ class OpenAIChat:
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
         check_remote_code(plan, consent, _CONSENT_HOW)
         self.recovery = recovery or RecoveryPolicy()
+        self.recovery.remote_code_consent = consent  # OOM-time fallbacks obey the caller's consent too
         plan = plan_that_fits(
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )

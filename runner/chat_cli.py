@@ -119,7 +119,7 @@ def task(cfg):
     check_remote_code(plan, consent)
     plan = plan_that_fits(plan, notice=_notice, caps=caps)
     check_remote_code(plan, consent)  # a fallback model may ask too
-    policy = RecoveryPolicy()
+    policy = RecoveryPolicy(remote_code_consent=consent)
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
     metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None
     session = ChatSession(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_models import cpu_plan, tiny_gpt2, tiny_llama
@@ -74,6 +76,33 @@ def test_fallback_model_continues_the_conversation(dirs):
     assert [m["content"] for m in s.history[:3]] == ["first", "reply", "second"]
     assert completion.usage.prompt_tokens == s.prompt_token_count(s.history[:3])
     assert any("falling back to" in n and "tiny-gpt2" in n for n in notices)
+
+
+def test_a_fallback_asking_for_remote_code_is_skipped_without_the_runs_consent(dirs):
+    """Issue 10 item 5: an out-of-memory fallback never runs the model directory's Python unasked."""
+    fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
+    loaded_plans = []
+
+    def remote_code_plan(entry):
+        plan = cpu_plan(entry["model"])  # as a profile or config asking for auto_map code would plan it:
+        return dataclasses.replace(plan, model=dataclasses.replace(plan.model, trust_remote_code=True))
+
+    def load(plan):
+        loaded_plans.append(plan)
+        return _quiet_load(plan)
+
+    for consent in (False, True):
+        loaded_plans.clear()
+        policy = RecoveryPolicy(plan_fallback=remote_code_plan, load=load, remote_code_consent=consent)
+        s, _, notices = flaky_session(dirs, failures=99, policy=policy, fallbacks=(fallback,))
+        if consent:
+            assert s.send("hello").usage.completion_tokens >= 1 and s.loaded.name == "tiny-gpt2"
+        else:
+            with pytest.raises(MemoryExhaustedError):
+                s.send("hello")
+            assert any("trust_remote_code" in n and "skipping" in n for n in notices)
+        fallbacks_loaded = [p for p in loaded_plans if p.model.trust_remote_code]  # not the ladder's reload
+        assert len(fallbacks_loaded) == (1 if consent else 0)
 
 
 def test_oom_after_streamed_tokens_raises_instead_of_retrying(dirs):

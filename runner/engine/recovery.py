@@ -31,6 +31,9 @@ class RecoveryPolicy:
     use_fallbacks: bool = True  # then walk the plan's fallback chain (smaller model, then CPU)
     plan_fallback: Callable | None = None  # fallback dict -> Plan; default planner.config.compose.make_plan
     load: Callable | None = None  # Plan -> LoadedModel; default runner.engine.loader.load
+    remote_code_consent: bool = (
+        False  # the run's consent (trust_remote_code=true): else a fallback asking for it is skipped
+    )
 
     def loader(self) -> Callable:
         """`load`, else runner.engine.loader.load (imported only now: it brings torch and transformers)."""
@@ -94,6 +97,13 @@ def next_fallback(chain: list[dict], policy: RecoveryPolicy, notice: Callable[[s
             continue
         if not plan.fits:
             notice(f"{target} does not fit either: skipping it")
+            continue
+        if plan.model.trust_remote_code and not policy.remote_code_consent:
+            # a fallback picked while running never runs the model directory's Python unless the run consented
+            notice(
+                f"{target} asks to run code shipped with the model (trust_remote_code) "
+                "without this run's consent: skipping it"
+            )
             continue
         try:
             return plan, load(plan)

@@ -209,11 +209,12 @@ def model_sources(cfg) -> list:
 
 def load_session(cfg, plan):
     """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
+    from runner.engine.preflight import remote_code_consent
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
 
-    policy = RecoveryPolicy()
+    policy = RecoveryPolicy(remote_code_consent=remote_code_consent(cfg))
     loaded = load_with_fallbacks(plan, policy=policy, notice=log.warning)
     if loaded.plan is not plan:
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
