@@ -170,7 +170,19 @@ def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[searc
         return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
 
     def price(attempt, chunk: int) -> dict:
-        return _speed(run, attempt.build(context, chunk), attempt, context, chunk, run.policy.sessions)
+        from planner.speed import decode_speeds
+
+        return decode_speeds(
+            run.inv,
+            run.hw,
+            attempt.build(context, chunk),
+            tp_size=attempt.tp_size,
+            dtype=run.formats.dtype,
+            kv_elem_bytes=run.cost.kv_elem_bytes,
+            context_tokens=context,
+            sessions=run.policy.sessions,
+            config=run.policy.performance,
+        )
 
     extra = search.speed_alternatives(run.inv, run.cost, run.hw, run.policy)
     return objective.take(found, tried, extra, run.policy, chunk_at=chunk_at, price=price)

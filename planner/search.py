@@ -106,7 +106,7 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
                 f"policy.strategy=pipeline needs at least 2 GPUs, {hw.source} has {len(gpus)}: "
                 "raise hardware.count or use auto"
             )
-        for n in range(2, len(gpus) + 1):
+        for n in range(2, min(len(gpus), most_stages(inv)) + 1):
             chosen = sorted(by_room[:n], key=lambda e: e[1])
             found.append(
                 Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n)
@@ -157,17 +157,28 @@ def speed_alternatives(inv: Inventory, cost: CostModel, hw: Hardware, policy: Po
 
 
 def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_node: int) -> list[Attempt]:
-    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot."""
-    shapes = sorted(
-        {
-            (nodes * per_stage_node, nodes, per_stage_node)
-            for nodes in range(2, hw.nodes + 1)
-            for per_stage_node in range(1, per_node + 1)
-        }
-    )
+    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot.
+
+    A shape is (GPUs, nodes, stages per node), the same number of stages on every node used; at
+    most most_stages(inv) stages. On identical nodes two shapes with the same GPU count hold the
+    same memory (the same split, so the same fit) and differ only in hand-offs: k nodes of c/k
+    stages make k - 1 network and c - k in-node hand-offs, a cost linear in k, so the fastest of
+    them is the fewest or the most nodes; only those two are tried (the fewest first, as before).
+    """
     by_node = [gpu_entries(hw, policy, node) for node in range(hw.nodes)]  # once: the shapes ask for each many times
+    limit = most_stages(inv)
+    shapes = sorted(
+        (nodes * per_stage_node, nodes, per_stage_node)
+        for nodes in range(2, min(hw.nodes, limit) + 1)
+        for per_stage_node in range(1, min(per_node, limit // nodes) + 1)
+    )
+    if _identical(by_node):
+        ends: dict[int, list] = {}
+        for shape in shapes:  # sorted: the fewest nodes of a count come first, the most last
+            ends.setdefault(shape[0], []).append(shape)
+        shapes = [shape for same in ends.values() for shape in dict.fromkeys((same[0], same[-1]))]
     found = []
-    for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
+    for count, nodes, per_stage_node in shapes:
         stages = [entry for node in range(nodes) for entry in by_node[node][:per_stage_node]]
         found.append(
             Attempt(
@@ -179,6 +190,26 @@ def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_n
             )
         )
     return found
+
+
+def _identical(by_node: list[list[tuple]]) -> bool:
+    """Every node has the same GPUs (model, usable and free memory, in order)."""
+
+    def shape(entries):
+        return [(e[0].name, e[2], e[3]) for e in entries]
+
+    first = shape(by_node[0])
+    return all(shape(entries) == first for entries in by_node[1:])
+
+
+def most_stages(inv: Inventory) -> int:
+    """The most pipeline stages worth laying out: one per decoder layer, plus one each for the embedding and the head.
+
+    Beyond that a stage holds nothing (placement never splits a layer), so more GPUs can neither
+    make room nor run faster (an empty stage only adds a hand-off); this bounds every pipeline
+    search by the model, not by how many GPUs a machine claims.
+    """
+    return len(inv.layers) + 2
 
 
 def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Notes, explicit: bool) -> list[Attempt]:
@@ -199,8 +230,8 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
         return []
     found = _in_node_tp(inv, cost, gpus) if explicit else []
     if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
-        first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(hw.nodes)]
-        for nodes in range(2, hw.nodes + 1):
+        first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(min(hw.nodes, most_stages(inv)))]
+        for nodes in range(2, min(hw.nodes, most_stages(inv)) + 1):  # one pipeline stage per node
             stages = first_of_node[:nodes]
             found.append(
                 Attempt(
