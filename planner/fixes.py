@@ -17,7 +17,7 @@ from planner.plan import Plan
 from planner.policy import Policy
 from planner.units import GIB
 
-Replan = Callable[..., Plan | None]  # (policy=None, hardware=None) -> the plan with that change, None if invalid
+Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, speed=True) -> the plan changed, None if invalid
 
 
 def _fits(plan) -> bool:
@@ -33,10 +33,10 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
         return None
     best = max(hw.devices, key=lambda d: (d.free_bytes, -d.id))
 
-    def on(count: int, policy=quick_policy):
+    def on(count: int, policy=quick_policy, speed=False):  # the bisection asks only whether it fits
         devices = tuple(replace(best, id=i, uuid="", pci_bus_id="", processes=()) for i in range(count))
         pairs = tuple((i, j) for i in range(count) for j in range(i + 1, count)) if hw.interconnect == "nvlink" else ()
-        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs))
+        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs), speed=speed)
 
     low, high, found = len(hw.devices), len(hw.devices) + 1, None
     while high <= limit:
@@ -53,23 +53,26 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
             high, found = mid, attempt
         else:
             low = mid
-    return high, on(high, policy), best
+    return high, on(high, policy, speed=True), best
 
 
-def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int):
-    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more."""
-    best = replan(replace(policy, sessions=1))
-    if not _fits(best):
+def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int, quick_policy: Policy):
+    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more.
+
+    The probes plan at quick_policy's one context (the least a plan accepts, or the one asked for):
+    a plan fits at all exactly when it fits there, and one fit check is much cheaper than the
+    search for the largest context; only the count found is planned in full.
+    """
+    if not _fits(replan(replace(quick_policy, sessions=1), speed=False)):
         return None
     low, high = 1, most + 1  # low fits, high is the first count not known to fit
     while high - low > 1:
         mid = (low + high) // 2
-        attempt = replan(replace(policy, sessions=mid))
-        if _fits(attempt):
-            low, best = mid, attempt
+        if _fits(replan(replace(quick_policy, sessions=mid), speed=False)):
+            low = mid
         else:
             high = mid
-    return low, best
+    return low, replan(replace(policy, sessions=low))
 
 
 def speed_text(plan) -> str:
@@ -130,7 +133,7 @@ def what_would_fit(
                 )
             )
     sessions = policy.sessions
-    fewer = _most_sessions_that_fit(policy, replan, sessions - 1) if sessions > 1 else None
+    fewer = _most_sessions_that_fit(policy, replan, sessions - 1, quick) if sessions > 1 else None
     if fewer:
         n, plan = fewer
         fixes.append(

@@ -49,23 +49,33 @@ def plan_model(
     load_profile: LoadProfile | None = None,
     cap_context: bool = False,
     explain: bool = True,
+    speed: bool = True,
 ) -> Plan:
     """Plan one model. cap_context: a context beyond the model's maximum is capped (fallbacks, model=auto).
 
-    explain: work out (by re-planning) what would make a does-not-fit plan fit.
+    explain: work out (by re-planning) what would make a does-not-fit plan fit. speed=False leaves out
+    the performance block (its time to first token prefills the context chunk by chunk): for the
+    plans a search only asks whether they fit (policy.sessions=auto, the fixes' bisections).
     """
     if policy.sessions is None:
         return plan_auto_sessions(
-            plan_model, spec, hw, policy, load_profile=load_profile, cap_context=cap_context, explain=explain
+            plan_model,
+            spec,
+            hw,
+            policy,
+            load_profile=load_profile,
+            cap_context=cap_context,
+            explain=explain,
+            speed=speed,
         )
-    result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain)
+    result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain, speed)
     if load_profile is None:
         return result
     chain = fallback_chain(spec, used, policy, load_profile=load_profile, plan_model=plan_model)
     return replace(result, fallbacks=chain)
 
 
-def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool):
+def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool = True):
     """Mixed GPUs: first try only those that keep bf16 / MXFP4, so a weaker card never downgrades the plan.
 
     dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
@@ -80,7 +90,7 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
         chosen = tuple(d for d in hw.devices if capability(d) == best)
         ids = {d.id for d in chosen}
         subset = replace(hw, devices=chosen, nvlink_pairs=tuple(p for p in hw.nvlink_pairs if set(p) <= ids))
-        on_subset = _plan_on(spec, subset, policy, cap_context, False)  # a misfit here is dropped: no fixes
+        on_subset = _plan_on(spec, subset, policy, cap_context, False, speed)  # a misfit here is dropped: no fixes
         if on_subset.fits:
             left_out = ", ".join(
                 f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in hw.devices if d.id not in ids
@@ -92,7 +102,7 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
                 + (" and MXFP4" if on_subset.model.quantization.kept else ""),
             )
             return replace(on_subset, hardware=hw.to_dict(), decisions=(note, *on_subset.decisions)), subset
-    return _plan_on(spec, hw, policy, cap_context, explain), hw
+    return _plan_on(spec, hw, policy, cap_context, explain, speed), hw
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,12 @@ class _Sizing:
     inv: Inventory
     cost: CostModel
     notes: Notes
+    speed: bool = True  # the plan gets its performance block
 
 
-def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool) -> Plan:
+def _plan_on(
+    spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool, speed: bool = True
+) -> Plan:
     """One planning run on exactly these devices."""
     notes = Notes(warnings=list(hw.notes))
     for entry in spec.provenance:  # where the model's numbers came from, first
@@ -142,7 +155,7 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     low = min(policy.min_context_tokens, max_ctx)
     tried = search.attempts(inv, cost, hw, policy, notes)
     found = search.first_fit(tried, cost, requested, low, max_ctx, policy.prefill_chunk_tokens)
-    run = _Sizing(spec, hw, policy, formats, inv, cost, notes)
+    run = _Sizing(spec, hw, policy, formats, inv, cost, notes, speed)
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
@@ -191,9 +204,9 @@ def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[searc
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
     """Re-plan this model with another policy or hardware; None when that change makes the request invalid."""
 
-    def replan(changed: Policy | None = None, hardware: Hardware | None = None) -> Plan | None:
+    def replan(changed: Policy | None = None, hardware: Hardware | None = None, speed: bool = True) -> Plan | None:
         try:
-            return _plan_preferring_stronger(spec, hardware or hw, changed or policy, False, False)[0]
+            return _plan_preferring_stronger(spec, hardware or hw, changed or policy, False, False, speed)[0]
         except ShardwiseError:  # a change that makes the config invalid is no fix
             return None
 
@@ -258,7 +271,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         offload_folder=offload_folder,
         binding=binding,
         serving=serving,
-        performance=_performance(run, slots, attempt, limits) if fits and slots else {},
+        performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
     )
 
 

@@ -53,13 +53,18 @@ class Attempt:
 
 
 def gpu_entries(hw: Hardware, policy: Policy, node: int = 0) -> list[tuple]:
-    entries = []
+    return entries_by_node(hw, policy, node + 1)[node]
+
+
+def entries_by_node(hw: Hardware, policy: Policy, nodes: int) -> list[list[tuple]]:
+    """The device entries of nodes 0..nodes-1, in one pass over the devices (a cluster may list thousands)."""
+    found: list[list[tuple]] = [[] for _ in range(nodes)]
     for d in hw.devices:
-        if d.node != node:
+        if d.node >= nodes:
             continue
         reserve = headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib * MIB)
-        entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
-    return entries
+        found[d.node].append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
+    return found
 
 
 def host_entry(hw: Hardware, policy: Policy) -> tuple:
@@ -165,8 +170,8 @@ def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_n
     stages make k - 1 network and c - k in-node hand-offs, a cost linear in k, so the fastest of
     them is the fewest or the most nodes; only those two are tried (the fewest first, as before).
     """
-    by_node = [gpu_entries(hw, policy, node) for node in range(hw.nodes)]  # once: the shapes ask for each many times
     limit = most_stages(inv)
+    by_node = entries_by_node(hw, policy, min(hw.nodes, limit))  # once: the shapes ask for each many times
     shapes = sorted(
         (nodes * per_stage_node, nodes, per_stage_node)
         for nodes in range(2, min(hw.nodes, limit) + 1)
@@ -230,7 +235,7 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
         return []
     found = _in_node_tp(inv, cost, gpus) if explicit else []
     if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
-        first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(min(hw.nodes, most_stages(inv)))]
+        first_of_node = [entries[0] for entries in entries_by_node(hw, policy, min(hw.nodes, most_stages(inv)))]
         for nodes in range(2, min(hw.nodes, most_stages(inv)) + 1):  # one pipeline stage per node
             stages = first_of_node[:nodes]
             found.append(

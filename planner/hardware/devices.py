@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 from planner.units import GIB
 
@@ -39,7 +40,7 @@ class Device:
     fp8_tflops: float = 0.0
     fp32_tflops: float = 0.0
 
-    @property
+    @cached_property  # asked for every device of every plan: thousands of times on a large cluster
     def cc_major_minor(self) -> tuple[int, int]:
         major, _, minor = self.compute_capability.partition(".")
         return int(major), int(minor or 0)
@@ -125,6 +126,9 @@ class Hardware:
 
 def _device_dict(device: Device) -> dict:
     """asdict(device) without its deep copy: every field is a str or a number but `processes`, a tuple of dicts."""
-    data = {f.name: getattr(device, f.name) for f in fields(device)}
+    data = {name: getattr(device, name) for name in _DEVICE_FIELDS}
     data["processes"] = tuple(dict(p) for p in device.processes)
     return data
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(Device))
