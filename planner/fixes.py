@@ -17,7 +17,7 @@ from planner.plan import Plan
 from planner.policy import Policy
 from planner.units import GIB
 
-Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, speed=True) -> the plan changed, None if invalid
+Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, fit_only=False) -> the plan changed; None: invalid
 
 
 def _fits(plan) -> bool:
@@ -33,10 +33,10 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
         return None
     best = max(hw.devices, key=lambda d: (d.free_bytes, -d.id))
 
-    def on(count: int, policy=quick_policy, speed=False):  # the bisection asks only whether it fits
+    def on(count: int, policy=quick_policy, fit_only=True):  # the bisection asks only whether it fits
         devices = tuple(replace(best, id=i, uuid="", pci_bus_id="", processes=()) for i in range(count))
         pairs = tuple((i, j) for i in range(count) for j in range(i + 1, count)) if hw.interconnect == "nvlink" else ()
-        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs), speed=speed)
+        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs), fit_only=fit_only)
 
     low, high, found = len(hw.devices), len(hw.devices) + 1, None
     while high <= limit:
@@ -53,7 +53,7 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
             high, found = mid, attempt
         else:
             low = mid
-    return high, on(high, policy, speed=True), best
+    return high, on(high, policy, fit_only=False), best
 
 
 def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int, quick_policy: Policy):
@@ -63,12 +63,12 @@ def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int, quick_pol
     a plan fits at all exactly when it fits there, and one fit check is much cheaper than the
     search for the largest context; only the count found is planned in full.
     """
-    if not _fits(replan(replace(quick_policy, sessions=1), speed=False)):
+    if not _fits(replan(replace(quick_policy, sessions=1), fit_only=True)):
         return None
     low, high = 1, most + 1  # low fits, high is the first count not known to fit
     while high - low > 1:
         mid = (low + high) // 2
-        if _fits(replan(replace(quick_policy, sessions=mid), speed=False)):
+        if _fits(replan(replace(quick_policy, sessions=mid), fit_only=True)):
             low = mid
         else:
             high = mid

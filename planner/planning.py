@@ -75,7 +75,9 @@ def plan_model(
     return replace(result, fallbacks=chain)
 
 
-def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool = True):
+def _plan_preferring_stronger(
+    spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool = True, choose: bool = True
+):
     """Mixed GPUs: first try only those that keep bf16 / MXFP4, so a weaker card never downgrades the plan.
 
     dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
@@ -90,7 +92,9 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
         chosen = tuple(d for d in hw.devices if capability(d) == best)
         ids = {d.id for d in chosen}
         subset = replace(hw, devices=chosen, nvlink_pairs=tuple(p for p in hw.nvlink_pairs if set(p) <= ids))
-        on_subset = _plan_on(spec, subset, policy, cap_context, False, speed)  # a misfit here is dropped: no fixes
+        on_subset = _plan_on(
+            spec, subset, policy, cap_context, False, speed, choose
+        )  # a misfit here is dropped: no fixes
         if on_subset.fits:
             left_out = ", ".join(
                 f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in hw.devices if d.id not in ids
@@ -102,7 +106,7 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
                 + (" and MXFP4" if on_subset.model.quantization.kept else ""),
             )
             return replace(on_subset, hardware=hw.to_dict(), decisions=(note, *on_subset.decisions)), subset
-    return _plan_on(spec, hw, policy, cap_context, explain, speed), hw
+    return _plan_on(spec, hw, policy, cap_context, explain, speed, choose), hw
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,19 @@ class _Sizing:
 
 
 def _plan_on(
-    spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool, speed: bool = True
+    spec: ModelSpec,
+    hw: Hardware,
+    policy: Policy,
+    cap_context: bool,
+    explain_misfit: bool,
+    speed: bool = True,
+    choose: bool = True,
 ) -> Plan:
-    """One planning run on exactly these devices."""
+    """One planning run on exactly these devices.
+
+    choose=False keeps the fewest GPUs that fit, without weighing the others by policy.objective:
+    for the plans a search asks only whether anything fits (the fixes' bisections).
+    """
     notes = Notes(warnings=list(hw.notes))
     for entry in spec.provenance:  # where the model's numbers came from, first
         notes.decide(*entry)
@@ -159,7 +173,7 @@ def _plan_on(
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
-    found, chosen_because = _by_objective(run, tried, found)
+    found, chosen_because = _by_objective(run, tried, found) if choose else (found, "")
     attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
@@ -204,9 +218,12 @@ def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[searc
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
     """Re-plan this model with another policy or hardware; None when that change makes the request invalid."""
 
-    def replan(changed: Policy | None = None, hardware: Hardware | None = None, speed: bool = True) -> Plan | None:
+    def replan(changed: Policy | None = None, hardware: Hardware | None = None, fit_only: bool = False) -> Plan | None:
+        """fit_only: the caller asks only whether it fits (no performance block, no choice by objective)."""
         try:
-            return _plan_preferring_stronger(spec, hardware or hw, changed or policy, False, False, speed)[0]
+            return _plan_preferring_stronger(
+                spec, hardware or hw, changed or policy, False, False, not fit_only, not fit_only
+            )[0]
         except ShardwiseError:  # a change that makes the config invalid is no fix
             return None
 

@@ -19,6 +19,8 @@ from planner.plan import Notes
 from planner.policy import Policy
 from planner.units import MIB
 
+ALWAYS_STAGES = 64  # pipeline stages tried whatever the model (planner.search.most_stages)
+
 
 @dataclass(frozen=True)
 class Found:
@@ -208,13 +210,16 @@ def _identical(by_node: list[list[tuple]]) -> bool:
 
 
 def most_stages(inv: Inventory) -> int:
-    """The most pipeline stages worth laying out: one per decoder layer, plus one each for the embedding and the head.
+    """The most pipeline stages worth laying out: twice one per decoder layer plus the embedding and the head, or 64.
 
-    Beyond that a stage holds nothing (placement never splits a layer), so more GPUs can neither
-    make room nor run faster (an empty stage only adds a hand-off); this bounds every pipeline
-    search by the model, not by how many GPUs a machine claims.
+    A stage holds at least one layer, the embedding or the head, or nothing (placement never splits
+    a layer). The proportional split (planner.placement) may leave a GPU empty before every layer
+    has its own, when a layer takes more than a GPU's share (24 layers of gpt-oss-20b at 64
+    sessions spread best over 28 GPUs), so twice that many are tried; and never fewer than 64, so
+    every machine up to 8 nodes of 8 GPUs is searched in full. This bounds every pipeline search
+    by the model, not by how many GPUs a machine claims.
     """
-    return len(inv.layers) + 2
+    return max(2 * (len(inv.layers) + 2), ALWAYS_STAGES)
 
 
 def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Notes, explicit: bool) -> list[Attempt]:
