@@ -45,8 +45,13 @@ class Attempt:
     nodes: int = 1
     note: str = ""
     slots: list = field(default_factory=list)
+    room: tuple[int, int] | None = None  # usable bytes of its GPUs (together, the roomiest): unsharded layouts
 
     def fits_at(self, cost: CostModel, context: int, chunk: int) -> bool:
+        if self.room is not None:
+            together, one = cost.least_gpu_bytes(context, self.gpus)
+            if self.room[0] < together or self.room[1] < one:
+                return False  # no split can fit (a necessary condition, never a guess): skip laying it out
         slots = self.build(context, chunk)
         return bool(slots) and all(p.fits for p in evaluate(slots, cost, context, chunk))
 
@@ -67,6 +72,10 @@ def entries_by_node(hw: Hardware, policy: Policy, nodes: int) -> list[list[tuple
         reserve = headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib * MIB)
         found[d.node].append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
     return found
+
+
+def _room_of(entries: list[tuple]) -> tuple[int, int]:
+    return sum(e[2] for e in entries), max(e[2] for e in entries)
 
 
 def host_entry(hw: Hardware, policy: Policy) -> tuple:
@@ -106,7 +115,14 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
     if strategy == "tensor_parallel":
         return _tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=True)
     if strategy in ("auto", "single_gpu"):
-        found.append(Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1))
+        found.append(
+            Attempt(
+                "single_gpu",
+                lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k),
+                gpus=1,
+                room=_room_of([by_room[0]]),
+            )
+        )
     if strategy in ("auto", "pipeline"):
         if strategy == "pipeline" and len(gpus) < 2:
             raise ShardwiseError(
@@ -116,7 +132,13 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
         for n in range(2, min(len(gpus), most_stages(inv)) + 1):
             chosen = sorted(by_room[:n], key=lambda e: e[1])
             found.append(
-                Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n)
+                Attempt(
+                    "pipeline",
+                    lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k),
+                    gpus=n,
+                    pp_size=n,
+                    room=_room_of(chosen),
+                )
             )
     if strategy == "auto" and hw.nodes > 1:
         found.extend(_tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=False))
@@ -194,6 +216,7 @@ def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_n
                 gpus=count,
                 pp_size=count,
                 nodes=nodes,
+                room=_room_of(stages),
             )
         )
     return found
