@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from planner.decisions import Formats, mxfp4_blocked_by_hardware
 from planner.hardware.devices import Hardware
+from planner.limits import MAX_NODES
 from planner.model.inventory import Inventory
 from planner.model.source import ModelSpec
 from planner.plan import Plan
@@ -54,6 +55,37 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
         else:
             low = mid
     return high, on(high, policy, fit_only=False), best
+
+
+def _more_nodes(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Replan):
+    """The fewest nodes like these that fit (a tier or snapshot of several nodes), as (nodes, plan).
+
+    Bisection between this many and MAX_NODES, as for more GPUs: more nodes only add memory. A
+    probed machine does not grow by editing a key, so it gets no such fix.
+    """
+    if not hw.devices or not 1 < hw.nodes < MAX_NODES or hw.probed:
+        return None
+    first = [d for d in hw.devices if d.node == 0]
+
+    def on(nodes: int, policy=quick_policy, fit_only=True):  # the bisection asks only whether it fits
+        devices = tuple(replace(d, node=n) for n in range(nodes) for d in first)
+        return replan(policy, hardware=replace(hw, devices=devices, nodes=nodes), fit_only=fit_only)
+
+    low, high, found = hw.nodes, min(hw.nodes * 2, MAX_NODES), None
+    while True:
+        found = on(high)
+        if _fits(found) or high >= MAX_NODES:
+            break
+        low, high = high, min(high * 2, MAX_NODES)
+    if not _fits(found):
+        return None
+    while high - low > 1:  # the fewest in (low, high]
+        mid = (low + high) // 2
+        if _fits(on(mid)):
+            high = mid
+        else:
+            low = mid
+    return high, on(high, policy, fit_only=False)
 
 
 def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int, quick_policy: Policy):
@@ -182,6 +214,16 @@ def what_would_fit(
                 f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context"
                 + speed_text(plan),
                 *([] if hw.probed else [f"hardware.count={count}"]),
+            )
+        )
+    wider = _more_nodes(hw, policy, quick, replan)
+    if wider:
+        count, plan = wider
+        fixes.append(
+            _fix(
+                f"more nodes: hardware.nodes={count}, {plan.strategy} with {plan.limits.context_tokens:,} tokens "
+                f"of context{speed_text(plan)}",
+                f"hardware.nodes={count}",
             )
         )
     if hw.devices and not (policy.allow_cpu_offload and policy.allow_disk_offload):

@@ -240,7 +240,17 @@ def _does_not_fit(run: _Sizing, tried: list, context: int, replan) -> Plan:
     slots = attempt.build(context, chunk) or []
     priced = evaluate(slots, run.cost, context, chunk) if slots else []
     fixes = what_would_fit(run.spec, run.hw, run.policy, run.formats, run.inv, replan) if replan else []
+    tried_text = explain.tried(attempt, run.hw, run.inv, run.policy)
+    run.notes.decide("strategy", objective.label(attempt), f"does not fit on the largest layout tried: {tried_text}")
     binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes)
+    if binding:
+        shards = max(attempt.tp_size, 1)  # a tensor-parallel row stands for each GPU of its stage
+        binding = {
+            **binding,
+            "tried": tried_text,
+            "needed_total": shards * sum(p.planned for p in priced if p.device != "disk"),
+            "usable_total": shards * sum(p.usable for p in priced if p.device != "disk"),
+        }
     return _make_plan(run, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
 
 
