@@ -153,3 +153,67 @@ def test_the_objective_weighs_layouts_by_the_same_decode_rates_the_plan_reports(
     assert plan.strategy == "pipeline" and said.startswith(
         f"pipeline over {plan.pp_size} GPUs: {rate:.1f} tok/s per sequence"
     )
+
+
+# --- DOES NOT FIT says what was tried, and ends with a fix or that nothing here would fit ----------------
+
+
+def _report(plan) -> str:
+    import io
+
+    from rich.console import Console
+
+    from planner.report import render
+
+    out = io.StringIO()
+    render(plan, console=Console(file=out, width=400))
+    return out.getvalue()
+
+
+def test_a_misfit_names_the_layout_tried_on_all_gpus_and_what_they_needed_together():
+    from planner.units import GIB
+
+    plan = make_plan("gpt-oss-120b", "t4", ["hardware.count=4"])
+    assert not plan.fits and plan.strategy == "pipeline" and len(plan.budget) == 4
+    needed = sum(b.planned for b in plan.budget) / GIB
+    usable = sum(b.usable for b in plan.budget) / GIB
+    text = _report(plan)
+    assert f"DOES NOT FIT: tried pipeline over 4 GPUs (all 4 GPUs): needs {needed:.2f} GiB, has {usable:.2f}" in text
+    assert "would fit with: more GPUs: hardware.count=" in text
+    strategy = next(d for d in plan.decisions if d.what == "strategy")
+    assert strategy.value == "pipeline over 4 GPUs" and "largest layout tried" in strategy.reason
+
+
+def test_a_misfit_on_a_huge_cluster_says_how_few_of_its_gpus_a_pipeline_can_use():
+    plan = make_plan("gpt-oss-120b", "l4", ["hardware.count=16", "hardware.nodes=256", "policy.sessions=65536"])
+    layers = plan.model.num_layers
+    assert not plan.fits and plan.strategy == "pipeline" and plan.pp_size < 4096
+    assert f"({plan.pp_size} of 4096 GPUs)" in plan.binding["tried"]
+    assert f"{layers} layers fill at most {plan.pp_size} stages" in plan.binding["tried"]
+    assert plan.binding["fixes"]  # fewer sessions would fit
+
+
+def test_more_nodes_is_offered_for_a_cluster_and_the_fix_fits():
+    plan = make_plan("gpt-oss-120b", "l4", ["hardware.count=1", "hardware.nodes=2"])
+    assert not plan.fits
+    (fix,) = [f for f in plan.binding["fixes"] if f["text"].startswith("more nodes")]
+    (nodes,) = fix["overrides"]
+    fixed = make_plan("gpt-oss-120b", "l4", ["hardware.count=1", nodes])
+    fewer = int(nodes.split("=")[1]) - 1
+    assert fixed.fits and not make_plan("gpt-oss-120b", "l4", ["hardware.count=1", f"hardware.nodes={fewer}"]).fits
+
+
+def test_every_misfit_after_a_sweep_table_ends_with_a_fix_or_nothing_here_would_fit():
+    from planner.config.sweep import misfit_lines
+
+    with_fix = make_plan("gpt-oss-120b", "t4", ["hardware.count=4"])
+    without = make_plan("gpt-oss-120b", "a100_40gb")
+    lines = misfit_lines(
+        [
+            ("gpt-oss-120b", "t4 (4 GPU)", with_fix.binding),
+            ("gpt-oss-120b", "a100_40gb (1 GPU)", {**without.binding, "fixes": []}),
+        ]
+    )
+    assert lines[0].startswith("gpt-oss-120b on t4 (4 GPU) DOES NOT FIT (tried pipeline over 4 GPUs (all 4 GPUs))")
+    assert f"would fit with: {with_fix.binding['fixes'][0]['text']}" in lines[0]
+    assert lines[1].endswith("nothing here would fit: choose a smaller model (model=auto) or other hardware")
