@@ -241,6 +241,9 @@ def _does_not_fit(run: _Sizing, tried: list, context: int, replan) -> Plan:
     priced = evaluate(slots, run.cost, context, chunk) if slots else []
     fixes = what_would_fit(run.spec, run.hw, run.policy, run.formats, run.inv, replan) if replan else []
     tried_text = explain.tried(attempt, run.hw, run.inv, run.policy)
+    if attempt.strategy != "offload" and any(a.strategy == "offload" for a in tried):  # tried too, not shown
+        offload = next(a for a in tried if a.strategy == "offload")
+        tried_text += f"; {explain.tried(offload, run.hw, run.inv, run.policy)} did not fit either"
     run.notes.decide("strategy", objective.label(attempt), f"does not fit on the largest layout tried: {tried_text}")
     binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes)
     if binding:
