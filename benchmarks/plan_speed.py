@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/plan_speed.py --runs 3 --skip-sweep
     .venv/bin/python benchmarks/plan_speed.py --skip-cold --profile 15
     .venv/bin/python benchmarks/plan_speed.py --skip-cold --skip-sweep --runs 7   # (c) only
+    .venv/bin/python benchmarks/plan_speed.py --worst-only                        # (d) only
 
 (a) Cold: `shardwise plan model=gpt-oss-120b hardware=h100_80gb hardware.count=8` as a fresh
 subprocess, against a fresh subprocess doing the same job with transformers + accelerate:
@@ -25,6 +26,12 @@ conf/hardware x counts 1, 2, 8, planned in-process through planner.planning.plan
 configs read once (no Hydra compose per plan; one compose is timed to show what it would add).
 Timed twice: the planner alone (no fallback chain) and as the CLI does it (fallback chain
 planned too). Target: 200+ plans <= 2 s. --profile N prints cProfile's top N functions.
+
+(d) Worst cases (issue 10): the largest inputs planner/limits.py allows (256 nodes of 16 GPUs,
+256 GPUs in a node, 65,536 sessions, sessions=auto, model=auto, each objective and strategy,
+offload), planned in-process as `shardwise plan` does (compose included), each timed on its
+second run (the first also imports transformers for models sized on the meta device) with the
+layout chosen. Target: each <= 3 s.
 """
 
 from __future__ import annotations
@@ -48,6 +55,24 @@ COUNTS = (1, 2, 8)
 TARGET_COLD_S = 1.0
 TARGET_SWEEP_S = 2.0
 HUB_PROFILE, HUB_ID, TARGET_HUB_RATIO = "qwen2.5-7b", "bench/qwen2.5-7b", 1.5
+TARGET_WORST_S = 3.0
+WORST = [  # (model, hardware, overrides): every search at its largest
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=256"),
+    ("gpt-oss-120b", "h100_80gb", "hardware.count=256"),
+    ("gpt-oss-120b", "h100_80gb", "hardware.count=16 hardware.nodes=256 policy.objective=latency"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=256 policy.objective=throughput policy.sessions=64"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=256 policy.sessions=auto"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=256 policy.sessions=65536"),
+    ("gpt-oss-120b", "l4", "hardware.count=256 policy.sessions=65536"),
+    ("auto", "l4", "hardware.count=16 hardware.nodes=256"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=256 policy.strategy=pipeline"),
+    ("llama-3.1-70b", "h100_80gb", "hardware.count=16 hardware.nodes=256 policy.strategy=tensor_parallel"),
+    ("deepseek-v3", "t4", "hardware.count=16 hardware.nodes=256"),
+    ("deepseek-v3", "l4", "hardware.count=256 policy.objective=latency"),
+    ("deepseek-v3", "l4", "policy.allow_cpu_offload=true policy.allow_disk_offload=true"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=2"),
+    ("gpt-oss-120b", "l4", "hardware.count=16 hardware.nodes=16"),
+]
 
 
 # ---- (a) cold CLI against transformers/accelerate ----------------------------------------------
@@ -349,12 +374,45 @@ def hub_from_cache(runs: int) -> dict:
     return result
 
 
+# ---- (d) worst cases --------------------------------------------------------------------------
+def _layout(plan) -> str:
+    gpus = sum(1 for b in plan.budget if b.device not in ("cpu", "disk")) * max(plan.tp_size, 1)
+    shape = f"{plan.strategy} {gpus} GPU(s)" + (f" on {plan.nodes} nodes" if plan.nodes > 1 else "")
+    if plan.strategy == "tensor_parallel":
+        shape += f" (tp={plan.tp_size} pp={plan.pp_size})"
+    return f"{'fits' if plan.fits else 'DOES NOT FIT'}: {shape}, {plan.limits.context_tokens:,} tokens, " + (
+        f"{plan.limits.sessions} session(s)"
+    )
+
+
+def worst_cases() -> dict:
+    from planner.config.compose import make_plan
+
+    print("\n(d) worst cases in-process (compose included), second run of each")
+    rows, results = [], {}
+    for model, hardware, overrides in WORST:
+        args = overrides.split()
+        start = time.perf_counter()
+        make_plan(model, hardware, args)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        plan = make_plan(model, hardware, args)
+        seconds = time.perf_counter() - start
+        name = f"{model} {hardware} {overrides}"
+        results[name] = {"first_s": first, "seconds": seconds, "layout": _layout(plan)}
+        verdict = "meets" if seconds <= TARGET_WORST_S else "MISSES"
+        rows.append([name, f"{first:.2f}", f"{seconds:.2f}", verdict, _layout(plan)])
+    _common.print_table(["plan", "first s", "s", f"<= {TARGET_WORST_S:.0f} s", "layout"], rows)
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="cold runs of each command (median reported)")
     parser.add_argument("--skip-cold", action="store_true", help="skip (a), the subprocess comparison")
     parser.add_argument("--skip-sweep", action="store_true", help="skip (b), the in-process sweep")
     parser.add_argument("--skip-hub", action="store_true", help="skip (c), the hub id from the HF cache")
+    parser.add_argument("--worst-only", action="store_true", help="run only (d), the worst cases")
     parser.add_argument("--profile", type=int, default=15, metavar="N", help="cProfile top N after the sweep (0: off)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
@@ -365,12 +423,15 @@ def main(argv=None) -> int:
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
     results = {}
+    if args.worst_only:
+        args.skip_cold = args.skip_sweep = args.skip_hub = True
     if not args.skip_cold:
         results["cold"] = cold(args.runs)
     if not args.skip_sweep:
         results["sweep"] = sweep(args.profile)
     if not args.skip_hub:
         results["hub"] = hub_from_cache(args.runs)
+    results["worst"] = worst_cases()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

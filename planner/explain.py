@@ -9,10 +9,11 @@ from __future__ import annotations
 from planner.hardware.devices import Hardware
 from planner.memory import CostModel
 from planner.model.inventory import Inventory
+from planner.objective import label
 from planner.placement import evaluate
 from planner.plan import Notes
 from planner.policy import Policy
-from planner.search import Attempt, Found
+from planner.search import Attempt, Found, most_stages
 from planner.units import gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective
@@ -126,6 +127,28 @@ def explain_chunk(notes: Notes, context: int, chunk: int, attn: str) -> None:
             f"a one-pass prefill of {context} tokens would overflow memory ({attn} attention): "
             f"prefill in chunks of {chunk}",
         )
+
+
+def tried(attempt: Attempt, hw: Hardware, inv, policy: Policy) -> str:
+    """What a does-not-fit plan tried, in words: the layout, how many of the machine's GPUs, and why not more."""
+    total = len(hw.devices)
+    if attempt.strategy == "cpu":
+        return "the CPU (host RAM)" + (", then disk" if policy.allow_disk_offload else "")
+    name = label(attempt)
+    if attempt.strategy == "offload":
+        places = ["GPU memory", *(["host RAM"] if policy.allow_cpu_offload else []), "disk"]
+        name = "offload to " + ", then ".join(places if policy.allow_disk_offload else places[:-1])
+    used = attempt.gpus
+    if total <= 1:
+        return f"{name} (the machine's only GPU)"
+    text = f"{name} ({'all' if used >= total else f'{used} of'} {total} GPUs)"
+    if used < total and attempt.strategy == "single_gpu":
+        text += f", policy.strategy={policy.strategy} keeps it on one"
+    elif used < total and attempt.strategy == "pipeline" and used >= most_stages(inv):
+        text += f", no longer pipeline tried: {len(inv.layers)} layers fill at most {used} stages"
+    elif used < total and attempt.strategy == "tensor_parallel" and attempt.nodes == 1:
+        text += ", the most GPUs of one node the heads divide by"
+    return text
 
 
 def does_not_fit_binding(notes: Notes, cost: CostModel, priced: list, context: int, fixes: list) -> dict:

@@ -11,13 +11,14 @@ from dataclasses import replace
 
 from planner.decisions import Formats, mxfp4_blocked_by_hardware
 from planner.hardware.devices import Hardware
+from planner.limits import MAX_NODES
 from planner.model.inventory import Inventory
 from planner.model.source import ModelSpec
 from planner.plan import Plan
 from planner.policy import Policy
 from planner.units import GIB
 
-Replan = Callable[..., Plan | None]  # (policy=None, hardware=None) -> the plan with that change, None if invalid
+Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, fit_only=False) -> the plan changed; None: invalid
 
 
 def _fits(plan) -> bool:
@@ -33,10 +34,10 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
         return None
     best = max(hw.devices, key=lambda d: (d.free_bytes, -d.id))
 
-    def on(count: int, policy=quick_policy):
+    def on(count: int, policy=quick_policy, fit_only=True):  # the bisection asks only whether it fits
         devices = tuple(replace(best, id=i, uuid="", pci_bus_id="", processes=()) for i in range(count))
         pairs = tuple((i, j) for i in range(count) for j in range(i + 1, count)) if hw.interconnect == "nvlink" else ()
-        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs))
+        return replan(policy, hardware=replace(hw, devices=devices, nvlink_pairs=pairs), fit_only=fit_only)
 
     low, high, found = len(hw.devices), len(hw.devices) + 1, None
     while high <= limit:
@@ -53,23 +54,57 @@ def _more_gpus(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Repla
             high, found = mid, attempt
         else:
             low = mid
-    return high, on(high, policy), best
+    return high, on(high, policy, fit_only=False), best
 
 
-def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int):
-    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more."""
-    best = replan(replace(policy, sessions=1))
-    if not _fits(best):
+def _more_nodes(hw: Hardware, policy: Policy, quick_policy: Policy, replan: Replan):
+    """The fewest nodes like these that fit (a tier or snapshot of several nodes), as (nodes, plan).
+
+    Bisection between this many and MAX_NODES, as for more GPUs: more nodes only add memory. A
+    probed machine does not grow by editing a key, so it gets no such fix.
+    """
+    if not hw.devices or not 1 < hw.nodes < MAX_NODES or hw.probed:
+        return None
+    first = [d for d in hw.devices if d.node == 0]
+
+    def on(nodes: int, policy=quick_policy, fit_only=True):  # the bisection asks only whether it fits
+        devices = tuple(replace(d, node=n) for n in range(nodes) for d in first)
+        return replan(policy, hardware=replace(hw, devices=devices, nodes=nodes), fit_only=fit_only)
+
+    low, high, found = hw.nodes, min(hw.nodes * 2, MAX_NODES), None
+    while True:
+        found = on(high)
+        if _fits(found) or high >= MAX_NODES:
+            break
+        low, high = high, min(high * 2, MAX_NODES)
+    if not _fits(found):
+        return None
+    while high - low > 1:  # the fewest in (low, high]
+        mid = (low + high) // 2
+        if _fits(on(mid)):
+            high = mid
+        else:
+            low = mid
+    return high, on(high, policy, fit_only=False)
+
+
+def _most_sessions_that_fit(policy: Policy, replan: Replan, most: int, quick_policy: Policy):
+    """(the largest session count <= most that fits, its plan), by bisection: fitting only gets harder with more.
+
+    The probes plan at quick_policy's one context (the least a plan accepts, or the one asked for):
+    a plan fits at all exactly when it fits there, and one fit check is much cheaper than the
+    search for the largest context; only the count found is planned in full.
+    """
+    if not _fits(replan(replace(quick_policy, sessions=1), fit_only=True)):
         return None
     low, high = 1, most + 1  # low fits, high is the first count not known to fit
     while high - low > 1:
         mid = (low + high) // 2
-        attempt = replan(replace(policy, sessions=mid))
-        if _fits(attempt):
-            low, best = mid, attempt
+        if _fits(replan(replace(quick_policy, sessions=mid), fit_only=True)):
+            low = mid
         else:
             high = mid
-    return low, best
+    return low, replan(replace(policy, sessions=low))
 
 
 def speed_text(plan) -> str:
@@ -130,7 +165,7 @@ def what_would_fit(
                 )
             )
     sessions = policy.sessions
-    fewer = _most_sessions_that_fit(policy, replan, sessions - 1) if sessions > 1 else None
+    fewer = _most_sessions_that_fit(policy, replan, sessions - 1, quick) if sessions > 1 else None
     if fewer:
         n, plan = fewer
         fixes.append(
@@ -179,6 +214,16 @@ def what_would_fit(
                 f"more GPUs: {how}, {plan.strategy} with {plan.limits.context_tokens:,} tokens of context"
                 + speed_text(plan),
                 *([] if hw.probed else [f"hardware.count={count}"]),
+            )
+        )
+    wider = _more_nodes(hw, policy, quick, replan)
+    if wider:
+        count, plan = wider
+        fixes.append(
+            _fix(
+                f"more nodes: hardware.nodes={count}, {plan.strategy} with {plan.limits.context_tokens:,} tokens "
+                f"of context{speed_text(plan)}",
+                f"hardware.nodes={count}",
             )
         )
     if hw.devices and not (policy.allow_cpu_offload and policy.allow_disk_offload):

@@ -99,6 +99,28 @@ class CostModel:
             found = self._cache[key] = [kv + self.layer_state(layer) for kv, layer in zip(kv_all, self.inv.layers)]
         return found
 
+    def least_gpu_bytes(self, context_tokens: int, gpus: int) -> tuple[int, int]:
+        """Floors under what `gpus` GPUs holding the model unsharded plan at a context: (all together, the fullest one).
+
+        Each GPU plans its tensors plus gpu_fixed_overhead() plus int(fragmentation x tensors), and
+        its tensors hold at least its modules' weights and its layers' KV and state. Summed over the
+        GPUs that is every module and every layer, whatever the split; and some GPU holds the
+        heaviest module with its KV (placement never splits one). A layout fits only when each GPU's
+        plan fits its usable memory, so GPUs with less usable memory together, or none with room
+        for that module, can never fit: the search skips them without laying anything out
+        (planner.search.Attempt.fits_at).
+        """
+        key = ("least", context_tokens)
+        found = self._cache.get(key)
+        if found is None:
+            cache = self.cache_by_layer(context_tokens)
+            held = [m.bytes + (cache[m.layer_index] if m.kind == "layer" else 0) for m in self.inv.modules]
+            found = self._cache[key] = (sum(held), max(held, default=0))
+        frac, fixed = self.overheads.fragmentation_fraction, self.gpu_fixed_overhead()
+        together, heaviest = found
+        # int() in overhead() rounds down: at most one byte a GPU
+        return int(together * (1 + frac)) + gpus * (fixed - 1), int(heaviest * (1 + frac)) + fixed - 1
+
     def layer_state(self, layer: LayerSpec) -> int:
         """Fixed conv + recurrent state of one layer for every session (0 for attention layers)."""
         return layer_state_bytes(layer, self.sessions, self.dtype_bytes)

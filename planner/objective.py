@@ -23,6 +23,12 @@ from planner.policy import Policy
 from planner.search import Attempt, Found
 
 AUTO_MARGIN = 0.10  # auto: fewer GPUs are worth up to this fraction of the fastest decode
+# Layouts weighed per family (planner.objective.family), fewest GPUs first: a larger pipeline of the
+# same GPUs splits the same layers into more stages that run one after another, reading the same bytes
+# per token plus one hand-off more per stage, so it is never faster than a smaller one that fits.
+# The first few that fit hold the fastest (one would do; the rest is margin for rounding in the
+# split); without the bound a 256-node machine would weigh thousands of pipelines.
+PER_FAMILY = 4
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,27 @@ def label(attempt) -> str:
     return attempt.strategy
 
 
-def choose(options: list[Option], objective: str, sessions: int, context: int) -> tuple[int, str]:
-    """(index of the option to take, the reason in words); options[0] is the fewest-GPUs layout."""
+def family(attempt) -> tuple:
+    """Layouts whose speed falls with their size: the same strategy and tensor-parallel degree, in one node or across.
+
+    Tensor parallel inside a node is a family per degree: more GPUs there split every layer, which
+    is faster, so each degree is weighed.
+    """
+    across = attempt.nodes > 1
+    if attempt.strategy == "tensor_parallel" and not across:
+        return (attempt.strategy, attempt.tp_size, across, attempt.gpus)
+    return (attempt.strategy, attempt.tp_size, across)
+
+
+def choose(
+    options: list[Option], objective: str, sessions: int, context: int, skipped: bool = False
+) -> tuple[int, str]:
+    """(index of the option to take, the reason in words); options[0] is the fewest-GPUs layout.
+
+    skipped: larger pipelines also fit but were not weighed (PER_FAMILY); the reason says so.
+    """
     fewest = options[0]
-    at = f"at {context:,} tokens"
+    at = f"at {context:,} tokens" + ("; larger layouts of the same kind, never faster, not weighed" if skipped else "")
     if objective in ("latency", "throughput"):
         speed = (lambda o: o.decode) if objective == "latency" else (lambda o: o.aggregate)
         what = "per sequence" if objective == "latency" else f"over {sessions} session(s)"
@@ -103,10 +126,17 @@ def take(
     if fewest.strategy in ("cpu", "offload") or (policy.objective == "auto" and fewest.gpus <= 1):
         return found, ""  # offload only when nothing else fits; one GPU is never spread by default
     layouts, options, unknown = [], [], ""
+    weighed: dict[tuple, int] = {}  # family -> layouts of it that fit, so far
+    skipped = False
     for attempt in [fewest, *(a for a in tried if a is not fewest and a.strategy != "offload"), *extra]:
+        kind = family(attempt)
+        if weighed.get(kind, 0) >= PER_FAMILY:
+            skipped = True
+            continue
         chunk = found.chunk if attempt is fewest else chunk_at(attempt)
         if chunk is None:
             continue
+        weighed[kind] = weighed.get(kind, 0) + 1
         speed = price(attempt, chunk)
         name = label(attempt)
         if not speed.get("available"):
@@ -127,7 +157,7 @@ def take(
             if policy.objective == "auto"
             else f"{options[0].label} is the only layout that fits at {context:,} tokens",
         )
-    index, why = choose(options, policy.objective, policy.sessions, context)
+    index, why = choose(options, policy.objective, policy.sessions, context, skipped)
     if index == 0:
         return found, why
     attempt, chunk = layouts[index]

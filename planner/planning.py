@@ -49,23 +49,35 @@ def plan_model(
     load_profile: LoadProfile | None = None,
     cap_context: bool = False,
     explain: bool = True,
+    speed: bool = True,
 ) -> Plan:
     """Plan one model. cap_context: a context beyond the model's maximum is capped (fallbacks, model=auto).
 
-    explain: work out (by re-planning) what would make a does-not-fit plan fit.
+    explain: work out (by re-planning) what would make a does-not-fit plan fit. speed=False leaves out
+    the performance block (its time to first token prefills the context chunk by chunk): for the
+    plans a search only asks whether they fit (policy.sessions=auto, the fixes' bisections).
     """
     if policy.sessions is None:
         return plan_auto_sessions(
-            plan_model, spec, hw, policy, load_profile=load_profile, cap_context=cap_context, explain=explain
+            plan_model,
+            spec,
+            hw,
+            policy,
+            load_profile=load_profile,
+            cap_context=cap_context,
+            explain=explain,
+            speed=speed,
         )
-    result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain)
+    result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain, speed)
     if load_profile is None:
         return result
     chain = fallback_chain(spec, used, policy, load_profile=load_profile, plan_model=plan_model)
     return replace(result, fallbacks=chain)
 
 
-def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool):
+def _plan_preferring_stronger(
+    spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool = True, choose: bool = True
+):
     """Mixed GPUs: first try only those that keep bf16 / MXFP4, so a weaker card never downgrades the plan.
 
     dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
@@ -80,7 +92,9 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
         chosen = tuple(d for d in hw.devices if capability(d) == best)
         ids = {d.id for d in chosen}
         subset = replace(hw, devices=chosen, nvlink_pairs=tuple(p for p in hw.nvlink_pairs if set(p) <= ids))
-        on_subset = _plan_on(spec, subset, policy, cap_context, False)  # a misfit here is dropped: no fixes
+        on_subset = _plan_on(
+            spec, subset, policy, cap_context, False, speed, choose
+        )  # a misfit here is dropped: no fixes
         if on_subset.fits:
             left_out = ", ".join(
                 f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in hw.devices if d.id not in ids
@@ -92,7 +106,7 @@ def _plan_preferring_stronger(spec, hw: Hardware, policy: Policy, cap_context: b
                 + (" and MXFP4" if on_subset.model.quantization.kept else ""),
             )
             return replace(on_subset, hardware=hw.to_dict(), decisions=(note, *on_subset.decisions)), subset
-    return _plan_on(spec, hw, policy, cap_context, explain), hw
+    return _plan_on(spec, hw, policy, cap_context, explain, speed, choose), hw
 
 
 @dataclass(frozen=True)
@@ -106,10 +120,23 @@ class _Sizing:
     inv: Inventory
     cost: CostModel
     notes: Notes
+    speed: bool = True  # the plan gets its performance block
 
 
-def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain_misfit: bool) -> Plan:
-    """One planning run on exactly these devices."""
+def _plan_on(
+    spec: ModelSpec,
+    hw: Hardware,
+    policy: Policy,
+    cap_context: bool,
+    explain_misfit: bool,
+    speed: bool = True,
+    choose: bool = True,
+) -> Plan:
+    """One planning run on exactly these devices.
+
+    choose=False keeps the fewest GPUs that fit, without weighing the others by policy.objective:
+    for the plans a search asks only whether anything fits (the fixes' bisections).
+    """
     notes = Notes(warnings=list(hw.notes))
     for entry in spec.provenance:  # where the model's numbers came from, first
         notes.decide(*entry)
@@ -142,11 +169,11 @@ def _plan_on(spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, e
     low = min(policy.min_context_tokens, max_ctx)
     tried = search.attempts(inv, cost, hw, policy, notes)
     found = search.first_fit(tried, cost, requested, low, max_ctx, policy.prefill_chunk_tokens)
-    run = _Sizing(spec, hw, policy, formats, inv, cost, notes)
+    run = _Sizing(spec, hw, policy, formats, inv, cost, notes, speed)
     if found is None:
         replan = _replanner(spec, hw, policy) if explain_misfit else None
         return _does_not_fit(run, tried, requested or low, replan)
-    found, chosen_because = _by_objective(run, tried, found)
+    found, chosen_because = _by_objective(run, tried, found) if choose else (found, "")
     attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
@@ -170,7 +197,19 @@ def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[searc
         return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
 
     def price(attempt, chunk: int) -> dict:
-        return _speed(run, attempt.build(context, chunk), attempt, context, chunk, run.policy.sessions)
+        from planner.speed import decode_speeds
+
+        return decode_speeds(
+            run.inv,
+            run.hw,
+            attempt.build(context, chunk),
+            tp_size=attempt.tp_size,
+            dtype=run.formats.dtype,
+            kv_elem_bytes=run.cost.kv_elem_bytes,
+            context_tokens=context,
+            sessions=run.policy.sessions,
+            config=run.policy.performance,
+        )
 
     extra = search.speed_alternatives(run.inv, run.cost, run.hw, run.policy)
     return objective.take(found, tried, extra, run.policy, chunk_at=chunk_at, price=price)
@@ -179,9 +218,12 @@ def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[searc
 def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
     """Re-plan this model with another policy or hardware; None when that change makes the request invalid."""
 
-    def replan(changed: Policy | None = None, hardware: Hardware | None = None) -> Plan | None:
+    def replan(changed: Policy | None = None, hardware: Hardware | None = None, fit_only: bool = False) -> Plan | None:
+        """fit_only: the caller asks only whether it fits (no performance block, no choice by objective)."""
         try:
-            return _plan_preferring_stronger(spec, hardware or hw, changed or policy, False, False)[0]
+            return _plan_preferring_stronger(
+                spec, hardware or hw, changed or policy, False, False, not fit_only, not fit_only
+            )[0]
         except ShardwiseError:  # a change that makes the config invalid is no fix
             return None
 
@@ -198,7 +240,20 @@ def _does_not_fit(run: _Sizing, tried: list, context: int, replan) -> Plan:
     slots = attempt.build(context, chunk) or []
     priced = evaluate(slots, run.cost, context, chunk) if slots else []
     fixes = what_would_fit(run.spec, run.hw, run.policy, run.formats, run.inv, replan) if replan else []
+    tried_text = explain.tried(attempt, run.hw, run.inv, run.policy)
+    if attempt.strategy != "offload" and any(a.strategy == "offload" for a in tried):  # tried too, not shown
+        offload = next(a for a in tried if a.strategy == "offload")
+        tried_text += f"; {explain.tried(offload, run.hw, run.inv, run.policy)} did not fit either"
+    run.notes.decide("strategy", objective.label(attempt), f"does not fit on the largest layout tried: {tried_text}")
     binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes)
+    if binding:
+        shards = max(attempt.tp_size, 1)  # a tensor-parallel row stands for each GPU of its stage
+        binding = {
+            **binding,
+            "tried": tried_text,
+            "needed_total": shards * sum(p.planned for p in priced if p.device != "disk"),
+            "usable_total": shards * sum(p.usable for p in priced if p.device != "disk"),
+        }
     return _make_plan(run, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
 
 
@@ -246,7 +301,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         offload_folder=offload_folder,
         binding=binding,
         serving=serving,
-        performance=_performance(run, slots, attempt, limits) if fits and slots else {},
+        performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
     )
 
 

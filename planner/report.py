@@ -181,9 +181,16 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         console.print(command, soft_wrap=True, markup=False, highlight=False)
     else:
         b = plan.binding
+        tried = ""
+        if b.get("tried"):  # what was laid out, and how much it needed together: not just the worst device
+            tried = (
+                f"tried {b['tried']}: needs {_gib(b.get('needed_total', 0))} GiB, has "
+                f"{_gib(b.get('usable_total', 0))} GiB usable; "
+            )
         console.print(
-            f"[bold red]DOES NOT FIT[/bold red]: device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
-            f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds."
+            f"[bold red]DOES NOT FIT[/bold red]: {tried}device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
+            f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.",
+            markup=True,
         )
         fixes = b.get("fixes", [])
         for fix in fixes:

@@ -19,6 +19,8 @@ from planner.plan import Notes
 from planner.policy import Policy
 from planner.units import MIB
 
+ALWAYS_STAGES = 64  # pipeline stages tried whatever the model (planner.search.most_stages)
+
 
 @dataclass(frozen=True)
 class Found:
@@ -43,8 +45,13 @@ class Attempt:
     nodes: int = 1
     note: str = ""
     slots: list = field(default_factory=list)
+    room: tuple[int, int] | None = None  # usable bytes of its GPUs (together, the roomiest): unsharded layouts
 
     def fits_at(self, cost: CostModel, context: int, chunk: int) -> bool:
+        if self.room is not None:
+            together, one = cost.least_gpu_bytes(context, self.gpus)
+            if self.room[0] < together or self.room[1] < one:
+                return False  # no split can fit (a necessary condition, never a guess): skip laying it out
         slots = self.build(context, chunk)
         return bool(slots) and all(p.fits for p in evaluate(slots, cost, context, chunk))
 
@@ -53,13 +60,22 @@ class Attempt:
 
 
 def gpu_entries(hw: Hardware, policy: Policy, node: int = 0) -> list[tuple]:
-    entries = []
+    return entries_by_node(hw, policy, node + 1)[node]
+
+
+def entries_by_node(hw: Hardware, policy: Policy, nodes: int) -> list[list[tuple]]:
+    """The device entries of nodes 0..nodes-1, in one pass over the devices (a cluster may list thousands)."""
+    found: list[list[tuple]] = [[] for _ in range(nodes)]
     for d in hw.devices:
-        if d.node != node:
+        if d.node >= nodes:
             continue
         reserve = headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib * MIB)
-        entries.append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
-    return entries
+        found[d.node].append((d, d.id, max(d.free_bytes - reserve, 0), d.free_bytes))
+    return found
+
+
+def _room_of(entries: list[tuple]) -> tuple[int, int]:
+    return sum(e[2] for e in entries), max(e[2] for e in entries)
 
 
 def host_entry(hw: Hardware, policy: Policy) -> tuple:
@@ -99,17 +115,30 @@ def attempts(inv: Inventory, cost: CostModel, hw: Hardware, policy: Policy, note
     if strategy == "tensor_parallel":
         return _tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=True)
     if strategy in ("auto", "single_gpu"):
-        found.append(Attempt("single_gpu", lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k), gpus=1))
+        found.append(
+            Attempt(
+                "single_gpu",
+                lambda c, k, e=by_room[0]: layout_layers(inv, cost, [e], c, k),
+                gpus=1,
+                room=_room_of([by_room[0]]),
+            )
+        )
     if strategy in ("auto", "pipeline"):
         if strategy == "pipeline" and len(gpus) < 2:
             raise ShardwiseError(
                 f"policy.strategy=pipeline needs at least 2 GPUs, {hw.source} has {len(gpus)}: "
                 "raise hardware.count or use auto"
             )
-        for n in range(2, len(gpus) + 1):
+        for n in range(2, min(len(gpus), most_stages(inv)) + 1):
             chosen = sorted(by_room[:n], key=lambda e: e[1])
             found.append(
-                Attempt("pipeline", lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k), gpus=n, pp_size=n)
+                Attempt(
+                    "pipeline",
+                    lambda c, k, ch=chosen: layout_layers(inv, cost, ch, c, k),
+                    gpus=n,
+                    pp_size=n,
+                    room=_room_of(chosen),
+                )
             )
     if strategy == "auto" and hw.nodes > 1:
         found.extend(_tp_attempts(inv, cost, hw, policy, gpus, notes, explicit=False))
@@ -157,17 +186,28 @@ def speed_alternatives(inv: Inventory, cost: CostModel, hw: Hardware, policy: Po
 
 
 def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_node: int) -> list[Attempt]:
-    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot."""
+    """Pipeline stages over GPUs of several nodes (torchrun, one GPU per stage), for when tensor parallel cannot.
+
+    A shape is (GPUs, nodes, stages per node), the same number of stages on every node used; at
+    most most_stages(inv) stages. On identical nodes two shapes with the same GPU count hold the
+    same memory (the same split, so the same fit) and differ only in hand-offs: k nodes of c/k
+    stages make k - 1 network and c - k in-node hand-offs, a cost linear in k, so the fastest of
+    them is the fewest or the most nodes; only those two are tried (the fewest first, as before).
+    """
+    limit = most_stages(inv)
+    by_node = entries_by_node(hw, policy, min(hw.nodes, limit))  # once: the shapes ask for each many times
     shapes = sorted(
-        {
-            (nodes * per_stage_node, nodes, per_stage_node)
-            for nodes in range(2, hw.nodes + 1)
-            for per_stage_node in range(1, per_node + 1)
-        }
+        (nodes * per_stage_node, nodes, per_stage_node)
+        for nodes in range(2, min(hw.nodes, limit) + 1)
+        for per_stage_node in range(1, min(per_node, limit // nodes) + 1)
     )
-    by_node = [gpu_entries(hw, policy, node) for node in range(hw.nodes)]  # once: the shapes ask for each many times
+    if _identical(by_node):
+        ends: dict[int, list] = {}
+        for shape in shapes:  # sorted: the fewest nodes of a count come first, the most last
+            ends.setdefault(shape[0], []).append(shape)
+        shapes = [shape for same in ends.values() for shape in dict.fromkeys((same[0], same[-1]))]
     found = []
-    for count, nodes, per_stage_node in shapes:  # the same number of stages on every node used
+    for count, nodes, per_stage_node in shapes:
         stages = [entry for node in range(nodes) for entry in by_node[node][:per_stage_node]]
         found.append(
             Attempt(
@@ -176,9 +216,33 @@ def _cross_node_pipeline_attempts(inv, cost, hw: Hardware, policy: Policy, per_n
                 gpus=count,
                 pp_size=count,
                 nodes=nodes,
+                room=_room_of(stages),
             )
         )
     return found
+
+
+def _identical(by_node: list[list[tuple]]) -> bool:
+    """Every node has the same GPUs (model, usable and free memory, in order)."""
+
+    def shape(entries):
+        return [(e[0].name, e[2], e[3]) for e in entries]
+
+    first = shape(by_node[0])
+    return all(shape(entries) == first for entries in by_node[1:])
+
+
+def most_stages(inv: Inventory) -> int:
+    """The most pipeline stages worth laying out: twice one per decoder layer plus the embedding and the head, or 64.
+
+    A stage holds at least one layer, the embedding or the head, or nothing (placement never splits
+    a layer). The proportional split (planner.placement) may leave a GPU empty before every layer
+    has its own, when a layer takes more than a GPU's share (24 layers of gpt-oss-20b at 64
+    sessions spread best over 28 GPUs), so twice that many are tried; and never fewer than 64, so
+    every machine up to 8 nodes of 8 GPUs is searched in full. This bounds every pipeline search
+    by the model, not by how many GPUs a machine claims.
+    """
+    return max(2 * (len(inv.layers) + 2), ALWAYS_STAGES)
 
 
 def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Notes, explicit: bool) -> list[Attempt]:
@@ -199,8 +263,8 @@ def _tp_attempts(inv, cost, hw: Hardware, policy: Policy, gpus: list, notes: Not
         return []
     found = _in_node_tp(inv, cost, gpus) if explicit else []
     if hw.nodes > 1 and per_node > 1 and divides(per_node, inv):
-        first_of_node = [gpu_entries(hw, policy, n)[0] for n in range(hw.nodes)]
-        for nodes in range(2, hw.nodes + 1):
+        first_of_node = [entries[0] for entries in entries_by_node(hw, policy, min(hw.nodes, most_stages(inv)))]
+        for nodes in range(2, min(hw.nodes, most_stages(inv)) + 1):  # one pipeline stage per node
             stages = first_of_node[:nodes]
             found.append(
                 Attempt(

@@ -66,10 +66,10 @@ def _with_reason(plan, reason: str):
 
 def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
     """The full plan for the most sessions that fit at the context one session gets (`plan_model` plans one)."""
-    quiet = {**kwargs, "load_profile": None, "explain": False}
-    first = plan_model(spec, hw, replace(policy, sessions=1), **kwargs)
+    quiet = {**kwargs, "load_profile": None, "explain": False, "speed": False}  # probes: only whether they fit
+    first = plan_model(spec, hw, replace(policy, sessions=1), **quiet)
     if not first.fits:
-        return first
+        return plan_model(spec, hw, replace(policy, sessions=1), **kwargs)  # with its fixes and fallbacks
     context = first.limits.context_tokens
     if first.serving is not None and first.serving.mode != "batched":
         return _with_reason(

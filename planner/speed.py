@@ -15,7 +15,17 @@ from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import layer_bytes_per_token
 from planner.model.inventory import DTYPE_BYTES, Inventory
-from planner.performance import AttentionLayer, Efficiency, Link, SpeedInputs, Stage, Stream, predict, prefill_binding
+from planner.performance import (
+    AttentionLayer,
+    Efficiency,
+    Link,
+    SpeedInputs,
+    Stage,
+    Stream,
+    predict,
+    prefill_binding,
+    step_time,
+)
 
 # per-message latency of each link: NVLink and PCIe transfers ~10 us through NCCL / cudaMemcpy,
 # an InfiniBand hop ~20 us; rough, and small beside the bandwidth terms except for tiny models
@@ -220,4 +230,36 @@ def performance_block(
         **prediction.to_dict(),
         "ttft_binding": prefill_binding(inputs, prediction.prompt_tokens),
         "model": "roofline: max(bytes / bandwidth, FLOPs / compute) per stage + streams + links + fixed costs",
+    }
+
+
+def decode_speeds(
+    inv: Inventory,
+    hw: Hardware,
+    slots,
+    *,
+    tp_size: int,
+    dtype: str,
+    kv_elem_bytes: int,
+    context_tokens: int,
+    sessions: int,
+    config=None,
+) -> dict:
+    """Only the decode rates of performance_block (the same numbers): what planner.objective weighs layouts by.
+
+    The time to first token prefills the whole context chunk by chunk (thousands of forward passes
+    at long contexts); the objective never looks at it, so weighing many layouts skips it.
+    """
+    try:
+        inputs = speed_inputs(inv, hw, slots, tp_size=tp_size, dtype=dtype, kv_elem_bytes=kv_elem_bytes, config=config)
+    except Unknown as exc:
+        return {"available": False, "reason": str(exc)}
+    prompt = int(_value(config, "prompt_tokens", 512))
+    if prompt < 1:
+        raise ShardwiseError(f"policy.performance.prompt_tokens={prompt} must be >= 1: e.g. 512")
+    at = max(1, min(prompt, context_tokens))  # as predict(): decode priced with the typical prompt cached
+    return {  # rounded as Prediction.to_dict rounds them, so layouts compare exactly as their blocks would
+        "available": True,
+        "decode_tokens_per_s": round(1.0 / step_time(inputs, 1, 1, at, "decode").seconds, 3),
+        "aggregate_tokens_per_s": round(sessions / step_time(inputs, sessions, 1, at, "decode").seconds, 3),
     }

@@ -117,26 +117,32 @@ def test_throughput_ranks_layouts_by_aggregate_at_the_planned_sessions():
 
 def test_the_speed_is_computed_once_per_layout_that_fits_not_per_context_probe(monkeypatch):
     import planner.planning as planning
+    import planner.speed as speed
 
     calls = []
-    real = planning._speed
+    real_block, real_decode = planning._speed, speed.decode_speeds
 
-    def counted(*args, **kwargs):
-        calls.append((args[2].strategy, args[2].gpus, args[3]))  # (layout, GPUs, context priced at)
-        return real(*args, **kwargs)
+    def counted_block(*args, **kwargs):  # the plan's own performance block
+        calls.append(("block", args[2].strategy, args[2].gpus, args[3]))
+        return real_block(*args, **kwargs)
 
-    monkeypatch.setattr(planning, "_speed", counted)
+    def counted_decode(inv, hw, slots, **kwargs):  # the objective weighing a layout (decode rates only)
+        calls.append(("decode", len(slots), kwargs["tp_size"], kwargs["context_tokens"]))
+        return real_decode(inv, hw, slots, **kwargs)
+
+    monkeypatch.setattr(planning, "_speed", counted_block)
+    monkeypatch.setattr(speed, "decode_speeds", counted_decode)
     plan = make_plan("llama-3.1-70b", "h100_80gb", ["hardware.count=4", "policy.objective=latency"])  # context: auto
     assert plan.limits.context_tokens == 131_072 and plan.tp_size == 4
-    # three layouts fit at the context the search found (pipeline over 3 or 4, tp=4), then the plan's own block;
-    # the rest are the fallback models' plans, each priced the same way
+    # three layouts fit at the context the search found (pipeline over 3 or 4 GPUs, tp=4 on one), then the plan's
+    # own block; the rest are the fallback models' plans, each priced the same way
     assert calls[:4] == [
-        ("pipeline", 3, 131_072),
-        ("pipeline", 4, 131_072),
-        ("tensor_parallel", 4, 131_072),
-        ("tensor_parallel", 4, 131_072),
+        ("decode", 3, 1, 131_072),
+        ("decode", 4, 1, 131_072),
+        ("decode", 1, 4, 131_072),
+        ("block", "tensor_parallel", 4, 131_072),
     ]
-    assert {context for _, _, context in calls} == {131_072}  # never at a context probe of the search
+    assert {call[-1] for call in calls} == {131_072}  # never at a context probe of the search
 
 
 def test_a_model_that_fits_on_one_gpu_stays_there_unless_latency_finds_faster():

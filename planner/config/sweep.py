@@ -11,7 +11,7 @@ from hydra.experimental.callback import Callback
 class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = []
+        rows, misfits = [], []
         # A job directory is `<num>_<overrides>`; a hub id in the overrides (model=ORG/NAME) nests it one level deeper.
         for path in sorted(sweep_dir.glob("**/plan.json"), key=lambda p: _job_number(p.relative_to(sweep_dir))):
             try:
@@ -22,13 +22,18 @@ class SweepSummary(Callback):
             hw = plan["hardware"]
             devices = hw.get("devices", [])
             hw_text = f"{hw.get('source')} ({len(devices)} GPU)" if devices else f"{hw.get('source')} (CPU)"
+            # a misfit row names what was tried, on how many of the GPUs; its fix (or none) follows the table
+            tp = max(int(plan.get("tp_size") or 1), 1) if plan["strategy"] == "tensor_parallel" else 1
+            used = str(len(gpus) * tp) if plan["fits"] else f"tried {len(gpus) * tp} of {len(devices)}"
+            if not plan["fits"]:
+                misfits.append((plan["model"]["name"], hw_text, plan.get("binding") or {}))
             rows.append(
                 (
                     plan["model"]["name"],
                     hw_text,
                     "yes" if plan["fits"] else "NO",
                     plan["strategy"],
-                    str(len(gpus)),
+                    used,
                     f"{plan['limits']['context_tokens']:,}" if plan["fits"] else "-",
                     _tokens_per_s(plan.get("performance") or {}),
                 )
@@ -39,12 +44,32 @@ class SweepSummary(Callback):
         from rich.table import Table
 
         table = Table(title="shardwise plan sweep", header_style="bold")
-        for col in ("model", "hardware", "fits", "strategy", "GPUs used", "max context", "tok/s"):
+        for col in ("model", "hardware", "fits", "strategy", "GPUs", "max context", "tok/s"):
             table.add_column(col, no_wrap=True)
         for row in rows:
             table.add_row(*row)
         probe = Console()
-        Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110)).print(table)
+        console = Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110))
+        console.print(table)
+        for line in misfit_lines(misfits):
+            console.print(line, markup=False)
+
+
+def misfit_lines(misfits: list[tuple[str, str, dict]]) -> list[str]:
+    """One line per DOES NOT FIT row: what was tried, then the first fix, or that nothing here would fit."""
+    lines = []
+    for model, hardware, binding in misfits:
+        tried = f" (tried {binding['tried']})" if binding.get("tried") else ""
+        fixes = binding.get("fixes") or []
+        if fixes:
+            first = fixes[0]["text"] if isinstance(fixes[0], dict) else str(fixes[0])
+            advice = f"would fit with: {first}" + (
+                f" (+{len(fixes) - 1} more in its plan.json)" if len(fixes) > 1 else ""
+            )
+        else:
+            advice = "nothing here would fit: choose a smaller model (model=auto) or other hardware"
+        lines.append(f"{model} on {hardware} DOES NOT FIT{tried}: {advice}")
+    return lines
 
 
 def _job_number(relative: Path) -> int:

@@ -6,9 +6,11 @@ or by replaying a recorded snapshot. Everything is in bytes; humans see GiB at t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 from planner.units import GIB
 
@@ -38,7 +40,7 @@ class Device:
     fp8_tflops: float = 0.0
     fp32_tflops: float = 0.0
 
-    @property
+    @cached_property  # asked for every device of every plan: thousands of times on a large cluster
     def cc_major_minor(self) -> tuple[int, int]:
         major, _, minor = self.compute_capability.partition(".")
         return int(major), int(minor or 0)
@@ -114,8 +116,13 @@ class Hardware:
         return "hw-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["devices"] = [asdict(d) for d in self.devices]
+        # field by field, not asdict(self): asdict deep-copies every device and NVLink pair, seconds for
+        # the thousands a large cluster holds, and every plan (fallbacks, re-plans) writes this block
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("devices", "nvlink_pairs")}
+        data = {k: (copy.deepcopy(v) if isinstance(v, dict) else v) for k, v in data.items()}  # speed_factors nests
+        data["devices"] = [_device_dict(d) for d in self.devices]
+        data["nvlink_pairs"] = tuple(tuple(p) for p in self.nvlink_pairs)
+        data = {f.name: data[f.name] for f in fields(self)}  # the dataclass's field order, as asdict gave it
         data["fingerprint"] = self.fingerprint()
         return data
 
@@ -127,3 +134,13 @@ class Hardware:
         nvlink = tuple(tuple(p) for p in data.pop("nvlink_pairs", ()))
         notes = tuple(data.pop("notes", ()))
         return cls(devices=devices, nvlink_pairs=nvlink, notes=notes, **data)
+
+
+def _device_dict(device: Device) -> dict:
+    """asdict(device) without its deep copy: every field is a str or a number but `processes`, a tuple of dicts."""
+    data = {name: getattr(device, name) for name in _DEVICE_FIELDS}
+    data["processes"] = tuple(dict(p) for p in device.processes)
+    return data
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(Device))

@@ -9,6 +9,8 @@ is named by the highest module that does not contain the layers.
 
 from __future__ import annotations
 
+import json
+
 from planner.errors import ShardwiseError
 from planner.model.architectures import ArchDescription, LayerRule, ModuleSpec, TensorSpec
 
@@ -87,6 +89,28 @@ def _dtype_name(tensor) -> str:
 
 
 def describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription:
+    """The model's modules and tensors, read off a model built on the meta device (no weights).
+
+    Built once per (model_type, config, dtype) in a process: a plan re-plans the same model many
+    times (the fixes' searches, policy.sessions=auto), and a build takes a second for a large
+    model. The description is frozen (tuples), so sharing it is safe.
+    """
+    try:
+        key = (model_type, json.dumps(arch, sort_keys=True, default=repr), dtype)
+    except (TypeError, ValueError):  # a config json cannot write: build it every time
+        return _describe_on_meta(model_type, arch, dtype)
+    if key not in _DESCRIBED:
+        if len(_DESCRIBED) >= _DESCRIBED_MAX:
+            _DESCRIBED.pop(next(iter(_DESCRIBED)))
+        _DESCRIBED[key] = _describe_on_meta(model_type, arch, dtype)
+    return _DESCRIBED[key]
+
+
+_DESCRIBED: dict = {}  # (model_type, config as JSON, dtype) -> ArchDescription, oldest first
+_DESCRIBED_MAX = 16
+
+
+def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescription:
     import torch
 
     config, model = _build(model_type, arch, dtype)
