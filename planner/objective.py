@@ -128,7 +128,10 @@ def take(
     layouts, options, unknown = [], [], ""
     weighed: dict[tuple, int] = {}  # family -> layouts of it that fit, so far
     skipped = False
-    for attempt in [fewest, *(a for a in tried if a is not fewest and a.strategy != "offload"), *extra]:
+    # the search went through `tried` in order and took the first layout that reaches `context`: those
+    # before it cannot fit there, so they are not laid out again
+    after = next((i + 1 for i, a in enumerate(tried) if a is fewest), 0)
+    for attempt in [fewest, *(a for a in tried[after:] if a.strategy != "offload"), *extra]:
         kind = family(attempt)
         if weighed.get(kind, 0) >= PER_FAMILY:
             skipped = True

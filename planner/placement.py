@@ -202,11 +202,13 @@ def _room(slot: Slot, cost: CostModel, context: int, chunk: int) -> int:
 
 
 def _apply(slots: list[Slot], layer_modules, assignment, pre_count: int) -> list[Slot]:
+    own: list[list] = [[] for _ in slots]  # one pass, not one per slot: thousands of stages x layers add up
     for module, index in zip(layer_modules, assignment):
         slots[index].layer_ids.append(module.layer_index)
+        own[index].append(module)
     # keep forward order inside each slot: pre modules, layers, post modules
     for i, slot in enumerate(slots):
-        own_layers = [m for m, a in zip(layer_modules, assignment) if a == i]
+        own_layers = own[i]
         head = slot.modules[:pre_count] if i == 0 else []
         tail = slot.modules[pre_count:] if i == 0 else slot.modules
         slot.modules = head + own_layers + tail

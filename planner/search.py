@@ -301,21 +301,33 @@ def first_fit(
     tried only when nothing else fits at `low`: it buys context with a many-fold slowdown.
     """
     best: Found | None = None
-    for attempt in tried:
+    index = 0
+    while index < len(tried):
+        attempt = tried[index]
         if best is not None and attempt.strategy == "offload":
             break
 
         def fits(c, k, a=attempt):
             return a.fits_at(cost, c, k)
 
+        floor = requested if requested is not None else (low if best is None else best.context + 1)
+        if floor > high and requested is None:
+            break  # only more context than the best so far counts
+        skip_to = _first_fitting_in_run(tried, index, cost, floor, chunk_req)
+        if skip_to > index:
+            index = skip_to
+            continue
+        if requested is None and _run_end(tried, index) - index + 1 > LINEAR_RUN and attempt.strategy != "offload":
+            best, index = _most_context_in_run(tried, index, cost, floor, high, chunk_req, best)
+            if best is not None and best.context >= high:
+                break
+            continue
+        index += 1
         if requested is not None:
             chunk = best_chunk(fits, requested, chunk_req)
             if chunk is not None:
                 return Found(attempt, requested, chunk)
             continue
-        floor = low if best is None else best.context + 1  # only more context than the best so far counts
-        if floor > high:
-            break
         found = largest_context(fits, floor, high, chunk_req)
         if found is None:
             continue
@@ -323,6 +335,82 @@ def first_fit(
         if found[0] >= high:
             break
     return best
+
+
+LINEAR_RUN = 64  # runs of one kind up to this long are tried one by one (every real machine's are)
+
+
+def _run_end(tried: list[Attempt], start: int) -> int:
+    """Last index of the run from `start`: attempts of one kind (strategy, TP degree, in one node or across)
+    on as many GPUs as the one before or more."""
+    kind = (tried[start].strategy, tried[start].tp_size, tried[start].nodes > 1)
+    end = start
+    while end + 1 < len(tried):
+        following = tried[end + 1]
+        if (following.strategy, following.tp_size, following.nodes > 1) != kind:
+            break
+        if following.gpus < tried[end].gpus:  # equal: cross-node shapes of one count, the fewest nodes first
+            break
+        end += 1
+    return end
+
+
+def _most_context_in_run(
+    tried: list[Attempt], start: int, cost: CostModel, floor: int, high: int, chunk_req: int, best: Found | None
+) -> tuple[Found | None, int]:
+    """What the one-by-one search would take from a long run whose first attempt fits at `floor`: the fewest
+    GPUs that give the most context the run reaches (monotone in the GPU count, see _first_fitting_in_run),
+    by bisection; and the index after the run."""
+    end = _run_end(tried, start)
+
+    def largest(i: int):
+        return largest_context(lambda c, k: tried[i].fits_at(cost, c, k), floor, high, chunk_req)
+
+    top = largest(end)
+    if top is None:  # not monotone after all: take what the first gives, and go on one by one
+        first = largest(start)
+        if first is None:
+            return best, start + 1
+        return Found(tried[start], first[0], first[1], best.context if best is not None else None), start + 1
+    lo, hi, chunk = start - 1, end, top[1]  # lo does not reach top[0] (or is before the run), hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found = best_chunk(lambda c, k, i=mid: tried[i].fits_at(cost, c, k), top[0], chunk_req)
+        if found is None:
+            lo = mid
+        else:
+            hi, chunk = mid, found
+    return Found(tried[hi], top[0], chunk, best.context if best is not None else None), end + 1
+
+
+def _first_fitting_in_run(tried: list[Attempt], start: int, cost: CostModel, floor: int, chunk_req: int) -> int:
+    """`start`, or, in a run longer than LINEAR_RUN whose first attempt does not fit at `floor`, the first
+    that does (or the index after the run when none does), found by bisection.
+
+    Within a run each layout adds GPUs to the one before, so fitting is monotone in the GPU count (a
+    GPU added to a pipeline brings more usable memory than the layer share it takes over); bisection
+    makes a machine claiming thousands of GPUs cost a logarithmic number of layouts instead of one per
+    GPU count. Attempts it skips do not fit at `floor`, so they could not have been taken.
+    """
+    end = _run_end(tried, start)
+    if end - start + 1 <= LINEAR_RUN or tried[start].strategy == "offload":
+        return start
+
+    def fits_at_floor(i: int) -> bool:
+        return best_chunk(lambda c, k: tried[i].fits_at(cost, c, k), floor, chunk_req) is not None
+
+    if fits_at_floor(start):
+        return start
+    if not fits_at_floor(end):
+        return end + 1
+    lo, hi = start, end  # lo does not fit, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits_at_floor(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def divides(t: int, inv: Inventory) -> bool:

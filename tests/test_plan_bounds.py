@@ -43,6 +43,7 @@ def _exhaustive(monkeypatch):
     from planner.memory import CostModel
 
     monkeypatch.setattr(search, "ALWAYS_STAGES", 10**6)
+    monkeypatch.setattr(search, "LINEAR_RUN", 10**6)  # every layout of a run tried one by one, no bisection
     monkeypatch.setattr(search, "_identical", lambda by_node: False)
     monkeypatch.setattr(objective, "PER_FAMILY", 10**6)
     monkeypatch.setattr(CostModel, "least_gpu_bytes", lambda self, context, gpus: (0, 0))
@@ -84,6 +85,23 @@ def test_the_bounded_search_takes_the_layout_the_exhaustive_one_takes(model, har
         exhaustive = make_plan(model, hardware, overrides)
     assert _layout(bounded) == _layout(exhaustive)
     assert [d.what for d in bounded.decisions] == [d.what for d in exhaustive.decisions]
+
+
+@pytest.mark.parametrize("model,hardware,overrides", SMALL_CLUSTERS)
+def test_bisecting_every_run_of_layouts_takes_the_layout_trying_them_one_by_one_takes(
+    model, hardware, overrides, monkeypatch
+):
+    """search.first_fit bisects runs longer than LINEAR_RUN (machines claiming thousands of GPUs); with every
+    run bisected, real clusters still get the layout, context and chunk of the one-by-one search."""
+    from planner import search
+
+    with monkeypatch.context() as patch:
+        patch.setattr(search, "LINEAR_RUN", 1)
+        bisected = make_plan(model, hardware, overrides)
+    with monkeypatch.context() as patch:
+        _exhaustive(patch)
+        one_by_one = make_plan(model, hardware, overrides)
+    assert _layout(bisected) == _layout(one_by_one)
 
 
 def test_pipeline_shapes_are_bounded_by_the_model_not_by_the_gpus_claimed():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planner import limits
 from planner.errors import ShardwiseError
 
 
@@ -310,7 +311,7 @@ class _Config:
     def count(self, key: str, minimum: int = 1) -> int:
         value = self.values.get(key)
         # an upper bound keeps a hostile config.json (num_hidden_layers: 1e9) from planning without end
-        maximum = _MAX_LAYERS if key in _LAYER_KEYS else _MAX_COUNT
+        maximum = limits.MAX_LAYERS if key in _LAYER_KEYS else _MAX_COUNT
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             raise ShardwiseError(
                 f"architecture {self.model_type!r}: {key}={value!r:.40} is not an integer "
@@ -338,7 +339,6 @@ class _Config:
 
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer")
-_MAX_LAYERS = 10_000  # the deepest public models have a few hundred layers
 _MAX_COUNT = 2**31  # any width, vocabulary or expert count beyond this is not a model
 
 
