@@ -13,8 +13,10 @@ dedicated serving device, as vLLM assumes, and batched decode stays nearly free 
 sequences; vLLM's own cap, max_num_seqs, is 256) and 16 on the CPU (host RAM is shared with
 everything else, and CPU decode is compute-bound: issue 13 measured 213 tokens/s at 4 clients,
 310 at 8, 365 at 16 against a 402 ceiling; llama.cpp's server and Ollama default to 4 slots).
-A layout that serves one request at a time (offload, pipeline, tensor parallel, eager attention)
-gets one session: more would reserve KV cache nobody uses.
+Whether a layout can use those sessions depends on the engine: vLLM batches pipeline and tensor
+parallel plans, shardwise's own runner serves them one request at a time (the plan's `serving`
+block says why). So the planner sizes what fits, and `shardwise serve` plans one session for a
+layout it serves sequentially (runner.openai.serve_cli.plan_for).
 """
 
 from __future__ import annotations
@@ -71,10 +73,6 @@ def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
     if not first.fits:
         return plan_model(spec, hw, replace(policy, sessions=1), **kwargs)  # with its fixes and fallbacks
     context = first.limits.context_tokens
-    if first.serving is not None and first.serving.mode != "batched":
-        return _with_reason(
-            first, f"policy.sessions=auto: 1, because this layout serves one request at a time ({first.serving.reason})"
-        )
     bound, bound_text = session_bound(policy, bool(hw.devices))
 
     def attempt(n: int, **options):

@@ -123,6 +123,18 @@ def test_several_served_models_or_no_batching_plan_one_session_by_default(model_
     )
 
 
+def test_serve_plans_one_session_for_a_layout_it_serves_sequentially(model_dir):
+    """Eager attention serves one request at a time here: auto, default or typed, reserves no KV cache for
+    sessions that never run, and the plan says why."""
+    for typed in ([], ["policy.sessions=auto"]):
+        cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", "policy.attn_implementation=eager", *typed])
+        plan = serve_cli.plan_for(cfg, cfg.model)
+        assert plan.serving.mode == "sequential"
+        assert plan.limits.sessions == 1
+        reason = next(d.reason for d in plan.decisions if d.what == "sessions")
+        assert "this layout serves one request at a time (eager" in reason, reason
+
+
 def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monkeypatch):
     """A plan from `shardwise plan` (one session) is served as planned, not re-sized by serve's default."""
     from planner.config.compose import make_plan

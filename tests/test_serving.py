@@ -234,19 +234,21 @@ def test_auto_sessions_on_gpus_is_bounded_at_64():
     assert plan.limits.context_tokens == 8192
 
 
-def test_auto_sessions_is_one_where_the_layout_serves_sequentially(models):
-    """Eager attention serves one request at a time: auto reserves no KV cache for sessions that never run."""
+def test_auto_sessions_sizes_what_fits_even_where_this_runner_serves_sequentially():
+    """vLLM batches tensor-parallel and pipeline layouts, so `plan policy.sessions=auto` sizes the sessions that
+    fit there too; only `shardwise serve` plans one for such a layout (test_server_cli)."""
     from planner.config.compose import make_plan
 
     plan = make_plan(
-        model_path=str(models["llama"]),
-        hardware="cpu",
-        overrides=["policy.sessions=auto", "policy.attn_implementation=eager"],
+        model="llama-3.1-70b",
+        hardware="h100_80gb",
+        overrides=["hardware.count=4", "policy.strategy=tensor_parallel", "policy.sessions=auto"],
     )
-    assert plan.serving.mode == "sequential"
-    assert plan.limits.sessions == 1
-    reason = next(d.reason for d in plan.decisions if d.what == "sessions")
-    assert reason.startswith("policy.sessions=auto: 1, because this layout serves one request at a time (eager")
+    assert plan.strategy == "tensor_parallel" and plan.serving.mode == "sequential"
+    assert plan.limits.sessions > 1
+    assert next(d.reason for d in plan.decisions if d.what == "sessions").startswith(
+        f"policy.sessions=auto: {plan.limits.sessions} sequence(s)"
+    )
 
 
 @pytest.mark.parametrize("value,message", [("0", "must be >= 1"), ("lots", "bad value for policy.max_sessions")])

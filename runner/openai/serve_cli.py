@@ -106,7 +106,8 @@ def plan_for(cfg, model_node) -> object:
 
     serve's default policy.sessions=auto holds for one batched model; with serve.models each model plans one
     session instead (the first model's paged cache must not take the memory the next ones are planned in), and
-    with serve.batching=false too (nothing would use the other sessions' cache).
+    with serve.batching=false too (nothing would use the other sessions' cache), as does auto on a layout this
+    runner serves one request at a time (offload, pipeline, tensor parallel, eager attention).
     """
     from omegaconf import OmegaConf
 
@@ -122,13 +123,25 @@ def plan_for(cfg, model_node) -> object:
         why_one = "serve.batching=false serves one request at a time"
     elif by_default and block.models:
         why_one = "the first of several served models (serve.models) would take the memory the next ones need"
+
+    def plan_with(policy):
+        return plan_from_config(
+            OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation}), hardware
+        )
+
     if why_one:
         policy = OmegaConf.merge(policy, {"sessions": "1"})
-    view = OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation})
-    plan = plan_from_config(view, hardware)
+    plan = plan_with(policy)
+    auto = str(policy.get("sessions", "")).strip().lower() == "auto"
+    if auto and plan.serving is not None and plan.serving.mode != "batched":
+        # this runner serves such a layout one request at a time: more sessions would reserve KV cache nobody uses
+        # (the planner sizes them anyway: vLLM batches pipeline and tensor-parallel layouts)
+        why_one = f"this layout serves one request at a time ({plan.serving.reason})"
+        plan = plan_with(OmegaConf.merge(policy, {"sessions": "1"}))
     if why_one:
+        instead = "serve's default auto" if by_default else "auto"
         plan = _with_sessions_reason(
-            plan, lambda reason: f"policy.sessions=1, not serve's default auto: {why_one} (policy.sessions=N sets it)"
+            plan, lambda reason: f"policy.sessions=1, not {instead}: {why_one} (policy.sessions=N sets it)"
         )
     elif by_default:
         marker = "policy.sessions=auto"
