@@ -197,6 +197,18 @@ def _stream(parked, hw: Hardware, runner, config) -> Stream:
     return Stream(size, (hw.pcie_gb_per_s or 31.5) * 1e9, "host RAM over PCIe")
 
 
+def _inputs_and_prompt(inv, hw, slots, tp_size: int, dtype: str, kv_elem_bytes: int, config):
+    """(speed inputs, typical prompt tokens), or (None, why a number is missing)."""
+    try:
+        inputs = speed_inputs(inv, hw, slots, tp_size=tp_size, dtype=dtype, kv_elem_bytes=kv_elem_bytes, config=config)
+    except Unknown as exc:
+        return None, str(exc)
+    prompt = int(_value(config, "prompt_tokens", 512))
+    if prompt < 1:
+        raise ShardwiseError(f"policy.performance.prompt_tokens={prompt} must be >= 1: e.g. 512")
+    return inputs, prompt
+
+
 def performance_block(
     inv: Inventory,
     hw: Hardware,
@@ -211,13 +223,9 @@ def performance_block(
     config=None,
 ) -> dict:
     """The plan's `performance` block; {"available": False, "reason": ...} when a number is missing."""
-    try:
-        inputs = speed_inputs(inv, hw, slots, tp_size=tp_size, dtype=dtype, kv_elem_bytes=kv_elem_bytes, config=config)
-    except Unknown as exc:
-        return {"available": False, "reason": str(exc)}
-    prompt = int(_value(config, "prompt_tokens", 512))
-    if prompt < 1:
-        raise ShardwiseError(f"policy.performance.prompt_tokens={prompt} must be >= 1: e.g. 512")
+    inputs, prompt = _inputs_and_prompt(inv, hw, slots, tp_size, dtype, kv_elem_bytes, config)
+    if inputs is None:
+        return {"available": False, "reason": prompt}
     prediction = predict(
         inputs,
         context_tokens=context_tokens,
@@ -250,13 +258,9 @@ def decode_speeds(
     The time to first token prefills the whole context chunk by chunk (thousands of forward passes
     at long contexts); the objective never looks at it, so weighing many layouts skips it.
     """
-    try:
-        inputs = speed_inputs(inv, hw, slots, tp_size=tp_size, dtype=dtype, kv_elem_bytes=kv_elem_bytes, config=config)
-    except Unknown as exc:
-        return {"available": False, "reason": str(exc)}
-    prompt = int(_value(config, "prompt_tokens", 512))
-    if prompt < 1:
-        raise ShardwiseError(f"policy.performance.prompt_tokens={prompt} must be >= 1: e.g. 512")
+    inputs, prompt = _inputs_and_prompt(inv, hw, slots, tp_size, dtype, kv_elem_bytes, config)
+    if inputs is None:
+        return {"available": False, "reason": prompt}
     at = max(1, min(prompt, context_tokens))  # as predict(): decode priced with the typical prompt cached
     return {  # rounded as Prediction.to_dict rounds them, so layouts compare exactly as their blocks would
         "available": True,
