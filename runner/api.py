@@ -180,8 +180,8 @@ class OpenAIChat:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
         check_remote_code(plan, consent, _CONSENT_HOW)
-        self.recovery = recovery or RecoveryPolicy()
-        self.recovery.remote_code_consent = consent  # OOM-time fallbacks obey the caller's consent too
+        # OOM-time fallbacks obey this caller's consent (a copy: a policy shared with another chat keeps its own)
+        self.recovery = replace(recovery or RecoveryPolicy(), remote_code_consent=consent)
         plan = plan_that_fits(
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )

@@ -135,6 +135,29 @@ def test_a_job_hands_over_a_bounded_number_of_deltas_and_stops_waiting_when_canc
         loop.close()
 
 
+def test_a_turn_that_holds_the_model_never_waits_on_its_client_and_the_bound_still_counts_right():
+    """A sequential turn (seeded sampling, penalties: the batch paused, the model's lock held) hands deltas over
+    past the bound rather than wait: one slow reader must not stall every other request. Deltas taken later
+    give back only the places they used, so the bound holds again for what follows."""
+    loop = asyncio.new_event_loop()
+    try:
+        job = Job(lambda job: None, loop)
+        extra = 10
+        assert all(job.emit_delta("delta", 0, "x", wait=False) for _ in range(MAX_PENDING_DELTAS + extra))
+        for _ in range(extra + 1):  # the ten past the bound, then one place of the bound itself
+            job.taken(("delta", 0, "x"))
+        assert job.emit_delta("delta", 0, "y")  # exactly one place is free again
+        blocked = threading.Thread(target=lambda: job.emit_delta("delta", 0, "z"))
+        blocked.start()
+        blocked.join(timeout=0.3)
+        assert blocked.is_alive()  # the bound holds: the over-the-bound deltas did not add places
+        job.cancel.set()
+        blocked.join(timeout=5)
+        assert not blocked.is_alive()
+    finally:
+        loop.close()
+
+
 def test_a_batched_request_keeps_only_the_newest_output_while_its_reader_waits():
     from runner.engine.batching import Inbox
 

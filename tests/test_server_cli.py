@@ -135,6 +135,29 @@ def test_serve_plans_one_session_for_a_layout_it_serves_sequentially(model_dir):
         assert "this layout serves one request at a time (eager" in reason, reason
 
 
+def test_serve_on_several_gpus_batches_on_one_rather_than_spreading_for_sessions():
+    """More sessions would move the model to a pipeline over GPUs, which this runner serves one request at a
+    time: serve keeps the batched one-GPU layout with the most sessions it holds, as on a one-GPU machine."""
+    one = compose_serve(["model=llama-3.1-8b", "hardware=h100_80gb", "hardware.count=1"])
+    four = compose_serve(["model=llama-3.1-8b", "hardware=h100_80gb", "hardware.count=4"])
+    alone, spread = serve_cli.plan_for(one, one.model), serve_cli.plan_for(four, four.model)
+    assert alone.serving.mode == spread.serving.mode == "batched"
+    assert spread.strategy == "single_gpu"
+    assert spread.serving.max_concurrent == alone.serving.max_concurrent > 1
+    assert "on one GPU, which this runner batches" in next(d.reason for d in spread.decisions if d.what == "sessions")
+
+
+def test_an_extra_served_model_asking_for_remote_code_is_refused_without_consent(model_dir):
+    """serve.models entries load through load_session: a profile asking for remote code never consents for you."""
+    from dataclasses import replace
+
+    cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}"])
+    plan = serve_cli.plan_for(cfg, cfg.model)
+    asking = replace(plan, model=replace(plan.model, trust_remote_code=True))
+    with pytest.raises(ShardwiseError, match="trust_remote_code"):
+        serve_cli.load_session(cfg, asking)
+
+
 def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monkeypatch):
     """A plan from `shardwise plan` (one session) is served as planned, not re-sized by serve's default."""
     from planner.config.compose import make_plan

@@ -35,6 +35,8 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self._room = threading.BoundedSemaphore(MAX_PENDING_DELTAS)
+        self._beyond = 0  # deltas handed over past the bound (a generation that must not wait), not yet taken
+        self._beyond_lock = threading.Lock()
         self.submitted_s = time.perf_counter()
         self.started_s: float | None = None
         self.finished_s: float | None = None
@@ -46,17 +48,29 @@ class Job:
         except RuntimeError:
             pass  # the loop closed (server shutting down): nobody is listening
 
-    def emit_delta(self, *event) -> bool:
-        """`emit` for a text delta, waiting while MAX_PENDING_DELTAS are not taken; False (dropped) once cancelled."""
-        while not self._room.acquire(timeout=0.05):
-            if self.cancel.is_set():
-                return False
+    def emit_delta(self, *event, wait: bool = True) -> bool:
+        """`emit` for a text delta, waiting while MAX_PENDING_DELTAS are not taken; False (dropped) once cancelled.
+
+        wait=False hands it over past the bound instead: a generation that holds the model (a sequential turn,
+        the batch paused) must never wait on one client's reading, or every other request would wait too.
+        """
+        if wait:
+            while not self._room.acquire(timeout=0.05):
+                if self.cancel.is_set():
+                    return False
+        elif not self._room.acquire(blocking=False):
+            with self._beyond_lock:
+                self._beyond += 1
         self.emit(*event)
         return True
 
     def taken(self, event: tuple) -> None:
         """The stream took `event` off the queue: a delta's place is free again."""
         if event and event[0] == "delta":
+            with self._beyond_lock:
+                if self._beyond:
+                    self._beyond -= 1
+                    return
             self._room.release()
 
     def run(self) -> None:

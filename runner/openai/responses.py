@@ -104,8 +104,11 @@ def _run_choice(session, chat: ChatRequest, index: int, job: Job) -> None:
     # On the calling thread (the model worker's long-lived one, or a choice's thread whose forward passes run
     # on the batching loop), streamed or not: a thread per streamed request left OpenMP threads parked across
     # many Python threads, and later requests ran ~1.5x slower. A delta the stream has no room for makes the
-    # generation wait (bounded, cancellable).
-    on_delta = (lambda delta: delta and job.emit_delta("delta", index, delta)) if chat.stream else None
+    # generation wait (bounded, cancellable) when it runs in the batch; a turn that holds the model alone
+    # (seeded sampling, penalties, a sequential plan) never waits on its client: the stall limit cancels it.
+    engine = getattr(getattr(session, "loaded", None), "batching", None)
+    wait = engine is not None and engine.batchable(params) is None
+    on_delta = (lambda delta: delta and job.emit_delta("delta", index, delta, wait=wait)) if chat.stream else None
     completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
     job.emit("choice", index, completion)
 

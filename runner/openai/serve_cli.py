@@ -135,9 +135,22 @@ def plan_for(cfg, model_node) -> object:
     auto = str(policy.get("sessions", "")).strip().lower() == "auto"
     if auto and plan.serving is not None and plan.serving.mode != "batched":
         # this runner serves such a layout one request at a time: more sessions would reserve KV cache nobody uses
-        # (the planner sizes them anyway: vLLM batches pipeline and tensor-parallel layouts)
-        why_one = f"this layout serves one request at a time ({plan.serving.reason})"
-        plan = plan_with(OmegaConf.merge(policy, {"sessions": "1"}))
+        # (the planner sizes them anyway: vLLM batches pipeline and tensor-parallel layouts). More sessions may
+        # also have moved the model off one GPU: then the most sessions that one GPU holds, batched, serve more.
+        one = plan_with(OmegaConf.merge(policy, {"sessions": "1"}))
+        on_one_gpu = one.serving is not None and one.serving.mode == "batched" and one.strategy == "single_gpu"
+        pinned = plan_with(OmegaConf.merge(policy, {"strategy": "single_gpu"})) if on_one_gpu else None
+        if pinned is not None and pinned.fits and pinned.serving is not None and pinned.serving.mode == "batched":
+            plan = _with_sessions_reason(
+                pinned,
+                lambda reason: (
+                    f"{reason}; on one GPU, which this runner batches (more sessions would spread the "
+                    f"model over GPUs that serve one request at a time: {plan.serving.reason})"
+                ),
+            )
+        else:
+            why_one = f"this layout serves one request at a time ({(one.serving or plan.serving).reason})"
+            plan = one
     if why_one:
         instead = "serve's default auto" if by_default else "auto"
         plan = _with_sessions_reason(
@@ -222,12 +235,14 @@ def model_sources(cfg) -> list:
 
 def load_session(cfg, plan):
     """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
-    from runner.engine.preflight import remote_code_consent
+    from runner.engine.preflight import check_remote_code, remote_code_consent
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
 
-    policy = RecoveryPolicy(remote_code_consent=remote_code_consent(cfg))
+    consent = remote_code_consent(cfg)
+    check_remote_code(plan, consent)  # every served model, serve.models' too (the primary's is checked up front)
+    policy = RecoveryPolicy(remote_code_consent=consent)
     loaded = load_with_fallbacks(plan, policy=policy, notice=log.warning)
     if loaded.plan is not plan:
         log.warning("serving %s with its fallback %s: the planned model could not load", plan.model.name, loaded.name)
