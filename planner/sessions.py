@@ -93,7 +93,8 @@ def plan_auto_sessions(plan_model, spec, hw, policy, **kwargs):
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     if low >= bound:
-        why = f"bounded by {bound_text}; memory allows more (policy.max_sessions=N raises the bound)"
+        more = "memory allows more" if fits(bound + 1) else "memory allows no more either"
+        why = f"bounded by {bound_text}; {more} (policy.max_sessions=N sets the bound)"
     else:
         over = attempt(low + 1, **quiet)
         if over.fits:

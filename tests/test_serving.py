@@ -223,6 +223,20 @@ def test_auto_sessions_stops_at_max_sessions_and_keeps_the_context(models):
     assert "bounded by policy.max_sessions=5" in next(d.reason for d in five.decisions if d.what == "sessions")
 
 
+def test_a_bound_that_memory_meets_exactly_does_not_claim_memory_allows_more():
+    from planner.config.compose import make_plan
+
+    free = make_plan(model="llama-3.1-8b", hardware="h100_80gb", overrides=["policy.sessions=auto"])
+    fits = free.limits.sessions
+    assert 1 < fits < 64  # memory binds before the default bound
+    exact = make_plan(
+        model="llama-3.1-8b", hardware="h100_80gb", overrides=["policy.sessions=auto", f"policy.max_sessions={fits}"]
+    )
+    assert exact.limits.sessions == fits
+    reason = next(d.reason for d in exact.decisions if d.what == "sessions")
+    assert "memory allows no more either" in reason and "memory allows more" not in reason
+
+
 def test_auto_sessions_on_gpus_is_bounded_at_64():
     from planner.config.compose import make_plan
     from planner.sessions import MAX_SESSIONS_GPU
