@@ -380,3 +380,23 @@ def test_planner_agrees_with_the_hand_built_plan_shape(scenario, request):
         L.check_distributed(real, L.plan_architecture(real))
         argv = L.torchrun_commands(real, "plan.json", L.LaunchSettings(master_addr="h"))[0].argv
         assert f"--nproc-per-node={real.tp_size * real.pp_size // real.nodes}" in argv
+
+
+def test_torchrun_ranks_get_remote_code_consent_only_from_the_launch_and_refuse_without_it(llama70b_2x, tmp_path):
+    """Issue 10 item 5: printed or run, a torchrun command never loads a remote-code plan without the consent
+    typed on launch's command line; the rank worker refuses such a plan on its own in one line, exit 2."""
+    from runner.launch import worker
+
+    asking = replace(llama70b_2x, model=replace(llama70b_2x.model, trust_remote_code=True))
+
+    def worker_argv(plan, consent):
+        return L.torchrun_commands(plan, "plan.json", L.LaunchSettings(), trust_remote_code=consent)[0].argv
+
+    assert "--trust-remote-code" in worker_argv(asking, True)
+    assert "--trust-remote-code" not in worker_argv(asking, False)
+    assert "--trust-remote-code" not in worker_argv(llama70b_2x, True)  # a plan that does not ask gets nothing
+    path = asking.save(tmp_path / "plan.json")
+    with pytest.raises(SystemExit) as refused:
+        worker.main(["--plan", str(path)])
+    assert refused.value.code == 2
+    assert worker.parse_args(["--plan", str(path), "--trust-remote-code"]).trust_remote_code is True

@@ -291,9 +291,13 @@ def single_process_command(
     return Command(argv=tuple(argv), where="this machine", reason=reason, env=tuple(sorted(launch_env(plan).items())))
 
 
-def worker_args(plan_path: str, settings: LaunchSettings, generation: dict | None = None) -> list[str]:
+def worker_args(
+    plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code: bool = False
+) -> list[str]:
     """Arguments for `-m runner.launch.worker`: the plan file, then what Hydra resolved in the parent."""
     args = ["--plan", plan_path]
+    if trust_remote_code:
+        args.append("--trust-remote-code")  # the consent given on launch's command line, for a plan asking for it
     generation = generation or {}
     for key in ("max_tokens", "temperature", "top_p", "seed", "system_prompt"):
         value = generation.get(key)
@@ -309,13 +313,19 @@ def worker_args(plan_path: str, settings: LaunchSettings, generation: dict | Non
 
 
 def torchrun_commands(
-    plan: Plan, plan_path: str, settings: LaunchSettings, generation: dict | None = None, node_rank: int | None = None
+    plan: Plan,
+    plan_path: str,
+    settings: LaunchSettings,
+    generation: dict | None = None,
+    node_rank: int | None = None,
+    trust_remote_code: bool = False,
 ) -> list[Command]:
     """One torchrun command per node (or just `node_rank`'s) running the tensor-parallel worker."""
     shape = process_shape(plan)
     env = tuple(sorted(launch_env(plan).items()))
     base = ["torchrun", f"--nproc-per-node={shape.procs_per_node}"]
-    worker = ["-m", TORCHRUN_WORKER, *worker_args(plan_path, settings, generation)]
+    consent = trust_remote_code and plan.model.trust_remote_code
+    worker = ["-m", TORCHRUN_WORKER, *worker_args(plan_path, settings, generation, consent)]
     if shape.nodes == 1:
         argv = [*base, "--standalone", *worker]
         return [

@@ -88,7 +88,7 @@ def task(cfg) -> None:
     elif engine == L.Engine.torchrun:
         notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
-        commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank)
+        commands = L.torchrun_commands(plan, str(plan_path), settings, generation, node_rank, consent)
     else:
         commands = [L.single_process_command(plan, str(plan_path), settings, generation, consent)]
         if settings.record_dir:

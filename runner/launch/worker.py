@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop", action="append", default=None, help="stop string (repeat for more)")
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--record-dir", default=None, help="write rank<N>.jsonl with each request's token ids here")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="consent to run Python shipped with the model when the plan asks for it (else such a plan is refused)",
+    )
     return parser.parse_args(argv)
 
 
@@ -219,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         plan = Plan.load(args.plan)
+        from runner.engine.preflight import check_remote_code
+
+        check_remote_code(plan, args.trust_remote_code, "add --trust-remote-code to this command")
         params = SamplingParams.from_generation(args, prefix="--")
         import torch.distributed as dist
 
