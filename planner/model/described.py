@@ -91,13 +91,15 @@ def _key(model_type: str, arch: dict, dtype: str | None) -> _Key:
 
 def _local_dir() -> Path | None:
     """This builder's and transformers' folder in huggingface_hub's assets cache; None when it cannot be made."""
-    from huggingface_hub import cached_assets_path
+    from huggingface_hub import cached_assets_path, constants
 
     built_by = [SCHEMA_VERSION, builder_digest(), transformers_version()]
     version = hashlib.sha256(_canonical(built_by).encode()).hexdigest()[:16]
-    try:
-        return cached_assets_path("shardwise", namespace="described", subfolder=version)
-    except OSError:  # read-only or unwritable HF_HOME: plans go on without the cache
+    try:  # assets_dir read now, not at huggingface_hub's import: the constant is what HF_HOME set
+        return cached_assets_path(
+            "shardwise", namespace="described", subfolder=version, assets_dir=constants.HF_ASSETS_CACHE
+        )
+    except (OSError, ValueError):  # unwritable HF_HOME, or a file in the way (ValueError): no cache, the plan goes on
         return None
 
 

@@ -201,8 +201,8 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
         tied_embeddings=bool(tied_to),
         no_split_module=no_split[0],
         has_tp_plan=bool(getattr(type(config), "base_model_tp_plan", None)),
-        keep_fp32=tuple(model._keep_in_fp32_modules or ()),
-        keep_fp32_strict=tuple(model._keep_in_fp32_modules_strict or ()),
+        keep_fp32=tuple(sorted(model._keep_in_fp32_modules or ())),  # a set in transformers 5: one order
+        keep_fp32_strict=tuple(sorted(model._keep_in_fp32_modules_strict or ())),
         notes=tuple(notes),
     )
 
