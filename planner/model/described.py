@@ -9,7 +9,7 @@ and shardwise's own builder, so `describe()` looks for it before building:
 
        python -m planner.model.described --regenerate
 
-   to be rerun after changing transformers, the builder (BUILDER_SOURCES) or a profile;
+   to be rerun after changing transformers, the builder (builder_sources()) or a profile;
    `--check` lists stale files, and tests/test_described.py fails, naming the command, while any is;
 2. written under the HF cache (huggingface_hub's assets cache, so HF_HOME and HF_ASSETS_CACHE
    apply) after the first build of any other config: the second plan of a config.json is as
@@ -38,9 +38,10 @@ from planner.errors import ShardwiseError
 from planner.model import describe_codec as codec
 from planner.model.architectures import ArchDescription
 
-SCHEMA_VERSION = 1  # of the file layout; the codec and the builder are covered by BUILDER_SOURCES
-# every module whose code shapes a description: editing one makes every stored description stale
-BUILDER_SOURCES = ("meta.py", "cache_layout.py", "architectures.py", "describe_codec.py")
+SCHEMA_VERSION = 1  # of the file layout; the codec and the builder are covered by builder_digest()
+# planner/model modules that only read inputs or this cache and never shape a description; every other module
+# there counts as the builder (a new one included without an edit here): editing one makes stored files stale
+NOT_BUILDER = ("__init__.py", "config_check.py", "described.py", "headers.py", "hub.py", "source.py")
 SHIPPED_DIR = Path(__file__).with_name("descriptions")
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest profile's description is ~120 kB
 REGENERATE = "python -m planner.model.described --regenerate"
@@ -55,14 +56,17 @@ class _Key:
     file_name: str  # digest of model_type, config and dtype alone: one name across transformers versions
 
 
+def builder_sources() -> list[Path]:
+    """The source files of the general path: meta.py, the dataclasses, the codec and whatever else sits beside them."""
+    return sorted(p for p in Path(__file__).parent.glob("*.py") if p.name not in NOT_BUILDER)
+
+
 @cache
 def builder_digest() -> str:
     """Digest of the schema and the builder's source: a new shardwise misses what an old one stored."""
     digest = hashlib.sha256(f"schema {SCHEMA_VERSION}".encode())
-    here = Path(__file__).parent
-    for name in BUILDER_SOURCES:
-        path = here / name
-        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"(absent)"))
+    for path in builder_sources():
+        digest.update(f"\0{path.name}\0".encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -268,7 +272,7 @@ def stale_profiles() -> list[tuple[str, str]]:
         elif other.get("transformers") != transformers_version():
             why = f"made with transformers {other.get('transformers')}, {transformers_version()} is installed"
         elif other.get("builder") != builder_digest():
-            why = "made by another version of the builder (" + ", ".join(BUILDER_SOURCES) + ")"
+            why = "made by another version of the builder (" + ", ".join(p.name for p in builder_sources()) + ")"
         else:
             why = "made for another config or schema"
         stale.append((name, why))
