@@ -5,7 +5,7 @@ take the fast path: pure arithmetic on the config numbers, no torch import. Any 
 transformers knows takes the general path: its meta-device build (planner/model/meta.py), stored
 on disk after the first build and shipped for every profile (planner/model/described.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
-Weight bytes follow how transformers 5.24 loads: the compute dtype, `_keep_in_fp32_modules` for
+Weight bytes follow how transformers 5.25 loads: the compute dtype, `_keep_in_fp32_modules` for
 float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
 (planner/model/quant.py), its logical elements in the compute dtype when dequantized.
 """
