@@ -7,6 +7,7 @@ If a test here says the shipped descriptions are stale, run `python -m planner.m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -159,16 +160,34 @@ def test_codec_round_trips_every_field_kind_and_reads_only_architecture_dataclas
             codec.decode(foreign)
 
 
-def test_dtype_free_form_gives_each_dtype_exactly_its_own_build():
+def _tensors(*pins) -> ArchDescription:
+    """A one-module description whose tensors hold these fixed_dtype values."""
+    tensors = tuple(TensorSpec(f"m.t{i}", 4, fixed_dtype=pin) for i, pin in enumerate(pins))
+    return ArchDescription("x", (ModuleSpec("m", "other", tensors),), (), 4, 3, 1, 1, 4, 8, 64, False, "B", False)
+
+
+def test_dtype_free_form_keeps_pinned_tensors_and_lets_the_others_follow():
+    # a weight that follows the load dtype, a float32 buffer, a tensor created in bfloat16 whatever the load dtype
+    bf16, fp16 = _tensors(None, "float32", None), _tensors(None, "float32", "bfloat16")
+    free = codec.neutral(bf16, "bfloat16", fp16, "float16")
+    assert [t.fixed_dtype for t in free.modules[0].tensors] == [None, "float32", "bfloat16"]
+    assert codec.for_dtype(free, "bfloat16") == bf16 and codec.for_dtype(free, "float16") == fp16
+    assert [t.fixed_dtype for t in codec.for_dtype(free, "float32").modules[0].tensors] == [None, None, "bfloat16"]
+    # anything else that changes with the dtype: no dtype-free form (stored per dtype instead)
+    assert codec.neutral(bf16, "bfloat16", dataclasses.replace(fp16, notes=("float16",)), "float16") is None
+    assert codec.neutral(_tensors(None), "bfloat16", _tensors("float32"), "float16") is None  # bf16 here, fp32 there
+
+
+def test_a_stored_description_equals_a_fresh_build_in_every_dtype(hf_home):
     from planner.model.meta import describe_on_meta
 
-    bf16 = describe_on_meta("deepseek_v3", dict(TINY_DEEPSEEK), "bfloat16")
-    free = codec.neutral(bf16, "bfloat16", describe_on_meta("deepseek_v3", dict(TINY_DEEPSEEK), "float16"), "float16")
-    assert free is not None
-    pinned = {t.fixed_dtype for m in free.modules for t in m.tensors}
-    assert "float32" in pinned and None in pinned  # rotary buffers stay float32, weights follow the load dtype
     for dtype in described.DTYPES:
-        assert codec.for_dtype(free, dtype) == describe_on_meta("deepseek_v3", dict(TINY_DEEPSEEK), dtype)
+        described.describe("deepseek_v3", TINY_DEEPSEEK, dtype)  # the first builds and stores
+    described.forget()
+    for dtype in described.DTYPES:
+        found, decision = described.describe("deepseek_v3", dict(TINY_DEEPSEEK), dtype)
+        assert decision[1] == "cached description"
+        assert found == describe_on_meta("deepseek_v3", dict(TINY_DEEPSEEK), dtype)
 
 
 # ---- the HF-cache copy -----------------------------------------------------------------------------
