@@ -230,7 +230,7 @@ def _built(model_type: str, stale: dict | None, stored_in: Path | None) -> Decis
         why = "the shipped description was made by another version of shardwise's builder"
     else:
         why = "no description of this config is cached"
-    kept = f"stored in {stored_in} for the next plan" if stored_in else "not stored (the HF cache is not writable)"
+    kept = f"stored in {stored_in} for the next plan" if stored_in else "not stored: the next plan builds it again"
     return (
         "architecture",
         "built on the meta device",
