@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from dataclasses import replace
 
 import pytest
@@ -57,6 +58,9 @@ def test_each_bar_segment_is_the_plans_own_number(plans, case):
     assert drawn == expected
     usable = {e.get("data-device"): int(e.get("data-usable")) for e in root.iter(f"{SVG}line") if e.get("data-usable")}
     assert usable == {str(row["device"]): int(row["usable"]) for row in data["budget"]}
+    page = plan_page(data, [("Memory per device", svg)])
+    HTMLParser().feed(page)  # the page parses, holds the chart as drawn and the verdict
+    assert svg in page and ("FITS" if plan.fits else "DOES NOT FIT") in page
 
 
 def test_a_misfit_marks_the_binding_device_and_term(plans):
