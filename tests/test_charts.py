@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from dataclasses import replace
+from html.parser import HTMLParser
 
 import pytest
 
