@@ -143,10 +143,10 @@ def memory_chart(plan: dict) -> str:
             fx = x_of(free)
             svg.line(fx, y - 4, fx, y + BAR + 4, TEXT, width=1.5, dash="4 3", data_device=device, data_free=free)
         text = f"{int(row['planned']) / GIB:,.1f} of {usable / GIB:,.1f} GiB"
-        if binds_here:
-            text += f" - {binding.get('term')} binds"
         # the numbers in a column of their own, right of the plot: never over a bar or a line
         svg.label(WIDTH - RIGHT + 12, y + BAR - 6, text, size=11, fill=USABLE if binds_here else TEXT)
+        if binds_here:
+            svg.label(WIDTH - RIGHT + 12, y + BAR + 8, f"{binding.get('term')} binds", size=11, fill=USABLE)
 
     for j, v in enumerate(vllm):
         y = top + (len(rows) + j) * ROW
