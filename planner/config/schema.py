@@ -60,6 +60,16 @@ class QuantPolicy(str, Enum):
     fp8 = "fp8"  # quantize an unquantized checkpoint on load: FP8 with 128x128 block scales (cc >= 8.9)
 
 
+class KVDType(str, Enum):
+    auto = "auto"  # the compute dtype
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+    fp8 = "fp8"  # vLLM only (--kv-cache-dtype fp8, e4m3): half the bytes of bf16
+    fp8_e4m3 = "fp8_e4m3"  # vLLM only
+    fp8_e5m2 = "fp8_e5m2"  # vLLM only
+
+
 class Attention(str, Enum):
     auto = "auto"  # sdpa where available (what transformers picks), eager otherwise
     eager = "eager"
@@ -139,8 +149,19 @@ class SpeedFactors:
 
 
 @dataclass
+class VllmSpeedConfig:
+    """vLLM's step model (planner/vllm/speed.py); fitted by benchmarks/vllm_calibration.py --fit."""
+
+    bandwidth_efficiency: float = 0.68  # of datasheet HBM bandwidth reached reading weights and KV
+    compute_efficiency: float = 0.5  # of datasheet dense TFLOPs reached by a step's GEMMs
+    step_overhead_ms: float = 1.0  # fixed cost per engine step (scheduler, sampler), ms (assumed, not fitted)
+    allreduce_latency_us: float = 33.0  # per tensor-parallel all-reduce (two per layer), microseconds
+
+
+@dataclass
 class PerformanceConfig:
     prompt_tokens: int = 512  # typical prompt: ttft_s and decode tokens/s are predicted at this many tokens
+    output_tokens: int = 256  # typical reply: vLLM's tpot_ms / ttft_ms are predicted for prompt_tokens in, this out
     link_efficiency: float = 0.7  # of a link's peak reached by all-reduces, hand-offs and offload streaming
     disk_gb_per_s: float = 2.0  # sequential read of the offload disk, GB/s (a fast NVMe drive)
     gpu: SpeedFactors = field(
@@ -152,6 +173,7 @@ class PerformanceConfig:
     cpu_half: SpeedFactors = field(
         default_factory=lambda: SpeedFactors(0.324, 0.866, 1327.7, 0.0)
     )  # factors for CPU stages in bfloat16/float16 (their GEMV kernels stream weights slower than float32's)
+    vllm: VllmSpeedConfig = field(default_factory=VllmSpeedConfig)  # vLLM's step model (launch.engine=vllm)
 
 
 @dataclass
@@ -176,7 +198,7 @@ class PolicyConfig:
     objective: Objective = Objective.auto  # which fitting layout to take: auto | latency | throughput (by speed)
     dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
-    kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
+    kv_cache_dtype: KVDType = KVDType.auto  # KV cache dtype; auto: the compute dtype; fp8*: vLLM only
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
     prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
     min_context_tokens: Any = 512  # a plan with less context than this does not fit
@@ -240,7 +262,11 @@ class LaunchSettings:
     check_hardware: bool = True  # refuse a plan_file made for other hardware (false: run it anyway, with a warning)
     host: str = "127.0.0.1"  # address the HTTP server (serve, vllm) binds
     port: int = 8000  # TCP port the HTTP server (serve, vllm) listens on
-    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: the plan's usable/total)
+    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: vLLM's default 0.9)
+    max_num_batched_tokens: Optional[int] = None  # vLLM's tokens per step (null: its default, 8192 on H100-class)
+    max_num_seqs: Optional[int] = None  # vLLM's concurrent sequences (null: its default, 1024 on H100-class)
+    vllm_version: str = "0.19.0"  # the vLLM release whose memory rules the plan follows (planner/vllm/rules.py)
+    enable_expert_parallel: bool = False  # vLLM: split MoE experts whole over the TP ranks (--enable-expert-parallel)
     ray_port: int = 6379  # port of the Ray head for multi-node vLLM
     vllm_args: list[str] = field(default_factory=list)  # extra arguments appended to `vllm serve`
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
@@ -349,7 +375,19 @@ def check_launch(settings: LaunchSettings) -> None:
                 settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
                 "launch.gpu_memory_utilization",
                 settings.gpu_memory_utilization,
-                "use a fraction above 0 and at most 1, or null for the plan's",
+                "use a fraction above 0 and at most 1, or null for vLLM's default",
+            ),
+            (
+                settings.max_num_batched_tokens is None or settings.max_num_batched_tokens >= 1,
+                "launch.max_num_batched_tokens",
+                settings.max_num_batched_tokens,
+                "use a token count >= 1, or null for vLLM's default",
+            ),
+            (
+                settings.max_num_seqs is None or settings.max_num_seqs >= 1,
+                "launch.max_num_seqs",
+                settings.max_num_seqs,
+                "use a count >= 1, or null for vLLM's default",
             ),
             (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
             (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
@@ -407,6 +445,8 @@ def validate(cfg) -> None:
             for kind in ("gpu", "cpu", "cpu_half"):
                 if kind in node:
                     check(node[kind], SpeedFactors, f"{prefix}{kind}.")
+            if "vllm" in node:
+                check(node["vllm"], VllmSpeedConfig, f"{prefix}vllm.")
 
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:
