@@ -68,10 +68,12 @@ def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
         return 0
 
 
-def policy_from_config(node) -> Policy:
-    """The typed Policy from a composed `policy` node or a plain dict of the same keys (validated by Policy)."""
+def policy_from_config(node, engine: EngineSettings | None = None) -> Policy:
+    """The typed Policy from a composed `policy` node or a plain dict of the same keys (validated by Policy);
+    `engine`: who runs the plan (engine_from_config; None: shardwise's runner)."""
     overhead = node["overhead"]
     return Policy(
+        engine=engine or EngineSettings(),
         context_tokens=parse_tokens(node["context_tokens"], "policy.context_tokens", allow_auto=True),
         sessions=parse_sessions(node["sessions"], check_range=False),  # the Policy checks the range
         max_sessions=parse_sessions(node.get("max_sessions", "auto"), check_range=False, key="policy.max_sessions"),
@@ -138,9 +140,7 @@ def engine_from_config(launch) -> EngineSettings:
 
 def request_from_config(cfg) -> PlanRequest:
     """The PlanRequest for a composed config with `model` and `policy` nodes (and `launch`: the engine)."""
-    from dataclasses import replace
-
-    policy = replace(policy_from_config(cfg.policy), engine=engine_from_config(cfg.get("launch")))
+    policy = policy_from_config(cfg.policy, engine_from_config(cfg.get("launch")))
     if cfg.model.name == "auto" and not cfg.model.get("path"):
         return PlanRequest(model=None, policy=policy)
     return PlanRequest(model=spec_from_config(cfg.model), policy=policy)

@@ -159,8 +159,13 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
         notes.decide(
             "sessions",
             sessions,
-            f"the KV cache holds {mem.max_concurrency:.2f} sequences of {length} tokens (max_num_seqs {sizer.seqs})",
+            f"policy.sessions=auto: the KV cache holds {mem.max_concurrency:.2f} sequences of {length} tokens "
+            f"(at most max_num_seqs {sizer.seqs})",
         )
+        if engine.max_num_seqs is None and fits:  # --max-num-seqs = those sessions: a smaller sampler profile,
+            sizer.seqs = sessions  # so the KV cache only grows and they still fit
+            mem = sizer.memory(tp, pp, length)
+            notes.decide("max_num_seqs", sessions, "the sessions policy.sessions=auto sized (as shardwise serve does)")
     performance = _performance(sizer, mem, tp, pp, sessions, length) if fits else {}
     flags = serve_flags(
         tp=tp,
