@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,33 +165,29 @@ def baseline_ms(point: dict) -> float:
 
 
 def tpot_ms(point: dict, factors: vs.VllmSpeedFactors) -> float:
-    """Only the step time (what the fit needs), as serve_speed computes it."""
-    model, concurrency, _ = prepared(point)
+    """Only the mean step (what the fit needs), as serve_speed computes it."""
+    model, concurrency, mnbt = prepared(point)
     running = max(1, min(point["conc"], math.floor(concurrency)))
-    prefill = running * point["isl"] / point["osl"]
-    return vs.step_seconds(model, factors, running, prefill, point["isl"] + point["osl"] / 2) * 1e3
+    return vs.mean_step_seconds(model, factors, running, point["isl"], point["osl"], mnbt)[0] * 1e3
 
 
 def fit(points: list[dict]) -> vs.VllmSpeedFactors:
-    """Coordinate descent over a grid per factor, minimising the squared log ratio of predicted to measured
-    TPOT on the fit rows (three factors, four rounds; each factor's grid spans its physically plausible range)."""
+    """Exhaustive grid over three factors, minimising the squared log ratio of predicted to measured TPOT on
+    the fit rows (deterministic: no start point). The step overhead is not fitted: on TP >= 2 rows it trades
+    one for one with the all-reduce latency (both are constants per step); it stays at the assumed 1 ms."""
     rows = [p for p in points if p["split"] == "fit"]
-    grids = {
-        "bandwidth_efficiency": [x / 100 for x in range(50, 101, 2)],
-        "compute_efficiency": [x / 100 for x in range(20, 96, 3)],
-        "allreduce_latency_us": [x for x in range(0, 61, 1)],
-    }
-
-    def loss(factors) -> float:
-        return sum(math.log(tpot_ms(p, factors) / p["tpot"]) ** 2 for p in rows)
-
-    # the step overhead is not fitted: on TP >= 2 rows it trades one for one with the all-reduce latency
-    # (both are constants per step); it stays at the assumed 1 ms (vLLM V1's scheduler + sampler per step)
-    current = vs.VllmSpeedFactors(step_overhead_ms=1.0)
-    for _ in range(4):
-        for name, values in grids.items():
-            current = min((replace(current, **{name: v}) for v in values), key=loss)
-    return current
+    best, best_loss = None, math.inf
+    grid = itertools.product(
+        [x / 100 for x in range(50, 101, 2)],  # bandwidth efficiency
+        [x / 100 for x in range(20, 96, 3)],  # compute efficiency
+        range(0, 61, 2),  # all-reduce latency, us
+    )
+    for bandwidth, compute, latency in grid:
+        factors = vs.VllmSpeedFactors(bandwidth, compute, 1.0, float(latency))
+        loss = sum(math.log(tpot_ms(p, factors) / p["tpot"]) ** 2 for p in rows)
+        if loss < best_loss:
+            best, best_loss = factors, loss
+    return best
 
 
 def main() -> None:
@@ -226,12 +222,14 @@ def main() -> None:
         f"{'split':8} {'prec':4} {'tp':>2} {'isl':>5} {'osl':>5} {'conc':>4} {'tpot meas':>9} {'pred':>7} {'ratio':>6} "
         f"{'baseline':>8} {'ratio':>6} {'ttft meas':>9} {'pred':>8} {'ratio':>6}"
     )
-    scored = {"fit": [], "held-out": []}
+    scored = {"fit": [], "held-out": [], "held-out bf16 TP 4": [], "held-out fp8": []}
     for p in points:
         got = predict(p, factors)
         base = baseline_ms(p)
         ratio = got.tpot_ms / p["tpot"]
         scored[p["split"]].append((ratio, base / p["tpot"], got.ttft_ms / p["ttft"]))
+        if p["split"] == "held-out":
+            scored["held-out fp8" if p["fp8"] else "held-out bf16 TP 4"].append(scored["held-out"][-1])
         print(
             f"{p['split']:8} {'fp8' if p['fp8'] else 'bf16':4} {p['tp']:>2} {p['isl']:>5} {p['osl']:>5} {p['conc']:>4} "
             f"{p['tpot']:9.2f} {got.tpot_ms:7.2f} {ratio:6.2f} {base:8.2f} {base / p['tpot']:6.2f} {p['ttft']:9.1f} "

@@ -152,10 +152,10 @@ class SpeedFactors:
 class VllmSpeedConfig:
     """vLLM's step model (planner/vllm/speed.py); fitted by benchmarks/vllm_calibration.py --fit."""
 
-    bandwidth_efficiency: float = 0.68  # of datasheet HBM bandwidth reached reading weights and KV
-    compute_efficiency: float = 0.5  # of datasheet dense TFLOPs reached by a step's GEMMs
+    bandwidth_efficiency: float = 0.88  # of datasheet HBM bandwidth reached reading weights and KV
+    compute_efficiency: float = 0.62  # of datasheet dense TFLOPs reached by a step's GEMMs
     step_overhead_ms: float = 1.0  # fixed cost per engine step (scheduler, sampler), ms (assumed, not fitted)
-    allreduce_latency_us: float = 33.0  # per tensor-parallel all-reduce (two per layer), microseconds
+    allreduce_latency_us: float = 36.0  # per tensor-parallel all-reduce (two per layer), microseconds
 
 
 @dataclass

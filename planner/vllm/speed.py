@@ -2,9 +2,11 @@
 
 A roofline over one engine step of continuous batching, per GPU of a TP group (PP stages in turn):
 
-    step = fixed + max(weights read, linear FLOPs) + KV read + all-reduces
-    tokens in a step = B decoding sequences + B x prompt / output prefill tokens (each finished request
-                       is replaced by a new one whose prompt is prefilled in the steps that follow)
+    step(tokens) = fixed + max(weights read, linear FLOPs) + KV read + all-reduces
+    time per output token = the mean step: B decoding sequences in every step, and B / output new
+        requests per step (each finished request is replaced) whose prompts ride along in chunks of
+        up to max_num_batched_tokens: a fraction q of the steps carries a chunk, the rest decode only
+        (when q reaches 1, every step carries B x prompt / output prompt tokens)
 
 - weights read: the non-expert bytes of the GPU plus, for MoE, the experts the step's tokens touch
   (E x (1 - (1 - k/E)^tokens) of E per layer), at bandwidth x efficiency;
@@ -28,10 +30,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class VllmSpeedFactors:
-    bandwidth_efficiency: float = 0.8  # of datasheet HBM bandwidth reached reading weights and KV
-    compute_efficiency: float = 0.6  # of datasheet dense TFLOPs reached by the step's GEMMs
+    """Defaults: policy.performance.vllm as shipped (conf/policy/default.yaml says how they were fitted)."""
+
+    bandwidth_efficiency: float = 0.88  # of datasheet HBM bandwidth reached reading weights and KV
+    compute_efficiency: float = 0.62  # of datasheet dense TFLOPs reached by the step's GEMMs
     step_overhead_ms: float = 1.0  # fixed cost per engine step (scheduler, sampler, graph launch)
-    allreduce_latency_us: float = 10.0  # per all-reduce (custom all-reduce / NCCL), two per layer
+    allreduce_latency_us: float = 36.0  # per all-reduce (custom all-reduce / NCCL), two per layer
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,22 @@ class Served:
     binding: str
 
 
+def mean_step_seconds(
+    m: SpeedModel, f: VllmSpeedFactors, running: int, prompt_tokens: int, output_tokens: int, batched_tokens: int
+) -> tuple[float, float]:
+    """(mean step, decode-only step) in steady state: `running` sequences, each replaced after output_tokens."""
+    context = prompt_tokens + output_tokens / 2
+    decode_only = step_seconds(m, f, running, 0.0, context)
+    chunk = max(batched_tokens - running, 1)
+    arrivals = running / max(output_tokens, 1)  # new requests per step
+    per_step = arrivals * prompt_tokens  # prompt tokens to prefill per step, on average
+    carrying = arrivals * math.ceil(prompt_tokens / chunk)  # fraction of steps that carry a prompt chunk
+    if carrying >= 1:
+        return step_seconds(m, f, running, min(per_step, chunk), context), decode_only
+    with_chunk = step_seconds(m, f, running, min(prompt_tokens, chunk), context)
+    return (1 - carrying) * decode_only + carrying * with_chunk, decode_only
+
+
 def serve_speed(
     m: SpeedModel,
     f: VllmSpeedFactors,
@@ -109,10 +129,7 @@ def serve_speed(
 ) -> Served:
     """tpot and ttft of `sessions` closed-loop clients sending prompt_tokens in and output_tokens out."""
     running = max(1, min(sessions, math.floor(max_concurrency))) if max_concurrency >= 1 else 1
-    prefill_per_step = running * prompt_tokens / max(output_tokens, 1)
-    context = prompt_tokens + output_tokens / 2
-    step = step_seconds(m, f, running, prefill_per_step, context)
-    decode_only = step_seconds(m, f, running, 0.0, context)
+    step, decode_only = mean_step_seconds(m, f, running, prompt_tokens, output_tokens, max_num_batched_tokens)
     chunk = max(max_num_batched_tokens - running, 1)
     chunks = math.ceil(prompt_tokens / chunk)
     prefill = sum(
@@ -124,7 +141,7 @@ def serve_speed(
     binding = (
         f"{running} sequence(s) decode together"
         + (f" (the KV cache holds {running} of {sessions})" if waiting else "")
-        + f"; prefill of new prompts adds {max(step - decode_only, 0) * 1e3:.1f} ms per step"
+        + f"; prefill of new prompts adds {max(step - decode_only, 0) * 1e3:.1f} ms to the mean step"
     )
     return Served(tpot_ms=step * 1e3, ttft_ms=ttft * 1e3, running=running, binding=binding)
 
