@@ -214,11 +214,19 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
                 f"tried {b['tried']}: needs {_gib(b.get('needed_total', 0))} GiB, has "
                 f"{_gib(b.get('usable_total', 0))} GiB usable; "
             )
-        console.print(
-            f"[bold red]DOES NOT FIT[/bold red]: {tried}device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
-            f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.",
-            markup=True,
-        )
+        if b.get("refusal"):  # a vLLM plan: vLLM's own words for where its startup stops
+            console.print(
+                f"[bold red]DOES NOT FIT[/bold red]: vLLM would not start on GPU {b.get('device')} "
+                f"({b.get('term')} binds): ",
+                end="",
+            )
+            console.print(b["refusal"], markup=False, highlight=False)
+        else:
+            console.print(
+                f"[bold red]DOES NOT FIT[/bold red]: {tried}device {b.get('device')} needs "
+                f"{_gib(b.get('needed', 0))} GiB, has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.",
+                markup=True,
+            )
         fixes = b.get("fixes", [])
         for fix in fixes:
             console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}", markup=False)

@@ -252,3 +252,32 @@ def test_unchanged_plan_dataclass_round_trips_with_engine():
     again = Plan.from_dict(json.loads(plan.to_json()))
     assert again.engine == plan.engine
     assert replace(again, engine={}).engine == {}
+
+
+def test_objective_latency_takes_the_fastest_tp_and_auto_the_fewest():
+    base = ["hardware.count=8", "policy.context_tokens=8192"]
+    fewest = vllm_plan("llama-3.1-70b", *base)
+    fastest = vllm_plan("llama-3.1-70b", *base, "policy.objective=latency")
+    assert fewest.tp_size == 2  # the fewest GPUs (dividing the heads) on which vLLM starts
+    assert fastest.tp_size == 8 and fastest.performance["tpot_ms"] < fewest.performance["tpot_ms"]
+    assert any(d.what == "objective" and "TP 2" in d.reason for d in fastest.decisions)
+
+
+def test_quantization_on_load_renders_vllms_in_flight_method():
+    plan = vllm_plan("llama-3.1-8b", "policy.context_tokens=8192", "policy.quantization=fp8")
+    assert "--quantization=fp8" in plan.engine["flags"]
+    assert plan.engine["per_gpu"]["weights_bytes"] < 9 * GIB  # FP8 linears, bf16 embeddings and head
+    with pytest.raises(ShardwiseError, match="bnb8"):
+        vllm_plan("llama-3.1-8b", "policy.context_tokens=8192", "policy.quantization=bnb8")
+
+
+def test_report_shows_vllms_view_and_its_refusal(capsys):
+    from rich.console import Console
+
+    from planner.report import render
+
+    console = Console(width=200, force_terminal=False)
+    render(vllm_plan("gpt-oss-20b", "launch.gpu_memory_utilization=0.95"), console=console)
+    out = capsys.readouterr().out
+    assert "GPU KV cache size:" in out and "Maximum concurrency for 131,072 tokens per request" in out
+    assert "vLLM would not start" in out and "would fit with: launch.gpu_memory_utilization=0.9" in out

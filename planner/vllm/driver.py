@@ -110,7 +110,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
     if not hw.devices:
         raise ShardwiseError("launch.engine=vllm needs GPUs: plan it on a GPU tier or a probed GPU machine")
     sizer = _Sizer(inv, formats, hw, policy)
-    sizer.quant_method = spec.quantization
+    sizer.quant_method = spec.quantization or formats.on_load  # fp8 on load multiplies in FP8 too
     engine = policy.engine
     notes.decide("engine", f"vllm {engine.version}", f"launch.engine=vllm: sized by vLLM {sizer.rules.release}'s rules")
     notes.decide(
@@ -141,6 +141,8 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
             chosen = (tp, pp, length)
             break
     fits = chosen is not None
+    if fits and policy.objective != "auto" and len(layouts) > 1:
+        chosen = _by_objective(sizer, layouts, chosen, policy, notes)
     if not fits:
         tp, pp = layouts[-1]
         chosen = (tp, pp, requested or model_max)
@@ -178,6 +180,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
         kv_cache_dtype=_kv_flag(formats.kv_dtype, formats.dtype),
         expert_parallel=engine.enable_expert_parallel and bool(inv.num_experts),
         revision=spec.revision,
+        quantization=_on_load_flag(formats.on_load),
     )
     block = engine_block(engine, sizer, mem, flags, tp, pp, length)
     binding = {}
@@ -237,6 +240,41 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
         performance=performance,
         engine=block,
     )
+
+
+def _by_objective(sizer, layouts, fewest, policy, notes):
+    """policy.objective over the layouts that start at the fewest's max_model_len: latency, the lowest time per
+    output token of one request; throughput, the most tokens/s over policy.sessions (ties: fewer GPUs)."""
+    length = fewest[2]
+    sessions = policy.sessions or sizer.seqs
+    priced = []
+    for tp, pp in layouts:
+        mem = sizer.memory(tp, pp, length)
+        if not mem.fits:
+            continue
+        perf = _performance(sizer, mem, tp, pp, 1 if policy.objective == "latency" else sessions, length)
+        if not perf.get("available"):
+            return fewest
+        score = -perf["tpot_ms"] if policy.objective == "latency" else perf["aggregate_tokens_per_s"]
+        priced.append((score, -tp * pp, (tp, pp, length), perf))
+    best = max(priced)
+    shown = ", ".join(
+        f"TP {c[0]}: {p['tpot_ms']:.1f} ms/token, {p['aggregate_tokens_per_s']:,.0f} tok/s" for _, _, c, p in priced
+    )
+    notes.decide("objective", policy.objective, f"vLLM's predicted speed at {length:,} tokens ({shown})")
+    return best[2]
+
+
+def _on_load_flag(on_load: str | None) -> str | None:
+    """vLLM's --quantization for policy.quantization=fp8 | bnb4 (vLLM has no in-flight 8-bit bitsandbytes)."""
+    if on_load is None:
+        return None
+    if on_load == "bnb8":
+        raise ShardwiseError(
+            "policy.quantization=bnb8: vLLM quantizes in flight to fp8 or 4-bit bitsandbytes only: "
+            "use policy.quantization=fp8 or bnb4 with launch.engine=vllm"
+        )
+    return {"fp8": "fp8", "bnb4": "bitsandbytes"}[on_load]
 
 
 def _kv_flag(kv_dtype: str, dtype: str) -> str:
@@ -301,6 +339,13 @@ def runner_engine_block() -> dict:
 
 def _performance(sizer, mem, tp, pp, sessions, length) -> dict:
     policy = sizer.policy
+    device = sizer.device
+    if not device.memory_bandwidth_gb_per_s or not (device.bf16_tflops or device.fp16_tflops):
+        return {
+            "available": False,
+            "engine": "vllm",
+            "reason": f"{device.name} has no published bandwidth / TFLOPs in the tiers: plan on a tier that has them",
+        }
     perf = policy.performance or {}
     prompt = int(perf.get("prompt_tokens", 512))
     output = int(perf.get("output_tokens", 256))

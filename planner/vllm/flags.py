@@ -20,6 +20,7 @@ def serve_flags(
     kv_cache_dtype: str,
     expert_parallel: bool,
     revision: str | None,
+    quantization: str | None = None,
 ) -> list[str]:
     flags = [
         f"--tensor-parallel-size={tp}",
@@ -31,6 +32,8 @@ def serve_flags(
         f"--dtype={dtype}",
         f"--kv-cache-dtype={kv_cache_dtype}",
     ]
+    if quantization:  # quantized while loading (policy.quantization=fp8 | bnb4): vLLM's in-flight methods
+        flags.append(f"--quantization={quantization}")
     if expert_parallel:
         flags.append("--enable-expert-parallel")
     if revision:  # the commit the plan was sized from, not whatever main is by then
