@@ -65,7 +65,7 @@ class _Sizer:
         kv = formats.kv_dtype
         self.kv_bytes = 1 if kv.startswith("fp8") else DTYPE_BYTES.get(kv, self.dtype_bytes)
         self.quantized_experts = bool(inv.num_experts and formats.quant_kept)
-        self.quant_method = None
+        self.eight_bit_math = False  # weights and activations in 8 bits: the GPU's FP8 / INT8 tensor-core peak
 
     def shape(self, tp, pp, length, util=None, kv_bytes=None) -> vm.Shape:
         return vm.Shape(
@@ -110,7 +110,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
     if not hw.devices:
         raise ShardwiseError("launch.engine=vllm needs GPUs: plan it on a GPU tier or a probed GPU machine")
     sizer = _Sizer(inv, formats, hw, policy)
-    sizer.quant_method = spec.quantization or formats.on_load  # fp8 on load multiplies in FP8 too
+    sizer.eight_bit_math = _eight_bit_math(spec, formats)
     engine = policy.engine
     notes.decide("engine", f"vllm {engine.version}", f"launch.engine=vllm: sized by vLLM {sizer.rules.release}'s rules")
     notes.decide(
@@ -265,6 +265,19 @@ def _by_objective(sizer, layouts, fewest, policy, notes):
     return best[2]
 
 
+def _eight_bit_math(spec, formats) -> bool:
+    """8-bit weights (FP8, ModelOpt FP8, compressed-tensors FP8/INT8 W8A8, FP8 on load) multiply at the 8-bit
+    tensor-core peak; 4-bit formats (AWQ, GPTQ, NVFP4, MXFP4) are dequantized into bf16 math on Hopper."""
+    if formats.on_load == "fp8":
+        return True
+    if not (spec.quantization and formats.quant_kept):
+        return False
+    from planner.model.quant import parse_format, shipped_config
+
+    fmt = parse_format(shipped_config(spec.architecture, spec.model_dir))
+    return fmt is not None and fmt.bits == 8 and fmt.method not in ("bitsandbytes", "awq", "gptq")
+
+
 def _on_load_flag(on_load: str | None) -> str | None:
     """vLLM's --quantization for policy.quantization=fp8 | bnb4 (vLLM has no in-flight 8-bit bitsandbytes)."""
     if on_load is None:
@@ -350,14 +363,12 @@ def _performance(sizer, mem, tp, pp, sessions, length) -> dict:
     prompt = int(perf.get("prompt_tokens", 512))
     output = int(perf.get("output_tokens", 256))
     factors = _factors(policy)
-    # FP8 checkpoints (fp8, ModelOpt FP8, compressed-tensors FP8) multiply in FP8 where the GPU has FP8 tensor cores
-    quant = sizer.formats.quant_kept and sizer.quant_method in ("fp8", "modelopt", "compressed-tensors")
     model = speed_model(
         sizer.inv,
         sizer.shape(tp, pp, length),
         sizer.device,
         sizer.hw,
-        fp8_math=bool(quant),
+        fp8_math=sizer.eight_bit_math,
         link_efficiency=float(perf.get("link_efficiency", 0.7)),
     )
 
