@@ -146,6 +146,8 @@ class Plan:
     # the engine that runs the plan: {"name": "transformers", "version"} for shardwise's runner; for vLLM its own
     # budget per GPU, KV capacity, verdict and `vllm serve` flags (planner/vllm/driver.py, engine_block)
     engine: dict = field(default_factory=dict)
+    # the software stack the plan assumed (planner/stack.py): transformers, torch, accelerate, kernels, triton
+    software: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -15,6 +15,7 @@ from planner.errors import ShardwiseError
 from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.model.inventory import DTYPE_BYTES
 from planner.plan import DeviceBudget, Launch, Limits, Plan
+from planner.stack import software_block
 from planner.vllm import memory as vm
 from planner.vllm.flags import serve_flags
 from planner.vllm.rules import default_batching, rules_for
@@ -239,6 +240,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
         binding=binding,
         performance=performance,
         engine=block,
+        software=software_block(hw.installed, hw.probed, hw.source),
     )
 
 
@@ -340,14 +342,10 @@ def engine_block(engine, sizer, mem: vm.VllmMemory, flags, tp, pp, length) -> di
 
 
 def runner_engine_block() -> dict:
-    """plan.json's `engine` for shardwise's own runner (transformers)."""
-    from importlib.metadata import PackageNotFoundError, version  # reads the metadata, imports nothing
+    """plan.json's `engine` for shardwise's own runner (transformers, the version installed where it was planned)."""
+    from planner.stack import installed_version
 
-    try:
-        found = version("transformers")
-    except PackageNotFoundError:
-        found = ""
-    return {"name": "transformers", "version": found}
+    return {"name": "transformers", "version": installed_version("transformers") or ""}
 
 
 def _performance(sizer, mem, tp, pp, sessions, length) -> dict:
