@@ -281,3 +281,28 @@ def test_report_shows_vllms_view_and_its_refusal(capsys):
     out = capsys.readouterr().out
     assert "GPU KV cache size:" in out and "Maximum concurrency for 131,072 tokens per request" in out
     assert "vLLM would not start" in out and "would fit with: launch.gpu_memory_utilization=0.9" in out
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "kinds"),
+    [
+        ("gemma-3-1b", [], {"full", "sliding"}),
+        ("deepseek-v3", ["hardware.count=8", "policy.strategy=tensor_parallel"], {"full"}),
+        ("qwen3-next-80b-a3b", ["hardware.count=2", "policy.strategy=tensor_parallel"], {"full", "mamba"}),
+    ],
+)
+def test_layer_kinds_get_vllms_groups(model, overrides, kinds):
+    from planner.config.reader import profile_spec
+    from planner.model.inventory import build_inventory
+
+    plan = vllm_plan(model, *overrides, "policy.context_tokens=32k", hardware="h200")
+    spec = profile_spec(model)
+    inv = build_inventory(spec.architecture, dtype="bfloat16", quantization=spec.quantization, keep_quantized=True)
+    shape = vm.Shape(plan.tp_size, 1, 32768, 8192, plan.engine["max_num_seqs"], 0.9, 2, 2)
+    groups = vm.kv_groups(inv, shape, 16)
+    assert {kind for kind, _, _ in groups.specs} == kinds
+    assert groups.block_size % 16 == 0 and plan.engine["block_size"] == groups.block_size
+    if "mamba" in kinds:  # attention blocks grow until one page holds a sequence's Mamba state
+        state = max(layer.state_bytes(2) for layer in inv.layers) // plan.tp_size
+        assert groups.page_bytes >= state and groups.block_size > 16
+    assert plan.engine["kv_cache_tokens"] == plan.engine["num_gpu_blocks"] // groups.num_groups * groups.block_size
