@@ -135,11 +135,16 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
             f"use at most {model_max} or auto"
         )
     low = min(policy.min_context_tokens, model_max)
+    # the fewest GPUs that start at the context asked for; none asked: that reach the model's maximum,
+    # else the layout that gives the most context (the fewest GPUs among equals), as the runner's placement does
     chosen = None
     for tp, pp in layouts:
         length = requested or sizer.longest(tp, pp, low, model_max)
-        if length is not None and sizer.memory(tp, pp, length).fits:
+        if length is None or not sizer.memory(tp, pp, length).fits:
+            continue
+        if chosen is None or length > chosen[2]:
             chosen = (tp, pp, length)
+        if requested or length >= model_max:
             break
     fits = chosen is not None
     if fits and policy.objective != "auto" and len(layouts) > 1:
@@ -304,7 +309,7 @@ def _layout_reason(policy, tp, pp, per_node, tried) -> str:
             f", {pp} pipeline stages across nodes" if pp > 1 else ""
         )
     if tried > 1:
-        return f"the fewest GPUs (a divisor of the heads) on which vLLM starts, of {per_node}"
+        return f"the fewest of {per_node} GPUs (dividing the heads) on which vLLM starts at this max_model_len"
     return f"policy.strategy={policy.strategy}"
 
 
