@@ -134,6 +134,14 @@ def gpu_product(plan: Plan, k8s: KubernetesSettings) -> tuple[str, str]:
     return product, f"GPU feature discovery labels {names[0]!r} nodes {GPU_PRODUCT_LABEL}={product}"
 
 
+def has_tp_plan(model_type: str) -> bool:
+    """transformers has a tensor-parallel plan for model_type: the planner's table for known families, else ask it."""
+    from planner.model.architectures import FAMILIES
+
+    family = FAMILIES.get(model_type)
+    return family.has_tp_plan if family else L.parallel_plans(model_type)[0]
+
+
 def check_plan(plan: Plan) -> None:
     """Refuse, in one line, a plan vLLM on Kubernetes cannot run as the plan says."""
     if plan.strategy in ("cpu", "offload") or not plan.hardware.get("devices"):
@@ -141,14 +149,12 @@ def check_plan(plan: Plan) -> None:
             f"this plan is {plan.strategy} (part or all of it off the GPU): launch.target=kubernetes renders vLLM "
             "on GPUs; plan for the cluster's GPUs, e.g. hardware=h100_80gb hardware.count=8"
         )
-    if plan.tp_size > 1:
-        has_tp, _ = L.parallel_plans(plan.model.model_type)
-        if not has_tp:  # the planner's own rule (planner.search): it never makes such a plan itself
-            raise ShardwiseError(
-                f"this plan is tensor parallel {plan.tp_size} over {plan.nodes} node(s), but "
-                f"{plan.model.model_type} ({plan.model.name}) has no tensor-parallel plan in transformers: "
-                "re-plan with policy.strategy=auto"
-            )
+    if plan.tp_size > 1 and not has_tp_plan(plan.model.model_type):  # the planner's own rule (planner.search)
+        raise ShardwiseError(
+            f"this plan is tensor parallel {plan.tp_size} over {plan.nodes} node(s), but "
+            f"{plan.model.model_type} ({plan.model.name}) has no tensor-parallel plan in transformers: "
+            "re-plan with policy.strategy=auto"
+        )
     L.process_shape(plan)  # tp x pp divides over the nodes, tensor parallel stays inside a node
 
 
