@@ -317,7 +317,7 @@ def test_refuses_tensor_parallel_across_nodes_for_an_architecture_without_a_tp_p
     assert "\n" not in str(info.value)
 
 
-def test_refuses_cpu_and_offload_plans_and_mixed_gpus():
+def test_refuses_cpu_offload_and_mig_plans_and_mixed_gpus_without_a_product_setting():
     plan = PLANS["llama8b_1gpu"]()
     for strategy in ("cpu", "offload"):
         with pytest.raises(ShardwiseError, match="renders vLLM on GPUs"):
@@ -327,6 +327,9 @@ def test_refuses_cpu_and_offload_plans_and_mixed_gpus():
     mixed = replace(PLANS["llama70b_1x8"](), hardware={**plan.hardware, "devices": devices})
     with pytest.raises(ShardwiseError, match="2 kinds of GPU"):
         K.render(mixed, LaunchSettings())
+    mig = [{**d, "mig": True} for d in plan.hardware["devices"]]
+    with pytest.raises(ShardwiseError, match="MIG slices"):
+        K.render(replace(plan, hardware={**plan.hardware, "devices": mig}), LaunchSettings())
     chosen = rendered(mixed, gpu_product="NVIDIA-H100-80GB-HBM3")[0]
     assert chosen["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
 

@@ -149,6 +149,12 @@ def check_plan(plan: Plan) -> None:
             f"this plan is {plan.strategy} (part or all of it off the GPU): launch.target=kubernetes renders vLLM "
             "on GPUs; plan for the cluster's GPUs, e.g. hardware=h100_80gb hardware.count=8"
         )
+    if any(d.get("mig") for d in plan.hardware.get("devices", [])):
+        # a slice is another resource (nvidia.com/mig-<profile>) under GPU feature discovery's mixed strategy
+        raise ShardwiseError(
+            "this plan runs on MIG slices; launch.target=kubernetes requests whole GPUs (nvidia.com/gpu): plan for "
+            "a whole-GPU tier, e.g. hardware=a100_80gb"
+        )
     if plan.tp_size > 1 and not has_tp_plan(plan.model.model_type):  # the planner's own rule (planner.search)
         raise ShardwiseError(
             f"this plan is tensor parallel {plan.tp_size} over {plan.nodes} node(s), but "
