@@ -87,14 +87,22 @@ def vllm_serve_args(plan: Plan, settings: LaunchSettings) -> tuple[list[str], li
     same flags `launch.engine=vllm` renders for this machine (runner.launch.render.vllm_commands).
     launch.vllm_args come last, as on this machine.
     """
-    flags = plan_engine(plan).get("flags")
-    if flags:
-        args, notes = [str(f) for f in flags], []
+    engine = plan_engine(plan)
+    notes: list[str] = []
+    if engine.get("flags"):
+        args = [str(f) for f in engine["flags"]]
     else:
-        commands, notes = L.vllm_commands(plan, replace(settings, vllm_args=[], master_addr=None))
-        argv = list(commands[-1].argv)  # vllm serve SOURCE flags...
+        if engine.get("name") not in (None, "vllm"):
+            notes.append(
+                f"the plan was sized for {engine['name']}, not vLLM: plan with launch.engine=vllm for its numbers"
+            )
+        commands, more = L.vllm_commands(plan, replace(settings, vllm_args=[], master_addr=None))
+        argv = list(commands[-1].argv)
+        if argv[:3] != ["vllm", "serve", plan.model.source]:  # pragma: no cover - render.py changed its shape
+            raise AssertionError(f"runner.launch.render.vllm_commands no longer ends in `vllm serve MODEL`: {argv[:3]}")
         args = argv[3:]
-    return [*without_pod_flags(args), *map(str, settings.vllm_args)], list(notes)
+        notes += more
+    return [*without_pod_flags(args), *map(str, settings.vllm_args)], notes
 
 
 def gpus_per_pod(plan: Plan) -> int:
