@@ -189,6 +189,7 @@ def k8s_literal(text: str) -> str:
 
 
 def container(name: str, image: str, command: list[str], env: list[dict], gpus: int, port: int | None) -> dict:
+    """One vLLM container holding `gpus` GPUs; with a `port`, it serves HTTP there and says when it is ready."""
     spec = {
         "name": name,
         "image": image,
@@ -210,6 +211,7 @@ def container(name: str, image: str, command: list[str], env: list[dict], gpus: 
 
 
 def pod_spec(containers: list[dict], product: str, shm_size_gib: int) -> dict:
+    """A pod on a node with the plan's GPU model, with a memory-backed /dev/shm."""
     return {
         "containers": containers,
         "nodeSelector": {GPU_PRODUCT_LABEL: product},
@@ -219,6 +221,7 @@ def pod_spec(containers: list[dict], product: str, shm_size_gib: int) -> dict:
 
 
 def environment(plan: Plan, k8s: KubernetesSettings) -> list[dict]:
+    """The plan's launch environment, then HF_TOKEN read from the Secret (the token never enters the manifest)."""
     env = [{"name": key, "value": k8s_literal(value)} for key, value in sorted(L.launch_env(plan).items())]
     if k8s.hf_token_secret:
         # optional: a public model starts without the Secret; a gated one fails in vLLM's log with a 401
