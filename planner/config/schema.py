@@ -237,6 +237,29 @@ class Engine(str, Enum):
     vllm = "vllm"  # the equivalent `vllm serve` command line
 
 
+class Target(str, Enum):
+    local = "local"  # start the engine here (or print its command lines with launch.dry_run=true)
+    kubernetes = "kubernetes"  # render manifests for a cluster (vLLM): a LeaderWorkerSet or a Deployment, a Service
+
+
+class MultiNodeBackend(str, Enum):
+    mp = "mp"  # every pod runs `vllm serve` (--nnodes/--node-rank/--master-addr, workers --headless): vLLM's LWS guide
+    ray = "ray"  # the leader starts a Ray head and serves, workers join it (`ray start --block`): older vLLM images
+
+
+@dataclass
+class KubernetesSettings:
+    name: Optional[str] = None  # name of every object (DNS label); null: vllm-<model name>
+    namespace: str = "default"  # namespace the objects go to
+    replicas: int = 1  # copies of the whole plan (LeaderWorkerSet groups or Deployment pods), >= 1
+    image: Optional[str] = None  # container image; null: vllm/vllm-openai:v<the vLLM version the plan assumes>
+    hf_token_secret: Optional[str] = "hf-token"  # Secret holding the Hugging Face token (HF_TOKEN); null: no token
+    hf_token_key: str = "token"  # key of that Secret holding the token
+    shm_size_gib: int = 16  # size of the memory-backed /dev/shm for NCCL and vLLM's workers, GiB >= 1
+    gpu_product: Optional[str] = None  # nvidia.com/gpu.product node label to select; null: from the plan's GPU name
+    multinode_backend: MultiNodeBackend = MultiNodeBackend.mp  # how the pods of a multi-node plan form one vLLM
+
+
 @dataclass
 class SlurmSettings:
     partition: Optional[str] = None  # SLURM partition (null: the cluster's default)
@@ -250,7 +273,8 @@ class SlurmSettings:
 class LaunchSettings:
     task: LaunchTask = LaunchTask.chat  # what rank 0 (or the single process) runs: chat or serve
     engine: Engine = Engine.auto  # which engine starts the plan
-    dry_run: bool = False  # print the exact command lines and environment instead of running them
+    target: Target = Target.local  # where: this machine, or manifests for a Kubernetes cluster
+    dry_run: Optional[bool] = None  # print what would run instead of running it; null: true for kubernetes only
     node_rank: Optional[int] = None  # this node's index for multi-node plans (null: SLURM_NODEID under SLURM)
     master_addr: Optional[str] = None  # host name or IP of node 0 (static rendezvous for multi-node plans)
     master_port: int = 29500  # TCP port on node 0 for torch.distributed's store
@@ -270,6 +294,7 @@ class LaunchSettings:
     ray_port: int = 6379  # port of the Ray head for multi-node vLLM
     vllm_args: list[str] = field(default_factory=list)  # extra arguments appended to `vllm serve`
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)  # launch.target=kubernetes
 
 
 class LogLevel(str, Enum):
@@ -401,9 +426,53 @@ def check_launch(settings: LaunchSettings) -> None:
                 f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: "
                 "write e.g. launch.rdzv_endpoint=node0.cluster:29400"
             )
+    check_kubernetes(settings.kubernetes)
     if any(not str(p).strip() for p in settings.prompt):
         raise ShardwiseError(
             f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
+        )
+
+
+# Kubernetes' own rules for object names (RFC 1123 labels: namespaces, Services) and label values,
+# written out because no installed library states them; the API server would refuse the objects otherwise.
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
+
+
+def check_kubernetes(k8s: KubernetesSettings) -> None:
+    """Range rules of launch.kubernetes.*: values the API server would refuse, as one line now."""
+    import re
+
+    _check_ranges(
+        [
+            (k8s.replicas >= 1, "launch.kubernetes.replicas", k8s.replicas, "use 1 or more copies of the plan"),
+            (k8s.shm_size_gib >= 1, "launch.kubernetes.shm_size_gib", k8s.shm_size_gib, "use GiB >= 1"),
+        ]
+    )
+    # names end up in pod names and labels: LeaderWorkerSet adds "-<group>-<worker>", so stay well under 63
+    for key, value, most in (("name", k8s.name, 40), ("namespace", k8s.namespace, 63)):
+        if value is not None and (len(str(value)) > most or not re.fullmatch(DNS_LABEL, str(value))):
+            raise ShardwiseError(
+                f"launch.kubernetes.{key}={value!r} is not a Kubernetes name: use lower-case letters, digits and "
+                f"'-', starting and ending with a letter or digit, at most {most} characters"
+            )
+    secret = k8s.hf_token_secret
+    subdomain = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
+    if secret is not None and (len(str(secret)) > 253 or not re.fullmatch(subdomain, str(secret))):
+        raise ShardwiseError(
+            f"launch.kubernetes.hf_token_secret={secret!r} is not a Secret name: use lower-case letters, digits, "
+            "'-' and '.' (or null for no token)"
+        )
+    if not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", str(k8s.hf_token_key)):
+        raise ShardwiseError(
+            f"launch.kubernetes.hf_token_key={k8s.hf_token_key!r} is not a Secret key: use letters, digits, '-', "
+            "'_' and '.'"
+        )
+    product = k8s.gpu_product
+    if product is not None and (len(str(product)) > 63 or not re.fullmatch(LABEL_VALUE, str(product))):
+        raise ShardwiseError(
+            f"launch.kubernetes.gpu_product={product!r} is not a label value: copy it from "
+            "`kubectl get nodes -L nvidia.com/gpu.product`"
         )
 
 
