@@ -387,6 +387,7 @@ def _max_memory(slots: list[Slot], priced: list[DeviceBudget], strategy: str, no
 
 
 def _launch(strategy: str) -> Launch:
+    # only LAUNCH_ENV_KEYS (planner.plan): a launch passes nothing else from a plan file on
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     if strategy == "tensor_parallel":
         return Launch(command="shardwise launch plan_file=plan.json", env=env)

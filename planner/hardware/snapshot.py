@@ -143,7 +143,7 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
             f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe "
             "probe.save=FILE`"
         )
-    if not file.is_file():
+    if not file.exists():  # a FIFO or device is refused by read_json, not taken for a missing file
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} does not exist: record one with `shardwise probe probe.save={path}`"
         )

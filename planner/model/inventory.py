@@ -339,14 +339,15 @@ def build_inventory(
 def _tokenizer_limit(model_dir: str | None) -> int | None:
     if model_dir is None:
         return None
-    import json
     from pathlib import Path
+
+    from planner.jsonfile import read_json
 
     path = Path(model_dir)
     path = (path if path.is_dir() else path.parent) / "tokenizer_config.json"
-    try:
-        limit = json.loads(path.read_text()).get("model_max_length")
-    except (OSError, ValueError, AttributeError):
+    try:  # the safe reader: a FIFO or a 5,000-digit number here is no limit, not a hang or a traceback
+        limit = read_json(path, "tokenizer_config.json").get("model_max_length")
+    except ShardwiseError:
         return None
     # transformers writes int(1e30) when a tokenizer has no limit
     return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 10**9 else None

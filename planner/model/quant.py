@@ -253,13 +253,11 @@ def hf_quant_config(model_dir: str | None) -> dict | None:
         return None
     directory = Path(model_dir)
     path = (directory if directory.is_dir() else directory.parent) / "hf_quant_config.json"
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ShardwiseError(f"{path} is not valid JSON ({err}): fix or re-download it") from None
-    return modelopt_quantization_config(data)
+    from planner.jsonfile import read_json
+
+    return modelopt_quantization_config(read_json(path, "hf_quant_config.json", dict, "fix or re-download it"))
 
 
 def modelopt_quantization_config(data: dict) -> dict:

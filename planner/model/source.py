@@ -46,7 +46,7 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
         config_path, model_dir = path, path.parent
     if not path.exists():
         raise ShardwiseError(f"model.path {str(path)!r} does not exist: give a model directory or its config.json")
-    if not config_path.is_file():
+    if not config_path.exists():  # a FIFO or device named config.json is refused by read_json, never opened blocking
         raise ShardwiseError(
             f"model.path {str(path)!r} has no config.json: give a directory holding config.json, or the file itself"
         )
@@ -86,7 +86,7 @@ def _quant_method(arch: dict, where: str) -> str | None:
 
 def _optional_json(path: Path) -> dict | None:
     """A side file (hf_quant_config.json, generation_config.json) beside config.json, or None when absent."""
-    if not path.is_file():
+    if not path.exists():  # exists(), not is_file(): a FIFO here is refused by read_json rather than skipped
         return None
     from planner.jsonfile import read_json
 
