@@ -84,6 +84,30 @@ def read_json(
     return loads_json(raw, label, expect, hint)
 
 
+def _first_non_finite(value, where: str) -> str | None:
+    """The path of the first NaN or infinity in `value` ("hardware.devices[0].bf16_tflops"), None when none."""
+    stack = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return f"{at} = {node}"
+        if isinstance(node, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in reversed(list(node.items())))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def dumps_json(value, what: str, indent: int | None = 2) -> str:
+    """`value` as strict JSON (no NaN or Infinity, which strict readers reject); one ShardwiseError naming the
+    first such value otherwise, so a bad number that slipped past the input checks never reaches a file."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _first_non_finite(value, what) or what
+        raise ShardwiseError(f"{where} is not a finite number: strict JSON cannot hold it; check the inputs") from None
+
+
 def finite_number(value, name: str) -> float:
     """`value` as a float if it is a finite real number (bool excluded), else one ShardwiseError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

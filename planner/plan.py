@@ -6,7 +6,6 @@ Bytes are ints everywhere in here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,7 +172,9 @@ class Plan:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        from planner.jsonfile import dumps_json
+
+        return dumps_json(self.to_dict(), "plan")  # strict: NaN or Infinity never reaches plan.json
 
     def save(self, path: str | Path) -> Path:
         from planner.jsonfile import write_text_atomic

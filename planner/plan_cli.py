@@ -12,11 +12,11 @@ atomic (a temp file beside it, then a rename); a path that cannot be written is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from planner.config.app import flag, run_verb
 from planner.errors import ShardwiseError
+from planner.jsonfile import dumps_json
 
 
 def _in_sweep() -> bool:
@@ -65,7 +65,7 @@ def task(cfg):
         written.append(save_to(plan, out))
     if as_json:
         # one plan per line in a -m sweep (JSON Lines), pretty-printed otherwise
-        print(json.dumps(plan.to_dict()) if _in_sweep() else plan.to_json(), flush=True)
+        print(dumps_json(plan.to_dict(), "plan", indent=None) if _in_sweep() else plan.to_json(), flush=True)
     else:
         from planner.report import render
 

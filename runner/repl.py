@@ -16,6 +16,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import write_text
 from planner.jsonfile import read_json
 from planner.units import GIB
 from runner.api import checked_messages
@@ -172,7 +173,8 @@ class Repl:
             "model": self.session.loaded.name,
         }
         try:
-            Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
+            # the one writer of user-named files: through links, to devices, a FIFO nobody reads is an error
+            write_text(Path(path).expanduser(), json.dumps(data, indent=2) + "\n", make_parents=False)
         except OSError as exc:
             self.console.print(
                 f"cannot save to {path} ({exc.strerror or exc}): choose a writable /save FILE", markup=False

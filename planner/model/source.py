@@ -75,13 +75,15 @@ def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
 
 
 def _quant_method(arch: dict, where: str) -> str | None:
+    from planner.model.quant_fields import QuantFields
+
     quant_config = arch.get("quantization_config") or {}
     if not isinstance(quant_config, dict):
         raise ShardwiseError(
-            f"{where}: quantization_config in config.json is {quant_config!r}, not an object: "
+            f"{where}: quantization_config in config.json is {quant_config!r:.60}, not an object: "
             "fix or re-download config.json"
         )
-    return quant_config.get("quant_method")
+    return QuantFields(quant_config, f"{where}: quantization_config").text("quant_method") or None
 
 
 def _optional_json(path: Path) -> dict | None:
@@ -90,8 +92,7 @@ def _optional_json(path: Path) -> dict | None:
         return None
     from planner.jsonfile import read_json
 
-    data = read_json(path, path.name, None, "fix or re-download it")
-    return data if isinstance(data, dict) else None
+    return read_json(path, path.name, dict, "fix or re-download it")
 
 
 def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
@@ -124,6 +125,9 @@ def _spec_from_hub(repo_id: str, model_cfg) -> ModelSpec:
     from planner.model import hub
 
     found = hub.fetch(repo_id, model_cfg.get("revision") or None)
+    from planner.model.config_check import check_config
+
+    check_config(found.config, f"config.json of {repo_id}")  # the same checks as a local config.json
     arch = _with_side_quantization(found.config, found.hf_quant_config)
     if "model_type" not in arch:
         raise ShardwiseError(f"config.json of {repo_id} has no model_type: it is not a transformers model")
@@ -169,6 +173,9 @@ def spec_from_config(model_cfg) -> ModelSpec:
         if not isinstance(model_cfg.architecture, dict)
         else dict(model_cfg.architecture)
     )
+    from planner.model.config_check import check_config
+
+    check_config(arch, f"model profile {model_cfg.name} (architecture)")  # an override may have edited it
     return ModelSpec(
         name=model_cfg.name,
         source=model_cfg.hub_id or model_cfg.name,
