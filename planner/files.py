@@ -9,8 +9,9 @@ which the path could be swapped.
 Writing: `write_text` is the one writer of plan.json, hardware snapshots and calibrations. A
 regular file (or a symlink to one: the link stays, its target is written) is replaced atomically,
 through a temp file beside it and a rename, so a reader never sees half a file. A device or a FIFO
-(`out=/dev/null`, `out=>(jq .)`) is written plainly and stays what it is: renaming a temp file
-over it would turn /dev/null into a regular file when run as root. A directory is refused.
+(`out=/dev/null`, `out=>(jq .)`), and /dev/stdout or /dev/fd/N, are written plainly and stay what
+they are: renaming a temp file over one would turn /dev/null into a regular file when run as root.
+A directory is refused.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-    if mode is not None and not stat.S_ISREG(mode):
+    if (mode is not None and not stat.S_ISREG(mode)) or _names_a_descriptor(path):
         _write_special(path, text)
         return path
     target = Path(os.path.realpath(path)) if path.is_symlink() else path  # a dangling link: create its target
@@ -91,10 +92,18 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
     return path
 
 
+def _names_a_descriptor(path: Path) -> bool:
+    """/dev/stdout, /dev/fd/N, /proc/self/fd/N: an open file of this process, which a rename would not reach
+    (`out=/dev/stdout > x.json` must add to x.json through the shell's descriptor, not replace the file)."""
+    full = os.path.abspath(path)
+    return full in ("/dev/stdout", "/dev/stderr") or full.startswith(("/dev/fd/", "/proc/"))
+
+
 def _write_special(path: Path, text: str) -> None:
     # O_NONBLOCK on open: a FIFO nobody reads fails with ENXIO at once rather than blocking forever;
-    # once open, writes block normally so a slow reader gets all of it.
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    # once open, writes block normally so a slow reader gets all of it. O_APPEND: a regular file behind
+    # /dev/stdout keeps what the shell already wrote there.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

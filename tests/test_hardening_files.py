@@ -75,6 +75,18 @@ def test_out_dev_null_writes_and_stays_a_character_device(tmp_path):
     assert json.loads(result.stdout)["model"]["name"] == "gpt2"
 
 
+def test_out_dev_fd_adds_to_the_open_file_instead_of_replacing_it(tmp_path):
+    from planner.files import write_text
+
+    target = tmp_path / "x.json"
+    with open(target, "w") as shell_redirect:  # what `shardwise plan out=/dev/stdout > x.json` hands us
+        shell_redirect.write("report\n")
+        shell_redirect.flush()
+        inode = os.stat(target).st_ino
+        write_text(f"/dev/fd/{shell_redirect.fileno()}", "plan\n")
+    assert target.read_text() == "report\nplan\n" and os.stat(target).st_ino == inode
+
+
 def test_a_snapshot_saved_to_a_symlinked_dev_null_leaves_both_alone(tmp_path):
     from planner.hardware.snapshot import save_snapshot
     from planner.hardware.tiers import resolve_hardware

@@ -234,11 +234,6 @@ def resolve_or_refuse(cfg) -> None:
                     return found
         return ""
 
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ShardwiseError(
-            f"{missing[0]} has no value ({missing[0]}=??? marks a value that must be given): set {missing[0]}=VALUE"
-        )
     try:
         OmegaConf.resolve(cfg)
     except failures as exc:
@@ -248,6 +243,12 @@ def resolve_or_refuse(cfg) -> None:
             f"cannot resolve the value{where} ({_first_line(getattr(exc, 'msg', None) or exc)[:200]}): "
             "check the ${...} interpolation (an environment variable it names may be unset)"
         ) from None
+    # after resolving: missing_keys resolves too, and a bad ${...} has its own line above
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ShardwiseError(
+            f"{missing[0]} has no value ({missing[0]}=??? marks a value that must be given): set {missing[0]}=VALUE"
+        )
 
 
 def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
