@@ -114,7 +114,7 @@ def test_a_fifo_with_a_reader_as_out_gets_the_plan(tmp_path):
     got = {}
     reader = threading.Thread(target=lambda: got.update(text=fifo.read_text()), daemon=True)
     reader.start()
-    for _ in range(200):  # wait until the reader has the FIFO open, or the non-blocking open finds nobody
+    for _ in range(1000):  # wait until the reader has the FIFO open, or the non-blocking open finds nobody
         try:
             within(10, write_text, fifo, "hello\n")
             break

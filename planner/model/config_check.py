@@ -134,7 +134,7 @@ def refuse_encoder_only(model_type: str, arch: dict) -> None:
     if model_type not in CONFIG_MAPPING or arch.get("is_decoder") is True:
         return
     config_class = CONFIG_MAPPING[model_type]
-    if "is_decoder" in getattr(config_class, "__dataclass_fields__", {}) or hasattr(config_class(), "is_decoder"):
+    if "is_decoder" in getattr(config_class, "__dataclass_fields__", {}) or hasattr(config_class, "is_decoder"):
         raise ShardwiseError(
             f"{model_type} is an encoder model (its config has no is_decoder: true): shardwise plans decoder-only "
             "chat models"
