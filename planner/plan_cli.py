@@ -89,6 +89,9 @@ def _draw(cfg, hardware, plan, written: list[Path]) -> None:
 
     charts = plan_charts(cfg, hardware, plan)
     for plan_file in written:
+        if not Path(plan_file).is_file():  # out=/dev/null or a FIFO: no /dev/null.memory.svg beside it
+            print(f"charts=true: none beside {str(plan_file)!r}, which is not a regular file", file=sys.stderr)
+            continue
         try:
             paths = write_beside(plan_file, plan.to_dict(), charts)
         except OSError as exc:
