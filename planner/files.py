@@ -82,7 +82,7 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-    if (mode is not None and not stat.S_ISREG(mode)) or _names_a_descriptor(path):
+    if (mode is not None and not stat.S_ISREG(mode)) or names_a_descriptor(path):
         _write_special(path, text)
         return path
     target = Path(os.path.realpath(path)) if path.is_symlink() else path  # a dangling link: create its target
@@ -92,7 +92,7 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
     return path
 
 
-def _names_a_descriptor(path: Path) -> bool:
+def names_a_descriptor(path: Path) -> bool:
     """/dev/stdout, /dev/fd/N, /proc/self/fd/N: an open file of this process, which a rename would not reach
     (`out=/dev/stdout > x.json` must add to x.json through the shell's descriptor, not replace the file)."""
     full = os.path.abspath(path)

@@ -89,7 +89,9 @@ def _draw(cfg, hardware, plan, written: list[Path]) -> None:
 
     charts = plan_charts(cfg, hardware, plan)
     for plan_file in written:
-        if not Path(plan_file).is_file():  # out=/dev/null or a FIFO: no /dev/null.memory.svg beside it
+        from planner.files import names_a_descriptor
+
+        if not Path(plan_file).is_file() or names_a_descriptor(plan_file):  # out=/dev/null: no /dev/null.memory.svg
             print(f"charts=true: none beside {str(plan_file)!r}, which is not a regular file", file=sys.stderr)
             continue
         try:

@@ -87,6 +87,13 @@ def test_out_dev_fd_adds_to_the_open_file_instead_of_replacing_it(tmp_path):
     assert target.read_text() == "report\nplan\n" and os.stat(target).st_ino == inode
 
 
+def test_charts_are_not_drawn_beside_dev_null(tmp_path):
+    before = set(os.listdir("/dev"))
+    result = shardwise("plan", "model=gpt2", "hardware=t4", "out=/dev/null", "json=true", "charts=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(os.listdir("/dev")) - before == set() and "not a regular file" in result.stderr
+
+
 def test_a_snapshot_saved_to_a_symlinked_dev_null_leaves_both_alone(tmp_path):
     from planner.hardware.snapshot import save_snapshot
     from planner.hardware.tiers import resolve_hardware
