@@ -47,6 +47,9 @@ class LayerRule:
     kv_elems_per_token: int | None = None  # K + V elements per token; None: 2 x kv heads x head_dim
     state_elems: int = 0  # fixed cache state per sequence in the compute dtype (conv state)
     state_fp32_elems: int = 0  # fixed cache state per sequence in float32 (SSM / recurrent state)
+    kv_heads: int | None = None  # this layer's cached key heads (None: the model's num_kv_heads)
+    head_dim: int | None = None  # this layer's key head dim (None: the model's head_dim); V may differ (kv_elems)
+    cross_kv_elems_per_token: int = 0  # K + V elements a cross-attention layer caches per encoder token
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ class ArchDescription:
     keep_fp32: tuple[str, ...] = ()  # transformers' _keep_in_fp32_modules (float16 loads only)
     keep_fp32_strict: tuple[str, ...] = ()  # _keep_in_fp32_modules_strict (float16 and bfloat16 loads)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    model_class: str = ""  # the transformers class sized ("" on the fast path: the family's causal LM class)
+    class_reason: str = ""  # how that class was chosen
+    cache_reason: str = ""  # how the per-layer cache shapes were found
+    image_tokens: int = 0  # decoder tokens one image takes at the processor's default size (0: text only)
+    image_tokens_reason: str = ""  # where that count comes from
+    encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers (0: none)
 
 
 @dataclass(frozen=True)

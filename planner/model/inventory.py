@@ -49,6 +49,7 @@ class LayerSpec:
     kv_elems: int | None = None  # K + V elements cached per token; None: 2 x num_kv_heads x head_dim
     state_elems: int = 0  # fixed per-sequence cache state in the compute dtype (Mamba / DeltaNet conv state)
     state_fp32_elems: int = 0  # fixed per-sequence cache state in float32 (SSM / recurrent state)
+    cross_kv_elems_per_token: int = 0  # K + V elements per encoder token a cross-attention layer holds
 
     @property
     def kv_width(self) -> int:
@@ -85,6 +86,11 @@ class Inventory:
     warnings: tuple[
         str, ...
     ] = ()  # one-line notes the planner should show (checkpoint names that do not match the modules)
+    model_class: str = ""  # the transformers class sized
+    class_reason: str = ""  # how that class was chosen
+    image_tokens: int = 0  # decoder tokens one image takes (0: text only)
+    encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers
+    image_tokens_reason: str = ""
 
 
 # bytes per element of dtypes a tensor may be pinned to (buffers, integer tensors)
@@ -302,12 +308,13 @@ def build_inventory(
             index=i,
             attention=rule.attention,
             window=rule.window,
-            num_kv_heads=desc.num_kv_heads,
-            head_dim=desc.head_dim,
+            num_kv_heads=rule.kv_heads or desc.num_kv_heads,
+            head_dim=rule.head_dim or desc.head_dim,
             moe=rule.moe,
             kv_elems=rule.kv_elems_per_token,
             state_elems=rule.state_elems,
             state_fp32_elems=rule.state_fp32_elems,
+            cross_kv_elems_per_token=rule.cross_kv_elems_per_token,
         )
         for i, rule in enumerate(desc.layers)
     )
@@ -333,6 +340,11 @@ def build_inventory(
         source=source,
         context_limit=context_limit,
         warnings=tuple(warnings) + tuple(desc.notes),
+        model_class=desc.model_class,
+        class_reason=desc.class_reason,
+        image_tokens=desc.image_tokens,
+        encoder_tokens=desc.encoder_tokens,
+        image_tokens_reason=desc.image_tokens_reason,
     )
 
 

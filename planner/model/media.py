@@ -1,0 +1,58 @@
+"""How many tokens one image costs a vision-language model, from its vision config.
+
+A fixed-size encoder (SigLIP in Gemma 3, LFM2-VL, Pixtral-style towers with an `image_size`) sees
+the processor's default square of `image_size` pixels: (image_size / patch_size)^2 patches, merged
+`spatial_merge_size`^2 (or `downsample_factor`^2) to one decoder token each; a config that states
+its count (`mm_tokens_per_image`) is taken at its word. Dynamic-resolution towers (Qwen-VL:
+no `image_size`) are priced for a DEFAULT_IMAGE_SIDE_PX square image. Cross-attention models
+(mllama) put one placeholder token in the text and give their cross-attention layers every tile's
+patches plus a class token: `encoder_tokens`. Written by hand because transformers has no
+config-level API for this count (each processor computes it its own way at call time); the
+reason string says which rule applied.
+"""
+
+from __future__ import annotations
+
+DEFAULT_IMAGE_SIDE_PX = 1024  # a dynamic-resolution tower is priced for one 1024 x 1024 image
+
+
+def _get(config, key: str):
+    try:
+        value = getattr(config, key, None)
+    except Exception:  # noqa: BLE001 - heterogeneous configs raise for ambiguous keys
+        return None
+    return value
+
+
+def _side(vision) -> tuple[int, str]:
+    size = _get(vision, "image_size")
+    if isinstance(size, (list, tuple)) and size:
+        size = max(int(s) for s in size)
+    if isinstance(size, int) and size > 0:
+        return size, f"the encoder's {size}x{size} input"
+    return DEFAULT_IMAGE_SIDE_PX, f"a {DEFAULT_IMAGE_SIDE_PX}x{DEFAULT_IMAGE_SIDE_PX} image (dynamic resolution)"
+
+
+def image_tokens(config) -> tuple[int, int, str]:
+    """(decoder tokens per image, encoder tokens per image for cross-attention, reason); zeros for text-only."""
+    vision = _get(config, "vision_config")
+    if vision is None:
+        return 0, 0, ""
+    stated = _get(config, "mm_tokens_per_image")
+    if isinstance(stated, int) and stated > 0:
+        return stated, 0, f"{stated} tokens per image (config mm_tokens_per_image)"
+    patch = _get(vision, "patch_size") or _get(vision, "spatial_patch_size")
+    if not isinstance(patch, int) or patch <= 0:
+        return 0, 0, "no patch_size in vision_config: image tokens not priced"
+    side, what = _side(vision)
+    patches = (side // patch) ** 2
+    tiles = _get(vision, "max_num_tiles")
+    if any(_get(config, k) for k in ("cross_attention_layers",)) or _get(
+        _get(config, "text_config") or config, "cross_attention_layers"
+    ):
+        encoder = (tiles or 1) * (patches + 1)  # each tile's patches plus its class token
+        return 1, encoder, f"{encoder} encoder tokens per image ({tiles or 1} tiles of {what}, patch {patch})"
+    merge = _get(vision, "spatial_merge_size") or _get(config, "spatial_merge_size") or _get(config, "downsample_factor")
+    merge = merge if isinstance(merge, int) and merge > 0 else 1
+    tokens = max(1, patches // (merge * merge))
+    return tokens, 0, f"{tokens} tokens per image ({what}, patch {patch}, merge {merge}x{merge})"
