@@ -33,7 +33,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ModuleSpec:
     name: str
-    kind: str  # "embed" | "layer" | "norm" | "head" | "other"
+    kind: str  # "embed" | "layer" | "norm" | "head" | "encoder" (vision / audio tower, projector) | "other"
     tensors: tuple[TensorSpec, ...]
     layer_index: int | None = None
     tied_to: str | None = None  # its weight is another module's: counted there
@@ -41,7 +41,7 @@ class ModuleSpec:
 
 @dataclass(frozen=True)
 class LayerRule:
-    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "none" (planner.model.cache_layout)
+    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "cross" | "none" (meta_cache)
     window: int | None
     moe: bool
     kv_elems_per_token: int | None = None  # K + V elements per token; None: 2 x kv heads x head_dim
@@ -78,6 +78,9 @@ class ArchDescription:
     image_tokens: int = 0  # decoder tokens one image takes at the processor's default size (0: text only)
     image_tokens_reason: str = ""  # where that count comes from
     encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers (0: none)
+    image_patches: int = 0  # tokens the vision encoder runs on for one image
+    encoder_hidden: int = 0  # the vision encoder's width
+    encoder_heads: int = 0  # the vision encoder's attention heads
 
 
 @dataclass(frozen=True)

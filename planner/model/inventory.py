@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from planner.errors import ShardwiseError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# module kinds tensor parallelism keeps whole on every rank (it shards the decoder layers and the head)
+REPLICATED_KINDS = ("embed", "norm", "other", "encoder")
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class ModuleEntry:
     """One placeable module: what a device_map key names."""
 
     name: str  # real module name, e.g. "model.embed_tokens", "model.layers.3", "lm_head", "transformer.h.0"
-    kind: str  # "embed" | "layer" | "norm" | "head" | "other"
+    kind: str  # "embed" | "layer" | "norm" | "head" | "encoder" | "other"
     params: int  # parameter elements in this module (a tied weight counted only at its owner)
     bytes: int  # bytes resident in memory as loaded (plan dtype, kept quantization, fp32-kept parts)
     checkpoint_bytes: int  # bytes as shipped
@@ -91,6 +93,9 @@ class Inventory:
     image_tokens: int = 0  # decoder tokens one image takes (0: text only)
     encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers
     image_tokens_reason: str = ""
+    image_patches: int = 0  # tokens the vision encoder runs on for one image
+    encoder_hidden: int = 0  # the vision encoder's width
+    encoder_heads: int = 0  # the vision encoder's attention heads
 
 
 # bytes per element of dtypes a tensor may be pinned to (buffers, integer tensors)
@@ -345,6 +350,9 @@ def build_inventory(
         image_tokens=desc.image_tokens,
         encoder_tokens=desc.encoder_tokens,
         image_tokens_reason=desc.image_tokens_reason,
+        image_patches=desc.image_patches,
+        encoder_hidden=desc.encoder_hidden,
+        encoder_heads=desc.encoder_heads,
     )
 
 

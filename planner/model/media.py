@@ -13,6 +13,8 @@ reason string says which rule applied.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DEFAULT_IMAGE_SIDE_PX = 1024  # a dynamic-resolution tower is priced for one 1024 x 1024 image
 
 
@@ -33,26 +35,45 @@ def _side(vision) -> tuple[int, str]:
     return DEFAULT_IMAGE_SIDE_PX, f"a {DEFAULT_IMAGE_SIDE_PX}x{DEFAULT_IMAGE_SIDE_PX} image (dynamic resolution)"
 
 
-def image_tokens(config) -> tuple[int, int, str]:
-    """(decoder tokens per image, encoder tokens per image for cross-attention, reason); zeros for text-only."""
+@dataclass(frozen=True)
+class ImageCost:
+    """What one image costs a request, beside the text."""
+
+    tokens: int = 0  # decoder tokens the image becomes in the prompt (0: the model takes no images)
+    encoder_tokens: int = 0  # encoder tokens cross-attention layers cache per image (0: no cross-attention)
+    patches: int = 0  # tokens the vision encoder itself runs on
+    encoder_hidden: int = 0  # the vision encoder's width
+    encoder_heads: int = 0  # its attention heads
+    reason: str = ""  # which rule gave the count
+
+
+def image_cost(config) -> ImageCost:
+    """ImageCost of one image at the processor's default size; an empty one for a text-only model."""
     vision = _get(config, "vision_config")
     if vision is None:
-        return 0, 0, ""
-    stated = _get(config, "mm_tokens_per_image")
-    if isinstance(stated, int) and stated > 0:
-        return stated, 0, f"{stated} tokens per image (config mm_tokens_per_image)"
+        return ImageCost()
+    hidden = _get(vision, "hidden_size") or 0
+    heads = _get(vision, "num_attention_heads") or _get(vision, "num_heads") or _get(vision, "attention_heads") or 0
     patch = _get(vision, "patch_size") or _get(vision, "spatial_patch_size")
+    if isinstance(patch, (list, tuple)) and patch:
+        patch = max(patch)
+    stated = _get(config, "mm_tokens_per_image")
     if not isinstance(patch, int) or patch <= 0:
-        return 0, 0, "no patch_size in vision_config: image tokens not priced"
+        if isinstance(stated, int) and stated > 0:
+            return ImageCost(stated, 0, stated, hidden, heads, f"{stated} tokens per image (config mm_tokens_per_image)")
+        return ImageCost(reason="no patch_size in vision_config: image tokens not priced")
     side, what = _side(vision)
     patches = (side // patch) ** 2
-    tiles = _get(vision, "max_num_tiles")
-    if any(_get(config, k) for k in ("cross_attention_layers",)) or _get(
-        _get(config, "text_config") or config, "cross_attention_layers"
-    ):
-        encoder = (tiles or 1) * (patches + 1)  # each tile's patches plus its class token
-        return 1, encoder, f"{encoder} encoder tokens per image ({tiles or 1} tiles of {what}, patch {patch})"
+    text = _get(config, "text_config") or config
+    if _get(text, "cross_attention_layers") or _get(config, "cross_attention_layers"):
+        tiles = _get(vision, "max_num_tiles") or 1
+        encoder = tiles * (patches + 1)  # each tile's patches plus its class token
+        why = f"{encoder} encoder tokens per image ({tiles} tiles of {what}, patch {patch}), one placeholder token"
+        return ImageCost(1, encoder, encoder, hidden, heads, why)
+    if isinstance(stated, int) and stated > 0:
+        return ImageCost(stated, 0, patches, hidden, heads, f"{stated} tokens per image (config mm_tokens_per_image)")
     merge = _get(vision, "spatial_merge_size") or _get(config, "spatial_merge_size") or _get(config, "downsample_factor")
     merge = merge if isinstance(merge, int) and merge > 0 else 1
     tokens = max(1, patches // (merge * merge))
-    return tokens, 0, f"{tokens} tokens per image ({what}, patch {patch}, merge {merge}x{merge})"
+    why = f"{tokens} tokens per image ({what}, patch {patch}, merge {merge}x{merge})"
+    return ImageCost(tokens, 0, patches, hidden, heads, why)

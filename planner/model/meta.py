@@ -211,10 +211,13 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
     layer_index = {n: i for i, n in enumerate(entry_names[: len(layers)])}
     text_prefix = layers_name.rsplit(".", 1)[0] if "." in layers_name else ""
     modules = []
-    for n in _forward_order(model, entry_names, text_prefix):
+    ordered = _forward_order(model, entry_names, text_prefix)
+    # vision tower, projector, audio encoder: everything outside the text model but the head
+    encoders = {n for n in ordered if text_prefix and not n.startswith(text_prefix + ".") and _kind(n) != "head"}
+    for n in ordered:
         if not tensors_by_entry[n] and n not in tied_to:
             continue  # nothing to place (dropout, activation modules)
-        kind = "layer" if n in layer_index else _kind(n)
+        kind = "layer" if n in layer_index else ("encoder" if n in encoders else _kind(n))
         modules.append(
             ModuleSpec(n, kind, tuple(tensors_by_entry[n]), layer_index=layer_index.get(n), tied_to=tied_to.get(n))
         )
@@ -231,9 +234,9 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
     max_ctx = _attr(text, "max_position_embeddings") or _attr(text, "n_positions") or 0
     no_split = list(getattr(model, "_no_split_modules", None) or [type(layers[0]).__name__])
     layer_class = type(layers[0]).__name__
-    from planner.model.media import image_tokens
+    from planner.model.media import image_cost
 
-    tokens, encoder_tokens, tokens_reason = image_tokens(config)
+    image = image_cost(config)
     return ArchDescription(
         model_type=model_type,
         modules=tuple(modules),
@@ -254,9 +257,12 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
         model_class=type(model).__name__,
         class_reason=how,
         cache_reason=shapes_note,
-        image_tokens=tokens,
-        image_tokens_reason=tokens_reason,
-        encoder_tokens=encoder_tokens,
+        image_tokens=image.tokens,
+        image_tokens_reason=image.reason,
+        encoder_tokens=image.encoder_tokens,
+        image_patches=image.patches,
+        encoder_hidden=image.encoder_hidden,
+        encoder_heads=image.encoder_heads,
     )
 
 
@@ -289,7 +295,18 @@ def _cache_rules(model_type: str, model, layers_name: str, layers, text, dtype: 
     try:
         shapes, how = probe_cache(model, owner, attr)
     except Exception as err:  # noqa: BLE001 - anything transformers raises while running its own model
-        raise _fail(model_type, f"transformers' cache for it cannot be filled ({_one_line(err)})") from None
+        if dtype == "bfloat16":
+            raise _fail(model_type, f"transformers' cache for it cannot be filled ({_one_line(err)})") from None
+        # some kernels (grouped MoE matmuls) take bfloat16 only; cache shapes do not depend on the dtype, and
+        # states kept in the compute dtype stay apart from float32 ones (the tensors were read already)
+        import torch
+
+        model.to(torch.bfloat16)
+        try:
+            shapes, how = probe_cache(model, owner, attr)
+        except Exception as err:  # noqa: BLE001
+            raise _fail(model_type, f"transformers' cache for it cannot be filled ({_one_line(err)})") from None
+        how += " (in bfloat16)"
     kinds = list(_attr(text, "layer_types") or [])
     mla = bool(_attr(text, "kv_lora_rank"))
     rules = []
