@@ -226,6 +226,7 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
     heads = _attr(text, "num_attention_heads") or _attr(text, "n_head", 0)
     hidden = _attr(text, "hidden_size", 0) or _attr(text, "n_embd", 0)
     rules, shapes_note = _cache_rules(model_type, model, layers_name, layers, text, dtype)
+    num_experts, experts_per_token, rules = _routing(model, layers, text, rules)
     first_kv = next((r for r in rules if r.kv_heads), None)
     kv_heads = first_kv.kv_heads if first_kv else (_attr(text, "num_key_value_heads") or heads)
     head_dim = first_kv.head_dim if first_kv else (_attr(text, "head_dim") or (hidden // heads if heads else 0))
@@ -254,6 +255,8 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
         keep_fp32=tuple(model._keep_in_fp32_modules or ()),
         keep_fp32_strict=tuple(model._keep_in_fp32_modules_strict or ()),
         notes=(),
+        num_experts=num_experts,
+        experts_per_token=experts_per_token,
         model_class=type(model).__name__,
         class_reason=how,
         cache_reason=shapes_note,
@@ -339,6 +342,31 @@ def _cache_rules(model_type: str, model, layers_name: str, layers, text, dtype: 
             )
         )
     return tuple(rules), how
+
+
+# config keys transformers' MoE configs use for the experts each token is routed to
+_TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token")
+
+
+def _routing(model, layers, text, rules):
+    """(routed experts per MoE layer, experts per token, rules with `moe` set on layers holding routed experts).
+
+    transformers 5 fuses a layer's routed experts into 3-D [experts, rows, cols] parameters under
+    `.experts.`; their first dimension is the expert count.
+    """
+    from dataclasses import replace
+
+    from planner.model.inventory import ROUTED_EXPERTS
+
+    counts, moe = set(), []
+    for layer in layers:
+        routed = [t for n, t in layer.named_parameters() if ROUTED_EXPERTS in f".{n}" and t.dim() == 3]
+        moe.append(bool(routed))
+        counts.update(t.shape[0] for t in routed)
+    if not counts:
+        return 0, 0, rules
+    top_k = next((_attr(text, k) for k in _TOP_K_KEYS if isinstance(_attr(text, k), int)), 0)
+    return max(counts), top_k, tuple(replace(r, moe=m) for r, m in zip(rules, moe))
 
 
 def _cross_kv_elems(layer) -> int:
