@@ -274,11 +274,10 @@ def test_fast_path_equals_the_general_path(path):
     assert [(m.name, m.kind, m.tied_to, m.layer_index) for m in fast.modules] == [
         (m.name, m.kind, m.tied_to, m.layer_index) for m in general.modules
     ]
-    for f, g in zip(fast.modules, general.modules):
-        assert [(t.name, t.numel, t.is_param, t.persistent, t.fixed_dtype) for t in f.tensors] == [
-            (t.name, t.numel, t.is_param, t.persistent, t.fixed_dtype) for t in g.tensors
-        ], f.name
-        assert [t.matrix for t in f.tensors] == [t.matrix for t in g.tensors], f.name
+    for f, g in zip(fast.modules, general.modules):  # tensor order inside a module does not matter
+        assert sorted((t.name, t.numel, t.is_param, t.persistent, t.fixed_dtype, t.matrix) for t in f.tensors) == sorted(
+            (t.name, t.numel, t.is_param, t.persistent, t.fixed_dtype, t.matrix) for t in g.tensors
+        ), f.name
     fast_inv = build_inventory(arch, dtype="bfloat16")
     assert fast_inv.source == "fast"
     assert [(r.attention, r.window, r.moe) for r in fast.layers] == [
@@ -305,7 +304,7 @@ def test_fast_path_equals_the_general_path(path):
         (dict(model_type="t5", architectures=["T5ForConditionalGeneration"], d_model=32), "encoder-decoder"),
         (dict(model_type="t5", d_model=32), "encoder-decoder"),
         (dict(model_type="not_a_model", architectures=["NotAModelForCausalLM"]), "no model type of that name"),
-        (dict(model_type="llama", hidden_size=30, num_attention_heads=4, num_hidden_layers=1), "cannot size"),
+        (dict(model_type="olmo2", hidden_size=30, num_attention_heads=4, num_hidden_layers=1), "cannot size architecture 'olmo2'"),
     ],
 )
 def test_what_transformers_refuses_is_one_line(arch, needle):
@@ -361,7 +360,8 @@ def test_images_per_request_prices_cross_attention_and_the_encoder(tmp_path):
 @pytest.mark.parametrize("stem", [p.stem for p in CONFIGS])
 def test_every_test_config_plans_without_a_traceback(tmp_path, stem):
     plan = _plan(tmp_path, stem, "policy.context_tokens=4096")
-    assert plan.model.params_total > 0 and plan.limits.context_tokens == 4096 or not plan.fits
-    keys = set(plan.device_map)
-    inv_names = {m.name for m in build_inventory(_arch(ROOT / f"tests/configs/{stem}.json"), dtype="bfloat16").modules}
-    assert keys == inv_names or not plan.fits
+    inv = build_inventory(_arch(ROOT / f"tests/configs/{stem}.json"), dtype="bfloat16")
+    assert plan.model.params_total == inv.params_total
+    # a 300B-1T model does not fit one H100: the plan says so (no traceback); every other one fits
+    assert plan.fits == (plan.model.weight_bytes < 80 * 10**9)
+    assert plan.limits.kv_bytes_per_token == kv_bytes_per_token(inv.layers, 2)

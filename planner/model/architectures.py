@@ -424,7 +424,7 @@ def _describe_gpt2(cfg: _Config) -> ArchDescription:
 def _lm_head(vocab: int, hidden: int, tied: bool, embed_name: str) -> ModuleSpec:
     if tied:
         return ModuleSpec("lm_head", "head", (), tied_to=embed_name)
-    return ModuleSpec("lm_head", "head", (TensorSpec("lm_head.weight", vocab * hidden),))
+    return ModuleSpec("lm_head", "head", (TensorSpec("lm_head.weight", vocab * hidden, matrix=(1, vocab, hidden)),))
 
 
 def _layer_types(cfg: _Config, n_layers: int) -> tuple[list[str], int | None]:
@@ -532,8 +532,9 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
             return [TensorSpec(f"{m}.gate.weight", num_experts * hidden), *experts], True
         if mt == "gpt_oss":
             e = f"{m}.experts"
-            return [
-                *_linear(f"{m}.router", num_experts, hidden, True),
+            return [  # the router is transformers' GptOssTopKRouter, not a Linear: no format packs it
+                TensorSpec(f"{m}.router.weight", num_experts * hidden),
+                TensorSpec(f"{m}.router.bias", num_experts),
                 TensorSpec(
                     f"{e}.gate_up_proj",
                     num_experts * hidden * 2 * inter,

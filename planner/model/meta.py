@@ -272,17 +272,24 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
 def _matrix(model, full_name: str, tensor) -> tuple[int, int, int] | None:
     """(count, rows, cols) of the weight matrices a quantization format packs: Linear weights, fused experts.
 
-    transformers 5 fuses MoE experts into 3-D [experts, out, in] parameters; checkpoints ship one
-    matrix per expert and projection (gate and up apart).
+    transformers 5 fuses MoE experts into 3-D [experts, out, in] parameters ([experts, in, out] where its
+    experts decorator marks them `is_transposed`); checkpoints ship one matrix per expert and projection
+    (gate and up apart).
     """
     import torch
+
+    from transformers.pytorch_utils import Conv1D
 
     module_name, _, leaf = full_name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, torch.nn.Linear) and leaf == "weight":
         return (1, *tensor.shape)
+    if isinstance(module, Conv1D) and leaf == "weight":  # GPT-2's transposed Linear: [in, out]
+        return (1, tensor.shape[1], tensor.shape[0])
     if tensor.dim() == 3 and "expert" in type(module).__name__.lower():
         experts, rows, cols = tensor.shape
+        if getattr(module, "is_transposed", False):  # transformers' experts decorator: stored [experts, in, out]
+            rows, cols = cols, rows
         if leaf == "gate_up_proj":
             return (2 * experts, rows // 2, cols)
         return (experts, rows, cols)

@@ -83,6 +83,9 @@ def resolve(arch: dict, model_type: str) -> Resolved:
     for class_name in named:  # a class transformers ships, but for another task
         if _transformers_class(class_name) is not None:
             raise _not_generative(f"{model_type} ships {class_name}, which", class_name in _class_names(seq2seq))
+    masked = _mappings(("MODEL_FOR_MASKED_LM_MAPPING_NAMES",))
+    if any(model_type in m for m in masked):  # an encoder family; its causal head serves encoder-decoder stacks
+        raise _not_generative(f"model_type {model_type!r} (an encoder transformers registers for masked LM)", False)
     for mapping in generative:
         class_name = mapping.get(model_type)
         if isinstance(class_name, (list, tuple)):
