@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_IMAGE_SIDE_PX = 1024  # a dynamic-resolution tower is priced for one 1024 x 1024 image
+_STATED = "config mm_tokens_per_image"
+_MERGE_KEYS = ("spatial_merge_size", "downsample_factor")  # patches merged per side into one decoder token
 
 
 def _get(config, key: str):
@@ -60,7 +62,7 @@ def image_cost(config) -> ImageCost:
     stated = _get(config, "mm_tokens_per_image")
     if not isinstance(patch, int) or patch <= 0:
         if isinstance(stated, int) and stated > 0:
-            return ImageCost(stated, 0, stated, hidden, heads, f"{stated} tokens per image (config mm_tokens_per_image)")
+            return ImageCost(stated, 0, stated, hidden, heads, f"{stated} tokens per image ({_STATED})")
         return ImageCost(reason="no patch_size in vision_config: image tokens not priced")
     side, what = _side(vision)
     patches = (side // patch) ** 2
@@ -71,8 +73,8 @@ def image_cost(config) -> ImageCost:
         why = f"{encoder} encoder tokens per image ({tiles} tiles of {what}, patch {patch}), one placeholder token"
         return ImageCost(1, encoder, encoder, hidden, heads, why)
     if isinstance(stated, int) and stated > 0:
-        return ImageCost(stated, 0, patches, hidden, heads, f"{stated} tokens per image (config mm_tokens_per_image)")
-    merge = _get(vision, "spatial_merge_size") or _get(config, "spatial_merge_size") or _get(config, "downsample_factor")
+        return ImageCost(stated, 0, patches, hidden, heads, f"{stated} tokens per image ({_STATED})")
+    merge = next((m for m in (_get(vision, k) or _get(config, k) for k in _MERGE_KEYS) if m), None)
     merge = merge if isinstance(merge, int) and merge > 0 else 1
     tokens = max(1, patches // (merge * merge))
     why = f"{tokens} tokens per image ({what}, patch {patch}, merge {merge}x{merge})"

@@ -65,7 +65,8 @@ def _build(model_type: str, arch: dict, dtype: str):
     try:
         config = _config(model_type, arch, resolved)
     except Exception as err:  # transformers raises ValueError, KeyError, TypeError, strict-validation errors alike
-        raise _fail(model_type, f"transformers {_transformers_version()} rejects its config ({_one_line(err)})") from None
+        why = f"transformers {_transformers_version()} rejects its config ({_one_line(err)})"
+        raise _fail(model_type, why) from None
     if getattr(config, "is_encoder_decoder", False):
         raise ShardwiseError(
             f"{model_type} is an encoder-decoder model: shardwise plans decoder-only (causal) chat models"
@@ -277,7 +278,6 @@ def _matrix(model, full_name: str, tensor) -> tuple[int, int, int] | None:
     (gate and up apart).
     """
     import torch
-
     from transformers.pytorch_utils import Conv1D
 
     module_name, _, leaf = full_name.rpartition(".")
