@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from planner import limits
 from planner.errors import ShardwiseError
 
+ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -457,6 +459,8 @@ def _layer_types(cfg: _Config, n_layers: int) -> tuple[list[str], int | None]:
         kinds = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
     elif mt == "gemma3_text":
         pattern = cfg.get("sliding_window_pattern", 6)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise NotImplementedError("a sliding_window_pattern that is not a count: sized on the meta device")
         kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
     else:
         kinds = ["sliding_attention" if window is not None else "full_attention" for _ in range(n_layers)]

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.errors import ShardwiseError
+from planner.model.architectures import ROUTED_EXPERTS
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # module kinds tensor parallelism keeps whole on every rank (it shards the decoder layers and the head)
@@ -126,7 +127,6 @@ _DTYPE_ALIASES = {
 # Models without a position limit in config.json (ALiBi: BLOOM; state-only: Mamba) take the
 # tokenizer's model_max_length, else this many tokens; a numeric policy.context_tokens may go beyond.
 UNBOUNDED_CONTEXT_TOKENS = 32768
-ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
 
 
 def normalize_dtype(name: str, what: str = "dtype") -> str:

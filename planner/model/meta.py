@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 from planner.errors import ShardwiseError
-from planner.model.architectures import ArchDescription, LayerRule, ModuleSpec, TensorSpec
+from planner.model.architectures import ROUTED_EXPERTS, ArchDescription, LayerRule, ModuleSpec, TensorSpec
 
 
 def _fail(model_type: str, why: str) -> ShardwiseError:
@@ -252,7 +252,8 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
         max_context_tokens=max_ctx,
         tied_embeddings=bool(tied_to),
         no_split_module=layer_class if layer_class in no_split else no_split[0],
-        has_tp_plan=bool(getattr(type(text), "base_model_tp_plan", None)),
+        # the top config's plan: a composite model whose own config declares none is not claimed tensor-parallel
+        has_tp_plan=bool(getattr(type(config), "base_model_tp_plan", None)),
         keep_fp32=tuple(model._keep_in_fp32_modules or ()),
         keep_fp32_strict=tuple(model._keep_in_fp32_modules_strict or ()),
         notes=(),
@@ -362,8 +363,6 @@ def _routing(model, layers, text, rules):
     `.experts.`; their first dimension is the expert count.
     """
     from dataclasses import replace
-
-    from planner.model.inventory import ROUTED_EXPERTS
 
     counts, moe = set(), []
     for layer in layers:
