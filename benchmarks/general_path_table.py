@@ -62,8 +62,10 @@ def main() -> None:
     from planner.model.inventory import build_inventory
     from planner.model.meta import _describe_on_meta
 
-    print(f"{'config':44} {'params ours':>16} {'params transformers':>20} {'kv B/tok ours':>14} "
-          f"{'kv B/tok cache':>14} {'state B/seq':>12} {'describe s':>10}  verdict")
+    print(
+        f"{'config':44} {'params ours':>16} {'params transformers':>20} {'kv B/tok ours':>14} "
+        f"{'kv B/tok cache':>14} {'state B/seq':>12} {'describe s':>10}  verdict"
+    )
     for path in CONFIGS:
         arch = json.loads(path.read_text())
         inv = build_inventory(arch, dtype="bfloat16")
