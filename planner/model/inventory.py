@@ -2,7 +2,7 @@
 
 `build_inventory(arch, dtype=...)` sizes a config.json dict. Known families (planner/architectures.py)
 take the fast path: pure arithmetic on the config numbers, no torch import. Any other model_type
-transformers knows is built on the meta device (planner/inventory_meta.py). A local model
+transformers can build goes the general path (planner/model/meta.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
 Weight bytes follow how transformers 5.25 loads: the compute dtype, `_keep_in_fp32_modules` for
 float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
