@@ -202,6 +202,7 @@ class PolicyConfig:
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
     prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
     min_context_tokens: Any = 512  # a plan with less context than this does not fit
+    images_per_request: int = 1  # images (or audio clips) each request carries to a model that takes them; 0: text only
     candidates: list[str] = field(
         default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
     )  # model=auto picks the largest that fits

@@ -25,7 +25,6 @@ COUNT_KEYS = (
     "max_position_embeddings",
     "head_dim",
     "sliding_window",
-    "sliding_window_pattern",
     "attention_chunk_size",
     "num_local_experts",
     "num_experts",

@@ -70,6 +70,16 @@ class QuantFormat:
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def unquantized_dtype(self) -> str | None:
+        """dtype of the tensors the format leaves unquantized, when config.json does not say.
+
+        MXFP4 is defined against bfloat16: transformers' integration (integrations/mxfp4.py) quantizes
+        from bfloat16 and dequantizes to it, and the checkpoints ship their other tensors beside the
+        packed experts in that dtype. Other formats give no such rule (None).
+        """
+        return "bfloat16" if self.method == "mxfp4" else None
+
+    @property
     def label(self) -> str:
         if self.method == "fp8":
             return f"fp8 ({self.block[0]}x{self.block[1]} block scales)" if self.block else "fp8 (per-tensor scales)"

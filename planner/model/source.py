@@ -62,7 +62,16 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
 
 
 def _shipped_dtype(arch: dict) -> str:
-    return _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
+    """dtype of the checkpoint's unquantized tensors: config.json's, else what its quantization format implies,
+    else float32 (transformers' default dtype, which save_pretrained writes when none was set)."""
+    named = arch.get("torch_dtype") or arch.get("dtype")
+    if named:
+        return _DTYPE_NAMES.get(str(named), "float32")
+    from planner.model.quant import parse_format
+
+    quant = arch.get("quantization_config")
+    fmt = parse_format(quant) if isinstance(quant, dict) else None
+    return (fmt.unquantized_dtype if fmt else None) or "float32"
 
 
 def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
