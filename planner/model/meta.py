@@ -1,7 +1,8 @@
 """Meta-device fallback: size any causal LM transformers can build, without weights or memory.
 
 Used for model_types outside the fast path (planner/architectures.py). Imports torch and
-transformers lazily (seconds), builds `AutoModelForCausalLM.from_config` on `torch.device("meta")`
+transformers lazily (seconds), builds the auto class that owns the config (planner/model/auto_class.py: causal
+LM, else image-text-to-text) with `from_config` on `torch.device("meta")`
 in the compute dtype with tied weights tied, and reads the module tree: the decoder layers are
 the children of the ModuleList holding the most parameters; every other module with weights
 is named by the highest module that does not contain the layers.
@@ -47,7 +48,9 @@ def _refuse_non_causal(model_type: str, arch: dict) -> None:
 
 def _build(model_type: str, arch: dict, dtype: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from planner.model.auto_class import auto_model_class
 
     _refuse_non_causal(model_type, arch)
     kwargs = {k: v for k, v in arch.items() if k not in ("model_type", "quantization_config")}
@@ -61,9 +64,10 @@ def _build(model_type: str, arch: dict, dtype: str):
         raise _fail(
             model_type, f"transformers rejects its config ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
         ) from None
+    auto = auto_model_class(config)[0]  # causal LM, else the image-text-to-text class that config.json names
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+            model = auto.from_config(config, dtype=getattr(torch, dtype))
     except Exception as err:
         raise _fail(
             model_type,
