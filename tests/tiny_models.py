@@ -264,14 +264,20 @@ def tiny_llava(cache_dir, *, name: str = "tiny-llava", seed: int = 0) -> Path:
 
 
 def png_data_url(width: int = 40, height: int = 30, color=(200, 30, 30)) -> str:
-    """A small solid-colour PNG as a data: URL (what an OpenAI client sends for an inline image)."""
+    """A small solid-colour PNG as a data: URL (what an OpenAI client sends for an inline image); color=None:
+    seeded noise, which PNG cannot compress (width x height x 3 bytes)."""
     import base64
     import io
+    import random
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    if color is None:
+        image = Image.frombytes("RGB", (width, height), random.Random(0).randbytes(width * height * 3))
+    else:
+        image = Image.new("RGB", (width, height), color)
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
