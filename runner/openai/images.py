@@ -89,7 +89,8 @@ def _open(raw: bytes, limits: ImageLimits):
         image = Image.open(io.BytesIO(raw), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError:
         raise ImageRefused(
-            f"has more pixels than Pillow decodes; at most {limits.max_pixels:,} are allowed (serve.max_image_pixels)",
+            f"has more pixels than Pillow decodes (its decompression-bomb limit, {2 * Image.MAX_IMAGE_PIXELS:,}): "
+            "send a smaller image",
             "image_too_large",
         ) from None
     except Exception as exc:  # UnidentifiedImageError, truncated headers, ...: all mean "not an image we read"
