@@ -117,6 +117,8 @@ def test_a_vlm_directory_without_its_image_processor_chats_in_text_and_says_so(d
     assert any(line.startswith("note: llava takes images but") and "image parts are refused" in line for line in lines)
     session = session_of(loaded)
     assert not session.takes_images
+    # the tokenizer's template reads parts only (as LLaVA's does): the text must still reach the prompt
+    assert session.prompt.content_as_parts and QUESTION in session.prompt.render(TEXT_ONLY)
     assert session.generate(TEXT_ONLY).usage.completion_tokens >= 1
     with pytest.raises(ShardwiseError, match="this model takes text only"):
         session.generate(parse_messages(with_image()))

@@ -189,14 +189,14 @@ def tiny_gpt_oss(cache_dir, *, name: str = "tiny-gpt-oss", seed: int = 0) -> Pat
     return _build(Path(cache_dir) / name, config, tokenizer, seed)
 
 
-# ChatML with content as a list of parts (what processor templates take): "<image>" where an image was
+# ChatML reading content only as a list of parts, as processor templates do (LLaVA's own drops a plain string):
+# "<image>" where an image was
 VLM_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
+    "{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
+    "{% endfor %}"
     "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

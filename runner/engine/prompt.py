@@ -13,9 +13,10 @@ render and cut conversations the same way:
   messages are dropped whole (never the last one, never leaving an assistant reply first);
   a conversation that cannot fit even then raises ContextLengthError, never a silent cut of
   the prompt's head;
-- a model that takes images has a processor (transformers' AutoProcessor): messages then reach the
-  template with their content as a list of parts (text parts, and `{"type": "image"}` where an image
-  was), the form processor templates are written for, and the processor expands each image into the
+- a model that takes images has a processor (transformers' AutoProcessor): messages reach a template
+  that reads parts (asked of the template with a probe: LLaVA's drops plain strings silently) with
+  their content as a list of parts (text parts, and `{"type": "image"}` where an image was), and the
+  processor expands each image into the
   model's image tokens and makes its pixel inputs (`FittedPrompt.media`); the rendered prompt must hold
   exactly one image placeholder per image, so text cannot smuggle in one of its own;
 - fitting is linear in the conversation: each message's text is tokenized once (in one batch),
@@ -119,6 +120,28 @@ class ChatPrompt:
         # the placeholder the processor expands into image tokens (None: no processor, or it names none)
         token = getattr(processor, "image_token", None) if processor is not None else None
         self.image_token = token if isinstance(token, str) and token else None
+        self.content_as_parts = self._template_wants_parts()
+
+    def _template_wants_parts(self) -> bool:
+        """Whether messages reach the template with their content as a list of parts, asked of the template itself:
+        processor templates (LLaVA's) read only parts and drop a plain string without a word; tokenizer templates
+        mostly read strings. With a processor, parts where the template renders them."""
+        probe = "shardwise-template-probe"
+
+        def shows(content) -> bool:
+            try:
+                out = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": content}],
+                    chat_template=self.template,
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            except Exception:  # a template that raises on this form does not take it
+                return False
+            return probe in out and "'type'" not in out  # a list printed whole is not a template reading parts
+
+        parts, text = shows([{"type": "text", "text": probe}]), shows(probe)
+        return parts if self.processor is not None else parts and not text
 
     @property
     def takes_images(self) -> bool:
@@ -130,9 +153,9 @@ class ChatPrompt:
         return list(messages)
 
     def _for_template(self, messages: list[dict]) -> list[dict]:
-        """Messages as the template gets them: with a processor, every content as a list of parts (images as
-        {"type": "image"}: the template places the placeholder, the pixels go to the processor)."""
-        if self.processor is None:
+        """Messages as the template gets them: for a template that reads parts, every content as a list of parts
+        (images as {"type": "image"}: the template places the placeholder, the pixels go to the processor)."""
+        if not self.content_as_parts:
             return messages
         shaped = []
         for m in messages:
