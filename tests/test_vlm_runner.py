@@ -303,6 +303,22 @@ def test_concurrent_text_and_image_requests_all_finish(client):
     assert results["image"] == results["text1"] + LLAVA_IMAGE_TOKENS
 
 
+def test_an_image_request_runs_alone_and_never_waits_on_its_reader(server, llava):
+    """On a batched model an image request holds the model (the batch paused), so its stream must hand deltas over
+    without waiting for the client (runner.openai.queue.Job.emit_delta(wait=False)); text requests batch."""
+    from runner.openai.protocol import parse_chat_request
+    from runner.openai.responses import _choices_together, _in_batch
+
+    session = session_of(llava)
+
+    def request(messages, n=1):
+        return parse_chat_request({"model": "tiny-llava", "messages": messages, "n": n}, SamplingParams(), 4)
+
+    text, pictured = request(TEXT_ONLY, n=2), request(with_image(), n=2)
+    assert _in_batch(session, text, text.params) and _choices_together(session, text)
+    assert not _in_batch(session, pictured, pictured.params) and not _choices_together(session, pictured)
+
+
 # ----- the CLI -----------------------------------------------------------------------------------
 
 
