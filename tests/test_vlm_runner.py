@@ -143,6 +143,22 @@ def test_an_image_reaches_the_vision_tower_and_counts_its_tokens_in_the_prompt(l
     assert pictured.usage.completion_tokens >= 1 and pictured.finish_reason in ("stop", "length")
 
 
+def test_two_images_in_two_turns_each_count_and_reach_the_tower_in_order(llava):
+    session = session_of(llava)
+    seen = []
+    tower = next(m for name, m in llava.model.named_modules() if name.endswith("vision_tower"))
+    hook = tower.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    first, second = with_image(png_data_url(20, 20, (0, 0, 255))), with_image(png_data_url(300, 100))
+    conversation = [*first, {"role": "assistant", "content": "blue"}, *second]
+    try:
+        both = session.generate(parse_messages(conversation))
+    finally:
+        hook.remove()
+    text = [*TEXT_ONLY, {"role": "assistant", "content": "blue"}, *TEXT_ONLY]
+    assert seen == [(2, 3, 224, 224)]
+    assert both.usage.prompt_tokens == session.generate(text).usage.prompt_tokens + 2 * LLAVA_IMAGE_TOKENS
+
+
 def test_text_that_writes_the_image_placeholder_itself_is_refused(llava):
     session = session_of(llava)
     with pytest.raises(ShardwiseError, match="may not contain '<image>'"):

@@ -112,6 +112,8 @@ class ChatPrompt:
         self.tokenizer = tokenizer
         self.processor = processor
         own = getattr(processor, "chat_template", None) if processor is not None else None
+        if isinstance(own, dict):  # named templates: the default one is the chat's
+            own = own.get("default")
         self.template = (
             (own if isinstance(own, str) else None) or tokenizer.chat_template or profile_template or FALLBACK_TEMPLATE
         )
@@ -196,7 +198,8 @@ class ChatPrompt:
         if not images:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"], {}
         try:
-            out = self.processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False)
+            # one conversation's images nested in a list, as transformers' own apply_chat_template hands them over
+            out = self.processor(text=[text], images=[images], return_tensors="pt", add_special_tokens=False)
         except (ValueError, TypeError, IndexError) as exc:  # the processor refuses these images for this model
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise ShardwiseError(f"the model's processor refused these images: {why}") from None
