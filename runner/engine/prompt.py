@@ -13,12 +13,12 @@ render and cut conversations the same way:
   messages are dropped whole (never the last one, never leaving an assistant reply first);
   a conversation that cannot fit even then raises ContextLengthError, never a silent cut of
   the prompt's head;
-- a model that takes images has a processor (transformers' AutoProcessor): messages reach a template
-  that reads parts (asked of the template with a probe: LLaVA's drops plain strings silently) with
-  their content as a list of parts (text parts, and `{"type": "image"}` where an image was), and the
-  processor expands each image into the
-  model's image tokens and makes its pixel inputs (`FittedPrompt.media`); the rendered prompt must hold
-  exactly one image placeholder per image, so text cannot smuggle in one of its own;
+- a model that takes images has a processor (transformers' AutoProcessor), which expands each image
+  into the model's image tokens and makes its pixel inputs (`FittedPrompt.media`); the rendered prompt
+  must hold exactly one image placeholder per image, so text cannot smuggle in one of its own;
+- a template that reads content as a list of parts (processor templates such as LLaVA's, which drop a
+  plain string silently; asked of the template with a probe) gets every message that way: text parts,
+  and `{"type": "image"}` where an image was;
 - fitting is linear in the conversation: each message's text is tokenized once (in one batch),
   its role's template wrapper is measured once per role, the number to drop comes from prefix
   sums over those counts, and only the kept tail is encoded to check it (a conversation of
