@@ -27,6 +27,7 @@ from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
 from planner.sessions import plan_auto_sessions
 from planner.stack import software_block
+from planner.vllm.driver import runner_engine_block
 
 
 def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None) -> Plan:
@@ -58,7 +59,7 @@ def plan_model(
     the performance block (its time to first token prefills the context chunk by chunk): for the
     plans a search only asks whether they fit (policy.sessions=auto, the fixes' bisections).
     """
-    if policy.sessions is None:
+    if policy.sessions is None and not policy.engine.is_vllm:  # vLLM: the driver sizes auto from its KV cache
         return plan_auto_sessions(
             plan_model,
             spec,
@@ -70,7 +71,7 @@ def plan_model(
             speed=speed,
         )
     result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain, speed)
-    if load_profile is None:
+    if load_profile is None or policy.engine.is_vllm:  # the fallback chain is the runner's
         return result
     chain = fallback_chain(spec, used, policy, load_profile=load_profile, plan_model=plan_model)
     return replace(result, fallbacks=chain)
@@ -154,6 +155,10 @@ def _plan_on(
     for warning in inv.warnings:  # context limits, checkpoint names
         if warning not in notes.warnings:
             notes.warn(warning)
+    if policy.engine.is_vllm:  # vLLM sizes, lays out and refuses by its own rules (planner/vllm)
+        from planner.vllm.driver import plan_vllm
+
+        return plan_vllm(spec, hw, policy, formats, inv, notes, _model_info(spec, inv, formats))
     cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead)
     max_ctx = inv.max_context_tokens
     requested = policy.context_tokens
@@ -303,13 +308,23 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         binding=binding,
         serving=serving,
         performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
+        engine=runner_engine_block(),
         software=software_block(hw.installed, hw.probed, hw.source),
     )
 
 
 def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
-    """The plan's predicted speed (planner/speed.py) on the layout it chose."""
-    return _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+    """The plan's predicted speed (planner/speed.py) on its layout, with tpot_ms / ttft_ms as every engine has."""
+    block = _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+    if block.get("available") and block.get("aggregate_tokens_per_s"):
+        per_sequence = block["aggregate_tokens_per_s"] / max(limits.sessions, 1)
+        block = {
+            **block,
+            "engine": "transformers",
+            "tpot_ms": round(1000 / per_sequence, 3),
+            "ttft_ms": round(block["ttft_s"] * 1000, 2),
+        }
+    return block
 
 
 def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:

@@ -61,8 +61,9 @@ def _vllm_rows(plan: dict) -> list[dict]:
     if engine.get("name") != "vllm" or not isinstance(per_gpu, dict):
         return []
     devices = plan.get("hardware", {}).get("devices", [])
-    total = int(devices[0]["total_bytes"]) if devices else 0
-    budget = int(total * float(engine.get("gpu_memory_utilization") or 0))
+    total = int(per_gpu.get("total_bytes") or (devices[0]["total_bytes"] if devices else 0))
+    # vLLM's own budget (utilization x the memory CUDA reports) when the engine block states it
+    budget = int(per_gpu.get("budget_bytes") or total * float(engine.get("gpu_memory_utilization") or 0))
     return [{"per_gpu": per_gpu, "budget": budget, "total": total}]
 
 
