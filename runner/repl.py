@@ -21,6 +21,7 @@ from planner.jsonfile import read_json
 from planner.units import GIB
 from runner.api import checked_messages
 from runner.engine.sampling import SamplingParams
+from runner.openai.protocol import image_params
 
 HELP = """commands:
   /help                 this list
@@ -189,6 +190,8 @@ class Repl:
         try:
             data = read_json(Path(path).expanduser(), "conversation", dict, "give a file written by /save")
             messages = checked_messages(data["messages"]) if data["messages"] else []
+            if image_params(messages):  # history is text (/save writes JSON): images go through the API or serve
+                raise ValueError(f"{image_params(messages)[0]} is an image: REPL conversations are text only")
             system_prompt = data.get("system_prompt")
             if system_prompt is not None and not isinstance(system_prompt, str):
                 raise ValueError(f"system_prompt is {system_prompt!r}, not a string")
