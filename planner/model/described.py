@@ -142,8 +142,10 @@ def _build(model_type: str, arch: dict, dtype: str) -> tuple[ArchDescription, Ar
     """A fresh meta-device build in `dtype`, and its dtype-free form (None when it depends on the dtype)."""
     import copy
 
+    from planner.model.config_check import refuse_encoder_only
     from planner.model.meta import describe_on_meta
 
+    refuse_encoder_only(model_type, arch)  # asks transformers: a stored description has passed it already
     # transformers' config classes rewrite nested dicts they are given (rope_scaling): the caller's config,
     # and so its key, must stay as the planner read it
     desc = describe_on_meta(model_type, copy.deepcopy(arch), dtype)
