@@ -139,7 +139,11 @@ def _lookup(folder: Path, keys: list[_Key], dtype: str) -> tuple[ArchDescription
 
 
 def _build(model_type: str, arch: dict, dtype: str) -> tuple[ArchDescription, ArchDescription | None]:
-    """A fresh meta-device build in `dtype`, and its dtype-free form (None when it depends on the dtype)."""
+    """A fresh meta-device build in `dtype`, and its dtype-free form (None when it depends on the dtype).
+
+    The dtype-free form is kept only when it gives back the build in every dtype a plan may load in:
+    two dtypes that agree say nothing about the third (the general path may probe a cache in bfloat16).
+    """
     import copy
 
     from planner.model.config_check import refuse_encoder_only
@@ -148,14 +152,17 @@ def _build(model_type: str, arch: dict, dtype: str) -> tuple[ArchDescription, Ar
     refuse_encoder_only(model_type, arch)  # asks transformers: a stored description has passed it already
     # transformers' config classes rewrite nested dicts they are given (rope_scaling): the caller's config,
     # and so its key, must stay as the planner read it
-    desc = describe_on_meta(model_type, copy.deepcopy(arch), dtype)
-    twin_dtype = "float16" if dtype != "float16" else "bfloat16"
+    builds = {dtype: describe_on_meta(model_type, copy.deepcopy(arch), dtype)}
     try:
-        twin = describe_on_meta(model_type, copy.deepcopy(arch), twin_dtype)
+        for other in DTYPES:
+            builds.setdefault(other, describe_on_meta(model_type, copy.deepcopy(arch), other))
     except ShardwiseError:
-        return desc, None
-    free = codec.neutral(desc, dtype, twin, twin_dtype)
-    return desc, (free if free is not None and codec.for_dtype(free, dtype) == desc else None)
+        return builds[dtype], None
+    twin_dtype = next(d for d in DTYPES if d != dtype)
+    free = codec.neutral(builds[dtype], dtype, builds[twin_dtype], twin_dtype)
+    if free is None or any(codec.for_dtype(free, d) != built for d, built in builds.items()):
+        return builds[dtype], None
+    return builds[dtype], free
 
 
 def _write(folder: Path, key: _Key, desc: ArchDescription) -> bool:
