@@ -34,7 +34,14 @@ def fallback_chain(
     while name and name not in seen:
         seen.add(name)
         smaller = load_profile(name)
-        sub = plan_model(smaller, hw, lenient(policy), cap_context=True, explain=False)
+        try:
+            sub = plan_model(smaller, hw, lenient(policy), cap_context=True, explain=False)
+        except ShardwiseError as exc:
+            # a policy the asked-for model honours (policy.strategy=tensor_parallel) may be one this smaller model
+            # cannot (no TP plan): that rules the fallback out, with its own reason, not the plan asked for
+            chain.append({"model": name, "hardware": "same", "fits": False, "reason": f"cannot be planned here: {exc}"})
+            name = smaller.fallback
+            continue
         chain.append(
             {
                 "model": name,
@@ -62,9 +69,15 @@ def plan_auto_model(hw: Hardware, policy: Policy, *, load_profile: LoadProfile, 
     tried = []
     for name in candidates:
         spec = load_profile(name)
-        plan = plan_model(spec, hw, lenient(policy), cap_context=True)
-        short = requested is not None and plan.limits.context_tokens < requested
         last = name == candidates[-1]
+        try:
+            plan = plan_model(spec, hw, lenient(policy), cap_context=True)
+        except ShardwiseError as exc:  # e.g. a forced strategy this candidate cannot honour: try the next one
+            if last:
+                raise
+            tried.append(f"{name} ({exc})")
+            continue
+        short = requested is not None and plan.limits.context_tokens < requested
         if not (plan.fits and not short) and not last:
             why = (
                 f"its maximum context {plan.limits.context_tokens} < {requested}"
