@@ -111,13 +111,15 @@ def test_dry_run_of_a_fresh_plan_writes_plan_json_and_the_single_process_command
     )
 
 
-def test_vllm_without_vllm_installed_prints_the_command_with_a_note(tmp_path):
+def test_vllm_without_vllm_installed_prints_the_command_and_exits_2_having_started_nothing(tmp_path):
+    """Issue 18 item 17: a launch that started nothing is not a success; the command is still shown."""
     result = shardwise(
         "model=gpt-oss-120b", "hardware=h100_80gb", "launch.engine=vllm", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "vllm serve openai/gpt-oss-120b --served-model-name=gpt-oss-120b --tensor-parallel-size=1" in result.stdout
-    assert "# note: vllm is not installed here" in result.stdout
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("shardwise launch: error: launch.engine=vllm needs vllm") and "nothing was started" in line
 
 
 def test_submitit_local_launcher_runs_a_dry_run_launch_job(tmp_path):
