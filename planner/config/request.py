@@ -124,9 +124,17 @@ class PlanRequest:
     policy: Policy
 
 
+def plans_for_vllm(launch) -> bool:
+    """vLLM sizes the plan: launch.engine=vllm, or launch.target=kubernetes (which deploys vLLM) with engine auto."""
+    if launch is None:
+        return False
+    engine = _enum_value(launch.get("engine", "auto"))
+    return engine == "vllm" or (engine == "auto" and _enum_value(launch.get("target", "local")) == "kubernetes")
+
+
 def engine_from_config(launch) -> EngineSettings:
-    """The engine the plan is for, from a composed `launch` node (absent, or engine other than vllm: the runner)."""
-    if launch is None or _enum_value(launch.get("engine", "auto")) != "vllm":
+    """The engine the plan is for, from a composed `launch` node (absent, or not planned for vLLM: the runner)."""
+    if not plans_for_vllm(launch):
         return EngineSettings()
     return EngineSettings(
         name="vllm",

@@ -388,10 +388,62 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     the exact flags in `engine.flags`; a plan sized for shardwise's runner is translated as well as it goes.
     """
     if (plan.engine or {}).get("name") == "vllm":
+        check_vllm_engine(plan)
         argv, notes, reason = _vllm_from_engine(plan, settings)
     else:
         argv, notes, reason = _vllm_from_runner_plan(plan, settings)
     return _vllm_with_cluster(plan, settings, argv, reason), notes
+
+
+# What rendering reads from a vLLM plan's `engine` block (planner/vllm/driver.py engine_block), with its type.
+VLLM_ENGINE_KEYS = {
+    "version": str,
+    "gpu_memory_utilization": (int, float),
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "kv_cache_tokens": int,
+    "max_concurrency": (int, float),
+    "flags": list,
+}
+
+
+def flag_value(flags: list[str], name: str) -> str | None:
+    """The value of `name` in `flags`, written `--name=value` or `--name value` (None when absent)."""
+    for i, arg in enumerate(flags):
+        if arg == name and i + 1 < len(flags):
+            return flags[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_vllm_engine(plan: Plan) -> None:
+    """A vLLM plan's engine block has what rendering reads, and its flags say the plan's numbers: else one line.
+
+    A plan.json written by the planner always passes; a hand-edited or truncated one would otherwise render
+    a `vllm serve` line (or pods) that disagrees with the plan, or fail with a KeyError.
+    """
+    engine = plan.engine or {}
+    fix = "re-plan with launch.engine=vllm (the file was edited or written by another shardwise)"
+    missing = [key for key in VLLM_ENGINE_KEYS if key not in engine]
+    if missing:
+        raise ShardwiseError(f"the plan's vLLM engine block lacks {', '.join(missing)}: {fix}")
+    for key, kind in VLLM_ENGINE_KEYS.items():
+        if isinstance(engine[key], bool) or not isinstance(engine[key], kind):
+            raise ShardwiseError(f"the plan's engine.{key}={engine[key]!r:.60} has the wrong type: {fix}")
+    flags = engine["flags"]
+    if not flags or not all(isinstance(f, str) for f in flags):
+        raise ShardwiseError(f"the plan's engine.flags must be a non-empty list of `vllm serve` arguments: {fix}")
+    expected = {
+        "--tensor-parallel-size": plan.tp_size,
+        "--pipeline-parallel-size": plan.pp_size,
+        "--max-model-len": engine["max_model_len"],
+        "--max-num-seqs": engine["max_num_seqs"],
+    }
+    for name, want in expected.items():
+        got = flag_value(flags, name)
+        if got != str(want):
+            raise ShardwiseError(f"the plan's engine.flags give {name}={got} but the plan says {want}: {fix}")
 
 
 def _vllm_from_engine(plan: Plan, settings: LaunchSettings) -> tuple[list[str], list[str], str]:

@@ -41,6 +41,8 @@ def task(cfg) -> None:
     kubernetes = settings.target == Target.kubernetes
     if settings.dry_run is None:  # manifests for a cluster are printed unless asked to apply them
         settings.dry_run = kubernetes
+    if kubernetes:  # before planning: a fresh plan for this target is sized by vLLM's rules (plans_for_vllm)
+        check_kubernetes_engine(settings)
     check_generation(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     notes: list[str] = []
@@ -73,7 +75,6 @@ def task(cfg) -> None:
 
     consent = remote_code_consent(cfg)
     if kubernetes:
-        check_kubernetes_engine(settings)
         from runner.launch.kubernetes import launch as launch_kubernetes
 
         rc = launch_kubernetes(plan, plan_path, settings, consent)
@@ -121,10 +122,6 @@ def task(cfg) -> None:
         raise SystemExit(rc)
 
 
-def _engine_value(engine) -> str:
-    return engine.value if hasattr(engine, "value") else str(engine)
-
-
 def _given_on_command_line(key: str) -> bool:
     from hydra.core.hydra_config import HydraConfig
 
@@ -159,10 +156,10 @@ def check_generation(cfg) -> None:
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
-    from planner.config.request import plan_from_config
+    from planner.config.request import plan_from_config, plans_for_vllm
     from planner.hardware.tiers import resolve_hardware
 
-    if _engine_value(cfg.launch.engine) == "vllm" and not _given_on_command_line("policy.sessions"):
+    if plans_for_vllm(cfg.launch) and not _given_on_command_line("policy.sessions"):
         # vLLM batches whatever arrives: size sessions like `shardwise serve` does (auto), not the one of `plan`
         from omegaconf import open_dict
 
