@@ -3,19 +3,19 @@
 Every JSON file shardwise reads (config.json, safetensors index files, hardware snapshots,
 plan files, saved chats) goes through `read_json`: a size cap, a nesting cap, no 5,000-digit
 numbers, UTF-8 only, and the top-level type checked, each failure one `ShardwiseError` that
-names the file. Files we write (plan.json, snapshots) go through `write_text_atomic`, so a full
-disk or a concurrent reader never sees half a file and an old file survives a failed write.
+names the file; only regular files are opened (planner.files). Files we write (plan.json, snapshots)
+go through `write_text_atomic`, so a full disk or a concurrent reader never sees half a file, an old
+file survives a failed write, a symlink is written through and /dev/null stays a device.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import read_regular, write_text
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a plan or config.json is kilobytes; 64 MiB leaves room for huge index files
 MAX_JSON_DEPTH = 64  # real files nest a handful of levels; deeper is hostile (and Python's parser recurses)
@@ -72,8 +72,7 @@ def read_json(
     label = f"{what} {str(path)!r}"
     tail = f": {hint}" if hint else ""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+        raw = read_regular(path, what, max_bytes, hint)  # a FIFO or a device is refused, never waited on
     except FileNotFoundError:
         raise ShardwiseError(f"{label} does not exist{tail}") from None
     except OSError as exc:  # a directory, no permission, a name too long for the file system
@@ -83,6 +82,30 @@ def read_json(
             f"{label} is larger than {max_bytes // (1024 * 1024)} MiB: not a file shardwise reads{tail}"
         )
     return loads_json(raw, label, expect, hint)
+
+
+def _first_non_finite(value, where: str) -> str | None:
+    """The path of the first NaN or infinity in `value` ("hardware.devices[0].bf16_tflops"), None when none."""
+    stack = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return f"{at} = {node}"
+        if isinstance(node, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in reversed(list(node.items())))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def dumps_json(value, what: str, indent: int | None = 2) -> str:
+    """`value` as strict JSON (no NaN or Infinity, which strict readers reject); one ShardwiseError naming the
+    first such value otherwise, so a bad number that slipped past the input checks never reaches a file."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _first_non_finite(value, what) or what
+        raise ShardwiseError(f"{where} is not a finite number: strict JSON cannot hold it; check the inputs") from None
 
 
 def finite_number(value, name: str) -> float:
@@ -98,29 +121,6 @@ def finite_number(value, name: str) -> float:
     return number
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_text_atomic(path: str | Path, text: str, make_parents: bool = True) -> Path:
-    """Write `text` to `path` through a temp file in the same directory and a rename: all of it or none of it."""
-    path = Path(path)
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plan is as readable as any file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write `text` to `path`, all of it or none of it (see planner.files.write_text: links, devices)."""
+    return write_text(path, text, make_parents)

@@ -54,6 +54,7 @@ class CostModel:
     attn: str  # "eager" | "sdpa" | flash kernels
     sessions: int
     overheads: Overheads
+    images: int = 1  # images per request (policy.images_per_request), for models that take them
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @staticmethod
@@ -68,6 +69,7 @@ class CostModel:
             layer.kv_width,
             layer.state_elems,
             layer.state_fp32_elems,
+            layer.cross_kv_elems_per_token,
         )
 
     @property
@@ -122,8 +124,25 @@ class CostModel:
         return int(together * (1 + frac)) + gpus * (fixed - 1), int(heaviest * (1 + frac)) + fixed - 1
 
     def layer_state(self, layer: LayerSpec) -> int:
-        """Fixed conv + recurrent state of one layer for every session (0 for attention layers)."""
-        return layer_state_bytes(layer, self.sessions, self.dtype_bytes)
+        """Fixed per-sequence cache of one layer for every session: conv + recurrent state, and the encoder
+        tokens of `images` images a cross-attention layer holds (0 for self-attention layers)."""
+        cross = self.images * self.inv.encoder_tokens * layer.cross_kv_elems_per_token * self.kv_elem_bytes
+        return layer_state_bytes(layer, self.sessions, self.dtype_bytes) + self.sessions * cross
+
+    def encoder_activations(self) -> int:
+        """Peak of the vision encoder's pass over one request's images, on the device that holds it.
+
+        Its residual stream and one block's attention and MLP inputs over every patch token, and
+        the patch-by-patch score matrix under eager attention (sdpa/flash keep none), as for a
+        decoder layer in the prefill; the images of one request are encoded together.
+        """
+        inv, b = self.inv, self.dtype_bytes
+        tokens = self.images * inv.image_patches
+        if not tokens or not inv.encoder_hidden:
+            return 0
+        width = 4 * tokens * inv.encoder_hidden * b  # residual, normed input, attention output, MLP input
+        scores = inv.encoder_heads * inv.image_patches**2 * (b + FP32_BYTES) if self.eager else 0
+        return self.sessions * (width + scores)
 
     def group_state(self, ids: tuple) -> int:
         return sum(self.layer_state(self.inv.layers[i]) for i in ids)
@@ -211,7 +230,13 @@ class CostModel:
         return state
 
     def activations(
-        self, layers: list[LayerSpec], has_head: bool, chunk: int, context_tokens: int, shard: int = 1
+        self,
+        layers: list[LayerSpec],
+        has_head: bool,
+        chunk: int,
+        context_tokens: int,
+        shard: int = 1,
+        has_encoder: bool = False,
     ) -> int:
         """Prefill peak on one device (one tensor-parallel rank when shard > 1).
 
@@ -230,7 +255,9 @@ class CostModel:
             peak += residual + self.forward_state(list(kinds.values()), chunk, context_tokens)
         if layers or has_head:
             peak += chunk * hidden * b  # the hidden state entering the device
-        return peak + (self.logits_bytes() if has_head else 0)
+        # the encoder runs before the first layer, its output kept until the prefill merges it in
+        encoder = self.encoder_activations() if has_encoder else 0
+        return max(peak, encoder + chunk * hidden * b) + (self.logits_bytes() if has_head else 0)
 
     def group_kv(self, ids: tuple, context_tokens: int) -> int:
         """KV bytes of the layers `ids` (cached: the search prices the same ranges many times)."""
@@ -241,13 +268,15 @@ class CostModel:
             found = self._cache[key] = sum(kv_all[i] for i in ids)
         return found
 
-    def group_activations(self, ids: tuple, has_head: bool, chunk: int, context_tokens: int, shard: int = 1) -> int:
+    def group_activations(
+        self, ids: tuple, has_head: bool, chunk: int, context_tokens: int, shard: int = 1, has_encoder: bool = False
+    ) -> int:
         """activations() for the layers `ids`, cached."""
-        key = ("group-act", ids, has_head, chunk, context_tokens, shard)
+        key = ("group-act", ids, has_head, chunk, context_tokens, shard, has_encoder)
         found = self._cache.get(key)
         if found is None:
             layers = [self.inv.layers[i] for i in ids]
-            found = self._cache[key] = self.activations(layers, has_head, chunk, context_tokens, shard)
+            found = self._cache[key] = self.activations(layers, has_head, chunk, context_tokens, shard, has_encoder)
         return found
 
     def gpu_fixed_overhead(self) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from planner.hardware.devices import Device
 from planner.memory import CostModel
-from planner.model.inventory import Inventory, ModuleEntry
+from planner.model.inventory import REPLICATED_KINDS, Inventory, ModuleEntry
 from planner.plan import DeviceBudget
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
@@ -30,6 +30,7 @@ class Slot:
     modules: list = field(default_factory=list)  # ModuleEntry
     layer_ids: list = field(default_factory=list)  # decoder layer indices
     has_head: bool = False
+    has_encoder: bool = False  # holds the vision / audio encoder, which runs here once per image in the prefill
     shard: int = 1  # tensor-parallel degree: this slot holds 1/shard of its layers' weights and KV
     extra_weights: int = 0  # streaming buffer for offloaded layers (on the execution GPU)
     extra_kv_layers: list = field(default_factory=list)  # offloaded layers whose KV lives here
@@ -49,13 +50,14 @@ def price(slot: Slot, cost: CostModel, context: int, chunk: int) -> DeviceBudget
     if shard == 1:
         weights = sum(m.bytes for m in slot.modules)
     else:
-        weights = sum(m.bytes if m.kind in ("embed", "norm", "other") else -(-m.bytes // shard) for m in slot.modules)
+        # tensor parallelism shards the decoder and the head; embeddings, norms and encoders stay whole on each rank
+        weights = sum(m.bytes if m.kind in REPLICATED_KINDS else -(-m.bytes // shard) for m in slot.modules)
     weights += slot.extra_weights
     if slot.executes:
         ids = tuple(slot.layer_ids) + tuple(slot.extra_kv_layers)
         kv = -(-cost.group_kv(ids, context) // shard)
         state = -(-cost.group_state(ids) // shard)
-        activations = cost.group_activations(ids, slot.has_head, chunk, context, shard)
+        activations = cost.group_activations(ids, slot.has_head, chunk, context, shard, slot.has_encoder)
     else:
         kv = state = activations = 0  # offloaded layers run (and keep their KV) on the first device
     tensors = weights + kv + state + activations
@@ -89,6 +91,8 @@ def _fresh(devices: list[tuple[Device | None, object, int, int]], shard: int = 1
 def _attach_edges(slots: list[Slot], inv: Inventory, pre, post) -> None:
     first, last = slots[0], slots[-1]
     first.modules.extend(pre)
+    # the encoders' output is merged into the first layer's input: they run (and are placed) with the first stage
+    first.has_encoder = any(m.kind == "encoder" for m in pre)
     names_on_first = {m.name for m in pre}
     for module in post:
         target = first if (module.tied_to and module.tied_to in names_on_first) else last

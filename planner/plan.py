@@ -6,7 +6,6 @@ Bytes are ints everywhere in here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,10 +110,27 @@ class Notes:
         self.warnings.append(text)
 
 
+# The only variables shardwise writes into a plan's launch.env (planner.planning._launch). A plan file is
+# data: PYTHONPATH (with a sitecustomize.py), LD_PRELOAD, PYTHONSTARTUP and the like would run code in
+# every launched process, so any other key is dropped, and said, when the plan is launched.
+LAUNCH_ENV_KEYS = ("CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF")
+
+
 @dataclass(frozen=True)
 class Launch:
     command: str
     env: dict = field(default_factory=dict)
+
+    def safe_env(self) -> tuple[dict[str, str], list[str]]:
+        """(the variables of `env` shardwise passes on, the names it drops): only LAUNCH_ENV_KEYS with text values."""
+        kept, dropped = {}, []
+        for key, value in (self.env or {}).items():
+            text = str(value)
+            if key in LAUNCH_ENV_KEYS and isinstance(value, str) and "\0" not in text and "\n" not in text:
+                kept[key] = text
+            else:
+                dropped.append(str(key)[:60])
+        return kept, dropped
 
 
 @dataclass(frozen=True)
@@ -161,7 +177,9 @@ class Plan:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        from planner.jsonfile import dumps_json
+
+        return dumps_json(self.to_dict(), "plan")  # strict: NaN or Infinity never reaches plan.json
 
     def save(self, path: str | Path) -> Path:
         from planner.jsonfile import write_text_atomic

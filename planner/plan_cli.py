@@ -12,11 +12,11 @@ atomic (a temp file beside it, then a rename); a path that cannot be written is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from planner.config.app import flag, run_verb
 from planner.errors import ShardwiseError
+from planner.jsonfile import dumps_json
 
 
 def _in_sweep() -> bool:
@@ -68,7 +68,7 @@ def task(cfg):
         _draw(cfg, hardware, plan, written)
     if as_json:
         # one plan per line in a -m sweep (JSON Lines), pretty-printed otherwise
-        print(json.dumps(plan.to_dict()) if _in_sweep() else plan.to_json(), flush=True)
+        print(dumps_json(plan.to_dict(), "plan", indent=None) if _in_sweep() else plan.to_json(), flush=True)
     else:
         from planner.report import render
 
@@ -89,6 +89,11 @@ def _draw(cfg, hardware, plan, written: list[Path]) -> None:
 
     charts = plan_charts(cfg, hardware, plan)
     for plan_file in written:
+        from planner.files import names_a_descriptor
+
+        if not Path(plan_file).is_file() or names_a_descriptor(plan_file):  # out=/dev/null: no /dev/null.memory.svg
+            print(f"charts=true: none beside {str(plan_file)!r}, which is not a regular file", file=sys.stderr)
+            continue
         try:
             paths = write_beside(plan_file, plan.to_dict(), charts)
         except OSError as exc:

@@ -159,7 +159,15 @@ def _plan_on(
         from planner.vllm.driver import plan_vllm
 
         return plan_vllm(spec, hw, policy, formats, inv, notes, _model_info(spec, inv, formats))
-    cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead)
+    images = policy.images_per_request if inv.image_tokens else 0
+    cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead, images)
+    if inv.image_tokens:
+        notes.decide(
+            "images_per_request",
+            images,
+            f"{inv.model_class} takes images: {inv.image_tokens_reason}; the encoder's pass over {images} image(s) "
+            "per request is in the first device's activations (policy.images_per_request)",
+        )
     max_ctx = inv.max_context_tokens
     requested = policy.context_tokens
     if inv.context_limit != "config" and requested is not None:
@@ -404,6 +412,7 @@ def _max_memory(slots: list[Slot], priced: list[DeviceBudget], strategy: str, no
 
 
 def _launch(strategy: str) -> Launch:
+    # only LAUNCH_ENV_KEYS (planner.plan): a launch passes nothing else from a plan file on
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     if strategy == "tensor_parallel":
         return Launch(command="shardwise launch plan_file=plan.json", env=env)

@@ -43,6 +43,7 @@ class Policy:
     attn_implementation: str = "auto"
     prefill_chunk_tokens: int = 0  # 0: chunk only when that keeps the peak inside
     min_context_tokens: int = 512
+    images_per_request: int = 1  # images each request carries to a vision-language model (0: text only)
     candidates: tuple[str, ...] = ()
     overhead: Overheads = field(default_factory=Overheads)
     # speed-model factors (policy.performance, a plain dict; planner/speed.py); None: the model's defaults
@@ -69,6 +70,10 @@ class Policy:
             (
                 0 <= self.host_headroom_fraction < 1,
                 f"policy.host_headroom_fraction={self.host_headroom_fraction} must be in [0, 1)",
+            ),
+            (
+                self.images_per_request >= 0,
+                f"policy.images_per_request={self.images_per_request} must be >= 0 (0: text only)",
             ),
             (
                 self.prefill_chunk_tokens >= 0,

@@ -8,10 +8,10 @@ shardwise probe probe.save=box.json  # also record a snapshot; replay elsewhere 
 
 from __future__ import annotations
 
-import json
 import sys
 
 from planner.hardware.devices import Hardware
+from planner.jsonfile import dumps_json
 from planner.units import GIB
 
 
@@ -71,7 +71,7 @@ def task(cfg) -> None:
         hw = with_host_speed(hw)
     settings = cfg.probe
     if settings.json:
-        print(json.dumps(hw.to_dict(), indent=2))
+        print(dumps_json(hw.to_dict(), "hardware"))
     else:
         render(hw, Console())
     if settings.save:

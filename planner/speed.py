@@ -14,7 +14,7 @@ from __future__ import annotations
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.kv import layer_bytes_per_token
-from planner.model.inventory import DTYPE_BYTES, Inventory
+from planner.model.inventory import DTYPE_BYTES, REPLICATED_KINDS, Inventory
 from planner.performance import (
     AttentionLayer,
     Efficiency,
@@ -86,7 +86,7 @@ def _read_bytes(modules, inv: Inventory, shard: int) -> tuple[int, int, int, int
     for m in modules:
         if m.kind == "embed" and m.name not in tied_owners:
             continue  # a lookup reads one row per token
-        split = shard if m.kind not in ("embed", "norm", "other") else 1
+        split = shard if m.kind not in REPLICATED_KINDS else 1
         dense_bytes += -(-(m.bytes - m.expert_bytes) // split)
         dense_params += (m.params - m.expert_params) // split
         expert_bytes += -(-m.expert_bytes // split)

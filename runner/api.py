@@ -24,7 +24,7 @@ from dataclasses import replace
 from planner.errors import ShardwiseError
 from runner.engine.sampling import SamplingParams
 from runner.engine.types import Completion
-from runner.openai.protocol import APIError, Response, parse_messages
+from runner.openai.protocol import APIError, Response, parse_messages, refuse_images
 
 _UNSET = object()
 _CONSENT_HOW = "pass trust_remote_code=True"
@@ -34,13 +34,19 @@ def _notice(line: str) -> None:
     print(f"shardwise: {line}", file=sys.stderr, flush=True)
 
 
-def checked_messages(messages) -> list[dict]:
-    """Chat messages checked as the server checks them (roles, text content, at most protocol.MAX_MESSAGES);
-    else a one-line ShardwiseError."""
+class CheckedMessages(list):
+    """Messages `checked_messages` has already checked (their images decoded): not parsed a second time."""
+
+
+def checked_messages(messages) -> CheckedMessages:
+    """Chat messages checked as the server checks them (roles, text and image_url parts within
+    protocol.DEFAULT_IMAGE_LIMITS, at most protocol.MAX_MESSAGES); else a one-line ShardwiseError."""
+    if isinstance(messages, CheckedMessages):
+        return messages
     try:
-        return parse_messages(list(messages) if isinstance(messages, tuple) else messages)
+        return CheckedMessages(parse_messages(list(messages) if isinstance(messages, tuple) else messages))
     except APIError as exc:
-        if exc.code == "too_many_messages":
+        if exc.code == "too_many_messages" or ".content[" in (exc.param or ""):  # the message names the part
             raise ShardwiseError(exc.message) from None
         raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
 
@@ -242,7 +248,17 @@ class OpenAIChat:
         frequency_penalty=_UNSET,
     ) -> Completion:
         params = self._params(max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty)
-        return self.session.generate(checked_messages(messages), params)
+        return self.session.generate(self._messages(messages), params)
+
+    def _messages(self, messages) -> CheckedMessages:
+        """Checked messages; an image part for a model that takes none is a ShardwiseError naming the part."""
+        messages = checked_messages(messages)
+        if not self.session.takes_images:
+            try:
+                refuse_images(messages, self.model_name)
+            except APIError as exc:
+                raise ShardwiseError(exc.message) from None
+        return messages
 
     def chat(self, messages: list[dict], max_tokens=100, **sampling) -> str:
         """The assistant's reply text (the seed's `chat.chat(messages, max_tokens=100)`)."""
@@ -267,7 +283,7 @@ class OpenAIChat:
                 for k in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
             ),
         )
-        messages = checked_messages(messages)
+        messages = self._messages(messages)
         return _chunks(self.session, messages, params, Response(self.model_name, include_usage=include_usage))
 
     def clear_memory(self) -> None:

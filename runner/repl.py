@@ -16,10 +16,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import write_text
 from planner.jsonfile import read_json
 from planner.units import GIB
 from runner.api import checked_messages
 from runner.engine.sampling import SamplingParams
+from runner.openai.protocol import image_params
 
 HELP = """commands:
   /help                 this list
@@ -172,7 +174,8 @@ class Repl:
             "model": self.session.loaded.name,
         }
         try:
-            Path(path).expanduser().write_text(json.dumps(data, indent=2) + "\n")
+            # the one writer of user-named files: through links, to devices, a FIFO nobody reads is an error
+            write_text(Path(path).expanduser(), json.dumps(data, indent=2) + "\n", make_parents=False)
         except OSError as exc:
             self.console.print(
                 f"cannot save to {path} ({exc.strerror or exc}): choose a writable /save FILE", markup=False
@@ -187,6 +190,8 @@ class Repl:
         try:
             data = read_json(Path(path).expanduser(), "conversation", dict, "give a file written by /save")
             messages = checked_messages(data["messages"]) if data["messages"] else []
+            if image_params(messages):  # history is text (/save writes JSON): images go through the API or serve
+                raise ValueError(f"{image_params(messages)[0]} is an image: REPL conversations are text only")
             system_prompt = data.get("system_prompt")
             if system_prompt is not None and not isinstance(system_prompt, str):
                 raise ValueError(f"system_prompt is {system_prompt!r}, not a string")

@@ -39,7 +39,7 @@ def _a_plan():
 
 
 def test_a_failed_plan_write_leaves_the_old_plan_whole_and_no_temp_file(tmp_path, monkeypatch):
-    import planner.jsonfile as jsonfile
+    import planner.files as files
 
     plan = _a_plan()
     target = tmp_path / "plan.json"
@@ -49,7 +49,7 @@ def test_a_failed_plan_write_leaves_the_old_plan_whole_and_no_temp_file(tmp_path
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(jsonfile.os, "fsync", disk_full)  # the write fails after part of the text went out
+    monkeypatch.setattr(files.os, "fsync", disk_full)  # the write fails after part of the text went out
     with pytest.raises(OSError):
         plan.save(target)
     assert target.read_bytes() == before and json.loads(before)["model"]["name"] == "gpt2"
@@ -67,7 +67,7 @@ def test_out_to_a_full_disk_is_one_line_and_keeps_the_old_plan(tmp_path, monkeyp
     def failing_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("planner.jsonfile.os.replace", failing_replace)
+    monkeypatch.setattr("planner.files.os.replace", failing_replace)
     with pytest.raises(ShardwiseError, match="No space left on device"):
         plan_cli.save_to(plan, target)
     assert target.read_text() == '{"old": true}\n' and [p.name for p in tmp_path.iterdir()] == ["plan.json"]

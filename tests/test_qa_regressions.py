@@ -133,7 +133,7 @@ DEVICE = {
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        ({"host_ram_bytes": "x"}, "has host_ram_bytes = 'x', not an integer >= 0"),
+        ({"host_ram_bytes": "x"}, "has host_ram_bytes = 'x', not an integer from 0 to"),
         ({"nodes": "two"}, "has nodes = 'two', not an integer >= 1"),
         ({"nvlink_pairs": [[0]]}, "not a list of [i, j] device id pairs"),
         ({"devices": [DEVICE, DEVICE]}, "has two devices with id 0 on node 0"),

@@ -212,6 +212,10 @@ BAD_REQUESTS = [
     ({"messages": []}, "messages"),
     (
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content[0].image_url",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
         "messages[0].content[0]",
     ),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),

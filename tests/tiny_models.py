@@ -13,6 +13,9 @@ Models:
 - `tiny_llama`: Llama-style, with a ChatML-like chat template in its tokenizer.
 - `tiny_gpt2`: GPT-2 without a chat template (the runner's plain fallback applies).
 - `tiny_gpt_oss`: gpt-oss MoE with alternating sliding/full attention, no quantization_config.
+- `tiny_llava`: a LLaVA vision-language model (CLIP vision tower, projector, Llama text model) saved
+  with its processor: the tokenizer, LLaVA's image processor with its default settings (224 x 224
+  crops) and a chat template that places `<image>` where an image part was; each image is 49 tokens.
 Tokenizers are byte-level BPE, so every string round-trips through encode/decode.
 """
 
@@ -184,6 +187,98 @@ def tiny_gpt_oss(cache_dir, *, name: str = "tiny-gpt-oss", seed: int = 0) -> Pat
         **_ids(tokenizer),
     )
     return _build(Path(cache_dir) / name, config, tokenizer, seed)
+
+
+# ChatML reading content only as a list of parts, as processor templates do (LLaVA's own drops a plain string):
+# "<image>" where an image was
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAVA_IMAGE_TOKENS = (224 // 32) ** 2  # tokens per image: 7 x 7 patches of the 224-pixel crop (CLS dropped)
+
+
+def tiny_llava(cache_dir, *, name: str = "tiny-llava", seed: int = 0) -> Path:
+    """LLaVA: a 1-layer CLIP vision tower (patch 32 on 224 x 224), a projector, a 2-layer Llama; and its processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText, LlavaConfig, LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    path = Path(cache_dir) / name
+    if (path / "config.json").is_file() and (path / "processor_config.json").is_file():
+        return path
+    tokenizer = train_tokenizer(chat_template=VLM_CHAT_TEMPLATE, eos_token="<|im_end|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    text = dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        **_ids(tokenizer),
+    )
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=32,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    processor = LlavaProcessor(
+        image_processor=LlavaImageProcessorPil(),  # its defaults; the PIL backend needs no torchvision
+        tokenizer=tokenizer,
+        patch_size=32,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which the "default" strategy drops again
+        chat_template=VLM_CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def png_data_url(width: int = 40, height: int = 30, color=(200, 30, 30)) -> str:
+    """A small solid-colour PNG as a data: URL (what an OpenAI client sends for an inline image); color=None:
+    seeded noise, which PNG cannot compress (width x height x 3 bytes)."""
+    import base64
+    import io
+    import random
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if color is None:
+        image = Image.frombytes("RGB", (width, height), random.Random(0).randbytes(width * height * 3))
+    else:
+        image = Image.new("RGB", (width, height), color)
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def model_config(model_dir) -> dict:

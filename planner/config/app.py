@@ -106,6 +106,16 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
 _GROUPS = ("model", "hardware", "policy", "generation", "probe", "launch")
 
 
+def refuse_rerun(argv: list[str]) -> None:
+    """Hydra's `--experimental-rerun FILE` unpickles FILE, which runs any code a crafted pickle holds: refused.
+    A run is repeated from its plan.json (`plan_file=`) or its `.hydra/overrides.yaml`, both data."""
+    if any(a == "--experimental-rerun" or a.startswith("--experimental-rerun=") for a in argv):
+        raise ShardwiseError(
+            "--experimental-rerun unpickles its file, which can run any code: not accepted; repeat a run with "
+            "plan_file=PLAN.json or the overrides in its .hydra/overrides.yaml"
+        )
+
+
 def normalize_overrides(args: list[str]) -> list[str]:
     """Resolve model and hardware names in CLI overrides before Hydra sees them."""
     out = []
@@ -118,6 +128,12 @@ def normalize_overrides(args: list[str]) -> list[str]:
         if arg.startswith("-") or "=" not in arg:
             out.append(arg)
             continue
+        key, _, value = arg.partition("=")
+        if not key.lstrip("+~"):
+            raise ShardwiseError(f"{arg!r} has no key before '=': write KEY=VALUE, e.g. policy.context_tokens=8192")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value.strip().strip("'\"") in ("", "???"):
+            # Hydra would make a directory named "None" for ???, and use the working directory for ''
+            raise ShardwiseError(f"{arg} names no directory: give one, e.g. {key}=outputs/mine (or leave it out)")
         arg = _rewrite_group_choice(arg, "model", model_option)
         arg = _rewrite_group_choice(arg, "hardware", resolve_hardware_name)
         out.append(arg)
@@ -227,6 +243,12 @@ def resolve_or_refuse(cfg) -> None:
             f"cannot resolve the value{where} ({_first_line(getattr(exc, 'msg', None) or exc)[:200]}): "
             "check the ${...} interpolation (an environment variable it names may be unset)"
         ) from None
+    # after resolving: missing_keys resolves too, and a bad ${...} has its own line above
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ShardwiseError(
+            f"{missing[0]} has no value ({missing[0]}=??? marks a value that must be given): set {missing[0]}=VALUE"
+        )
 
 
 def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
@@ -237,6 +259,10 @@ def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseErro
             "a hydra/launcher=slurm_* or submitit_slurm launch needs a SLURM cluster and this machine has no "
             "`srun`: run it on a SLURM login node, or add launch.dry_run=true (without -m) to print the commands"
         )
+    from hydra.errors import SearchPathException
+
+    if error is None and isinstance(exc, SearchPathException):  # --config-dir naming no directory
+        error = ShardwiseError(f"{_first_line(exc).rstrip('.')}: give --config-dir an existing directory of configs")
     if error is None and isinstance(exc, OSError) and not task_started:
         where = exc.filename if exc.filename is not None else "the run directory"
         error = ShardwiseError(
@@ -278,9 +304,11 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     schema.register()
     register_resolvers()
     try:
+        refuse_rerun(argv)
         args = normalize_overrides(argv)
     except ShardwiseError as exc:
         fail(verb, str(exc))
+    args = _with_run_dir_record(args)
     task_started: list[bool] = []
 
     def guarded(cfg):
@@ -319,7 +347,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
         with _hydra_raises():
             app()
     except Exception as exc:
-        error = _refusal(exc, verb, bool(task_started))
+        error = exc if isinstance(exc, ShardwiseError) else _refusal(exc, verb, bool(task_started))
         if error is None:
             raise
         fail(verb, str(error))
@@ -327,6 +355,17 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
         sys.argv = saved
     if _FAILED_JOBS:
         fail(verb, f"{len(_FAILED_JOBS)} job(s) of the sweep failed (see the errors above)")
+
+
+_RECORD_RUN_DIR = "+hydra.callbacks.shardwise_run_dir._target_=planner.config.rundir.RecordRunDir"
+
+
+def _with_run_dir_record(args: list[str]) -> list[str]:
+    """`args` with the callback that records what was at hydra.run.dir before Hydra created it (the clean-up
+    removes only what the run made). Placed next to the first override: Hydra's parser takes overrides as one
+    block, and `--info` takes the word after it as its value."""
+    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), 0)
+    return [*args[:first], _RECORD_RUN_DIR, *args[first:]]
 
 
 def _discard_unused_run_dir() -> None:

@@ -92,6 +92,7 @@ def policy_from_config(node, engine: EngineSettings | None = None) -> Policy:
         attn_implementation=_enum_value(node["attn_implementation"]),
         prefill_chunk_tokens=parse_tokens(node["prefill_chunk_tokens"], "policy.prefill_chunk_tokens"),
         min_context_tokens=parse_tokens(node["min_context_tokens"], "policy.min_context_tokens"),
+        images_per_request=_count(node.get("images_per_request", 1), "policy.images_per_request"),
         candidates=tuple(str(name) for name in node["candidates"] or ()),
         overhead=Overheads(
             cuda_context_bytes=int(overhead["cuda_context_mib"]) * MIB,
@@ -101,6 +102,13 @@ def policy_from_config(node, engine: EngineSettings | None = None) -> Policy:
         ),
         performance=_plain(node.get("performance")),
     )
+
+
+def _count(value, key: str) -> int:
+    """A whole number >= 0 from a composed value (OmegaConf already typed it as int; a plain dict may not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ShardwiseError(f"{key}={value!r} must be a whole number >= 0")
+    return value
 
 
 def _plain(node) -> dict | None:

@@ -202,6 +202,7 @@ class PolicyConfig:
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
     prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
     min_context_tokens: Any = 512  # a plan with less context than this does not fit
+    images_per_request: int = 1  # images (or audio clips) each request carries to a model that takes them; 0: text only
     candidates: list[str] = field(
         default_factory=lambda: ["gpt-oss-120b", "gpt-oss-20b", "gpt2-medium", "gpt2"]
     )  # model=auto picks the largest that fits
@@ -318,6 +319,9 @@ class ServeConfig:
     request_timeout_s: float = 600.0  # wall-clock limit per request (queue wait + generation), seconds; 0: none
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts no data this long is cancelled, s; 0: never
     max_messages: int = 4096  # most messages one request may hold, count >= 1; more answers 400
+    max_images: int = 16  # most inline images (image_url parts) one request may hold, count >= 0; more answers 400
+    max_image_bytes: int = 20_000_000  # largest inline image, bytes of the file >= 1024; a larger one answers 400
+    max_image_pixels: int = 7680 * 4320  # most pixels (width x height) of one inline image, >= 1; more answers 400
     models: list[str] = field(default_factory=list)  # more models to serve: profile names, hub ids or directories
     log_level: str = "info"  # server log level: debug, info, warning or error
 
@@ -357,6 +361,9 @@ def check_serve(block: ServeConfig) -> ServeConfig:
                 "use seconds >= 0 (0: never)",
             ),
             (block.max_messages >= 1, "serve.max_messages", block.max_messages, "use 1 or more"),
+            (block.max_images >= 0, "serve.max_images", block.max_images, "use 0 (no images) or more"),
+            (block.max_image_bytes >= 1024, "serve.max_image_bytes", block.max_image_bytes, "use at least 1024 bytes"),
+            (block.max_image_pixels >= 1, "serve.max_image_pixels", block.max_image_pixels, "use 1 or more"),
             (block.log_level in levels, "serve.log_level", block.log_level, f"use one of {', '.join(levels)}"),
         ]
     )

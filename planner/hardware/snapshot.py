@@ -8,17 +8,26 @@ A bad file is a one-line ShardwiseError that names the path, what is wrong and h
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from planner.errors import ShardwiseError
-from planner.hardware.devices import Device, Hardware
-from planner.jsonfile import read_json, write_text_atomic
-from planner.limits import MAX_GPUS, MAX_NODES
+from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Device, Hardware
+from planner.jsonfile import dumps_json, finite_number, read_json, write_text_atomic
+from planner.limits import MAX_GPUS, MAX_HOST_RAM_GIB, MAX_NODES
 
 SNAPSHOT_VERSION = 1
+MAX_GPU_BYTES = 1 << 50  # 1 PiB on one GPU: far above any made (B200: 192 GB); 10**400 would overflow a float
+MAX_CPUS = 1 << 20  # logical CPUs of one node
+MAX_SPEED = 1e9  # GB/s or TFLOPs: a million times today's fastest GPU; anything above is a typo or hostile
+HOST_SPEEDS = (
+    *LINK_SPEEDS,
+    "host_memory_bandwidth_gb_per_s",
+    "host_memory_bandwidth_all_cores_gb_per_s",
+    "host_fp32_tflops",
+    "host_bf16_tflops",
+)
 
 _DEVICE_REQUIRED = ("id", "name", "total_bytes", "free_bytes", "compute_capability")
 _DEVICE_KEYS = set(Device.__dataclass_fields__)
@@ -36,7 +45,7 @@ def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
         **hw.to_dict(),
     }
     try:
-        write_text_atomic(target, json.dumps(data, indent=2) + "\n", make_parents=False)
+        write_text_atomic(target, dumps_json(data, "hardware snapshot") + "\n", make_parents=False)
     except OSError as exc:
         raise ShardwiseError(
             f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with "
@@ -58,15 +67,26 @@ def _check_device(path, index: int, device) -> dict:
     unknown = sorted(set(device) - _DEVICE_KEYS)
     if missing or unknown:
         raise _snapshot_error(path, f"has devices[{index}] with missing keys {missing} / unknown keys {unknown}")
-    for key in ("id", "total_bytes", "free_bytes", "reserved_bytes", "node"):
+    for key, most in (
+        ("id", MAX_GPUS),
+        ("total_bytes", MAX_GPU_BYTES),
+        ("free_bytes", MAX_GPU_BYTES),
+        ("reserved_bytes", MAX_GPU_BYTES),
+        ("node", MAX_NODES),
+    ):
         value = device.get(key, 0)
-        if not _count(value):
-            raise _snapshot_error(path, f"has devices[{index}].{key} = {value!r}, not a byte count or index >= 0")
-    if device["free_bytes"] > device["total_bytes"]:
-        raise _snapshot_error(
-            path,
-            f"has devices[{index}].free_bytes = {device['free_bytes']} above its total_bytes = {device['total_bytes']}",
-        )
+        if not _count(value) or value > most:
+            raise _snapshot_error(
+                path, f"has devices[{index}].{key} = {value!r:.40}, not a byte count or index from 0 to {most}"
+            )
+    for key in ("free_bytes", "reserved_bytes"):
+        if device.get(key, 0) > device["total_bytes"]:
+            raise _snapshot_error(
+                path, f"has devices[{index}].{key} = {device[key]} above its total_bytes = {device['total_bytes']}"
+            )
+    for key in DEVICE_SPEEDS:
+        if key in device:
+            device[key] = _speed(path, f"devices[{index}].{key}", device[key])
     capability = device["compute_capability"]
     major, dot, minor = str(capability).partition(".")
     if not (isinstance(capability, str) and major.isdigit() and dot and minor.isdigit()):
@@ -94,11 +114,34 @@ def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _speed(path, key: str, value) -> float:
+    """A published or measured speed (GB/s, TFLOPs, an efficiency factor): a finite number from 0 to MAX_SPEED."""
+    try:
+        number = finite_number(value, key)
+    except ShardwiseError as exc:
+        raise _snapshot_error(path, f"has {exc}") from None
+    if not 0 <= number <= MAX_SPEED:
+        raise _snapshot_error(path, f"has {key} = {value!r}, not a speed from 0 to {MAX_SPEED:g}")
+    return number
+
+
 def _check_host(path, data: dict) -> None:
     """Host-level fields: counts are integers, texts are strings, pairs are pairs of device ids."""
-    for key in ("host_ram_bytes", "cpu_count"):
-        if key in data and not _count(data[key]):
-            raise _snapshot_error(path, f"has {key} = {data[key]!r}, not an integer >= 0")
+    for key, most in (("host_ram_bytes", MAX_HOST_RAM_GIB << 30), ("cpu_count", MAX_CPUS)):
+        if key in data and (not _count(data[key]) or data[key] > most):
+            raise _snapshot_error(path, f"has {key} = {data[key]!r:.40}, not an integer from 0 to {most}")
+    for key in HOST_SPEEDS:
+        if key in data:
+            data[key] = _speed(path, key, data[key])
+    factors = data.get("speed_factors", {})
+    if not isinstance(factors, dict) or not all(isinstance(v, dict) for v in factors.values()):
+        raise _snapshot_error(path, f"has speed_factors = {factors!r:.60}, not an object of objects of numbers")
+    for kind, values in factors.items():
+        for name, value in values.items():
+            values[name] = _speed(path, f"speed_factors.{kind}.{name}", value)
+    installed = data.get("installed", {})
+    if not isinstance(installed, dict) or not all(isinstance(v, str) for v in installed.values()):
+        raise _snapshot_error(path, f"has installed = {installed!r:.60}, not an object of package versions")
     nodes = data.get("nodes", 1)
     if not _count(nodes) or nodes < 1:
         raise _snapshot_error(path, f"has nodes = {nodes!r:.40}, not an integer >= 1")
@@ -120,13 +163,15 @@ def _check_host(path, data: dict) -> None:
         isinstance(p, list) and len(p) == 2 and all(_count(i) for i in p) for p in pairs
     ):
         raise _snapshot_error(path, f"has nvlink_pairs = {pairs!r}, not a list of [i, j] device id pairs")
-    if not isinstance(data.get("installed", {}), dict):
-        raise _snapshot_error(path, f"has installed = {data['installed']!r}, not an object of package versions")
     notes = data.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise _snapshot_error(path, f"has notes = {notes!r}, not a list of strings")
-    seen = set()
+    seen, uuids = set(), {}
     for index, device in enumerate(data["devices"]):
+        uuid = device.get("uuid", "")
+        if uuid and uuid in uuids:
+            raise _snapshot_error(path, f"has devices[{uuids[uuid]}] and devices[{index}] with the same uuid {uuid!r}")
+        uuids[uuid] = index
         where = (device.get("node", 0), device["id"])
         if device.get("node", 0) >= nodes:
             raise _snapshot_error(path, f"has devices[{index}].node = {where[0]} but nodes = {nodes}")
@@ -143,7 +188,7 @@ def load_snapshot(path: str | os.PathLike) -> Hardware:
             f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe "
             "probe.save=FILE`"
         )
-    if not file.is_file():
+    if not file.exists():  # a FIFO or device is refused by read_json, not taken for a missing file
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} does not exist: record one with `shardwise probe probe.save={path}`"
         )

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from planner import limits
 from planner.errors import ShardwiseError
 
+ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -33,7 +35,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ModuleSpec:
     name: str
-    kind: str  # "embed" | "layer" | "norm" | "head" | "other"
+    kind: str  # "embed" | "layer" | "norm" | "head" | "encoder" (vision / audio tower, projector) | "other"
     tensors: tuple[TensorSpec, ...]
     layer_index: int | None = None
     tied_to: str | None = None  # its weight is another module's: counted there
@@ -41,12 +43,15 @@ class ModuleSpec:
 
 @dataclass(frozen=True)
 class LayerRule:
-    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "none" (planner.model.cache_layout)
+    attention: str  # "full" | "sliding" | "chunked" | "mla" | "linear" | "hybrid" | "cross" | "none" (meta_cache)
     window: int | None
     moe: bool
     kv_elems_per_token: int | None = None  # K + V elements per token; None: 2 x kv heads x head_dim
     state_elems: int = 0  # fixed cache state per sequence in the compute dtype (conv state)
     state_fp32_elems: int = 0  # fixed cache state per sequence in float32 (SSM / recurrent state)
+    kv_heads: int | None = None  # this layer's cached key heads (None: the model's num_kv_heads)
+    head_dim: int | None = None  # this layer's key head dim (None: the model's head_dim); V may differ (kv_elems)
+    cross_kv_elems_per_token: int = 0  # K + V elements a cross-attention layer caches per encoder token
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,15 @@ class ArchDescription:
     keep_fp32: tuple[str, ...] = ()  # transformers' _keep_in_fp32_modules (float16 loads only)
     keep_fp32_strict: tuple[str, ...] = ()  # _keep_in_fp32_modules_strict (float16 and bfloat16 loads)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    model_class: str = ""  # the transformers class sized ("" on the fast path: the family's causal LM class)
+    class_reason: str = ""  # how that class was chosen
+    cache_reason: str = ""  # how the per-layer cache shapes were found
+    image_tokens: int = 0  # decoder tokens one image takes at the processor's default size (0: text only)
+    image_tokens_reason: str = ""  # where that count comes from
+    encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers (0: none)
+    image_patches: int = 0  # tokens the vision encoder runs on for one image
+    encoder_hidden: int = 0  # the vision encoder's width
+    encoder_heads: int = 0  # the vision encoder's attention heads
 
 
 @dataclass(frozen=True)
@@ -412,7 +426,7 @@ def _describe_gpt2(cfg: _Config) -> ArchDescription:
 def _lm_head(vocab: int, hidden: int, tied: bool, embed_name: str) -> ModuleSpec:
     if tied:
         return ModuleSpec("lm_head", "head", (), tied_to=embed_name)
-    return ModuleSpec("lm_head", "head", (TensorSpec("lm_head.weight", vocab * hidden),))
+    return ModuleSpec("lm_head", "head", (TensorSpec("lm_head.weight", vocab * hidden, matrix=(1, vocab, hidden)),))
 
 
 def _layer_types(cfg: _Config, n_layers: int) -> tuple[list[str], int | None]:
@@ -445,6 +459,8 @@ def _layer_types(cfg: _Config, n_layers: int) -> tuple[list[str], int | None]:
         kinds = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
     elif mt == "gemma3_text":
         pattern = cfg.get("sliding_window_pattern", 6)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise NotImplementedError("a sliding_window_pattern that is not a count: sized on the meta device")
         kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
     else:
         kinds = ["sliding_attention" if window is not None else "full_attention" for _ in range(n_layers)]
@@ -520,8 +536,9 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
             return [TensorSpec(f"{m}.gate.weight", num_experts * hidden), *experts], True
         if mt == "gpt_oss":
             e = f"{m}.experts"
-            return [
-                *_linear(f"{m}.router", num_experts, hidden, True),
+            return [  # the router is transformers' GptOssTopKRouter, not a Linear: no format packs it
+                TensorSpec(f"{m}.router.weight", num_experts * hidden),
+                TensorSpec(f"{m}.router.bias", num_experts),
                 TensorSpec(
                     f"{e}.gate_up_proj",
                     num_experts * hidden * 2 * inter,

@@ -25,7 +25,6 @@ COUNT_KEYS = (
     "max_position_embeddings",
     "head_dim",
     "sliding_window",
-    "sliding_window_pattern",
     "attention_chunk_size",
     "num_local_experts",
     "num_experts",
@@ -89,5 +88,53 @@ def check_config(data: dict, path) -> None:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
             raise _bad(path, key, value, "a string")
+    _check_meaning(data, path)
     if isinstance(data.get("text_config"), dict):
         check_config(data["text_config"], f"{path} (text_config)")
+
+
+# what transformers names the class of a model that generates text (meta.py's rule for the meta path, too)
+CAUSAL_CLASS_ENDINGS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _check_meaning(data: dict, path) -> None:
+    """Values of the right kind that still cannot describe a chat model: refused, never planned as something else."""
+    model_type = data.get("model_type")
+    if model_type is not None and not model_type.strip():
+        raise _bad(path, "model_type", model_type, "a model type name (an empty one would be guessed from the class)")
+    step = data.get("decoder_sparse_step")
+    if step is not None and step < 1:
+        raise _bad(path, "decoder_sparse_step", step, "an integer >= 1 (every how many layers an MoE block sits)")
+    experts = next((data[k] for k in EXPERT_COUNT_KEYS if isinstance(data.get(k), int) and data[k] > 0), 0)
+    top_k = data.get("num_experts_per_tok")
+    if experts and top_k is not None and not 1 <= top_k <= experts:
+        raise _bad(path, "num_experts_per_tok", top_k, f"an integer from 1 to the {experts} experts")
+    if data.get("is_encoder_decoder") is True:
+        raise ShardwiseError(
+            f"{path}: an encoder-decoder model (is_encoder_decoder: true): shardwise plans decoder-only chat models"
+        )
+    named = data.get("architectures") or []
+    if named and not any(c.endswith(CAUSAL_CLASS_ENDINGS) for c in named):
+        raise ShardwiseError(
+            f"{path}: the checkpoint ships {', '.join(named)[:120]}, not a causal language model: "
+            "shardwise plans decoder-only chat models"
+        )
+
+
+def refuse_encoder_only(model_type: str, arch: dict) -> None:
+    """A model type transformers builds as an encoder unless `is_decoder: true` (BERT, RoBERTa...) is not a chat model.
+
+    Asks transformers: only the configs of models that can be either keep an `is_decoder` switch. Called for
+    model types outside the fast path, which import transformers anyway.
+    """
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING or arch.get("is_decoder") is True:
+        return
+    config_class = CONFIG_MAPPING[model_type]
+    if "is_decoder" in getattr(config_class, "__dataclass_fields__", {}) or hasattr(config_class, "is_decoder"):
+        raise ShardwiseError(
+            f"{model_type} is an encoder model (its config has no is_decoder: true): shardwise plans decoder-only "
+            "chat models"
+        )

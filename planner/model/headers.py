@@ -113,10 +113,11 @@ def _owner(name: str, ordered_modules: list[str]) -> str | None:
 
 def read_header(path: Path) -> tuple[dict, int]:
     """(JSON header, header bytes including the 8-byte prefix) of one .safetensors file."""
+    from planner.files import open_regular
     from planner.jsonfile import loads_json
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "safetensors file", "a model directory holds regular files only") as f:
             prefix = f.read(8)
             if len(prefix) != 8:
                 raise ShardwiseError(f"{path} is not a safetensors file (shorter than 8 bytes); re-download it")

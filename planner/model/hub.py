@@ -176,15 +176,10 @@ def _file(repo_id: str, filename: str, sha: str, online: bool) -> str | None:
 
 
 def _read_json(path: str, repo_id: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardwiseError(
-            f"{path} of {repo_id} is not readable JSON ({exc}): delete it from the HF cache and plan again"
-        ) from None
-    if not isinstance(data, dict):
-        raise ShardwiseError(f"{path} of {repo_id} is not a JSON object: delete it from the HF cache and plan again")
-    return data
+    """A cached JSON file of `repo_id` through the same safe reader as a local one (size, nesting, digits, FIFOs)."""
+    from planner.jsonfile import read_json
+
+    return read_json(path, f"{Path(path).name} of {repo_id}", dict, "delete it from the HF cache and plan again")
 
 
 # ---- the tensor table -------------------------------------------------------------------------
@@ -221,9 +216,11 @@ def _tensor_table(repo_id: str, sha: str, snapshot: Path, online: bool) -> tuple
 
 
 def _table_result(table: Path, how: str) -> tuple[str | None, str]:
+    from planner.jsonfile import read_json
+
     try:
-        data = json.loads(table.read_text())
-    except (OSError, ValueError):
+        data = read_json(table, "cached tensor table", dict)
+    except ShardwiseError:
         return None, f"the cached tensor table {table} is unreadable (delete it): bytes computed from config.json"
     if not isinstance(data, dict) or not data.get("files"):
         return None, f"{data.get('note') or 'no safetensors headers'}: bytes computed from config.json"
@@ -249,9 +246,11 @@ def _complete_safetensors(snapshot: Path) -> bool:
     index = snapshot / "model.safetensors.index.json"
     if not index.is_file():
         return False
+    from planner.jsonfile import read_json
+
     try:
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = set(read_json(index, "safetensors index")["weight_map"].values())
+    except (ShardwiseError, KeyError, TypeError, AttributeError):
         return False
     return bool(shards) and all((snapshot / name).is_file() for name in shards)
 
@@ -271,10 +270,12 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
 
 def cached_config(repo_id: str, revision: str) -> dict | None:
     """config.json of `repo_id` at `revision` if the HF cache holds it (no network), else None."""
+    from planner.jsonfile import read_json
+
     path = _cached(repo_id, "config.json", revision)
     try:
-        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
-    except (OSError, ValueError):
+        return read_json(path, "cached config.json") if isinstance(path, str) else None
+    except ShardwiseError:
         return None
 
 

@@ -2,7 +2,7 @@
 
 `build_inventory(arch, dtype=...)` sizes a config.json dict. Known families (planner/architectures.py)
 take the fast path: pure arithmetic on the config numbers, no torch import. Any other model_type
-transformers knows is built on the meta device (planner/inventory_meta.py). A local model
+transformers can build goes the general path (planner/model/meta.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
 Weight bytes follow how transformers 5.25 loads: the compute dtype, `_keep_in_fp32_modules` for
 float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
@@ -16,8 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.errors import ShardwiseError
+from planner.model.architectures import ROUTED_EXPERTS
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# module kinds tensor parallelism keeps whole on every rank (it shards the decoder layers and the head)
+REPLICATED_KINDS = ("embed", "norm", "other", "encoder")
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class ModuleEntry:
     """One placeable module: what a device_map key names."""
 
     name: str  # real module name, e.g. "model.embed_tokens", "model.layers.3", "lm_head", "transformer.h.0"
-    kind: str  # "embed" | "layer" | "norm" | "head" | "other"
+    kind: str  # "embed" | "layer" | "norm" | "head" | "encoder" | "other"
     params: int  # parameter elements in this module (a tied weight counted only at its owner)
     bytes: int  # bytes resident in memory as loaded (plan dtype, kept quantization, fp32-kept parts)
     checkpoint_bytes: int  # bytes as shipped
@@ -49,6 +52,7 @@ class LayerSpec:
     kv_elems: int | None = None  # K + V elements cached per token; None: 2 x num_kv_heads x head_dim
     state_elems: int = 0  # fixed per-sequence cache state in the compute dtype (Mamba / DeltaNet conv state)
     state_fp32_elems: int = 0  # fixed per-sequence cache state in float32 (SSM / recurrent state)
+    cross_kv_elems_per_token: int = 0  # K + V elements per encoder token a cross-attention layer holds
 
     @property
     def kv_width(self) -> int:
@@ -85,6 +89,14 @@ class Inventory:
     warnings: tuple[
         str, ...
     ] = ()  # one-line notes the planner should show (checkpoint names that do not match the modules)
+    model_class: str = ""  # the transformers class sized
+    class_reason: str = ""  # how that class was chosen
+    image_tokens: int = 0  # decoder tokens one image takes (0: text only)
+    encoder_tokens: int = 0  # encoder tokens one image gives cross-attention layers
+    image_tokens_reason: str = ""
+    image_patches: int = 0  # tokens the vision encoder runs on for one image
+    encoder_hidden: int = 0  # the vision encoder's width
+    encoder_heads: int = 0  # the vision encoder's attention heads
 
 
 # bytes per element of dtypes a tensor may be pinned to (buffers, integer tensors)
@@ -115,7 +127,6 @@ _DTYPE_ALIASES = {
 # Models without a position limit in config.json (ALiBi: BLOOM; state-only: Mamba) take the
 # tokenizer's model_max_length, else this many tokens; a numeric policy.context_tokens may go beyond.
 UNBOUNDED_CONTEXT_TOKENS = 32768
-ROUTED_EXPERTS = ".experts."  # transformers names the routed experts of every MoE block `...mlp.experts.*`
 
 
 def normalize_dtype(name: str, what: str = "dtype") -> str:
@@ -264,7 +275,10 @@ def build_inventory(
         except NotImplementedError:
             desc = None  # an option only the real module tree can size: fall through to the meta build
     if desc is None:
+        from planner.model.config_check import refuse_encoder_only
         from planner.model.meta import describe_on_meta
+
+        refuse_encoder_only(model_type, arch)
 
         desc, source = describe_on_meta(model_type, arch, dtype), "meta"
     if fmt is not None and fmt.method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
@@ -302,12 +316,13 @@ def build_inventory(
             index=i,
             attention=rule.attention,
             window=rule.window,
-            num_kv_heads=desc.num_kv_heads,
-            head_dim=desc.head_dim,
+            num_kv_heads=rule.kv_heads or desc.num_kv_heads,
+            head_dim=rule.head_dim or desc.head_dim,
             moe=rule.moe,
             kv_elems=rule.kv_elems_per_token,
             state_elems=rule.state_elems,
             state_fp32_elems=rule.state_fp32_elems,
+            cross_kv_elems_per_token=rule.cross_kv_elems_per_token,
         )
         for i, rule in enumerate(desc.layers)
     )
@@ -333,20 +348,29 @@ def build_inventory(
         source=source,
         context_limit=context_limit,
         warnings=tuple(warnings) + tuple(desc.notes),
+        model_class=desc.model_class,
+        class_reason=desc.class_reason,
+        image_tokens=desc.image_tokens,
+        encoder_tokens=desc.encoder_tokens,
+        image_tokens_reason=desc.image_tokens_reason,
+        image_patches=desc.image_patches,
+        encoder_hidden=desc.encoder_hidden,
+        encoder_heads=desc.encoder_heads,
     )
 
 
 def _tokenizer_limit(model_dir: str | None) -> int | None:
     if model_dir is None:
         return None
-    import json
     from pathlib import Path
+
+    from planner.jsonfile import read_json
 
     path = Path(model_dir)
     path = (path if path.is_dir() else path.parent) / "tokenizer_config.json"
-    try:
-        limit = json.loads(path.read_text()).get("model_max_length")
-    except (OSError, ValueError, AttributeError):
+    try:  # the safe reader: a FIFO or a 5,000-digit number here is no limit, not a hang or a traceback
+        limit = read_json(path, "tokenizer_config.json").get("model_max_length")
+    except ShardwiseError:
         return None
     # transformers writes int(1e30) when a tokenizer has no limit
     return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 10**9 else None

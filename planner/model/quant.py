@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.model.quant_fields import PACKED_INT_BITS, QuantFields
 
 FP32 = 4
 INT32 = 4
@@ -67,6 +68,16 @@ class QuantFormat:
     static_input_scale: bool = False  # a per-tensor input (activation) scale per Linear
     experts_only: bool = False  # MXFP4 packs only the MoE experts
     exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def unquantized_dtype(self) -> str | None:
+        """dtype of the tensors the format leaves unquantized, when config.json does not say.
+
+        MXFP4 is defined against bfloat16: transformers' integration (integrations/mxfp4.py) quantizes
+        from bfloat16 and dequantizes to it, and the checkpoints ship their other tensors beside the
+        packed experts in that dtype. Other formats give no such rule (None).
+        """
+        return "bfloat16" if self.method == "mxfp4" else None
 
     @property
     def label(self) -> str:
@@ -160,91 +171,92 @@ def bnb_quant_state(fmt: QuantFormat, rows: int, cols: int) -> bytes:
     return json.dumps(state).encode()
 
 
-def _strategy_of(weights: dict) -> tuple[str, int, tuple | None]:
-    strategy = str(weights.get("strategy") or "tensor")
-    group = int(weights.get("group_size") or 0)
-    block = tuple(weights["block_structure"]) if weights.get("block_structure") else None
-    return strategy, group, block
+# compressed-tensors' QuantizationStrategy values a weight may use
+_CT_STRATEGIES = ("tensor", "channel", "group", "block", "tensor_group")
 
 
-def _compressed(cfg: dict) -> QuantFormat:
-    groups = cfg.get("config_groups") or {}
-    if not groups:
+def _compressed(cfg: QuantFields) -> QuantFormat:
+    groups = cfg.section("config_groups", required=True)
+    if not groups.cfg:
         raise ShardwiseError("compressed-tensors quantization_config has no config_groups; fix config.json")
-    group = next(iter(groups.values()))
-    weights = group.get("weights") or {}
-    bits = int(weights.get("num_bits") or 8)
-    strategy, group_size, block = _strategy_of(weights)
-    is_float = str(weights.get("type") or "int") == "float"
+    name = next(iter(groups.cfg))
+    group = groups.section(name, required=True)
+    weights = group.section("weights") or QuantFields({}, f"{group.where}.weights")
+    bits = weights.count("num_bits", 8, minimum=2, maximum=8)
+    strategy = weights.choice("strategy", "tensor", _CT_STRATEGIES)
+    group_size = weights.count("group_size", 0) if strategy == "group" else 0
+    if strategy == "group" and not group_size:
+        raise ShardwiseError(f"{weights.where} has strategy 'group' without a group_size: fix config.json")
+    block = weights.pair("block_structure")
+    if strategy == "block" and block is None:
+        raise ShardwiseError(f"{weights.where} has strategy 'block' without a block_structure: fix config.json")
+    is_float = weights.choice("type", "int", ("int", "float")) == "float"
     scheme = "block" if strategy == "block" else ("int" if not is_float else strategy)
-    acts = group.get("input_activations") or {}
-    exclude = tuple(cfg.get("ignore") or ())
+    acts = group.section("input_activations")
     return QuantFormat(
         "compressed-tensors",
         scheme,
         bits=bits,
-        group_size=group_size if strategy == "group" else 0,
+        group_size=group_size,
         block=block,
-        symmetric=bool(weights.get("symmetric", True)),
-        static_input_scale=bool(acts) and not acts.get("dynamic", False),
-        exclude=exclude,
+        symmetric=weights.flag("symmetric", True),
+        static_input_scale=acts is not None and not acts.flag("dynamic", False),
+        exclude=cfg.names("ignore"),
     )
 
 
 def parse_format(cfg: dict | None) -> QuantFormat | None:
-    """QuantFormat for a `quantization_config` dict (None: not quantized)."""
+    """QuantFormat for a `quantization_config` dict (None: not quantized); every field read is checked."""
     if not cfg:
         return None
-    if not isinstance(cfg, dict):
-        raise ShardwiseError(f"quantization_config is {cfg!r}, not an object: fix config.json")
-    method = str(cfg.get("quant_method") or "").lower()
+    fields = QuantFields(cfg, "quantization_config")
+    method = fields.text("quant_method").lower()
     if method == "fp8":
-        block = cfg.get("weight_block_size")
-        return QuantFormat(
-            "fp8", "block" if block else "tensor", block=tuple(block) if block else None, exclude=_skips(cfg)
-        )
+        block = fields.pair("weight_block_size")
+        return QuantFormat("fp8", "block" if block else "tensor", block=block, exclude=_skips(fields))
     if method == "compressed-tensors":
-        return _compressed(cfg)
+        return _compressed(fields)
     if method == "modelopt":
-        algo = str(cfg.get("quant_algo") or "").upper()
+        algo = fields.text("quant_algo").upper()
         if algo not in ("FP8", "NVFP4"):
             raise ShardwiseError(f"modelopt quant_algo {algo!r} is not one shardwise sizes; FP8 and NVFP4 are")
         return QuantFormat(
             "modelopt",
             algo.lower(),
             bits=8 if algo == "FP8" else 4,
-            group_size=int(cfg.get("group_size") or 16) if algo == "NVFP4" else 0,
-            exclude=tuple(cfg.get("exclude_modules") or ()),
+            group_size=fields.count("group_size", 16) if algo == "NVFP4" else 0,
+            exclude=fields.names("exclude_modules"),
         )
-    if method == "awq":
-        bits = int(cfg.get("bits") or cfg.get("w_bit") or 4)
-        group = int(cfg.get("group_size") or cfg.get("q_group_size") or 128)
-        return QuantFormat("awq", "int", bits=bits, group_size=group, symmetric=False, exclude=_skips(cfg))
-    if method == "gptq":
-        bits, group = int(cfg.get("bits") or 4), int(cfg.get("group_size") or 128)
-        return QuantFormat("gptq", "int", bits=bits, group_size=group, symmetric=False, exclude=_skips(cfg))
+    if method in ("awq", "gptq"):
+        # GPTQConfig's rules: bits in [2, 3, 4, 8], group_size > 0 or -1 (one group per column: per channel)
+        bits = fields.choice("bits" if "bits" in cfg else "w_bit", 4, PACKED_INT_BITS)
+        group = fields.count("group_size", 128, also=(-1,), aliases=("q_group_size",))
+        return QuantFormat(method, "int", bits=bits, group_size=group, symmetric=False, exclude=_skips(fields))
     if method == "bitsandbytes":
-        skips = tuple(cfg.get("llm_int8_skip_modules") or ())
-        if cfg.get("load_in_4bit"):
+        skips = fields.names("llm_int8_skip_modules")
+        four, eight = fields.flag("load_in_4bit"), fields.flag("load_in_8bit")
+        if four and eight:
+            raise ShardwiseError("bitsandbytes quantization_config sets both load_in_4bit and load_in_8bit; fix it")
+        if four:
             return QuantFormat(
                 "bitsandbytes",
-                str(cfg.get("bnb_4bit_quant_type") or "fp4"),
+                fields.choice("bnb_4bit_quant_type", "fp4", ("fp4", "nf4")),
                 bits=4,
-                double_quant=bool(cfg.get("bnb_4bit_use_double_quant")),
+                double_quant=fields.flag("bnb_4bit_use_double_quant"),
                 exclude=skips,
             )
-        if cfg.get("load_in_8bit"):
+        if eight:
             return QuantFormat("bitsandbytes", "int8", bits=8, exclude=skips)
         raise ShardwiseError("bitsandbytes quantization_config sets neither load_in_4bit nor load_in_8bit")
     if method == "mxfp4":
-        return QuantFormat("mxfp4", "mxfp4", bits=4, experts_only=True, exclude=_skips(cfg))
+        return QuantFormat("mxfp4", "mxfp4", bits=4, experts_only=True, exclude=_skips(fields))
     raise ShardwiseError(
-        f"quantization {method or cfg!r} is not one shardwise can size; sized formats: {', '.join(METHODS)}"
+        f"quantization {method or cfg!r:.80} is not one shardwise can size; sized formats: {', '.join(METHODS)}"
     )
 
 
-def _skips(cfg: dict) -> tuple[str, ...]:
-    return tuple(cfg.get("modules_to_not_convert") or ())
+def _skips(fields: QuantFields) -> tuple[str, ...]:
+    return fields.names("modules_to_not_convert")
 
 
 def hf_quant_config(model_dir: str | None) -> dict | None:
@@ -253,18 +265,17 @@ def hf_quant_config(model_dir: str | None) -> dict | None:
         return None
     directory = Path(model_dir)
     path = (directory if directory.is_dir() else directory.parent) / "hf_quant_config.json"
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ShardwiseError(f"{path} is not valid JSON ({err}): fix or re-download it") from None
-    return modelopt_quantization_config(data)
+    from planner.jsonfile import read_json
+
+    return modelopt_quantization_config(read_json(path, "hf_quant_config.json", dict, "fix or re-download it"))
 
 
 def modelopt_quantization_config(data: dict) -> dict:
-    """The quantization_config a ModelOpt `hf_quant_config.json` stands for."""
-    return {"quant_method": "modelopt", **(data.get("quantization") or {})}
+    """The quantization_config a ModelOpt `hf_quant_config.json` stands for (its `quantization` object)."""
+    section = QuantFields(data, "hf_quant_config.json").section("quantization")
+    return {"quant_method": "modelopt", **(section.cfg if section else {})}
 
 
 def shipped_config(arch: dict, model_dir: str | None = None) -> dict | None:

@@ -46,7 +46,7 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
         config_path, model_dir = path, path.parent
     if not path.exists():
         raise ShardwiseError(f"model.path {str(path)!r} does not exist: give a model directory or its config.json")
-    if not config_path.is_file():
+    if not config_path.exists():  # a FIFO or device named config.json is refused by read_json, never opened blocking
         raise ShardwiseError(
             f"model.path {str(path)!r} has no config.json: give a directory holding config.json, or the file itself"
         )
@@ -62,7 +62,16 @@ def _read_config(path: Path) -> tuple[dict, Path | None]:
 
 
 def _shipped_dtype(arch: dict) -> str:
-    return _DTYPE_NAMES.get(str(arch.get("torch_dtype") or arch.get("dtype") or "float32"), "float32")
+    """dtype of the checkpoint's unquantized tensors: config.json's, else what its quantization format implies,
+    else float32 (transformers' default dtype, which save_pretrained writes when none was set)."""
+    named = arch.get("torch_dtype") or arch.get("dtype")
+    if named:
+        return _DTYPE_NAMES.get(str(named), "float32")
+    from planner.model.quant import parse_format
+
+    quant = arch.get("quantization_config")
+    fmt = parse_format(quant) if isinstance(quant, dict) else None
+    return (fmt.unquantized_dtype if fmt else None) or "float32"
 
 
 def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
@@ -75,23 +84,24 @@ def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
 
 
 def _quant_method(arch: dict, where: str) -> str | None:
+    from planner.model.quant_fields import QuantFields
+
     quant_config = arch.get("quantization_config") or {}
     if not isinstance(quant_config, dict):
         raise ShardwiseError(
-            f"{where}: quantization_config in config.json is {quant_config!r}, not an object: "
+            f"{where}: quantization_config in config.json is {quant_config!r:.60}, not an object: "
             "fix or re-download config.json"
         )
-    return quant_config.get("quant_method")
+    return QuantFields(quant_config, f"{where}: quantization_config").text("quant_method") or None
 
 
 def _optional_json(path: Path) -> dict | None:
     """A side file (hf_quant_config.json, generation_config.json) beside config.json, or None when absent."""
-    if not path.is_file():
+    if not path.exists():  # exists(), not is_file(): a FIFO here is refused by read_json rather than skipped
         return None
     from planner.jsonfile import read_json
 
-    data = read_json(path, path.name, None, "fix or re-download it")
-    return data if isinstance(data, dict) else None
+    return read_json(path, path.name, dict, "fix or re-download it")
 
 
 def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
@@ -124,6 +134,9 @@ def _spec_from_hub(repo_id: str, model_cfg) -> ModelSpec:
     from planner.model import hub
 
     found = hub.fetch(repo_id, model_cfg.get("revision") or None)
+    from planner.model.config_check import check_config
+
+    check_config(found.config, f"config.json of {repo_id}")  # the same checks as a local config.json
     arch = _with_side_quantization(found.config, found.hf_quant_config)
     if "model_type" not in arch:
         raise ShardwiseError(f"config.json of {repo_id} has no model_type: it is not a transformers model")
@@ -169,6 +182,9 @@ def spec_from_config(model_cfg) -> ModelSpec:
         if not isinstance(model_cfg.architecture, dict)
         else dict(model_cfg.architecture)
     )
+    from planner.model.config_check import check_config
+
+    check_config(arch, f"model profile {model_cfg.name} (architecture)")  # an override may have edited it
     return ModelSpec(
         name=model_cfg.name,
         source=model_cfg.hub_id or model_cfg.name,

@@ -153,8 +153,13 @@ def generate_ids(
     cancel: threading.Event | None = None,
     on_delta: Callable[[str], None] | None = None,
     started_s: float | None = None,
+    model_inputs: dict | None = None,
 ) -> Completion:
-    """One reply to `prompt_ids` (already fitted); `started_s` is when the request began, for time to first token."""
+    """One reply to `prompt_ids` (already fitted); `started_s` is when the request began, for time to first token.
+
+    `model_inputs`: what a processor made beside the ids (pixel_values, image sizes, ...), passed to generate()
+    on `device`, floating-point tensors in the model's dtype.
+    """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -179,6 +184,7 @@ def generate_ids(
     if params.presence_penalty or params.frequency_penalty:
         processors.append(_OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    extra = _on_device(model_inputs or {}, device, model.dtype)
     if params.seed is not None:
         torch.manual_seed(params.seed)
     with torch.inference_mode():
@@ -187,11 +193,23 @@ def generate_ids(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             **({cache_keyword(model): cache} if cache is not None else {}),
+            **extra,
             generation_config=generation_config,
             stopping_criteria=StoppingCriteriaList([tracker]),
             logits_processor=processors,
         )
     return _completion(tracker, prompt_ids, start)
+
+
+def _on_device(inputs: dict, device, dtype) -> dict:
+    import torch
+
+    moved = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        moved[name] = value
+    return moved
 
 
 def generate_ids_batched(

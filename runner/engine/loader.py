@@ -1,7 +1,13 @@
 """Load exactly what a Plan says: from_pretrained with its device_map, max_memory, dtype, quantization, attention.
 
-    loaded = load(plan)                 # LoadedModel(model, tokenizer, plan, ...)
+    loaded = load(plan)                 # LoadedModel(model, tokenizer, plan, processor, ...)
     check_fresh(plan, "plan.json")      # refuse a reviewed plan made for other hardware
+
+The model class is the one transformers' auto mappings give for the class named in config.json's
+`architectures` (planner/model/auto_class.py: causal LM first, then image-text-to-text and multimodal
+LM). A model transformers registers as taking images is loaded with its processor (AutoProcessor:
+tokenizer + image processor + chat template), so image parts can reach it; any other model, or one
+whose directory has no usable processor (said in one line), gets its tokenizer and chats in text.
 
 The allocator environment (`PYTORCH_CUDA_ALLOC_CONF`, `CUDA_DEVICE_ORDER`) is set here before
 torch creates a CUDA context; the plan carries every other decision, so nothing is re-decided.
@@ -27,12 +33,14 @@ DEFAULT_ALLOC_CONF = "expandable_segments:True"
 
 @dataclass
 class LoadedModel:
-    """A model and tokenizer in memory, with the plan they came from."""
+    """A model and tokenizer in memory, with the plan they came from (and the processor of a model that takes
+    images: None for a text model)."""
 
     model: object
     tokenizer: object
     plan: object
     load_s: float = 0.0
+    processor: object = field(default=None, repr=False)
     # One generation at a time per model: sessions sharing this model share the lock.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # runner.engine.batching.BatchingEngine once serving starts batching for this model (None: sequential turns).
@@ -102,7 +110,7 @@ def _torch_dtype(name: str):
 
 
 def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
-    """The exact keyword arguments `AutoModelForCausalLM.from_pretrained` gets for this plan."""
+    """The exact keyword arguments the model's auto class (`auto_model_class`) `from_pretrained` gets for this plan."""
     kwargs = {
         "dtype": _torch_dtype(plan.model.dtype),
         "device_map": plan.device_map or None,
@@ -191,8 +199,30 @@ def local_source(plan) -> str | None:
     return str(snapshot)
 
 
+def load_preprocessing(source: str, config, *, trust_remote_code: bool, revision: str | None, log) -> tuple:
+    """(tokenizer, processor or None): the processor when transformers says the model takes images and the
+    directory has an image processor for it; else the tokenizer alone, and text chat."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from planner.model.auto_class import takes_images
+
+    settings = {"trust_remote_code": trust_remote_code, "revision": revision}
+    if takes_images(config):
+        try:
+            processor = AutoProcessor.from_pretrained(source, **settings)
+        except Exception as exc:  # no processor files, or a class this install cannot build: text still works
+            first_line = (str(exc).splitlines() or [""])[0][:160]
+            processor, why = None, f"its processor did not load ({type(exc).__name__}: {first_line})"
+        else:
+            why = "its directory has no image processor"
+        if getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None):
+            return processor.tokenizer, processor
+        log(f"note: {config.model_type} takes images but {why}: text chat only, image parts are refused")
+    return AutoTokenizer.from_pretrained(source, **settings), None
+
+
 def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[str], None] | None = None) -> LoadedModel:
-    """Load the plan's model and tokenizer; transformers shows its own weight-loading progress bar."""
+    """Load the plan's model and tokenizer (and processor); transformers shows its own weight-loading progress bar."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     set_runtime_env(alloc_conf, log)
     from planner.stack import drift
@@ -201,7 +231,9 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     for line in drift(plan.software, kept):
         log(f"note: {line}")
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
+
+    from planner.model.auto_class import auto_model_class
 
     source = plan.model.source
     offload = _offload_folder(plan, log)
@@ -213,11 +245,14 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     else:
         where = source
     size = _human_bytes(plan.model.weight_bytes) if plan.model.weight_bytes else "size unknown"
-    log(f"loading {plan.model.name} ({where}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}")
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")
-    )
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    remote, revision = kwargs["trust_remote_code"], kwargs.get("revision")
+    config = AutoConfig.from_pretrained(source, trust_remote_code=remote, revision=revision)
+    auto, why = auto_model_class(config)
+    log(f"loading {plan.model.name} ({where}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}: {why}")
+    tokenizer, processor = load_preprocessing(source, config, trust_remote_code=remote, revision=revision, log=log)
+    model = auto.from_pretrained(source, **kwargs)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, plan=plan, load_s=time.perf_counter() - start)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, plan=plan, load_s=time.perf_counter() - start, processor=processor
+    )

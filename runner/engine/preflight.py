@@ -79,9 +79,38 @@ def _looks_like_a_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or "\\" in source or source.count("/") > 1
 
 
+def _special_entries(directory: Path) -> list[str]:
+    """Names in `directory` that are FIFOs, devices or sockets (through symlinks): transformers would open them
+    blocking (a FIFO named tokenizer.json waits forever for a writer), so a model directory holds none."""
+    import os
+    import stat
+
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode  # follows links, as transformers' open would
+        except OSError:  # a dangling link cannot block anything
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            found.append(entry.name)
+    return sorted(found)
+
+
 def _check_source(plan) -> None:
     source = str(plan.model.source)
     where = Path(source).expanduser()
+    if where.is_dir():
+        special = _special_entries(where)
+        if special:
+            raise ShardwiseError(
+                f"model directory {source!r} holds {', '.join(repr(n) for n in special[:4])}, which "
+                f"{'is not a regular file' if len(special) == 1 else 'are not regular files'} (a FIFO, device or "
+                "socket): a model directory holds regular files only; remove them"
+            )
     if where.exists():
         if where.is_dir() and not any((where / name).is_file() for name in TOKENIZER_FILES):
             raise ShardwiseError(

@@ -1,7 +1,8 @@
 """Chat prompts: the template, and fitting a conversation inside the context window.
 
-    prompt = ChatPrompt(tokenizer, profile_template=plan.model.chat_template, system_prompt=None)
+    prompt = ChatPrompt(tokenizer, profile_template=plan.model.chat_template, system_prompt=None, processor=None)
     ids, dropped = prompt.fit(messages, context_tokens=4096, max_tokens=256, cancel=event)
+    fitted = prompt.fit_inputs(messages, context_tokens=4096, max_tokens=256)   # + .media for a model's images
 
 One module for every path that builds a prompt (ChatSession, the tensor-parallel rank), so they
 render and cut conversations the same way:
@@ -12,6 +13,12 @@ render and cut conversations the same way:
   messages are dropped whole (never the last one, never leaving an assistant reply first);
   a conversation that cannot fit even then raises ContextLengthError, never a silent cut of
   the prompt's head;
+- a model that takes images has a processor (transformers' AutoProcessor), which expands each image
+  into the model's image tokens and makes its pixel inputs (`FittedPrompt.media`); the rendered prompt
+  must hold exactly one image placeholder per image, so text cannot smuggle in one of its own;
+- a template that reads content as a list of parts (processor templates such as LLaVA's, which drop a
+  plain string silently; asked of the template with a probe) gets every message that way: text parts,
+  and `{"type": "image"}` where an image was;
 - fitting is linear in the conversation: each message's text is tokenized once (in one batch),
   its role's template wrapper is measured once per role, the number to drop comes from prefix
   sums over those counts, and only the kept tail is encoded to check it (a conversation of
@@ -22,6 +29,7 @@ render and cut conversations the same way:
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 from planner.errors import ShardwiseError
@@ -44,6 +52,33 @@ class PromptCancelled(Exception):
     """The caller cancelled while the prompt was being fitted (nothing was generated)."""
 
 
+@dataclass
+class FittedPrompt:
+    """A prompt inside the context window: its ids, what the processor made for its images, what was dropped."""
+
+    ids: list[int]
+    dropped: int = 0  # oldest messages left out to fit
+    media: dict = field(default_factory=dict)  # extra model inputs for the images (pixel_values, ...); {} for text
+    images: int = 0  # images in the kept messages
+
+
+def _text(content) -> str:
+    """The text of a message's content: a str, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content if content is not None else "")
+
+
+def _images(messages: list[dict]) -> list:
+    return [
+        p["image"]
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, dict) and p.get("type") == "image"
+    ]
+
+
 def context_tokens(plan, model_config) -> int:
     """Prompt + reply tokens per turn: the plan's limit, else the model's own maximum (2048 when unknown)."""
     planned = plan.limits.context_tokens if plan is not None else 0
@@ -63,27 +98,113 @@ def max_new_tokens(context: int, prompt_tokens: int, max_tokens: int, plan_max_n
 
 
 class ChatPrompt:
-    """A tokenizer with its chat template and the conversation's system prompt."""
+    """A tokenizer (and, for a model that takes images, its processor) with its chat template and the
+    conversation's system prompt."""
 
-    def __init__(self, tokenizer, *, profile_template: str | None = None, system_prompt: str | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        profile_template: str | None = None,
+        system_prompt: str | None = None,
+        processor=None,
+    ):
         self.tokenizer = tokenizer
-        self.template = tokenizer.chat_template or profile_template or FALLBACK_TEMPLATE
+        self.processor = processor
+        own = getattr(processor, "chat_template", None) if processor is not None else None
+        if isinstance(own, dict):  # named templates: the default one is the chat's
+            own = own.get("default")
+        self.template = (
+            (own if isinstance(own, str) else None) or tokenizer.chat_template or profile_template or FALLBACK_TEMPLATE
+        )
         self.template_stops = FALLBACK_STOPS if self.template == FALLBACK_TEMPLATE else ()
         self.system_prompt = system_prompt
+        # the placeholder the processor expands into image tokens (None: no processor, or it names none)
+        token = getattr(processor, "image_token", None) if processor is not None else None
+        self.image_token = token if isinstance(token, str) and token else None
+        self.content_as_parts = self._template_wants_parts()
+
+    def _template_wants_parts(self) -> bool:
+        """Whether messages reach the template with their content as a list of parts, asked of the template itself:
+        processor templates (LLaVA's) read only parts and drop a plain string without a word; tokenizer templates
+        mostly read strings. With a processor, parts where the template renders them."""
+        probe = "shardwise-template-probe"
+
+        def shows(content) -> bool:
+            try:
+                out = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": content}],
+                    chat_template=self.template,
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            except Exception:  # a template that raises on this form does not take it
+                return False
+            return probe in out and "'type'" not in out  # a list printed whole is not a template reading parts
+
+        parts, text = shows([{"type": "text", "text": probe}]), shows(probe)
+        return parts if self.processor is not None else parts and not text
+
+    @property
+    def takes_images(self) -> bool:
+        return self.processor is not None
 
     def with_system(self, messages: list[dict]) -> list[dict]:
         if self.system_prompt and not any(m.get("role") == "system" for m in messages):
             return [{"role": "system", "content": self.system_prompt}, *messages]
         return list(messages)
 
+    def _for_template(self, messages: list[dict]) -> list[dict]:
+        """Messages as the template gets them: for a template that reads parts, every content as a list of parts
+        (images as {"type": "image"}: the template places the placeholder, the pixels go to the processor)."""
+        if not self.content_as_parts:
+            return messages
+        shaped = []
+        for m in messages:
+            content = m.get("content")
+            if isinstance(content, list):
+                parts = [{"type": "image"} if p.get("type") == "image" else p for p in content]
+            else:
+                parts = [{"type": "text", "text": _text(content)}]
+            shaped.append({**m, "content": parts})
+        return shaped
+
     def render(self, messages: list[dict], *, generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation_prompt
+            self._for_template(messages),
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
 
     def encode(self, messages: list[dict]) -> list[int]:
         """Prompt ids for exactly these messages (no system prompt added), ready for the reply."""
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return self.encode_with_media(messages)[0]
+
+    def encode_with_media(self, messages: list[dict]) -> tuple[list[int], dict]:
+        """Prompt ids and the processor's extra model inputs for the messages' images ({} without images)."""
+        images = _images(messages)
+        if images and self.processor is None:
+            raise ShardwiseError(
+                "these messages hold images but this model takes text only (it has no image processor): send text"
+            )
+        text = self.render(messages)
+        if self.image_token is not None and text.count(self.image_token) != len(images):
+            raise ShardwiseError(
+                f"the prompt holds {text.count(self.image_token)} of the model's image placeholder "
+                f"{self.image_token!r} for {len(images)} image(s): a message's text may not contain "
+                f"{self.image_token!r}; send images as image_url parts"
+            )
+        if not images:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"], {}
+        try:
+            # one conversation's images nested in a list, as transformers' own apply_chat_template hands them over
+            out = self.processor(text=[text], images=[images], return_tensors="pt", add_special_tokens=False)
+        except (ValueError, TypeError, IndexError) as exc:  # the processor refuses these images for this model
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ShardwiseError(f"the model's processor refused these images: {why}") from None
+        media = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask")}
+        return out["input_ids"][0].tolist(), media
 
     def token_count(self, messages: list[dict]) -> int:
         return len(self.encode(self.with_system(messages)))
@@ -121,22 +242,31 @@ class ChatPrompt:
         fitting uses it to choose how many messages to drop, then encodes the result exactly.
         """
         wrappers = {role: self._wrapper_tokens(role) for role in {m.get("role") for m in messages}}
-        texts = self._lengths([str(m.get("content", "")) for m in messages])
+        texts = self._lengths([_text(m.get("content")) for m in messages])
         return [text + wrappers[m.get("role")] for m, text in zip(messages, texts)]
 
     def fit(
         self, messages: list[dict], *, context_tokens: int, max_tokens: int, cancel: threading.Event | None = None
     ) -> tuple[list[int], int]:
         """Prompt ids inside the context window, and how many of the oldest messages were dropped."""
+        fitted = self.fit_inputs(messages, context_tokens=context_tokens, max_tokens=max_tokens, cancel=cancel)
+        return fitted.ids, fitted.dropped
+
+    def fit_inputs(
+        self, messages: list[dict], *, context_tokens: int, max_tokens: int, cancel: threading.Event | None = None
+    ) -> FittedPrompt:
+        """`fit`, with the processor's inputs for the images the kept messages hold."""
         room = reply_room(context_tokens, max_tokens)
         kept = self.with_system(messages)
-        ids = None
+        ids = media = None
         # The usual case: a conversation that is not obviously too long is encoded whole, once.
-        if sum(len(str(m.get("content", ""))) for m in kept) <= 4 * context_tokens:
-            ids = self.encode(kept)
+        if sum(len(_text(m.get("content"))) for m in kept) <= 4 * context_tokens:
+            ids, media = self.encode_with_media(kept)
             if len(ids) + room <= context_tokens:
-                return ids, 0
+                return FittedPrompt(ids, 0, media, len(_images(kept)))
         _check(cancel)
+        # Estimated costs count text only: an image's tokens are known once the processor has seen it, so
+        # the exact encodings below correct the estimate (a little more is dropped on each pass).
         costs = self._message_costs(kept)
         fixed = self._rendered_length([], True) or 0
         if ids is not None:  # spread the estimate's error over the messages (separators, merges)
@@ -151,10 +281,13 @@ class ChatPrompt:
             j for j in range(1, everything + 1) if j == everything or kept[droppable[j]].get("role") != "assistant"
         ]
 
-        def encode_without(count: int) -> list[int]:
-            _check(cancel)
+        def without(count: int) -> list[dict]:
             gone = set(droppable[:count])
-            return self.encode([m for i, m in enumerate(kept) if i not in gone])
+            return [m for i, m in enumerate(kept) if i not in gone]
+
+        def encode_without(count: int) -> tuple[list[int], dict]:
+            _check(cancel)
+            return self.encode_with_media(without(count))
 
         excess = (len(ids) if ids is not None else fixed + sum(costs)) + room - context_tokens
         dropped = 0
@@ -164,17 +297,17 @@ class ChatPrompt:
                 dropped = next((j for j in allowed if j > dropped and freed[j] >= target), allowed[-1])
             elif ids is not None:
                 break
-            ids = encode_without(dropped)
+            ids, media = encode_without(dropped)
             excess = len(ids) + room - context_tokens
         # The estimate may have dropped a message or two too many: take them back while they fit.
         for _ in range(8):
             back = max((j for j in allowed if j < dropped), default=None)
             if excess > 0 or back is None or freed[dropped] - freed[back] > -excess + 2:
                 break
-            candidate = encode_without(back)
+            candidate, candidate_media = encode_without(back)
             if len(candidate) + room > context_tokens:
                 break
-            dropped, ids, excess = back, candidate, len(candidate) + room - context_tokens
+            dropped, ids, media, excess = back, candidate, candidate_media, len(candidate) + room - context_tokens
         if len(ids) >= context_tokens:
             last = kept[-1] if kept else {"content": ""}
             raise ContextLengthError(
@@ -182,7 +315,7 @@ class ChatPrompt:
                 f"but the context window holds {context_tokens}: shorten the message, or plan a longer context "
                 f"(policy.context_tokens)"
             )
-        return ids, dropped
+        return FittedPrompt(ids, dropped, media, len(_images(without(dropped))))
 
 
 def _check(cancel: threading.Event | None) -> None:

@@ -10,7 +10,7 @@ runner.engine.generate, shared with the tensor-parallel rank):
 - a seed is applied under the model lock and a process-wide lock, so concurrent turns cannot
   disturb it;
 - when the model has a batching engine (runner.engine.batching, `loaded.batching`), turns join its
-  continuous batch; turns it cannot batch (a seed, penalties) and models without one run generate()
+  continuous batch; turns it cannot batch (a seed, penalties, images) and models without one run generate()
   one at a time (the LoadedModel's lock, with the batching loop paused meanwhile); out-of-memory
   goes through runner.engine.recovery's ladder without losing the conversation;
 - a stream generates on the session's long-lived StreamThreads, never a thread of its own per turn
@@ -201,7 +201,10 @@ class ChatSession:
 
         profile_template = getattr(self.plan.model, "chat_template", None) if self.plan is not None else None
         self.prompt = ChatPrompt(
-            self.loaded.tokenizer, profile_template=profile_template, system_prompt=self._system_prompt
+            self.loaded.tokenizer,
+            profile_template=profile_template,
+            system_prompt=self._system_prompt,
+            processor=getattr(self.loaded, "processor", None),
         )
         self.eos_ids = model_eos_ids(self.loaded.model, self.loaded.tokenizer)
         self.pad_id = model_pad_id(self.loaded.tokenizer, self.eos_ids)
@@ -217,6 +220,11 @@ class ChatSession:
     @property
     def template(self) -> str:
         return self.prompt.template
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether image parts can go to this model (it was loaded with an image processor)."""
+        return self.prompt.takes_images
 
     @property
     def template_stops(self) -> tuple[str, ...]:
@@ -243,6 +251,12 @@ class ChatSession:
         """Prompt ids inside the context window, and how many oldest messages were dropped."""
         return self.prompt.fit(messages, context_tokens=self.context_tokens, max_tokens=max_tokens, cancel=cancel)
 
+    def fit_inputs(self, messages: list[dict], max_tokens: int, cancel: threading.Event | None = None):
+        """`fit_prompt` with the processor's inputs for the kept images (runner.engine.prompt.FittedPrompt)."""
+        return self.prompt.fit_inputs(
+            messages, context_tokens=self.context_tokens, max_tokens=max_tokens, cancel=cancel
+        )
+
     # -- generation --------------------------------------------------------------------------
     def _params(self, params: SamplingParams | None) -> SamplingParams:
         return params if params is not None else self.defaults
@@ -258,9 +272,10 @@ class ChatSession:
             )
         start = time.perf_counter()
         try:
-            prompt_ids, dropped = self.fit_prompt(messages, params.max_tokens, cancel)
+            fitted = self.fit_inputs(messages, params.max_tokens, cancel)
         except PromptCancelled:
             return Completion(text="", finish_reason="cancelled", usage=Usage())
+        prompt_ids, dropped = fitted.ids, fitted.dropped
         notices = []
         if dropped:
             notices.append(
@@ -272,7 +287,8 @@ class ChatSession:
         loaded = self.loaded
         max_new = max_new_tokens(self.context_tokens, len(prompt_ids), params.max_tokens, plan_cap)
         batching = getattr(loaded, "batching", None)
-        if batching is not None and batching.batchable(params) is None:
+        # transformers' continuous batching takes token ids only: a prompt with images runs generate() alone
+        if batching is not None and not fitted.media and batching.batchable(params) is None:
             completion = generate_ids_batched(
                 batching,
                 loaded.tokenizer,
@@ -289,6 +305,15 @@ class ChatSession:
             return completion
         seeded = params.seed is not None and params.temperature > 0
         paused = batching.exclusive() if batching is not None else contextlib.nullcontext()
+        chunk_tokens = self.plan.limits.prefill_chunk_tokens if self.plan is not None else 0
+        if fitted.media and chunk_tokens and len(prompt_ids) > chunk_tokens:
+            # the image features join the prompt in one forward pass: a chunk of ids alone has no pixels
+            notices.append(
+                f"a prompt with images ({len(prompt_ids)} tokens) is prefilled in one pass, not in the plan's "
+                f"{chunk_tokens}-token chunks"
+            )
+            self.on_notice(notices[-1])
+            chunk_tokens = 0
         # torch.manual_seed seeds one process-wide generator: seeded sampling on two models at once
         # would interleave their draws, so it takes a process-wide lock (after the model's own).
         with loaded.lock, paused, SEEDED_SAMPLING if seeded else contextlib.nullcontext():
@@ -301,8 +326,9 @@ class ChatSession:
                 eos_ids=self.eos_ids,
                 pad_id=self.pad_id,
                 stops=self.template_stops,
-                prefill_chunk_tokens=self.plan.limits.prefill_chunk_tokens if self.plan is not None else 0,
+                prefill_chunk_tokens=chunk_tokens,
                 device=loaded.input_device,
+                model_inputs=fitted.media,
                 cancel=cancel,
                 on_delta=on_delta,
                 started_s=start,

@@ -244,12 +244,27 @@ def describe_devices(devices: list) -> str:
 
 
 def launch_env(plan: Plan) -> dict[str, str]:
-    """Environment every launched process gets: the plan's own, plus CUDA ordering for GPU plans."""
-    env = {str(k): str(v) for k, v in (plan.launch.env or {}).items()}
+    """Environment every launched process gets: the plan's own allowed variables (planner.plan.LAUNCH_ENV_KEYS;
+    `dropped_env` names the rest), plus CUDA ordering for GPU plans."""
+    env, _ = plan.launch.safe_env()
     if plan.hardware.get("devices"):
         # The plan numbers GPUs in PCI bus order (what NVML reports); CUDA must count the same way.
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env
+
+
+def dropped_env(plan: Plan) -> str | None:
+    """A note naming the plan's launch.env variables no launched process gets, or None when there are none."""
+    from planner.plan import LAUNCH_ENV_KEYS
+
+    _, dropped = plan.launch.safe_env()
+    if not dropped:
+        return None
+    return (
+        f"the plan's launch.env sets {', '.join(dropped[:8])}{' ...' if len(dropped) > 8 else ''}: not passed on "
+        f"(a plan file is data; shardwise passes only {', '.join(LAUNCH_ENV_KEYS)}): export them in your own "
+        "shell if you mean them"
+    )
 
 
 def hydra_literal(value) -> str:

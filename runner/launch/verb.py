@@ -71,6 +71,9 @@ def task(cfg) -> None:
         plan_path = plan.save(out_dir / "plan.json")
 
     check_node_rank(plan, settings)
+    dropped = L.dropped_env(plan)
+    if dropped:
+        notes.append(dropped)
     from runner.engine.preflight import check_remote_code, remote_code_consent
 
     consent = remote_code_consent(cfg)

@@ -82,16 +82,18 @@ def init_distributed(plan: Plan):
 
 def load(plan: Plan):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.distributed.configuration_utils import DistributedConfig
 
+    from planner.model.auto_class import auto_model_class
     from runner.engine.loader import local_source
 
     snapshot = local_source(plan)  # a cached hub commit loads from its directory: no network asked
     source = snapshot or plan.model.source
     revision = None if snapshot else (plan.model.revision or None)  # a hub model: the commit it was planned from
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=plan.model.trust_remote_code, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(
+    config = AutoConfig.from_pretrained(source, trust_remote_code=plan.model.trust_remote_code, revision=revision)
+    model = auto_model_class(config)[0].from_pretrained(  # the class config.json names (runner.engine.loader)
         source,
         revision=revision,
         dtype=getattr(torch, plan.model.dtype),

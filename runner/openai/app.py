@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -39,6 +40,7 @@ from starlette.routing import Route
 
 from runner.engine.sampling import SamplingParams
 from runner.openai import protocol as oai
+from runner.openai.images import ImageLimits
 from runner.openai.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runner.openai.metrics import Metrics
 from runner.openai.protocol import APIError
@@ -74,6 +76,7 @@ class ServeSettings:
     max_n: int = 8  # most choices one request may ask for
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
     max_messages: int = oai.MAX_MESSAGES  # most messages one request may hold; more is a 400
+    images: ImageLimits = oai.DEFAULT_IMAGE_LIMITS  # bounds on inline images (serve.max_image_bytes, ...)
 
 
 @dataclass
@@ -234,7 +237,8 @@ async def read_json(request: Request, max_body_bytes: int):
     """The decoded body, refused with 413 past `max_body_bytes` (declared or streamed) and 400 when not JSON."""
     too_large = APIError(
         413,
-        f"the request body is larger than serve.max_body_bytes={max_body_bytes} bytes: send a shorter conversation",
+        f"the request body is larger than serve.max_body_bytes={max_body_bytes} bytes: send a shorter conversation "
+        "(inline images count: raise serve.max_body_bytes to accept larger ones)",
         code="request_too_large",
     )
     declared = request.headers.get("content-length", "")
@@ -264,8 +268,18 @@ async def chat_completions(request: Request) -> Response:
     state.check_auth(request)
     body = await read_json(request, state.settings.max_body_bytes)
     settings = state.settings
-    chat = oai.parse_chat_request(body, settings.defaults, settings.max_n, max_messages=settings.max_messages)
+    # on a worker thread: decoding an inline image takes long enough to hold up every other request on the loop
+    chat = await run_in_threadpool(
+        oai.parse_chat_request,
+        body,
+        settings.defaults,
+        settings.max_n,
+        max_messages=settings.max_messages,
+        images=settings.images,
+    )
     slot = state.find_model(chat.model)
+    if not getattr(slot.session, "takes_images", False):
+        oai.refuse_images(chat.messages, slot.source.name)
     # an alias answers under the served name, as OpenAI does
     response = oai.Response(slot.source.name, fingerprint=slot.source.fingerprint, include_usage=chat.include_usage)
     info.update(id=response.request_id, model=slot.source.name)

@@ -7,8 +7,11 @@ raises `APIError` carrying the HTTP status and the OpenAI error body
 `{"error": {"message", "type", "param", "code"}}` that the `openai` client reads;
 `Response(model)` builds the `chat.completion` body and every `chat.completion.chunk`.
 Fields the server does not know are ignored (as OpenAI does); fields it knows but cannot honour
-(tools, logprobs, non-text content) are refused with a 400 that names them, never silently
-dropped. Nothing from a request is instantiated or executed: values are checked and copied.
+(tools, logprobs, audio or file content) are refused with a 400 that names them, never silently
+dropped. Image parts (`image_url` with a `data:` URL, runner.openai.images) are decoded here, within
+bounds, and never fetched from the network; a model that takes no images refuses them with a 400
+naming the part (`refuse_images`). Nothing from a request is instantiated or executed: values are
+checked and copied.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 from runner.engine.sampling import SamplingParams
 from runner.engine.types import Completion
+from runner.openai.images import ImageLimits, ImageRefused, decode_data_url
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit on `stop`
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -52,6 +56,7 @@ class APIError(Exception):
 
 
 MAX_MESSAGES = 4096  # messages one request may hold by default (serve.max_messages; the Python API's bound)
+DEFAULT_IMAGE_LIMITS = ImageLimits()  # serve.max_image_bytes / max_image_pixels / max_images; the Python API's bounds
 
 
 def invalid(message: str, param: str | None, code: str | None = None) -> APIError:
@@ -60,7 +65,7 @@ def invalid(message: str, param: str | None, code: str | None = None) -> APIErro
 
 @dataclass
 class ChatRequest:
-    """A validated chat completion request; `messages` hold plain {"role", "content": str} dicts."""
+    """A validated chat completion request; `messages` hold {"role", "content"} dicts (parse_messages)."""
 
     model: str
     messages: list[dict]
@@ -118,34 +123,79 @@ def _positive_int(body: dict, name: str, high: int | None = None) -> int | None:
     return value
 
 
-def _content_text(content, index: int, role: str) -> str:
+TEXT_AND_IMAGE_PARTS = 'type "text" or "image_url" (an image as a data: URL)'
+
+
+def _image_part(part: dict, part_param: str, role: str, images: ImageLimits, count: int) -> dict:
+    """An OpenAI image_url part as {"type": "image", "image": PIL image}; APIError(400) naming what is wrong."""
+    if role != "user":
+        raise invalid(
+            f"{part_param} is an image in a {role} message: only user messages may carry images",
+            part_param,
+            "invalid_value",
+        )
+    if count >= images.max_images:
+        raise invalid(
+            f"{part_param} is image {count + 1} of this request, more than the {images.max_images} allowed: "
+            "send fewer images",
+            part_param,
+            "too_many_images",
+        )
+    image_url = part.get("image_url")
+    url_param = f"{part_param}.image_url"
+    if not isinstance(image_url, dict):
+        raise invalid(
+            f'{url_param} must be an object like {{"url": "data:image/png;base64,..."}}, got {image_url!r}'[:200],
+            url_param,
+            "invalid_type",
+        )
+    detail = image_url.get("detail")
+    if detail is not None and detail not in ("auto", "low", "high"):  # a hint: the model's processor sets the size
+        raise invalid(f"{url_param}.detail must be auto, low or high, got {detail!r}"[:200], f"{url_param}.detail")
+    try:
+        image = decode_data_url(image_url.get("url"), images)
+    except ImageRefused as exc:
+        raise invalid(f"{url_param}.url {exc}", url_param, exc.code) from None
+    return {"type": "image", "image": image}
+
+
+def _content(content, index: int, role: str, images: ImageLimits, counted: list[int]) -> str | list[dict]:
+    """A message's content: its text, or (when it holds an image) its parts in order, text parts as
+    {"type": "text", "text"} and images as {"type": "image", "image": PIL image}, so part j keeps its index."""
     param = f"messages[{index}].content"
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
+        parts = []
         for part_index, part in enumerate(content):
             part_param = f"{param}[{part_index}]"
             if not isinstance(part, dict):
                 raise invalid(
-                    f'{part_param} must be an object like {{"type": "text", "text": "..."}}, got {part!r}',
+                    f'{part_param} must be an object like {{"type": "text", "text": "..."}}, got {part!r}'[:200],
                     part_param,
                     "invalid_type",
                 )
-            if part.get("type") != "text":
+            kind = part.get("type")
+            if kind == "image_url":
+                parts.append(_image_part(part, part_param, role, images, counted[0]))
+                counted[0] += 1
+                continue
+            if kind != "text":
                 raise invalid(
-                    f'{part_param} has type {part.get("type")!r}: this server takes text parts only (type "text")',
+                    f"{part_param} has type {kind!r:.60}: this server takes parts of {TEXT_AND_IMAGE_PARTS}",
                     part_param,
                     "invalid_value",
                 )
             if not isinstance(part.get("text"), str):
                 raise invalid(
-                    f"{part_param}.text must be a string, got {part.get('text')!r}",
+                    f"{part_param}.text must be a string, got {part.get('text')!r}"[:200],
                     f"{part_param}.text",
                     "invalid_type",
                 )
-            texts.append(part["text"])
-        return "".join(texts)
+            parts.append({"type": "text", "text": part["text"]})
+        if all(p["type"] == "text" for p in parts):
+            return "".join(p["text"] for p in parts)
+        return parts
     if content is None:
         raise invalid(
             f"{param} is missing: every {role} message needs text content (tool calls are not supported)",
@@ -153,12 +203,46 @@ def _content_text(content, index: int, role: str) -> str:
             "invalid_value",
         )
     raise invalid(
-        f"{param} must be a string or a list of text parts, got {type(content).__name__}", param, "invalid_type"
+        f"{param} must be a string or a list of text and image_url parts, got {type(content).__name__}",
+        param,
+        "invalid_type",
     )
 
 
-def parse_messages(value, max_messages: int = MAX_MESSAGES) -> list[dict]:
-    """Chat messages as plain {"role", "content": str} dicts; APIError(400) naming the first bad field.
+def message_text(content) -> str:
+    """The text of a parsed message's content (its text parts joined; images left out)."""
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] for p in content if p.get("type") == "text")
+
+
+def image_params(messages: list[dict]) -> list[str]:
+    """The request names (`messages[i].content[j]`) of the image parts in parsed messages, in order."""
+    return [
+        f"messages[{i}].content[{j}]"
+        for i, message in enumerate(messages)
+        if not isinstance(message["content"], str)
+        for j, part in enumerate(message["content"])
+        if part.get("type") == "image"
+    ]
+
+
+def refuse_images(messages: list[dict], model: str, why: str = "it takes text only") -> None:
+    """APIError(400) naming the first image part when the model cannot take images."""
+    found = image_params(messages)
+    if found:
+        raise invalid(
+            f"{found[0]} is an image, but the model {model} cannot take images ({why}): send text only",
+            found[0],
+            "images_not_supported",
+        )
+
+
+def parse_messages(value, max_messages: int = MAX_MESSAGES, images: ImageLimits = DEFAULT_IMAGE_LIMITS) -> list[dict]:
+    """Chat messages as {"role", "content"} dicts; APIError(400) naming the first bad field.
+
+    Content is a str, or, for a user message with images, its parts in order (see `_content`); images are
+    decoded from data: URLs within `images` (never fetched from the network).
 
     More than `max_messages` is refused before any message is looked at: a conversation of thousands of
     tiny messages costs the prompt fitting far more than its bytes suggest."""
@@ -175,6 +259,7 @@ def parse_messages(value, max_messages: int = MAX_MESSAGES) -> list[dict]:
             "too_many_messages",
         )
     out = []
+    counted = [0]  # images so far in this request
     for index, message in enumerate(value):
         if not isinstance(message, dict):
             raise invalid(
@@ -201,16 +286,16 @@ def parse_messages(value, max_messages: int = MAX_MESSAGES) -> list[dict]:
             raise invalid(
                 f"messages[{index}].name must be a string, got {name!r}", f"messages[{index}].name", "invalid_type"
             )
-        text = _content_text(message.get("content"), index, role)
+        content = _content(message.get("content"), index, role, images, counted)
         try:
-            text.encode("utf-8")
+            message_text(content).encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" cannot be tokenized or echoed
             raise invalid(
                 f"messages[{index}].content holds a lone surrogate at character {exc.start}: send valid Unicode text",
                 f"messages[{index}].content",
                 "invalid_value",
             ) from None
-        out.append({"role": ROLES[role], "content": text})
+        out.append({"role": ROLES[role], "content": content})
     return out
 
 
@@ -255,7 +340,12 @@ def _refuse_unsupported(body: dict) -> None:
 
 
 def parse_chat_request(
-    body, defaults: SamplingParams, max_n: int = 8, *, max_messages: int = MAX_MESSAGES
+    body,
+    defaults: SamplingParams,
+    max_n: int = 8,
+    *,
+    max_messages: int = MAX_MESSAGES,
+    images: ImageLimits = DEFAULT_IMAGE_LIMITS,
 ) -> ChatRequest:
     """Validate a decoded JSON body; raise APIError(400) naming the first bad field.
 
@@ -269,7 +359,7 @@ def parse_chat_request(
         raise invalid(
             f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
         )
-    messages = parse_messages(body.get("messages"), max_messages)
+    messages = parse_messages(body.get("messages"), max_messages, images)
     _refuse_unsupported(body)
 
     max_tokens = _positive_int(body, "max_tokens")

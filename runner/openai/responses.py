@@ -106,17 +106,22 @@ def _run_choice(session, chat: ChatRequest, index: int, job: Job) -> None:
     # many Python threads, and later requests ran ~1.5x slower. A delta the stream has no room for makes the
     # generation wait (bounded, cancellable) when it runs in the batch; a turn that holds the model alone
     # (seeded sampling, penalties, a sequential plan) never waits on its client: the stall limit cancels it.
-    engine = getattr(getattr(session, "loaded", None), "batching", None)
-    wait = engine is not None and engine.batchable(params) is None
+    wait = _in_batch(session, chat, params)
     on_delta = (lambda delta: delta and job.emit_delta("delta", index, delta, wait=wait)) if chat.stream else None
     completion = session.generate(chat.messages, params, cancel=job.cancel, on_delta=on_delta)
     job.emit("choice", index, completion)
 
 
+def _in_batch(session, chat: ChatRequest, params) -> bool:
+    """Whether this request's turns join the model's continuous batch: its engine batches these settings, and the
+    messages hold no image (a prompt with images runs generate() alone, holding the model: runner.engine.session)."""
+    engine = getattr(getattr(session, "loaded", None), "batching", None)
+    return engine is not None and engine.batchable(params) is None and not oai.image_params(chat.messages)
+
+
 def _choices_together(session, chat: ChatRequest) -> bool:
     """n > 1 choices join the model's continuous batch at once when its engine batches these settings."""
-    engine = getattr(getattr(session, "loaded", None), "batching", None)
-    return chat.n > 1 and engine is not None and engine.batchable(chat.params_for_choice(1)) is None
+    return chat.n > 1 and _in_batch(session, chat, chat.params_for_choice(1))
 
 
 def _run_choices_together(session, chat: ChatRequest, job: Job) -> None:

@@ -39,6 +39,7 @@ def settings_from_config(cfg):
     """ServeSettings from the composed config; the API key falls back to $SHARDWISE_API_KEY."""
     from runner.engine.sampling import SamplingParams
     from runner.openai.app import ServeSettings
+    from runner.openai.images import ImageLimits
 
     block = read_serve_block(cfg.get("serve"))
     # a bad generation.* default is refused now, not on every request
@@ -59,6 +60,9 @@ def settings_from_config(cfg):
         max_n=block.max_n,
         stream_stall_timeout_s=float(block.stream_stall_timeout_s),
         max_messages=block.max_messages,
+        images=ImageLimits(
+            max_bytes=block.max_image_bytes, max_pixels=block.max_image_pixels, max_images=block.max_images
+        ),
     ), block
 
 

@@ -1,0 +1,127 @@
+"""Open the files people name, and write the ones we make, without hanging or clobbering what is there.
+
+Reading: `open_regular` opens a path without blocking and checks, on the open descriptor, that it is
+a regular file. A FIFO opened for reading blocks until a writer comes, and a device such as
+/dev/zero never ends, so a `*.safetensors` FIFO in a model directory or `plan_file=/dev/stdin`
+would hang the planner; checking after the open (not with a stat before it) leaves no window in
+which the path could be swapped.
+
+Writing: `write_text` is the one writer of plan.json, hardware snapshots and calibrations. A
+regular file (or a symlink to one: the link stays, its target is written) is replaced atomically,
+through a temp file beside it and a rename, so a reader never sees half a file. A device or a FIFO
+(`out=/dev/null`, `out=>(jq .)`), and /dev/stdout or /dev/fd/N, are written plainly and stay what
+they are: renaming a temp file over one would turn /dev/null into a regular file when run as root.
+A directory is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from planner.errors import ShardwiseError
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words, for an error message."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike, what: str = "file", hint: str = ""):
+    """`path` opened for binary reading if it is a regular file; else one ShardwiseError naming `what` and the path.
+
+    Missing files raise FileNotFoundError and other OS failures OSError, as `open` does, so callers keep
+    their own wording for those; only "this is not a regular file" is decided here.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)  # O_NONBLOCK: a FIFO without a writer opens at once instead of waiting forever
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            tail = f": {hint}" if hint else ""
+            raise ShardwiseError(f"{what} {str(path)!r} is {_kind(mode)}, not a regular file{tail}")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, what: str, max_bytes: int, hint: str = "") -> bytes:
+    """At most `max_bytes` + 1 bytes of the regular file `path` (one byte more tells the caller it is too big)."""
+    with open_regular(path, what, hint) as f:
+        return f.read(max_bytes + 1)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> Path:
+    """Write `text` to `path`: atomically for a regular file (through a symlink to its target), plainly to a
+    device or FIFO; a directory raises IsADirectoryError. Returns the path as given."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: what is at the end of the path decides
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if (mode is not None and not stat.S_ISREG(mode)) or names_a_descriptor(path):
+        _write_special(path, text)
+        return path
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path  # a dangling link: create its target
+    if make_parents and target is path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(target, text, None if mode is None else stat.S_IMODE(os.stat(target).st_mode))
+    return path
+
+
+def names_a_descriptor(path: Path) -> bool:
+    """/dev/stdout, /dev/fd/N, /proc/self/fd/N: an open file of this process, which a rename would not reach
+    (`out=/dev/stdout > x.json` must add to x.json through the shell's descriptor, not replace the file)."""
+    full = os.path.abspath(path)
+    return full in ("/dev/stdout", "/dev/stderr") or full.startswith(("/dev/fd/", "/proc/"))
+
+
+def _write_special(path: Path, text: str) -> None:
+    # O_NONBLOCK on open: a FIFO nobody reads fails with ENXIO at once rather than blocking forever;
+    # once open, writes block normally so a slow reader gets all of it. O_APPEND: a regular file behind
+    # /dev/stdout keeps what the shell already wrote there.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _replace_atomically(target: Path, text: str, keep_mode: int | None) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes 0600: a new file is as readable as any the user writes, a replaced one keeps its mode
+        os.chmod(tmp, keep_mode if keep_mode is not None else 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
