@@ -82,9 +82,15 @@ def test_fresh_plan_for_one_gpu_renders_a_deployment_sized_by_vllm(tmp_path):
 
 
 def test_a_plan_file_sized_for_the_runner_renders_with_a_note(tmp_path):
-    result = launch(f"plan_file={plan_file(tmp_path, plan=RUNNER_2X8())}", "launch.target=kubernetes", cwd=tmp_path)
+    from dataclasses import replace
+
+    plan = RUNNER_2X8()
+    plan = replace(plan, launch=replace(plan.launch, env={"LD_PRELOAD": "/tmp/x.so"}))
+    result = launch(f"plan_file={plan_file(tmp_path, plan=plan)}", "launch.target=kubernetes", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "note: the plan was sized for shardwise's runner, not vLLM" in result.stderr
+    assert "note: the plan's launch.env sets LD_PRELOAD: not passed on" in result.stderr
+    assert "LD_PRELOAD" not in result.stdout
     assert [d["kind"] for d in yaml.safe_load_all(result.stdout)] == ["LeaderWorkerSet", "Service"]
 
 

@@ -49,7 +49,7 @@ def task(cfg) -> None:
     if cfg.plan_file:
         plan_path = Path(cfg.plan_file).resolve()
         plan = Plan.load(plan_path)
-        if settings.dry_run:
+        if settings.dry_run and not kubernetes:
             notes.append("dry run: the plan's hardware was not compared with this machine")
         elif not kubernetes:  # a cluster's GPUs, not this machine's, run a Kubernetes launch
             notes += check_hardware(plan, settings)
@@ -79,6 +79,9 @@ def task(cfg) -> None:
     consent = remote_code_consent(cfg)
     if kubernetes:
         from runner.launch.kubernetes import launch as launch_kubernetes
+
+        for note in notes:  # stderr: stdout is the YAML alone
+            print(f"shardwise launch: note: {note}", file=sys.stderr)
 
         rc = launch_kubernetes(plan, plan_path, settings, consent)
         if rc:
