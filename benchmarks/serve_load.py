@@ -54,6 +54,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(REPO / "tests") not in sys.path:  # the test helpers: tiny models, fakes, the background server
+    sys.path.insert(0, str(REPO / "tests"))
 
 PROMPTS = [
     "hello world, how are you today?",
@@ -359,7 +361,9 @@ def warm_up(url: str, model: str, cases: list[Case], timeout_s: float) -> None:
 
 def serve_point(session, name: str, cases: list[Case], clients: int, timeout_s: float) -> dict:
     """One server, two non-streaming warm-up requests, then the load."""
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
     with BackgroundServer(app) as server:
@@ -408,7 +412,9 @@ def one_client_before_after(url: str, model: str, cases: list[Case], timeout_s: 
 
 
 def shardwise_one_client(session, name: str, cases: list[Case], timeout_s: float) -> dict:
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
     with BackgroundServer(app) as server:
@@ -969,11 +975,13 @@ def measure_abuse(args) -> dict:
     import logging
     import os
 
+    from background_server import BackgroundServer
+
     from runner.engine.batching import attach
     from runner.engine.loader import load
     from runner.engine.session import ChatSession
     from runner.engine.types import SamplingParams
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import cpu_plan, cpu_serving, tiny_llama
@@ -1100,7 +1108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     logging.getLogger("shardwise.serve").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="shardwise-load-") as workdir:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from runner.calibrate import measure  # noqa: E402  (after the sys.path line above)
+from runner.speed_measure import measure  # noqa: E402  (after the sys.path line above)
 
 # name: (hidden, layers, intermediate, heads, kv heads)
 SCORE_MODELS = {
@@ -72,8 +72,8 @@ NEUTRAL = [
 
 def build(shape, dtype_name: str):
     """(config, model) for a shape, built as `shardwise calibrate` builds its models."""
-    from runner.calibrate import build as build_model
-    from runner.calibrate import llama_config
+    from runner.speed_measure import build as build_model
+    from runner.speed_measure import llama_config
 
     config = llama_config(shape)
     return config, build_model(config, dtype_name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.quant_support import ON_LOAD, decide_on_load
+from planner.quant_support import version_tuple as _version_tuple
 
 # Attention kernels transformers uses by default per model_type when sdpa is unsupported
 # (from each modeling file's `_supports_sdpa`): these run eager attention.
@@ -29,14 +30,6 @@ KERNELS_MAX = (0, 19, 0)  # exclusive
 class Choice:
     value: str
     reason: str
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def _gpu_cc_summary(hw: Hardware) -> tuple[tuple[int, int], str]:

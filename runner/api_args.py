@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from planner.errors import ShardwiseError
+from runner.openai.protocol import APIError, parse_messages
 
 
 def _text(name: str, value, optional: bool = True) -> None:
@@ -76,3 +77,14 @@ def check_completion_args(
         raise ShardwiseError(
             f"stream_options must be a dict such as {{'include_usage': True}}, got {stream_options!r:.60}"
         )
+
+
+def checked_messages(messages) -> list[dict]:
+    """Chat messages checked as the server checks them (roles, text content, at most protocol.MAX_MESSAGES);
+    else a one-line ShardwiseError."""
+    try:
+        return parse_messages(list(messages) if isinstance(messages, tuple) else messages)
+    except APIError as exc:
+        if exc.code == "too_many_messages":
+            raise ShardwiseError(exc.message) from None
+        raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None

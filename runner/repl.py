@@ -18,7 +18,7 @@ from pathlib import Path
 from planner.errors import ShardwiseError
 from planner.jsonfile import read_json
 from planner.units import GIB
-from runner.api import checked_messages
+from runner.api_args import checked_messages
 from runner.engine.sampling import SamplingParams
 
 HELP = """commands:

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from background_server import BackgroundServer
 from server_fakes import FakeSession
 from test_server import MODEL, wait_for
 
-from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.app import ModelSource, ServeSettings, create_app
 from runner.openai.queue import MAX_PENDING_DELTAS, Job
 
 STALL_S = 0.5

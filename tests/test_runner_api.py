@@ -12,7 +12,8 @@ import pytest
 from tiny_models import tiny_gpt2, tiny_llama
 
 import runner
-from runner.api import _UNSET, OpenAIChat, create_chat_completion, parse_max_memory, plan_that_fits
+from runner.api import _UNSET, OpenAIChat, create_chat_completion
+from runner.plan_fitting import parse_max_memory, plan_that_fits
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]

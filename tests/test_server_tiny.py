@@ -12,10 +12,11 @@ import threading
 import httpx
 import openai
 import pytest
+from background_server import BackgroundServer
 from openai import OpenAI
 
 from runner.engine.types import SamplingParams
-from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.app import ModelSource, ServeSettings, create_app
 
 try:
     from tests.tiny_models import cpu_plan, cpu_serving, tiny_llama
