@@ -287,7 +287,7 @@ def serve(cfg) -> None:
         "serving %s on http://%s:%d/v1 (api key %s, queue %d per model)",
         ", ".join(s.name for s in sources),
         shown,
-        settings.port,
+        sock.getsockname()[1],  # the port bound: serve.port=0 lets the system pick a free one
         "required" if settings.api_key else "off",
         settings.max_queue,
     )
