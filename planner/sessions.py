@@ -11,8 +11,9 @@ sequence per slot, so "as many as fit" would reserve all of memory for a small m
 32 GiB host: 208 sequences, 15 GiB). `policy.max_sessions=auto` is 64 with GPUs (a GPU is a
 dedicated serving device, as vLLM assumes, and batched decode stays nearly free up to a few dozen
 sequences; vLLM's own cap, max_num_seqs, is 256) and 16 on the CPU (host RAM is shared with
-everything else, and CPU decode is compute-bound: issue 13 measured 213 tokens/s at 4 clients,
-310 at 8, 365 at 16 against a 402 ceiling; llama.cpp's server and Ollama default to 4 slots).
+everything else, and CPU decode is compute-bound, so each added sequence adds less: see
+benchmarks/results/serve_compare_cpu.txt for batched tokens/s against transformers' generate_batch
+at 1 to 8 clients; llama.cpp's server and Ollama default to 4 slots).
 Whether a layout can use those sessions depends on the engine, which the policy names
 (`Policy.batching`): vLLM batches pipeline and tensor parallel plans, so for it the planner sizes
 what fits; shardwise's own runner serves them one request at a time (the plan's `serving` block
