@@ -137,3 +137,26 @@ def test_gpu_check_without_cuda_skips_with_exit_0():
     )
     assert proc.returncode == 0
     assert "skipped" in proc.stdout
+
+
+def test_the_speed_factor_fit_and_score_splits_are_frozen_and_disjoint():
+    """Fit rows and score rows were fixed before scoring (issue 19): a shape moved or added after seeing a score
+    fails here, and no shape is both fitted and scored."""
+    import speed_prediction
+
+    assert speed_prediction.SCORE_MODELS == {
+        "llama-9m": (128, 4, 512, 4, 4),
+        "llama-40m": (384, 6, 1024, 6, 2),
+        "llama-150m": (768, 12, 2048, 12, 4),
+        "llama-400m": (1024, 24, 2816, 16, 8),
+        "llama-850m": (2048, 16, 5632, 32, 8),
+    }
+    assert speed_prediction.FIT_MODELS == {
+        "fit-20m": (256, 8, 768, 4, 2),
+        "fit-60m": (512, 3, 1536, 8, 8),
+        "fit-120m": (640, 10, 1792, 10, 2),
+        "fit-250m": (896, 20, 2432, 14, 2),
+        "fit-500m": (1536, 8, 4096, 12, 4),
+        "fit-800m": (1792, 20, 4864, 14, 2),
+    }
+    assert not set(speed_prediction.SCORE_MODELS.values()) & set(speed_prediction.FIT_MODELS.values())
