@@ -49,6 +49,7 @@ WORST = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,hardware,overrides", WORST)
 def test_the_largest_machines_plan_in_a_bounded_number_of_steps(model, hardware, overrides, placements):
     start = time.perf_counter()
