@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from planner.errors import ShardwiseError
+from planner.limits import MAX_SESSIONS
 from planner.sizing import size_and_place
 
 MAX_SESSIONS_GPU = 64  # policy.max_sessions=auto with GPUs (see the module docstring)
@@ -33,7 +34,11 @@ MAX_SESSIONS_CPU = 16  # policy.max_sessions=auto on the CPU
 
 
 def parse_sessions(value, check_range: bool = True, key: str = "policy.sessions") -> int | None:
-    """A session count as a number, or None for auto; `check_range=False` checks only the type (at compose time)."""
+    """A session count as a number, or None for auto: the one parser of policy.sessions and max_sessions.
+
+    Called when the config is validated (schema.validate, every verb) and when the typed Policy is built
+    (planner.config.request); `check_range=False` leaves the lower bound to the Policy's own check.
+    """
     text = str(getattr(value, "value", value)).strip().lower()
     if text == "auto":
         return None
@@ -43,6 +48,10 @@ def parse_sessions(value, check_range: bool = True, key: str = "policy.sessions"
         raise ShardwiseError(f"bad value for {key}: {value!r} is not a whole number >= 1 or auto") from None
     if check_range and count < 1:
         raise ShardwiseError(f"{key}={count} must be >= 1 (or auto)")
+    if count > MAX_SESSIONS:
+        raise ShardwiseError(
+            f"{key}={count} is more than shardwise plans for ({MAX_SESSIONS:,}): plan fewer concurrent sessions"
+        )
     return count
 
 
