@@ -1,4 +1,4 @@
-"""Kept, dequantized or cannot run: what transformers 5.24 does with each shipped quantization on a target.
+"""Kept, dequantized or cannot run: what transformers 5.25 does with each shipped quantization on a target.
 
 Mirrors each quantizer's `validate_environment` (transformers/quantizers/quantizer_*.py):
 - fp8 (fine-grained): kept on GPUs with compute capability >= 8.9; below that, and on CPU,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
+from planner.stack import parse_version
 
 FP8_MIN_CC = (8, 9)
 # package -> minimum version transformers checks (None: any)
@@ -27,18 +28,13 @@ PACKAGES = {
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    """An installed package's release as (major, minor, micro), parsed by `packaging` as pip does.
+    """An installed package's release as (major, minor, micro), parsed by `packaging` (planner.stack.parse_version).
 
     "3.4" is (3, 4, 0), "3.5.0+cu128" and "0.18.2.dev1" keep their release numbers; a version string
     packaging cannot read counts as (0, 0, 0): too old for any minimum, so the plan says it is missing.
     """
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        release = Version(str(text)).release
-    except InvalidVersion:
-        return (0, 0, 0)
-    return (release + (0, 0, 0))[:3]
+    version = parse_version(text)
+    return ((version.release if version else ()) + (0, 0, 0))[:3]
 
 
 def _requirement(name: str, minimum) -> str:

@@ -25,6 +25,7 @@ from planner.placement import Slot, best_chunk, evaluate
 from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
 from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
+from planner.stack import software_block
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         binding=binding,
         serving=serving,
         performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
+        software=software_block(hw.installed, hw.probed, hw.source),
     )
 
 
