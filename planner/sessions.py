@@ -13,7 +13,7 @@ dedicated serving device, as vLLM assumes, and batched decode stays nearly free 
 sequences; vLLM's own cap, max_num_seqs, is 256) and 16 on the CPU (host RAM is shared with
 everything else, and CPU decode is compute-bound, so each added sequence adds less: see
 benchmarks/results/serve_compare_cpu.txt for batched tokens/s against transformers' generate_batch
-at 1 to 8 clients; llama.cpp's server and Ollama default to 4 slots).
+at 1 and 4 clients; llama.cpp's server and Ollama default to 4 slots).
 Whether a layout can use those sessions depends on the engine, which the policy names
 (`Policy.batching`): vLLM batches pipeline and tensor parallel plans, so for it the planner sizes
 what fits; shardwise's own runner serves them one request at a time (the plan's `serving` block

@@ -102,7 +102,7 @@ def test_model_that_does_not_fit_plans_the_first_fallback_that_does():
 
 def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
     from planner.config.compose import make_plan
-    from runner.api import apply_max_memory
+    from runner.plan_fitting import apply_max_memory
 
     plan = make_plan(model_path=str(dirs["llama"]), hardware="cpu")
     planned = {b.device: b.planned for b in plan.budget}
