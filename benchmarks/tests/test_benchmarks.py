@@ -79,14 +79,29 @@ def test_plan_without_hydra_matches_make_plan():
 
 def test_gpt_oss_is_planned_dequantized_for_the_gpu_check():
     configs, _ = _common.load_configs()
-    plan = gpu_memory_check.plan_case(configs, "gpt-oss-20b", _common.tier_hardware(configs, "h100_80gb", 1), 4096)
+    hw = _common.tier_hardware(configs, "h100_80gb", 1)
+    plan = gpu_memory_check.plan_case(configs, ("gpt-oss-20b", 4096, None, None), hw)
     assert plan.model.quantization.kept is False
     assert plan.attn_implementation == "eager"
 
 
+def test_the_quantized_rows_keep_mxfp4_and_quantize_fp8_on_a_cut_down_model():
+    """The GPU check's MXFP4 and FP8 rows: the plan keeps MXFP4 (H100), or quantizes to FP8 on load, for the
+    profile cut to its first layers, with every per-layer list cut alike."""
+    configs, _ = _common.load_configs()
+    hw = _common.tier_hardware(configs, "h100_80gb", 1)
+    rows = [c for c in gpu_memory_check.cases(configs, [], [4096]) if c[2]]
+    assert [(c[0], c[2]) for c in rows] == [("gpt-oss-20b", "keep"), ("qwen3-8b", "fp8")]
+    mxfp4, fp8 = (gpu_memory_check.plan_case(configs, case, hw) for case in rows)
+    assert mxfp4.fits and mxfp4.model.quantization.kept and mxfp4.model.num_layers == rows[0][3]
+    assert fp8.fits and fp8.model.quantization.on_load == "fp8" and fp8.model.num_layers == rows[1][3]
+    cut = gpu_memory_check.cut_profile(configs["models"]["gpt-oss-20b"], 4)["architecture"]
+    assert cut["num_hidden_layers"] == 4 and len(cut["layer_types"]) == 4
+
+
 def test_contexts_are_capped_at_the_model_maximum():
     configs, _ = _common.load_configs()
-    assert gpu_memory_check.cases(configs, ["gpt2"], [4096, 8192]) == [("gpt2", 1024)]
+    assert gpu_memory_check.cases(configs, ["gpt2"], [4096, 8192], quantized=False) == [("gpt2", 1024, None, None)]
 
 
 def test_device_of_takes_the_longest_matching_key():
