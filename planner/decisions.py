@@ -203,7 +203,12 @@ def decide_formats(spec, hw: Hardware, policy, notes) -> Formats:
     """Decide dtype, quantization, KV dtype and attention for `spec` on `hw`, recording each in `notes`."""
     dtype = decide_dtype(policy.dtype, spec.shipped_dtype, hw)
     notes.decide("dtype", dtype.value, dtype.reason)
-    kept, quant_reason = decide_quantization(spec.quantization, policy.quantization, hw, dtype.value)
+    if policy.engine.is_vllm and spec.quantization:
+        from planner.vllm.formats import vllm_quantization
+
+        kept, quant_reason = vllm_quantization(spec.quantization, policy.quantization, hw)
+    else:
+        kept, quant_reason = decide_quantization(spec.quantization, policy.quantization, hw, dtype.value)
     load_quant = on_load = None
     if policy.quantization in ON_LOAD:
         load_quant, quant_reason = decide_on_load(policy.quantization, spec.quantization, hw, dtype.value)

@@ -76,7 +76,7 @@ class CostModel:
 
     @property
     def kv_elem_bytes(self) -> int:
-        return DTYPE_BYTES[self.kv_dtype]
+        return 1 if self.kv_dtype.startswith("fp8") else DTYPE_BYTES[self.kv_dtype]  # fp8: vLLM plans only
 
     @property
     def eager(self) -> bool:

@@ -54,7 +54,7 @@ def plan_model(
     (by re-planning) what would make a does-not-fit plan fit. speed=False leaves out the performance block.
     """
     placed, settled = _searched(spec, hw, policy, cap_context, explain, speed)
-    if load_profile is None:
+    if load_profile is None or policy.engine.is_vllm:  # the fallback chain is the runner's
         return placed.plan
     return replace(placed.plan, fallbacks=fallback_chain(spec, placed.used, settled, load_profile=load_profile))
 
@@ -101,7 +101,7 @@ def _sessions_then_place(
 ) -> tuple[Placed, Policy]:
     """The sessions search (auto), one placement carrying the count and its reason, and a misfit's fixes."""
     reason = ""
-    if policy.sessions is None:
+    if policy.sessions is None and not policy.engine.is_vllm:  # vLLM: its driver sizes auto from its KV cache
         found = most_sessions(spec, hw, policy, cap_context)
         if found is None:  # not even one sequence fits: plan one, with its fixes
             policy = replace(policy, sessions=1)
@@ -109,7 +109,7 @@ def _sessions_then_place(
             policy = replace(policy, sessions=found.sessions, context_tokens=found.context_tokens)
             reason = found.reason + reason_suffix
     placed = size_and_place(spec, hw, policy, cap_context=cap_context, speed=speed, sessions_reason=reason)
-    if explain and not placed.plan.fits and placed.plan.binding:
+    if explain and not placed.plan.fits and placed.plan.binding and not policy.engine.is_vllm:
         fixes = what_would_fit(spec, placed.used, policy, placed.formats, placed.inv)
         placed = replace(placed, plan=replace(placed.plan, binding={**placed.plan.binding, "fixes": fixes}))
     return placed, policy
@@ -157,6 +157,10 @@ def plan_auto_model(hw: Hardware, policy: Policy, *, load_profile: LoadProfile) 
                         "fixes": [f"policy.context_tokens={plan.limits.context_tokens} or less"],
                     },
                 )
-        fallbacks = fallback_chain(spec, placed.used, settled, load_profile=load_profile)
+        fallbacks = (
+            plan.fallbacks
+            if policy.engine.is_vllm
+            else fallback_chain(spec, placed.used, settled, load_profile=load_profile)
+        )
         return replace(plan, fallbacks=fallbacks, decisions=(Decision("model", name, reason), *plan.decisions))
     raise AssertionError("unreachable")

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 from planner.errors import ShardwiseError
 from planner.memory import Overheads
+from planner.vllm.rules import EngineSettings
 
 STRATEGIES = ("auto", "single_gpu", "pipeline", "tensor_parallel")
 OBJECTIVES = ("auto", "latency", "throughput")  # how to choose among layouts that fit (planner/objective.py)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATION_POLICIES = ("auto", "keep", "none", "bnb4", "bnb8", "fp8")  # the last three quantize on load
+KV_DTYPES = (*DTYPES, "fp8", "fp8_e4m3", "fp8_e5m2")  # fp8: vLLM's --kv-cache-dtype only
 ATTENTION_KERNELS = ("auto", "eager", "sdpa", "flash_attention_2")
 # Which layouts the engine that runs the plan batches (what policy.sessions=auto may use):
 # any: every layout (vLLM batches pipeline and tensor-parallel plans: the planner sizes what fits);
@@ -49,6 +51,7 @@ class Policy:
     overhead: Overheads = field(default_factory=Overheads)
     # speed-model factors (policy.performance, a plain dict; planner/speed.py); None: the model's defaults
     performance: dict | None = field(default=None, compare=False, hash=False)
+    engine: EngineSettings = field(default_factory=EngineSettings)  # who runs the plan: the runner or vLLM (launch.*)
     batching: str = "any"  # see BATCHING; `shardwise serve` plans for "runner"
     sessions_origin: str = ""  # who set sessions=auto when the user did not ("serve's default"), said in its reason
     sessions_why: str = ""  # a caller's reason for its session count (serve.models), written as the decision
@@ -89,7 +92,7 @@ class Policy:
             ("objective", OBJECTIVES),
             ("dtype", DTYPES),
             ("quantization", QUANTIZATION_POLICIES),
-            ("kv_cache_dtype", DTYPES),
+            ("kv_cache_dtype", KV_DTYPES),
             ("attn_implementation", ATTENTION_KERNELS),
             ("batching", BATCHING),
         ]
@@ -98,6 +101,13 @@ class Policy:
             checks.append(
                 (value in allowed, f"policy.{name}={value!r} is not one of {', '.join(allowed)}: choose one of them")
             )
+        checks.append(
+            (
+                not self.kv_cache_dtype.startswith("fp8") or self.engine.is_vllm,
+                f"policy.kv_cache_dtype={self.kv_cache_dtype} is vLLM's: transformers' cache holds bfloat16/float16/"
+                "float32; add launch.engine=vllm or use policy.kv_cache_dtype=auto",
+            )
+        )
         for ok, message in checks:
             if not ok:
                 raise ShardwiseError(message)

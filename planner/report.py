@@ -52,6 +52,23 @@ def performance_line(perf: dict) -> str:
     )
 
 
+def vllm_lines(engine: dict) -> list[str]:
+    """The vLLM view of a plan sized for vLLM, in the words of vLLM's own startup log; [] for other engines."""
+    if (engine or {}).get("name") != "vllm":
+        return []
+    g = engine["per_gpu"]
+    return [
+        f"vLLM {engine['version']} (rules of {engine['rules']}), per GPU: budget {engine['gpu_memory_utilization']} x "
+        f"{_gib(g['total_bytes'])} = {_gib(g['budget_bytes'])} GiB = weights {_gib(g['weights_bytes'])} + non-torch "
+        f"{_gib(g['non_torch_bytes'])} + activation peak {_gib(g['activation_peak_bytes'])} + KV cache "
+        f"{_gib(g['kv_cache_bytes'])} GiB; CUDA graphs ~{_gib(g['cudagraph_bytes'])} GiB outside the budget",
+        f"vLLM would print: Available KV cache memory: {_gib(g['kv_cache_bytes'])} GiB; GPU KV cache size: "
+        f"{engine['kv_cache_tokens']:,} tokens; Maximum concurrency for {engine['max_model_len']:,} tokens per "
+        f"request: {engine['max_concurrency']:.2f}x",
+        "vllm serve flags: " + " ".join(engine["flags"]),
+    ]
+
+
 def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -156,6 +173,16 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     line = performance_line(plan.performance)
     if line:
         console.print(line)
+    if plan.performance.get("tpot_ms") and plan.performance.get("engine") == "vllm":
+        perf = plan.performance
+        console.print(
+            f"vLLM speed (predicted): {perf['tpot_ms']:.1f} ms per output token and {perf['ttft_ms']:,.0f} ms to the "
+            f"first token at {perf['sessions']} concurrent request(s) of {perf['prompt_tokens']:,} tokens in, "
+            f"{perf['output_tokens']:,} out",
+            markup=False,
+        )
+    for text in vllm_lines(plan.engine):
+        console.print(text, markup=False, highlight=False)
     console.print()
     decisions = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     decisions.add_column("decision")
@@ -187,11 +214,19 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
                 f"tried {b['tried']}: needs {_gib(b.get('needed_total', 0))} GiB, has "
                 f"{_gib(b.get('usable_total', 0))} GiB usable; "
             )
-        console.print(
-            f"[bold red]DOES NOT FIT[/bold red]: {tried}device {b.get('device')} needs {_gib(b.get('needed', 0))} GiB, "
-            f"has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.",
-            markup=True,
-        )
+        if b.get("refusal"):  # a vLLM plan: vLLM's own words for where its startup stops
+            console.print(
+                f"[bold red]DOES NOT FIT[/bold red]: vLLM would not start on GPU {b.get('device')} "
+                f"({b.get('term')} binds): ",
+                end="",
+            )
+            console.print(b["refusal"], markup=False, highlight=False)
+        else:
+            console.print(
+                f"[bold red]DOES NOT FIT[/bold red]: {tried}device {b.get('device')} needs "
+                f"{_gib(b.get('needed', 0))} GiB, has {_gib(b.get('usable', 0))} GiB usable; {b.get('term')} binds.",
+                markup=True,
+            )
         fixes = b.get("fixes", [])
         for fix in fixes:
             console.print(f"  would fit with: {fix['text'] if isinstance(fix, dict) else fix}", markup=False)

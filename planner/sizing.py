@@ -26,6 +26,7 @@ from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Note
 from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
 from planner.stack import software_block
+from planner.vllm.driver import runner_engine_block
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def size_and_place(
     else the policy asked for it). A plan that does not
     fit names what binds; what would make it fit is the driver's question (planner.fixes).
     """
-    if policy.sessions is None:
+    if policy.sessions is None and not policy.engine.is_vllm:  # vLLM sizes sessions=auto itself (planner/vllm)
         raise ValueError("size_and_place plans a session count: policy.sessions=auto is planner.planning's search")
     reason = sessions_reason or policy.sessions_why
     return _place_preferring_stronger(spec, hw, policy, cap_context, speed, choose, reason)
@@ -131,6 +132,12 @@ def _place_on(
     for warning in inv.warnings:  # context limits, checkpoint names
         if warning not in notes.warnings:
             notes.warn(warning)
+    if policy.engine.is_vllm:  # vLLM sizes, lays out and refuses by its own rules (planner/vllm)
+        from planner.vllm.driver import plan_vllm
+
+        return Placed(
+            plan_vllm(spec, hw, policy, formats, inv, notes, _model_info(spec, inv, formats)), hw, formats, inv
+        )
     cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead)
     max_ctx = inv.max_context_tokens
     requested = policy.context_tokens
@@ -265,13 +272,23 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         binding=binding,
         serving=serving,
         performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
+        engine=runner_engine_block(),
         software=software_block(hw.installed, hw.probed, hw.source),
     )
 
 
 def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
-    """The plan's predicted speed (planner/speed.py) on the layout it chose."""
-    return _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+    """The plan's predicted speed (planner/speed.py) on its layout, with tpot_ms / ttft_ms as every engine has."""
+    block = _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
+    if block.get("available") and block.get("aggregate_tokens_per_s"):
+        per_sequence = block["aggregate_tokens_per_s"] / max(limits.sessions, 1)
+        block = {
+            **block,
+            "engine": "transformers",
+            "tpot_ms": round(1000 / per_sequence, 3),
+            "ttft_ms": round(block["ttft_s"] * 1000, 2),
+        }
+    return block
 
 
 def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:

@@ -42,8 +42,9 @@ def test_plan_help_says_what_the_verb_does_with_examples_groups_and_keys():
     # the meaning of a key comes from its comment in conf/policy/default.yaml
     assert "policy.context_tokens" in text and "or auto: the largest that fits" in text
     assert "out " in text and "json " in text
-    # plan does not compose the probe or launch groups: they are not listed
-    assert "probe." not in text and "launch." not in text
+    # plan does not compose the probe group; of launch it takes the engine the plan is for (issue 20)
+    assert "probe." not in text
+    assert "launch.engine" in text and "launch.gpu_memory_utilization" in text
 
 
 def test_serve_help_lists_the_serve_keys_with_their_defaults():

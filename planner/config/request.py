@@ -22,6 +22,7 @@ from planner.plan import Plan
 from planner.policy import Policy
 from planner.sessions import parse_sessions
 from planner.units import GIB, MIB
+from planner.vllm.rules import DEFAULT_VERSION, EngineSettings
 
 # `k` is 1024 tokens, as context sizes are usually written (8k = 8192, 128k = 131072).
 TOKENS_PER_K = 1024
@@ -68,10 +69,12 @@ def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
         return 0
 
 
-def policy_from_config(node) -> Policy:
-    """The typed Policy from a composed `policy` node or a plain dict of the same keys (validated by Policy)."""
+def policy_from_config(node, engine: EngineSettings | None = None) -> Policy:
+    """The typed Policy from a composed `policy` node or a plain dict of the same keys (validated by Policy);
+    `engine`: who runs the plan (engine_from_config; None: shardwise's runner)."""
     overhead = node["overhead"]
     return Policy(
+        engine=engine or EngineSettings(),
         context_tokens=parse_tokens(node["context_tokens"], "policy.context_tokens", allow_auto=True),
         sessions=parse_sessions(node["sessions"], check_range=False),  # the Policy checks the range
         max_sessions=parse_sessions(node.get("max_sessions", "auto"), check_range=False, key="policy.max_sessions"),
@@ -122,12 +125,26 @@ class PlanRequest:
     policy: Policy
 
 
+def engine_from_config(launch) -> EngineSettings:
+    """The engine the plan is for, from a composed `launch` node (absent, or engine other than vllm: the runner)."""
+    if launch is None or _enum_value(launch.get("engine", "auto")) != "vllm":
+        return EngineSettings()
+    return EngineSettings(
+        name="vllm",
+        version=str(launch.get("vllm_version") or DEFAULT_VERSION),
+        gpu_memory_utilization=launch.get("gpu_memory_utilization"),
+        max_num_batched_tokens=launch.get("max_num_batched_tokens"),
+        max_num_seqs=launch.get("max_num_seqs"),
+        enable_expert_parallel=bool(launch.get("enable_expert_parallel", False)),
+    )
+
+
 def request_from_config(cfg, adjust_policy: Callable[[Policy], Policy] | None = None) -> PlanRequest:
-    """The PlanRequest for a composed config with `model` and `policy` nodes.
+    """The PlanRequest for a composed config with `model` and `policy` nodes (and `launch`: the engine).
 
     adjust_policy: a verb's changes to the typed policy (serve: its engine's batching, its session default).
     """
-    policy = policy_from_config(cfg.policy)
+    policy = policy_from_config(cfg.policy, engine_from_config(cfg.get("launch")))
     if adjust_policy is not None:
         policy = adjust_policy(policy)
     if cfg.model.name == "auto" and not cfg.model.get("path"):

@@ -60,6 +60,16 @@ class QuantPolicy(str, Enum):
     fp8 = "fp8"  # quantize an unquantized checkpoint on load: FP8 with 128x128 block scales (cc >= 8.9)
 
 
+class KVDType(str, Enum):
+    auto = "auto"  # the compute dtype
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+    fp8 = "fp8"  # vLLM only (--kv-cache-dtype fp8, e4m3): half the bytes of bf16
+    fp8_e4m3 = "fp8_e4m3"  # vLLM only
+    fp8_e5m2 = "fp8_e5m2"  # vLLM only
+
+
 class Attention(str, Enum):
     auto = "auto"  # sdpa where available (what transformers picks), eager otherwise
     eager = "eager"
@@ -139,8 +149,19 @@ class SpeedFactors:
 
 
 @dataclass
+class VllmSpeedConfig:
+    """vLLM's step model (planner/vllm/speed.py); fitted by benchmarks/vllm_calibration.py --fit."""
+
+    bandwidth_efficiency: float = 0.88  # of datasheet HBM bandwidth reached reading weights and KV
+    compute_efficiency: float = 0.62  # of datasheet dense TFLOPs reached by a step's GEMMs
+    step_overhead_ms: float = 1.0  # fixed cost per engine step (scheduler, sampler), ms (assumed, not fitted)
+    allreduce_latency_us: float = 36.0  # per tensor-parallel all-reduce (two per layer), microseconds
+
+
+@dataclass
 class PerformanceConfig:
     prompt_tokens: int = 512  # typical prompt: ttft_s and decode tokens/s are predicted at this many tokens
+    output_tokens: int = 256  # typical reply: vLLM's tpot_ms / ttft_ms are predicted for prompt_tokens in, this out
     link_efficiency: float = 0.7  # of a link's peak reached by all-reduces, hand-offs and offload streaming
     disk_gb_per_s: float = 2.0  # sequential read of the offload disk, GB/s (a fast NVMe drive)
     gpu: SpeedFactors = field(
@@ -152,6 +173,7 @@ class PerformanceConfig:
     cpu_half: SpeedFactors = field(
         default_factory=lambda: SpeedFactors(0.324, 0.866, 1327.7, 0.0)
     )  # factors for CPU stages in bfloat16/float16 (their GEMV kernels stream weights slower than float32's)
+    vllm: VllmSpeedConfig = field(default_factory=VllmSpeedConfig)  # vLLM's step model (launch.engine=vllm)
 
 
 @dataclass
@@ -176,7 +198,7 @@ class PolicyConfig:
     objective: Objective = Objective.auto  # which fitting layout to take: auto | latency | throughput (by speed)
     dtype: DType = DType.auto  # compute dtype; auto: bf16 where cc >= 8.0, fp16 on older GPUs, the shipped dtype on CPU
     quantization: QuantPolicy = QuantPolicy.auto  # what to do with shipped quantization
-    kv_cache_dtype: DType = DType.auto  # KV cache dtype; auto: the compute dtype
+    kv_cache_dtype: KVDType = KVDType.auto  # KV cache dtype; auto: the compute dtype; fp8*: vLLM only
     attn_implementation: Attention = Attention.auto  # attention kernel the runner will use
     prefill_chunk_tokens: Any = 0  # prefill in chunks of this many tokens (0: auto, only when it keeps the peak inside)
     min_context_tokens: Any = 512  # a plan with less context than this does not fit
@@ -215,6 +237,29 @@ class Engine(str, Enum):
     vllm = "vllm"  # the equivalent `vllm serve` command line
 
 
+class Target(str, Enum):
+    local = "local"  # start the engine here (or print its command lines with launch.dry_run=true)
+    kubernetes = "kubernetes"  # render manifests for a cluster (vLLM): a LeaderWorkerSet or a Deployment, a Service
+
+
+class MultiNodeBackend(str, Enum):
+    mp = "mp"  # every pod runs `vllm serve` (--nnodes/--node-rank/--master-addr, workers --headless): vLLM's LWS guide
+    ray = "ray"  # the leader starts a Ray head and serves, workers join it (`ray start --block`): older vLLM images
+
+
+@dataclass
+class KubernetesSettings:
+    name: Optional[str] = None  # name of every object (DNS label); null: vllm-<model name>
+    namespace: str = "default"  # namespace the objects go to
+    replicas: int = 1  # copies of the whole plan (LeaderWorkerSet groups or Deployment pods), >= 1
+    image: Optional[str] = None  # container image; null: vllm/vllm-openai:v<the vLLM version the plan assumes>
+    hf_token_secret: Optional[str] = "hf-token"  # Secret holding the Hugging Face token (HF_TOKEN); null: no token
+    hf_token_key: str = "token"  # key of that Secret holding the token
+    shm_size_gib: int = 16  # size of the memory-backed /dev/shm for NCCL and vLLM's workers, GiB >= 1
+    gpu_product: Optional[str] = None  # nvidia.com/gpu.product node label to select; null: from the plan's GPU name
+    multinode_backend: MultiNodeBackend = MultiNodeBackend.mp  # how the pods of a multi-node plan form one vLLM
+
+
 @dataclass
 class SlurmSettings:
     partition: Optional[str] = None  # SLURM partition (null: the cluster's default)
@@ -228,7 +273,8 @@ class SlurmSettings:
 class LaunchSettings:
     task: LaunchTask = LaunchTask.chat  # what rank 0 (or the single process) runs: chat or serve
     engine: Engine = Engine.auto  # which engine starts the plan
-    dry_run: bool = False  # print the exact command lines and environment instead of running them
+    target: Target = Target.local  # where: this machine, or manifests for a Kubernetes cluster
+    dry_run: Optional[bool] = None  # print what would run instead of running it; null: true for kubernetes only
     node_rank: Optional[int] = None  # this node's index for multi-node plans (null: SLURM_NODEID under SLURM)
     master_addr: Optional[str] = None  # host name or IP of node 0 (static rendezvous for multi-node plans)
     master_port: int = 29500  # TCP port on node 0 for torch.distributed's store
@@ -240,10 +286,15 @@ class LaunchSettings:
     check_hardware: bool = True  # refuse a plan_file made for other hardware (false: run it anyway, with a warning)
     host: str = "127.0.0.1"  # address the HTTP server (serve, vllm) binds
     port: int = 8000  # TCP port the HTTP server (serve, vllm) listens on
-    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: the plan's usable/total)
+    gpu_memory_utilization: Optional[float] = None  # vLLM's share of each GPU, 0-1 (null: vLLM's default 0.9)
+    max_num_batched_tokens: Optional[int] = None  # vLLM's tokens per step (null: its default, 8192 on H100-class)
+    max_num_seqs: Optional[int] = None  # vLLM's concurrent sequences (null: its default, 1024 on H100-class)
+    vllm_version: str = "0.19.0"  # the vLLM release whose memory rules the plan follows (planner/vllm/rules.py)
+    enable_expert_parallel: bool = False  # vLLM: split MoE experts whole over the TP ranks (--enable-expert-parallel)
     ray_port: int = 6379  # port of the Ray head for multi-node vLLM
     vllm_args: list[str] = field(default_factory=list)  # extra arguments appended to `vllm serve`
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # what the SLURM preset asks for
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)  # launch.target=kubernetes
 
 
 class LogLevel(str, Enum):
@@ -349,7 +400,19 @@ def check_launch(settings: LaunchSettings) -> None:
                 settings.gpu_memory_utilization is None or 0 < settings.gpu_memory_utilization <= 1,
                 "launch.gpu_memory_utilization",
                 settings.gpu_memory_utilization,
-                "use a fraction above 0 and at most 1, or null for the plan's",
+                "use a fraction above 0 and at most 1, or null for vLLM's default",
+            ),
+            (
+                settings.max_num_batched_tokens is None or settings.max_num_batched_tokens >= 1,
+                "launch.max_num_batched_tokens",
+                settings.max_num_batched_tokens,
+                "use a token count >= 1, or null for vLLM's default",
+            ),
+            (
+                settings.max_num_seqs is None or settings.max_num_seqs >= 1,
+                "launch.max_num_seqs",
+                settings.max_num_seqs,
+                "use a count >= 1, or null for vLLM's default",
             ),
             (slurm.timeout_min >= 1, "launch.slurm.timeout_min", slurm.timeout_min, "use minutes >= 1"),
             (slurm.cpus_per_gpu >= 1, "launch.slurm.cpus_per_gpu", slurm.cpus_per_gpu, "use 1 or more"),
@@ -363,9 +426,53 @@ def check_launch(settings: LaunchSettings) -> None:
                 f"launch.rdzv_endpoint={settings.rdzv_endpoint!r} is not HOST:PORT: "
                 "write e.g. launch.rdzv_endpoint=node0.cluster:29400"
             )
+    check_kubernetes(settings.kubernetes)
     if any(not str(p).strip() for p in settings.prompt):
         raise ShardwiseError(
             f"launch.prompt={list(settings.prompt)!r} has an empty turn: remove it or write text for it"
+        )
+
+
+# Kubernetes' own rules for object names (RFC 1123 labels: namespaces, Services) and label values,
+# written out because no installed library states them; the API server would refuse the objects otherwise.
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+LABEL_VALUE = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
+
+
+def check_kubernetes(k8s: KubernetesSettings) -> None:
+    """Range rules of launch.kubernetes.*: values the API server would refuse, as one line now."""
+    import re
+
+    _check_ranges(
+        [
+            (k8s.replicas >= 1, "launch.kubernetes.replicas", k8s.replicas, "use 1 or more copies of the plan"),
+            (k8s.shm_size_gib >= 1, "launch.kubernetes.shm_size_gib", k8s.shm_size_gib, "use GiB >= 1"),
+        ]
+    )
+    # names end up in pod names and labels: LeaderWorkerSet adds "-<group>-<worker>", so stay well under 63
+    for key, value, most in (("name", k8s.name, 40), ("namespace", k8s.namespace, 63)):
+        if value is not None and (len(str(value)) > most or not re.fullmatch(DNS_LABEL, str(value))):
+            raise ShardwiseError(
+                f"launch.kubernetes.{key}={value!r} is not a Kubernetes name: use lower-case letters, digits and "
+                f"'-', starting and ending with a letter or digit, at most {most} characters"
+            )
+    secret = k8s.hf_token_secret
+    subdomain = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
+    if secret is not None and (len(str(secret)) > 253 or not re.fullmatch(subdomain, str(secret))):
+        raise ShardwiseError(
+            f"launch.kubernetes.hf_token_secret={secret!r} is not a Secret name: use lower-case letters, digits, "
+            "'-' and '.' (or null for no token)"
+        )
+    if not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", str(k8s.hf_token_key)):
+        raise ShardwiseError(
+            f"launch.kubernetes.hf_token_key={k8s.hf_token_key!r} is not a Secret key: use letters, digits, '-', "
+            "'_' and '.'"
+        )
+    product = k8s.gpu_product
+    if product is not None and (len(str(product)) > 63 or not re.fullmatch(LABEL_VALUE, str(product))):
+        raise ShardwiseError(
+            f"launch.kubernetes.gpu_product={product!r} is not a label value: copy it from "
+            "`kubectl get nodes -L nvidia.com/gpu.product`"
         )
 
 
@@ -407,6 +514,8 @@ def validate(cfg) -> None:
             for kind in ("gpu", "cpu", "cpu_half"):
                 if kind in node:
                     check(node[kind], SpeedFactors, f"{prefix}{kind}.")
+            if "vllm" in node:
+                check(node["vllm"], VllmSpeedConfig, f"{prefix}vllm.")
 
     for group, cls in GROUP_SCHEMAS.items():
         if group in cfg and cfg[group] is not None:

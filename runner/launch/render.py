@@ -382,7 +382,38 @@ def gpu_memory_utilization(plan: Plan) -> tuple[float, str]:
 
 
 def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], list[str]]:
-    """`vllm serve` (plus Ray cluster start-up for several nodes) equivalent to the plan; also notes."""
+    """`vllm serve` (plus Ray cluster start-up for several nodes) equivalent to the plan; also notes.
+
+    A plan sized for vLLM (launch.engine=vllm when it was planned: `plan.engine["name"] == "vllm"`) carries
+    the exact flags in `engine.flags`; a plan sized for shardwise's runner is translated as well as it goes.
+    """
+    if (plan.engine or {}).get("name") == "vllm":
+        argv, notes, reason = _vllm_from_engine(plan, settings)
+    else:
+        argv, notes, reason = _vllm_from_runner_plan(plan, settings)
+    return _vllm_with_cluster(plan, settings, argv, reason), notes
+
+
+def _vllm_from_engine(plan: Plan, settings: LaunchSettings) -> tuple[list[str], list[str], str]:
+    engine = plan.engine
+    notes = []
+    wanted = settings.gpu_memory_utilization
+    if wanted and abs(wanted - engine["gpu_memory_utilization"]) > 1e-9:
+        notes.append(
+            f"launch.gpu_memory_utilization={wanted} differs from the {engine['gpu_memory_utilization']} the plan "
+            "was sized for: the plan's value is used (re-plan with the new value to change it)"
+        )
+    argv = ["vllm", "serve", plan.model.source, f"--served-model-name={plan.model.name}", *engine["flags"]]
+    if plan.model.trust_remote_code:
+        argv.append("--trust-remote-code")
+    reason = (
+        f"sized by vLLM {engine['version']}'s rules: {engine['kv_cache_tokens']:,} KV tokens, "
+        f"{engine['max_concurrency']}x concurrency at {engine['max_model_len']:,} tokens"
+    )
+    return argv, notes, reason
+
+
+def _vllm_from_runner_plan(plan: Plan, settings: LaunchSettings) -> tuple[list[str], list[str], str]:
     notes: list[str] = []
     util, util_reason = (
         (settings.gpu_memory_utilization, "launch.gpu_memory_utilization")
@@ -418,11 +449,15 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
         argv.append("--trust-remote-code")
     if plan.model.revision:  # the commit the plan was sized from, not whatever main is by then
         argv.append(f"--revision={plan.model.revision}")
-    env = tuple(sorted(launch_env(plan).items()))
     reason = (
         f"tp {plan.tp_size}, pp {plan.pp_size}, context {plan.limits.context_tokens} tokens, "
         f"{plan.limits.sessions} sequences; memory: {util_reason}"
     )
+    return argv, notes, reason
+
+
+def _vllm_with_cluster(plan: Plan, settings: LaunchSettings, argv: list[str], reason: str) -> list[Command]:
+    env = tuple(sorted(launch_env(plan).items()))
     commands = []
     if plan.nodes > 1:
         head = settings.master_addr or "NODE0_HOST"
@@ -447,7 +482,7 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     commands.append(
         Command(argv=tuple(argv), where="node 0" if plan.nodes > 1 else "this machine", reason=reason, env=env)
     )
-    return commands, notes
+    return commands
 
 
 def slurm_launcher(

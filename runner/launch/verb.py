@@ -19,6 +19,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from planner.config.schema import Target
 from planner.errors import ShardwiseError
 from planner.plan import Decision, Plan
 from runner.launch import render as L
@@ -37,6 +38,9 @@ def task(cfg) -> None:
 
     settings: L.LaunchSettings = OmegaConf.to_object(cfg.launch)
     check_settings(settings)
+    kubernetes = settings.target == Target.kubernetes
+    if settings.dry_run is None:  # manifests for a cluster are printed unless asked to apply them
+        settings.dry_run = kubernetes
     check_generation(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     notes: list[str] = []
@@ -45,7 +49,7 @@ def task(cfg) -> None:
         plan = Plan.load(plan_path)
         if settings.dry_run:
             notes.append("dry run: the plan's hardware was not compared with this machine")
-        else:
+        elif not kubernetes:  # a cluster's GPUs, not this machine's, run a Kubernetes launch
             notes += check_hardware(plan, settings)
     else:
         plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
@@ -68,6 +72,14 @@ def task(cfg) -> None:
     from runner.engine.preflight import check_remote_code, remote_code_consent
 
     consent = remote_code_consent(cfg)
+    if kubernetes:
+        check_kubernetes_engine(settings)
+        from runner.launch.kubernetes import launch as launch_kubernetes
+
+        rc = launch_kubernetes(plan, plan_path, settings, consent)
+        if rc:
+            raise SystemExit(rc)
+        return
     if not settings.dry_run:
         check_remote_code(plan, consent)
     engine = settings.engine
@@ -108,11 +120,34 @@ def task(cfg) -> None:
         raise SystemExit(rc)
 
 
+def _engine_value(engine) -> str:
+    return engine.value if hasattr(engine, "value") else str(engine)
+
+
+def _given_on_command_line(key: str) -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not under Hydra (tests composing by hand)
+        return False
+    return any(str(o).lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
 def check_settings(settings: L.LaunchSettings) -> None:
     """launch.* values no engine could use are one-line errors before anything is planned or started."""
     from planner.config.schema import check_launch
 
     check_launch(settings)
+
+
+def check_kubernetes_engine(settings: L.LaunchSettings) -> None:
+    """launch.target=kubernetes renders vLLM only: launch.engine auto or vllm."""
+    if settings.engine not in (L.Engine.auto, L.Engine.vllm):
+        raise ShardwiseError(
+            f"launch.target=kubernetes renders vLLM, not launch.engine={settings.engine.value}: "
+            "use launch.engine=vllm (or auto)"
+        )
 
 
 def check_generation(cfg) -> None:
@@ -125,6 +160,13 @@ def check_generation(cfg) -> None:
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
+
+    if _engine_value(cfg.launch.engine) == "vllm" and not _given_on_command_line("policy.sessions"):
+        # vLLM batches whatever arrives: size sessions like `shardwise serve` does (auto), not the one of `plan`
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.policy.sessions = "auto"
 
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=hardware_choice))
 
