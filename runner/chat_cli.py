@@ -52,7 +52,7 @@ def max_memory_caps(cfg) -> dict:
     """max_memory={0: 20GiB, cpu: 30GiB} as byte caps; anything but a mapping is a one-line error."""
     from omegaconf import DictConfig, OmegaConf
 
-    from runner.api import parse_max_memory
+    from runner.plan_fitting import parse_max_memory
 
     value = cfg.get("max_memory")
     if value is None:
@@ -98,12 +98,12 @@ def answer_once(session, prompt: str, stream: bool) -> None:
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.api import plan_that_fits
     from runner.engine.loader import set_runtime_env
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
     from runner.engine.telemetry import Telemetry
+    from runner.plan_fitting import plan_that_fits
 
     # Everything the user typed is checked before the (slow) model load.
     defaults = SamplingParams.from_generation(cfg.generation)

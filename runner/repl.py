@@ -19,7 +19,7 @@ from planner.errors import ShardwiseError
 from planner.files import write_text
 from planner.jsonfile import read_json
 from planner.units import GIB
-from runner.api import checked_messages
+from runner.api_args import checked_messages
 from runner.engine.sampling import SamplingParams
 from runner.openai.protocol import image_params
 

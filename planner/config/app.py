@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
+from planner.config.reader import conf_dir, option_exists, profile_for, profile_names
 from planner.errors import ShardwiseError
 
 
@@ -28,7 +28,7 @@ def resolve_model_name(name: str) -> str:
 
     if name == "auto":
         return name
-    found = model_aliases().get(name.lower())
+    found = profile_for(name)
     if found is None:
         if is_hub_id(name):
             return name
@@ -54,7 +54,7 @@ def model_option(name: str) -> str:
     """
     from planner.model.hub import is_hub_id
 
-    if name == "auto" or name.lower() in model_aliases():
+    if name == "auto" or profile_for(name) is not None:
         return resolve_model_name(name)
     path = Path(name).expanduser()
     if path.exists():
@@ -181,7 +181,7 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
 
                 group = (
                     "model"
-                    if override.lower() in model_aliases() or is_hub_id(override)
+                    if profile_for(override) is not None or is_hub_id(override)
                     else "hardware"
                     if override in profile_names("hardware")
                     else "KEY"
@@ -291,6 +291,28 @@ def _hydra_raises():
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+@contextmanager
+def _compose_once(args: list[str]):
+    """Have Hydra compose the config once per run, not twice.
+
+    hydra.main composes the whole config a first time only to read `hydra.mode` (Hydra.get_mode),
+    then again to run: half of a cold `shardwise plan`. No file in conf/ sets `hydra.mode`, so it
+    comes from the command line alone (`-m`, or a `hydra.mode=` override); without such an override
+    get_mode answers None ("decide from -m") without composing. With one, Hydra's own get_mode runs.
+    """
+    from hydra._internal.hydra import Hydra
+
+    if any(arg.lstrip("+~").startswith("hydra.mode=") for arg in args):
+        yield
+        return
+    original = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original
+
+
 _FAILED_JOBS: list[str] = []
 
 
@@ -344,7 +366,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     sys.argv = [f"shardwise {verb}", *args]
     _FAILED_JOBS.clear()
     try:
-        with _hydra_raises():
+        with _hydra_raises(), _compose_once(args):
             app()
     except Exception as exc:
         error = exc if isinstance(exc, ShardwiseError) else _refusal(exc, verb, bool(task_started))

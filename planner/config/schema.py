@@ -344,7 +344,7 @@ def check_serve(block: ServeConfig) -> ServeConfig:
     levels = [level.value for level in LogLevel]
     _check_ranges(
         [
-            (_port_ok(block.port), "serve.port", block.port, PORT_FIX),
+            (block.port == 0 or _port_ok(block.port), "serve.port", block.port, PORT_FIX + " (0: any free one)"),
             (block.max_queue >= 0, "serve.max_queue", block.max_queue, "use 0 (only the running request) or more"),
             (block.max_body_bytes >= 1024, "serve.max_body_bytes", block.max_body_bytes, "use at least 1024 bytes"),
             (block.max_n >= 1, "serve.max_n", block.max_n, "use 1 or more"),

@@ -57,7 +57,7 @@ def task(cfg) -> None:
         plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
         plan_path = plan.save(out_dir / "plan.json")
     if not plan.fits:
-        from runner.api import fix_texts
+        from runner.plan_fitting import fix_texts
 
         binding = plan.binding or {}
         raise ShardwiseError(
