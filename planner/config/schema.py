@@ -267,6 +267,8 @@ class ServeConfig:
     request_timeout_s: float = 600.0  # wall-clock limit per request (queue wait + generation), seconds; 0: none
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts no data this long is cancelled, s; 0: never
     max_messages: int = 4096  # most messages one request may hold, count >= 1; more answers 400
+    request_read_timeout_s: float = 30.0  # a request (headers and body) must arrive whole within this, s; else closed
+    max_connections: int = 512  # client sockets open at once, count >= 1 (lowered to fit `ulimit -n`)
     models: list[str] = field(default_factory=list)  # more models to serve: profile names, hub ids or directories
     log_level: str = "info"  # server log level: debug, info, warning or error
 
@@ -306,6 +308,13 @@ def check_serve(block: ServeConfig) -> ServeConfig:
                 "use seconds >= 0 (0: never)",
             ),
             (block.max_messages >= 1, "serve.max_messages", block.max_messages, "use 1 or more"),
+            (
+                0 < block.request_read_timeout_s <= 3600,
+                "serve.request_read_timeout_s",
+                block.request_read_timeout_s,
+                "use seconds above 0 and at most 3600 (a slow or stalled client holds a socket this long)",
+            ),
+            (block.max_connections >= 1, "serve.max_connections", block.max_connections, "use 1 or more"),
             (block.log_level in levels, "serve.log_level", block.log_level, f"use one of {', '.join(levels)}"),
         ]
     )

@@ -148,7 +148,11 @@ class BatchingEngine:
         self.loaded = loaded
         self.serving = serving
         self.log = log
-        self.admission = Admission(max(1, serving.max_concurrent), max(0, max_waiting))
+        slots = max(1, serving.max_concurrent)
+        if slots > MAX_BATCH_SLOTS:
+            log(f"serving.max_concurrent={slots} clamped to {MAX_BATCH_SLOTS} sequences at once (one thread each)")
+            slots = MAX_BATCH_SLOTS
+        self.admission = Admission(slots, max(0, max_waiting))
         self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
         self._routes: dict[str, Inbox] = {}
         self._routes_lock = threading.Lock()
@@ -178,7 +182,7 @@ class BatchingEngine:
             page_size=serving.page_size_tokens,
             num_blocks=serving.num_blocks,
             max_batch_tokens=serving.max_batch_tokens,
-            max_requests_per_batch=max(1, serving.max_concurrent),
+            max_requests_per_batch=self.admission.slots,
             per_request_processors=True,
             auto_switch_to_flash=False,  # the plan chose the attention implementation
             safety_margin=0.0,  # admission already keeps the cache from filling up
@@ -353,6 +357,46 @@ def cannot_attach(loaded, serving) -> str | None:
         return f"the model runs {attn} attention but the plan batched with {serving.attn_implementation}: re-plan"
     if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
         return "the model is spread over several devices: transformers' paged cache lives on one"
+    return _cache_beyond_device(model, serving)
+
+
+# Sequences one model batches at once, each on its own server thread: far above what one device's batch serves
+# well (vLLM's max-num-seqs defaults to 256-1024); a hand-edited plan asking for more is clamped, with the reason.
+MAX_BATCH_SLOTS = 1024
+
+
+def _device_total_bytes(device) -> int | None:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        from planner.hardware.host import host_info
+
+        return host_info().ram_bytes
+    return None
+
+
+def _cache_beyond_device(model, serving) -> str | None:
+    """Why the serving block's paged cache cannot exist on the model's device (None: it may).
+
+    A lower bound from the model's own config (K and V of every layer, each block `page_size_tokens` tokens), so only a
+    block no device could hold is refused; the planner's exact footprint has already been checked against the budget.
+    """
+    config = model.config.get_text_config()
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 0) // max(1, heads)))
+    element_bytes = next(model.parameters()).element_size()
+    cache_bytes = serving.num_blocks * serving.page_size_tokens * 2 * layers * kv_heads * head_dim * element_bytes
+    total = _device_total_bytes(next(model.parameters()).device)
+    if total is not None and cache_bytes > total:
+        return (
+            f"the plan's serving block asks for {serving.num_blocks} blocks of {serving.page_size_tokens} tokens, "
+            f"{cache_bytes / 2**30:.1f} GiB of paged cache at least, more than this device's "
+            f"{total / 2**30:.1f} GiB: re-create the plan with `shardwise plan`"
+        )
     return None
 
 

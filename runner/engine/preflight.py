@@ -96,11 +96,25 @@ def _check_source(plan) -> None:
         )
 
 
+def _check_attention(plan) -> None:
+    """Flash kernels run on CUDA GPUs only; a plan file moved to a machine without one would fail inside the load."""
+    import torch
+
+    attn = plan.attn_implementation
+    if "flash" in attn and not torch.cuda.is_available():
+        raise ShardwiseError(
+            f"the plan's attn_implementation={attn} needs a CUDA GPU and torch sees none here: re-plan here with "
+            "`shardwise plan` (sdpa runs everywhere)"
+        )
+
+
 def check_runnable(plan) -> None:
-    """Refuse, in one line, a plan this machine cannot load for reasons that are not memory."""
+    """Refuse, in one line, a plan this machine cannot load for reasons that are not memory (the plan's values
+    themselves were range-checked when it was read: planner.plan_check)."""
     _check_dtypes(plan)
     _check_source(plan)
     _check_devices(plan)
+    _check_attention(plan)
 
 
 def remote_code_consent(cfg) -> bool:

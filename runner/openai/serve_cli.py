@@ -59,6 +59,8 @@ def settings_from_config(cfg):
         max_n=block.max_n,
         stream_stall_timeout_s=float(block.stream_stall_timeout_s),
         max_messages=block.max_messages,
+        request_read_timeout_s=float(block.request_read_timeout_s),
+        max_connections=block.max_connections,
     ), block
 
 
@@ -290,10 +292,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(cfg) -> None:
-    import uvicorn
-
     from runner.engine.loader import set_runtime_env
     from runner.openai.app import create_app
+    from runner.openai.connections import make_server
 
     settings, block = settings_from_config(cfg)
     log.setLevel(block.log_level.upper())
@@ -314,10 +315,7 @@ def serve(cfg) -> None:
 
     app = create_app(sources, settings, on_load_failure=on_load_failure)
     sock = listen_socket(settings.host, settings.port)
-    config = uvicorn.Config(
-        app, log_level=block.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
+    server = make_server(app, settings, log_level=block.log_level, timeout_graceful_shutdown=5)
     server_box.append(server)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
