@@ -173,7 +173,9 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     if plan.fits:
         command = plan.launch.command
         if plan_path:
-            command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
+            from planner.config.quoting import shell_override
+
+            command = command.replace("plan_file=plan.json", shell_override("plan_file", str(plan_path)))
         console.print(
             f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it:"
         )

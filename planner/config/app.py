@@ -219,7 +219,9 @@ def resolve_or_refuse(cfg) -> None:
         return ""
 
     try:
-        OmegaConf.resolve(cfg)
+        # a resolved copy, thrown away: OmegaConf.resolve(cfg) would store an escaped `\${x}` as the text `${x}`,
+        # which the next read resolves a second time (a traceback, or the variable's value in a prompt or a key)
+        OmegaConf.to_container(cfg, resolve=True)
     except failures as exc:
         key = getattr(exc, "full_key", None) or failing_key(cfg, "")
         where = f" of {key}" if key else ""

@@ -321,14 +321,39 @@ def check_serve(block: ServeConfig) -> ServeConfig:
     return block
 
 
+def literal(value):
+    """`value` (a plain container) with every string's `${` escaped, so OmegaConf keeps it as typed."""
+    import re
+
+    if isinstance(value, str):
+        # n backslashes before `${` become 2n + 1: the backslashes themselves, then an escaped `${`
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
+
+
+def typed_block(cls, node):
+    r"""A config block as dataclass `cls`, its interpolations resolved exactly once.
+
+    The node is resolved where it sits (`${oc.env:KEY}`, `${..}` paths see the whole config), then type-checked by
+    merging into the schema; the resolved text is escaped first, so an escaped `\${x}` the user typed stays `${x}`
+    instead of being resolved a second time by the merge."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else (node or {})
+    merged = OmegaConf.merge(OmegaConf.structured(cls), literal(data))
+    return OmegaConf.to_object(merged)  # resolves (the escapes back to `${`) and builds `cls`, nested blocks too
+
+
 def read_serve_config(node) -> ServeConfig:
     """The `serve:` block (a config node or a dict), type-checked (a typo'd key is an error) and range-checked."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ServeConfig), node if node is not None else {})
-        block = ServeConfig(**OmegaConf.to_container(merged))
+        block = typed_block(ServeConfig, node)
     except OmegaConfBaseException as exc:
         first = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
@@ -430,6 +455,4 @@ def validate(cfg) -> None:
     if cfg.get("serve") is not None:
         read_serve_config(cfg.serve)
     if cfg.get("launch") is not None:
-        from omegaconf import OmegaConf
-
-        check_launch(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchSettings), cfg.launch)))
+        check_launch(typed_block(LaunchSettings, cfg.launch))
