@@ -126,6 +126,17 @@ def fix_texts(binding: dict | None) -> list[str]:
     return [str(f.get("text", f)) if isinstance(f, dict) else str(f) for f in (binding or {}).get("fixes", [])]
 
 
+def _profile_or_hub_node(model: str) -> dict:
+    """The model config a name stands for, enough to find its hub id: a profile's, or the hub id itself."""
+    from planner.config.app import resolve_model_name
+    from planner.config.reader import load_profile
+
+    try:
+        return load_profile(resolve_model_name(model))
+    except ShardwiseError:  # not a profile: a hub id is checked as it is; anything else is planning's to refuse
+        return {"hub_id": model, "name": model}
+
+
 def _make_plan(**kwargs):
     """planner.config.compose.make_plan; what Hydra refuses in `overrides` becomes a one-line ShardwiseError."""
     from planner.config.app import composition_error
@@ -163,7 +174,12 @@ class OpenAIChat:
         trust_remote_code: bool = False,
     ):
         from runner.api_args import check_chat_args
-        from runner.engine.preflight import check_remote_code, consents_to_remote_code
+        from runner.engine.preflight import (
+            check_model_reachable,
+            check_remote_code,
+            check_weights_reachable,
+            consents_to_remote_code,
+        )
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
 
@@ -176,6 +192,9 @@ class OpenAIChat:
             from planner.config.compose import compose
 
             defaults = SamplingParams.from_generation(compose("plan", list(overrides)).generation)
+        checked = False
+        if plan is None and not model_path:
+            checked = check_model_reachable(_profile_or_hub_node(model))  # offline: one error before planning
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
@@ -186,6 +205,8 @@ class OpenAIChat:
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )
         check_remote_code(plan, consent, _CONSENT_HOW)  # a fallback model may ask too
+        if not checked:
+            check_weights_reachable(plan)  # offline and uncached: one ShardwiseError now, not minutes of retries
         loaded = load_with_fallbacks(plan, policy=self.recovery, notice=notice)
         self.session = ChatSession(
             loaded,

@@ -205,13 +205,18 @@ def model_sources(cfg) -> list:
         primary_plan = _fitting(primary_plan)
         primary_aliases: tuple[str, ...] = ()
     else:
+        from runner.engine.preflight import check_model_reachable
+
+        check_model_reachable(cfg.model)  # offline and uncached: one line before planning, before the port opens
         primary_plan = plan_for(cfg, cfg.model)
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
 
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import check_remote_code, check_weights_reachable, remote_code_consent
 
     check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
+    if cfg.get("plan_file"):
+        check_weights_reachable(primary_plan)  # a reviewed plan's hub model: the same one-line check
 
     def loader_for(make_plan):
         return lambda: load_session(cfg, make_plan())
