@@ -297,4 +297,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from runner.cli import interrupts_end_cleanly
+
+    with interrupts_end_cleanly("shardwise worker"):
+        main()
