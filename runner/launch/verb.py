@@ -79,12 +79,13 @@ def task(cfg) -> None:
     if engine == L.Engine.vllm:
         commands, vnotes = L.vllm_commands(plan, settings)
         notes += vnotes
-        if not importlib.util.find_spec("vllm"):
-            notes.append(
-                "vllm is not installed here: these commands were printed, not run (pip install vllm "
-                "on the GPU machines)"
+        if not importlib.util.find_spec("vllm") and not settings.dry_run:
+            # nothing can start here: show what would run (for the GPU machines), then fail in one line
+            print_dry_run(plan, plan_path, engine, commands, settings, notes)
+            raise ShardwiseError(
+                "launch.engine=vllm needs vllm and it is not installed here, so nothing was started: pip install "
+                "vllm on the GPU machines and run the command above there, or add launch.dry_run=true to only print it"
             )
-            settings.dry_run = True
     elif engine == L.Engine.torchrun:
         notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
