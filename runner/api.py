@@ -12,6 +12,10 @@ offline); `model_path=` plans a local model directory too. The plan is made for 
 (`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then
 CPU) is walked, announced. A plan or profile asking for code shipped with the model runs only with
 `trust_remote_code=True` (the caller's consent, as on the CLI); otherwise ShardwiseError.
+
+Threads may share one OpenAIChat: with `overrides=["policy.sessions=N"]` N calls generate together in one continuous
+batch and the others wait their turn, up to `queue_timeout_s` (600 s) while the line is full; only then does a call
+raise QueueFull (a ShardwiseError) naming what to change.
 """
 
 from __future__ import annotations
@@ -171,6 +175,7 @@ class OpenAIChat:
         notice: Callable[[str], None] = _notice,
         recovery=None,
         batching: bool = True,
+        queue_timeout_s: float = 600.0,
         trust_remote_code: bool = False,
     ):
         from runner.api_args import check_chat_args
@@ -184,6 +189,12 @@ class OpenAIChat:
         from runner.engine.session import ChatSession
 
         check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt, trust_remote_code)
+        if (
+            isinstance(queue_timeout_s, bool)
+            or not isinstance(queue_timeout_s, (int, float))
+            or not 0 <= queue_timeout_s < float("inf")
+        ):
+            raise ShardwiseError(f"queue_timeout_s must be seconds >= 0, got {queue_timeout_s!r:.40}")
         # the CLI's rule: a plan or profile never consents to running the model's own Python; the caller does
         consent = consents_to_remote_code(trust_remote_code, overrides, fresh_plan=plan is None)
         if defaults is not None:
@@ -221,7 +232,17 @@ class OpenAIChat:
             # calls from several threads then share one continuous batch (plan: policy.sessions=N or auto)
             from runner.engine.batching import attach
 
-            attach(loaded, serving, max_waiting=4 * serving.max_concurrent, log=notice)
+            attach(
+                loaded,
+                serving,
+                max_waiting=4 * serving.max_concurrent,
+                log=notice,
+                full_wait_s=queue_timeout_s,
+                bound=(
+                    f"OpenAIChat(queue_timeout_s={queue_timeout_s:g}): call from fewer threads, pass a larger "
+                    "queue_timeout_s, or plan more sessions with overrides=['policy.sessions=N']"
+                ),
+            )
 
     @property
     def model_name(self) -> str:

@@ -57,9 +57,13 @@ class BatchResult:
 class Admission:
     """Batch slots handed out in arrival order: `running` at most `slots`, `waiting` at most `max_waiting`."""
 
-    def __init__(self, slots: int, max_waiting: int):
+    def __init__(self, slots: int, max_waiting: int, *, full_wait_s: float = 0.0, bound: str | None = None):
         self.slots = slots
         self.max_waiting = max_waiting
+        # the server answers 429 at once (its own queue is serve.max_queue); the Python API waits this long for room
+        self.full_wait_s = full_wait_s
+        # the setting that bounds the line, named in QueueFull: what its caller can change
+        self.bound = bound or f"serve.max_queue={max_waiting}"
         self.running = 0
         self._line: deque[int] = deque()
         self._tickets = itertools.count()
@@ -70,14 +74,24 @@ class Admission:
     def waiting(self) -> int:
         return len(self._line)
 
+    def _full(self) -> bool:
+        return self.running >= self.slots and len(self._line) >= self.max_waiting
+
     def enter(self, cancel: threading.Event) -> bool:
-        """Wait for a slot; False when `cancel` was set first. Raises QueueFull when the line is full."""
+        """Wait for a slot; False when `cancel` was set first. Raises QueueFull when the line is full (and stays
+        full for `full_wait_s`)."""
         with self._cond:
-            if self.running >= self.slots and len(self._line) >= self.max_waiting:
+            deadline = time.monotonic() + self.full_wait_s
+            while self._full() and time.monotonic() < deadline and not cancel.is_set():
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if cancel.is_set():
+                return False
+            if self._full():
                 self.rejected += 1
+                waited = f", and stayed full for {self.full_wait_s:g} s" if self.full_wait_s else ""
                 raise QueueFull(
                     f"{self.running} request(s) generating (the plan's serving.max_concurrent) and "
-                    f"{len(self._line)} waiting (serve.max_queue={self.max_waiting})"
+                    f"{len(self._line)} waiting{waited} ({self.bound})"
                 )
             ticket = next(self._tickets)
             self._line.append(ticket)
@@ -144,7 +158,16 @@ def _log(line: str) -> None:
 class BatchingEngine:
     """transformers' continuous batching for one model, with admission and per-request routing."""
 
-    def __init__(self, loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+    def __init__(
+        self,
+        loaded,
+        serving,
+        *,
+        max_waiting: int = 8,
+        log: Callable[[str], None] = _log,
+        full_wait_s: float = 0.0,
+        bound: str | None = None,
+    ):
         self.loaded = loaded
         self.serving = serving
         self.log = log
@@ -152,7 +175,7 @@ class BatchingEngine:
         if slots > MAX_BATCH_SLOTS:
             log(f"serving.max_concurrent={slots} clamped to {MAX_BATCH_SLOTS} sequences at once (one thread each)")
             slots = MAX_BATCH_SLOTS
-        self.admission = Admission(slots, max(0, max_waiting))
+        self.admission = Admission(slots, max(0, max_waiting), full_wait_s=full_wait_s, bound=bound)
         self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
         self._routes: dict[str, Inbox] = {}
         self._routes_lock = threading.Lock()
@@ -400,12 +423,12 @@ def _cache_beyond_device(model, serving) -> str | None:
     return None
 
 
-def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log, **admission):
     """Start batching for `loaded` (stored as `loaded.batching`); None, with the reason logged, when it cannot."""
     reason = cannot_attach(loaded, serving)
     if reason is None:
         try:
-            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log)
+            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log, **admission)
         except Exception as exc:  # e.g. an architecture the paged cache does not support
             reason = f"continuous batching did not start ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
     if reason is not None:
