@@ -190,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"shardwise: error: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(verb, list(VERBS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"shardwise: error: unknown verb {verb!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     run = verb_runner(verb)
     if "--help" in rest or "-h" in rest:
