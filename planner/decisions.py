@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner import stack
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.quant_support import ON_LOAD, decide_on_load
@@ -17,26 +18,17 @@ from planner.quant_support import ON_LOAD, decide_on_load
 EAGER_ONLY = {"gpt_oss", "gemma2"}
 
 MXFP4_MIN_CC = (7, 5)
-# What transformers' MXFP4 quantizer checks before it keeps the packed weights (quantizer_mxfp4.py
-# and utils/import_utils.py in transformers 5.24; tests/test_dtypes.py compares them with the source).
+# What transformers' MXFP4 quantizer checks of triton before it keeps the packed weights (quantizer_mxfp4.py
+# in transformers 5.25; tests/test_dtypes.py compares them with the installed source). The `kernels` range
+# is not copied here: planner/stack.py reads it from the installed transformers' own metadata.
 TRITON_MIN_CUDA = (3, 4)
 TRITON_MIN_CPU = (3, 5)
-KERNELS_MIN = (0, 18, 2)
-KERNELS_MAX = (0, 19, 0)  # exclusive
 
 
 @dataclass(frozen=True)
 class Choice:
     value: str
     reason: str
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def _gpu_cc_summary(hw: Hardware) -> tuple[tuple[int, int], str]:
@@ -97,18 +89,20 @@ def decide_quantization(method: str | None, policy: str, hw: Hardware, dtype: st
     if hw.probed:
         return True, f"MXFP4 kept: compute capability {cc[0]}.{cc[1]} >= 7.5, triton and kernels installed"
     return True, (
-        f"MXFP4 kept: compute capability {cc[0]}.{cc[1]} >= 7.5; the target needs triton >= 3.4 and the "
-        f"`kernels` package (>= 0.18.2, < 0.19) installed, otherwise transformers dequantizes to {dtype}"
+        f"MXFP4 kept: compute capability {cc[0]}.{cc[1]} >= 7.5; the target needs triton >= 3.4 and "
+        f"{stack.requirement_text('kernels')} installed (what this transformers requires), otherwise transformers "
+        f"dequantizes to {dtype}"
     )
 
 
 def _missing_kernels(installed: dict, triton_min: tuple) -> list[str]:
     triton, kernels = installed.get("triton"), installed.get("kernels")
     missing = []
-    if not triton or _version_tuple(triton) < triton_min:
+    triton_version = stack.parse_version(triton)
+    if triton_version is None or triton_version.release[:2] < triton_min:
         missing.append(f"triton >= {triton_min[0]}.{triton_min[1]} (found {triton or 'none'})")
-    if not kernels or not (KERNELS_MIN <= _version_tuple(kernels) < KERNELS_MAX):
-        missing.append(f"kernels >= 0.18.2, < 0.19 (found {kernels or 'none'})")
+    if not stack.satisfies("kernels", kernels):
+        missing.append(f"{stack.requirement_text('kernels')} (found {kernels or 'none'})")
     return missing
 
 
@@ -131,7 +125,7 @@ def _mxfp4_blocker(hw: Hardware, dtype: str) -> str | None:
         if missing:
             return (
                 f"this machine lacks {' and '.join(missing)}: transformers would dequantize MXFP4 to {dtype} "
-                "(pip install 'triton>=3.4' 'kernels>=0.18.2,<0.19' to keep it)"
+                f"(pip install 'triton>=3.4' '{stack.requirement_text('kernels')}' to keep it)"
             )
     return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from planner import stack
 from planner.decisions import Formats, mxfp4_blocked_by_hardware
 from planner.hardware.devices import Hardware
 from planner.limits import MAX_NODES
@@ -188,7 +189,7 @@ def what_would_fit(
             )
     if spec.quantization == "mxfp4" and not formats.quant_kept:
         if not mxfp4_blocked_by_hardware(hw):
-            ready = replace(hw, installed={**hw.installed, "triton": "3.5.0", "kernels": "0.18.2"})
+            ready = replace(hw, installed={**hw.installed, **_kernels_transformers_takes()})
             kept = replan(replace(policy, quantization="auto"), hardware=ready)
             if _fits(kept):
                 again = ["policy.quantization=auto"] if policy.quantization == "none" else []
@@ -196,7 +197,7 @@ def what_would_fit(
                     _fix(
                         f"keep {spec.quantization} ({kept.model.weight_bytes / GIB:.1f} GiB of weights instead of "
                         f"{inv.weight_bytes / GIB:.1f}{speed_text(kept)}): pip install 'triton>=3.4' "
-                        "'kernels>=0.18.2,<0.19'" + (" and policy.quantization=auto" if again else ""),
+                        f"'{stack.requirement_text('kernels')}'" + (" and policy.quantization=auto" if again else ""),
                         *again,
                     )
                 )
@@ -242,3 +243,9 @@ def what_would_fit(
             knobs = ["policy.allow_disk_offload=true", f"policy.context_tokens={probe_context}"]
             fixes.append(_fix(f"{' '.join(knobs)} ({_slowdown(slow, offloaded)})", *knobs))
     return fixes
+
+
+def _kernels_transformers_takes() -> dict:
+    """Kernel packages as a machine that follows the MXFP4 fix would have them: triton 3.5, the lowest kernels
+    release the installed transformers accepts."""
+    return {"triton": "3.5.0", "kernels": stack.minimum_version("kernels") or "0"}

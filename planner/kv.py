@@ -1,4 +1,4 @@
-"""KV cache bytes per layer, as transformers 5.24's DynamicCache actually holds them.
+"""KV cache bytes per layer, as transformers 5.25's DynamicCache actually holds them.
 
 Per layer and token: the layer's KV width (`LayerSpec.kv_width`: K and V, each num_kv_heads x
 head_dim elements; MLA layers the compressed latent; linear-attention / Mamba layers nothing,

@@ -143,6 +143,8 @@ class Plan:
     serving: Serving | None = None  # None in plans written before batching existed: served sequentially
     # predicted speed (planner/speed.py): decode_tokens_per_s, aggregate_tokens_per_s, ttft_s, ttft_full_s, binding
     performance: dict = field(default_factory=dict)
+    # the software stack the plan assumed (planner/stack.py): transformers, torch, accelerate, kernels, triton
+    software: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

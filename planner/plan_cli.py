@@ -56,6 +56,7 @@ def task(cfg):
     from planner.hardware.tiers import resolve_hardware
 
     as_json = flag(cfg, "json")
+    charts = flag(cfg, "charts")
     out = out_path(cfg.get("out"))
     hardware = resolve_hardware(cfg.hardware, name=hardware_choice())
     plan = plan_from_config(cfg, hardware)
@@ -63,6 +64,8 @@ def task(cfg):
     written = [] if as_json else [save_to(plan, run_dir / "plan.json")]
     if out is not None:
         written.append(save_to(plan, out))
+    if charts:
+        _draw(cfg, hardware, plan, written)
     if as_json:
         # one plan per line in a -m sweep (JSON Lines), pretty-printed otherwise
         print(json.dumps(plan.to_dict()) if _in_sweep() else plan.to_json(), flush=True)
@@ -72,6 +75,25 @@ def task(cfg):
         render(plan, plan_path=str(written[-1]))
         print("plan.json: " + ", ".join(str(p) for p in written))
     return {"fits": plan.fits, "strategy": plan.strategy}
+
+
+def _draw(cfg, hardware, plan, written: list[Path]) -> None:
+    """charts=true: the memory and context charts and plan.html beside every plan file written."""
+    import sys
+
+    if not written:
+        print("charts=true: nothing written (json=true writes files only where out= asks)", file=sys.stderr)
+        return
+    from planner.charts.build import plan_charts
+    from planner.charts.files import write_beside
+
+    charts = plan_charts(cfg, hardware, plan)
+    for plan_file in written:
+        try:
+            paths = write_beside(plan_file, plan.to_dict(), charts)
+        except OSError as exc:
+            raise ShardwiseError(f"cannot write the charts beside {str(plan_file)!r} ({exc.strerror or exc})") from None
+        print("charts: " + ", ".join(str(p) for p in paths), file=sys.stderr)
 
 
 def run(argv: list[str]) -> None:

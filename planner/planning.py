@@ -26,6 +26,7 @@ from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Note
 from planner.policy import Policy
 from planner.serving import human_bytes, plan_serving
 from planner.sessions import plan_auto_sessions
+from planner.stack import software_block
 
 
 def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None) -> Plan:
@@ -302,6 +303,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
         binding=binding,
         serving=serving,
         performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
+        software=software_block(hw.installed, hw.probed, hw.source),
     )
 
 

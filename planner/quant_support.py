@@ -1,4 +1,4 @@
-"""Kept, dequantized or cannot run: what transformers 5.24 does with each shipped quantization on a target.
+"""Kept, dequantized or cannot run: what transformers 5.25 does with each shipped quantization on a target.
 
 Mirrors each quantizer's `validate_environment` (transformers/quantizers/quantizer_*.py):
 - fp8 (fine-grained): kept on GPUs with compute capability >= 8.9; below that, and on CPU,

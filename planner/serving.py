@@ -1,6 +1,6 @@
 """The plan's `serving` block: transformers' continuous batching sized from the planner's KV budget.
 
-transformers 5.24's paged cache (`generation/continuous_batching/cache.py`) stores K and V in pages of
+transformers 5.25's paged cache (`generation/continuous_batching/cache.py`) stores K and V in pages of
 `page_size` tokens, one page per layer; a block is one page for every layer of an attention group
 (full attention layers, sliding window layers). All groups draw from one pool of sectors whose size is
 the least common multiple of the groups' block sizes and 128 bytes, and two sectors at the front are
@@ -142,7 +142,7 @@ def sequential_reason(inv, strategy: str, attn: str) -> str | None:
         )
     if strategy == "pipeline":
         return (
-            "layers span several GPUs: transformers 5.24 allocates the paged cache on the model's first device only; "
+            "layers span several GPUs: transformers 5.25 allocates the paged cache on the model's first device only; "
             "serving one request at a time"
         )
     if strategy == "tensor_parallel":

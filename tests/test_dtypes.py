@@ -8,6 +8,7 @@ import re
 import pytest
 
 from planner import decisions as dtypes
+from planner import stack
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device, Hardware
 from planner.units import GIB
@@ -26,12 +27,16 @@ def test_mirrored_kernel_requirements_match_the_installed_transformers():
     from transformers.quantizers import quantizer_mxfp4
     from transformers.utils import import_utils
 
-    def as_tuple(text):
+    from planner import stack
 
+    def as_tuple(text):
         return tuple(int(x) for x in text.split("."))
 
-    assert as_tuple(import_utils.KERNELS_MIN_VERSION) == dtypes.KERNELS_MIN
-    assert as_tuple(import_utils.KERNELS_MAX_VERSION) == dtypes.KERNELS_MAX
+    # the planner reads the kernels range from transformers' metadata: it must be the range its code checks
+    required = stack.transformers_requirement("kernels")
+    assert required.contains(import_utils.KERNELS_MIN_VERSION)
+    assert not required.contains(import_utils.KERNELS_MAX_VERSION)
+    assert stack.minimum_version("kernels") == import_utils.KERNELS_MIN_VERSION
     source = inspect.getsource(quantizer_mxfp4)
     cuda = re.search(r"torch\.cuda\.is_available\(\):.*?is_triton_available\(\"([\d.]+)\"\)", source, re.S).group(1)
     cpu = re.search(r"device\.type == \"cpu\":.*?is_triton_available\(\"([\d.]+)\"\)", source, re.S).group(1)
@@ -39,16 +44,19 @@ def test_mirrored_kernel_requirements_match_the_installed_transformers():
     assert "compute_capability >= (7, 5)" in source and dtypes.MXFP4_MIN_CC == (7, 5)
 
 
+KERNELS_OK = stack.minimum_version("kernels")  # the lowest release the installed transformers accepts
+
+
 @pytest.mark.parametrize(
     "hw,kept,needle",
     [
-        (probed("9.0", triton="3.4.0", kernels="0.18.2"), True, "installed"),
-        (probed("9.0", triton="3.4.0", kernels="0.9.0"), False, "kernels >= 0.18.2"),
-        (probed("9.0", triton="3.3.1", kernels="0.18.3"), False, "triton >= 3.4"),
+        (probed("9.0", triton="3.4.0", kernels=KERNELS_OK), True, "installed"),
+        (probed("9.0", triton="3.4.0", kernels="0.9.0"), False, stack.requirement_text("kernels")),
+        (probed("9.0", triton="3.3.1", kernels=KERNELS_OK), False, "triton >= 3.4"),
         (probed("9.0"), False, "found none"),
-        (probed("7.0", triton="3.4.0", kernels="0.18.2"), False, "< 7.5"),
-        (probed(None, triton="3.5.0", kernels="0.18.2"), True, "on CPU"),
-        (probed(None, triton="3.4.0", kernels="0.18.2"), False, "triton >= 3.5"),
+        (probed("7.0", triton="3.4.0", kernels=KERNELS_OK), False, "< 7.5"),
+        (probed(None, triton="3.5.0", kernels=KERNELS_OK), True, "on CPU"),
+        (probed(None, triton="3.4.0", kernels=KERNELS_OK), False, "triton >= 3.5"),
         (Hardware(source="h100_80gb", devices=(gpu("9.0"),)), True, "the target needs"),
         (Hardware(source="cpu"), False, "CPU tier"),
     ],
@@ -65,11 +73,11 @@ def test_quantization_keep_is_refused_where_it_cannot_be_kept():
 
 def test_flash_attention_3_only_with_kernels_on_hopper():
     assert (
-        dtypes.decide_attention("auto", "gpt_oss", probed("9.0", triton="3.4.0", kernels="0.18.2"), True).value
+        dtypes.decide_attention("auto", "gpt_oss", probed("9.0", triton="3.4.0", kernels=KERNELS_OK), True).value
         == dtypes.FLASH_ATTN3_HUB
     )
     assert (
-        dtypes.decide_attention("auto", "gpt_oss", probed("8.0", triton="3.4.0", kernels="0.18.2"), True).value
+        dtypes.decide_attention("auto", "gpt_oss", probed("8.0", triton="3.4.0", kernels=KERNELS_OK), True).value
         == "eager"
     )
     assert dtypes.decide_attention("auto", "llama", probed("9.0"), False).value == "sdpa"

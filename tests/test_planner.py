@@ -7,6 +7,7 @@ from functools import cache
 
 import pytest
 
+from planner import stack
 from planner.config.app import profile_names
 from planner.config.compose import compose, make_plan
 from planner.config.request import plan_from_config
@@ -400,7 +401,7 @@ def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
         source="probe",
         probed=True,
         host_ram_bytes=128 * GIB,
-        installed={"triton": "3.4.0", "kernels": "0.18.2"},
+        installed={"triton": "3.4.0", "kernels": stack.minimum_version("kernels")},
         devices=(
             Device(0, "NVIDIA A100-SXM4-80GB", 80 * GIB, 80 * GIB, "8.0"),
             Device(1, "Tesla V100-SXM2-16GB", 16 * GIB, 16 * GIB, "7.0"),
@@ -466,7 +467,7 @@ def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
         source="probe",
         probed=True,
         host_ram_bytes=256 * GIB,
-        installed={"triton": "3.4.0", "kernels": "0.18.2"},
+        installed={"triton": "3.4.0", "kernels": stack.minimum_version("kernels")},
         devices=(Device(0, "GPU-48", 48 * GIB, 48 * GIB, "8.6"), Device(1, "GPU-24", 24 * GIB, 24 * GIB, "8.6")),
     )
     plan = plan_model(profile_spec("gpt-oss-120b"), hw, policy_from_config(cfg.policy), load_profile=profile_spec)

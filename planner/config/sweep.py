@@ -9,8 +9,17 @@ from hydra.experimental.callback import Callback
 
 
 class SweepSummary(Callback):
+    def __init__(self) -> None:
+        self.jobs: list[tuple[dict, Path]] = []  # (overrides, output dir) per job, for charts=true
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        pairs = (str(o).split("=", 1) for o in (job_return.overrides or ()) if "=" in str(o))
+        self.jobs.append(({k.lstrip("+~"): v for k, v in pairs}, Path(config.hydra.runtime.output_dir)))
+
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.get("charts") is True:
+            self._draw(sweep_dir)
         rows, misfits = [], []
         # A job directory is `<num>_<overrides>`; a hub id in the overrides (model=ORG/NAME) nests it one level deeper.
         for path in sorted(sweep_dir.glob("**/plan.json"), key=lambda p: _job_number(p.relative_to(sweep_dir))):
@@ -52,6 +61,33 @@ class SweepSummary(Callback):
         console.print(table)
         for line in misfit_lines(misfits):
             console.print(line, markup=False)
+
+    def _draw(self, sweep_dir: Path) -> None:
+        """charts=true: sweep.svg and sweep.html in the sweep directory, from each job's plan.json."""
+        import sys
+
+        from planner.charts.page import sweep_page
+        from planner.charts.sweep import sweep_chart
+        from planner.jsonfile import write_text_atomic
+
+        jobs = []
+        for overrides, out_dir in self.jobs:
+            try:
+                jobs.append((overrides, json.loads((out_dir / "plan.json").read_text())))
+            except (OSError, json.JSONDecodeError):
+                continue  # a job that wrote no plan (json=true, or it failed) has no cell
+        if not jobs:
+            return
+        svg = sweep_chart(jobs)
+        try:
+            paths = [
+                write_text_atomic(sweep_dir / "sweep.svg", svg),
+                write_text_atomic(sweep_dir / "sweep.html", sweep_page(svg)),
+            ]
+        except OSError as exc:
+            print(f"charts: cannot write into {sweep_dir} ({exc.strerror or exc})", file=sys.stderr)
+            return
+        print("charts: " + ", ".join(str(p) for p in paths), file=sys.stderr)
 
 
 def misfit_lines(misfits: list[tuple[str, str, dict]]) -> list[str]:

@@ -69,7 +69,7 @@ class Hardware:
     cuda_driver_version: str = ""
     installed: dict = field(
         default_factory=dict
-    )  # kernel packages seen on a probed machine: {"triton": "3.4.0", "kernels": "0.18.2"}
+    )  # kernel packages seen on a probed machine: {"triton": "3.4.0", "kernels": "0.19.1"}
     probed: bool = (
         False  # read off a real machine (probe, or a snapshot of one): `installed` is a fact, not an assumption
     )

@@ -2,7 +2,7 @@
 
 No torch, no transformers: each supported `model_type` is described by the defaults of its
 transformers config class, its module layout and its attention rules, all read off the
-installed transformers 5.24 source (tests/test_inventory.py checks every table here against
+installed transformers 5.25 source (tests/test_inventory.py checks every table here against
 transformers itself). `describe()` returns module specs with every tensor's element count;
 planner/inventory.py turns them into bytes for a dtype and a quantization.
 """

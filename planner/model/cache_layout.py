@@ -1,6 +1,6 @@
 """What transformers' DynamicCache holds per decoder layer: per-token KV width and fixed per-sequence state.
 
-transformers 5.24 builds one cache layer per decoder layer from the config's `layer_types`
+transformers 5.25 builds one cache layer per decoder layer from the config's `layer_types`
 (cache_utils.get_layer_types_and_kwargs): `full_attention` grows with every token,
 `sliding_attention` and `chunked_attention` keep at most their window (chunked layers use the
 sliding cache with `attention_chunk_size` as the window), `linear_attention` (Mamba, gated

@@ -4,7 +4,7 @@
 take the fast path: pure arithmetic on the config numbers, no torch import. Any other model_type
 transformers knows is built on the meta device (planner/inventory_meta.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
-Weight bytes follow how transformers 5.24 loads: the compute dtype, `_keep_in_fp32_modules` for
+Weight bytes follow how transformers 5.25 loads: the compute dtype, `_keep_in_fp32_modules` for
 float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
 (planner/model/quant.py), its logical elements in the compute dtype when dequantized.
 """

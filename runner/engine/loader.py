@@ -195,6 +195,11 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     """Load the plan's model and tokenizer; transformers shows its own weight-loading progress bar."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     set_runtime_env(alloc_conf, log)
+    from planner.stack import drift
+
+    kept = plan.model.quantization.method if plan.model.quantization.kept else None
+    for line in drift(plan.software, kept):
+        log(f"note: {line}")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
