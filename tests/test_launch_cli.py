@@ -93,8 +93,8 @@ def test_dry_run_prints_torchrun_for_a_cpu_tensor_parallel_rehearsal(models, tmp
     assert result.returncode == 0, result.stderr
     written = tmp_path / "run" / "plan.json"
     assert (
-        f"torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan {written} --max-tokens 256 "
-        "--temperature 0.7 --top-p 1.0 --seed 5" in result.stdout
+        f"torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan={written} --max-tokens=256 "
+        "--temperature=0.7 --top-p=1.0 --seed=5" in result.stdout
     )
     assert '"tp_size": 2' in written.read_text() and '"strategy": "tensor_parallel"' in written.read_text()
 

@@ -506,7 +506,7 @@ def slurm_overrides(config: dict) -> list[str]:
     out = ["hydra/launcher=submitit_slurm"]
     for key, value in config.items():
         if value is not None:
-            out.append(f"hydra.launcher.{key}={hydra_literal(value)}")
+            out.append(override(f"hydra.launcher.{key}", value))
     return out
 
 
