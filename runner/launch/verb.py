@@ -94,12 +94,13 @@ def task(cfg) -> None:
     if engine == L.Engine.vllm:
         commands, vnotes = L.vllm_commands(plan, settings)
         notes += vnotes
-        if not importlib.util.find_spec("vllm"):
-            notes.append(
-                "vllm is not installed here: these commands were printed, not run (pip install vllm "
-                "on the GPU machines)"
+        if not importlib.util.find_spec("vllm") and not settings.dry_run:
+            # nothing can start here: show what would run (for the GPU machines), then fail in one line
+            print_dry_run(plan, plan_path, engine, commands, settings, notes)
+            raise ShardwiseError(
+                "launch.engine=vllm needs vllm and it is not installed here, so nothing was started: pip install "
+                "vllm on the GPU machines and run the command above there, or add launch.dry_run=true to only print it"
             )
-            settings.dry_run = True
     elif engine == L.Engine.torchrun:
         notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
@@ -296,20 +297,21 @@ def slurm_master_addr() -> str:
 def print_dry_run(
     plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
 ) -> None:
+    c = L.comment
     print(
-        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp "
-        f"{plan.pp_size}; engine {engine.value}"
+        f"# {c(plan.model.name)}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; "
+        f"engine {engine.value}"
     )
-    print(f"# plan: {plan_path}")
+    print(f"# plan: {c(plan_path)}")
     for command in commands:
-        print(f"# {command.where}: {command.reason}")
+        print(f"# {c(command.where)}: {c(command.reason)}")
         print(command.line())
     if L.gpus_per_node(plan):
         config, reasons = L.slurm_launcher(plan, settings.slurm, engine=engine)
-        print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
-        print(" ".join(L.slurm_overrides(config)))
+        print(f"# SLURM ({c('; '.join(reasons))}): add to this command with -m")
+        print(L.shell_line(L.slurm_overrides(config)))
     for note in notes:
-        print(f"# note: {note}")
+        print(f"# note: {c(note)}")
 
 
 def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSettings) -> int:
