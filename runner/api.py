@@ -12,6 +12,10 @@ offline); `model_path=` plans a local model directory too. The plan is made for 
 (`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then
 CPU) is walked, announced. A plan or profile asking for code shipped with the model runs only with
 `trust_remote_code=True` (the caller's consent, as on the CLI); otherwise ShardwiseError.
+
+Threads may share one OpenAIChat: with `overrides=["policy.sessions=N"]` N calls generate together in one continuous
+batch and the others wait their turn, up to `queue_timeout_s` (600 s) while the line is full; only then does a call
+raise QueueFull (a ShardwiseError) naming what to change.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ from runner.plan_fitting import parse_max_memory, plan_that_fits, print_notice
 
 _UNSET = object()
 _CONSENT_HOW = "pass trust_remote_code=True"
+
+
+def _profile_or_hub_node(model: str) -> dict:
+    """The model config a name stands for, enough to find its hub id: a profile's, or the hub id itself."""
+    from planner.config.app import resolve_model_name
+    from planner.config.reader import load_profile
+
+    try:
+        return load_profile(resolve_model_name(model))
+    except ShardwiseError:  # not a profile: a hub id is checked as it is; anything else is planning's to refuse
+        return {"hub_id": model, "name": model}
 
 
 def _make_plan(**kwargs):
@@ -65,14 +80,26 @@ class OpenAIChat:
         notice: Callable[[str], None] = print_notice,
         recovery=None,
         batching: bool = True,
+        queue_timeout_s: float = 600.0,
         trust_remote_code: bool = False,
     ):
         from runner.api_args import check_chat_args
-        from runner.engine.preflight import check_remote_code, consents_to_remote_code
+        from runner.engine.preflight import (
+            check_model_reachable,
+            check_remote_code,
+            check_weights_reachable,
+            consents_to_remote_code,
+        )
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
 
         check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt, trust_remote_code)
+        if (
+            isinstance(queue_timeout_s, bool)
+            or not isinstance(queue_timeout_s, (int, float))
+            or not 0 <= queue_timeout_s < float("inf")
+        ):
+            raise ShardwiseError(f"queue_timeout_s must be seconds >= 0, got {queue_timeout_s!r:.40}")
         # the CLI's rule: a plan or profile never consents to running the model's own Python; the caller does
         consent = consents_to_remote_code(trust_remote_code, overrides, fresh_plan=plan is None)
         if defaults is not None:
@@ -81,6 +108,9 @@ class OpenAIChat:
             from planner.config.compose import compose
 
             defaults = SamplingParams.from_generation(compose("plan", list(overrides)).generation)
+        checked = False
+        if plan is None and not model_path:
+            checked = check_model_reachable(_profile_or_hub_node(model))  # offline: one error before planning
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
@@ -91,6 +121,8 @@ class OpenAIChat:
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )
         check_remote_code(plan, consent, _CONSENT_HOW)  # a fallback model may ask too
+        if not checked:
+            check_weights_reachable(plan)  # offline and uncached: one ShardwiseError now, not minutes of retries
         loaded = load_with_fallbacks(plan, policy=self.recovery, notice=notice)
         self.session = ChatSession(
             loaded,
@@ -105,7 +137,17 @@ class OpenAIChat:
             # calls from several threads then share one continuous batch (plan: policy.sessions=N or auto)
             from runner.engine.batching import attach
 
-            attach(loaded, serving, max_waiting=4 * serving.max_concurrent, log=notice)
+            attach(
+                loaded,
+                serving,
+                max_waiting=4 * serving.max_concurrent,
+                log=notice,
+                full_wait_s=queue_timeout_s,
+                bound=(
+                    f"OpenAIChat(queue_timeout_s={queue_timeout_s:g}): call from fewer threads, pass a larger "
+                    "queue_timeout_s, or plan more sessions with overrides=['policy.sessions=N']"
+                ),
+            )
 
     @property
     def model_name(self) -> str:

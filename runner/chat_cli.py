@@ -112,13 +112,22 @@ def task(cfg):
     flag(cfg, "replan")
     prompt = read_prompt(cfg)
     set_runtime_env(cfg.alloc_conf, _notice)  # before anything can touch CUDA
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import (
+        check_model_reachable,
+        check_remote_code,
+        check_weights_reachable,
+        remote_code_consent,
+    )
 
     consent = remote_code_consent(cfg)
+    # offline and uncached: one line now, before planning measures this machine and torch loads
+    checked = not cfg.plan_file and check_model_reachable(cfg.model)
     plan = build_plan(cfg)
     check_remote_code(plan, consent)
     plan = plan_that_fits(plan, notice=_notice, caps=caps)
     check_remote_code(plan, consent)  # a fallback model may ask too
+    if not checked or plan.model.source != cfg.model.get("hub_id"):
+        check_weights_reachable(plan)
     policy = RecoveryPolicy(remote_code_consent=consent)
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
     metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None

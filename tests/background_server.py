@@ -20,14 +20,16 @@ class BackgroundServer:
     def __init__(
         self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", startup_timeout_s: float = 20.0
     ):
-        import uvicorn
+        from runner.openai.app import RequestLog, ServeSettings
+        from runner.openai.connections import make_server
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        # the server's own connection handling (read timeouts, connection cap), as `shardwise serve` runs it
+        settings = app.app.state.server.settings if isinstance(app, RequestLog) else ServeSettings()
+        self.server = make_server(app, settings, log_level=log_level, timeout_graceful_shutdown=2)
         self.startup_timeout_s = startup_timeout_s
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, name="shardwise-uvicorn", daemon=True

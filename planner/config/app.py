@@ -61,9 +61,11 @@ def model_option(name: str) -> str:
         import hashlib
 
         full = path.resolve()
-        label = re.sub(r"[^\w.-]", "_", (full.parent if full.is_file() else full).name) or "model"
+        dir_name = (full.parent if full.is_file() else full).name or "model"
+        # the option id must lex as a Hydra override: ASCII letters, digits, `_.-` only (the name shown is the real one)
+        label = re.sub(r"[^A-Za-z0-9_.-]", "_", dir_name)
         option = f"dir/{label}-{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
-        return _register_model(option, name=label, path=str(full))
+        return _register_model(option, name=dir_name, path=str(full))
     if is_hub_id(name):
         return _register_model(name, name=name, hub_id=name, description=f"{name} from the Hugging Face hub")
     raise _unknown_model(name)
@@ -98,7 +100,10 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     wrapper = re.fullmatch(r"(choice)\((.*)\)", value)
     if wrapper:
         inner = wrapper.group(2)
-    names = [resolve(v.strip()) for v in inner.split(",")]
+    if group == "model" and not wrapper and Path(value).expanduser().exists():
+        names = [resolve(value)]  # one directory whose name holds a comma, not a sweep
+    else:
+        names = [resolve(v.strip()) for v in inner.split(",")]
     joined = ",".join(names)
     return f"{key}={wrapper.group(1)}({joined})" if wrapper else f"{key}={joined}"
 
@@ -138,6 +143,23 @@ def normalize_overrides(args: list[str]) -> list[str]:
         arg = _rewrite_group_choice(arg, "hardware", resolve_hardware_name)
         out.append(arg)
     return out
+
+
+def writable_run_dirs(args: list[str], config_name: str, cwd: str | None = None) -> list[str]:
+    """`args`, with Hydra's run and sweep directories moved under the temp directory when the working directory
+    is read-only: Hydra creates its run directory before any verb starts, and `plan json=true` or `probe`, which
+    write nothing there, must not fail for it (a run directory left unused is removed again)."""
+    import tempfile
+
+    cwd = cwd or os.getcwd()
+    given = {a.lstrip("+").partition("=")[0] for a in args}
+    if os.access(cwd, os.W_OK) or {"hydra.run.dir", "hydra.sweep.dir"} & given:
+        return args
+    base = Path(tempfile.gettempdir()) / "shardwise-outputs" / config_name
+    if not str(base).isascii() or set("'\\") & set(str(base)):
+        return args  # a temp path Hydra cannot take quoted as it is: Hydra's own one-line refusal stands
+    stamp = "${now:%Y-%m-%d_%H-%M-%S}_${run_id:}"
+    return [*args, f"hydra.run.dir='{base}/run/{stamp}'", f"hydra.sweep.dir='{base}/multirun/{stamp}'"]
 
 
 def flag(cfg, key: str) -> bool:
@@ -235,7 +257,9 @@ def resolve_or_refuse(cfg) -> None:
         return ""
 
     try:
-        OmegaConf.resolve(cfg)
+        # a resolved copy, thrown away: OmegaConf.resolve(cfg) would store an escaped `\${x}` as the text `${x}`,
+        # which the next read resolves a second time (a traceback, or the variable's value in a prompt or a key)
+        OmegaConf.to_container(cfg, resolve=True)
     except failures as exc:
         key = getattr(exc, "full_key", None) or failing_key(cfg, "")
         where = f" of {key}" if key else ""
@@ -327,7 +351,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     register_resolvers()
     try:
         refuse_rerun(argv)
-        args = normalize_overrides(argv)
+        args = writable_run_dirs(normalize_overrides(argv), config_name)
     except ShardwiseError as exc:
         fail(verb, str(exc))
     args = _with_run_dir_record(args)

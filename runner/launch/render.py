@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.config.quoting import hydra_literal, override
 from planner.config.schema import Engine, LaunchSettings, LaunchTask, SlurmSettings  # noqa: E402
 from planner.errors import ShardwiseError
 from planner.plan import Plan
@@ -267,36 +268,28 @@ def dropped_env(plan: Plan) -> str | None:
     )
 
 
-def hydra_literal(value) -> str:
-    """`value` written as a Hydra override value that parses back to exactly `value` (strings quoted and escaped)."""
-    import re
+def comment(text) -> str:
+    """`text` on one line, fit for a `# ...` shell comment: control characters (a newline in a directory name) are
+    shown escaped, so nothing after them can become a command of its own."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_literal(item) for item in value) + "]"
-    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", str(value))  # no interpolation of user text
-    quote = "'" if '"' in text and "'" not in text else '"'  # double quotes read better inside shell quotes
-    text = re.sub(rf"(\\*){quote}", lambda m: m.group(1) * 2 + "\\" + quote, text)  # backslashes before a quote
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)  # ... and before the closing quote are escapes
-    return f"{quote}{text}{quote}"
+
+def shell_line(words) -> str:
+    """Words joined into one shell line, each quoted (shlex) as the shell must see it."""
+    return " ".join(shlex.quote(str(word)) for word in words)
 
 
 def single_process_command(
     plan: Plan, plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code=False
 ) -> Command:
     """`shardwise chat|serve plan_file=...` with what the parent resolved: generation.* and launch.prompt."""
-    argv = ["shardwise", settings.task.value, f"plan_file={plan_path}"]
+    argv = ["shardwise", settings.task.value, override("plan_file", str(plan_path))]
     if trust_remote_code and plan.model.trust_remote_code:
         argv.append("trust_remote_code=true")  # the consent given on launch's command line
     for key, value in (generation or {}).items():
         argv.append(f"generation.{key}={hydra_literal(value)}")
     if settings.task == LaunchTask.serve:
-        argv += [f"serve.host={settings.host}", f"serve.port={settings.port}"]
+        argv += [override("serve.host", settings.host), f"serve.port={settings.port}"]
     elif settings.prompt:
         argv.append(f"prompt={hydra_literal(list(settings.prompt))}")
     reason = (
@@ -310,20 +303,21 @@ def worker_args(
     plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code: bool = False
 ) -> list[str]:
     """Arguments for `-m runner.launch.worker`: the plan file, then what Hydra resolved in the parent."""
-    args = ["--plan", plan_path]
+    # --option=VALUE throughout: a prompt or stop string that starts with "-" stays a value, never an option
+    args = [f"--plan={plan_path}"]
     if trust_remote_code:
         args.append("--trust-remote-code")  # the consent given on launch's command line, for a plan asking for it
     generation = generation or {}
     for key in ("max_tokens", "temperature", "top_p", "seed", "system_prompt"):
         value = generation.get(key)
         if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            args.append(f"--{key.replace('_', '-')}={value}")
     for stop in generation.get("stop") or ():
-        args += ["--stop", stop]
+        args.append(f"--stop={stop}")
     for prompt in settings.prompt:
-        args += ["--prompt", prompt]
+        args.append(f"--prompt={prompt}")
     if settings.record_dir:
-        args += ["--record-dir", settings.record_dir]
+        args.append(f"--record-dir={settings.record_dir}")
     return args
 
 
@@ -614,7 +608,7 @@ def slurm_overrides(config: dict) -> list[str]:
     out = ["hydra/launcher=submitit_slurm"]
     for key, value in config.items():
         if value is not None:
-            out.append(f"hydra.launcher.{key}={value}")
+            out.append(override(f"hydra.launcher.{key}", value))
     return out
 
 

@@ -297,20 +297,21 @@ def slurm_master_addr() -> str:
 def print_dry_run(
     plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
 ) -> None:
+    c = L.comment
     print(
-        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp "
-        f"{plan.pp_size}; engine {engine.value}"
+        f"# {c(plan.model.name)}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; "
+        f"engine {engine.value}"
     )
-    print(f"# plan: {plan_path}")
+    print(f"# plan: {c(plan_path)}")
     for command in commands:
-        print(f"# {command.where}: {command.reason}")
+        print(f"# {c(command.where)}: {c(command.reason)}")
         print(command.line())
     if L.gpus_per_node(plan):
         config, reasons = L.slurm_launcher(plan, settings.slurm, engine=engine)
-        print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
-        print(" ".join(L.slurm_overrides(config)))
+        print(f"# SLURM ({c('; '.join(reasons))}): add to this command with -m")
+        print(L.shell_line(L.slurm_overrides(config)))
     for note in notes:
-        print(f"# note: {note}")
+        print(f"# note: {c(note)}")
 
 
 def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSettings) -> int:

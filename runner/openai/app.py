@@ -75,6 +75,8 @@ class ServeSettings:
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
     max_messages: int = oai.MAX_MESSAGES  # most messages one request may hold; more is a 400
     images: ImageLimits = oai.DEFAULT_IMAGE_LIMITS  # bounds on inline images (serve.max_image_bytes, ...)
+    request_read_timeout_s: float = 30.0  # a request must arrive whole (headers and body) within this, seconds
+    max_connections: int = 512  # client sockets open at once (runner.openai.connections)
 
 
 @dataclass

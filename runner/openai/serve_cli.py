@@ -63,6 +63,8 @@ def settings_from_config(cfg):
         images=ImageLimits(
             max_bytes=block.max_image_bytes, max_pixels=block.max_image_pixels, max_images=block.max_images
         ),
+        request_read_timeout_s=float(block.request_read_timeout_s),
+        max_connections=block.max_connections,
     ), block
 
 
@@ -170,13 +172,18 @@ def model_sources(cfg) -> list:
         primary_plan = _fitting(primary_plan)
         primary_aliases: tuple[str, ...] = ()
     else:
+        from runner.engine.preflight import check_model_reachable
+
+        check_model_reachable(cfg.model)  # offline and uncached: one line before planning, before the port opens
         primary_plan = plan_for(cfg, cfg.model)
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
 
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import check_remote_code, check_weights_reachable, remote_code_consent
 
     check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
+    if cfg.get("plan_file"):
+        check_weights_reachable(primary_plan)  # a reviewed plan's hub model: the same one-line check
 
     def loader_for(make_plan):
         return lambda: load_session(cfg, make_plan())
@@ -257,10 +264,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(cfg) -> None:
-    import uvicorn
-
     from runner.engine.loader import set_runtime_env
     from runner.openai.app import create_app
+    from runner.openai.connections import make_server
 
     settings, block = settings_from_config(cfg)
     log.setLevel(block.log_level.upper())
@@ -281,10 +287,7 @@ def serve(cfg) -> None:
 
     app = create_app(sources, settings, on_load_failure=on_load_failure)
     sock = listen_socket(settings.host, settings.port)
-    config = uvicorn.Config(
-        app, log_level=block.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
+    server = make_server(app, settings, log_level=block.log_level, timeout_graceful_shutdown=5)
     server_box.append(server)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
