@@ -28,6 +28,11 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def spread(values) -> str:
+    """Median and range of repeated measurements, as printed beside every benchmark figure."""
+    return f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+
+
 def _have_omegaconf() -> bool:
     try:
         import omegaconf  # noqa: F401

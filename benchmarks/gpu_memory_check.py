@@ -13,7 +13,13 @@ Then the model is built from its architecture with random weights directly on th
 download), with the plan's dtype and attention implementation, and runs a prefill of
 context - new_tokens tokens (in the plan's prefill chunks, if any) and `new_tokens` decode
 steps with transformers' DynamicCache. gpt-oss is planned and built dequantized to bf16
-(policy.quantization=none): from_config cannot build MXFP4-packed experts.
+(policy.quantization=none) in these rows: from_config cannot build MXFP4-packed experts.
+
+Quantized rows (QUANT_CASES, also in --quick): a profile cut to its first few layers (every
+per-layer list cut alike), planned with its quantization kept (gpt-oss: MXFP4, where this
+machine can keep it; otherwise the plan says dequantized and that is what is measured) or
+quantized on load (FP8), saved as a random-weight bf16 checkpoint and loaded with
+`from_pretrained` and the quantization config the runner uses (transformers quantizes on load).
 
 Measured per run, on GPU 0: weights = torch.cuda.memory_allocated after the build; KV = bytes of
 the storages the cache holds after the last step; peak allocated / reserved from torch after
@@ -21,7 +27,12 @@ reset_peak_memory_stats; NVML = this process's GPU memory (includes the CUDA con
 allocator's cached blocks). Compared with the plan's budget for GPU 0: planned total against
 NVML (or reserved + the planned CUDA context when NVML is missing), planned tensors (weights +
 KV + activations) against peak allocated. A row is flagged UNDER when planned < measured and
-OVER when planned > 1.10 x measured. Without CUDA it prints why and exits 0.
+OVER when planned > 1.10 x measured (benchmarks/gpu_verdicts.py). Beside memory, each row
+prints the plan's predicted decode tokens/s and full-context prefill time against the measured
+decode steps and prefill (speed does not decide the exit status: the GPU speed model is not
+validated yet). Exit status: 1 when any row is UNDER, OVER, out of memory or failed; 0 when all
+are inside the band; without CUDA it prints why and exits 0. `--judge FILE` applies the same
+verdict to a results JSON written by --out (any machine).
 
 Never imports hydra or omegaconf.
 """
@@ -33,6 +44,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import replace
@@ -40,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+from gpu_verdicts import OVER_FACTOR, exit_status, memory_failures, memory_flag  # noqa: E402
 
 # Small models first, so a short budget still measures several.
 MODELS = [
@@ -56,7 +69,9 @@ MODELS = [
 QUICK_MODELS = ["gpt2", "gemma-3-1b", "llama-3.2-1b", "qwen3-8b", "gpt-oss-20b"]
 CONTEXTS = [4096, 8192]
 QUICK_CONTEXTS = [4096]
-OVER_FACTOR = 1.10
+# (profile, policy.quantization, layers kept): quantization as shipped or on load, on a cut-down model
+QUANT_CASES = [("gpt-oss-20b", "keep", 4), ("qwen3-8b", "fp8", 8)]
+QUANT_CONTEXT = 4096
 BUILDABLE_ATTENTION = ("eager", "sdpa", "flash_attention_2")
 
 
@@ -66,6 +81,8 @@ def parse_args(argv=None):
         "--export", action="store_true", help=f"write conf/ profiles and tiers to {_common.EXPORT_PATH} and exit"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plans it would check; no CUDA needed")
+    parser.add_argument("--judge", type=Path, help="apply the verdict to a results JSON from --out and exit by it")
+    parser.add_argument("--no-quant", action="store_true", help="leave out the quantized rows (QUANT_CASES)")
     parser.add_argument("--quick", action="store_true", help=f"models {QUICK_MODELS} at {QUICK_CONTEXTS} only")
     parser.add_argument("--models", help="comma-separated profiles (default: all single-GPU ones, small first)")
     parser.add_argument(
@@ -149,22 +166,55 @@ def max_context(configs: dict, model: str) -> int:
     ).max_context_tokens
 
 
-def plan_case(configs: dict, model: str, hw, context: int):
+def cut_profile(profile: dict, layers: int) -> dict:
+    """The profile with only its first `layers` decoder layers; every per-layer list in the architecture is cut too."""
+    arch = dict(profile["architecture"])
+    total = int(arch["num_hidden_layers"])
+    for key, value in arch.items():
+        if isinstance(value, list) and len(value) == total:
+            arch[key] = value[:layers]
+    arch["num_hidden_layers"] = layers
+    return {**profile, "name": f"{profile['name']}-{layers}L", "architecture": arch, "fallback": None}
+
+
+def case_profile(configs: dict, case: tuple) -> tuple[dict, str]:
+    """(configs holding the case's profile, its name): a quantized case's cut-down profile is added under its name."""
+    model, _context, quant, layers = case
+    if not layers:
+        return configs, model
+    cut = cut_profile(configs["models"][model], layers)
+    return {**configs, "models": {**configs["models"], cut["name"]: cut}}, cut["name"]
+
+
+def plan_case(configs: dict, case: tuple, hw):
+    """The plan of one case (model, context, policy.quantization, layers kept or None)."""
+    _model, context, quant, _layers = case
+    configs, name = case_profile(configs, case)
     overrides = {"context_tokens": context, "sessions": 1}
-    if configs["models"][model].get("quantization"):
+    if quant:
+        overrides["quantization"] = quant
+    elif configs["models"][name].get("quantization"):
         overrides["quantization"] = "none"  # from_config builds dequantized experts only
-    return _common.plan_without_hydra(configs, model, hw, overrides)
+    return _common.plan_without_hydra(configs, name, hw, overrides)
 
 
-def cases(configs: dict, models: list[str], contexts: list[int]) -> list[tuple[str, int]]:
+def cases(configs: dict, models: list[str], contexts: list[int], quantized: bool = True) -> list[tuple]:
+    """(model, context, quantization policy or None, layers kept or None) for every row to measure."""
     out = []
     for model in models:
         if model not in configs["models"]:
             raise SystemExit(f"unknown model profile {model!r}: choose from {', '.join(sorted(configs['models']))}")
         limit = max_context(configs, model)
         for context in sorted({min(c, limit) for c in contexts}):
-            out.append((model, context))
+            out.append((model, context, None, None))
+    if quantized:
+        out += [(model, QUANT_CONTEXT, quant, layers) for model, quant, layers in QUANT_CASES]
     return out
+
+
+def case_name(case: tuple) -> str:
+    model, _context, quant, layers = case
+    return f"{model}-{layers}L {quant}" if layers else model
 
 
 def budget0(plan):
@@ -174,14 +224,15 @@ def budget0(plan):
 def dry_run(configs: dict, hw, where: str, todo) -> None:
     print(f"hardware: {where}")
     rows = []
-    for model, context in todo:
-        plan = plan_case(configs, model, hw, context)
+    for case in todo:
+        plan = plan_case(configs, case, hw)
         b = budget0(plan)
         rows.append(
             [
-                model,
-                context,
+                case_name(case),
+                case[1],
                 plan.model.dtype,
+                _quant_text(plan),
                 plan.attn_implementation,
                 plan.strategy,
                 "yes" if plan.fits else "NO",
@@ -197,6 +248,7 @@ def dry_run(configs: dict, hw, where: str, todo) -> None:
             "model",
             "context",
             "dtype",
+            "quantization",
             "attention",
             "strategy",
             "fits",
@@ -210,6 +262,13 @@ def dry_run(configs: dict, hw, where: str, todo) -> None:
         ],
         rows,
     )
+
+
+def _quant_text(plan) -> str:
+    q = plan.model.quantization
+    if q.on_load:
+        return f"{q.on_load} on load"
+    return f"{q.method} {'kept' if q.kept else 'dequantized'}" if q.method else "-"
 
 
 # ---- measuring on the GPU ----------------------------------------------------------------------
@@ -288,8 +347,40 @@ def build_model(arch: dict, dtype: str, attn: str):
     return model.eval()
 
 
+def build_quantized(arch: dict, plan, folder: Path, attn: str):
+    """A random-weight bf16 checkpoint of `arch` saved to `folder`, loaded as the runner loads the plan.
+
+    transformers quantizes while loading: the plan's on-load config (FP8), or MXFP4 kept (Mxfp4Config,
+    quantized on the fly: the shipped MXFP4 checkpoint cannot be built from a config).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from runner.engine.loader import from_pretrained_kwargs
+
+    arch = dict(arch)
+    arch.pop("quantization_config", None)
+    config = AutoConfig.for_model(**arch)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)  # on the CPU: host RAM, not the GPU
+    model.save_pretrained(folder)
+    del model
+    kwargs = from_pretrained_kwargs(plan)
+    quant = plan.model.quantization
+    if quant.method == "mxfp4" and quant.kept:
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config()
+    kwargs["device_map"] = {"": 0}
+    kwargs["attn_implementation"] = attn  # a hub kernel (FA3) would need the network: the row says which ran
+    return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
+
+
 def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
-    """Prefill `prompt_tokens` random tokens (in chunks of `chunk`), then decode `new_tokens`; returns the cache."""
+    """Prefill `prompt_tokens` random tokens (in chunks of `chunk`), then decode `new_tokens`.
+
+    Returns (cache, prefill seconds, decode tokens/s); the decode rate counts the `new_tokens`
+    generate steps after the prefill (the first of them prefills the one uncached token).
+    """
     import torch
     from transformers import DynamicCache
 
@@ -301,9 +392,13 @@ def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
     step = chunk or prompt_tokens
     key = cache_keyword(model)
     with torch.inference_mode():
+        torch.cuda.synchronize()
+        started = time.perf_counter()
         for start in range(0, prompt_tokens, step):
             piece = ids[:, start : min(start + step, prompt_tokens)]
             model(input_ids=piece, use_cache=True, logits_to_keep=1, **{key: cache})
+        torch.cuda.synchronize()
+        prefill_s = time.perf_counter() - started
         model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -313,7 +408,9 @@ def run_generation(model, prompt_tokens: int, new_tokens: int, chunk: int):
             pad_token_id=0,
             **{key: cache},
         )
-    return cache
+        torch.cuda.synchronize()
+        decode_s = time.perf_counter() - started - prefill_s
+    return cache, prefill_s, new_tokens / decode_s
 
 
 def tensor_bytes(model) -> int:
@@ -354,13 +451,15 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
         f"{_common.gib(context_bytes) if context_bytes is not None else '?'} GiB ({context_src})"
     )
     rows, loaded = [], None
-    for model_name, context in todo:
-        plan = plan_case(configs, model_name, hw, context)
+    for case in todo:
+        model_name, context = case_name(case), case[1]
+        plan = plan_case(configs, case, hw)
         b = budget0(plan)
         row = {
             "model": model_name,
             "context": context,
             "dtype": plan.model.dtype,
+            "quantization": _quant_text(plan),
             "fits": plan.fits,
             "strategy": plan.strategy,
         }
@@ -375,7 +474,13 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
                 loaded = None
                 gc.collect()
                 torch.cuda.empty_cache()
-                model = build_model(configs["models"][model_name]["architecture"], plan.model.dtype, attn)
+                case_configs, profile = case_profile(configs, case)
+                arch = case_configs["models"][profile]["architecture"]
+                if case[2]:
+                    with tempfile.TemporaryDirectory() as folder:
+                        model = build_quantized(arch, plan, Path(folder), attn)
+                else:
+                    model = build_model(arch, plan.model.dtype, attn)
                 torch.cuda.synchronize()
                 loaded = (
                     (model_name, plan.model.dtype, attn),
@@ -388,7 +493,9 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             with sdpa_backends(sdpa_kernels):
-                cache = run_generation(model, context - new_tokens, new_tokens, plan.limits.prefill_chunk_tokens)
+                cache, prefill_s, decode_rate = run_generation(
+                    model, context - new_tokens, new_tokens, plan.limits.prefill_chunk_tokens
+                )
             torch.cuda.synchronize()
             kv_measured = cache_bytes(cache)
             peak_alloc, peak_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -399,7 +506,8 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
             print(f"{model_name} @ {context}: OUT OF MEMORY (plan said it fits)")
             loaded = None
             continue
-        except RuntimeError as exc:  # e.g. no sdpa kernel left under --sdpa-kernels
+        except (RuntimeError, ImportError, ValueError) as exc:  # no sdpa kernel left, a quantizer missing here
+            loaded = None
             rows.append({**row, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
             print(f"{model_name} @ {context}: {rows[-1]['error']}")
             continue
@@ -412,7 +520,8 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
             )
         tensors_planned = b.weights + b.kv_cache + b.activations
         ratio = b.planned / measured_total
-        flag = "UNDER" if b.planned < measured_total else ("OVER" if b.planned > OVER_FACTOR * measured_total else "ok")
+        flag = memory_flag(b.planned, measured_total)
+        perf = plan.performance or {}
         row.update(
             {
                 "attn": attn,
@@ -437,6 +546,12 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
                     "total": measured_total,
                     "total_source": source,
                 },
+                "speed": {
+                    "predicted_decode_tokens_per_s": perf.get("decode_tokens_per_s"),
+                    "measured_decode_tokens_per_s": decode_rate,
+                    "predicted_prefill_s": perf.get("ttft_full_s"),
+                    "measured_prefill_s": prefill_s,
+                },
                 "ratio_total": ratio,
                 "ratio_tensors": tensors_planned / peak_alloc,
                 "flag": flag,
@@ -447,10 +562,21 @@ def measure(configs, hw, todo, new_tokens: int, nvml: Nvml, sdpa_kernels: list[s
         print(
             f"{model_name} @ {context}: planned {_common.gib(b.planned)} GiB, measured "
             f"{_common.gib(measured_total)} GiB ({source}), "
-            f"ratio {ratio:.3f} {flag} [{row['seconds']:.1f} s]",
+            f"ratio {ratio:.3f} {flag}; decode {_speed_pair(row['speed'])} [{row['seconds']:.1f} s]",
             flush=True,
         )
     return rows
+
+
+def _speed_pair(speed: dict | None) -> str:
+    """Predicted / measured decode tokens/s and prefill seconds, as printed beside memory."""
+    if not speed:
+        return "-"
+    p, m = speed.get("predicted_decode_tokens_per_s"), speed.get("measured_decode_tokens_per_s")
+    pp, mp = speed.get("predicted_prefill_s"), speed.get("measured_prefill_s")
+    decode = f"{p:.1f}/{m:.1f} tok/s" if p and m else "-"
+    prefill = f"{pp:.2f}/{mp:.2f} s" if pp and mp else "-"
+    return f"{decode}, prefill {prefill}"
 
 
 def print_results(rows: list[dict]) -> None:
@@ -461,6 +587,7 @@ def print_results(rows: list[dict]) -> None:
                 [
                     r["model"],
                     r["context"],
+                    "-",
                     "-",
                     "-",
                     "-",
@@ -490,7 +617,8 @@ def print_results(rows: list[dict]) -> None:
                 _common.gib(m["nvml"]) if m["nvml"] is not None else "-",
                 f"{r['ratio_total']:.3f}",
                 f"{r['ratio_tensors']:.3f}",
-                r["flag"],
+                _speed_pair(r.get("speed")),
+                memory_flag(r["planned"]["total"], r["measured"]["total"]),
             ]
         )
     print()
@@ -508,13 +636,14 @@ def print_results(rows: list[dict]) -> None:
             "NVML",
             "planned/measured",
             "tensors p/alloc",
+            "decode p/m, prefill p/m",
             "flag",
         ],
         table,
     )
     measured = [r for r in rows if "planned" in r]
-    under = sum(r["flag"] == "UNDER" for r in measured)
-    over = sum(r["flag"] == "OVER" for r in measured)
+    under = sum(memory_flag(r["planned"]["total"], r["measured"]["total"]) == "UNDER" for r in measured)
+    over = sum(memory_flag(r["planned"]["total"], r["measured"]["total"]) == "OVER" for r in measured)
     print(
         f"\n{len(measured)} measured, {under} under-estimates (planned < measured), {over} over by > "
         f"{OVER_FACTOR - 1:.0%}, "
@@ -527,11 +656,16 @@ def main(argv=None) -> int:
     if args.export:
         print(f"wrote {_common.export_configs()}")
         return 0
+    if args.judge:
+        rows = json.loads(args.judge.read_text())["rows"]
+        print_results(rows)
+        return exit_status(memory_failures(rows), "gpu_memory_check")
     configs, source = _common.load_configs("json" if args.profiles_json else "repo")
     print(f"profiles from {source}")
+    todo = cases(configs, args.model_list, args.context_list, quantized=not args.no_quant)
     if args.dry_run:
         hw, where = hardware_for_run(configs, args.tier, want_gpu=False)
-        dry_run(configs, hw, where, cases(configs, args.model_list, args.context_list))
+        dry_run(configs, hw, where, todo)
         return 0
     try:
         import torch
@@ -549,16 +683,14 @@ def main(argv=None) -> int:
     hw, where = hardware_for_run(configs, args.tier, want_gpu=True)
     print(f"hardware: {where}; NVML: {'yes' if nvml.available else 'no (' + getattr(nvml, 'error', '?') + ')'}")
     started = time.perf_counter()
-    rows = measure(
-        configs, hw, cases(configs, args.model_list, args.context_list), args.new_tokens, nvml, args.sdpa_list
-    )
+    rows = measure(configs, hw, todo, args.new_tokens, nvml, args.sdpa_list)
     print_results(rows)
     print(f"total {time.perf_counter() - started:.0f} s on {torch.cuda.get_device_name(0)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"hardware": where, "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.out}")
-    return 0
+    return exit_status(memory_failures(rows), "gpu_memory_check")
 
 
 if __name__ == "__main__":

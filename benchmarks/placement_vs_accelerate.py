@@ -7,8 +7,9 @@ planner.config.compose.make_plan with policy.context_tokens=N), and what transfo
 `from_pretrained(device_map="auto", max_memory=...)`: the model built from the profile's
 architecture on the meta device in the plan's dtype, then transformers' own
 `_get_device_map` (get_balanced_memory + infer_auto_device_map with the model's
-`_no_split_modules`), max_memory per GPU = the plan's usable bytes (free - headroom) for every
-GPU of the tier, plus the tier's host RAM as "cpu" so overflow shows as offload, not an error.
+`_no_split_modules`), given accelerate's documented practice: no max_memory of ours, but what
+accelerate's get_max_memory reads itself, each GPU's free memory (on an idle GPU of the tier: its
+free bytes, no headroom taken off), plus the tier's host RAM as "cpu" so overflow shows as offload.
 
 gpt-oss: the meta model is built with `quantization_config` dropped, i.e. experts dequantized to
 bf16. That is what accelerate sees whenever transformers cannot keep MXFP4 (and all a meta
@@ -19,6 +20,11 @@ activations + overhead; accelerate: weights only, as accelerate sizes it), and w
 cache at the context fits where accelerate's layers landed: per accelerate GPU, its weights +
 planner.kv.layer_kv_bytes of its layers + the activations our cost model accounts for those
 layers (and the lm_head) + the same overhead, against that GPU's usable bytes.
+
+This is a model-based comparison: accelerate's layout is judged with shardwise's own KV and
+activation model, not by measurement, so it cannot by itself show that one layout runs where the
+other runs out of memory. What can be measured without GPUs is in placement_measured_cpu.py
+(both device maps loaded and prefilled on the CPU); on GPUs nothing has been measured yet.
 """
 
 from __future__ import annotations
@@ -152,7 +158,8 @@ def compare(case) -> dict:
     for row in plan.budget:  # our budget rows must agree with this usable
         if str(row.device).isdigit():
             assert row.usable == usable[int(row.device)], (row, usable)
-    max_memory = {**usable, "cpu": hw.host_ram_bytes}
+    max_memory = {d.id: d.free_bytes for d in hw.devices}  # what accelerate's get_max_memory reads itself
+    max_memory["cpu"] = hw.host_ram_bytes
     obj = meta_model(model, plan.model.dtype)
     dmap = accelerate_map(obj, max_memory)
     acc_weights = accelerate_loads(obj, dmap)

@@ -8,9 +8,12 @@
 
 `--compare` builds a ~40M-parameter Llama-style model (random weights) and, at 1, 4, 8 and 16 concurrent
 greedy streaming clients, serves it twice through the same server code: with continuous batching
-(runner.engine.batching, sized like a plan with 16 sessions) and with the old one-at-a-time path. Beside
-them: raw `model.generate` for one sequence (the 1-client target) and transformers' in-process
-`generate_batch` with every request at once (the ceiling). Every streamed reply must equal the sequential
+(runner.engine.batching, sized like a plan with 16 sessions) and with the old one-at-a-time path, and
+runs transformers' in-process `generate_batch` with the point's requests all at once (the ceiling). At
+every point the three run alternately (A, B, C, then C, B, A, ...) --repeats times (default 5), so a
+change in the machine's load hits all three alike; each ratio is taken within a repeat and printed as its
+median with the range, tok/s as medians. Raw `model.generate` for one sequence (the 1-client target) runs
+once before the points. Every streamed reply must equal the sequential
 session's greedy reply token for token. A second table is issue 13's 1-client target: one streaming client
 on a fresh server, before and after it answered non-streaming requests, next to raw generate.
 With `--peer-python PY` (an environment with `transformers[serving]`; this venv lacks fastapi), the same
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +58,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(REPO / "tests") not in sys.path:  # the test helpers: tiny models, fakes, the background server
+    sys.path.insert(0, str(REPO / "tests"))
 
 PROMPTS = [
     "hello world, how are you today?",
@@ -359,7 +365,9 @@ def warm_up(url: str, model: str, cases: list[Case], timeout_s: float) -> None:
 
 def serve_point(session, name: str, cases: list[Case], clients: int, timeout_s: float) -> dict:
     """One server, two non-streaming warm-up requests, then the load."""
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
     with BackgroundServer(app) as server:
@@ -408,7 +416,9 @@ def one_client_before_after(url: str, model: str, cases: list[Case], timeout_s: 
 
 
 def shardwise_one_client(session, name: str, cases: list[Case], timeout_s: float) -> dict:
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     app = create_app([ModelSource(name, load=lambda: session)], ServeSettings(max_queue=2 * len(cases)))
     with BackgroundServer(app) as server:
@@ -517,18 +527,38 @@ def compare(args) -> int:
         ceiling = generate_batch_tokens_per_s(loaded, serving, prompt_ids, args.max_tokens)
         alone = points[clients_list[0]]  # the 1-client phase's requests
         rows = {}
-        for mode in ("sequential", "batched"):
+        for clients in clients_list:  # at every point: sequential, batched and the ceiling, alternated, repeated
+            runs = {"sequential": [], "batched": [], "ceiling": []}
+            for repeat in range(args.repeats):
+                order = ["sequential", "batched", "ceiling"]
+                for mode in order if repeat % 2 == 0 else order[::-1]:
+                    if mode == "ceiling":
+                        ids = [session.fit_prompt(c.messages, args.max_tokens)[0] for c in points[clients]]
+                        runs[mode].append(
+                            {"tokens_per_s": generate_batch_tokens_per_s(loaded, serving, ids, args.max_tokens)}
+                        )
+                        continue
+                    if mode == "batched":
+                        attach(loaded, serving, max_waiting=2 * len(every), log=lambda line: None)
+                    try:
+                        row = serve_point(session, name, points[clients], clients, args.timeout_s)
+                    finally:
+                        if loaded.batching is not None:
+                            loaded.batching.close()
+                            loaded.batching = None
+                    results = row.pop("results")
+                    if mode == "sequential" and repeat == 0:  # what every later run must stream, token for token
+                        for case, result in zip(points[clients], results):
+                            case.expected_text, case.expected_tokens = result.text, result.completion_tokens
+                    runs[mode].append(row)
+            for mode, got in runs.items():
+                rows[(mode, clients)] = got
+        for mode in ("sequential", "batched"):  # issue 13's 1-client table: once per mode, after the points
             if mode == "batched":
                 attach(loaded, serving, max_waiting=2 * len(every), log=lambda line: None)
             try:
                 single[mode] = {"raw": raw_generate_tokens_per_s(loaded, prompt_ids[0], args.max_tokens)}
                 single[mode].update(shardwise_one_client(session, name, alone, args.timeout_s))
-                for clients in clients_list:
-                    row = rows[(mode, clients)] = serve_point(session, name, points[clients], clients, args.timeout_s)
-                    results = row.pop("results")
-                    if mode == "sequential":  # what the batched path must stream, token for token
-                        for case, result in zip(points[clients], results):
-                            case.expected_text, case.expected_tokens = result.text, result.completion_tokens
             finally:
                 if loaded.batching is not None:
                     loaded.batching.close()
@@ -548,9 +578,9 @@ def compare(args) -> int:
                 single[label].update(
                     one_client_before_after(peer.url, peer.model, alone, args.timeout_s, check_peer_stream)
                 )
-                for clients in clients_list:
-                    rows[(label, clients)] = peer_point(peer, points[clients], clients, args.timeout_s)
-                    rows[(label, clients)].pop("results")
+                for clients in clients_list:  # a peer runs once per point, after shardwise's: compare loosely
+                    rows[(label, clients)] = [peer_point(peer, points[clients], clients, args.timeout_s)]
+                    rows[(label, clients)][0].pop("results")
                 agreement[label] = peer_agreement(peer, every, clients_list[-1], args.timeout_s)
     load_after = os.getloadavg()
     print(
@@ -571,14 +601,13 @@ def compare(args) -> int:
         f"the run took {time.perf_counter() - started:.0f} s"
     )
     print()
-    ok = compare_table(rows, clients_list, points, ceiling, [label for label, _, _ in peer_modes])
-    one = rows[("batched", clients_list[0])]["tokens_per_s"]
+    ok = compare_table(rows, clients_list, points, [label for label, _, _ in peer_modes], args.repeats)
     print()
-    print(f"raw model.generate, one sequence: {raw:.0f} tok/s; batched at 1 client / raw generate: {one / raw:.2f}")
     print(
-        "(raw generate and generate_batch run once, before the server points: under a changing load, compare loosely)"
+        f"raw model.generate, one sequence: {raw:.0f} tok/s (once, before the points); generate_batch with "
+        f"{len(every)} requests at once, before the points: {ceiling:.0f} tok/s. The table's ceiling column is "
+        "generate_batch with each point's own requests, alternated with the two server paths"
     )
-    print(f"transformers generate_batch, {len(every)} requests at once (in-process ceiling): {ceiling:.0f} tok/s")
     print(
         "every batched reply was compared with the sequential path's greedy reply, token for token"
         + ("" if ok else ": MISMATCHES")
@@ -595,40 +624,52 @@ def compare(args) -> int:
     return 0 if ok else 1
 
 
-def compare_table(rows: dict, clients_list: list[int], points: dict, ceiling: float, peers: list[str]) -> bool:
-    """The side-by-side table; True when no shardwise reply had an error or differed from the sequential one."""
+def _mid(runs: list[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def _spread(values: list[float]) -> str:
+    """Median [min-max] of repeated runs."""
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def compare_table(rows: dict, clients_list: list[int], points: dict, peers: list[str], repeats: int) -> bool:
+    """The side-by-side table, medians of the alternated repeats with their range; True when no shardwise reply had
+    an error or differed from the sequential one.
+
+    Ratios are taken within a repeat (batched and sequential ran back to back, under the same load) and their
+    median and range printed; tok/s columns are medians over the repeats."""
     short = {"sequential": "seq", "batched": "batched", **{label: s for label, s, _ in PEER_MODES}}
     modes = ["sequential", "batched", *peers]
     names = " / ".join(short[m] for m in modes)
-    ratios = ["batched / sequential", *(f"batched / {p}" for p in reversed(peers)), "batched / generate_batch"]
-    header = [
-        "clients",
-        "requests",
-        *(f"{m} tok/s" for m in modes),
-        *ratios,
-        *(f"{what} s ({names})" for what in ("p50 latency", "p95 latency", "TTFT p50", "TTFT p95")),
-        "errors",
-    ]
+    ratios = ["batched / sequential", "batched / generate_batch", *(f"batched / {p}" for p in reversed(peers))]
+    header = ["clients", "requests", "runs", *(f"{m} tok/s" for m in modes), "generate_batch tok/s"]
+    header += [f"{r} median [min-max]" for r in ratios]
+    header += [f"{what} s ({names})" for what in ("p50 latency", "p95 latency", "TTFT p50", "TTFT p95")]
+    header += ["errors"]
     header += [f"greedy text = shardwise ({' / '.join(short[p] for p in peers)})"] if peers else []
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     ok = True
     for clients in clients_list:
         row = {m: rows[(m, clients)] for m in modes}
-        bat = row["batched"]["tokens_per_s"]
-        ok &= row["sequential"]["errors"] == 0 and row["batched"]["errors"] == 0
-        cells = [str(clients), str(len(points[clients]))]
-        cells += [f"{row[m]['tokens_per_s']:.0f}" for m in modes]
-        cells += [f"{bat / row[m]['tokens_per_s']:.2f}" for m in ("sequential", *reversed(peers))]
-        cells += [f"{bat / ceiling:.2f}"]
+        ceiling = rows[("ceiling", clients)]
+        batched = [run["tokens_per_s"] for run in row["batched"]]
+        ok &= all(run["errors"] == 0 for m in ("sequential", "batched") for run in row[m])
+        cells = [str(clients), str(len(points[clients])), str(repeats)]
+        cells += [f"{_mid(row[m], 'tokens_per_s'):.0f}" for m in modes] + [f"{_mid(ceiling, 'tokens_per_s'):.0f}"]
+        cells.append(_spread([b / s["tokens_per_s"] for b, s in zip(batched, row["sequential"])]))
+        cells.append(_spread([b / c["tokens_per_s"] for b, c in zip(batched, ceiling)]))
+        for p in reversed(peers):  # a peer ran once: against the batched median
+            cells.append(f"{statistics.median(batched) / row[p][0]['tokens_per_s']:.2f}")
         for key in ("p50", "p95", "ttft_p50", "ttft_p95"):
-            cells.append(" / ".join(f"{row[m][key]:.2f}" for m in modes))
-        cells.append(str(sum(row[m]["errors"] for m in modes)))
+            cells.append(" / ".join(f"{_mid(row[m], key):.2f}" for m in modes))
+        cells.append(str(sum(run["errors"] for m in modes for run in row[m])))
         if peers:
-            cells.append(" / ".join(f"{row[p]['matches']}/{len(points[clients])}" for p in peers))
+            cells.append(" / ".join(f"{row[p][0]['matches']}/{len(points[clients])}" for p in peers))
         print("| " + " | ".join(cells) + " |")
         for m in modes:
-            for problem in row[m]["problems"]:
+            for problem in {problem for run in row[m] for problem in run["problems"]}:
                 print(f"  problem ({m}): {problem}")
     return ok
 
@@ -969,11 +1010,13 @@ def measure_abuse(args) -> dict:
     import logging
     import os
 
+    from background_server import BackgroundServer
+
     from runner.engine.batching import attach
     from runner.engine.loader import load
     from runner.engine.session import ChatSession
     from runner.engine.types import SamplingParams
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import cpu_plan, cpu_serving, tiny_llama
@@ -1048,6 +1091,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--min-requests", type=int, default=8, help="--compare: requests per point at least")
     parser.add_argument(
+        "--repeats", type=int, default=5, help="--compare: alternated runs of each path at every point (median, range)"
+    )
+    parser.add_argument(
         "--peer-python",
         help="--compare: also serve the model with `transformers serve` (plain and --continuous-batching) from "
         "this Python, which has transformers[serving] (e.g. /work/peer-venv/bin/python)",
@@ -1100,7 +1146,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+    from background_server import BackgroundServer
+
+    from runner.openai.app import ModelSource, ServeSettings, create_app
 
     logging.getLogger("shardwise.serve").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="shardwise-load-") as workdir:

@@ -11,12 +11,14 @@ from dataclasses import replace
 
 from planner import stack
 from planner.decisions import Formats, mxfp4_blocked_by_hardware
+from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.limits import MAX_NODES
 from planner.model.inventory import Inventory
 from planner.model.source import ModelSpec
 from planner.plan import Plan
 from planner.policy import Policy
+from planner.sizing import size_and_place
 from planner.units import GIB
 
 Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, fit_only=False) -> the plan changed; None: invalid
@@ -147,10 +149,22 @@ def _quantize_on_load(spec: ModelSpec, hw: Hardware, policy: Policy, replan: Rep
     return []
 
 
-def what_would_fit(
-    spec: ModelSpec, hw: Hardware, policy: Policy, formats: Formats, inv: Inventory, replan: Replan
-) -> list[dict]:
-    """The changes that make this does-not-fit plan fit, each re-planned through `replan` first."""
+def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy) -> Replan:
+    """Plan this model again with another policy or hardware; None when that change makes the request invalid."""
+
+    def replan(changed: Policy | None = None, hardware: Hardware | None = None, fit_only: bool = False) -> Plan | None:
+        """fit_only: the caller asks only whether it fits (no performance block, no choice by objective)."""
+        try:
+            return size_and_place(spec, hardware or hw, changed or policy, choose=not fit_only, speed=not fit_only).plan
+        except ShardwiseError:  # a change that makes the config invalid is no fix
+            return None
+
+    return replan
+
+
+def what_would_fit(spec: ModelSpec, hw: Hardware, policy: Policy, formats: Formats, inv: Inventory) -> list[dict]:
+    """The changes that make this does-not-fit plan fit, each re-planned (planner.sizing) before it is offered."""
+    replan = _replanner(spec, hw, policy)
     fixes = []
     # fit checks at one context are much cheaper than finding the largest one
     probe_context = policy.context_tokens or min(policy.min_context_tokens, inv.max_context_tokens)

@@ -1,33 +1,28 @@
-"""Turn a typed request (model spec, policy) on resolved hardware into a Plan.
+"""The planning driver: one request in, one Plan out, running the searches above the single step.
 
-Order matters and mirrors the design: hardware -> dtype and quantization (decided before
-sizing) -> inventory -> cost model -> strategy search (fewest GPUs, then tensor parallel across
-nodes, then offload; planner.search) -> limits -> why it does or does not fit (planner.explain,
-planner.fixes) -> fallbacks (planner.fallbacks) -> launch. Pure: profiles come in through
-`load_profile`, the offload disk's room inside the Policy; nothing here reads files or touches a GPU.
+`planner.sizing.size_and_place` sizes and places one request with a fixed session count. This
+module asks it the questions a plan needs, in this order, and nothing calls back into here:
+1. policy.sessions=auto: the most sessions that fit at the context one session gets (planner.sessions);
+2. the plan itself, one call, carrying the session count and its reason;
+3. a plan that does not fit: the changes that would make it fit, each re-planned (planner.fixes);
+4. the fallback chain, smaller profiles then the CPU (planner.fallbacks);
+and for model=auto, steps 1-3 per candidate until one fits, then step 4 for it.
+Pure: profiles come in through `load_profile`; nothing here reads files or touches a GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from planner import explain, objective, search
-from planner.decisions import Formats, decide_formats
 from planner.errors import ShardwiseError
-from planner.fallbacks import LoadProfile, fallback_chain, plan_auto_model
-from planner.fixes import what_would_fit
+from planner.fallbacks import LoadProfile, fallback_chain, lenient
+from planner.fixes import speed_text, what_would_fit
 from planner.hardware.devices import Hardware
-from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
-from planner.memory import CostModel
-from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec
-from planner.placement import Slot, best_chunk, evaluate
-from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
+from planner.plan import Decision, Plan
 from planner.policy import Policy
-from planner.serving import human_bytes, plan_serving
-from planner.sessions import plan_auto_sessions
-from planner.stack import software_block
-from planner.vllm.driver import runner_engine_block
+from planner.sessions import most_sessions, one_session_reason
+from planner.sizing import Placed, size_and_place
 
 
 def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None) -> Plan:
@@ -39,7 +34,7 @@ def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None
     if request.model is None:
         if load_profile is None:
             raise ShardwiseError("model=auto needs the shipped profiles: plan it through planner.config")
-        return plan_auto_model(hardware, request.policy, load_profile=load_profile, plan_model=plan_model)
+        return plan_auto_model(hardware, request.policy, load_profile=load_profile)
     return plan_model(request.model, hardware, request.policy, load_profile=load_profile)
 
 
@@ -53,371 +48,125 @@ def plan_model(
     explain: bool = True,
     speed: bool = True,
 ) -> Plan:
-    """Plan one model. cap_context: a context beyond the model's maximum is capped (fallbacks, model=auto).
+    """Plan one model: the sessions search, the plan, its fixes, then its fallback chain when profiles are given.
 
-    explain: work out (by re-planning) what would make a does-not-fit plan fit. speed=False leaves out
-    the performance block (its time to first token prefills the context chunk by chunk): for the
-    plans a search only asks whether they fit (policy.sessions=auto, the fixes' bisections).
+    cap_context: a context beyond the model's maximum is capped (fallbacks, model=auto). explain: work out
+    (by re-planning) what would make a does-not-fit plan fit. speed=False leaves out the performance block.
     """
-    if policy.sessions is None and not policy.engine.is_vllm:  # vLLM: the driver sizes auto from its KV cache
-        return plan_auto_sessions(
-            plan_model,
-            spec,
-            hw,
-            policy,
-            load_profile=load_profile,
-            cap_context=cap_context,
-            explain=explain,
-            speed=speed,
-        )
-    result, used = _plan_preferring_stronger(spec, hw, policy, cap_context, explain, speed)
+    placed, settled = _searched(spec, hw, policy, cap_context, explain, speed)
     if load_profile is None or policy.engine.is_vllm:  # the fallback chain is the runner's
-        return result
-    chain = fallback_chain(spec, used, policy, load_profile=load_profile, plan_model=plan_model)
-    return replace(result, fallbacks=chain)
+        return placed.plan
+    return replace(placed.plan, fallbacks=fallback_chain(spec, placed.used, settled, load_profile=load_profile))
 
 
-def _plan_preferring_stronger(
-    spec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool = True, choose: bool = True
-):
-    """Mixed GPUs: first try only those that keep bf16 / MXFP4, so a weaker card never downgrades the plan.
+def _searched(
+    spec: ModelSpec, hw: Hardware, policy: Policy, cap_context: bool, explain: bool, speed: bool
+) -> tuple[Placed, Policy]:
+    """Steps 1-3 of the module docstring; also the policy as settled (session count and context fixed).
 
-    dtype and quantization follow the weakest GPU a plan uses; a plan that fits on the stronger
-    ones alone keeps their formats and leaves the weaker ones out. Returns (plan, hardware used).
+    With policy.batching=runner (shardwise serve), sessions=auto on a layout the runner serves one
+    request at a time (offload, pipeline, tensor parallel, eager attention) plans one session, since
+    more would reserve KV cache nobody uses; unless one session fits one GPU, batched, and then the
+    most sessions that one GPU holds, batched, serve more than the spread layout.
     """
-
-    def capability(d) -> tuple[bool, bool]:
-        return (d.cc_major_minor >= (8, 0), d.cc_major_minor >= (7, 5))
-
-    if hw.devices and len({capability(d) for d in hw.devices}) > 1:
-        best = max(capability(d) for d in hw.devices)
-        chosen = tuple(d for d in hw.devices if capability(d) == best)
-        ids = {d.id for d in chosen}
-        subset = replace(hw, devices=chosen, nvlink_pairs=tuple(p for p in hw.nvlink_pairs if set(p) <= ids))
-        on_subset = _plan_on(
-            spec, subset, policy, cap_context, False, speed, choose
-        )  # a misfit here is dropped: no fixes
-        if on_subset.fits:
-            left_out = ", ".join(
-                f"GPU {d.id} ({d.name}, cc {d.compute_capability})" for d in hw.devices if d.id not in ids
-            )
-            note = Decision(
-                "gpus",
-                f"{len(chosen)} of {len(hw.devices)}",
-                f"left out {left_out}: the model fits on the GPUs that keep {on_subset.model.dtype}"
-                + (" and MXFP4" if on_subset.model.quantization.kept else ""),
-            )
-            return replace(on_subset, hardware=hw.to_dict(), decisions=(note, *on_subset.decisions)), subset
-    return _plan_on(spec, hw, policy, cap_context, explain, speed, choose), hw
+    placed, settled = _sessions_then_place(spec, hw, policy, cap_context, explain, speed)
+    serving = placed.plan.serving
+    if policy.sessions is not None or policy.batching != "runner" or serving is None or serving.mode == "batched":
+        return placed, settled
+    one = size_and_place(spec, hw, replace(policy, sessions=1), cap_context=cap_context, speed=False).plan
+    if one.serving is not None and one.serving.mode == "batched" and one.strategy == "single_gpu":
+        spread = serving.reason
+        suffix = (
+            "; on one GPU, which this runner batches (more sessions would spread the model over GPUs that serve "
+            f"one request at a time: {spread})"
+        )
+        pinned = replace(policy, strategy="single_gpu")
+        found = _sessions_then_place(spec, hw, pinned, cap_context, explain, speed, suffix)
+        pinned_serving = found[0].plan.serving
+        if found[0].plan.fits and pinned_serving is not None and pinned_serving.mode == "batched":
+            return found
+    why = f"this layout serves one request at a time ({(one.serving or serving).reason})"
+    alone = replace(policy, sessions=1, sessions_why=one_session_reason(policy, why))
+    return _sessions_then_place(spec, hw, alone, cap_context, explain, speed)
 
 
-@dataclass(frozen=True)
-class _Sizing:
-    """What one planning run sizes with: the request, the formats decided, the inventory and its cost model."""
-
-    spec: ModelSpec
-    hw: Hardware
-    policy: Policy
-    formats: Formats
-    inv: Inventory
-    cost: CostModel
-    notes: Notes
-    speed: bool = True  # the plan gets its performance block
-
-
-def _plan_on(
+def _sessions_then_place(
     spec: ModelSpec,
     hw: Hardware,
     policy: Policy,
     cap_context: bool,
-    explain_misfit: bool,
-    speed: bool = True,
-    choose: bool = True,
-) -> Plan:
-    """One planning run on exactly these devices.
-
-    choose=False keeps the fewest GPUs that fit, without weighing the others by policy.objective:
-    for the plans a search asks only whether anything fits (the fixes' bisections).
-    """
-    notes = Notes(warnings=list(hw.notes))
-    for entry in spec.provenance:  # where the model's numbers came from, first
-        notes.decide(*entry)
-    formats = decide_formats(spec, hw, policy, notes)
-    inv = build_inventory(
-        spec.architecture,
-        dtype=formats.dtype,
-        quantization=spec.quantization,
-        keep_quantized=formats.quant_kept,
-        checkpoint_dtype=spec.shipped_dtype,
-        model_dir=spec.model_dir,
-        load_quantization=formats.load_quant,
-    )
-    for entry in inv.provenance:  # a meta-path description: shipped, cached or built now
-        notes.decide(*entry)
-    for warning in inv.warnings:  # context limits, checkpoint names
-        if warning not in notes.warnings:
-            notes.warn(warning)
-    if policy.engine.is_vllm:  # vLLM sizes, lays out and refuses by its own rules (planner/vllm)
-        from planner.vllm.driver import plan_vllm
-
-        return plan_vllm(spec, hw, policy, formats, inv, notes, _model_info(spec, inv, formats))
-    images = policy.images_per_request if inv.image_tokens else 0
-    cost = CostModel(inv, formats.dtype, formats.kv_dtype, formats.attn, policy.sessions, policy.overhead, images)
-    if inv.image_tokens:
-        notes.decide(
-            "images_per_request",
-            images,
-            f"{inv.model_class} takes images: {inv.image_tokens_reason}; the encoder's pass over {images} image(s) "
-            "per request is in the first device's activations (policy.images_per_request)",
-        )
-    max_ctx = inv.max_context_tokens
-    requested = policy.context_tokens
-    if inv.context_limit != "config" and requested is not None:
-        max_ctx = max(max_ctx, requested)  # no position limit in config.json: the policy decides
-    if requested is not None and requested > max_ctx:
-        if not cap_context:
-            raise ShardwiseError(
-                f"policy.context_tokens={requested} exceeds the model's maximum of {max_ctx} tokens: "
-                f"use at most {max_ctx} or auto"
-            )
-        notes.decide("context_cap", max_ctx, f"policy.context_tokens={requested} exceeds {spec.name}'s maximum: capped")
-        requested = max_ctx
-    low = min(policy.min_context_tokens, max_ctx)
-    tried = search.attempts(inv, cost, hw, policy, notes)
-    found = search.first_fit(tried, cost, requested, low, max_ctx, policy.prefill_chunk_tokens)
-    run = _Sizing(spec, hw, policy, formats, inv, cost, notes, speed)
-    if found is None:
-        replan = _replanner(spec, hw, policy) if explain_misfit else None
-        return _does_not_fit(run, tried, requested or low, replan)
-    found, chosen_because = _by_objective(run, tried, found) if choose else (found, "")
-    attempt, context, chunk = found.attempt, found.context, found.chunk
-    slots = attempt.build(context, chunk)
-    priced = evaluate(slots, cost, context, chunk)
-    strategy = explain.executed_strategy(attempt, slots)
-    explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
-    if chosen_because:
-        notes.decide("objective", policy.objective, chosen_because)
-    binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
-    explain.explain_chunk(notes, context, chunk, formats.attn)
-    notes.decide(
-        "sessions", policy.sessions, f"KV cache sized for {policy.sessions} concurrent sequence(s) (policy.sessions)"
-    )
-    return _make_plan(run, strategy, attempt, slots, priced, context, chunk, True, binding)
+    explain: bool,
+    speed: bool,
+    reason_suffix: str = "",
+) -> tuple[Placed, Policy]:
+    """The sessions search (auto), one placement carrying the count and its reason, and a misfit's fixes."""
+    reason = ""
+    if policy.sessions is None and not policy.engine.is_vllm:  # vLLM: its driver sizes auto from its KV cache
+        found = most_sessions(spec, hw, policy, cap_context)
+        if found is None:  # not even one sequence fits: plan one, with its fixes
+            policy = replace(policy, sessions=1)
+        else:
+            policy = replace(policy, sessions=found.sessions, context_tokens=found.context_tokens)
+            reason = found.reason + reason_suffix
+    placed = size_and_place(spec, hw, policy, cap_context=cap_context, speed=speed, sessions_reason=reason)
+    if explain and not placed.plan.fits and placed.plan.binding and not policy.engine.is_vllm:
+        fixes = what_would_fit(spec, placed.used, policy, placed.formats, placed.inv)
+        placed = replace(placed, plan=replace(placed.plan, binding={**placed.plan.binding, "fixes": fixes}))
+    return placed, policy
 
 
-def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[search.Found, str]:
-    """The layout policy.objective takes among those that fit at the found context, and why (planner.objective)."""
-    context, chunk_req = found.context, run.policy.prefill_chunk_tokens
-
-    def chunk_at(attempt) -> int | None:
-        return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
-
-    def price(attempt, chunk: int) -> dict:
-        from planner.speed import decode_speeds
-
-        return decode_speeds(
-            run.inv,
-            run.hw,
-            attempt.build(context, chunk),
-            tp_size=attempt.tp_size,
-            dtype=run.formats.dtype,
-            kv_elem_bytes=run.cost.kv_elem_bytes,
-            context_tokens=context,
-            sessions=run.policy.sessions,
-            config=run.policy.performance,
-        )
-
-    extra = search.speed_alternatives(run.inv, run.cost, run.hw, run.policy)
-    return objective.take(found, tried, extra, run.policy, chunk_at=chunk_at, price=price)
-
-
-def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy):
-    """Re-plan this model with another policy or hardware; None when that change makes the request invalid."""
-
-    def replan(changed: Policy | None = None, hardware: Hardware | None = None, fit_only: bool = False) -> Plan | None:
-        """fit_only: the caller asks only whether it fits (no performance block, no choice by objective)."""
-        try:
-            return _plan_preferring_stronger(
-                spec, hardware or hw, changed or policy, False, False, not fit_only, not fit_only
-            )[0]
-        except ShardwiseError:  # a change that makes the config invalid is no fix
-            return None
-
-    return replan
-
-
-def _does_not_fit(run: _Sizing, tried: list, context: int, replan) -> Plan:
-    """Report against the largest arrangement tried (all GPUs of one node, or the CPU)."""
-    candidates = [a for a in tried if a.strategy != "offload"] or tried
+def plan_auto_model(hw: Hardware, policy: Policy, *, load_profile: LoadProfile) -> Plan:
+    """model=auto: the largest of policy.candidates that fits (at the requested context, if any)."""
+    candidates = list(policy.candidates)
     if not candidates:
-        raise ShardwiseError("nothing to plan on: no devices")
-    attempt = max(candidates, key=lambda a: a.gpus)
-    chunk = min(context, 512)
-    slots = attempt.build(context, chunk) or []
-    priced = evaluate(slots, run.cost, context, chunk) if slots else []
-    fixes = what_would_fit(run.spec, run.hw, run.policy, run.formats, run.inv, replan) if replan else []
-    tried_text = explain.tried(attempt, run.hw, run.inv, run.policy)
-    if attempt.strategy != "offload" and any(a.strategy == "offload" for a in tried):  # tried too, not shown
-        offload = next(a for a in tried if a.strategy == "offload")
-        tried_text += f"; {explain.tried(offload, run.hw, run.inv, run.policy)} did not fit either"
-    run.notes.decide("strategy", objective.label(attempt), f"does not fit on the largest layout tried: {tried_text}")
-    binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes)
-    if binding:
-        shards = max(attempt.tp_size, 1)  # a tensor-parallel row stands for each GPU of its stage
-        binding = {
-            **binding,
-            "tried": tried_text,
-            "needed_total": shards * sum(p.planned for p in priced if p.device != "disk"),
-            "usable_total": shards * sum(p.usable for p in priced if p.device != "disk"),
-        }
-    return _make_plan(run, attempt.strategy, attempt, slots, priced, context, chunk, False, binding)
-
-
-def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, fits, binding) -> Plan:
-    spec, hw, policy, formats, inv, cost, notes = (
-        run.spec,
-        run.hw,
-        run.policy,
-        run.formats,
-        run.inv,
-        run.cost,
-        run.notes,
-    )
-    model = _model_info(spec, inv, formats)
-    limits = Limits(
-        context_tokens=context,
-        sessions=policy.sessions,
-        # a reply may use whatever context the prompt leaves; generation.max_tokens is only the default
-        max_new_tokens=context,
-        kv_bytes_per_token=kv_bytes_per_token(inv.layers, cost.kv_elem_bytes),
-        state_bytes_per_sequence=state_bytes_per_sequence(inv.layers, cost.dtype_bytes),
-        prefill_chunk_tokens=chunk if chunk < context else 0,
-    )
-    if not fits:
-        notes.warn("the plan does not fit: see the binding device and the fixes")
-    serving = _serving(notes, inv, formats, strategy, context, policy.sessions, hw, priced) if fits else None
-    offload_folder = policy.offload_folder if any(p.device == "disk" for p in priced) else None
-    return Plan(
-        model=model,
-        hardware=hw.to_dict(),
-        strategy=strategy,
-        nodes=attempt.nodes,
-        tp_size=attempt.tp_size,
-        pp_size=attempt.pp_size,
-        device_map=_device_map(slots, strategy, attempt.nodes) if slots else {},
-        max_memory=_max_memory(slots, priced, strategy, attempt.nodes),
-        budget=tuple(priced),
-        limits=limits,
-        fits=fits,
-        decisions=tuple(notes.decisions),
-        warnings=tuple(notes.warnings),
-        launch=_launch(strategy),
-        attn_implementation=formats.attn,
-        kv_cache_dtype=formats.kv_dtype,
-        offload_folder=offload_folder,
-        binding=binding,
-        serving=serving,
-        performance=_performance(run, slots, attempt, limits) if fits and slots and run.speed else {},
-        engine=runner_engine_block(),
-        software=software_block(hw.installed, hw.probed, hw.source),
-    )
-
-
-def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
-    """The plan's predicted speed (planner/speed.py) on its layout, with tpot_ms / ttft_ms as every engine has."""
-    block = _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
-    if block.get("available") and block.get("aggregate_tokens_per_s"):
-        per_sequence = block["aggregate_tokens_per_s"] / max(limits.sessions, 1)
-        block = {
-            **block,
-            "engine": "transformers",
-            "tpot_ms": round(1000 / per_sequence, 3),
-            "ttft_ms": round(block["ttft_s"] * 1000, 2),
-        }
-    return block
-
-
-def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:
-    """The performance block of `slots` laid out by `attempt` at (context, prefill chunk; 0 or >= context: none)."""
-    from planner.speed import performance_block
-
-    return performance_block(
-        run.inv,
-        run.hw,
-        slots,
-        tp_size=attempt.tp_size,
-        dtype=run.formats.dtype,
-        kv_elem_bytes=run.cost.kv_elem_bytes,
-        context_tokens=context,
-        sessions=sessions,
-        prefill_chunk_tokens=chunk if 0 < chunk < context else 0,
-        config=run.policy.performance,
-    )
-
-
-def _serving(notes: Notes, inv, formats: Formats, strategy, context, sessions, hw, priced) -> Serving:
-    """Continuous batching sized for policy.sessions at the planned context (planner/serving.py)."""
-    serving = plan_serving(
-        inv,
-        dtype_bytes=DTYPE_BYTES[formats.dtype],
-        attn=formats.attn,
-        strategy=strategy,
-        context=context,
-        sessions=sessions,
-        on_gpu=bool(hw.devices),
-    )
-    notes.decide("serving", serving.mode, serving.reason)
-    planned = sum(b.kv_cache + b.activations for b in priced)
-    if serving.mode == "batched" and serving.footprint_bytes > planned:
-        notes.warn(
-            f"continuous batching reserves {human_bytes(serving.footprint_bytes)} (paged cache, batch buffers, "
-            f"masks) where the plan's KV cache and activations hold {human_bytes(planned)}: "
-            f"the difference comes out of headroom"
+        raise ShardwiseError("model=auto needs policy.candidates, a list of profiles from largest to smallest")
+    requested = policy.context_tokens
+    tried = []
+    for name in candidates:
+        spec = load_profile(name)
+        last = name == candidates[-1]
+        try:
+            placed, settled = _searched(spec, hw, lenient(policy), cap_context=True, explain=True, speed=True)
+        except ShardwiseError as exc:  # e.g. a forced strategy this candidate cannot honour: try the next one
+            if last:
+                raise
+            tried.append(f"{name} ({exc})")
+            continue
+        plan = placed.plan
+        short = requested is not None and plan.limits.context_tokens < requested
+        if not (plan.fits and not short) and not last:
+            why = (
+                f"its maximum context {plan.limits.context_tokens} < {requested}"
+                if short
+                else f"{plan.binding.get('term', 'memory')} on {plan.binding.get('device', '?')}"
+            )
+            tried.append(f"{name} ({why})")
+            continue
+        if plan.fits and not short:
+            reason = (
+                f"largest of policy.candidates that fits this hardware; did not fit: {', '.join(tried)}"
+                if tried
+                else "largest of policy.candidates, and it fits"
+            ) + speed_text(plan).replace(",", "; predicted", 1)
+        else:
+            at = f" at {requested} tokens" if short else ""
+            reason = f"no candidate fits{at}; showing the smallest ({', '.join(tried) or 'none other'} did not fit)"
+            if short and plan.fits:
+                plan = replace(
+                    plan,
+                    fits=False,
+                    binding={
+                        "device": "-",
+                        "term": "context",
+                        "needed": 0,
+                        "usable": 0,
+                        "fixes": [f"policy.context_tokens={plan.limits.context_tokens} or less"],
+                    },
+                )
+        fallbacks = (
+            plan.fallbacks
+            if policy.engine.is_vllm
+            else fallback_chain(spec, placed.used, settled, load_profile=load_profile)
         )
-    return serving
-
-
-def _model_info(spec: ModelSpec, inv: Inventory, formats: Formats) -> ModelInfo:
-    return ModelInfo(
-        name=spec.name,
-        source=spec.source,
-        model_type=inv.model_type,
-        params_total=inv.params_total,
-        weight_bytes=inv.weight_bytes,
-        checkpoint_bytes=inv.checkpoint_bytes,
-        dtype=formats.dtype,
-        quantization=Quantization(spec.quantization, formats.quant_kept, formats.quant_reason, on_load=formats.on_load),
-        max_context_tokens=inv.max_context_tokens,
-        num_layers=len(inv.layers),
-        trust_remote_code=spec.trust_remote_code,
-        chat_template=spec.chat_template,
-        revision=spec.revision,
-    )
-
-
-def _device_map(slots: list[Slot], strategy: str, nodes: int = 1) -> dict:
-    if strategy == "tensor_parallel" or nodes > 1:
-        return {}  # distributed ranks load their own share: no single-process device_map
-    if len(slots) == 1:
-        return {"": slots[0].key}
-    return {m.name: s.key for s in slots for m in s.modules}
-
-
-def _max_memory(slots: list[Slot], priced: list[DeviceBudget], strategy: str, nodes: int = 1) -> dict:
-    if strategy == "tensor_parallel" or nodes > 1:
-        return {}
-    return {
-        slot.key: max(p.usable - p.kv_cache - p.state - p.activations - p.overhead, p.weights)
-        for slot, p in zip(slots, priced)
-        if p.device != "disk"
-    }
-
-
-def _launch(strategy: str) -> Launch:
-    # only LAUNCH_ENV_KEYS (planner.plan): a launch passes nothing else from a plan file on
-    env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-    if strategy == "tensor_parallel":
-        return Launch(command="shardwise launch plan_file=plan.json", env=env)
-    if strategy == "cpu":
-        return Launch(command="shardwise chat plan_file=plan.json", env={})
-    return Launch(command="shardwise chat plan_file=plan.json", env=env)
+        return replace(plan, fallbacks=fallbacks, decisions=(Decision("model", name, reason), *plan.decisions))
+    raise AssertionError("unreachable")

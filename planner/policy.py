@@ -19,6 +19,10 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATION_POLICIES = ("auto", "keep", "none", "bnb4", "bnb8", "fp8")  # the last three quantize on load
 KV_DTYPES = (*DTYPES, "fp8", "fp8_e4m3", "fp8_e5m2")  # fp8: vLLM's --kv-cache-dtype only
 ATTENTION_KERNELS = ("auto", "eager", "sdpa", "flash_attention_2")
+# Which layouts the engine that runs the plan batches (what policy.sessions=auto may use):
+# any: every layout (vLLM batches pipeline and tensor-parallel plans: the planner sizes what fits);
+# runner: shardwise's own runner, which batches only a layout whose `serving` block says batched.
+BATCHING = ("any", "runner")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class Policy:
     # speed-model factors (policy.performance, a plain dict; planner/speed.py); None: the model's defaults
     performance: dict | None = field(default=None, compare=False, hash=False)
     engine: EngineSettings = field(default_factory=EngineSettings)  # who runs the plan: the runner or vLLM (launch.*)
+    batching: str = "any"  # see BATCHING; `shardwise serve` plans for "runner"
+    sessions_origin: str = ""  # who set sessions=auto when the user did not ("serve's default"), said in its reason
+    sessions_why: str = ""  # a caller's reason for its session count (serve.models), written as the decision
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,6 +99,7 @@ class Policy:
             ("quantization", QUANTIZATION_POLICIES),
             ("kv_cache_dtype", KV_DTYPES),
             ("attn_implementation", ATTENTION_KERNELS),
+            ("batching", BATCHING),
         ]
         for name, allowed in choices:
             value = getattr(self, name)

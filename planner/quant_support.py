@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
+from planner.stack import parse_version
 
 FP8_MIN_CC = (8, 9)
 # package -> minimum version transformers checks (None: any)
@@ -26,12 +27,14 @@ PACKAGES = {
 }
 
 
-def _version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+def version_tuple(text: str) -> tuple[int, ...]:
+    """An installed package's release as (major, minor, micro), parsed by `packaging` (planner.stack.parse_version).
+
+    "3.4" is (3, 4, 0), "3.5.0+cu128" and "0.18.2.dev1" keep their release numbers; a version string
+    packaging cannot read counts as (0, 0, 0): too old for any minimum, so the plan says it is missing.
+    """
+    version = parse_version(text)
+    return ((version.release if version else ()) + (0, 0, 0))[:3]
 
 
 def _requirement(name: str, minimum) -> str:
@@ -45,7 +48,7 @@ def missing_packages(method: str, hw: Hardware) -> list[str]:
     missing = []
     for name, minimum in PACKAGES.get(method, {}).items():
         found = hw.installed.get(name)
-        if found is None or (minimum and _version(found) < minimum):
+        if found is None or (minimum and version_tuple(found) < minimum):
             missing.append(f"{_requirement(name, minimum)} (found {found or 'none'})")
     return missing
 

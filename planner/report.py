@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from planner.plan import Plan
 from planner.units import GIB
 
@@ -69,17 +71,44 @@ def vllm_lines(engine: dict) -> list[str]:
     ]
 
 
+class NoTrailingSpaces:
+    """A text stream that drops the spaces rich leaves at the end of wrapped lines and padded table rows."""
+
+    def __init__(self, out):
+        self.out = out
+        self.encoding = getattr(out, "encoding", "utf-8")
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.out.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.out.write(self._pending)
+            self._pending = ""
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    def fileno(self) -> int:
+        return self.out.fileno()
+
+
 def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     if console is None:
-        import os
-
+        # the terminal's width; a pipe gets rich's 80 columns unless COLUMNS says otherwise
         probe = Console()
-        # a pipe gets 110 columns unless COLUMNS says otherwise; a terminal, or COLUMNS=80, gets what it has
-        wide = probe.is_terminal or "COLUMNS" in os.environ
-        console = Console(highlight=False, width=probe.width if wide else max(probe.width, 110))
+        console = Console(
+            file=NoTrailingSpaces(sys.stdout), width=probe.width, force_terminal=probe.is_terminal, highlight=False
+        )
     m, lim = plan.model, plan.limits
     chars = {} if (console.encoding or "").lower().startswith("utf") else _ASCII
     quant = m.quantization
@@ -116,7 +145,7 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print()
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    bar_width = max(10, min(BAR_WIDTH, console.width - 70))
+    bar_width = max(4, min(BAR_WIDTH, console.width - 72))  # the other columns take about 72 at most
     has_state = any(row.state for row in plan.budget)
     kv_col = "kv+st" if has_state else "kv"
     for col in ("device", "memory", "wts", kv_col, "act", "ovh", "plan", "usable", "free", "layers"):
@@ -191,8 +220,12 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     for d in plan.decisions:
         decisions.add_row(d.what, d.value, d.reason)
     console.print(decisions)
+    informational = set(plan.hardware.get("notes") or ())  # what the probe saw (no GPU is normal): a note
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        if warning in informational:
+            console.print(f"note: {warning}", markup=False)
+        else:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
     if plan.fallbacks:
         chain = " -> ".join(f"{f['model']}" + (" on CPU" if f["hardware"] == "cpu" else "") for f in plan.fallbacks)
         console.print(f"fallbacks: {chain}")
@@ -200,7 +233,9 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     if plan.fits:
         command = plan.launch.command
         if plan_path:
-            command = command.replace("plan_file=plan.json", f"plan_file={plan_path}")
+            from planner.config.quoting import shell_override
+
+            command = command.replace("plan_file=plan.json", shell_override("plan_file", str(plan_path)))
         console.print(
             f"[bold green]FITS[/bold green]: {plan.strategy} with {lim.context_tokens:,} tokens of context. Run it:"
         )

@@ -12,124 +12,38 @@ offline); `model_path=` plans a local model directory too. The plan is made for 
 (`use_cpu=True`: for the CPU); when it does not fit, the plan's fallback chain (smaller model, then
 CPU) is walked, announced. A plan or profile asking for code shipped with the model runs only with
 `trust_remote_code=True` (the caller's consent, as on the CLI); otherwise ShardwiseError.
+
+Threads may share one OpenAIChat: with `overrides=["policy.sessions=N"]` N calls generate together in one continuous
+batch and the others wait their turn, up to `queue_timeout_s` (600 s) while the line is full; only then does a call
+raise QueueFull (a ShardwiseError) naming what to change.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from planner.errors import ShardwiseError
+from runner.api_args import checked_messages
 from runner.engine.sampling import SamplingParams
 from runner.engine.types import Completion
-from runner.openai.protocol import APIError, Response, parse_messages, refuse_images
+from runner.openai.protocol import APIError, Response, refuse_images
+from runner.plan_fitting import parse_max_memory, plan_that_fits, print_notice
 
 _UNSET = object()
 _CONSENT_HOW = "pass trust_remote_code=True"
 
 
-def _notice(line: str) -> None:
-    print(f"shardwise: {line}", file=sys.stderr, flush=True)
+def _profile_or_hub_node(model: str) -> dict:
+    """The model config a name stands for, enough to find its hub id: a profile's, or the hub id itself."""
+    from planner.config.app import resolve_model_name
+    from planner.config.reader import load_profile
 
-
-class CheckedMessages(list):
-    """Messages `checked_messages` has already checked (their images decoded): not parsed a second time."""
-
-
-def checked_messages(messages) -> CheckedMessages:
-    """Chat messages checked as the server checks them (roles, text and image_url parts within
-    protocol.DEFAULT_IMAGE_LIMITS, at most protocol.MAX_MESSAGES); else a one-line ShardwiseError."""
-    if isinstance(messages, CheckedMessages):
-        return messages
     try:
-        return CheckedMessages(parse_messages(list(messages) if isinstance(messages, tuple) else messages))
-    except APIError as exc:
-        if exc.code == "too_many_messages" or ".content[" in (exc.param or ""):  # the message names the part
-            raise ShardwiseError(exc.message) from None
-        raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
-
-
-_UNITS = {
-    "tib": 1 << 40,
-    "tb": 10**12,
-    "gib": 1 << 30,
-    "gb": 10**9,
-    "mib": 1 << 20,
-    "mb": 10**6,
-    "kib": 1 << 10,
-    "kb": 10**3,
-    "b": 1,
-}
-
-
-def parse_max_memory(max_memory: dict | None) -> dict:
-    """`{0: "20GiB", "cpu": 30 * 2**30}` -> {"0": bytes, "cpu": bytes} (plan budget keys)."""
-    caps = {}
-    for device, value in (max_memory or {}).items():
-        if isinstance(value, (int, float)):
-            caps[str(device)] = int(value)
-            continue
-        text = str(value).strip().lower().replace(" ", "")
-        unit = next((u for u in _UNITS if text.endswith(u)), None)
-        try:
-            caps[str(device)] = int(float(text[: -len(unit)] if unit else text) * _UNITS[unit or "b"])
-        except (ValueError, OverflowError):
-            raise ShardwiseError(
-                f"max_memory[{device!r}]={value!r} is not a size: write bytes or e.g. '20GiB'"
-            ) from None
-    for device, cap in caps.items():
-        if cap <= 0:
-            raise ShardwiseError(f"max_memory[{device!r}] must be a positive size, got {cap} bytes: write e.g. '20GiB'")
-    return caps
-
-
-def apply_max_memory(plan, caps: dict):
-    """The plan marked as not fitting when it plans more than a cap on some device."""
-    for budget in plan.budget:
-        cap = caps.get(str(budget.device))
-        if cap is not None and budget.planned > cap:
-            return replace(
-                plan,
-                fits=False,
-                binding={
-                    "device": str(budget.device),
-                    "term": "max_memory",
-                    "needed": budget.planned,
-                    "usable": cap,
-                    "fixes": [f"raise max_memory[{budget.device!r}] or use a smaller model"],
-                },
-            )
-    return plan
-
-
-def plan_that_fits(plan, *, notice: Callable[[str], None] = _notice, plan_fallback=None, caps: dict | None = None):
-    """`plan` when it fits, else the first of its fallbacks that does (each step announced)."""
-    from runner.engine.recovery import default_plan_fallback
-
-    caps = caps or {}
-    plan = apply_max_memory(plan, caps)
-    if plan.fits:
-        return plan
-    binding = plan.binding or {}
-    why = f"{plan.model.name} does not fit ({binding.get('device', '?')}: {binding.get('term', 'memory')})"
-    for entry in plan.fallbacks:
-        if entry.get("fits") is False:
-            continue
-        candidate = apply_max_memory((plan_fallback or (lambda e: default_plan_fallback(e, plan)))(entry), caps)
-        if candidate.fits:
-            notice(
-                f"{why}: using {candidate.model.name} on {candidate.hardware.get('source')} ({entry.get('reason', '')})"
-            )
-            return candidate
-    fixes = "; ".join(fix_texts(binding)) or "use a smaller model or more GPUs"
-    raise ShardwiseError(f"{why} and no fallback fits either: {fixes}")
-
-
-def fix_texts(binding: dict | None) -> list[str]:
-    """The plan's "what would make it fit" lines; a fix is a {"text", "overrides"} dict or a plain string."""
-    return [str(f.get("text", f)) if isinstance(f, dict) else str(f) for f in (binding or {}).get("fixes", [])]
+        return load_profile(resolve_model_name(model))
+    except ShardwiseError:  # not a profile: a hub id is checked as it is; anything else is planning's to refuse
+        return {"hub_id": model, "name": model}
 
 
 def _make_plan(**kwargs):
@@ -163,17 +77,29 @@ class OpenAIChat:
         plan=None,
         system_prompt: str | None = None,
         defaults: SamplingParams | None = None,
-        notice: Callable[[str], None] = _notice,
+        notice: Callable[[str], None] = print_notice,
         recovery=None,
         batching: bool = True,
+        queue_timeout_s: float = 600.0,
         trust_remote_code: bool = False,
     ):
         from runner.api_args import check_chat_args
-        from runner.engine.preflight import check_remote_code, consents_to_remote_code
+        from runner.engine.preflight import (
+            check_model_reachable,
+            check_remote_code,
+            check_weights_reachable,
+            consents_to_remote_code,
+        )
         from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
         from runner.engine.session import ChatSession
 
         check_chat_args(model, use_cpu, max_memory, model_path, hardware, overrides, system_prompt, trust_remote_code)
+        if (
+            isinstance(queue_timeout_s, bool)
+            or not isinstance(queue_timeout_s, (int, float))
+            or not 0 <= queue_timeout_s < float("inf")
+        ):
+            raise ShardwiseError(f"queue_timeout_s must be seconds >= 0, got {queue_timeout_s!r:.40}")
         # the CLI's rule: a plan or profile never consents to running the model's own Python; the caller does
         consent = consents_to_remote_code(trust_remote_code, overrides, fresh_plan=plan is None)
         if defaults is not None:
@@ -182,6 +108,9 @@ class OpenAIChat:
             from planner.config.compose import compose
 
             defaults = SamplingParams.from_generation(compose("plan", list(overrides)).generation)
+        checked = False
+        if plan is None and not model_path:
+            checked = check_model_reachable(_profile_or_hub_node(model))  # offline: one error before planning
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
             plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
@@ -192,6 +121,8 @@ class OpenAIChat:
             plan, notice=notice, plan_fallback=self.recovery.plan_fallback, caps=parse_max_memory(max_memory)
         )
         check_remote_code(plan, consent, _CONSENT_HOW)  # a fallback model may ask too
+        if not checked:
+            check_weights_reachable(plan)  # offline and uncached: one ShardwiseError now, not minutes of retries
         loaded = load_with_fallbacks(plan, policy=self.recovery, notice=notice)
         self.session = ChatSession(
             loaded,
@@ -206,7 +137,17 @@ class OpenAIChat:
             # calls from several threads then share one continuous batch (plan: policy.sessions=N or auto)
             from runner.engine.batching import attach
 
-            attach(loaded, serving, max_waiting=4 * serving.max_concurrent, log=notice)
+            attach(
+                loaded,
+                serving,
+                max_waiting=4 * serving.max_concurrent,
+                log=notice,
+                full_wait_s=queue_timeout_s,
+                bound=(
+                    f"OpenAIChat(queue_timeout_s={queue_timeout_s:g}): call from fewer threads, pass a larger "
+                    "queue_timeout_s, or plan more sessions with overrides=['policy.sessions=N']"
+                ),
+            )
 
     @property
     def model_name(self) -> str:
@@ -250,7 +191,7 @@ class OpenAIChat:
         params = self._params(max_tokens, temperature, top_p, seed, stop, presence_penalty, frequency_penalty)
         return self.session.generate(self._messages(messages), params)
 
-    def _messages(self, messages) -> CheckedMessages:
+    def _messages(self, messages):
         """Checked messages; an image part for a model that takes none is a ShardwiseError naming the part."""
         messages = checked_messages(messages)
         if not self.session.takes_images:

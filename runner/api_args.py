@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from planner.errors import ShardwiseError
+from runner.openai.protocol import APIError, parse_messages
 
 
 def _text(name: str, value, optional: bool = True) -> None:
@@ -76,3 +77,20 @@ def check_completion_args(
         raise ShardwiseError(
             f"stream_options must be a dict such as {{'include_usage': True}}, got {stream_options!r:.60}"
         )
+
+
+class CheckedMessages(list):
+    """Messages `checked_messages` has already checked (their images decoded): not parsed a second time."""
+
+
+def checked_messages(messages) -> CheckedMessages:
+    """Chat messages checked as the server checks them (roles, text and image_url parts within
+    protocol.DEFAULT_IMAGE_LIMITS, at most protocol.MAX_MESSAGES); else a one-line ShardwiseError."""
+    if isinstance(messages, CheckedMessages):
+        return messages
+    try:
+        return CheckedMessages(parse_messages(list(messages) if isinstance(messages, tuple) else messages))
+    except APIError as exc:
+        if exc.code == "too_many_messages" or ".content[" in (exc.param or ""):  # the message names the part
+            raise ShardwiseError(exc.message) from None
+        raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None

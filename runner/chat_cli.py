@@ -52,7 +52,7 @@ def max_memory_caps(cfg) -> dict:
     """max_memory={0: 20GiB, cpu: 30GiB} as byte caps; anything but a mapping is a one-line error."""
     from omegaconf import DictConfig, OmegaConf
 
-    from runner.api import parse_max_memory
+    from runner.plan_fitting import parse_max_memory
 
     value = cfg.get("max_memory")
     if value is None:
@@ -98,12 +98,12 @@ def answer_once(session, prompt: str, stream: bool) -> None:
 def task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.api import plan_that_fits
     from runner.engine.loader import set_runtime_env
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
     from runner.engine.telemetry import Telemetry
+    from runner.plan_fitting import plan_that_fits
 
     # Everything the user typed is checked before the (slow) model load.
     defaults = SamplingParams.from_generation(cfg.generation)
@@ -112,13 +112,22 @@ def task(cfg):
     flag(cfg, "replan")
     prompt = read_prompt(cfg)
     set_runtime_env(cfg.alloc_conf, _notice)  # before anything can touch CUDA
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import (
+        check_model_reachable,
+        check_remote_code,
+        check_weights_reachable,
+        remote_code_consent,
+    )
 
     consent = remote_code_consent(cfg)
+    # offline and uncached: one line now, before planning measures this machine and torch loads
+    checked = not cfg.plan_file and check_model_reachable(cfg.model)
     plan = build_plan(cfg)
     check_remote_code(plan, consent)
     plan = plan_that_fits(plan, notice=_notice, caps=caps)
     check_remote_code(plan, consent)  # a fallback model may ask too
+    if not checked or plan.model.source != cfg.model.get("hub_id"):
+        check_weights_reachable(plan)
     policy = RecoveryPolicy(remote_code_consent=consent)
     loaded = load_with_fallbacks(plan, policy=policy, notice=_notice)
     metrics = Path(HydraConfig.get().runtime.output_dir) / "metrics.jsonl" if metrics_on else None

@@ -12,8 +12,11 @@ torch nor transformers.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 
 VERBS = {
     "plan": "resolve a model against hardware into an explained plan (dry run)",
@@ -131,6 +134,47 @@ def _tolerate_narrow_encodings() -> None:
                 pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl+C so `finally` blocks (run-directory clean-up) still run."""
+
+    exit_code = 143
+
+
+@contextmanager
+def interrupts_end_cleanly(prog: str):
+    """Ctrl+C (exit 130) or SIGTERM (exit 143) ends the run with one line and no traceback, whatever it was doing.
+
+    The exception unwinds the verb first (its `finally` blocks remove a run directory it did not use); then the
+    process leaves with os._exit after the atexit handlers: a normal interpreter shutdown would destroy C++ thread
+    objects that torch, tokenizers or the batching loop still run, which aborts ("terminate called without an
+    active exception", SIGABRT)."""
+    import atexit
+    import signal
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = (
+        signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
+    )
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not interrupt the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            print(f"\n{prog}: {'terminated' if code == 143 else 'interrupted'}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            atexit._run_exitfuncs()
+        except BaseException:  # a closed pipe, a failing handler: the exit code still says what happened
+            pass
+        os._exit(code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     _tolerate_narrow_encodings()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -146,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"shardwise: error: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(verb, list(VERBS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"shardwise: error: unknown verb {verb!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     run = verb_runner(verb)
     if "--help" in rest or "-h" in rest:
@@ -154,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(verb_help(verb, VERBS[verb], sys.modules[run.__module__].__doc__))
         return
-    run(rest)
+    with interrupts_end_cleanly(f"shardwise {verb}"):
+        run(rest)
 
 
 if __name__ == "__main__":

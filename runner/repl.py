@@ -19,7 +19,7 @@ from planner.errors import ShardwiseError
 from planner.files import write_text
 from planner.jsonfile import read_json
 from planner.units import GIB
-from runner.api import checked_messages
+from runner.api_args import checked_messages
 from runner.engine.sampling import SamplingParams
 from runner.openai.protocol import image_params
 
@@ -140,10 +140,18 @@ class Repl:
         self.console.print("[dim]system prompt set[/dim]" if arg != "-" else "[dim]system prompt removed[/dim]")
 
     def _set(self, arg: str) -> None:
-        key, _, value = arg.partition(" ")
-        value = value.strip()
+        arg = arg.strip()
+        # `/set KEY=VALUE` as well as `/set KEY VALUE` (a value may hold `=` or spaces: split at the first)
+        first = min((i for i in (arg.find("="), arg.find(" ")) if i >= 0), default=len(arg))
+        key, value = arg[:first].strip(), arg[first + 1 :].strip()
         if key not in _SETTABLE or not value:
-            self.console.print(f"usage: /set KEY VALUE with KEY one of {', '.join(_SETTABLE)}", markup=False)
+            import difflib
+
+            near = difflib.get_close_matches(key, list(_SETTABLE), n=1) if key not in _SETTABLE else []
+            hint = f"unknown key {key!r} (did you mean {near[0]}?); " if near else ""
+            self.console.print(
+                f"{hint}usage: /set KEY VALUE or /set KEY=VALUE with KEY one of {', '.join(_SETTABLE)}", markup=False
+            )
             return
         try:
             if key == "seed" and value.lower() in ("none", "null", "-"):

@@ -227,14 +227,39 @@ def test_python_api_submits_concurrently_into_one_batch(model_dir):
         engine.close()
 
 
-def test_server_answers_a_full_batch_line_429_and_a_dead_loop_503():
-    from runner.engine.batching import BatchingStopped
-    from runner.openai.responses import classify
+@pytest.mark.parametrize(
+    "failure,status,code",
+    [
+        (QueueFull("1 request(s) generating and 1 waiting (serve.max_queue=1)"), 429, "queue_full"),
+        ("batching_stopped", 503, "batching_stopped"),
+    ],
+)
+def test_server_answers_a_full_batch_line_429_and_a_dead_loop_503(failure, status, code):
+    """Over real HTTP: the batch's own line refusing a request is a 429, a batching loop that died is a 503,
+    each with an OpenAI error body, and the server keeps answering."""
+    import httpx
+    from background_server import BackgroundServer
+    from server_fakes import FakeSession
 
-    full = classify(QueueFull("1 request(s) generating and 1 waiting (serve.max_queue=1)"))
-    assert (full.status, full.code) == (429, "queue_full")
-    stopped = classify(BatchingStopped("the batching loop died 3 times: serving sequentially"))
-    assert (stopped.status, stopped.code) == (503, "batching_stopped")
+    from runner.engine.batching import BatchingStopped
+    from runner.openai.app import ModelSource, ServeSettings, create_app
+
+    if failure == "batching_stopped":
+        failure = BatchingStopped("the batching loop died 3 times: serving sequentially")
+    session = FakeSession(fail_with=failure)
+    app = create_app([ModelSource("fake-chat", load=lambda: session)], ServeSettings())
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with BackgroundServer(app) as server:
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the fake model never loaded"
+            time.sleep(0.02)
+        answer = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+        assert answer.status_code == status, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == code and str(failure) in error["message"]
+        assert set(error) >= {"message", "type", "param", "code"}
+        assert httpx.get(server.url + "/health/live", timeout=10).status_code == 200
 
 
 def test_python_api_create_and_stream_from_four_threads_share_the_batch(model_dir):
@@ -270,7 +295,7 @@ def test_python_api_create_and_stream_from_four_threads_share_the_batch(model_di
                 lambda: streamed(asks[3]),
             ]
         )
-        assert time.monotonic() - started < 60
+        assert time.monotonic() - started < 300  # a hang guard: a deadlocked batch never returns
         texts = [a["choices"][0]["message"]["content"] for a in alone]
         assert [
             together[0]["choices"][0]["message"]["content"],

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 TINY_SHAPES = "shapes=[[64,2,128,2,2],[128,4,256,2,2],[192,3,384,2,2]]"
 
 
@@ -18,6 +20,7 @@ def run(tmp_path, *args):
     )
 
 
+@pytest.mark.slow
 def test_calibrate_writes_a_snapshot_whose_factors_plans_use(tmp_path):
     from planner.config.compose import make_plan
 

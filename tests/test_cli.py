@@ -105,6 +105,7 @@ def test_no_verb_or_an_unknown_verb_prints_usage(tmp_path):
     assert_clean_error(unknown, "unknown verb 'plna'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -133,6 +134,7 @@ def test_typod_keys_are_refused_by_hydra_naming_the_key(tmp_path):
     assert result.returncode != 0 and "sesions" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_malformed_config_json_and_unsizable_architecture(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -158,6 +160,7 @@ def test_model_path_plans_any_local_config(tmp_path):
     assert plan["model"]["params_total"] == 354_823_168 and plan["model"]["name"] == "my-model"
 
 
+@pytest.mark.slow
 def test_probe_snapshot_replays_as_hardware(tmp_path):
     snap = tmp_path / "box.json"
     assert shardwise("probe", f"probe.save={snap}", cwd=tmp_path).returncode == 0

@@ -26,7 +26,7 @@ FUZZ = settings(
     phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found, in bounded time
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-SLOW_PLAN_S = 20  # no single input may take longer than this (a hang or a runaway search)
+SLOW_PLAN_S = 300  # a hang guard only: far above any plan on any machine, however loaded (seconds here)
 
 hostile_numbers = st.sampled_from(
     [0, -1, 1, 2, 3, 7, 10**9, 2**63, -(2**63), 10**400, math.nan, math.inf, -math.inf, 0.5, -0.0, 1e308]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from runner import ShardwiseError, api
+from runner import ShardwiseError, api, api_args
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -126,4 +126,4 @@ def test_the_python_api_refuses_more_messages_than_the_servers_default_bound():
     with pytest.raises(ShardwiseError) as caught:
         api.create_chat_completion(model="gpt2", messages=many, use_cpu=True)
     assert f"messages holds {MAX_MESSAGES + 1} messages" in str(caught.value)
-    assert len(api.checked_messages(many[:MAX_MESSAGES])) == MAX_MESSAGES
+    assert len(api_args.checked_messages(many[:MAX_MESSAGES])) == MAX_MESSAGES

@@ -86,10 +86,9 @@ def test_a_second_plan_comes_from_the_cache_with_the_hub_gone(sharded, tmp_path)
     assert f"config.json from the HF cache (revision {sha}; HF_HUB_OFFLINE is set)" in reasons(p)
     assert "tensor table from the safetensors headers, cached from the hub" in reasons(p)
     # No HF_HUB_OFFLINE, but nothing answers: one refused connection, then the cache.
-    start = time.perf_counter()
     unreachable, p = plan(f"model={REPO_ID}", env=hub.env(tmp_path / "hf"), cwd=tmp_path)
     assert unreachable.returncode == 0, unreachable.stderr
-    assert time.perf_counter() - start < 10
+    assert "Retrying" not in unreachable.stdout + unreachable.stderr  # huggingface_hub's backoff would sleep 23 s
     assert "is unreachable" in reasons(p) and p["model"]["checkpoint_bytes"] == tensor_bytes(files)
 
 

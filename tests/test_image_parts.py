@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from planner.errors import ShardwiseError
-from runner.api import checked_messages
+from runner.api_args import checked_messages
 from runner.engine.sampling import SamplingParams
 from runner.openai.images import ImageLimits
 from runner.openai.protocol import APIError, image_params, parse_chat_request, parse_messages, refuse_images

@@ -1,24 +1,29 @@
 """launch.target=kubernetes: golden manifests, strict offline schema validation, numbers read back against the plan.
 
 Golden files live in tests/data/k8s/ (rewrite them with SHARDWISE_UPDATE_GOLDEN=1 after a deliberate
-change, and review the diff). The hand-built plans carry what the planner gives for the same shapes
-(checked in `test_planner_plans_render_with_their_own_numbers`, which renders real plans).
+change, and review the diff); they render real plans sized by vLLM's rules, as `launch.target=kubernetes`
+makes them. Hand-built plans (`h100_plan`) stand for plan files the planner would not write: sized for
+the runner, or refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 from k8s_check import flag, numbers, serving_container, strict, validate, vllm_argv
 
+from planner.config.compose import make_plan
 from planner.config.schema import KubernetesSettings, LaunchSettings, MultiNodeBackend, check_kubernetes
 from planner.errors import ShardwiseError
 from planner.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
 from runner.launch import kubernetes as K
+from runner.launch.render import vllm_commands
 
 GOLDEN = Path(__file__).parent / "data" / "k8s"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -73,21 +78,30 @@ def h100_plan(name, source, model_type, *, strategy, nodes=1, gpus=1, tp=1, pp=1
     )
 
 
+def kubernetes_plan(model: str, *overrides: str) -> Plan:
+    """A real plan as `shardwise launch launch.target=kubernetes` makes it: sized by vLLM, sessions=auto."""
+    from planner.config.compose import make_plan
+
+    return make_plan(model, "h100_80gb", ["launch.target=kubernetes", "policy.sessions=auto", *overrides])
+
+
+# Real vLLM plans for the golden shapes (cached: planning takes a second; tests change them only with replace()).
 PLANS = {
-    "llama8b_1gpu": lambda: h100_plan(
-        "llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", "llama", strategy="single_gpu", context=131072, sessions=8
+    "llama8b_1gpu": cache(lambda: kubernetes_plan("llama-3.1-8b")),
+    "llama70b_1x8": cache(
+        lambda: kubernetes_plan("llama-3.1-70b", "hardware.count=8", "policy.strategy=tensor_parallel")
     ),
-    "llama70b_1x8": lambda: h100_plan(
-        "llama-3.1-70b",
-        "meta-llama/Llama-3.1-70B-Instruct",
-        "llama",
-        strategy="tensor_parallel",
-        gpus=8,
-        tp=8,
-        context=131072,
-        sessions=64,
+    "llama70b_2x8": cache(
+        lambda: kubernetes_plan(
+            "llama-3.1-70b", "hardware.count=8", "hardware.nodes=2", "policy.strategy=tensor_parallel"
+        )
     ),
-    "llama70b_2x8": lambda: h100_plan(
+}
+SHAPE = {"llama8b_1gpu": (1, 1, 1), "llama70b_1x8": (1, 8, 1), "llama70b_2x8": (2, 8, 2)}  # nodes, tp, pp
+
+# A plan sized for shardwise's runner (no vLLM engine block), as plan files from before issue 20 are.
+RUNNER_2X8 = cache(
+    lambda: h100_plan(
         "llama-3.1-70b",
         "meta-llama/Llama-3.1-70B-Instruct",
         "llama",
@@ -98,8 +112,24 @@ PLANS = {
         pp=2,
         context=131072,
         sessions=16,
-    ),
-}
+    )
+)
+
+
+def assert_numbers_are_the_plans(plan: Plan, objects: list[dict]) -> dict:
+    """Every number the manifests give vLLM and Kubernetes, read back, is the plan's (and its engine block's)."""
+    engine = plan.engine
+    assert engine["name"] == "vllm" and engine["flags"], "a Kubernetes render is of a plan sized by vLLM"
+    got = numbers(objects)
+    assert got["pods_per_group"] == plan.nodes
+    assert got["gpus_per_pod"] * plan.nodes == got["tp"] * got["pp"] == plan.tp_size * plan.pp_size
+    assert (got["tp"], got["pp"]) == (engine["tensor_parallel_size"], engine["pipeline_parallel_size"])
+    assert got["max_model_len"] == engine["max_model_len"] == plan.limits.context_tokens
+    assert got["max_num_seqs"] == engine["max_num_seqs"]
+    argv = vllm_argv(serving_container(objects[0]))
+    assert float(flag(argv, "--gpu-memory-utilization")) == pytest.approx(engine["gpu_memory_utilization"], abs=0.005)
+    assert int(flag(argv, "--max-num-batched-tokens")) == engine["max_num_batched_tokens"]
+    return got
 
 
 def rendered(plan: Plan, **k8s) -> list[dict]:
@@ -122,16 +152,12 @@ def test_golden_manifests(case):
 @pytest.mark.parametrize("case", sorted(PLANS))
 def test_every_object_validates_strictly_and_its_numbers_are_the_plans(case):
     plan = PLANS[case]()
+    assert (plan.nodes, plan.tp_size, plan.pp_size) == SHAPE[case]
     objects = rendered(plan, replicas=3)
     for obj in objects:
         validate(obj)
-    got = numbers(objects)
-    assert got["pods_per_group"] == plan.nodes
-    assert got["gpus_per_pod"] * plan.nodes == plan.tp_size * plan.pp_size
-    assert (got["tp"], got["pp"]) == (plan.tp_size, plan.pp_size)
-    assert got["max_model_len"] == plan.limits.context_tokens
-    assert got["max_num_seqs"] == plan.limits.sessions
-    assert got["replicas"] == 3
+    assert_numbers_are_the_plans(plan, objects)
+    assert numbers(objects)["replicas"] == 3
 
 
 def test_two_node_group_restarts_together_and_workers_join_the_leader():
@@ -191,36 +217,57 @@ def test_pod_has_gpu_selector_shm_token_secret_and_readiness_on_the_serving_port
 
 
 def test_image_tag_follows_the_vllm_version_the_plan_assumes_and_the_setting_overrides_it():
+    runner_plan = RUNNER_2X8()  # no engine block: the version the renderer assumes
+    assert serving_container(rendered(runner_plan)[0])["image"] == f"vllm/vllm-openai:v{K.DEFAULT_VLLM_VERSION}"
     plan = PLANS["llama8b_1gpu"]()
-    assert serving_container(rendered(plan)[0])["image"] == f"vllm/vllm-openai:v{K.DEFAULT_VLLM_VERSION}"
-    object.__setattr__(plan, "engine", {"name": "vllm", "version": "0.21.1", "flags": []})
-    assert serving_container(rendered(plan)[0])["image"] == "vllm/vllm-openai:v0.21.1"
+    assert serving_container(rendered(plan)[0])["image"] == f"vllm/vllm-openai:v{plan.engine['version']}"
+    newer = replace(plan, engine={**plan.engine, "version": "0.21.1"})
+    assert serving_container(rendered(newer)[0])["image"] == "vllm/vllm-openai:v0.21.1"
     assert serving_container(rendered(plan, image="registry.local/vllm:mine")[0])["image"] == "registry.local/vllm:mine"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e: {"name": "vllm", "version": "0.21.1", "flags": []}, "engine block lacks gpu_memory_utilization"),
+        (lambda e: {k: v for k, v in e.items() if k != "kv_cache_tokens"}, "engine block lacks kv_cache_tokens"),
+        (lambda e: {**e, "max_num_seqs": "64"}, "engine.max_num_seqs='64' has the wrong type"),
+        (lambda e: {**e, "flags": []}, "engine.flags must be a non-empty list"),
+        (
+            lambda e: {**e, "flags": [f for f in e["flags"] if not f.startswith("--max-num-seqs")]},
+            "--max-num-seqs=None but the plan says",
+        ),
+        (
+            lambda e: {**e, "flags": [f.replace("=8", "=4", 1) if "tensor" in f else f for f in e["flags"]]},
+            "--tensor-parallel-size=4 but the plan says 8",
+        ),
+    ],
+)
+def test_a_hand_edited_vllm_engine_block_is_a_one_line_error_on_every_target(change, message):
+    plan = PLANS["llama70b_2x8"]()
+    edited = replace(plan, engine=change(dict(plan.engine)))
+    for render_it in (lambda: K.render(edited, LaunchSettings()), lambda: vllm_commands(edited, LaunchSettings())):
+        with pytest.raises(ShardwiseError, match=re.escape(message)) as info:
+            render_it()
+        assert "\n" not in str(info.value) and "re-plan with launch.engine=vllm" in str(info.value)
 
 
 def test_plan_engine_flags_are_used_as_they_are_minus_what_the_pod_decides():
     plan = PLANS["llama70b_2x8"]()
-    flags = ["--tensor-parallel-size", "8", "--pipeline-parallel-size=2", "--max-model-len=131072"]
-    flags += ["--max-num-seqs=16", "--max-num-batched-tokens=8192", "--host", "127.0.0.1", "--port=9000"]
-    object.__setattr__(plan, "engine", {"name": "vllm", "version": "0.19.0", "flags": flags})
+    flags = [*plan.engine["flags"]]
+    tp = flags.index("--tensor-parallel-size=8")
+    flags[tp : tp + 1] = ["--tensor-parallel-size", "8"]  # the two-word form is read the same way
+    plan = replace(plan, engine={**plan.engine, "flags": [*flags, "--host", "127.0.0.1", "--port=9000"]})
     settings = LaunchSettings(vllm_args=["--enable-prefix-caching"])
     args, _ = K.vllm_serve_args(plan, settings)
-    assert args == [
-        "--tensor-parallel-size",
-        "8",
-        "--pipeline-parallel-size=2",
-        "--max-model-len=131072",
-        "--max-num-seqs=16",
-        "--max-num-batched-tokens=8192",
-        "--enable-prefix-caching",
-    ]
+    assert args == ["--served-model-name=llama-3.1-70b", *flags, "--enable-prefix-caching"]
     argv = vllm_argv(serving_container(list(K.render(plan, settings).objects)[0]))
     assert flag(argv, "--host") == "0.0.0.0" and flag(argv, "--port") == "8000"
 
 
-def test_without_engine_flags_the_args_are_todays_vllm_rendering():
-    plan = PLANS["llama70b_2x8"]()
-    args, _ = K.vllm_serve_args(plan, LaunchSettings())
+def test_a_plan_sized_for_the_runner_renders_todays_translation_with_a_note_saying_so():
+    plan = RUNNER_2X8()
+    args, notes = K.vllm_serve_args(plan, LaunchSettings())
     assert args == [
         "--served-model-name=llama-3.1-70b",
         "--tensor-parallel-size=8",
@@ -231,6 +278,19 @@ def test_without_engine_flags_the_args_are_todays_vllm_rendering():
         "--dtype=bfloat16",
         "--kv-cache-dtype=auto",
     ]
+    assert any("sized for shardwise's runner, not vLLM" in note for note in notes)
+    sized = K.render(PLANS["llama70b_2x8"](), LaunchSettings()).notes
+    assert not any("not vLLM" in note for note in sized)
+
+
+def test_vllm_plans_are_not_held_to_the_runners_tensor_parallel_rule():
+    """vLLM has its own TP layers for gpt2 (12 heads / 4): its plan renders; sized for the runner, it does not."""
+    plan = make_plan("gpt2", "h100_80gb", ["hardware.count=4", "policy.strategy=tensor_parallel", "launch.engine=vllm"])
+    assert plan.tp_size == 4 and plan.engine["name"] == "vllm"
+    assert_numbers_are_the_plans(plan, rendered(plan))
+    runner = h100_plan("gpt2", "openai-community/gpt2", "gpt2", strategy="tensor_parallel", gpus=4, tp=4, context=1024)
+    with pytest.raises(ShardwiseError, match="has no tensor-parallel plan in transformers"):
+        K.render(runner, LaunchSettings())
 
 
 # --- YAML ----------------------------------------------------------------------------------------
@@ -247,18 +307,20 @@ def test_yaml_quotes_strings_a_yaml_reader_could_take_for_bools_numbers_or_null(
     assert yaml.safe_load(text) == {"v": value}
 
 
-def test_env_values_from_the_plan_stay_strings_in_the_manifest():
-    env = {"FLAG": "on", "DEBUG": "y", "WORKERS": "8", "SCALE": "1e3", "NOTHING": "null", "X": "$(HOME)"}
+@pytest.mark.parametrize("value", ["on", "y", "8", "1e3", "null", "$(HOME)"])
+def test_env_values_from_the_plan_stay_strings_in_the_manifest(value):
+    """Only LAUNCH_ENV_KEYS pass from a plan file (planner.plan); their values stay strings, `$(` stays literal."""
     plan = PLANS["llama8b_1gpu"]()
-    plan = replace(plan, launch=replace(plan.launch, env=env))
-    text = K.render(plan, LaunchSettings()).yaml()
+    env = {"PYTORCH_CUDA_ALLOC_CONF": value, "NOT_PASSED": "x"}
+    text = K.render(replace(plan, launch=replace(plan.launch, env=env)), LaunchSettings()).yaml()
     deployment = next(yaml.safe_load_all(text))
     got = {
         e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e
     }
-    assert {k: got[k] for k in env} == {**env, "X": "$$(HOME)"}  # $( kept literal: Kubernetes would expand it
-    for line in ("value: 'on'", "value: 'y'", "value: '8'", "value: '1e3'", "value: 'null'"):
-        assert line in text
+    assert got["PYTORCH_CUDA_ALLOC_CONF"] == value.replace("$(", "$$(")  # Kubernetes would expand $(HOME)
+    assert "NOT_PASSED" not in got
+    if "$" not in value:
+        assert f"value: '{value}'" in text
 
 
 def test_one_document_per_object_and_no_yaml_anchors():
@@ -327,6 +389,11 @@ def test_refuses_cpu_offload_and_mig_plans_and_mixed_gpus_without_a_product_sett
     mixed = replace(PLANS["llama70b_1x8"](), hardware={**plan.hardware, "devices": devices})
     with pytest.raises(ShardwiseError, match="2 kinds of GPU"):
         K.render(mixed, LaunchSettings())
+    # a vLLM plan's budget names one GPU for all alike: the GPUs its ranks take are still every one of the pod's
+    tp4 = replace(mixed, tp_size=4, engine={**mixed.engine, "tensor_parallel_size": 4})
+    assert K.gpu_names(tp4) == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    devices[3]["name"], devices[5]["name"] = H100, "NVIDIA H200"  # a GPU a 4-rank pod does not take
+    assert K.gpu_names(replace(tp4, hardware={**plan.hardware, "devices": devices})) == [H100]
     mig = [{**d, "mig": True} for d in plan.hardware["devices"]]
     with pytest.raises(ShardwiseError, match="MIG slices"):
         K.render(replace(plan, hardware={**plan.hardware, "devices": mig}), LaunchSettings())
@@ -414,17 +481,13 @@ SHAPES = [
 
 @pytest.mark.parametrize("model, hardware, overrides", SHAPES)
 def test_planner_plans_render_with_their_own_numbers(model, hardware, overrides):
-    from planner.config.compose import make_plan
-
-    plan = make_plan(model, hardware, overrides)
+    """launch.target=kubernetes alone (no launch.engine) plans by vLLM's rules; every number renders as planned."""
+    plan = make_plan(model, hardware, ["launch.target=kubernetes", *overrides])
     assert plan.fits
     objects = rendered(plan)
     for obj in objects:
         validate(obj)
-    got = numbers(objects)
-    assert got["pods_per_group"] == plan.nodes
-    assert got["gpus_per_pod"] * plan.nodes == got["tp"] * got["pp"] == plan.tp_size * plan.pp_size
-    assert (got["max_model_len"], got["max_num_seqs"]) == (plan.limits.context_tokens, plan.limits.sessions)
+    assert_numbers_are_the_plans(plan, objects)
     product = plan.hardware["devices"][0]["name"].replace(" ", "-")
     pod = (
         objects[0]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
@@ -433,3 +496,8 @@ def test_planner_plans_render_with_their_own_numbers(model, hardware, overrides)
     )
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": product}
     assert objects[0]["kind"] == ("LeaderWorkerSet" if plan.nodes > 1 else "Deployment")
+
+
+def test_plan_verb_sizes_for_vllm_when_the_target_is_kubernetes_but_not_for_another_engine():
+    assert make_plan("llama-3.1-8b", "h100_80gb", ["launch.target=kubernetes"]).engine["name"] == "vllm"
+    assert make_plan("llama-3.1-8b", "h100_80gb", []).engine["name"] != "vllm"

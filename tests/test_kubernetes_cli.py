@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_runner import shardwise as run_cli
-from test_kubernetes import PLANS, h100_plan
+from test_kubernetes import PLANS, RUNNER_2X8, assert_numbers_are_the_plans, h100_plan
 
 pytestmark = pytest.mark.slow
 
@@ -64,17 +64,51 @@ def test_dry_run_is_the_default_and_stdout_is_only_the_yaml_also_written_beside_
     assert "plan.k8s.yaml" in result.stderr and "note:" in result.stderr
 
 
-def test_fresh_plan_for_one_gpu_renders_a_deployment(tmp_path):
+def test_fresh_plan_for_one_gpu_renders_a_deployment_sized_by_vllm(tmp_path):
+    """No launch.engine given: the target plans with vLLM's rules and sessions=auto, as launch.engine=vllm does."""
+    from planner.plan import Plan
+
     result = launch("model=llama-3.1-8b", "hardware=h100_80gb", "launch.target=kubernetes", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    deployment, service = yaml.safe_load_all(result.stdout)
-    assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
+    objects = list(yaml.safe_load_all(result.stdout))
+    assert [o["kind"] for o in objects] == ["Deployment", "Service"]
     written = list(tmp_path.glob("outputs/launch/*/plan.k8s.yaml"))
     assert len(written) == 1 and written[0].read_text() == result.stdout
+    plan = Plan.load(written[0].with_name("plan.json"))
+    assert plan.engine["name"] == "vllm"
+    assert any(d.what == "sessions" and "policy.sessions=auto" in d.reason for d in plan.decisions)
+    assert_numbers_are_the_plans(plan, objects)
+    assert "not vLLM" not in result.stderr
+
+
+def test_a_plan_file_sized_for_the_runner_renders_with_a_note(tmp_path):
+    from dataclasses import replace
+
+    plan = RUNNER_2X8()
+    plan = replace(plan, launch=replace(plan.launch, env={"LD_PRELOAD": "/tmp/x.so"}))
+    result = launch(f"plan_file={plan_file(tmp_path, plan=plan)}", "launch.target=kubernetes", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: the plan was sized for shardwise's runner, not vLLM" in result.stderr
+    assert "note: the plan's launch.env sets LD_PRELOAD: not passed on" in result.stderr
+    assert "LD_PRELOAD" not in result.stdout
+    assert [d["kind"] for d in yaml.safe_load_all(result.stdout)] == ["LeaderWorkerSet", "Service"]
+
+
+def test_a_vllm_plan_file_missing_engine_keys_is_one_line_with_exit_2(tmp_path):
+    import json
+
+    path = plan_file(tmp_path)
+    data = json.loads(path.read_text())
+    del data["engine"]["kv_cache_tokens"]
+    path.write_text(json.dumps(data))
+    result = launch(f"plan_file={path}", "launch.target=kubernetes", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "the plan's vLLM engine block lacks kv_cache_tokens" in one_line(result)
 
 
 def test_mixed_request_the_plan_refuses_is_one_line_with_exit_2(tmp_path):
-    """gpt2 has no tensor-parallel plan: tensor parallel over 2 nodes of 8 is refused, fresh or from a plan file."""
+    """gpt2 tensor parallel over 2 nodes of 8: vLLM's planner refuses it (12 heads / 8), fresh; a plan file
+    sized for the runner is refused by the runner's rule (gpt2 has no tensor-parallel plan in transformers)."""
     fresh = launch(
         "model=gpt2",
         "hardware=h100_80gb",
@@ -85,7 +119,7 @@ def test_mixed_request_the_plan_refuses_is_one_line_with_exit_2(tmp_path):
         cwd=tmp_path,
     )
     assert fresh.returncode == 2 and fresh.stdout == ""
-    assert "gpt2 has no tensor-parallel plan in transformers" in one_line(fresh)
+    assert "vLLM needs the 12 attention heads to divide by the tensor-parallel size 8" in one_line(fresh)
     mixed = h100_plan(
         "gpt2", "openai-community/gpt2", "gpt2", strategy="tensor_parallel", nodes=2, gpus=8, tp=8, pp=2, context=1024
     )

@@ -159,7 +159,7 @@ def test_torchrun_golden_for_llama70b_on_two_h100(llama70b_2x):
     )
     assert L.check_distributed(plan, LLAMA_70B) == []
     assert lines(L.torchrun_commands(plan, "plan.json", L.LaunchSettings())) == [
-        f"{ENV} torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan plan.json"
+        f"{ENV} torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan=plan.json"
     ]
 
 
@@ -167,7 +167,7 @@ def test_torchrun_golden_for_llama70b_on_two_nodes_of_eight_h100_static_master(l
     settings = L.LaunchSettings(master_addr="10.0.0.1", master_port=29501)
     generation = {"max_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 7, "system_prompt": None}
     got = lines(L.torchrun_commands(llama70b_2x8, "plan.json", settings, generation))
-    worker = "-m runner.launch.worker --plan plan.json --max-tokens 128 --temperature 0.0 --top-p 1.0 --seed 7"
+    worker = "-m runner.launch.worker --plan=plan.json --max-tokens=128 --temperature=0.0 --top-p=1.0 --seed=7"
     assert got == [
         f"CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --node-rank={r} "
         f"--master-addr=10.0.0.1 --master-port=29501 {worker}"
@@ -181,7 +181,7 @@ def test_torchrun_golden_with_c10d_rendezvous_is_one_line_for_every_node(llama70
     settings = L.LaunchSettings(rdzv_endpoint="head:29400", prompt=["hi there"])
     assert lines(L.torchrun_commands(llama70b_2x8, "plan.json", settings)) == [
         "CUDA_DEVICE_ORDER=PCI_BUS_ID torchrun --nproc-per-node=8 --nnodes=2 --rdzv-backend=c10d "
-        "--rdzv-endpoint=head:29400 --rdzv-id=shardwise -m runner.launch.worker --plan plan.json --prompt 'hi there'"
+        "--rdzv-endpoint=head:29400 --rdzv-id=shardwise -m runner.launch.worker --plan=plan.json '--prompt=hi there'"
     ]
 
 

@@ -93,8 +93,8 @@ def test_dry_run_prints_torchrun_for_a_cpu_tensor_parallel_rehearsal(models, tmp
     assert result.returncode == 0, result.stderr
     written = tmp_path / "run" / "plan.json"
     assert (
-        f"torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan {written} --max-tokens 256 "
-        "--temperature 0.7 --top-p 1.0 --seed 5" in result.stdout
+        f"torchrun --nproc-per-node=2 --standalone -m runner.launch.worker --plan={written} --max-tokens=256 "
+        "--temperature=0.7 --top-p=1.0 --seed=5" in result.stdout
     )
     assert '"tp_size": 2' in written.read_text() and '"strategy": "tensor_parallel"' in written.read_text()
 
@@ -111,13 +111,15 @@ def test_dry_run_of_a_fresh_plan_writes_plan_json_and_the_single_process_command
     )
 
 
-def test_vllm_without_vllm_installed_prints_the_command_with_a_note(tmp_path):
+def test_vllm_without_vllm_installed_prints_the_command_and_exits_2_having_started_nothing(tmp_path):
+    """Issue 18 item 17: a launch that started nothing is not a success; the command is still shown."""
     result = shardwise(
         "model=gpt-oss-120b", "hardware=h100_80gb", "launch.engine=vllm", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "vllm serve openai/gpt-oss-120b --served-model-name=gpt-oss-120b --tensor-parallel-size=1" in result.stdout
-    assert "# note: vllm is not installed here" in result.stdout
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("shardwise launch: error: launch.engine=vllm needs vllm") and "nothing was started" in line
 
 
 def test_submitit_local_launcher_runs_a_dry_run_launch_job(tmp_path):
@@ -136,8 +138,14 @@ def test_submitit_local_launcher_runs_a_dry_run_launch_job(tmp_path):
     job_dir = tmp_path / "sweep" / "0_hardware=cpu,launch.dry_run=True,model=gpt2"
     assert (job_dir / "plan.json").is_file()
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.out"))
-    assert f"shardwise chat plan_file={job_dir}/plan.json" in logs
+    # the job directory's name holds `=` and `,`: the command quotes it for Hydra and the shell (issue 18 item 10)
+    from planner.config.quoting import shell_override
+
+    command = f"shardwise chat {shell_override('plan_file', f'{job_dir}/plan.json')}"
+    assert command in logs
     assert "Job completed successfully" in logs
+    # the job's own output (the dry run's command) is shown on this terminal too (issue 18 item 17)
+    assert command in result.stdout
 
 
 def test_slurm_preset_composes_into_hydra_launcher_config(tmp_path):

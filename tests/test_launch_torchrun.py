@@ -7,13 +7,13 @@ record the token ids they generated (launch.record_dir) and the test compares th
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_runner import free_port, port_was_taken
 from tiny_models import cpu_plan, tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -67,12 +67,6 @@ def one_process_greedy(model_dir: Path, input_ids: list[int], max_new_tokens: in
     return out[0, len(input_ids) :].tolist()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensor_parallel_2_gives_the_same_greedy_ids_as_one_process(here_plan, llama_dir, tmp_path):
     plan_file = here_plan.save(tmp_path / "plan.json")
     proc = launch(
@@ -116,19 +110,23 @@ def test_sampled_request_with_a_seed_gives_the_same_ids_on_every_rank(here_plan,
 def test_two_nodes_on_localhost_with_a_static_master_run_pipeline_stages(here_plan, llama_dir, tmp_path):
     plan = replace(here_plan, strategy="pipeline", nodes=2, pp_size=2, device_map={})
     plan_file = plan.save(tmp_path / "plan.json")
-    port = free_port()
-    common = [
-        f"plan_file={plan_file}",
-        "launch.master_addr=127.0.0.1",
-        f"launch.master_port={port}",
-        f"launch.record_dir={tmp_path}/rec",
-        "generation.temperature=0",
-        "launch.prompt=[hello world]",
-    ]
-    node1 = launch(*common, "launch.node_rank=1", f"hydra.run.dir={tmp_path}/run1", cwd=tmp_path)
-    node0 = launch(*common, "launch.node_rank=0", f"hydra.run.dir={tmp_path}/run0", cwd=tmp_path)
-    finish(node0)
-    finish(node1)
+    for attempt in range(3):  # another process may take the free port before torchrun binds it: retry
+        port = free_port()
+        common = [
+            f"plan_file={plan_file}",
+            "launch.master_addr=127.0.0.1",
+            f"launch.master_port={port}",
+            f"launch.record_dir={tmp_path}/rec",
+            "generation.temperature=0",
+            "launch.prompt=[hello world]",
+        ]
+        node1 = launch(*common, "launch.node_rank=1", f"hydra.run.dir={tmp_path}/run1", cwd=tmp_path)
+        node0 = launch(*common, "launch.node_rank=0", f"hydra.run.dir={tmp_path}/run0", cwd=tmp_path)
+        outputs = [proc.communicate(timeout=180) for proc in (node0, node1)]
+        if all(proc.returncode == 0 for proc in (node0, node1)):
+            break
+        text = "".join(out + err for out, err in outputs)
+        assert attempt < 2 and port_was_taken(text), text[-3000:]
     by_rank = records(tmp_path / "rec")
     assert sorted(by_rank) == [0, 1]
     turn = by_rank[0][0]

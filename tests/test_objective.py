@@ -116,7 +116,7 @@ def test_throughput_ranks_layouts_by_aggregate_at_the_planned_sessions():
 
 
 def test_the_speed_is_computed_once_per_layout_that_fits_not_per_context_probe(monkeypatch):
-    import planner.planning as planning
+    import planner.sizing as planning
     import planner.speed as speed
 
     calls = []

@@ -440,6 +440,23 @@ def test_quantization_keep_applies_to_the_asked_model_not_its_unquantized_fallba
     assert [f["model"] for f in plan.fallbacks][:3] == ["gpt-oss-20b", "gpt2-medium", "gpt2"]
 
 
+def test_a_forced_strategy_a_fallback_cannot_honour_rules_out_that_fallback_not_the_plan():
+    """gpt-oss has a TP plan, its fallback gpt2 has none: the plan is tensor parallel, gpt2 is listed with why not."""
+    plan = make_plan("gpt-oss-120b", "h100_80gb", ["hardware.count=8", "policy.strategy=tensor_parallel"])
+    assert plan.fits and plan.strategy == "tensor_parallel" and plan.tp_size >= 2
+    by_model = {f["model"]: f for f in plan.fallbacks if f["hardware"] == "same"}
+    assert by_model["gpt2"]["fits"] is False
+    assert "gpt2 has no tensor-parallel plan" in by_model["gpt2"]["reason"]
+    assert plan.fallbacks[-1]["hardware"] == "cpu"
+
+
+def test_model_auto_skips_a_candidate_that_cannot_honour_a_forced_strategy():
+    forced = ["hardware.count=8", "policy.strategy=tensor_parallel", "policy.candidates=[gpt2,qwen3-8b]"]
+    plan = make_plan("auto", "h100_80gb", forced)
+    assert plan.model.name == "qwen3-8b" and plan.strategy == "tensor_parallel"
+    assert "gpt2 (policy.strategy=tensor_parallel is not possible" in decision(plan, "model").reason
+
+
 def test_a_whole_number_context_written_as_a_float_is_accepted():
     assert make_plan("llama-3.1-8b", "h100_80gb", ["policy.context_tokens=8e3"]).limits.context_tokens == 8000
 

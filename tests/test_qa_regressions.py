@@ -221,7 +221,7 @@ def test_serve_stale_plan_file_does_not_suggest_replan_which_serve_lacks(tmp_pat
 
 def test_api_checks_sampling_values_and_messages_in_one_line():
     from planner.errors import ShardwiseError
-    from runner.api import checked_messages
+    from runner.api_args import checked_messages
     from runner.engine.types import SamplingParams
 
     with pytest.raises(ShardwiseError, match=r"^max_tokens=0 must be an integer >= 1"):
@@ -249,7 +249,7 @@ def test_openai_chat_with_a_bad_override_is_a_shardwise_error_not_a_hydra_except
 def test_plan_that_fits_lists_fix_texts_when_the_fixes_are_dicts():
     from planner.config.compose import make_plan
     from planner.errors import ShardwiseError
-    from runner.api import plan_that_fits
+    from runner.plan_fitting import plan_that_fits
 
     plan = make_plan(model="llama-3.1-70b", hardware="t4")
     assert isinstance(plan.binding["fixes"][0], dict)

@@ -397,3 +397,14 @@ def test_on_load_quantization_is_refused_where_transformers_cannot_do_it(model, 
 
     with pytest.raises(ShardwiseError, match=needle):
         make_plan(model, tier, [f"policy.quantization={policy}"])
+
+
+def test_installed_versions_are_read_as_pip_reads_them():
+    """Two-part, local and dev versions keep their release numbers; an unreadable one counts as missing."""
+    from planner.quant_support import version_tuple
+
+    assert version_tuple("3.4") == (3, 4, 0)  # not (3, 4), which sorts below (3, 4, 0)
+    assert version_tuple("3.5.0+cu128") == (3, 5, 0)
+    assert version_tuple("0.18.2.dev1") == (0, 18, 2)
+    assert version_tuple("2.9.1.post3") == (2, 9, 1)
+    assert version_tuple("not a version") == (0, 0, 0)

@@ -12,7 +12,8 @@ import pytest
 from tiny_models import tiny_gpt2, tiny_llama
 
 import runner
-from runner.api import _UNSET, OpenAIChat, create_chat_completion, parse_max_memory, plan_that_fits
+from runner.api import _UNSET, OpenAIChat, create_chat_completion
+from runner.plan_fitting import parse_max_memory, plan_that_fits
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Hello, how are you?"}]
@@ -101,7 +102,7 @@ def test_model_that_does_not_fit_plans_the_first_fallback_that_does():
 
 def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
     from planner.config.compose import make_plan
-    from runner.api import apply_max_memory
+    from runner.plan_fitting import apply_max_memory
 
     plan = make_plan(model_path=str(dirs["llama"]), hardware="cpu")
     planned = {b.device: b.planned for b in plan.budget}

@@ -16,12 +16,13 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
+from background_server import BackgroundServer
 from openai import OpenAI
 from server_fakes import FakeSession
 
 from runner.engine.recovery import MemoryExhaustedError
 from runner.engine.types import SamplingParams
-from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.app import ModelSource, ServeSettings, create_app
 from runner.openai.protocol import APIError, parse_chat_request
 
 MODEL = "fake-chat"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,12 +36,6 @@ def compose_serve(overrides: list[str]):
         return compose("serve", overrides=overrides)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_default_serve_config_binds_loopback_port_8000_without_key(monkeypatch):
     monkeypatch.delenv("SHARDWISE_API_KEY", raising=False)
     settings, block = serve_cli.settings_from_config(compose_serve(["hardware=cpu"]))
@@ -61,7 +56,7 @@ def test_api_key_comes_from_the_environment_when_the_config_has_none(monkeypatch
 @pytest.mark.parametrize(
     "block,fragment",
     [
-        ({"port": 0}, "serve.port=0"),
+        ({"port": 70000}, "serve.port=70000"),
         ({"max_queue": -1}, "serve.max_queue=-1"),
         ({"log_level": "loud"}, "serve.log_level='loud'"),
         ({"prot": 8000}, "prot"),
@@ -172,8 +167,8 @@ def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monk
 
 @pytest.mark.slow
 def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
-    """The real CLI: plans, listens, turns ready, answers, and stops on SIGINT."""
-    port = free_port()
+    """The real CLI: plans, listens on a port the system picks (serve.port=0, no bind-release-reuse race),
+    says which in its log line, turns ready, answers, and stops on SIGINT."""
     env = {**os.environ, "SHARDWISE_API_KEY": "k-test"}
     process = subprocess.Popen(
         [
@@ -183,7 +178,7 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
             "serve",
             "hardware=cpu",
             f"model.path={model_dir}",
-            f"serve.port={port}",
+            "serve.port=0",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -192,16 +187,25 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 60
+        port = None
+        while port is None:  # the log line names the bound port; the hang guard is the test timeout
+            line = process.stdout.readline()
+            assert line, f"serve exited before listening:\n{''.join(lines)}"
+            lines.append(line)
+            found = re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/v1", line)
+            port = int(found.group(1)) if found else None
+        assert port != 0
+        deadline = time.monotonic() + 300  # a hang guard: loading a tiny model takes seconds
         while True:
-            assert process.poll() is None, process.stdout.read()
+            assert process.poll() is None, "".join(lines)
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "server not ready in 60 s"
+            assert time.monotonic() < deadline, "server not ready"
             time.sleep(0.2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-test", max_retries=0, timeout=30)
         reply = client.chat.completions.create(

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import httpx
+from background_server import BackgroundServer
 from server_fakes import FakeSession
 
-from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.app import ModelSource, ServeSettings, create_app
 
 _spec = importlib.util.spec_from_file_location(
     "serve_load", Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"

@@ -115,7 +115,15 @@ def test_planner_modules_import_no_cycle():
 def test_the_planner_core_does_not_import_the_config_layer():
     """planner/config hands the core a typed request; the core never reaches back into planner/config."""
     graph = import_graph()
-    core = ["planner.planning", "planner.search", "planner.explain", "planner.fixes", "planner.fallbacks"]
+    core = [
+        "planner.planning",
+        "planner.sizing",
+        "planner.sessions",
+        "planner.search",
+        "planner.explain",
+        "planner.fixes",
+        "planner.fallbacks",
+    ]
     core += ["planner.policy", "planner.placement", "planner.memory", "planner.decisions"]
     reaching = sorted(f"{m} -> {t}" for m in core for t in graph[m] if t.startswith("planner.config"))
     assert reaching == []
@@ -142,3 +150,20 @@ def test_the_conf_scan_catches_the_ways_a_path_is_built():
         assert CONF_USE.search(line), line
     for line in ("config = load()", "conf = cfg", '"configs"', "from planner.config.reader import read_option"):
         assert not CONF_USE.search(line), line
+
+
+def test_the_api_is_importable_under_the_product_name_without_loading_torch():
+    """`from shardwise import OpenAIChat, create_chat_completion` gives runner's objects; torch loads on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import runner.api as api; import shardwise as s; "
+        "from shardwise import OpenAIChat, create_chat_completion, ShardwiseError, make_plan; "
+        "from planner.errors import ShardwiseError as E; "
+        "assert OpenAIChat is api.OpenAIChat and create_chat_completion is api.create_chat_completion; "
+        "assert ShardwiseError is E and callable(make_plan); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"

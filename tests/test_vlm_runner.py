@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from background_server import BackgroundServer
 from openai import OpenAI
 
 from planner.errors import ShardwiseError
 from runner.engine.sampling import SamplingParams
-from runner.openai.app import BackgroundServer, ModelSource, ServeSettings, create_app
+from runner.openai.app import ModelSource, ServeSettings, create_app
 from runner.openai.images import ImageLimits
 from runner.openai.protocol import parse_messages
 

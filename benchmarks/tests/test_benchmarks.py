@@ -79,14 +79,29 @@ def test_plan_without_hydra_matches_make_plan():
 
 def test_gpt_oss_is_planned_dequantized_for_the_gpu_check():
     configs, _ = _common.load_configs()
-    plan = gpu_memory_check.plan_case(configs, "gpt-oss-20b", _common.tier_hardware(configs, "h100_80gb", 1), 4096)
+    hw = _common.tier_hardware(configs, "h100_80gb", 1)
+    plan = gpu_memory_check.plan_case(configs, ("gpt-oss-20b", 4096, None, None), hw)
     assert plan.model.quantization.kept is False
     assert plan.attn_implementation == "eager"
 
 
+def test_the_quantized_rows_keep_mxfp4_and_quantize_fp8_on_a_cut_down_model():
+    """The GPU check's MXFP4 and FP8 rows: the plan keeps MXFP4 (H100), or quantizes to FP8 on load, for the
+    profile cut to its first layers, with every per-layer list cut alike."""
+    configs, _ = _common.load_configs()
+    hw = _common.tier_hardware(configs, "h100_80gb", 1)
+    rows = [c for c in gpu_memory_check.cases(configs, [], [4096]) if c[2]]
+    assert [(c[0], c[2]) for c in rows] == [("gpt-oss-20b", "keep"), ("qwen3-8b", "fp8")]
+    mxfp4, fp8 = (gpu_memory_check.plan_case(configs, case, hw) for case in rows)
+    assert mxfp4.fits and mxfp4.model.quantization.kept and mxfp4.model.num_layers == rows[0][3]
+    assert fp8.fits and fp8.model.quantization.on_load == "fp8" and fp8.model.num_layers == rows[1][3]
+    cut = gpu_memory_check.cut_profile(configs["models"]["gpt-oss-20b"], 4)["architecture"]
+    assert cut["num_hidden_layers"] == 4 and len(cut["layer_types"]) == 4
+
+
 def test_contexts_are_capped_at_the_model_maximum():
     configs, _ = _common.load_configs()
-    assert gpu_memory_check.cases(configs, ["gpt2"], [4096, 8192]) == [("gpt2", 1024)]
+    assert gpu_memory_check.cases(configs, ["gpt2"], [4096, 8192], quantized=False) == [("gpt2", 1024, None, None)]
 
 
 def test_device_of_takes_the_longest_matching_key():
@@ -137,3 +152,26 @@ def test_gpu_check_without_cuda_skips_with_exit_0():
     )
     assert proc.returncode == 0
     assert "skipped" in proc.stdout
+
+
+def test_the_speed_factor_fit_and_score_splits_are_frozen_and_disjoint():
+    """Fit rows and score rows were fixed before scoring (issue 19): a shape moved or added after seeing a score
+    fails here, and no shape is both fitted and scored."""
+    import speed_prediction
+
+    assert speed_prediction.SCORE_MODELS == {
+        "llama-9m": (128, 4, 512, 4, 4),
+        "llama-40m": (384, 6, 1024, 6, 2),
+        "llama-150m": (768, 12, 2048, 12, 4),
+        "llama-400m": (1024, 24, 2816, 16, 8),
+        "llama-850m": (2048, 16, 5632, 32, 8),
+    }
+    assert speed_prediction.FIT_MODELS == {
+        "fit-20m": (256, 8, 768, 4, 2),
+        "fit-60m": (512, 3, 1536, 8, 8),
+        "fit-120m": (640, 10, 1792, 10, 2),
+        "fit-250m": (896, 20, 2432, 14, 2),
+        "fit-500m": (1536, 8, 4096, 12, 4),
+        "fit-800m": (1792, 20, 4864, 14, 2),
+    }
+    assert not set(speed_prediction.SCORE_MODELS.values()) & set(speed_prediction.FIT_MODELS.values())

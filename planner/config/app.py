@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from planner.config.reader import conf_dir, model_aliases, option_exists, profile_names
+from planner.config.reader import conf_dir, option_exists, profile_for, profile_names
 from planner.errors import ShardwiseError
 
 
@@ -28,7 +28,7 @@ def resolve_model_name(name: str) -> str:
 
     if name == "auto":
         return name
-    found = model_aliases().get(name.lower())
+    found = profile_for(name)
     if found is None:
         if is_hub_id(name):
             return name
@@ -54,16 +54,18 @@ def model_option(name: str) -> str:
     """
     from planner.model.hub import is_hub_id
 
-    if name == "auto" or name.lower() in model_aliases():
+    if name == "auto" or profile_for(name) is not None:
         return resolve_model_name(name)
     path = Path(name).expanduser()
     if path.exists():
         import hashlib
 
         full = path.resolve()
-        label = re.sub(r"[^\w.-]", "_", (full.parent if full.is_file() else full).name) or "model"
+        dir_name = (full.parent if full.is_file() else full).name or "model"
+        # the option id must lex as a Hydra override: ASCII letters, digits, `_.-` only (the name shown is the real one)
+        label = re.sub(r"[^A-Za-z0-9_.-]", "_", dir_name)
         option = f"dir/{label}-{hashlib.sha1(str(full).encode()).hexdigest()[:8]}"
-        return _register_model(option, name=label, path=str(full))
+        return _register_model(option, name=dir_name, path=str(full))
     if is_hub_id(name):
         return _register_model(name, name=name, hub_id=name, description=f"{name} from the Hugging Face hub")
     raise _unknown_model(name)
@@ -98,7 +100,10 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     wrapper = re.fullmatch(r"(choice)\((.*)\)", value)
     if wrapper:
         inner = wrapper.group(2)
-    names = [resolve(v.strip()) for v in inner.split(",")]
+    if group == "model" and not wrapper and Path(value).expanduser().exists():
+        names = [resolve(value)]  # one directory whose name holds a comma, not a sweep
+    else:
+        names = [resolve(v.strip()) for v in inner.split(",")]
     joined = ",".join(names)
     return f"{key}={wrapper.group(1)}({joined})" if wrapper else f"{key}={joined}"
 
@@ -138,6 +143,23 @@ def normalize_overrides(args: list[str]) -> list[str]:
         arg = _rewrite_group_choice(arg, "hardware", resolve_hardware_name)
         out.append(arg)
     return out
+
+
+def writable_run_dirs(args: list[str], config_name: str, cwd: str | None = None) -> list[str]:
+    """`args`, with Hydra's run and sweep directories moved under the temp directory when the working directory
+    is read-only: Hydra creates its run directory before any verb starts, and `plan json=true` or `probe`, which
+    write nothing there, must not fail for it (a run directory left unused is removed again)."""
+    import tempfile
+
+    cwd = cwd or os.getcwd()
+    given = {a.lstrip("+").partition("=")[0] for a in args}
+    if os.access(cwd, os.W_OK) or {"hydra.run.dir", "hydra.sweep.dir"} & given:
+        return args
+    base = Path(tempfile.gettempdir()) / "shardwise-outputs" / config_name
+    if not str(base).isascii() or set("'\\") & set(str(base)):
+        return args  # a temp path Hydra cannot take quoted as it is: Hydra's own one-line refusal stands
+    stamp = "${now:%Y-%m-%d_%H-%M-%S}_${run_id:}"
+    return [*args, f"hydra.run.dir='{base}/run/{stamp}'", f"hydra.sweep.dir='{base}/multirun/{stamp}'"]
 
 
 def flag(cfg, key: str) -> bool:
@@ -181,7 +203,7 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
 
                 group = (
                     "model"
-                    if override.lower() in model_aliases() or is_hub_id(override)
+                    if profile_for(override) is not None or is_hub_id(override)
                     else "hardware"
                     if override in profile_names("hardware")
                     else "KEY"
@@ -235,7 +257,9 @@ def resolve_or_refuse(cfg) -> None:
         return ""
 
     try:
-        OmegaConf.resolve(cfg)
+        # a resolved copy, thrown away: OmegaConf.resolve(cfg) would store an escaped `\${x}` as the text `${x}`,
+        # which the next read resolves a second time (a traceback, or the variable's value in a prompt or a key)
+        OmegaConf.to_container(cfg, resolve=True)
     except failures as exc:
         key = getattr(exc, "full_key", None) or failing_key(cfg, "")
         where = f" of {key}" if key else ""
@@ -291,6 +315,28 @@ def _hydra_raises():
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+@contextmanager
+def _compose_once(args: list[str]):
+    """Have Hydra compose the config once per run, not twice.
+
+    hydra.main composes the whole config a first time only to read `hydra.mode` (Hydra.get_mode),
+    then again to run: half of a cold `shardwise plan`. No file in conf/ sets `hydra.mode`, so it
+    comes from the command line alone (`-m`, or a `hydra.mode=` override); without such an override
+    get_mode answers None ("decide from -m") without composing. With one, Hydra's own get_mode runs.
+    """
+    from hydra._internal.hydra import Hydra
+
+    if any(arg.lstrip("+~").startswith("hydra.mode=") for arg in args):
+        yield
+        return
+    original = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original
+
+
 _FAILED_JOBS: list[str] = []
 
 
@@ -305,7 +351,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     register_resolvers()
     try:
         refuse_rerun(argv)
-        args = normalize_overrides(argv)
+        args = writable_run_dirs(normalize_overrides(argv), config_name)
     except ShardwiseError as exc:
         fail(verb, str(exc))
     args = _with_run_dir_record(args)
@@ -344,7 +390,7 @@ def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> No
     sys.argv = [f"shardwise {verb}", *args]
     _FAILED_JOBS.clear()
     try:
-        with _hydra_raises():
+        with _hydra_raises(), _compose_once(args):
             app()
     except Exception as exc:
         error = exc if isinstance(exc, ShardwiseError) else _refusal(exc, verb, bool(task_started))

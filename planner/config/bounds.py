@@ -79,16 +79,13 @@ def check(cfg, config_path=None) -> None:
             _at_least(cfg, f"policy.overhead.{key}", 0)
         _at_least(cfg, "policy.offload_disk_gib", 0)
         _at_least(cfg, "policy.headroom_mib", 0)
-        for key in ("sessions", "max_sessions"):
-            sessions = str(_select(cfg, f"policy.{key}") or "").strip()
-            if sessions.isdigit() and int(sessions) > limits.MAX_SESSIONS:  # a count (or auto) is a string here
-                raise ShardwiseError(
-                    f"policy.{key}={sessions} is more than shardwise plans for ({limits.MAX_SESSIONS:,}): "
-                    "plan fewer concurrent sessions"
-                )
+        # policy.sessions and max_sessions: planner.sessions.parse_sessions checks type and range (schema.validate)
     if "hardware" in cfg and cfg.hardware is not None:
         for key in ("host_ram_gib", "memory_mib"):
             _number(_select(cfg, f"hardware.{key}"), f"hardware.{key}")
+        # whatever the kind (a tier, or auto/cpu/snapshot where the count has no effect): a count below 1 is a typo
+        _at_least(cfg, "hardware.count", 1)
+        _at_least(cfg, "hardware.nodes", 1)
         _at_most(cfg, "hardware.count", limits.MAX_GPUS_PER_NODE, "give the GPUs of one node")
         _at_most(cfg, "hardware.nodes", limits.MAX_NODES, "plan for fewer nodes")
         _at_most(cfg, "hardware.host_ram_gib", limits.MAX_HOST_RAM_GIB, "give the host RAM of one node in GiB")

@@ -46,12 +46,13 @@ def make_plan(
     model: str = "gpt2", hardware: str = "auto", overrides: list[str] = (), model_path: str | None = None
 ) -> Plan:
     """Plan `model` (profile name or hub id) on `hardware` (tier name, cpu, auto, snapshot)."""
+    from planner.config.quoting import override
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
 
-    args = [f"model={model}", f"hardware={hardware}", *overrides]
+    args = [override("model", model), override("hardware", hardware), *overrides]
     if model_path:
-        args.append(f"model.path={model_path}")
+        args.append(override("model.path", str(model_path)))
     cfg = compose("plan", args)
     hw = resolve_hardware(cfg.hardware, name=_choice(normalize_overrides(args), "hardware", hardware))
     return plan_from_config(cfg, hw)

@@ -55,17 +55,50 @@ def read_option(group: str, name: str) -> dict:
     return OmegaConf.to_container(_read(group, name), resolve=True)
 
 
+def _top_level_entries(text: str, keys: tuple[str, ...]) -> str:
+    """The lines of `keys` (a top-level key and its indented continuation) from one YAML file's text.
+
+    Why by hand: aliasing one `model=` name must not parse all 25 profiles (their `architecture`
+    blocks are most of the bytes, and OmegaConf nodes cost ~50 ms each); only these lines are
+    handed to the YAML parser.
+    """
+    kept: list[str] = []
+    keeping = False
+    for line in text.splitlines():
+        if line[:1] not in (" ", "\t", "#", ""):  # a new top-level key (or document marker)
+            keeping = line.split(":", 1)[0].strip() in keys
+        if keeping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 @cache
 def model_aliases() -> dict[str, str]:
-    """Lower-cased hub id (and profile name) -> profile name, from conf/model/*.yaml."""
+    """Lower-cased hub id (and profile name) -> profile name, from conf/model/*.yaml (`hub_id`, `aliases`)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     aliases: dict[str, str] = {}
     for name in profile_names("model"):
         aliases[name.lower()] = name
-        node = _read("model", name)
-        for hub_id in [node.get("hub_id"), *(node.get("aliases") or [])]:
+        text = (conf_dir() / "model" / f"{name}.yaml").read_text()
+        entries = yaml.load(_top_level_entries(text, ("hub_id", "aliases")), Loader=loader) or {}
+        for hub_id in [entries.get("hub_id"), *(entries.get("aliases") or [])]:
             if hub_id:
                 aliases[str(hub_id).lower()] = name
     return aliases
+
+
+def profile_for(name: str) -> str | None:
+    """The profile a model name means (a profile name or hub id, any case), or None.
+
+    A profile's own file name is found without reading any profile; only other names scan the hub ids.
+    """
+    lowered = str(name).lower()
+    for profile in profile_names("model"):
+        if profile.lower() == lowered:
+            return profile
+    return model_aliases().get(lowered)
 
 
 @cache
@@ -79,7 +112,7 @@ def load_profile(name: str):
     from planner.config.schema import ModelConfig
     from planner.model.hub import is_hub_id
 
-    profile = model_aliases().get(str(name).lower())
+    profile = profile_for(name)
     if profile is None and is_hub_id(str(name)):
         return OmegaConf.structured(ModelConfig(name=str(name), hub_id=str(name)))
     if profile in (None, "auto") or not option_exists("model", profile):

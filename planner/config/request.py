@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +133,17 @@ class PlanRequest:
     policy: Policy
 
 
+def plans_for_vllm(launch) -> bool:
+    """vLLM sizes the plan: launch.engine=vllm, or launch.target=kubernetes (which deploys vLLM) with engine auto."""
+    if launch is None:
+        return False
+    engine = _enum_value(launch.get("engine", "auto"))
+    return engine == "vllm" or (engine == "auto" and _enum_value(launch.get("target", "local")) == "kubernetes")
+
+
 def engine_from_config(launch) -> EngineSettings:
-    """The engine the plan is for, from a composed `launch` node (absent, or engine other than vllm: the runner)."""
-    if launch is None or _enum_value(launch.get("engine", "auto")) != "vllm":
+    """The engine the plan is for, from a composed `launch` node (absent, or not planned for vLLM: the runner)."""
+    if not plans_for_vllm(launch):
         return EngineSettings()
     return EngineSettings(
         name="vllm",
@@ -146,18 +155,24 @@ def engine_from_config(launch) -> EngineSettings:
     )
 
 
-def request_from_config(cfg) -> PlanRequest:
-    """The PlanRequest for a composed config with `model` and `policy` nodes (and `launch`: the engine)."""
+def request_from_config(cfg, adjust_policy: Callable[[Policy], Policy] | None = None) -> PlanRequest:
+    """The PlanRequest for a composed config with `model` and `policy` nodes (and `launch`: the engine).
+
+    adjust_policy: a verb's changes to the typed policy (serve: its engine's batching, its session default).
+    """
     policy = policy_from_config(cfg.policy, engine_from_config(cfg.get("launch")))
+    if adjust_policy is not None:
+        policy = adjust_policy(policy)
     if cfg.model.name == "auto" and not cfg.model.get("path"):
         return PlanRequest(model=None, policy=policy)
     return PlanRequest(model=spec_from_config(cfg.model), policy=policy)
 
 
-def plan_from_config(cfg, hardware: Hardware) -> Plan:
+def plan_from_config(cfg, hardware: Hardware, adjust_policy: Callable[[Policy], Policy] | None = None) -> Plan:
     """The Plan for a composed config on `hardware`: parse once, then hand the core typed values."""
     from planner.config.gpu_speeds import with_published_speeds  # probed GPUs: datasheet speeds by name
     from planner.config.reader import profile_spec
     from planner.planning import plan
 
-    return plan(request_from_config(cfg), with_published_speeds(hardware), load_profile=profile_spec)
+    request = request_from_config(cfg, adjust_policy)
+    return plan(request, with_published_speeds(hardware), load_profile=profile_spec)

@@ -322,6 +322,8 @@ class ServeConfig:
     max_images: int = 16  # most inline images (image_url parts) one request may hold, count >= 0; more answers 400
     max_image_bytes: int = 20_000_000  # largest inline image, bytes of the file >= 1024; a larger one answers 400
     max_image_pixels: int = 7680 * 4320  # most pixels (width x height) of one inline image, >= 1; more answers 400
+    request_read_timeout_s: float = 30.0  # a request (headers and body) must arrive whole within this, s; else closed
+    max_connections: int = 512  # client sockets open at once, count >= 1 (lowered to fit `ulimit -n`)
     models: list[str] = field(default_factory=list)  # more models to serve: profile names, hub ids or directories
     log_level: str = "info"  # server log level: debug, info, warning or error
 
@@ -344,7 +346,7 @@ def check_serve(block: ServeConfig) -> ServeConfig:
     levels = [level.value for level in LogLevel]
     _check_ranges(
         [
-            (_port_ok(block.port), "serve.port", block.port, PORT_FIX),
+            (block.port == 0 or _port_ok(block.port), "serve.port", block.port, PORT_FIX + " (0: any free one)"),
             (block.max_queue >= 0, "serve.max_queue", block.max_queue, "use 0 (only the running request) or more"),
             (block.max_body_bytes >= 1024, "serve.max_body_bytes", block.max_body_bytes, "use at least 1024 bytes"),
             (block.max_n >= 1, "serve.max_n", block.max_n, "use 1 or more"),
@@ -364,20 +366,52 @@ def check_serve(block: ServeConfig) -> ServeConfig:
             (block.max_images >= 0, "serve.max_images", block.max_images, "use 0 (no images) or more"),
             (block.max_image_bytes >= 1024, "serve.max_image_bytes", block.max_image_bytes, "use at least 1024 bytes"),
             (block.max_image_pixels >= 1, "serve.max_image_pixels", block.max_image_pixels, "use 1 or more"),
+            (
+                0 < block.request_read_timeout_s <= 3600,
+                "serve.request_read_timeout_s",
+                block.request_read_timeout_s,
+                "use seconds above 0 and at most 3600 (a slow or stalled client holds a socket this long)",
+            ),
+            (block.max_connections >= 1, "serve.max_connections", block.max_connections, "use 1 or more"),
             (block.log_level in levels, "serve.log_level", block.log_level, f"use one of {', '.join(levels)}"),
         ]
     )
     return block
 
 
+def literal(value):
+    """`value` (a plain container) with every string's `${` escaped, so OmegaConf keeps it as typed."""
+    import re
+
+    if isinstance(value, str):
+        # n backslashes before `${` become 2n + 1: the backslashes themselves, then an escaped `${`
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
+
+
+def typed_block(cls, node):
+    r"""A config block as dataclass `cls`, its interpolations resolved exactly once.
+
+    The node is resolved where it sits (`${oc.env:KEY}`, `${..}` paths see the whole config), then type-checked by
+    merging into the schema; the resolved text is escaped first, so an escaped `\${x}` the user typed stays `${x}`
+    instead of being resolved a second time by the merge."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else (node or {})
+    merged = OmegaConf.merge(OmegaConf.structured(cls), literal(data))
+    return OmegaConf.to_object(merged)  # resolves (the escapes back to `${`) and builds `cls`, nested blocks too
+
+
 def read_serve_config(node) -> ServeConfig:
     """The `serve:` block (a config node or a dict), type-checked (a typo'd key is an error) and range-checked."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ServeConfig), node if node is not None else {})
-        block = ServeConfig(**OmegaConf.to_container(merged))
+        block = typed_block(ServeConfig, node)
     except OmegaConfBaseException as exc:
         first = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
@@ -537,6 +571,4 @@ def validate(cfg) -> None:
     if cfg.get("serve") is not None:
         read_serve_config(cfg.serve)
     if cfg.get("launch") is not None:
-        from omegaconf import OmegaConf
-
-        check_launch(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchSettings), cfg.launch)))
+        check_launch(typed_block(LaunchSettings, cfg.launch))

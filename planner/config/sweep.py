@@ -57,8 +57,7 @@ class SweepSummary(Callback):
             table.add_column(col, no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        probe = Console()
-        console = Console(highlight=False, width=probe.width if probe.is_terminal else max(probe.width, 110))
+        console = Console(highlight=False)  # the terminal's width; a pipe gets 80 columns unless COLUMNS says more
         console.print(table)
         for line in misfit_lines(misfits):
             console.print(line, markup=False)

@@ -268,6 +268,36 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return snapshot if _complete_safetensors(snapshot) else None
 
 
+def check_weights_reachable(repo_id: str, revision: str | None, name: str = "") -> str:
+    """Before a load (and before torch is imported): the weights of `repo_id` are in the HF cache, or the hub answers
+    one request now; else a one-line ShardwiseError saying how to get them. transformers would otherwise retry every
+    file for a minute or more when the network is down. Returns how the weights will come ("cache" or "hub")."""
+    from huggingface_hub import constants
+
+    _quiet_http_logs()
+    wanted = revision or constants.DEFAULT_REVISION
+    config = _cached(repo_id, "config.json", wanted)
+    if isinstance(config, str) and _complete_safetensors(Path(config).parent):
+        return "cache"
+    label = f"{name} ({repo_id})" if name and name != repo_id else repo_id
+    pin = f" --revision {revision}" if revision and revision != constants.DEFAULT_REVISION else ""
+    get = f"`hf download {repo_id}{pin}`"
+    if constants.HF_HUB_OFFLINE:
+        raise ShardwiseError(
+            f"{label} is not in the HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so nothing is "
+            f"downloaded: run {get} with network access (same HF_HOME, HF_HUB_OFFLINE unset), or point model.path=DIR "
+            "at a local copy"
+        )
+    try:
+        _remote_commit(repo_id, wanted)
+    except _Unreachable as why:
+        raise ShardwiseError(
+            f"{label} is not in the HF cache ({constants.HF_HUB_CACHE}) and the hub ({constants.ENDPOINT}) cannot be "
+            f"reached ({why}): run {get} where there is network (same HF_HOME), or point model.path=DIR at a local copy"
+        ) from None
+    return "hub"
+
+
 def cached_config(repo_id: str, revision: str) -> dict | None:
     """config.json of `repo_id` at `revision` if the HF cache holds it (no network), else None."""
     from planner.jsonfile import read_json

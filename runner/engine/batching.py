@@ -57,9 +57,13 @@ class BatchResult:
 class Admission:
     """Batch slots handed out in arrival order: `running` at most `slots`, `waiting` at most `max_waiting`."""
 
-    def __init__(self, slots: int, max_waiting: int):
+    def __init__(self, slots: int, max_waiting: int, *, full_wait_s: float = 0.0, bound: str | None = None):
         self.slots = slots
         self.max_waiting = max_waiting
+        # the server answers 429 at once (its own queue is serve.max_queue); the Python API waits this long for room
+        self.full_wait_s = full_wait_s
+        # the setting that bounds the line, named in QueueFull: what its caller can change
+        self.bound = bound or f"serve.max_queue={max_waiting}"
         self.running = 0
         self._line: deque[int] = deque()
         self._tickets = itertools.count()
@@ -70,14 +74,24 @@ class Admission:
     def waiting(self) -> int:
         return len(self._line)
 
+    def _full(self) -> bool:
+        return self.running >= self.slots and len(self._line) >= self.max_waiting
+
     def enter(self, cancel: threading.Event) -> bool:
-        """Wait for a slot; False when `cancel` was set first. Raises QueueFull when the line is full."""
+        """Wait for a slot; False when `cancel` was set first. Raises QueueFull when the line is full (and stays
+        full for `full_wait_s`)."""
         with self._cond:
-            if self.running >= self.slots and len(self._line) >= self.max_waiting:
+            deadline = time.monotonic() + self.full_wait_s
+            while self._full() and time.monotonic() < deadline and not cancel.is_set():
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if cancel.is_set():
+                return False
+            if self._full():
                 self.rejected += 1
+                waited = f", and stayed full for {self.full_wait_s:g} s" if self.full_wait_s else ""
                 raise QueueFull(
                     f"{self.running} request(s) generating (the plan's serving.max_concurrent) and "
-                    f"{len(self._line)} waiting (serve.max_queue={self.max_waiting})"
+                    f"{len(self._line)} waiting{waited} ({self.bound})"
                 )
             ticket = next(self._tickets)
             self._line.append(ticket)
@@ -144,11 +158,24 @@ def _log(line: str) -> None:
 class BatchingEngine:
     """transformers' continuous batching for one model, with admission and per-request routing."""
 
-    def __init__(self, loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+    def __init__(
+        self,
+        loaded,
+        serving,
+        *,
+        max_waiting: int = 8,
+        log: Callable[[str], None] = _log,
+        full_wait_s: float = 0.0,
+        bound: str | None = None,
+    ):
         self.loaded = loaded
         self.serving = serving
         self.log = log
-        self.admission = Admission(max(1, serving.max_concurrent), max(0, max_waiting))
+        slots = max(1, serving.max_concurrent)
+        if slots > MAX_BATCH_SLOTS:
+            log(f"serving.max_concurrent={slots} clamped to {MAX_BATCH_SLOTS} sequences at once (one thread each)")
+            slots = MAX_BATCH_SLOTS
+        self.admission = Admission(slots, max(0, max_waiting), full_wait_s=full_wait_s, bound=bound)
         self.vocab_size = int(loaded.model.config.get_text_config().vocab_size)
         self._routes: dict[str, Inbox] = {}
         self._routes_lock = threading.Lock()
@@ -178,7 +205,7 @@ class BatchingEngine:
             page_size=serving.page_size_tokens,
             num_blocks=serving.num_blocks,
             max_batch_tokens=serving.max_batch_tokens,
-            max_requests_per_batch=max(1, serving.max_concurrent),
+            max_requests_per_batch=self.admission.slots,
             per_request_processors=True,
             auto_switch_to_flash=False,  # the plan chose the attention implementation
             safety_margin=0.0,  # admission already keeps the cache from filling up
@@ -353,15 +380,55 @@ def cannot_attach(loaded, serving) -> str | None:
         return f"the model runs {attn} attention but the plan batched with {serving.attn_implementation}: re-plan"
     if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
         return "the model is spread over several devices: transformers' paged cache lives on one"
+    return _cache_beyond_device(model, serving)
+
+
+# Sequences one model batches at once, each on its own server thread: far above what one device's batch serves
+# well (vLLM's max-num-seqs defaults to 256-1024); a hand-edited plan asking for more is clamped, with the reason.
+MAX_BATCH_SLOTS = 1024
+
+
+def _device_total_bytes(device) -> int | None:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        from planner.hardware.host import host_info
+
+        return host_info().ram_bytes
     return None
 
 
-def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log):
+def _cache_beyond_device(model, serving) -> str | None:
+    """Why the serving block's paged cache cannot exist on the model's device (None: it may).
+
+    A lower bound from the model's own config (K and V of every layer, each block `page_size_tokens` tokens), so only a
+    block no device could hold is refused; the planner's exact footprint has already been checked against the budget.
+    """
+    config = model.config.get_text_config()
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 0) // max(1, heads)))
+    element_bytes = next(model.parameters()).element_size()
+    cache_bytes = serving.num_blocks * serving.page_size_tokens * 2 * layers * kv_heads * head_dim * element_bytes
+    total = _device_total_bytes(next(model.parameters()).device)
+    if total is not None and cache_bytes > total:
+        return (
+            f"the plan's serving block asks for {serving.num_blocks} blocks of {serving.page_size_tokens} tokens, "
+            f"{cache_bytes / 2**30:.1f} GiB of paged cache at least, more than this device's "
+            f"{total / 2**30:.1f} GiB: re-create the plan with `shardwise plan`"
+        )
+    return None
+
+
+def attach(loaded, serving, *, max_waiting: int = 8, log: Callable[[str], None] = _log, **admission):
     """Start batching for `loaded` (stored as `loaded.batching`); None, with the reason logged, when it cannot."""
     reason = cannot_attach(loaded, serving)
     if reason is None:
         try:
-            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log)
+            loaded.batching = BatchingEngine(loaded, serving, max_waiting=max_waiting, log=log, **admission)
         except Exception as exc:  # e.g. an architecture the paged cache does not support
             reason = f"continuous batching did not start ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
     if reason is not None:

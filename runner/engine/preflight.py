@@ -125,11 +125,50 @@ def _check_source(plan) -> None:
         )
 
 
+def _check_attention(plan) -> None:
+    """Flash kernels run on CUDA GPUs only; a plan file moved to a machine without one would fail inside the load."""
+    import torch
+
+    attn = plan.attn_implementation
+    if "flash" in attn and not torch.cuda.is_available():
+        raise ShardwiseError(
+            f"the plan's attn_implementation={attn} needs a CUDA GPU and torch sees none here: re-plan here with "
+            "`shardwise plan` (sdpa runs everywhere)"
+        )
+
+
+def check_weights_reachable(plan) -> None:
+    """A hub model's weights are in the HF cache or the hub answers now: one line in seconds, not minutes of
+    transformers' retries. Call it before torch is imported (it imports only huggingface_hub)."""
+    from planner.model.hub import check_weights_reachable as check_hub
+    from planner.model.hub import is_hub_id
+
+    source = str(plan.model.source)
+    if Path(source).expanduser().exists() or not is_hub_id(source):
+        return
+    check_hub(source, plan.model.revision, plan.model.name)
+
+
+def check_model_reachable(model_cfg) -> bool:
+    """check_weights_reachable from the composed `model` config, before planning (a profile names its hub id):
+    True when a hub model was checked, False when there was nothing to check (a local path, no hub id)."""
+    from planner.model.hub import check_weights_reachable as check_hub
+    from planner.model.hub import is_hub_id
+
+    hub_id = str(model_cfg.get("hub_id") or "")
+    if model_cfg.get("path") or not is_hub_id(hub_id) or Path(hub_id).expanduser().exists():
+        return False
+    check_hub(hub_id, model_cfg.get("revision"), str(model_cfg.get("name") or ""))
+    return True
+
+
 def check_runnable(plan) -> None:
-    """Refuse, in one line, a plan this machine cannot load for reasons that are not memory."""
+    """Refuse, in one line, a plan this machine cannot load for reasons that are not memory (the plan's values
+    themselves were range-checked when it was read: planner.plan_check)."""
     _check_dtypes(plan)
     _check_source(plan)
     _check_devices(plan)
+    _check_attention(plan)
 
 
 def remote_code_consent(cfg) -> bool:

@@ -83,26 +83,41 @@ def without_pod_flags(args: list[str]) -> list[str]:
 def vllm_serve_args(plan: Plan, settings: LaunchSettings) -> tuple[list[str], list[str]]:
     """The `vllm serve` arguments after the model for this plan (no host, port or multi-node flags), and notes.
 
-    A plan that carries vLLM's exact flags (plan.engine.flags) is taken as it is; older plans get the
-    same flags `launch.engine=vllm` renders for this machine (runner.launch.render.vllm_commands).
-    launch.vllm_args come last, as on this machine.
+    What `launch.engine=vllm` renders for this machine (runner.launch.render.vllm_commands): a vLLM plan's
+    exact flags (plan.engine.flags, refused in one line when the block is not whole), a runner plan's
+    translation with a note. launch.vllm_args come last, as on this machine.
     """
     engine = plan_engine(plan)
     notes: list[str] = []
-    if engine.get("flags"):
-        args = [str(f) for f in engine["flags"]]
-    else:
-        if engine.get("name") not in (None, "vllm"):
-            notes.append(
-                f"the plan was sized for {engine['name']}, not vLLM: plan with launch.engine=vllm for its numbers"
-            )
-        commands, more = L.vllm_commands(plan, replace(settings, vllm_args=[], master_addr=None))
-        argv = list(commands[-1].argv)
-        if argv[:3] != ["vllm", "serve", plan.model.source]:  # pragma: no cover - render.py changed its shape
-            raise AssertionError(f"runner.launch.render.vllm_commands no longer ends in `vllm serve MODEL`: {argv[:3]}")
-        args = argv[3:]
-        notes += more
+    if not is_vllm_plan(plan):
+        # Noted, not refused: the translation is the one `launch.engine=vllm` makes of this plan on one machine,
+        # and its flags still say the plan's own numbers; only vLLM's memory rules were not applied.
+        sized_for = engine.get("name") or "shardwise's runner"
+        notes.append(
+            f"the plan was sized for {sized_for}, not vLLM: its context and sequences are rendered as they are but "
+            "vLLM's memory rules were not checked (the pods may not start); re-plan without plan_file for vLLM's"
+        )
+    # the same `vllm serve` line as on one machine (a vLLM plan's engine.flags, checked whole, plus the served name)
+    commands, more = L.vllm_commands(replace(plan, engine=engine), replace(settings, vllm_args=[], master_addr=None))
+    argv = list(commands[-1].argv)
+    if argv[:3] != ["vllm", "serve", plan.model.source]:  # pragma: no cover - render.py changed its shape
+        raise AssertionError(f"runner.launch.render.vllm_commands no longer ends in `vllm serve MODEL`: {argv[:3]}")
+    args = argv[3:]
+    notes += more
     return [*without_pod_flags(args), *map(str, settings.vllm_args)], notes
+
+
+def is_vllm_plan(plan: Plan) -> bool:
+    """The plan was sized by vLLM's rules (planned with launch.engine=vllm or launch.target=kubernetes)."""
+    return plan_engine(plan).get("name") == "vllm"
+
+
+def serving_sizes(plan: Plan) -> tuple[int, int]:
+    """(--max-model-len, --max-num-seqs) the manifests give vLLM: the engine block's, else the plan's limits."""
+    engine = plan_engine(plan)
+    if is_vllm_plan(plan):
+        return int(engine["max_model_len"]), int(engine["max_num_seqs"])
+    return plan.limits.context_tokens, plan.limits.sessions
 
 
 def gpus_per_pod(plan: Plan) -> int:
@@ -113,9 +128,19 @@ def gpus_per_pod(plan: Plan) -> int:
 def gpu_names(plan: Plan) -> list[str]:
     """Names of the GPUs the plan puts work on (every GPU of the plan when its budget names none)."""
     devices = plan.hardware.get("devices") or []
+    if is_vllm_plan(plan):
+        # vLLM's budget is one GPU's (they are alike); its ranks take the first GPUs of each node, as a pod would
+        per_node = gpus_per_pod(plan)
+        picked = [d for n in {d.get("node", 0) for d in devices} for d in node_devices(devices, n)[:per_node]]
+        return sorted({str(d.get("name", "")) for d in picked or devices})
     used = {(b.node, str(b.device)) for b in plan.budget if str(b.device).isdigit()}
     picked = [d for d in devices if (d.get("node", 0), str(d.get("id"))) in used] or devices
     return sorted({str(d.get("name", "")) for d in picked})
+
+
+def node_devices(devices: list[dict], node: int) -> list[dict]:
+    """The devices of one node in CUDA order (by id)."""
+    return sorted((d for d in devices if d.get("node", 0) == node), key=lambda d: int(d.get("id", 0)))
 
 
 def gpu_product(plan: Plan, k8s: KubernetesSettings) -> tuple[str, str]:
@@ -163,7 +188,8 @@ def check_plan(plan: Plan) -> None:
             "this plan runs on MIG slices; launch.target=kubernetes requests whole GPUs (nvidia.com/gpu): plan for "
             "a whole-GPU tier, e.g. hardware=a100_80gb"
         )
-    if plan.tp_size > 1 and not has_tp_plan(plan.model.model_type):  # the planner's own rule (planner.search)
+    # the runner's rule (planner.search); vLLM has its own tensor-parallel layers, and its planner checked them
+    if plan.tp_size > 1 and not is_vllm_plan(plan) and not has_tp_plan(plan.model.model_type):
         raise ShardwiseError(
             f"this plan is tensor parallel {plan.tp_size} over {plan.nodes} node(s), but "
             f"{plan.model.model_type} ({plan.model.name}) has no tensor-parallel plan in transformers: "
@@ -239,7 +265,8 @@ def render(plan: Plan, settings: LaunchSettings) -> Rendered:
     product, product_reason = gpu_product(plan, k8s)
     version = vllm_version(plan)
     image = k8s.image or f"{IMAGE_REPOSITORY}:v{version}"
-    serve_args, notes = vllm_serve_args(plan, settings)
+    serve_args, notes = vllm_serve_args(plan, settings)  # first: it refuses a vLLM engine block that is not whole
+    max_model_len, max_num_seqs = serving_sizes(plan)
     notes = [
         f"{plan.nodes} pod(s) of {gpus} GPU(s) per copy (tp {plan.tp_size} x pp {plan.pp_size}), "
         f"{k8s.replicas} copy(ies); {product_reason}",
@@ -256,8 +283,14 @@ def render(plan: Plan, settings: LaunchSettings) -> Rendered:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "shardwise"}
     summary = (
         f"{plan.model.name}: tp {plan.tp_size} x pp {plan.pp_size} over {plan.nodes} node(s) of {gpus} GPU(s), "
-        f"context {plan.limits.context_tokens} tokens, {plan.limits.sessions} sequences"
+        f"max model len {max_model_len} tokens, max num seqs {max_num_seqs}"
     )
+    if is_vllm_plan(plan):
+        engine = plan_engine(plan)
+        summary += (
+            f"; vLLM {engine['version']} should print {engine['kv_cache_tokens']} KV cache tokens, "
+            f"{engine['max_concurrency']}x max concurrency"
+        )
     metadata = {"name": name, "namespace": k8s.namespace, "labels": labels, "annotations": {"shardwise/plan": summary}}
     env = environment(plan, k8s)
     if plan.nodes > 1:

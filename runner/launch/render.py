@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.config.quoting import hydra_literal, override
 from planner.config.schema import Engine, LaunchSettings, LaunchTask, SlurmSettings  # noqa: E402
 from planner.errors import ShardwiseError
 from planner.plan import Plan
@@ -267,36 +268,28 @@ def dropped_env(plan: Plan) -> str | None:
     )
 
 
-def hydra_literal(value) -> str:
-    """`value` written as a Hydra override value that parses back to exactly `value` (strings quoted and escaped)."""
-    import re
+def comment(text) -> str:
+    """`text` on one line, fit for a `# ...` shell comment: control characters (a newline in a directory name) are
+    shown escaped, so nothing after them can become a command of its own."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_literal(item) for item in value) + "]"
-    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", str(value))  # no interpolation of user text
-    quote = "'" if '"' in text and "'" not in text else '"'  # double quotes read better inside shell quotes
-    text = re.sub(rf"(\\*){quote}", lambda m: m.group(1) * 2 + "\\" + quote, text)  # backslashes before a quote
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)  # ... and before the closing quote are escapes
-    return f"{quote}{text}{quote}"
+
+def shell_line(words) -> str:
+    """Words joined into one shell line, each quoted (shlex) as the shell must see it."""
+    return " ".join(shlex.quote(str(word)) for word in words)
 
 
 def single_process_command(
     plan: Plan, plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code=False
 ) -> Command:
     """`shardwise chat|serve plan_file=...` with what the parent resolved: generation.* and launch.prompt."""
-    argv = ["shardwise", settings.task.value, f"plan_file={plan_path}"]
+    argv = ["shardwise", settings.task.value, override("plan_file", str(plan_path))]
     if trust_remote_code and plan.model.trust_remote_code:
         argv.append("trust_remote_code=true")  # the consent given on launch's command line
     for key, value in (generation or {}).items():
         argv.append(f"generation.{key}={hydra_literal(value)}")
     if settings.task == LaunchTask.serve:
-        argv += [f"serve.host={settings.host}", f"serve.port={settings.port}"]
+        argv += [override("serve.host", settings.host), f"serve.port={settings.port}"]
     elif settings.prompt:
         argv.append(f"prompt={hydra_literal(list(settings.prompt))}")
     reason = (
@@ -310,20 +303,21 @@ def worker_args(
     plan_path: str, settings: LaunchSettings, generation: dict | None = None, trust_remote_code: bool = False
 ) -> list[str]:
     """Arguments for `-m runner.launch.worker`: the plan file, then what Hydra resolved in the parent."""
-    args = ["--plan", plan_path]
+    # --option=VALUE throughout: a prompt or stop string that starts with "-" stays a value, never an option
+    args = [f"--plan={plan_path}"]
     if trust_remote_code:
         args.append("--trust-remote-code")  # the consent given on launch's command line, for a plan asking for it
     generation = generation or {}
     for key in ("max_tokens", "temperature", "top_p", "seed", "system_prompt"):
         value = generation.get(key)
         if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            args.append(f"--{key.replace('_', '-')}={value}")
     for stop in generation.get("stop") or ():
-        args += ["--stop", stop]
+        args.append(f"--stop={stop}")
     for prompt in settings.prompt:
-        args += ["--prompt", prompt]
+        args.append(f"--prompt={prompt}")
     if settings.record_dir:
-        args += ["--record-dir", settings.record_dir]
+        args.append(f"--record-dir={settings.record_dir}")
     return args
 
 
@@ -403,10 +397,62 @@ def vllm_commands(plan: Plan, settings: LaunchSettings) -> tuple[list[Command], 
     the exact flags in `engine.flags`; a plan sized for shardwise's runner is translated as well as it goes.
     """
     if (plan.engine or {}).get("name") == "vllm":
+        check_vllm_engine(plan)
         argv, notes, reason = _vllm_from_engine(plan, settings)
     else:
         argv, notes, reason = _vllm_from_runner_plan(plan, settings)
     return _vllm_with_cluster(plan, settings, argv, reason), notes
+
+
+# What rendering reads from a vLLM plan's `engine` block (planner/vllm/driver.py engine_block), with its type.
+VLLM_ENGINE_KEYS = {
+    "version": str,
+    "gpu_memory_utilization": (int, float),
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "kv_cache_tokens": int,
+    "max_concurrency": (int, float),
+    "flags": list,
+}
+
+
+def flag_value(flags: list[str], name: str) -> str | None:
+    """The value of `name` in `flags`, written `--name=value` or `--name value` (None when absent)."""
+    for i, arg in enumerate(flags):
+        if arg == name and i + 1 < len(flags):
+            return flags[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_vllm_engine(plan: Plan) -> None:
+    """A vLLM plan's engine block has what rendering reads, and its flags say the plan's numbers: else one line.
+
+    A plan.json written by the planner always passes; a hand-edited or truncated one would otherwise render
+    a `vllm serve` line (or pods) that disagrees with the plan, or fail with a KeyError.
+    """
+    engine = plan.engine or {}
+    fix = "re-plan with launch.engine=vllm (the file was edited or written by another shardwise)"
+    missing = [key for key in VLLM_ENGINE_KEYS if key not in engine]
+    if missing:
+        raise ShardwiseError(f"the plan's vLLM engine block lacks {', '.join(missing)}: {fix}")
+    for key, kind in VLLM_ENGINE_KEYS.items():
+        if isinstance(engine[key], bool) or not isinstance(engine[key], kind):
+            raise ShardwiseError(f"the plan's engine.{key}={engine[key]!r:.60} has the wrong type: {fix}")
+    flags = engine["flags"]
+    if not flags or not all(isinstance(f, str) for f in flags):
+        raise ShardwiseError(f"the plan's engine.flags must be a non-empty list of `vllm serve` arguments: {fix}")
+    expected = {
+        "--tensor-parallel-size": plan.tp_size,
+        "--pipeline-parallel-size": plan.pp_size,
+        "--max-model-len": engine["max_model_len"],
+        "--max-num-seqs": engine["max_num_seqs"],
+    }
+    for name, want in expected.items():
+        got = flag_value(flags, name)
+        if got != str(want):
+            raise ShardwiseError(f"the plan's engine.flags give {name}={got} but the plan says {want}: {fix}")
 
 
 def _vllm_from_engine(plan: Plan, settings: LaunchSettings) -> tuple[list[str], list[str], str]:
@@ -562,7 +608,7 @@ def slurm_overrides(config: dict) -> list[str]:
     out = ["hydra/launcher=submitit_slurm"]
     for key, value in config.items():
         if value is not None:
-            out.append(f"hydra.launcher.{key}={value}")
+            out.append(override(f"hydra.launcher.{key}", value))
     return out
 
 

@@ -41,13 +41,15 @@ def task(cfg) -> None:
     kubernetes = settings.target == Target.kubernetes
     if settings.dry_run is None:  # manifests for a cluster are printed unless asked to apply them
         settings.dry_run = kubernetes
+    if kubernetes:  # before planning: a fresh plan for this target is sized by vLLM's rules (plans_for_vllm)
+        check_kubernetes_engine(settings)
     check_generation(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     notes: list[str] = []
     if cfg.plan_file:
         plan_path = Path(cfg.plan_file).resolve()
         plan = Plan.load(plan_path)
-        if settings.dry_run:
+        if settings.dry_run and not kubernetes:
             notes.append("dry run: the plan's hardware was not compared with this machine")
         elif not kubernetes:  # a cluster's GPUs, not this machine's, run a Kubernetes launch
             notes += check_hardware(plan, settings)
@@ -55,7 +57,7 @@ def task(cfg) -> None:
         plan = fresh_plan(cfg, HydraConfig.get().runtime.choices.get("hardware", ""))
         plan_path = plan.save(out_dir / "plan.json")
     if not plan.fits:
-        from runner.api import fix_texts
+        from runner.plan_fitting import fix_texts
 
         binding = plan.binding or {}
         raise ShardwiseError(
@@ -76,8 +78,10 @@ def task(cfg) -> None:
 
     consent = remote_code_consent(cfg)
     if kubernetes:
-        check_kubernetes_engine(settings)
         from runner.launch.kubernetes import launch as launch_kubernetes
+
+        for note in notes:  # stderr: stdout is the YAML alone
+            print(f"shardwise launch: note: {note}", file=sys.stderr)
 
         rc = launch_kubernetes(plan, plan_path, settings, consent)
         if rc:
@@ -94,12 +98,13 @@ def task(cfg) -> None:
     if engine == L.Engine.vllm:
         commands, vnotes = L.vllm_commands(plan, settings)
         notes += vnotes
-        if not importlib.util.find_spec("vllm"):
-            notes.append(
-                "vllm is not installed here: these commands were printed, not run (pip install vllm "
-                "on the GPU machines)"
+        if not importlib.util.find_spec("vllm") and not settings.dry_run:
+            # nothing can start here: show what would run (for the GPU machines), then fail in one line
+            print_dry_run(plan, plan_path, engine, commands, settings, notes)
+            raise ShardwiseError(
+                "launch.engine=vllm needs vllm and it is not installed here, so nothing was started: pip install "
+                "vllm on the GPU machines and run the command above there, or add launch.dry_run=true to only print it"
             )
-            settings.dry_run = True
     elif engine == L.Engine.torchrun:
         notes += L.check_distributed(plan, L.plan_architecture(plan))
         node_rank = None if settings.dry_run else this_node_rank(plan, settings)
@@ -121,10 +126,6 @@ def task(cfg) -> None:
     rc = execute(plan, engine, commands, settings)
     if rc:
         raise SystemExit(rc)
-
-
-def _engine_value(engine) -> str:
-    return engine.value if hasattr(engine, "value") else str(engine)
 
 
 def _given_on_command_line(key: str) -> bool:
@@ -161,10 +162,10 @@ def check_generation(cfg) -> None:
 
 
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
-    from planner.config.request import plan_from_config
+    from planner.config.request import plan_from_config, plans_for_vllm
     from planner.hardware.tiers import resolve_hardware
 
-    if _engine_value(cfg.launch.engine) == "vllm" and not _given_on_command_line("policy.sessions"):
+    if plans_for_vllm(cfg.launch) and not _given_on_command_line("policy.sessions"):
         # vLLM batches whatever arrives: size sessions like `shardwise serve` does (auto), not the one of `plan`
         from omegaconf import open_dict
 
@@ -296,20 +297,21 @@ def slurm_master_addr() -> str:
 def print_dry_run(
     plan: Plan, plan_path: Path, engine: L.Engine, commands: list, settings: L.LaunchSettings, notes: list[str]
 ) -> None:
+    c = L.comment
     print(
-        f"# {plan.model.name}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp "
-        f"{plan.pp_size}; engine {engine.value}"
+        f"# {c(plan.model.name)}: {plan.strategy}, {plan.nodes} node(s), tp {plan.tp_size}, pp {plan.pp_size}; "
+        f"engine {engine.value}"
     )
-    print(f"# plan: {plan_path}")
+    print(f"# plan: {c(plan_path)}")
     for command in commands:
-        print(f"# {command.where}: {command.reason}")
+        print(f"# {c(command.where)}: {c(command.reason)}")
         print(command.line())
     if L.gpus_per_node(plan):
         config, reasons = L.slurm_launcher(plan, settings.slurm, engine=engine)
-        print(f"# SLURM ({'; '.join(reasons)}): add to this command with -m")
-        print(" ".join(L.slurm_overrides(config)))
+        print(f"# SLURM ({c('; '.join(reasons))}): add to this command with -m")
+        print(L.shell_line(L.slurm_overrides(config)))
     for note in notes:
-        print(f"# note: {note}")
+        print(f"# note: {c(note)}")
 
 
 def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSettings) -> int:

@@ -57,19 +57,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def rank_env() -> dict[str, int]:
+    """The rank's place from the variables torchrun sets; a one-line error when they are missing or not numbers."""
+    missing = [name for name in TORCHRUN_ENV if not os.environ.get(name)]
+    if missing:
+        raise ShardwiseError(
+            f"{', '.join(missing)} not set: this is one torchrun rank, start it with `shardwise launch plan_file=...`"
+        )
+    values = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
+        text = os.environ[name].strip()
+        if not text.isdigit():
+            raise ShardwiseError(f"{name}={text!r:.40} is not a number: start the ranks with `shardwise launch`")
+        values[name] = int(text)
+    if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
+        raise ShardwiseError(
+            f"RANK={values['RANK']} is outside WORLD_SIZE={values['WORLD_SIZE']}: "
+            "start the ranks with `shardwise launch`"
+        )
+    return values
+
+
 def init_distributed(plan: Plan):
     """Start torch.distributed: NCCL with one GPU per local rank when the plan has GPUs and CUDA is here, else gloo."""
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = rank_env()
+    world = env["WORLD_SIZE"]
     expected = plan.tp_size * plan.pp_size
     if world != expected:
         raise ShardwiseError(
             f"torchrun started {world} ranks but the plan needs tp {plan.tp_size} x pp {plan.pp_size} = {expected}: "
             f"start it with `shardwise launch plan_file=...`"
         )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = env["LOCAL_RANK"]
     if plan.hardware.get("devices") and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -226,9 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         plan = Plan.load(args.plan)
-        from runner.engine.preflight import check_remote_code
+        from runner.engine.preflight import check_remote_code, check_runnable
 
+        rank_env()  # before torch: run outside torchrun is a one-line error
         check_remote_code(plan, args.trust_remote_code, "add --trust-remote-code to this command")
+        check_runnable(plan)  # the checks every other runner path makes before anything loads
         params = SamplingParams.from_generation(args, prefix="--")
         import torch.distributed as dist
 
@@ -272,4 +299,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from runner.cli import interrupts_end_cleanly
+
+    with interrupts_end_cleanly("shardwise worker"):
+        main()

@@ -1,8 +1,7 @@
 """`shardwise serve`'s HTTP side: an OpenAI-compatible /v1/chat/completions on Starlette + uvicorn.
 
     app = create_app([ModelSource("gpt2", load=lambda: session)], ServeSettings())
-    with BackgroundServer(app) as server:      # tests and benchmarks: a live server on loopback
-        OpenAI(base_url=server.url + "/v1", api_key="-")
+    # `shardwise serve` runs it with uvicorn (serve_cli); tests/background_server.py on a loopback thread
 
 Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /health (200 once every model is
 loaded, 503 before), GET /health/live (200 while the process answers), GET /metrics (Prometheus,
@@ -23,7 +22,6 @@ import asyncio
 import hmac
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +75,8 @@ class ServeSettings:
     stream_stall_timeout_s: float = 30.0  # a stream whose client accepts nothing this long is cancelled; 0: never
     max_messages: int = oai.MAX_MESSAGES  # most messages one request may hold; more is a 400
     images: ImageLimits = oai.DEFAULT_IMAGE_LIMITS  # bounds on inline images (serve.max_image_bytes, ...)
+    request_read_timeout_s: float = 30.0  # a request must arrive whole (headers and body) within this, seconds
+    max_connections: int = 512  # client sockets open at once (runner.openai.connections)
 
 
 @dataclass
@@ -426,47 +426,6 @@ def create_app(
     )
     app.state.server = ServerState(sources, settings or ServeSettings(), on_load_failure)
     return RequestLog(app)
-
-
-# ----- running it ----------------------------------------------------------------------------
-
-
-class BackgroundServer:
-    """uvicorn on a loopback port in a daemon thread; a context manager for tests and benchmarks."""
-
-    def __init__(
-        self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", startup_timeout_s: float = 20.0
-    ):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.host, self.port = self.sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.startup_timeout_s = startup_timeout_s
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, name="shardwise-uvicorn", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start on {self.url} within {self.startup_timeout_s} s")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 def _loaded_name(slot) -> str | None:

@@ -63,6 +63,8 @@ def settings_from_config(cfg):
         images=ImageLimits(
             max_bytes=block.max_image_bytes, max_pixels=block.max_image_pixels, max_images=block.max_images
         ),
+        request_read_timeout_s=float(block.request_read_timeout_s),
+        max_connections=block.max_connections,
     ), block
 
 
@@ -77,7 +79,7 @@ def _hardware_choice(cfg) -> str:
 
 def _fitting(plan):
     """The plan when it fits, else the first fallback that does (announced), else a one-line error."""
-    from runner.api import plan_that_fits
+    from runner.plan_fitting import plan_that_fits
 
     return plan_that_fits(plan, notice=log.warning)
 
@@ -93,79 +95,42 @@ def _sessions_given() -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == "policy.sessions" for o in overrides)
 
 
-def _serve_default_sessions(cfg) -> bool:
-    """policy.sessions is auto because serve defaults to it (conf/serve.yaml), not because it was asked for."""
-    return str(cfg.policy.get("sessions", "")).strip().lower() == "auto" and not _sessions_given()
+def plan_for(cfg, model_node) -> object:
+    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now), planned once.
 
-
-def _with_sessions_reason(plan, rewrite):
+    The plan is for this runner (Policy.batching=runner: sessions=auto on a layout it serves one request at a
+    time plans one session; planner.planning). serve's default policy.sessions=auto holds for one batched
+    model; with serve.models each model plans one session instead (the first model's paged cache must not take
+    the memory the next ones are planned in), and with serve.batching=false too (nothing would use the other
+    sessions' cache). The planner writes the count and its reason.
+    """
     from dataclasses import replace
 
-    decisions = tuple(replace(d, reason=rewrite(d.reason)) if d.what == "sessions" else d for d in plan.decisions)
-    return replace(plan, decisions=decisions)
-
-
-def plan_for(cfg, model_node) -> object:
-    """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now).
-
-    serve's default policy.sessions=auto holds for one batched model; with serve.models each model plans one
-    session instead (the first model's paged cache must not take the memory the next ones are planned in), and
-    with serve.batching=false too (nothing would use the other sessions' cache), as does auto on a layout this
-    runner serves one request at a time (offload, pipeline, tensor parallel, eager attention).
-    """
     from omegaconf import OmegaConf
 
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
+    from planner.sessions import one_session_reason
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
-    policy = cfg.policy
-    by_default = _serve_default_sessions(cfg)
     block = read_serve_block(cfg.get("serve"))
-    why_one = None
-    if by_default and not block.batching:
-        why_one = "serve.batching=false serves one request at a time"
-    elif by_default and block.models:
-        why_one = "the first of several served models (serve.models) would take the memory the next ones need"
+    by_default = not _sessions_given()
 
-    def plan_with(policy):
-        return plan_from_config(
-            OmegaConf.create({"model": model_node, "policy": policy, "generation": cfg.generation}), hardware
-        )
+    def for_serve(policy):
+        if policy.sessions is not None or not by_default:
+            return replace(policy, batching="runner")
+        policy = replace(policy, batching="runner", sessions_origin="serve's default")
+        why_one = None
+        if not block.batching:
+            why_one = "serve.batching=false serves one request at a time"
+        elif block.models:
+            why_one = "the first of several served models (serve.models) would take the memory the next ones need"
+        if why_one:
+            return replace(policy, sessions=1, sessions_why=one_session_reason(policy, why_one))
+        return policy
 
-    if why_one:
-        policy = OmegaConf.merge(policy, {"sessions": "1"})
-    plan = plan_with(policy)
-    auto = str(policy.get("sessions", "")).strip().lower() == "auto"
-    if auto and plan.serving is not None and plan.serving.mode != "batched":
-        # this runner serves such a layout one request at a time: more sessions would reserve KV cache nobody uses
-        # (the planner sizes them anyway: vLLM batches pipeline and tensor-parallel layouts). More sessions may
-        # also have moved the model off one GPU: then the most sessions that one GPU holds, batched, serve more.
-        one = plan_with(OmegaConf.merge(policy, {"sessions": "1"}))
-        on_one_gpu = one.serving is not None and one.serving.mode == "batched" and one.strategy == "single_gpu"
-        pinned = plan_with(OmegaConf.merge(policy, {"strategy": "single_gpu"})) if on_one_gpu else None
-        if pinned is not None and pinned.fits and pinned.serving is not None and pinned.serving.mode == "batched":
-            plan = _with_sessions_reason(
-                pinned,
-                lambda reason: (
-                    f"{reason}; on one GPU, which this runner batches (more sessions would spread the "
-                    f"model over GPUs that serve one request at a time: {plan.serving.reason})"
-                ),
-            )
-        else:
-            why_one = f"this layout serves one request at a time ({(one.serving or plan.serving).reason})"
-            plan = one
-    if why_one:
-        instead = "serve's default auto" if by_default else "auto"
-        plan = _with_sessions_reason(
-            plan, lambda reason: f"policy.sessions=1, not {instead}: {why_one} (policy.sessions=N sets it)"
-        )
-    elif by_default:
-        marker = "policy.sessions=auto"
-        plan = _with_sessions_reason(
-            plan, lambda reason: reason.replace(marker, f"{marker} (serve's default; plan and chat size for 1)", 1)
-        )
-    return _fitting(plan)
+    node = OmegaConf.create({"model": model_node, "policy": cfg.policy, "generation": cfg.generation})
+    return _fitting(plan_from_config(node, hardware, adjust_policy=for_serve))
 
 
 def extra_model_node(entry: str):
@@ -207,13 +172,18 @@ def model_sources(cfg) -> list:
         primary_plan = _fitting(primary_plan)
         primary_aliases: tuple[str, ...] = ()
     else:
+        from runner.engine.preflight import check_model_reachable
+
+        check_model_reachable(cfg.model)  # offline and uncached: one line before planning, before the port opens
         primary_plan = plan_for(cfg, cfg.model)
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
 
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import check_remote_code, check_weights_reachable, remote_code_consent
 
     check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
+    if cfg.get("plan_file"):
+        check_weights_reachable(primary_plan)  # a reviewed plan's hub model: the same one-line check
 
     def loader_for(make_plan):
         return lambda: load_session(cfg, make_plan())
@@ -294,10 +264,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(cfg) -> None:
-    import uvicorn
-
     from runner.engine.loader import set_runtime_env
     from runner.openai.app import create_app
+    from runner.openai.connections import make_server
 
     settings, block = settings_from_config(cfg)
     log.setLevel(block.log_level.upper())
@@ -318,17 +287,14 @@ def serve(cfg) -> None:
 
     app = create_app(sources, settings, on_load_failure=on_load_failure)
     sock = listen_socket(settings.host, settings.port)
-    config = uvicorn.Config(
-        app, log_level=block.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
+    server = make_server(app, settings, log_level=block.log_level, timeout_graceful_shutdown=5)
     server_box.append(server)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
         "serving %s on http://%s:%d/v1 (api key %s, queue %d per model)",
         ", ".join(s.name for s in sources),
         shown,
-        settings.port,
+        sock.getsockname()[1],  # the port bound: serve.port=0 lets the system pick a free one
         "required" if settings.api_key else "off",
         settings.max_queue,
     )

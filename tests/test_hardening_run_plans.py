@@ -1,0 +1,163 @@
+"""Hand-edited plan files (issue 18, item 8): every field the runner hands to transformers, or sizes threads and
+caches with, is range-checked when the plan is read, so a bad value is one line and exit 2 before anything loads;
+the torchrun rank worker makes the same checks, and its own environment is checked too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cli_runner import shardwise
+from test_hardening_run import error_line, here_plan
+from tiny_models import tiny_gpt2
+
+from planner.errors import ShardwiseError
+from planner.plan import Plan, Serving
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return tiny_gpt2(tmp_path_factory.mktemp("models"))
+
+
+def batched(plan, **kw):
+    serving = Serving(
+        mode="batched",
+        reason="test",
+        page_size_tokens=64,
+        num_blocks=4,
+        max_batch_tokens=64,
+        max_concurrent=1,
+        attn_implementation="sdpa",
+    )
+    return replace(plan, serving=replace(serving, **kw))
+
+
+def edited(plan, edit) -> dict:
+    data = json.loads(plan.to_json())
+    edit(data)
+    return data
+
+
+HOSTILE = {
+    "device_map -1": (lambda d: d["device_map"].update({"": -1}), "device_map[''] = -1"),
+    "device_map meta": (lambda d: d["device_map"].update({"": "meta"}), "'meta' is not a device"),
+    "device_map cuda": (lambda d: d["device_map"].update({"": "cuda"}), "'cuda' is not a device"),
+    "max_memory negative": (lambda d: d["max_memory"].update({"cpu": -5}), "is not a size"),
+    "hub kernel": (lambda d: d.update(attn_implementation="someone/evil-kernel"), "is not one shardwise plans"),
+    "unknown attention": (lambda d: d.update(attn_implementation="flex_attention"), "is not one shardwise plans"),
+    "max_new_tokens -1": (lambda d: d["limits"].update(max_new_tokens=-1), "limits.max_new_tokens=-1"),
+    "max_new_tokens > context": (lambda d: d["limits"].update(max_new_tokens=10**9), "cannot outgrow"),
+    "sessions 0": (lambda d: d["limits"].update(sessions=0), "limits.sessions=0"),
+    "source NUL": (lambda d: d["model"].update(source="/tmp/a\x00b"), "control characters"),
+    "source ~user": (lambda d: d["model"].update(source="~root/model"), "another user's home"),
+    "fallbacks [{}]": (lambda d: d.update(fallbacks=[{}]), "fallbacks[0] names no model"),
+    "binding.fixes 5": (lambda d: d.update(binding={"fixes": 5}), "binding.fixes must be a list"),
+    "tp_size 0": (lambda d: d.update(tp_size=0), "tp_size=0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_plan_values_are_refused_on_read_in_one_line(gpt2, case):
+    edit, needle = HOSTILE[case]
+    with pytest.raises(ShardwiseError) as caught:
+        Plan.from_dict(edited(here_plan(gpt2), edit))
+    message = str(caught.value)
+    assert needle.replace(" = ", "=") in message.replace(" = ", "=") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "serving, needle",
+    [
+        ({"max_concurrent": 100000}, "more than the plan's limits.sessions=1"),
+        ({"num_blocks": 10**9}, "serving.num_blocks=1000000000"),
+        ({"mode": "turbo"}, "serving.mode='turbo'"),
+        ({"page_size_tokens": 0}, "page_size_tokens (1-4096)"),
+        ({"attn_implementation": "org/kernel"}, "serving.attn_implementation='org/kernel'"),
+    ],
+)
+def test_a_hostile_serving_block_is_bounded_by_the_plans_own_limits(gpt2, serving, needle):
+    data = edited(batched(here_plan(gpt2)), lambda d: d["serving"].update(serving))
+    with pytest.raises(ShardwiseError, match="serving"):
+        Plan.from_dict(data)
+    with pytest.raises(ShardwiseError) as caught:
+        Plan.from_dict(data)
+    assert needle in str(caught.value)
+
+
+def test_the_planners_own_plans_pass_the_value_checks(gpt2):
+    """The checks refuse only what the planner never writes: fresh plans of every serving kind read back whole."""
+    from planner.config.compose import make_plan
+
+    for overrides in ([], ["policy.sessions=4"], ["policy.attn_implementation=eager"]):
+        plan = make_plan(model_path=str(gpt2), hardware="cpu", overrides=overrides)
+        assert Plan.from_dict(json.loads(plan.to_json())).to_json() == plan.to_json()
+    for model in ("gpt-oss-120b", "llama-3.1-8b", "gemma-3-1b"):
+        big = make_plan(model=model, hardware="h100_80gb", overrides=["hardware.count=2", "policy.sessions=8"])
+        assert big.serving is not None and Plan.from_dict(json.loads(big.to_json())).to_json() == big.to_json()
+
+
+def test_a_serving_block_larger_than_the_device_is_refused_before_batching_starts(gpt2):
+    from runner.engine.batching import cannot_attach
+    from runner.engine.loader import load
+
+    plan = batched(here_plan(gpt2))
+    loaded = load(plan, log=lambda line: None)
+    assert cannot_attach(loaded, plan.serving) is None
+    huge = replace(plan.serving, num_blocks=10**12)
+    reason = cannot_attach(loaded, huge)
+    assert reason is not None and "more than this device's" in reason and "GiB" in reason
+
+
+@pytest.mark.slow
+def test_chat_with_a_hostile_plan_file_exits_2_before_loading(gpt2, tmp_path):
+    for case in ("hub kernel", "device_map meta", "max_new_tokens -1"):
+        edit, needle = HOSTILE[case]
+        (tmp_path / "plan.json").write_text(json.dumps(edited(here_plan(gpt2), edit)))
+        line = error_line(shardwise("chat", "plan_file=plan.json", "prompt=hi", cwd=tmp_path), "chat")
+        assert "plan file" in line and "memory" not in line
+
+
+def worker(plan_path, env: dict) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")}
+    return subprocess.run(
+        [sys.executable, "-m", "runner.launch.worker", "--plan", str(plan_path), "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**clean, "HF_HUB_OFFLINE": "1", **env},
+    )
+
+
+TORCHRUN = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, env, needle",
+    [
+        ("outside torchrun", {}, "not set: this is one torchrun rank"),
+        ("WORLD_SIZE=abc", {**TORCHRUN, "WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number"),
+        ("hostile plan", TORCHRUN, "is not a device shardwise loads on"),
+        ("plan for a GPU", TORCHRUN, "places weights on GPU 3"),
+    ],
+)
+def test_the_rank_worker_checks_its_environment_and_plan_in_one_line(gpt2, tmp_path, case, env, needle):
+    plan = here_plan(gpt2)
+    if case == "hostile plan":
+        (tmp_path / "plan.json").write_text(json.dumps(edited(plan, lambda d: d["device_map"].update({"": "meta"}))))
+    else:
+        replace(plan, device_map={"": 3} if case == "plan for a GPU" else {}).save(tmp_path / "plan.json")
+    result = worker(tmp_path / "plan.json", env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shardwise worker: error: ") and needle in lines[0], lines

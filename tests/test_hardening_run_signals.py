@@ -1,0 +1,96 @@
+"""Ctrl+C and SIGTERM (issue 18, item 15): an interrupt during planning, model loading or a one-shot generation
+ends with one line, no traceback and exit 130 (SIGTERM: 143), never an abort from a C++ thread, and leaves no
+empty run directory behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_gpt2
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return tiny_gpt2(tmp_path_factory.mktemp("models"))
+
+
+def start(args, cwd) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float = 120) -> list[str]:
+    """Read stderr until a line holds `needle`; the lines read so far."""
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} never came: {''.join(lines)[-2000:]}")
+
+
+def stop(proc: subprocess.Popen, signum: int) -> tuple[int, str]:
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def assert_clean(code: int, err: str, expected: int) -> None:
+    assert code == expected, err[-3000:]
+    assert "Traceback" not in err and "terminate called" not in err, err[-3000:]
+
+
+def test_ctrl_c_during_planning_exits_130_in_one_line(tmp_path):
+    proc = start(["plan", "model=gpt-oss-120b", "hardware=cpu"], tmp_path)
+    time.sleep(1.0)  # Hydra composing or the planner measuring this host: the interrupt lands mid-work
+    code, err = stop(proc, signal.SIGINT)
+    if code == 0:
+        pytest.skip("the plan finished before the interrupt")
+    assert_clean(code, err, 130)
+    assert err.strip().splitlines()[-1] == "shardwise plan: interrupted"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_during_loading_ends_cleanly_and_leaves_no_run_directory(gpt2, tmp_path, signum, code):
+    proc = start(["chat", f"model.path={gpt2}", "hardware=cpu", "prompt=hi"], tmp_path)
+    wait_for_line(proc, "loading tiny-gpt2")
+    rc, err = stop(proc, signum)
+    assert_clean(rc, err, code)
+    leftovers = [p for p in (tmp_path / "outputs").rglob("*")] if (tmp_path / "outputs").exists() else []
+    assert not [p for p in leftovers if p.is_dir() and not any(p.iterdir())], leftovers
+
+
+def test_ctrl_c_during_a_one_shot_generation_exits_130_without_an_abort(gpt2, tmp_path):
+    for _ in range(3):  # the abort came 2 times out of 3 before: try a few times
+        proc = start(
+            ["chat", f"model.path={gpt2}", "hardware=cpu", "prompt=hi", "generation.max_tokens=200", "stream=true"],
+            tmp_path,
+        )
+        wait_for_line(proc, "loading tiny-gpt2")
+        proc.stdout.read(1)  # the first streamed character: generation is running
+        code, err = stop(proc, signal.SIGINT)
+        if code == 0:
+            continue  # finished before the interrupt arrived
+        assert_clean(code, err, 130)
+        assert err.strip().splitlines()[-1] == "shardwise chat: interrupted"

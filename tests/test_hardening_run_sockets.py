@@ -1,0 +1,147 @@
+"""Half-open connections (issue 18, item 3): a client that sends part of its headers, or a Content-Length whose
+body never comes, is closed after serve.request_read_timeout_s; past serve.max_connections the longest-waiting
+idle socket makes room, so /health keeps answering; at the process's descriptor limit the cap is lowered to fit
+and the server keeps serving, with rate-limited log lines. Loopback only, bounded counts and times."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+from server_fakes import FakeSession
+from test_server import live_server
+
+from runner.openai.connections import RateLimitedLog, connection_cap
+
+READ_TIMEOUT_S = 0.6
+# an answer "at once", on a machine shared with other test runs: far below the 20-30 s read timeouts the tests that
+# need to tell eviction from timing out use, far above the milliseconds it takes on an idle machine
+ANSWER_S = 8
+
+
+def half_open(url: str, kind: str) -> socket.socket:
+    """A raw socket holding an unfinished request: `headers` stops mid-header, `body` sends a short body."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    if kind == "headers":
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    else:
+        sock.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"model"')
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_half_open_sockets_are_closed_after_the_read_timeout_and_health_answers_meanwhile():
+    with live_server(FakeSession(), request_read_timeout_s=READ_TIMEOUT_S) as server:
+        socks = [half_open(server.url, "headers" if i % 2 else "body") for i in range(40)]
+        start = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=ANSWER_S).status_code == 200
+        assert time.monotonic() - start < ANSWER_S
+        # every one is closed by the server, the body-less POST as well as the partial headers
+        closed = [closed_by_server(s, within_s=READ_TIMEOUT_S + ANSWER_S) for s in socks]
+        assert all(closed), f"{closed.count(False)} of {len(socks)} half-open sockets still open"
+        assert time.monotonic() - start < READ_TIMEOUT_S + 2 * ANSWER_S
+        for s in socks:
+            s.close()
+        # a keep-alive client that finished its request is not cut by the read clock
+        with httpx.Client(timeout=5) as client:
+            assert client.get(server.url + "/health").status_code == 200
+            time.sleep(READ_TIMEOUT_S * 1.5)
+            assert client.get(server.url + "/health").status_code == 200
+
+
+def test_past_max_connections_the_longest_waiting_socket_makes_room_for_a_real_request():
+    with live_server(FakeSession(), request_read_timeout_s=30, max_connections=8) as server:
+        socks = [half_open(server.url, "headers") for _ in range(20)]
+        start = time.monotonic()
+        for _ in range(3):  # every fresh request gets in although 20 sockets wait to finish theirs
+            assert httpx.get(server.url + "/health", timeout=ANSWER_S).status_code == 200
+        assert time.monotonic() - start < ANSWER_S
+        # the oldest were closed to make room (the 30 s read timeout has not passed)
+        assert closed_by_server(socks[0], within_s=ANSWER_S)
+        for s in socks:
+            s.close()
+
+
+def test_the_connection_cap_fits_the_descriptor_limit():
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap, reason = connection_cap(10**9)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no descriptor limit here")
+    assert cap < soft and "ulimit -n" in reason
+    assert connection_cap(1) == (1, None)
+
+
+def test_a_rate_limited_log_folds_repeats_into_a_count(caplog):
+    import logging
+
+    logger = logging.getLogger("shardwise.test.ratelimit")
+    folded = RateLimitedLog(logger, interval_s=0.3)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        printed = [folded(logging.INFO, "same thing") for _ in range(1000)]
+        time.sleep(0.35)
+        folded(logging.INFO, "same thing")
+    assert printed.count(True) == 1
+    assert len(caplog.records) == 2
+    assert "999 more" in caplog.records[1].getMessage()
+
+
+SERVER_AT_FD_LIMIT = textwrap.dedent(
+    """
+    import resource, sys, time, logging
+    sys.path.insert(0, "tests")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+    from server_fakes import FakeSession
+    from background_server import BackgroundServer
+    from runner.openai.app import ModelSource, ServeSettings, create_app
+    app = create_app([ModelSource("fake-chat", load=FakeSession)], ServeSettings(request_read_timeout_s=20))
+    with BackgroundServer(app, log_level="info") as server:
+        print(server.url, flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_at_the_descriptor_limit_the_server_keeps_serving_and_logs_sanely():
+    """Twice as many half-open sockets as `ulimit -n` allows the server: /health still answers at once."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_AT_FD_LIMIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        socks = []
+        for _ in range(320):
+            try:
+                socks.append(half_open(url, "headers"))
+            except OSError:  # the server's backlog is full for a moment: it makes room as it accepts
+                time.sleep(0.01)
+        time.sleep(1.0)
+        start = time.monotonic()
+        assert httpx.get(url + "/health", timeout=ANSWER_S).status_code == 200
+        assert time.monotonic() - start < ANSWER_S
+        for s in socks:
+            s.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "lowered to" in err
+    assert "Too many open files" not in err or err.count("Too many open files") < 5
+    assert len(err.splitlines()) < 50, err[-3000:]
