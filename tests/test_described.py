@@ -1,7 +1,7 @@
 """Stored meta-device descriptions (planner.model.described): shipped ones equal a fresh build, the HF-cache
 copy makes the second plan torch-free, and no cache file, however damaged, can fail a plan.
 
-If a test here says the shipped descriptions are stale, run `python -m planner.model.described --regenerate`
+If a test here says the shipped descriptions are stale, run `python -m planner.model.regenerate`
 (after a transformers upgrade, a change to the builder or a profile) and commit planner/model/descriptions/.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from planner.config.reader import profile_names
 from planner.model import describe_codec as codec
-from planner.model import described
+from planner.model import described, regenerate
 from planner.model.architectures import ArchDescription, LayerRule, ModuleSpec, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,16 +89,16 @@ def _no_build(monkeypatch):
 # ---- the shipped files ---------------------------------------------------------------------------
 def test_every_profile_has_a_current_shipped_description():
     """No torch needed: the keys alone say whether transformers, the builder or a profile moved since regeneration."""
-    stale = described.stale_profiles()
+    stale = regenerate.stale_profiles()
     assert not stale, f"stale shipped descriptions {stale}: run `{described.REGENERATE}` and commit them"
-    assert {name for name, _, _ in described._profiles()} == set(PROFILES)
+    assert {name for name, _, _ in regenerate.profiles()} == set(PROFILES)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_shipped_description_equals_a_fresh_build_under_the_installed_transformers(profile):
     from planner.model.meta import describe_on_meta
 
-    ((name, model_type, arch),) = [entry for entry in described._profiles() if entry[0] == profile]
+    ((name, model_type, arch),) = [entry for entry in regenerate.profiles() if entry[0] == profile]
     for dtype in described.DTYPES:
         found, stale = described.shipped(model_type, arch, dtype)
         assert found is not None, (
@@ -245,7 +245,7 @@ def test_an_unwritable_cache_directory_costs_the_build_not_the_plan(tmp_path, mo
 
 
 def test_another_transformers_version_misses_the_shipped_file_and_says_so(hf_home, monkeypatch):
-    (_, model_type, arch), *_ = [e for e in described._profiles() if e[0] == "gpt2"]
+    (_, model_type, arch), *_ = [e for e in regenerate.profiles() if e[0] == "gpt2"]
     assert described.describe(model_type, arch, "float32")[1][1] == "shipped description"
     installed = described.transformers_version()
     monkeypatch.setattr(described, "transformers_version", lambda: "0.0.1")

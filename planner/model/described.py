@@ -7,10 +7,10 @@ and shardwise's own builder, so `describe()` looks for it before building:
 
 1. shipped in the wheel for every profile in conf/model (planner/model/descriptions/), written by
 
-       python -m planner.model.described --regenerate
+       python -m planner.model.regenerate
 
    to be rerun after changing transformers, the builder (builder_sources()) or a profile;
-   `--check` lists stale files, and tests/test_described.py fails, naming the command, while any is;
+   (`--check` lists stale files; tests/test_described.py fails, naming the command, while any is);
 2. written under the HF cache (huggingface_hub's assets cache, so HF_HOME and HF_ASSETS_CACHE
    apply) after the first build of any other config: the second plan of a config.json is as
    fast as a profile's.
@@ -26,10 +26,8 @@ cannot be written costs only the build. The stored form does not depend on the c
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -41,10 +39,10 @@ from planner.model.architectures import ArchDescription
 SCHEMA_VERSION = 1  # of the file layout; the codec and the builder are covered by builder_digest()
 # planner/model modules that only read inputs or this cache and never shape a description; every other module
 # there counts as the builder (a new one included without an edit here): editing one makes stored files stale
-NOT_BUILDER = ("__init__.py", "config_check.py", "described.py", "headers.py", "hub.py", "source.py")
+NOT_BUILDER = ("__init__.py", "config_check.py", "described.py", "headers.py", "hub.py", "regenerate.py", "source.py")
 SHIPPED_DIR = Path(__file__).with_name("descriptions")
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest profile's description is ~120 kB
-REGENERATE = "python -m planner.model.described --regenerate"
+REGENERATE = "python -m planner.model.regenerate"
 DTYPES = ("bfloat16", "float16", "float32")  # what a dtype-dependent description is shipped for
 
 Decision = tuple[str, str, str]  # (what, value, reason), as planner.plan.Notes.decide takes them
@@ -247,85 +245,22 @@ def _built(model_type: str, stale: dict | None, stored_in: Path | None) -> Decis
     )
 
 
-# ---- the shipped files ------------------------------------------------------------------------
-def _profiles() -> list[tuple[str, str, dict]]:
-    """(profile, model_type, config) of every profile in conf/model that carries its own config.json numbers."""
-    from planner.config.reader import profile_names, profile_spec, read_option
-    from planner.model.architectures import model_type_of
-
-    found = []
-    for name in profile_names("model"):
-        option = read_option("model", name)
-        if not option.get("architecture") or option.get("revision"):
-            continue  # `auto`, and profiles read from the hub: nothing to describe without a download
-        arch = profile_spec(name).architecture
-        found.append((name, model_type_of(arch), arch))
-    return found
-
-
 def shipped(model_type: str, arch: dict, dtype: str) -> tuple[ArchDescription | None, dict | None]:
     """The shipped description of `arch` for `dtype`, or None and the key of a stale shipped file."""
     return _lookup(SHIPPED_DIR, [_key(model_type, arch, None), _key(model_type, arch, dtype)], dtype)
 
 
-def stale_profiles() -> list[tuple[str, str]]:
-    """(profile, why) for every profile whose shipped description is missing or made for something else."""
-    stale = []
-    for name, model_type, arch in _profiles():
-        results = [shipped(model_type, arch, dtype) for dtype in DTYPES]
-        if all(found is not None for found, _ in results):
-            continue
-        other = next((key for _, key in results if key is not None), None)
-        if other is None:
-            why = "no shipped description"
-        elif other.get("transformers") != transformers_version():
-            why = f"made with transformers {other.get('transformers')}, {transformers_version()} is installed"
-        elif other.get("builder") != builder_digest():
-            why = "made by another version of the builder (" + ", ".join(p.name for p in builder_sources()) + ")"
-        else:
-            why = "made for another config or schema"
-        stale.append((name, why))
-    return stale
-
-
-def regenerate() -> list[Path]:
-    """Rebuild every profile's shipped description on the meta device; remove files no profile uses."""
-    SHIPPED_DIR.mkdir(exist_ok=True)
+def ship(model_type: str, arch: dict) -> tuple[str, list[Path]]:
+    """Build `arch` on the meta device and write its shipped description(s): ("dtype-free" | "per dtype", files)."""
+    desc, free = _build(model_type, arch, "bfloat16")
+    if free is not None:
+        entries = [(None, free)]
+    else:  # the description depends on the dtype: one file per dtype a plan may load in
+        entries = [(dtype, _build(model_type, arch, dtype)[0]) for dtype in DTYPES]
     written = []
-    for name, model_type, arch in _profiles():
-        desc, free = _build(model_type, arch, "bfloat16")
-        if free is not None:
-            entries = [(None, free)]
-        else:  # the description depends on the dtype: one file per dtype a plan may load in
-            entries = [(dtype, _build(model_type, arch, dtype)[0]) for dtype in DTYPES]
-        for dtype, value in entries:
-            key = _key(model_type, arch, dtype)
-            if not _write(SHIPPED_DIR, key, value):
-                raise SystemExit(f"{name}: its description does not read back equal from JSON; fix the codec")
-            written.append(SHIPPED_DIR / key.file_name)
-        print(f"{name}: {model_type}, {'dtype-free' if free is not None else 'per dtype'}", flush=True)
-    for path in SHIPPED_DIR.glob("*.json"):
-        if path not in written:
-            path.unlink()
-    return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m planner.model.described", description=__doc__.splitlines()[0])
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--regenerate", action="store_true", help="rebuild every profile's shipped description")
-    action.add_argument("--check", action="store_true", help="list stale shipped descriptions (exit 1 if any)")
-    args = parser.parse_args(argv)
-    if args.regenerate:
-        written = regenerate()
-        print(f"{len(written)} descriptions in {SHIPPED_DIR} (transformers {transformers_version()})")
-        return 0
-    stale = stale_profiles()
-    for name, why in stale:
-        print(f"{name}: {why}")
-    print(f"{len(stale)} stale: run `{REGENERATE}`" if stale else "every shipped description is current")
-    return 1 if stale else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    for dtype, value in entries:
+        key = _key(model_type, arch, dtype)
+        if not _write(SHIPPED_DIR, key, value):
+            raise ShardwiseError(f"{model_type}: its description does not read back equal from JSON; fix the codec")
+        written.append(SHIPPED_DIR / key.file_name)
+    return ("dtype-free" if free is not None else "per dtype"), written
