@@ -228,7 +228,7 @@ def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(site)},
+        env={**os.environ, "PYTHONPATH": str(site), "HF_HOME": str(tmp_path / "hf")},  # no earlier plan's cache
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(site))
