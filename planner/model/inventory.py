@@ -275,11 +275,9 @@ def build_inventory(
         except NotImplementedError:
             desc = None  # an option only the real module tree can size: fall through to the meta build
     if desc is None:
-        from planner.model.config_check import refuse_encoder_only
         from planner.model.meta import describe_on_meta
 
-        refuse_encoder_only(model_type, arch)
-
+        # encoder-only and encoder-decoder types are refused there, by what transformers' own mappings register
         desc, source = describe_on_meta(model_type, arch, dtype), "meta"
     if fmt is not None and fmt.method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
         raise ShardwiseError(
