@@ -129,6 +129,8 @@ def _place_on(
         model_dir=spec.model_dir,
         load_quantization=formats.load_quant,
     )
+    for entry in inv.provenance:  # a meta-path description: shipped, cached or built now
+        notes.decide(*entry)
     for warning in inv.warnings:  # context limits, checkpoint names
         if warning not in notes.warnings:
             notes.warn(warning)

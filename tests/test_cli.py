@@ -215,3 +215,21 @@ def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(site)) and "FITS" in result.stdout
+    # the meta-device descriptions of the profiles ship too: a model outside the fast path plans from them
+    assert any(n.startswith("planner/model/descriptions/") and n.endswith(".json") for n in names)
+    code = (
+        "import sys; from planner.config.compose import make_plan; import planner; print(planner.__file__); "
+        "plan = make_plan('deepseek-v3', 'h100_80gb', ['hardware.count=8']); "
+        "print([d.value for d in plan.decisions if d.what == 'architecture'], 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(str(site))
+    assert result.stdout.splitlines()[-1] == "['shipped description'] False"

@@ -2,7 +2,8 @@
 
 `build_inventory(arch, dtype=...)` sizes a config.json dict. Known families (planner/architectures.py)
 take the fast path: pure arithmetic on the config numbers, no torch import. Any other model_type
-transformers can build goes the general path (planner/model/meta.py). A local model
+transformers can build goes the general path (planner/model/meta.py), stored on disk after the first
+build and shipped for every profile (planner/model/described.py). A local model
 directory's safetensors headers replace the computed shipped bytes (planner/safetensors_index.py).
 Weight bytes follow how transformers 5.25 loads: the compute dtype, `_keep_in_fp32_modules` for
 float16 loads (`_strict` also for bfloat16), and each quantization format's packing when kept
@@ -89,6 +90,7 @@ class Inventory:
     warnings: tuple[
         str, ...
     ] = ()  # one-line notes the planner should show (checkpoint names that do not match the modules)
+    provenance: tuple[tuple[str, str, str], ...] = ()  # (what, value, reason): where a meta-path description came from
     model_class: str = ""  # the transformers class sized
     class_reason: str = ""  # how that class was chosen
     image_tokens: int = 0  # decoder tokens one image takes (0: text only)
@@ -268,17 +270,17 @@ def build_inventory(
             f"cannot size architecture {arch.get('architectures')!r}: config.json has no model_type; "
             "add model_type or give model.path to a directory with safetensors files"
         )
-    desc, source = None, "fast"
+    desc, source, provenance = None, "fast", ()
     if model_type in architectures.FAMILIES:
         try:
             desc = architectures.describe(model_type, arch)
         except NotImplementedError:
             desc = None  # an option only the real module tree can size: fall through to the meta build
-    if desc is None:
-        from planner.model.meta import describe_on_meta
+    if desc is None:  # the general path: a stored meta-device build, else a fresh one (planner.model.described)
+        from planner.model import described
 
-        # encoder-only and encoder-decoder types are refused there, by what transformers' own mappings register
-        desc, source = describe_on_meta(model_type, arch, dtype), "meta"
+        desc, decision = described.describe(model_type, arch, dtype)
+        source, provenance = "meta", (decision,)
     if fmt is not None and fmt.method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
         raise ShardwiseError(
             f"quantization 'mxfp4' on model_type {model_type!r}: only gpt_oss experts ship as MXFP4; "
@@ -346,6 +348,7 @@ def build_inventory(
         source=source,
         context_limit=context_limit,
         warnings=tuple(warnings) + tuple(desc.notes),
+        provenance=provenance,
         model_class=desc.model_class,
         class_reason=desc.class_reason,
         image_tokens=desc.image_tokens,

@@ -254,8 +254,8 @@ def _describe_on_meta(model_type: str, arch: dict, dtype: str) -> ArchDescriptio
         no_split_module=layer_class if layer_class in no_split else no_split[0],
         # the top config's plan: a composite model whose own config declares none is not claimed tensor-parallel
         has_tp_plan=bool(getattr(type(config), "base_model_tp_plan", None)),
-        keep_fp32=tuple(model._keep_in_fp32_modules or ()),
-        keep_fp32_strict=tuple(model._keep_in_fp32_modules_strict or ()),
+        keep_fp32=tuple(sorted(model._keep_in_fp32_modules or ())),  # a set in transformers 5: one order
+        keep_fp32_strict=tuple(sorted(model._keep_in_fp32_modules_strict or ())),
         notes=(),
         num_experts=num_experts,
         experts_per_token=experts_per_token,
