@@ -46,13 +46,18 @@ def _profile_or_hub_node(model: str) -> dict:
         return {"hub_id": model, "name": model}
 
 
-def _make_plan(**kwargs):
-    """planner.config.compose.make_plan; what Hydra refuses in `overrides` becomes a one-line ShardwiseError."""
+def _composed(overrides):
+    """The plan config with `overrides`; what Hydra refuses becomes a one-line ShardwiseError."""
+    from planner.config.compose import compose
+
+    return _hydra_checked(lambda: compose("plan", list(overrides)))
+
+
+def _hydra_checked(call):
     from planner.config.app import composition_error
-    from planner.config.compose import make_plan
 
     try:
-        return make_plan(**kwargs)
+        return call()
     except ShardwiseError:
         raise
     except Exception as exc:
@@ -60,6 +65,13 @@ def _make_plan(**kwargs):
         if error is None:
             raise
         raise error from None
+
+
+def _make_plan(**kwargs):
+    """planner.config.compose.make_plan; what Hydra refuses in `overrides` becomes a one-line ShardwiseError."""
+    from planner.config.compose import make_plan
+
+    return _hydra_checked(lambda: make_plan(**kwargs))
 
 
 class OpenAIChat:
@@ -104,10 +116,10 @@ class OpenAIChat:
         consent = consents_to_remote_code(trust_remote_code, overrides, fresh_plan=plan is None)
         if defaults is not None:
             defaults = defaults.checked()
-        elif any(o.lstrip("+~").startswith("generation.") for o in overrides):
-            from planner.config.compose import compose
-
-            defaults = SamplingParams.from_generation(compose("plan", list(overrides)).generation)
+        if overrides:  # a typo'd key is bad input: said before the model is looked up or fetched
+            composed = _composed(overrides)
+            if defaults is None and any(o.lstrip("+~").startswith("generation.") for o in overrides):
+                defaults = SamplingParams.from_generation(composed.generation)
         checked = False
         if plan is None and not model_path:
             checked = check_model_reachable(_profile_or_hub_node(model))  # offline: one error before planning

@@ -299,7 +299,7 @@ QC = "quantization_config"
         ),
         ({"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 8}, "num_experts_per_tok in config"),
         ({"model_type": "bert", "architectures": ["BertModel"]}, "not a causal language model"),
-        ({"model_type": "bert", "architectures": None}, "bert is an encoder model"),
+        ({"model_type": "bert", "architectures": None}, "not a causal language model"),
         ({"architectures": ["LlamaForSequenceClassification"]}, "not a causal language model"),
     ],
 )

@@ -77,8 +77,10 @@ def test_three_thousand_short_messages_fit_with_a_logarithmic_number_of_renders(
     prompt = ChatPrompt(llama_tokenizer)
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(3001)]
     renders = []
-    real_encode = prompt.encode
-    prompt.encode = lambda kept, *args, **kwargs: renders.append(len(kept)) or real_encode(kept, *args, **kwargs)
+    real_encode = prompt.encode_with_media  # every render of the template (text, and images when there are any)
+    prompt.encode_with_media = lambda kept, *args, **kwargs: (
+        renders.append(len(kept)) or real_encode(kept, *args, **kwargs)
+    )
     ids, dropped = prompt.fit(messages, context_tokens=256, max_tokens=16)
     assert 1 <= len(renders) <= 2 * 12 + 4, renders  # log2(3001) < 12
     assert len(ids) + 16 <= 256 and dropped > 2900

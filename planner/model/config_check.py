@@ -120,21 +120,3 @@ def _check_meaning(data: dict, path) -> None:
             f"{path}: the checkpoint ships {', '.join(named)[:120]}, not a causal language model: "
             "shardwise plans decoder-only chat models"
         )
-
-
-def refuse_encoder_only(model_type: str, arch: dict) -> None:
-    """A model type transformers builds as an encoder unless `is_decoder: true` (BERT, RoBERTa...) is not a chat model.
-
-    Asks transformers: only the configs of models that can be either keep an `is_decoder` switch. Called for
-    model types outside the fast path, which import transformers anyway.
-    """
-    from transformers import CONFIG_MAPPING
-
-    if model_type not in CONFIG_MAPPING or arch.get("is_decoder") is True:
-        return
-    config_class = CONFIG_MAPPING[model_type]
-    if "is_decoder" in getattr(config_class, "__dataclass_fields__", {}) or hasattr(config_class, "is_decoder"):
-        raise ShardwiseError(
-            f"{model_type} is an encoder model (its config has no is_decoder: true): shardwise plans decoder-only "
-            "chat models"
-        )

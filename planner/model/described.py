@@ -144,10 +144,9 @@ def _build(model_type: str, arch: dict, dtype: str) -> tuple[ArchDescription, Ar
     """
     import copy
 
-    from planner.model.config_check import refuse_encoder_only
     from planner.model.meta import describe_on_meta
 
-    refuse_encoder_only(model_type, arch)  # asks transformers: a stored description has passed it already
+    # the general path refuses encoder and encoder-decoder types (transformers' mappings); only builds are stored
     # transformers' config classes rewrite nested dicts they are given (rope_scaling): the caller's config,
     # and so its key, must stay as the planner read it
     builds = {dtype: describe_on_meta(model_type, copy.deepcopy(arch), dtype)}

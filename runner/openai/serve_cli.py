@@ -276,6 +276,8 @@ def serve(cfg) -> None:
             "serving on %s without an API key: anyone who can reach this port can use the model (set serve.api_key)",
             settings.host,
         )
+    # a host or port that cannot be bound is bad input: said before the model is looked up, planned or fetched
+    listen_socket(settings.host, settings.port).close()
     sources = model_sources(cfg)
     failure: list[BaseException] = []
     server_box: list = []
