@@ -242,6 +242,21 @@ class OpenAIChat:
     def clear_memory(self) -> None:
         self.session.clear_memory()
 
+    def close(self) -> None:
+        """Stop the continuous-batching loop (if this chat planned sessions); later calls run one at a time.
+
+        Not required before exit (the loop's thread never holds the process open); `with OpenAIChat(...) as chat:`
+        calls it at the end of the block."""
+        engine = getattr(self.session.loaded, "batching", None)
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> OpenAIChat:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def _chunks(session, messages: list[dict], params: SamplingParams, response) -> Iterator[dict]:
     """Generation starts at the first chunk asked for (a generator), and stops when the iterator is closed."""
