@@ -166,8 +166,8 @@ def print_row(r: dict) -> None:
 
 
 def fit(rows: list[dict]) -> dict:
-    """policy.performance factors from rows predicted with neutral factors (planner/calibration.py)."""
-    from planner.calibration import Sample, fit_factors
+    """policy.performance factors from rows predicted with neutral factors (planner/speed/calibration.py)."""
+    from planner.speed.calibration import Sample, fit_factors
 
     return fit_factors(
         [

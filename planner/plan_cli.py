@@ -70,7 +70,7 @@ def task(cfg):
         # one plan per line in a -m sweep (JSON Lines), pretty-printed otherwise
         print(dumps_json(plan.to_dict(), "plan", indent=None) if _in_sweep() else plan.to_json(), flush=True)
     else:
-        from planner.report import render
+        from planner.explain.report import render
 
         render(plan, plan_path=str(written[-1]))
         print("plan.json: " + ", ".join(str(p) for p in written))

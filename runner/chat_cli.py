@@ -25,7 +25,7 @@ def build_plan(cfg):
     """The plan to run: plan_file (checked against this machine) or a fresh one from the composed config."""
     from hydra.core.hydra_config import HydraConfig
 
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     if cfg.plan_file:
         plan = Plan.load(cfg.plan_file)

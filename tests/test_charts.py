@@ -109,7 +109,7 @@ def _replanner(model, hw, overrides):
 
 
 def test_the_context_curve_is_the_planner_re_planned_at_each_point():
-    from planner.planning import plan_model
+    from planner.driver.planning import plan_model
 
     spec, hw, policy = _replanner("gpt-oss-20b", "l4", [])
     curve = context_curve(spec, hw, policy, plan_model, max_context=131072, planned=65536, windows=(128,))

@@ -169,7 +169,7 @@ def plan_dict():
 def test_hostile_plan_files_load_or_refuse(tmp_path_factory, plan_dict, path, value):
     import copy
 
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     data = copy.deepcopy(plan_dict)
     node = data

@@ -276,7 +276,7 @@ def test_hostile_snapshots_are_one_line(tmp_path, snapshot, needle):
 )
 def test_plan_file_fields_of_the_wrong_type_are_refused_naming_the_field(tmp_path, change, needle):
     from planner.errors import ShardwiseError
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     data = _a_plan().to_dict()
     change(data)
@@ -402,7 +402,7 @@ def test_a_does_not_fit_without_fixes_says_nothing_here_would_fit():
     from rich.console import Console
 
     from planner.config.compose import make_plan
-    from planner.report import render
+    from planner.explain.report import render
 
     plan = make_plan("gpt-oss-120b", "a100_40gb")
     assert not plan.fits and plan.binding["fixes"]
@@ -426,7 +426,7 @@ def test_an_offload_fix_states_and_sets_the_context_it_was_planned_at():
 
 
 def test_the_fewer_sessions_fix_is_the_largest_count_that_fits_and_found_by_bisection(monkeypatch):
-    import planner.sizing as sizing
+    import planner.place.sizing as sizing
     from planner.config.compose import make_plan
 
     placements = [0]

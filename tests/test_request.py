@@ -10,8 +10,8 @@ import pytest
 
 from planner.config.compose import compose, make_plan
 from planner.config.request import parse_tokens, policy_from_config, request_from_config
+from planner.decide.policy import Policy
 from planner.errors import ShardwiseError
-from planner.policy import Policy
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_model_path_is_served_under_its_directory_name(model_dir):
 
 def test_serve_plans_auto_sessions_by_default_and_says_so(model_dir):
     """serve's own config sizes the paged cache for as many sequences as fit (bounded), and the plan says why."""
-    from planner.sessions import MAX_SESSIONS_CPU
+    from planner.driver.sessions import MAX_SESSIONS_CPU
 
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}"])
     plan = serve_cli.plan_for(cfg, cfg.model)

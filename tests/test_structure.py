@@ -89,7 +89,7 @@ def test_the_graph_sees_lazy_and_importlib_imports():
     """The scanner itself: a function-level import and an importlib string are both edges."""
     graph = import_graph()
     assert "planner.config.request" in graph["planner.config.compose"]  # imported inside make_plan
-    assert "planner.planning" in graph["planner.config.request"]  # imported inside plan_from_config
+    assert "planner.driver.planning" in graph["planner.config.request"]  # imported inside plan_from_config
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -116,15 +116,15 @@ def test_the_planner_core_does_not_import_the_config_layer():
     """planner/config hands the core a typed request; the core never reaches back into planner/config."""
     graph = import_graph()
     core = [
-        "planner.planning",
-        "planner.sizing",
-        "planner.sessions",
-        "planner.search",
-        "planner.explain",
-        "planner.fixes",
-        "planner.fallbacks",
+        "planner.driver.planning",
+        "planner.place.sizing",
+        "planner.driver.sessions",
+        "planner.place.search",
+        "planner.explain.prose",
+        "planner.driver.fixes",
+        "planner.driver.fallbacks",
     ]
-    core += ["planner.policy", "planner.placement", "planner.memory", "planner.decisions"]
+    core += ["planner.decide.policy", "planner.place.placement", "planner.memory.terms", "planner.decide.decisions"]
     reaching = sorted(f"{m} -> {t}" for m in core for t in graph[m] if t.startswith("planner.config"))
     assert reaching == []
 

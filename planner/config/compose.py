@@ -9,7 +9,7 @@ from __future__ import annotations
 from planner.config import bounds
 from planner.config.app import conf_dir, normalize_overrides, resolve_or_refuse
 from planner.hardware.devices import Hardware
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 
 
 def compose(config_name: str = "plan", overrides: list[str] = ()):

@@ -164,7 +164,7 @@ def check_model_reachable(model_cfg) -> bool:
 
 def check_runnable(plan) -> None:
     """Refuse, in one line, a plan this machine cannot load for reasons that are not memory (the plan's values
-    themselves were range-checked when it was read: planner.plan_check)."""
+    themselves were range-checked when it was read: planner.planfile.plan_check)."""
     _check_dtypes(plan)
     _check_source(plan)
     _check_devices(plan)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from planner.config.schema import Target
 from planner.errors import ShardwiseError
-from planner.plan import Decision, Plan
+from planner.planfile.plan import Decision, Plan
 from runner.launch import render as L
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from planner.errors import ShardwiseError
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 from runner.engine.prompt import ChatPrompt, ContextLengthError, context_tokens, max_new_tokens
 from runner.engine.sampling import SamplingParams
 

@@ -99,7 +99,7 @@ def plan_for(cfg, model_node) -> object:
     """A fresh plan for `model_node` with the rest of `cfg` (hardware probed now), planned once.
 
     The plan is for this runner (Policy.batching=runner: sessions=auto on a layout it serves one request at a
-    time plans one session; planner.planning). serve's default policy.sessions=auto holds for one batched
+    time plans one session; planner.driver.planning). serve's default policy.sessions=auto holds for one batched
     model; with serve.models each model plans one session instead (the first model's paged cache must not take
     the memory the next ones are planned in), and with serve.batching=false too (nothing would use the other
     sessions' cache). The planner writes the count and its reason.
@@ -109,8 +109,8 @@ def plan_for(cfg, model_node) -> object:
     from omegaconf import OmegaConf
 
     from planner.config.request import plan_from_config
+    from planner.driver.sessions import one_session_reason
     from planner.hardware.tiers import resolve_hardware
-    from planner.sessions import one_session_reason
 
     hardware = resolve_hardware(cfg.hardware, name=_hardware_choice(cfg))
     block = read_serve_block(cfg.get("serve"))
@@ -155,7 +155,7 @@ def _aliases(model_node) -> tuple[str, ...]:
 
 def model_sources(cfg) -> list:
     """One ModelSource per served model; the primary one is planned here, before the port opens."""
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
     from runner.openai.app import ModelSource
 
     if cfg.get("plan_file"):

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planner.decide.policy import Policy
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.memory import CostModel, headroom
+from planner.memory.terms import CostModel, headroom
 from planner.model.inventory import Inventory
-from planner.placement import best_chunk, evaluate, largest_context, layout_layers, layout_offload
-from planner.plan import Notes
-from planner.policy import Policy
+from planner.place.placement import best_chunk, evaluate, largest_context, layout_layers, layout_offload
+from planner.planfile.plan import Notes
 from planner.units import MIB
 
-ALWAYS_STAGES = 64  # pipeline stages tried whatever the model (planner.search.most_stages)
+ALWAYS_STAGES = 64  # pipeline stages tried whatever the model (planner.place.search.most_stages)
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Found:
     context: int
     chunk: int
     fewer_reach: int | None = None
-    why: str = ""  # set when policy.objective took this layout over the fewest GPUs (planner.objective)
+    why: str = ""  # set when policy.objective took this layout over the fewest GPUs (planner.place.objective)
 
 
 @dataclass
@@ -177,7 +177,7 @@ def speed_alternatives(inv: Inventory, cost: CostModel, hw: Hardware, policy: Po
     """Layouts policy.strategy=auto does not search but policy.objective may take: tensor parallel inside a node.
 
     The fewest-GPUs search pipelines inside a node (one process); tensor parallel there needs a
-    torchrun launch, so it is weighed only by speed (planner.objective), where the GPUs are NVLinked.
+    torchrun launch, so it is weighed only by speed (planner.place.objective), where the GPUs are NVLinked.
     """
     gpus = gpu_entries(hw, policy, 0)
     if policy.strategy != "auto" or len(gpus) < 2 or not inv.has_tp_plan or hw.interconnect != "nvlink":
@@ -236,7 +236,7 @@ def most_stages(inv: Inventory) -> int:
     """The most pipeline stages worth laying out: twice one per decoder layer plus the embedding and the head, or 64.
 
     A stage holds at least one layer, the embedding or the head, or nothing (placement never splits
-    a layer). The proportional split (planner.placement) may leave a GPU empty before every layer
+    a layer). The proportional split (planner.place.placement) may leave a GPU empty before every layer
     has its own, when a layer takes more than a GPU's share (24 layers of gpt-oss-20b at 64
     sessions spread best over 28 GPUs), so twice that many are tried; and never fewer than 64, so
     every machine up to 8 nodes of 8 GPUs is searched in full. This bounds every pipeline search

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner import stack
+from planner.decide import stack
+from planner.decide.quant_support import ON_LOAD, decide_on_load
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.quant_support import ON_LOAD, decide_on_load
 
 # Attention kernels transformers uses by default per model_type when sdpa is unsupported
 # (from each modeling file's `_supports_sdpa`): these run eager attention.
@@ -20,7 +20,7 @@ EAGER_ONLY = {"gpt_oss", "gemma2"}
 MXFP4_MIN_CC = (7, 5)
 # What transformers' MXFP4 quantizer checks of triton before it keeps the packed weights (quantizer_mxfp4.py
 # in transformers 5.25; tests/test_dtypes.py compares them with the installed source). The `kernels` range
-# is not copied here: planner/stack.py reads it from the installed transformers' own metadata.
+# is not copied here: planner/decide/stack.py reads it from the installed transformers' own metadata.
 TRITON_MIN_CUDA = (3, 4)
 TRITON_MIN_CPU = (3, 5)
 
@@ -72,7 +72,7 @@ def decide_quantization(method: str | None, policy: str, hw: Hardware, dtype: st
             )
         return False, "shipped unquantized"
     if method != "mxfp4":
-        from planner.quant_support import decide_format
+        from planner.decide.quant_support import decide_format
 
         return decide_format(method, policy, hw, dtype)
     if policy == "none":

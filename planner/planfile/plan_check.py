@@ -117,7 +117,7 @@ def check_plan_dict(data: dict, plan_cls, classes: dict[str, type]) -> None:
 # Devices a plan may place weights on, as from_pretrained takes them: a GPU index, "cuda:N", "cpu" or "disk".
 # "meta" would load nothing (every later call fails), bare "cuda" means whichever GPU is current.
 _NAMED_DEVICES = ("cpu", "disk")
-# attention implementations the planner writes (planner.decisions.decide_attention); anything else, such as a hub
+# attention implementations the planner writes (planner.decide.decisions.decide_attention); anything else, such as a hub
 # kernel repository, would make transformers fetch and run code the plan's reviewer never saw.
 SERVING_MODES = ("batched", "sequential")
 MAX_PAGE_TOKENS = 4096
@@ -125,8 +125,8 @@ _SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)
 
 
 def known_attention() -> tuple[str, ...]:
-    from planner.decisions import FLASH_ATTN3_HUB
-    from planner.policy import ATTENTION_KERNELS
+    from planner.decide.decisions import FLASH_ATTN3_HUB
+    from planner.decide.policy import ATTENTION_KERNELS
 
     return tuple(k for k in ATTENTION_KERNELS if k != "auto") + (FLASH_ATTN3_HUB,)
 

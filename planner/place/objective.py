@@ -1,7 +1,7 @@
 """Which of the layouts that fit at the planned context a plan takes, by predicted speed (policy.objective).
 
-The search (planner.search.first_fit) finds the fewest GPUs that reach the context; the layouts that
-also fit at that context are then weighed by the speed model (planner.speed), once each, never per
+The search (planner.place.search.first_fit) finds the fewest GPUs that reach the context; the layouts that
+also fit at that context are then weighed by the speed model (planner.speed.block), once each, never per
 context probe:
 
 - latency: the fastest one-sequence decode (ties: fewer GPUs);
@@ -11,7 +11,7 @@ context probe:
   there, and more GPUs in tensor parallel inside a node (a torchrun launch) are taken only for
   latency or throughput; when they would be faster the decision says so.
 
-Pure: the caller hands in how to fit a layout at the context and how to price it (planner.planning).
+Pure: the caller hands in how to fit a layout at the context and how to price it (planner.driver.planning).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from planner.policy import Policy
-from planner.search import Attempt, Found
+from planner.decide.policy import Policy
+from planner.place.search import Attempt, Found
 
 AUTO_MARGIN = 0.10  # auto: fewer GPUs are worth up to this fraction of the fastest decode
-# Layouts weighed per family (planner.objective.family), fewest GPUs first: a larger pipeline of the
+# Layouts weighed per family (planner.place.objective.family), fewest GPUs first: a larger pipeline of the
 # same GPUs splits the same layers into more stages that run one after another, reading the same bytes
 # per token plus one hand-off more per stage, so it is never faster than a smaller one that fits.
 # The first few that fit hold the fastest (one would do; the rest is margin for rounding in the

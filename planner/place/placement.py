@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.hardware.devices import Device
-from planner.memory import CostModel
+from planner.memory.terms import CostModel
 from planner.model.inventory import REPLICATED_KINDS, Inventory, ModuleEntry
-from planner.plan import DeviceBudget
+from planner.planfile.plan import DeviceBudget
 
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256, 128)
 REPAIR_MOVES = 3  # boundary layers moved at most when a proportional split overflows a device

@@ -2,30 +2,31 @@
 
 The single planning step, run once per question; the searches that ask it many questions
 (policy.sessions=auto, the fixes of a misfit, the fallback chain, model=auto) live in
-planner.planning (the driver), planner.sessions, planner.fixes and planner.fallbacks, and call
+planner.driver: planning.py (the driver), sessions.py, fixes.py and fallbacks.py, and call
 `size_and_place` directly. Order mirrors the design: hardware -> dtype and quantization (decided
 before sizing) -> inventory -> cost model -> strategy search (fewest GPUs, then tensor parallel
-across nodes, then offload; planner.search) -> limits -> why it does or does not fit
-(planner.explain) -> launch. Pure: nothing here reads files or touches a GPU.
+across nodes, then offload; planner.place.search) -> limits -> why it does or does not fit
+(planner.explain.prose) -> launch. Pure: nothing here reads files or touches a GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from planner import explain, objective, search
-from planner.decisions import Formats, decide_formats
+from planner.decide.decisions import Formats, decide_formats
+from planner.decide.policy import Policy
+from planner.decide.stack import software_block
 from planner.errors import ShardwiseError
+from planner.explain import prose
 from planner.hardware.devices import Hardware
-from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
-from planner.memory import CostModel
+from planner.memory.kv import kv_bytes_per_token, state_bytes_per_sequence
+from planner.memory.serving import human_bytes, plan_serving
+from planner.memory.terms import CostModel
 from planner.model.inventory import DTYPE_BYTES, Inventory, build_inventory
 from planner.model.source import ModelSpec
-from planner.placement import Slot, best_chunk, evaluate
-from planner.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
-from planner.policy import Policy
-from planner.serving import human_bytes, plan_serving
-from planner.stack import software_block
+from planner.place import objective, search
+from planner.place.placement import Slot, best_chunk, evaluate
+from planner.planfile.plan import Decision, DeviceBudget, Launch, Limits, ModelInfo, Notes, Plan, Quantization, Serving
 from planner.vllm.driver import runner_engine_block
 
 
@@ -49,17 +50,19 @@ def size_and_place(
     speed: bool = True,
     sessions_reason: str = "",
 ) -> Placed:
-    """The plan for exactly this request: `policy.sessions` is a count here (auto is a search: planner.planning).
+    """The plan for exactly this request: `policy.sessions` is a count here (auto is a search: planner.driver.planning).
 
     cap_context: a context beyond the model's maximum is capped (fallbacks, model=auto), not refused.
     choose=False keeps the fewest GPUs that fit without weighing the others by policy.objective, and
     speed=False leaves out the performance block: for the plans a search asks only whether they fit.
     sessions_reason: why policy.sessions is this count, when a search chose it (else policy.sessions_why,
     else the policy asked for it). A plan that does not
-    fit names what binds; what would make it fit is the driver's question (planner.fixes).
+    fit names what binds; what would make it fit is the driver's question (planner.driver.fixes).
     """
     if policy.sessions is None and not policy.engine.is_vllm:  # vLLM sizes sessions=auto itself (planner/vllm)
-        raise ValueError("size_and_place plans a session count: policy.sessions=auto is planner.planning's search")
+        raise ValueError(
+            "size_and_place plans a session count: policy.sessions=auto is planner.driver.planning's search"
+        )
     reason = sessions_reason or policy.sessions_why
     return _place_preferring_stronger(spec, hw, policy, cap_context, speed, choose, reason)
 
@@ -171,12 +174,12 @@ def _place_on(
     attempt, context, chunk = found.attempt, found.context, found.chunk
     slots = attempt.build(context, chunk)
     priced = evaluate(slots, cost, context, chunk)
-    strategy = explain.executed_strategy(attempt, slots)
-    explain.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
+    strategy = prose.executed_strategy(attempt, slots)
+    prose.explain_strategy(notes, strategy, found, slots, priced, hw, inv, policy)
     if chosen_because:
         notes.decide("objective", policy.objective, chosen_because)
-    binding = explain.explain_context(notes, inv, cost, attempt, context, chunk, requested)
-    explain.explain_chunk(notes, context, chunk, formats.attn)
+    binding = prose.explain_context(notes, inv, cost, attempt, context, chunk, requested)
+    prose.explain_chunk(notes, context, chunk, formats.attn)
     notes.decide(
         "sessions",
         policy.sessions,
@@ -186,14 +189,14 @@ def _place_on(
 
 
 def _by_objective(run: _Sizing, tried: list, found: search.Found) -> tuple[search.Found, str]:
-    """The layout policy.objective takes among those that fit at the found context, and why (planner.objective)."""
+    """The layout policy.objective takes among those that fit at the found context, and why (place/objective.py)."""
     context, chunk_req = found.context, run.policy.prefill_chunk_tokens
 
     def chunk_at(attempt) -> int | None:
         return best_chunk(lambda c, k: attempt.fits_at(run.cost, c, k), context, chunk_req)
 
     def price(attempt, chunk: int) -> dict:
-        from planner.speed import decode_speeds
+        from planner.speed.block import decode_speeds
 
         return decode_speeds(
             run.inv,
@@ -220,12 +223,12 @@ def _does_not_fit(run: _Sizing, tried: list, context: int) -> Plan:
     chunk = min(context, 512)
     slots = attempt.build(context, chunk) or []
     priced = evaluate(slots, run.cost, context, chunk) if slots else []
-    tried_text = explain.tried(attempt, run.hw, run.inv, run.policy)
+    tried_text = prose.tried(attempt, run.hw, run.inv, run.policy)
     if attempt.strategy != "offload" and any(a.strategy == "offload" for a in tried):  # tried too, not shown
         offload = next(a for a in tried if a.strategy == "offload")
-        tried_text += f"; {explain.tried(offload, run.hw, run.inv, run.policy)} did not fit either"
+        tried_text += f"; {prose.tried(offload, run.hw, run.inv, run.policy)} did not fit either"
     run.notes.decide("strategy", objective.label(attempt), f"does not fit on the largest layout tried: {tried_text}")
-    binding = explain.does_not_fit_binding(run.notes, run.cost, priced, context, fixes=[])
+    binding = prose.does_not_fit_binding(run.notes, run.cost, priced, context, fixes=[])
     if binding:
         shards = max(attempt.tp_size, 1)  # a tensor-parallel row stands for each GPU of its stage
         binding = {
@@ -288,7 +291,7 @@ def _make_plan(run: _Sizing, strategy, attempt, slots, priced, context, chunk, f
 
 
 def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> dict:
-    """The plan's predicted speed (planner/speed.py) on its layout, with tpot_ms / ttft_ms as every engine has."""
+    """The plan's predicted speed (planner/speed/block.py) on its layout, with tpot_ms / ttft_ms as every engine has."""
     block = _speed(run, slots, attempt, limits.context_tokens, limits.prefill_chunk_tokens, limits.sessions)
     if block.get("available") and block.get("aggregate_tokens_per_s"):
         per_sequence = block["aggregate_tokens_per_s"] / max(limits.sessions, 1)
@@ -303,7 +306,7 @@ def _performance(run: _Sizing, slots: list[Slot], attempt, limits: Limits) -> di
 
 def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, sessions: int) -> dict:
     """The performance block of `slots` laid out by `attempt` at (context, prefill chunk; 0 or >= context: none)."""
-    from planner.speed import performance_block
+    from planner.speed.block import performance_block
 
     return performance_block(
         run.inv,
@@ -320,7 +323,7 @@ def _speed(run: _Sizing, slots: list[Slot], attempt, context: int, chunk: int, s
 
 
 def _serving(notes: Notes, inv, formats: Formats, strategy, context, sessions, hw, priced) -> Serving:
-    """Continuous batching sized for policy.sessions at the planned context (planner/serving.py)."""
+    """Continuous batching sized for policy.sessions at the planned context (planner/memory/serving.py)."""
     serving = plan_serving(
         inv,
         dtype_bytes=DTYPE_BYTES[formats.dtype],

@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from planner import stack
-from planner.decisions import Formats, mxfp4_blocked_by_hardware
+from planner.decide import stack
+from planner.decide.decisions import Formats, mxfp4_blocked_by_hardware
+from planner.decide.policy import Policy
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
 from planner.limits import MAX_NODES
 from planner.model.inventory import Inventory
 from planner.model.source import ModelSpec
-from planner.plan import Plan
-from planner.policy import Policy
-from planner.sizing import size_and_place
+from planner.place.sizing import size_and_place
+from planner.planfile.plan import Plan
 from planner.units import GIB
 
 Replan = Callable[..., Plan | None]  # (policy=None, hardware=None, fit_only=False) -> the plan changed; None: invalid
@@ -163,7 +163,7 @@ def _replanner(spec: ModelSpec, hw: Hardware, policy: Policy) -> Replan:
 
 
 def what_would_fit(spec: ModelSpec, hw: Hardware, policy: Policy, formats: Formats, inv: Inventory) -> list[dict]:
-    """The changes that make this does-not-fit plan fit, each re-planned (planner.sizing) before it is offered."""
+    """The changes that make this does-not-fit plan fit, each re-planned (planner.place.sizing) before it is offered."""
     replan = _replanner(spec, hw, policy)
     fixes = []
     # fit checks at one context are much cheaper than finding the largest one

@@ -13,9 +13,9 @@ a tier that was not probed states what the target must have installed.
 
 from __future__ import annotations
 
+from planner.decide.stack import parse_version
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.stack import parse_version
 
 FP8_MIN_CC = (8, 9)
 # package -> minimum version transformers checks (None: any)
@@ -28,7 +28,7 @@ PACKAGES = {
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    """An installed package's release as (major, minor, micro), parsed by `packaging` (planner.stack.parse_version).
+    """An installed package's release as (major, minor, micro), parsed by `packaging` (decide.stack.parse_version).
 
     "3.4" is (3, 4, 0), "3.5.0+cu128" and "0.18.2.dev1" keep their release numbers; a version string
     packaging cannot read counts as (0, 0, 0): too old for any minimum, so the plan says it is missing.

@@ -3,7 +3,7 @@
 planned(d) = weights(d) + kv(d) + activations(d) + overhead(d) <= usable(d) = free(d) - headroom(d)
 
 Weights come from the inventory (exact). KV cache is per layer on the device that holds the
-layer (window-aware, see planner.kv); Mamba / linear-attention layers hold a fixed state per
+layer (window-aware, see planner.memory.kv); Mamba / linear-attention layers hold a fixed state per
 sequence instead, priced as its own term (`group_state`). Activations are the prefill peak of the attention kernel
 that will really run, for one sequence in flight (the runner serves one prefill at a time),
 plus the sampling logits of every concurrent session on the lm_head device. Overhead is the
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device
-from planner.kv import layer_kv_bytes, layer_state_bytes
+from planner.memory.kv import layer_kv_bytes, layer_state_bytes
 from planner.model.inventory import DTYPE_BYTES, Inventory, LayerSpec
 from planner.units import MIB
 
@@ -110,7 +110,7 @@ class CostModel:
         heaviest module with its KV (placement never splits one). A layout fits only when each GPU's
         plan fits its usable memory, so GPUs with less usable memory together, or none with room
         for that module, can never fit: the search skips them without laying anything out
-        (planner.search.Attempt.fits_at).
+        (planner.place.search.Attempt.fits_at).
         """
         key = ("least", context_tokens)
         found = self._cache.get(key)

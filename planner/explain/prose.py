@@ -6,14 +6,14 @@ the binding (device and term) where one applies.
 
 from __future__ import annotations
 
+from planner.decide.policy import Policy
 from planner.hardware.devices import Hardware
-from planner.memory import CostModel
+from planner.memory.terms import CostModel
 from planner.model.inventory import Inventory
-from planner.objective import label
-from planner.placement import evaluate
-from planner.plan import Notes
-from planner.policy import Policy
-from planner.search import Attempt, Found, most_stages
+from planner.place.objective import label
+from planner.place.placement import evaluate
+from planner.place.search import Attempt, Found, most_stages
+from planner.planfile.plan import Notes
 from planner.units import gib
 
 PCIE_BYTES_PER_S = 25e9  # PCIe 4.0 x16, effective

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 from planner.units import GIB
 
 BAR_WIDTH = 40

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.kv import layer_bytes_per_token
+from planner.memory.kv import layer_bytes_per_token
 from planner.model.inventory import DTYPE_BYTES, REPLICATED_KINDS, Inventory
-from planner.performance import (
+from planner.speed.roofline import (
     AttentionLayer,
     Efficiency,
     Link,
@@ -253,7 +253,7 @@ def decode_speeds(
     sessions: int,
     config=None,
 ) -> dict:
-    """Only the decode rates of performance_block (the same numbers): what planner.objective weighs layouts by.
+    """Only the decode rates of performance_block (the same numbers): what planner.place.objective weighs layouts by.
 
     The time to first token prefills the whole context chunk by chunk (thousands of forward passes
     at long contexts); the objective never looks at it, so weighing many layouts skips it.

@@ -110,7 +110,7 @@ class Notes:
         self.warnings.append(text)
 
 
-# The only variables shardwise writes into a plan's launch.env (planner.planning._launch). A plan file is
+# The only variables shardwise writes into a plan's launch.env (planner.driver.planning._launch). A plan file is
 # data: PYTHONPATH (with a sitecustomize.py), LD_PRELOAD, PYTHONSTARTUP and the like would run code in
 # every launched process, so any other key is dropped, and said, when the plan is launched.
 LAUNCH_ENV_KEYS = ("CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF")
@@ -157,12 +157,13 @@ class Plan:
         default_factory=dict
     )  # when it does not fit: {"device", "term", "needed", "usable", "fixes": [...]}
     serving: Serving | None = None  # None in plans written before batching existed: served sequentially
-    # predicted speed (planner/speed.py): decode_tokens_per_s, aggregate_tokens_per_s, ttft_s, ttft_full_s, binding
+    # predicted speed (planner/speed/block.py): decode_tokens_per_s, aggregate_tokens_per_s, ttft_s, ttft_full_s,
+    # binding
     performance: dict = field(default_factory=dict)
     # the engine that runs the plan: {"name": "transformers", "version"} for shardwise's runner; for vLLM its own
     # budget per GPU, KV capacity, verdict and `vllm serve` flags (planner/vllm/driver.py, engine_block)
     engine: dict = field(default_factory=dict)
-    # the software stack the plan assumed (planner/stack.py): transformers, torch, accelerate, kernels, triton
+    # the software stack the plan assumed (planner/decide/stack.py): transformers, torch, accelerate, kernels, triton
     software: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -199,7 +200,7 @@ class Plan:
             )
         import sys
 
-        from planner.plan_check import check_plan_dict, dataclasses_of
+        from planner.planfile.plan_check import check_plan_dict, dataclasses_of
 
         check_plan_dict(data, cls, dataclasses_of(sys.modules[__name__]))
         data = dict(data)

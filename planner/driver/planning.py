@@ -1,11 +1,11 @@
 """The planning driver: one request in, one Plan out, running the searches above the single step.
 
-`planner.sizing.size_and_place` sizes and places one request with a fixed session count. This
+`planner.place.sizing.size_and_place` sizes and places one request with a fixed session count. This
 module asks it the questions a plan needs, in this order, and nothing calls back into here:
-1. policy.sessions=auto: the most sessions that fit at the context one session gets (planner.sessions);
+1. policy.sessions=auto: the most sessions that fit at the context one session gets (planner.driver.sessions);
 2. the plan itself, one call, carrying the session count and its reason;
-3. a plan that does not fit: the changes that would make it fit, each re-planned (planner.fixes);
-4. the fallback chain, smaller profiles then the CPU (planner.fallbacks);
+3. a plan that does not fit: the changes that would make it fit, each re-planned (planner.driver.fixes);
+4. the fallback chain, smaller profiles then the CPU (planner.driver.fallbacks);
 and for model=auto, steps 1-3 per candidate until one fits, then step 4 for it.
 Pure: profiles come in through `load_profile`; nothing here reads files or touches a GPU.
 """
@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from planner.decide.policy import Policy
+from planner.driver.fallbacks import LoadProfile, fallback_chain, lenient
+from planner.driver.fixes import speed_text, what_would_fit
+from planner.driver.sessions import most_sessions, one_session_reason
 from planner.errors import ShardwiseError
-from planner.fallbacks import LoadProfile, fallback_chain, lenient
-from planner.fixes import speed_text, what_would_fit
 from planner.hardware.devices import Hardware
 from planner.model.source import ModelSpec
-from planner.plan import Decision, Plan
-from planner.policy import Policy
-from planner.sessions import most_sessions, one_session_reason
-from planner.sizing import Placed, size_and_place
+from planner.place.sizing import Placed, size_and_place
+from planner.planfile.plan import Decision, Plan
 
 
 def plan(request, hardware: Hardware, *, load_profile: LoadProfile | None = None) -> Plan:

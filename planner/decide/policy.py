@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.errors import ShardwiseError
-from planner.memory import Overheads
+from planner.memory.terms import Overheads
 from planner.vllm.rules import EngineSettings
 
 STRATEGIES = ("auto", "single_gpu", "pipeline", "tensor_parallel")
-OBJECTIVES = ("auto", "latency", "throughput")  # how to choose among layouts that fit (planner/objective.py)
+OBJECTIVES = ("auto", "latency", "throughput")  # how to choose among layouts that fit (planner/place/objective.py)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATION_POLICIES = ("auto", "keep", "none", "bnb4", "bnb8", "fp8")  # the last three quantize on load
 KV_DTYPES = (*DTYPES, "fp8", "fp8_e4m3", "fp8_e5m2")  # fp8: vLLM's --kv-cache-dtype only
@@ -30,8 +30,8 @@ class Policy:
     """Planning knobs (see conf/policy/default.yaml for each key's meaning and unit)."""
 
     context_tokens: int | None = None  # per session; None: the largest that fits
-    sessions: int | None = 1  # concurrent sequences; None: auto, the most that fit (planner/sessions.py)
-    max_sessions: int | None = None  # the most sessions=auto picks; None: auto (planner/sessions.py says why)
+    sessions: int | None = 1  # concurrent sequences; None: auto, the most that fit (planner/driver/sessions.py)
+    max_sessions: int | None = None  # the most sessions=auto picks; None: auto (planner/driver/sessions.py says why)
     headroom_fraction: float = 0.02
     headroom_mib: int = 0
     host_headroom_fraction: float = 0.2
@@ -50,7 +50,7 @@ class Policy:
     images_per_request: int = 1  # images each request carries to a vision-language model (0: text only)
     candidates: tuple[str, ...] = ()
     overhead: Overheads = field(default_factory=Overheads)
-    # speed-model factors (policy.performance, a plain dict; planner/speed.py); None: the model's defaults
+    # speed-model factors (policy.performance, a plain dict; planner/speed/block.py); None: the model's defaults
     performance: dict | None = field(default=None, compare=False, hash=False)
     engine: EngineSettings = field(default_factory=EngineSettings)  # who runs the plan: the runner or vLLM (launch.*)
     batching: str = "any"  # see BATCHING; `shardwise serve` plans for "runner"

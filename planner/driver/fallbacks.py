@@ -1,7 +1,7 @@
-"""Other models than the one asked for: the fallback chain of a plan (model=auto is planner.planning's).
+"""Other models than the one asked for: the fallback chain of a plan (model=auto is planner.driver.planning's).
 
 Profiles by name are handed in (`load_profile` from planner.config), so this module reads no
-files; each smaller model is planned with the single planning step (planner.sizing).
+files; each smaller model is planned with the single planning step (planner.place.sizing).
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from planner.decide.policy import Policy
+from planner.driver.fixes import speed_text
 from planner.errors import ShardwiseError
-from planner.fixes import speed_text
 from planner.hardware.devices import Hardware
 from planner.model.source import ModelSpec
-from planner.policy import Policy
-from planner.sizing import size_and_place
+from planner.place.sizing import size_and_place
 
 LoadProfile = Callable[[str], ModelSpec]  # profile name or hub id -> its ModelSpec
 

@@ -17,7 +17,7 @@ at 1 and 4 clients; llama.cpp's server and Ollama default to 4 slots).
 Whether a layout can use those sessions depends on the engine, which the policy names
 (`Policy.batching`): vLLM batches pipeline and tensor parallel plans, so for it the planner sizes
 what fits; shardwise's own runner serves them one request at a time (the plan's `serving` block
-says why), so for it (`shardwise serve`) the driver, planner.planning, plans one session on such a
+says why), so for it (`shardwise serve`) the driver, planner.driver.planning, plans one session on such a
 layout, or the most sessions one GPU holds when the model fits on one.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from planner.errors import ShardwiseError
 from planner.limits import MAX_SESSIONS
-from planner.sizing import size_and_place
+from planner.place.sizing import size_and_place
 
 MAX_SESSIONS_GPU = 64  # policy.max_sessions=auto with GPUs (see the module docstring)
 MAX_SESSIONS_CPU = 16  # policy.max_sessions=auto on the CPU
@@ -85,7 +85,7 @@ class SessionsFound:
 def most_sessions(spec, hw, policy, cap_context: bool = False) -> SessionsFound | None:
     """The most sessions that fit at the context one session gets; None when not even one fits.
 
-    Each probe is one call of the single planning step (planner.sizing), asked only whether it fits.
+    Each probe is one call of the single planning step (planner.place.sizing), asked only whether it fits.
     """
 
     def probe(n: int, context: int | None):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, lcm
 
-from planner.plan import Serving
+from planner.planfile.plan import Serving
 from planner.units import GIB, MIB
 
 FLASH_PAGE_TOKENS = 256  # transformers' default; flash's paged decode kernel wants pages of 256
