@@ -127,7 +127,9 @@ def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
         for dtype in dtypes:
             config, model = build(shape, dtype)
             load = os.getloadavg()[0]
-            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs, clock)  # runner.calibrate
+            ttft, rate = measure(
+                model, args.prompt_tokens, args.new_tokens, args.runs, clock
+            )  # as shardwise calibrate measures
             predicted = predict(config, dtype, args.prompt_tokens, speed, args.threads, extra)
             rows.append(
                 {

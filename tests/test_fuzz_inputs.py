@@ -238,7 +238,7 @@ def test_hostile_overrides_exit_0_or_2_without_a_traceback(tmp_path_factory, ove
     import io
     import os
 
-    from runner.cli import main
+    from shardwise.cli import main
 
     cwd = tmp_path_factory.mktemp("cli")
     args = ["plan", "model=gpt2", "hardware=t4", *(f"{k}={v}" for k, v in overrides)]

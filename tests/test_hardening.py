@@ -57,8 +57,8 @@ def test_a_failed_plan_write_leaves_the_old_plan_whole_and_no_temp_file(tmp_path
 
 
 def test_out_to_a_full_disk_is_one_line_and_keeps_the_old_plan(tmp_path, monkeypatch):
-    from planner import plan_cli
     from planner.errors import ShardwiseError
+    from shardwise.verbs import plan as plan_cli
 
     plan = _a_plan()
     target = tmp_path / "plan.json"
@@ -87,7 +87,7 @@ def test_two_plans_started_together_get_their_own_run_directories(tmp_path):
     env = {**os.environ, "COLUMNS": "400", "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "runner", "plan", f"model={model}", "hardware=t4"],
+            [sys.executable, "-m", "shardwise", "plan", f"model={model}", "hardware=t4"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

@@ -71,7 +71,7 @@ def test_an_unknown_objective_is_refused():
 def test_an_invalid_objective_is_one_line_and_exit_2():
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     done = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "model=gpt2", "hardware=cpu", "policy.objective=fast"],
+        [sys.executable, "-m", "shardwise", "plan", "model=gpt2", "hardware=cpu", "policy.objective=fast"],
         capture_output=True,
         text=True,
         env=env,

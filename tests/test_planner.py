@@ -7,8 +7,8 @@ from functools import cache
 
 import pytest
 
-from planner.config.app import profile_names
 from planner.config.compose import compose, make_plan
+from planner.config.reader import profile_names
 from planner.config.request import plan_from_config
 from planner.decide import stack
 from planner.errors import ShardwiseError

@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from openai import OpenAI
 
-from planner.config.app import conf_dir
+from planner.config.reader import conf_dir
 from planner.errors import ShardwiseError
-from runner.openai import serve_cli
+from shardwise.verbs import serve as serve_cli
 
 try:
     from tests.tiny_models import tiny_llama
@@ -225,7 +225,7 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
 
 def test_shardwise_serve_with_a_bad_block_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "shardwise", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

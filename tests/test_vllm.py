@@ -198,7 +198,7 @@ def test_speed_grows_with_sessions_and_falls_with_tensor_parallel():
 
 
 def test_launch_with_vllm_sizes_sessions_and_max_num_seqs_like_serve(capsys, tmp_path, monkeypatch):
-    from runner.cli import main
+    from shardwise.cli import main
 
     monkeypatch.chdir(tmp_path)  # the launch verb writes its plan under outputs/
     try:

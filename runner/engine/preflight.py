@@ -171,20 +171,6 @@ def check_runnable(plan) -> None:
     _check_attention(plan)
 
 
-def remote_code_consent(cfg) -> bool:
-    """Whether this run's own command line allows code from the model directory: `trust_remote_code=true`,
-    or `model.trust_remote_code=true` typed for a fresh plan (a plan file or a profile cannot consent for you)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from planner.config.app import flag
-
-    try:
-        typed = list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed outside a Hydra run (tests): nothing was typed
-        typed = []
-    return consents_to_remote_code(flag(cfg, "trust_remote_code"), typed, fresh_plan=not cfg.get("plan_file"))
-
-
 def consents_to_remote_code(trust_remote_code: bool, overrides, *, fresh_plan: bool) -> bool:
     """The one consent rule, for the CLI and the Python API: the run's own `trust_remote_code` says yes, or,
     for a plan made now, the caller's own overrides set `model.trust_remote_code=true`. A plan file, a

@@ -8,7 +8,7 @@ Every number in the manifests comes from the plan: GPUs per pod = tp x pp / node
 the plan's nodes, and `vllm serve` gets the plan's flags (`vllm_serve_args`). A multi-node plan becomes
 one LeaderWorkerSet group per replica (leaderworkerset.x-k8s.io/v1, `LWS_LEADER_ADDRESS` and
 `LWS_WORKER_INDEX` in each pod), laid out as vLLM's own LWS guide does; one node becomes a Deployment.
-Pure rendering, no torch: `runner.launch.verb` prints, writes or applies what `render` returns.
+Pure rendering, no torch: `shardwise.verbs.launch` prints, writes or applies what `render` returns.
 """
 
 from __future__ import annotations

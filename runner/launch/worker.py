@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from runner.cli import interrupts_end_cleanly
+    from runner.interrupts import interrupts_end_cleanly
 
     with interrupts_end_cleanly("shardwise worker"):
         main()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.config.app import flag, run_verb
+from planner.config.overrides import flag
 from planner.errors import ShardwiseError
 from planner.jsonfile import dumps_json
+from shardwise.verbs.app import run_verb
 
 
 def _in_sweep() -> bool:

@@ -137,7 +137,7 @@ def extra_model_node(entry: str):
     """The model config for a `serve.models` entry: a profile name, a hub id or a local directory."""
     from omegaconf import OmegaConf
 
-    from planner.config.app import resolve_model_name
+    from planner.config.overrides import resolve_model_name
     from planner.config.reader import load_profile
     from planner.config.schema import ModelConfig
 
@@ -179,7 +179,8 @@ def model_sources(cfg) -> list:
         # model.path serves a directory under its own name: the profile's hub ids do not name it.
         primary_aliases = _aliases(cfg.model) if primary_plan.model.name == cfg.model.name else ()
 
-    from runner.engine.preflight import check_remote_code, check_weights_reachable, remote_code_consent
+    from runner.engine.preflight import check_remote_code, check_weights_reachable
+    from shardwise.verbs.app import remote_code_consent
 
     check_remote_code(primary_plan, remote_code_consent(cfg))  # before the port opens
     if cfg.get("plan_file"):
@@ -209,10 +210,11 @@ def model_sources(cfg) -> list:
 
 def load_session(cfg, plan):
     """Load a plan's model (its fallback chain if it cannot load) in a ChatSession logging to the server log."""
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import check_remote_code
     from runner.engine.recovery import RecoveryPolicy, load_with_fallbacks
     from runner.engine.sampling import SamplingParams
     from runner.engine.session import ChatSession
+    from shardwise.verbs.app import remote_code_consent
 
     consent = remote_code_consent(cfg)
     check_remote_code(plan, consent)  # every served model, serve.models' too (the primary's is checked up front)
@@ -314,6 +316,6 @@ def serve(cfg) -> None:
 
 
 def run(argv: list[str]) -> None:
-    from planner.config.app import run_verb
+    from shardwise.verbs.app import run_verb
 
     run_verb("serve", "serve", serve, argv)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from planner.config.app import flag, run_verb
+from planner.config.overrides import flag
 from planner.errors import ShardwiseError
+from shardwise.verbs.app import run_verb
 
 
 def _notice(line: str) -> None:
@@ -116,8 +117,8 @@ def task(cfg):
         check_model_reachable,
         check_remote_code,
         check_weights_reachable,
-        remote_code_consent,
     )
+    from shardwise.verbs.app import remote_code_consent
 
     consent = remote_code_consent(cfg)
     # offline and uncached: one line now, before planning measures this machine and torch loads

@@ -13,8 +13,8 @@ import sys
 import time
 from dataclasses import replace
 
-from planner.config.app import run_verb
 from planner.errors import ShardwiseError
+from shardwise.verbs.app import run_verb
 
 
 def task(cfg):

@@ -1,21 +1,17 @@
-"""Run one shardwise verb as a Hydra app: find `conf/`, resolve model names, turn bad input into one line.
+"""What the verbs' overrides mean before and after Hydra composes them: names resolved, refusals in one line.
 
-Every verb (plan, probe, chat, serve, launch) goes through `run_verb`, so they share the config
-groups, the model names (profiles and their hub-id aliases, local directories, any hub id) and the error contract: a
-`ShardwiseError` prints `shardwise <verb>: error: <message>` and exits 2, never a traceback.
-What Hydra refuses before the verb runs (a typo'd key, a value of the wrong type, an option file
-that does not exist, an override it cannot parse, a run directory it cannot create) follows the
-same contract. In a `shardwise plan -m` sweep a refused combination is reported and the other
-jobs still run; the sweep then exits 2.
+`normalize_overrides` resolves model names (profiles and their hub-id aliases, local directories, any hub id)
+and hardware names before Hydra sees them; `composition_error` turns what Hydra refuses (a typo'd key, a value
+of the wrong type, an option file that does not exist, an override it cannot parse) into one ShardwiseError;
+`check_composed` checks a composed config (interpolations, schema, bounds); `hydra_app` wraps a task as the
+Hydra app of `conf/<name>.yaml`. The verbs' Hydra app framework (shardwise/verbs/app.py) and
+`make_plan` (planner/config/compose.py) both use them.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from planner.config.reader import conf_dir, option_exists, profile_for, profile_names
@@ -145,23 +141,6 @@ def normalize_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def writable_run_dirs(args: list[str], config_name: str, cwd: str | None = None) -> list[str]:
-    """`args`, with Hydra's run and sweep directories moved under the temp directory when the working directory
-    is read-only: Hydra creates its run directory before any verb starts, and `plan json=true` or `probe`, which
-    write nothing there, must not fail for it (a run directory left unused is removed again)."""
-    import tempfile
-
-    cwd = cwd or os.getcwd()
-    given = {a.lstrip("+").partition("=")[0] for a in args}
-    if os.access(cwd, os.W_OK) or {"hydra.run.dir", "hydra.sweep.dir"} & given:
-        return args
-    base = Path(tempfile.gettempdir()) / "shardwise-outputs" / config_name
-    if not str(base).isascii() or set("'\\") & set(str(base)):
-        return args  # a temp path Hydra cannot take quoted as it is: Hydra's own one-line refusal stands
-    stamp = "${now:%Y-%m-%d_%H-%M-%S}_${run_id:}"
-    return [*args, f"hydra.run.dir='{base}/run/{stamp}'", f"hydra.sweep.dir='{base}/multirun/{stamp}'"]
-
-
 def flag(cfg, key: str) -> bool:
     """A top-level true/false option (json, replan, stream, ...); anything else is a one-line error."""
     value = cfg.get(key)
@@ -170,12 +149,7 @@ def flag(cfg, key: str) -> bool:
     raise ShardwiseError(f"{key}={value!r} is not true or false: set {key}=true or {key}=false")
 
 
-def fail(verb: str, message: str, code: int = 2) -> None:
-    print(f"shardwise {verb}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def _first_line(value) -> str:
+def first_line(value) -> str:
     return next((line.strip() for line in str(value).splitlines() if line.strip()), "")
 
 
@@ -211,11 +185,11 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
                 example = f"{group}={override}"
             return ShardwiseError(f"{override!r} is not an override: write KEY=VALUE, e.g. {example}")
         return ShardwiseError(
-            f"cannot parse the override {override!r} ({_first_line(exc.message)}): quote a value with special "
+            f"cannot parse the override {override!r} ({first_line(exc.message)}): quote a value with special "
             "characters, e.g. 'key=\"a value\"'"
         )
     if isinstance(exc, MissingConfigException):
-        what = _first_line(exc)
+        what = first_line(exc)
         if what.startswith("In '") and "': " in what:
             what = what.split("': ", 1)[1]
         options = ", ".join(str(o) for o in (exc.options or []))
@@ -229,10 +203,10 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
             if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
                 known = _known_keys(getattr(cause, "object_type", None))
                 return ShardwiseError(f"unknown key {key}: {known or help_hint}")
-            reason = _first_line(getattr(cause, "msg", None) or cause)
+            reason = first_line(getattr(cause, "msg", None) or cause)
             fix = f"write a list, e.g. {key}='[a, b]'" if "ListConfig" in reason else help_hint
             return ShardwiseError(f"bad value for {key} ({reason}): {fix}")
-        return ShardwiseError(f"{_first_line(exc).rstrip('.')}: {help_hint}")
+        return ShardwiseError(f"{first_line(exc).rstrip('.')}: {help_hint}")
     return None
 
 
@@ -264,7 +238,7 @@ def resolve_or_refuse(cfg) -> None:
         key = getattr(exc, "full_key", None) or failing_key(cfg, "")
         where = f" of {key}" if key else ""
         raise ShardwiseError(
-            f"cannot resolve the value{where} ({_first_line(getattr(exc, 'msg', None) or exc)[:200]}): "
+            f"cannot resolve the value{where} ({first_line(getattr(exc, 'msg', None) or exc)[:200]}): "
             "check the ${...} interpolation (an environment variable it names may be unset)"
         ) from None
     # after resolving: missing_keys resolves too, and a bad ${...} has its own line above
@@ -275,168 +249,22 @@ def resolve_or_refuse(cfg) -> None:
         )
 
 
-def _refusal(exc: BaseException, verb: str, task_started: bool) -> ShardwiseError | None:
-    """One line for what Hydra refused before the task ran (composition, unwritable run directory), else None."""
-    error = composition_error(exc, verb)
-    if error is None and 'Could not detect "srun"' in str(exc):
-        error = ShardwiseError(
-            "a hydra/launcher=slurm_* or submitit_slurm launch needs a SLURM cluster and this machine has no "
-            "`srun`: run it on a SLURM login node, or add launch.dry_run=true (without -m) to print the commands"
-        )
-    from hydra.errors import SearchPathException
+def check_composed(cfg, config_name: str) -> None:
+    """A composed config checked before any verb reads it: interpolations, then the schema, then the bounds."""
+    from planner.config import bounds, schema
 
-    if error is None and isinstance(exc, SearchPathException):  # --config-dir naming no directory
-        error = ShardwiseError(f"{_first_line(exc).rstrip('.')}: give --config-dir an existing directory of configs")
-    if error is None and isinstance(exc, OSError) and not task_started:
-        where = exc.filename if exc.filename is not None else "the run directory"
-        error = ShardwiseError(
-            f"cannot create {str(where)!r} ({exc.strerror or exc}): "
-            "run shardwise from a writable directory or set hydra.run.dir=DIR"
-        )
-    return error
+    resolve_or_refuse(cfg)  # first: the range rules read values, and a failing ${...} is one line
+    schema.validate(cfg)
+    bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
 
 
-@contextmanager
-def _hydra_raises():
-    """Have Hydra raise what it would otherwise print as a multi-line report and exit 1 with.
-
-    HYDRA_FULL_ERROR=1 is Hydra's documented switch for that; run_verb then turns composition
-    errors into one line (exit 2) and lets anything else, a bug, raise with its traceback. The
-    user's own setting is restored afterwards.
-    """
-    saved = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved
-
-
-@contextmanager
-def _compose_once(args: list[str]):
-    """Have Hydra compose the config once per run, not twice.
-
-    hydra.main composes the whole config a first time only to read `hydra.mode` (Hydra.get_mode),
-    then again to run: half of a cold `shardwise plan`. No file in conf/ sets `hydra.mode`, so it
-    comes from the command line alone (`-m`, or a `hydra.mode=` override); without such an override
-    get_mode answers None ("decide from -m") without composing. With one, Hydra's own get_mode runs.
-    """
-    from hydra._internal.hydra import Hydra
-
-    if any(arg.lstrip("+~").startswith("hydra.mode=") for arg in args):
-        yield
-        return
-    original = Hydra.get_mode
-    Hydra.get_mode = lambda self, config_name, overrides: None
-    try:
-        yield
-    finally:
-        Hydra.get_mode = original
-
-
-_FAILED_JOBS: list[str] = []
-
-
-def run_verb(verb: str, config_name: str, task: Callable, argv: list[str]) -> None:
-    """Run `task(cfg)` as the Hydra app `conf/<config_name>.yaml` with `argv` as overrides."""
+def hydra_app(config_name: str, task: Callable):
+    """`task` as the Hydra app whose primary config is conf/<config_name>.yaml (schemas and resolvers registered)."""
     import hydra
 
-    from planner.config import bounds, schema
+    from planner.config import schema
     from planner.config.rundir import register_resolvers
 
     schema.register()
     register_resolvers()
-    try:
-        refuse_rerun(argv)
-        args = writable_run_dirs(normalize_overrides(argv), config_name)
-    except ShardwiseError as exc:
-        fail(verb, str(exc))
-    args = _with_run_dir_record(args)
-    task_started: list[bool] = []
-
-    def guarded(cfg):
-        task_started.append(True)
-        try:
-            resolve_or_refuse(cfg)  # first: the range rules below read values, and a failing ${...} is one line
-            schema.validate(cfg)
-            bounds.check(cfg, conf_dir() / f"{config_name}.yaml")
-            try:
-                return task(cfg)
-            except OSError as exc:
-                if exc.filename is None:
-                    raise
-                # a path the user gave that the system refuses (name too long, no permission, a directory...)
-                raise ShardwiseError(
-                    f"cannot use {str(exc.filename)[:120]!r} ({exc.strerror or exc}): "
-                    "give a path that exists and is readable"
-                ) from None
-        except ShardwiseError as exc:
-            if verb == "plan" and _in_sweep():
-                # One bad combination of a sweep must not cost the others: report it, go on, exit 2 at the end.
-                print(f"shardwise {verb}: error: [{_job_overrides()}] {exc}", file=sys.stderr)
-                _FAILED_JOBS.append(str(exc))
-                return None
-            fail(verb, str(exc), exc.exit_code)
-        finally:
-            _discard_unused_run_dir()
-
-    guarded.__name__ = f"shardwise_{verb}"
-    guarded.__module__ = task.__module__
-    app = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(guarded)
-    saved = sys.argv
-    sys.argv = [f"shardwise {verb}", *args]
-    _FAILED_JOBS.clear()
-    try:
-        with _hydra_raises(), _compose_once(args):
-            app()
-    except Exception as exc:
-        error = exc if isinstance(exc, ShardwiseError) else _refusal(exc, verb, bool(task_started))
-        if error is None:
-            raise
-        fail(verb, str(error))
-    finally:
-        sys.argv = saved
-    if _FAILED_JOBS:
-        fail(verb, f"{len(_FAILED_JOBS)} job(s) of the sweep failed (see the errors above)")
-
-
-_RECORD_RUN_DIR = "+hydra.callbacks.shardwise_run_dir._target_=planner.config.rundir.RecordRunDir"
-
-
-def _with_run_dir_record(args: list[str]) -> list[str]:
-    """`args` with the callback that records what was at hydra.run.dir before Hydra created it (the clean-up
-    removes only what the run made). Placed next to the first override: Hydra's parser takes overrides as one
-    block, and `--info` takes the word after it as its value."""
-    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), 0)
-    return [*args[:first], _RECORD_RUN_DIR, *args[first:]]
-
-
-def _discard_unused_run_dir() -> None:
-    """A run that wrote nothing into its run directory leaves none behind (sweeps keep theirs)."""
-    import os
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from planner.config.rundir import discard_if_unused
-
-    if not _in_sweep():
-        discard_if_unused(Path(HydraConfig.get().runtime.output_dir), Path(os.getcwd()))
-
-
-def _job_overrides() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return " ".join(HydraConfig.get().overrides.task)
-
-
-def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
+    return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(task)

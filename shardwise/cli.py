@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 
 VERBS = {
     "plan": "resolve a model against hardware into an explained plan (dry run)",
@@ -29,32 +27,13 @@ VERBS = {
 
 
 def verb_runner(verb: str) -> Callable[[list[str]], None]:
-    """The `run(argv)` of one verb, imported on demand (chat, serve and launch pull in torch later, when they load)."""
-    if verb == "plan":
-        from planner import plan_cli
+    """The `run(argv)` of one verb, shardwise/verbs/<verb>.py, imported on demand (chat, serve and launch pull in
+    torch later, when they load)."""
+    if verb not in VERBS:
+        raise KeyError(verb)
+    from importlib import import_module
 
-        return plan_cli.run
-    if verb == "probe":
-        from planner import probe_cli
-
-        return probe_cli.run
-    if verb == "chat":
-        from runner import chat_cli
-
-        return chat_cli.run
-    if verb == "serve":
-        from runner.openai import serve_cli
-
-        return serve_cli.run
-    if verb == "launch":
-        from runner.launch import verb as launch_verb
-
-        return launch_verb.run
-    if verb == "calibrate":
-        from runner import calibrate
-
-        return calibrate.run
-    raise KeyError(verb)
+    return import_module(f"shardwise.verbs.{verb}").run
 
 
 def usage() -> str:
@@ -96,7 +75,6 @@ complete -o nospace -o default -F _shardwise_complete shardwise
 
 def shell_completion(request: str) -> None:
     """`install=bash|zsh` prints the script to eval; `query=bash|zsh` prints the candidates for COMP_LINE."""
-    import os
 
     action, _, shell = request.partition("=")
     if action not in ("install", "uninstall", "query") or shell not in ("bash", "zsh"):
@@ -134,47 +112,6 @@ def _tolerate_narrow_encodings() -> None:
                 pass
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl+C so `finally` blocks (run-directory clean-up) still run."""
-
-    exit_code = 143
-
-
-@contextmanager
-def interrupts_end_cleanly(prog: str):
-    """Ctrl+C (exit 130) or SIGTERM (exit 143) ends the run with one line and no traceback, whatever it was doing.
-
-    The exception unwinds the verb first (its `finally` blocks remove a run directory it did not use); then the
-    process leaves with os._exit after the atexit handlers: a normal interpreter shutdown would destroy C++ thread
-    objects that torch, tokenizers or the batching loop still run, which aborts ("terminate called without an
-    active exception", SIGABRT)."""
-    import atexit
-    import signal
-
-    def terminate(signum, frame):
-        raise Terminated()
-
-    previous = (
-        signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
-    )
-    try:
-        yield
-    except KeyboardInterrupt as exc:
-        code = getattr(exc, "exit_code", 130)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not interrupt the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            print(f"\n{prog}: {'terminated' if code == 143 else 'interrupted'}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            atexit._run_exitfuncs()
-        except BaseException:  # a closed pipe, a failing handler: the exit code still says what happened
-            pass
-        os._exit(code)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> None:
     _tolerate_narrow_encodings()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -202,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(verb_help(verb, VERBS[verb], sys.modules[run.__module__].__doc__))
         return
+    from runner.interrupts import interrupts_end_cleanly
+
     with interrupts_end_cleanly(f"shardwise {verb}"):
         run(rest)
 

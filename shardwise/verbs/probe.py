@@ -81,6 +81,6 @@ def task(cfg) -> None:
 
 
 def run(argv: list[str]) -> None:
-    from planner.config.app import run_verb
+    from shardwise.verbs.app import run_verb
 
     run_verb("probe", "probe", task, argv)

@@ -26,7 +26,7 @@ from runner.launch import render as L
 
 
 def run(argv: list[str]) -> None:
-    from planner.config.app import run_verb
+    from shardwise.verbs.app import run_verb
 
     L.register_schema()
     run_verb("launch", "launch", task, argv)
@@ -74,7 +74,8 @@ def task(cfg) -> None:
     dropped = L.dropped_env(plan)
     if dropped:
         notes.append(dropped)
-    from runner.engine.preflight import check_remote_code, remote_code_consent
+    from runner.engine.preflight import check_remote_code
+    from shardwise.verbs.app import remote_code_consent
 
     consent = remote_code_consent(cfg)
     if kubernetes:
@@ -328,7 +329,7 @@ def execute(plan: Plan, engine: L.Engine, commands: list, settings: L.LaunchSett
         if argv[0] == "torchrun":
             argv[:1] = [sys.executable, "-m", "torch.distributed.run"]
         elif argv[0] == "shardwise":
-            argv[:1] = [sys.executable, "-m", "runner"]
+            argv[:1] = [sys.executable, "-m", "shardwise"]
         print(f"shardwise launch: {command.line()}", file=sys.stderr, flush=True)
         rc = run_forwarding_signals(argv, {**env, **dict(command.env)})
         if rc:
