@@ -217,6 +217,11 @@ def typed_overrides() -> list[str]:
         return []
 
 
+def given_on_command_line(key: str) -> bool:
+    """Whether this run's command line set `key` (`key=...`, `+key=...`), not a default from conf/."""
+    return any(str(o).lstrip("+~").split("=", 1)[0] == key for o in typed_overrides())
+
+
 def remote_code_consent(cfg) -> bool:
     """Whether this run's own command line allows code from the model directory: `trust_remote_code=true`,
     or `model.trust_remote_code=true` typed for a fresh plan (a plan file or a profile cannot consent for you)."""

@@ -129,16 +129,6 @@ def task(cfg) -> None:
         raise SystemExit(rc)
 
 
-def _given_on_command_line(key: str) -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not under Hydra (tests composing by hand)
-        return False
-    return any(str(o).lstrip("+~").split("=", 1)[0] == key for o in overrides)
-
-
 def check_settings(settings: L.LaunchSettings) -> None:
     """launch.* values no engine could use are one-line errors before anything is planned or started."""
     from planner.config.schema import check_launch
@@ -165,8 +155,9 @@ def check_generation(cfg) -> None:
 def fresh_plan(cfg, hardware_choice: str) -> Plan:
     from planner.config.request import plan_from_config, plans_for_vllm
     from planner.hardware.tiers import resolve_hardware
+    from shardwise.verbs.app import given_on_command_line
 
-    if plans_for_vllm(cfg.launch) and not _given_on_command_line("policy.sessions"):
+    if plans_for_vllm(cfg.launch) and not given_on_command_line("policy.sessions"):
         # vLLM batches whatever arrives: size sessions like `shardwise serve` does (auto), not the one of `plan`
         from omegaconf import open_dict
 
