@@ -124,6 +124,7 @@ def _plan_lines(model: str, hardware: str, overrides: list[str], width: int) -> 
     return out.getvalue().splitlines()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,hardware,overrides",
     [
