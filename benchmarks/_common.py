@@ -137,8 +137,8 @@ def tier_hardware(configs: dict, tier: str, count: int = 1):
 def plan_without_hydra(
     configs: dict, model: str, hardware, policy_overrides: dict | None = None, fallbacks: bool = False
 ):
-    """A Plan through planner.planning.plan_model with the typed Policy (no Hydra, no OmegaConf)."""
-    from planner.planning import plan_model
+    """A Plan through planner.driver.planning.plan_model with the typed Policy (no Hydra, no OmegaConf)."""
+    from planner.driver.planning import plan_model
 
     policy = policy_from(configs, **(policy_overrides or {}))
     load_profile = (lambda name: model_spec(configs["models"][name])) if fallbacks else None

@@ -58,7 +58,7 @@ def transformers_side(arch: dict) -> tuple[int, int]:
 
 
 def main() -> None:
-    from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
+    from planner.memory.kv import kv_bytes_per_token, state_bytes_per_sequence
     from planner.model.inventory import build_inventory
     from planner.model.meta import _describe_on_meta
 

@@ -49,7 +49,7 @@ def child(mode: str, model_dir: str, plan_file: str, context: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
     from runner.engine.loader import from_pretrained_kwargs
 
     plan = Plan.load(plan_file)

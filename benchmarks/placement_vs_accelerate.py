@@ -18,7 +18,7 @@ build can hold); our plan keeps MXFP4 where the target can run it, so the weight
 Per case it prints GPUs used (ours / accelerate), the largest per-GPU load (ours: weights + KV +
 activations + overhead; accelerate: weights only, as accelerate sizes it), and whether the KV
 cache at the context fits where accelerate's layers landed: per accelerate GPU, its weights +
-planner.kv.layer_kv_bytes of its layers + the activations our cost model accounts for those
+planner.memory.kv.layer_kv_bytes of its layers + the activations our cost model accounts for those
 layers (and the lm_head) + the same overhead, against that GPU's usable bytes.
 
 This is a model-based comparison: accelerate's layout is judged with shardwise's own KV and
@@ -66,10 +66,10 @@ def our_plan(model: str, tier: str, count: int, context: int):
     """(plan, inventory, cost model, hardware, policy) through Hydra compose exactly as make_plan does."""
     from planner.config.compose import compose
     from planner.config.request import request_from_config
+    from planner.driver.planning import plan_model
     from planner.hardware.tiers import resolve_hardware
-    from planner.memory import CostModel
+    from planner.memory.terms import CostModel
     from planner.model.inventory import build_inventory
-    from planner.planning import plan_model
 
     cfg = compose(
         "plan", [f"model={model}", f"hardware={tier}", f"hardware.count={count}", f"policy.context_tokens={context}"]
@@ -148,8 +148,8 @@ def accelerate_loads(model_obj, device_map: dict) -> dict:
 def compare(case) -> dict:
     model, tier, count, context = case
     plan, inv, cost, hw, policy = our_plan(model, tier, count, context)
-    from planner.kv import layer_kv_bytes
-    from planner.memory import headroom
+    from planner.memory.kv import layer_kv_bytes
+    from planner.memory.terms import headroom
 
     usable = {
         d.id: max(d.free_bytes - headroom(d.free_bytes, policy.headroom_fraction, policy.headroom_mib << 20), 0)

@@ -24,7 +24,7 @@ only), against `shardwise plan model=qwen2.5-7b` (the profile). Medians of --run
 interleaved. Target: hub <= 1.5x profile.
 
 (b) Sweep: every profile in conf/model (except auto) x every `kind: tier` option in
-conf/hardware x counts 1, 2, 8, planned in-process through planner.planning.plan_model with the
+conf/hardware x counts 1, 2, 8, planned in-process through planner.driver.planning.plan_model with the
 configs read once (no Hydra compose per plan; one compose is timed to show what it would add).
 Timed twice: the planner alone (no fallback chain) and as the CLI does it (fallback chain
 planned too). Target: 200+ plans <= 2 s. --profile N prints cProfile's top N functions.

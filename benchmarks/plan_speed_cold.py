@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/plan_speed_cold.py --runs 7 --also qwen3-next-80b-a3b llama-4-scout
     .venv/bin/python benchmarks/plan_speed_cold.py --code /tmp/main-tree   # another tree's planner, same venv
 
-Each round runs `python -m runner plan model=M` as a fresh process for every model in turn
+Each round runs `python -m shardwise plan model=M` as a fresh process for every model in turn
 (gpt2 first, then the others: A, B, A, B...), so machine load hits all alike; one unmeasured
 warm-up of each fills the page cache. Prints the median, the spread (min to max) and every run
 per model, and each model's median over gpt2's. Target: deepseek-v3 <= 1.5x gpt2.
@@ -32,7 +32,8 @@ BASELINE, TARGET, TARGET_RATIO = "gpt2", "deepseek-v3", 1.5
 
 
 def _command(model: str, hardware: str | None) -> list[str]:
-    return [sys.executable, "-m", "runner", "plan", f"model={model}", *([f"hardware={hardware}"] if hardware else [])]
+    hardware_args = [f"hardware={hardware}"] if hardware else []
+    return [sys.executable, "-m", "shardwise", "plan", f"model={model}", *hardware_args]
 
 
 def _timed(cmd: list[str], cwd: str, env: dict) -> float:

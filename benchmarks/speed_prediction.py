@@ -127,7 +127,9 @@ def run(models: dict, dtypes, args, extra: list[str]) -> list[dict]:
         for dtype in dtypes:
             config, model = build(shape, dtype)
             load = os.getloadavg()[0]
-            ttft, rate = measure(model, args.prompt_tokens, args.new_tokens, args.runs, clock)  # runner.calibrate
+            ttft, rate = measure(
+                model, args.prompt_tokens, args.new_tokens, args.runs, clock
+            )  # as shardwise calibrate measures
             predicted = predict(config, dtype, args.prompt_tokens, speed, args.threads, extra)
             rows.append(
                 {
@@ -166,8 +168,8 @@ def print_row(r: dict) -> None:
 
 
 def fit(rows: list[dict]) -> dict:
-    """policy.performance factors from rows predicted with neutral factors (planner/calibration.py)."""
-    from planner.calibration import Sample, fit_factors
+    """policy.performance factors from rows predicted with neutral factors (planner/speed/calibration.py)."""
+    from planner.speed.calibration import Sample, fit_factors
 
     return fit_factors(
         [

@@ -60,8 +60,8 @@ def hardware(gpu: str, count: int):
 
 
 def inventory(model: str, fp8: bool = False):
+    from planner.decide.quant_support import ON_LOAD
     from planner.model.inventory import build_inventory
-    from planner.quant_support import ON_LOAD
 
     return build_inventory(architecture(model), dtype="bfloat16", load_quantization=ON_LOAD["fp8"] if fp8 else None)
 

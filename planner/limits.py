@@ -8,7 +8,7 @@ bound is far above any real machine or model today, so only hostile or mistyped 
 from __future__ import annotations
 
 MAX_GPUS_PER_NODE = 256  # the largest NVLink domains today (NVL72 racks) hold 72 GPUs
-MAX_NODES = 256  # nodes one plan may span (pipeline searches are bounded by the model: planner.search.most_stages)
+MAX_NODES = 256  # nodes one plan may span (pipeline searches are bounded by the model: place.search.most_stages)
 MAX_GPUS = 4096  # GPUs one plan may span (nodes x GPUs per node); keeps every plan within seconds
 MAX_SESSIONS = 65536  # concurrent sequences (vLLM's default max-num-seqs is 256 to 1024)
 # the deepest public models have a few hundred layers (Llama-3.1-405B: 126); pipeline layouts cost layers x stages,

@@ -1,6 +1,9 @@
-"""`python -m runner <verb> [overrides]` is the same as the `shardwise` console script."""
+"""`python -m runner <verb> [overrides]`, kept for existing scripts: the same as `shardwise` (shardwise/cli.py).
 
-from runner.cli import main
+A program entry, not a library module: the one place under runner/ that reaches up to the dispatcher.
+"""
+
+from shardwise.cli import main
 
 if __name__ == "__main__":
     main()

@@ -37,7 +37,7 @@ _CONSENT_HOW = "pass trust_remote_code=True"
 
 def _profile_or_hub_node(model: str) -> dict:
     """The model config a name stands for, enough to find its hub id: a profile's, or the hub id itself."""
-    from planner.config.app import resolve_model_name
+    from planner.config.overrides import resolve_model_name
     from planner.config.reader import load_profile
 
     try:

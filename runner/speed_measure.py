@@ -4,7 +4,7 @@ benchmarks/speed_prediction.py.
 Random-weight Llama-style models of given shapes are built on the device a plan here would use (the
 first GPU, else the CPU) in the dtype the planner decides, each runs greedy `model.generate`
 (`runs` times, median), and the planner predicts each with neutral factors (efficiency 1, no fixed
-costs); planner.calibration.fit_factors turns the pairs into `policy.performance` factors for that
+costs); planner.speed.calibration.fit_factors turns the pairs into `policy.performance` factors for that
 kind of stage (gpu, cpu or cpu_half).
 """
 
@@ -109,8 +109,8 @@ def measure(model, prompt_tokens: int, new_tokens: int, runs: int, clock=time.pe
 def neutral_prediction(config, hardware, policy, generation, prompt_tokens: int):
     """The planner's plan for `config` on `hardware` with every factor neutral (efficiency 1, no fixed costs)."""
     from planner.config.request import policy_from_config
+    from planner.driver.planning import plan_model
     from planner.model.source import ModelSpec
-    from planner.planning import plan_model
 
     arch = config.to_dict()
     spec = ModelSpec(
@@ -135,7 +135,7 @@ def neutral_prediction(config, hardware, policy, generation, prompt_tokens: int)
 
 def calibrate(cfg, hardware, log=print) -> dict:
     """{kind: factors} measured on `hardware` (first GPU or the CPU) for the shapes in `cfg.shapes`."""
-    from planner.calibration import Sample, fit_factors
+    from planner.speed.calibration import Sample, fit_factors
 
     gpus = [d for d in hardware.devices if d.node == 0]
     hardware = replace(hardware, devices=tuple(gpus[:1]), nodes=1)

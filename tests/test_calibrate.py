@@ -13,7 +13,7 @@ TINY_SHAPES = "shapes=[[64,2,128,2,2],[128,4,256,2,2],[192,3,384,2,2]]"
 
 def run(tmp_path, *args):
     return subprocess.run(
-        [sys.executable, "-m", "runner", "calibrate", *args, f"hydra.run.dir={tmp_path}/run"],
+        [sys.executable, "-m", "shardwise", "calibrate", *args, f"hydra.run.dir={tmp_path}/run"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -109,7 +109,7 @@ def _replanner(model, hw, overrides):
 
 
 def test_the_context_curve_is_the_planner_re_planned_at_each_point():
-    from planner.planning import plan_model
+    from planner.driver.planning import plan_model
 
     spec, hw, policy = _replanner("gpt-oss-20b", "l4", [])
     curve = context_curve(spec, hw, policy, plan_model, max_context=131072, planned=65536, windows=(128,))
@@ -152,7 +152,7 @@ def test_the_sweep_matrix_has_one_cell_per_job_with_its_verdict_and_context():
 def test_charts_true_writes_svgs_and_a_page_beside_each_plan_file(tmp_path):
     out = tmp_path / "mine.json"
     run = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "model=gpt2", "hardware=t4", "charts=true", f"out={out}"],
+        [sys.executable, "-m", "shardwise", "plan", "model=gpt2", "hardware=t4", "charts=true", f"out={out}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -170,9 +170,9 @@ def test_charts_true_writes_svgs_and_a_page_beside_each_plan_file(tmp_path):
 
 def test_a_plan_without_charts_never_imports_the_charts():
     code = (
-        "import sys, runner.cli\n"
+        "import sys, shardwise.cli\n"
         "sys.argv = ['shardwise', 'plan', 'model=gpt2', 'hardware=t4', 'json=true']\n"
-        "try:\n    runner.cli.main()\nexcept SystemExit:\n    pass\n"
+        "try:\n    shardwise.cli.main()\nexcept SystemExit:\n    pass\n"
         "print('CHARTS' if any(m.startswith('planner.charts') for m in sys.modules) else 'NONE', file=sys.stderr)\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -172,11 +172,11 @@ def test_probe_snapshot_replays_as_hardware(tmp_path):
 
 def test_planning_imports_neither_torch_nor_transformers_nor_the_runner(tmp_path):
     code = (
-        "import sys, planner.plan_cli, planner.probe_cli\n"
+        "import sys, shardwise.verbs.plan, shardwise.verbs.probe\n"
         "from planner.config.compose import make_plan\n"
         "make_plan('gpt-oss-120b', 'h100_80gb', ['hardware.count=8'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'accelerate', 'runner') if m in sys.modules]\n"
-        "import runner.cli\n"  # the dispatcher sits above the planner and loads no heavy module either
+        "import shardwise.cli\n"  # the dispatcher sits above the planner and loads no heavy module either
         "heavy += [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]\n"
         "print(heavy)\n"
     )
@@ -206,7 +206,10 @@ def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
     assert "planner/conf/plan.yaml" in names and "planner/conf/model/gpt-oss-120b.yaml" in names
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = "import sys; from runner.cli import main; from planner.config.app import conf_dir; print(conf_dir()); main()"
+    code = (
+        "import sys; from shardwise.cli import main; from planner.config.reader import conf_dir; print(conf_dir()); "
+        "main()"
+    )
     import os
 
     result = subprocess.run(

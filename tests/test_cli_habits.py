@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from runner.cli import VERBS
+from shardwise.cli import VERBS
 
 
 def shardwise(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, "-m", "shardwise", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +55,7 @@ def test_serve_help_lists_the_serve_keys_with_their_defaults():
 
 def test_help_anywhere_after_the_verb_prints_the_help_and_runs_nothing(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "model=gpt2", "--help"],
+        [sys.executable, "-m", "shardwise", "plan", "model=gpt2", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from planner.config import schema
-from planner.config.app import conf_dir, resolve_model_name
+from planner.config.overrides import resolve_model_name
+from planner.config.reader import conf_dir
 from planner.errors import ShardwiseError
 
 CONF = conf_dir()

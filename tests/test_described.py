@@ -262,7 +262,7 @@ def test_another_transformers_version_misses_the_shipped_file_and_says_so(hf_hom
 _WATCH = (
     "import os, sys\n"
     "try:\n"
-    "    from runner.cli import main\n"
+    "    from shardwise.cli import main\n"
     "    main()\n"
     "finally:\n"
     "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"

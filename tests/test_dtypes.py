@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from planner import decisions as dtypes
-from planner import stack
+from planner.decide import decisions as dtypes
+from planner.decide import stack
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Device, Hardware
 from planner.units import GIB
@@ -27,7 +27,7 @@ def test_mirrored_kernel_requirements_match_the_installed_transformers():
     from transformers.quantizers import quantizer_mxfp4
     from transformers.utils import import_utils
 
-    from planner import stack
+    from planner.decide import stack
 
     def as_tuple(text):
         return tuple(int(x) for x in text.split("."))

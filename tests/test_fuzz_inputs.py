@@ -170,7 +170,7 @@ def plan_dict():
 def test_hostile_plan_files_load_or_refuse(tmp_path_factory, plan_dict, path, value):
     import copy
 
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     data = copy.deepcopy(plan_dict)
     node = data
@@ -240,7 +240,7 @@ def test_hostile_overrides_exit_0_or_2_without_a_traceback(tmp_path_factory, ove
     import io
     import os
 
-    from runner.cli import main
+    from shardwise.cli import main
 
     cwd = tmp_path_factory.mktemp("cli")
     args = ["plan", "model=gpt2", "hardware=t4", *(f"{k}={v}" for k, v in overrides)]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from planner.errors import ShardwiseError
-from planner.kv import kv_bytes_per_token, layer_kv_bytes, layer_state_bytes, state_bytes_per_sequence
+from planner.memory.kv import kv_bytes_per_token, layer_kv_bytes, layer_state_bytes, state_bytes_per_sequence
 from planner.model import architectures
 from planner.model.inventory import build_inventory
 

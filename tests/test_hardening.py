@@ -57,8 +57,8 @@ def test_a_failed_plan_write_leaves_the_old_plan_whole_and_no_temp_file(tmp_path
 
 
 def test_out_to_a_full_disk_is_one_line_and_keeps_the_old_plan(tmp_path, monkeypatch):
-    from planner import plan_cli
     from planner.errors import ShardwiseError
+    from shardwise.verbs import plan as plan_cli
 
     plan = _a_plan()
     target = tmp_path / "plan.json"
@@ -87,7 +87,7 @@ def test_two_plans_started_together_get_their_own_run_directories(tmp_path):
     env = {**os.environ, "COLUMNS": "400", "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "runner", "plan", f"model={model}", "hardware=t4"],
+            [sys.executable, "-m", "shardwise", "plan", f"model={model}", "hardware=t4"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -277,7 +277,7 @@ def test_hostile_snapshots_are_one_line(tmp_path, snapshot, needle):
 )
 def test_plan_file_fields_of_the_wrong_type_are_refused_naming_the_field(tmp_path, change, needle):
     from planner.errors import ShardwiseError
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     data = _a_plan().to_dict()
     change(data)
@@ -405,7 +405,7 @@ def test_a_does_not_fit_without_fixes_says_nothing_here_would_fit():
     from rich.console import Console
 
     from planner.config.compose import make_plan
-    from planner.report import render
+    from planner.explain.report import render
 
     plan = make_plan("gpt-oss-120b", "a100_40gb")
     assert not plan.fits and plan.binding["fixes"]
@@ -429,7 +429,7 @@ def test_an_offload_fix_states_and_sets_the_context_it_was_planned_at():
 
 
 def test_the_fewer_sessions_fix_is_the_largest_count_that_fits_and_found_by_bisection(monkeypatch):
-    import planner.sizing as sizing
+    import planner.place.sizing as sizing
     from planner.config.compose import make_plan
 
     placements = [0]

@@ -154,7 +154,7 @@ def test_a_directory_as_a_snapshot_path_is_one_line_and_left_alone(tmp_path, ver
 
 
 def test_launch_env_keeps_only_what_shardwise_writes():
-    from planner.plan import LAUNCH_ENV_KEYS, Launch
+    from planner.planfile.plan import LAUNCH_ENV_KEYS, Launch
 
     fresh = _a_plan().launch
     assert set(fresh.env) <= set(LAUNCH_ENV_KEYS) and fresh.safe_env() == (fresh.env, [])
@@ -238,7 +238,7 @@ def test_a_fifo_given_as_an_input_file_is_one_line(tmp_path, verb, key):
 
 def test_a_character_device_is_not_read_as_a_plan():
     from planner.errors import ShardwiseError
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     with pytest.raises(ShardwiseError, match="is a character device"):
         within(10, Plan.load, "/dev/zero")

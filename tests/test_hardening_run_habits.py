@@ -16,7 +16,8 @@ from server_fakes import FakeSession
 from test_server import live_server
 from tiny_models import tiny_gpt2
 
-from planner.config.app import normalize_overrides, writable_run_dirs
+from planner.config.overrides import normalize_overrides
+from shardwise.verbs.app import writable_run_dirs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_a_piped_plan_report_fits_80_columns_and_hardware_notes_are_notes(tmp_pa
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "model=gpt2", "hardware=cpu"],
+        [sys.executable, "-m", "shardwise", "plan", "model=gpt2", "hardware=cpu"],
         cwd=tmp_path,
         env={**env, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
@@ -116,7 +117,7 @@ def _plan_lines(model: str, hardware: str, overrides: list[str], width: int) -> 
     from rich.console import Console
 
     from planner.config.compose import make_plan
-    from planner.report import render
+    from planner.explain.report import render
 
     out = io.StringIO()
     render(make_plan(model, hardware, overrides), console=Console(file=out, width=width, highlight=False))

@@ -17,7 +17,7 @@ from test_hardening_run import error_line, here_plan
 from tiny_models import tiny_gpt2
 
 from planner.errors import ShardwiseError
-from planner.plan import Plan, Serving
+from planner.planfile.plan import Plan, Serving
 
 REPO = Path(__file__).resolve().parents[1]
 

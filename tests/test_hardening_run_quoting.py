@@ -54,7 +54,7 @@ def test_escaped_interpolations_are_resolved_once(monkeypatch):
 
 
 def test_serve_api_key_is_the_typed_text_or_the_resolved_variable(monkeypatch):
-    from runner.openai.serve_cli import settings_from_config
+    from shardwise.verbs.serve import settings_from_config
 
     monkeypatch.setenv("SHARDWISE_TEST_KEY", "from-env")
     assert settings_from_config(compose("serve", [r"serve.api_key=\${x}"]))[0].api_key == "${x}"

@@ -26,7 +26,7 @@ def gpt2(tmp_path_factory):
 def start(args, cwd) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, "-m", "shardwise", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -51,7 +51,7 @@ def test_a_request_path_cannot_forge_a_log_line(server, caplog):
 def test_an_empty_serve_host_is_refused(monkeypatch):
     from test_server_cli import compose_serve
 
-    from runner.openai import serve_cli
+    from shardwise.verbs import serve as serve_cli
 
     with pytest.raises(ShardwiseError, match="serve.host is empty"):
         serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.host="]))
@@ -81,7 +81,7 @@ def test_serve_max_messages_sets_the_bound():
 def test_serve_config_reads_and_range_checks_the_message_and_stall_bounds():
     from test_server_cli import compose_serve
 
-    from runner.openai import serve_cli
+    from shardwise.verbs import serve as serve_cli
 
     settings, _ = serve_cli.settings_from_config(
         compose_serve(["hardware=cpu", "serve.max_messages=10", "serve.stream_stall_timeout_s=2.5"])

@@ -31,7 +31,7 @@ def _hf_download(env: dict, *args: str) -> None:
 def _chat(env: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "chat", f"model={REPO_ID}", "hardware=cpu", "prompt=hi"]
+        [sys.executable, "-m", "shardwise", "chat", f"model={REPO_ID}", "hardware=cpu", "prompt=hi"]
         + ["generation.max_tokens=3", "generation.temperature=0"],
         cwd=cwd,
         env=env,

@@ -22,7 +22,7 @@ def plan(*args: str, env: dict, cwd: Path, out: Path | None = None) -> tuple[sub
     out = out or cwd / "plan.json"
     out.unlink(missing_ok=True)
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "hardware=h100_80gb", f"out={out}", *args],
+        [sys.executable, "-m", "shardwise", "plan", "hardware=h100_80gb", f"out={out}", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -199,7 +199,7 @@ def test_a_sweep_mixes_a_profile_a_hub_id_and_a_directory(sharded, tmp_path):
     for name, blob in llama_repo_files(num_layers=1).items():
         (model_dir / name).write_bytes(blob)
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "-m", f"model=gpt2,{REPO_ID},./local-llama", "hardware=h100_80gb"],
+        [sys.executable, "-m", "shardwise", "plan", "-m", f"model=gpt2,{REPO_ID},./local-llama", "hardware=h100_80gb"],
         cwd=tmp_path,
         env=hub.env(tmp_path / "hf"),
         capture_output=True,
@@ -268,7 +268,7 @@ def test_openaichat_takes_any_hub_id_and_loads_it_from_the_hub(tmp_path):
 def test_launch_renders_a_hub_plan_with_its_id_and_revision(sharded, tmp_path):
     hub, _, sha = sharded
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "launch", f"model={REPO_ID}", "hardware=h100_80gb"]
+        [sys.executable, "-m", "shardwise", "launch", f"model={REPO_ID}", "hardware=h100_80gb"]
         + ["launch.engine=vllm", "launch.dry_run=true"],
         cwd=tmp_path,
         env=hub.env(tmp_path / "hf"),

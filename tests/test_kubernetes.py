@@ -21,7 +21,7 @@ from k8s_check import flag, numbers, serving_container, strict, validate, vllm_a
 from planner.config.compose import make_plan
 from planner.config.schema import KubernetesSettings, LaunchSettings, MultiNodeBackend, check_kubernetes
 from planner.errors import ShardwiseError
-from planner.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
+from planner.planfile.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
 from runner.launch import kubernetes as K
 from runner.launch.render import vllm_commands
 
@@ -50,7 +50,7 @@ def h100_plan(name, source, model_type, *, strategy, nodes=1, gpus=1, tp=1, pp=1
         for n in range(nodes)
         for i in range(gpus)
     )
-    from planner.plan import Launch
+    from planner.planfile.plan import Launch
 
     return Plan(
         model=ModelInfo(
@@ -309,7 +309,7 @@ def test_yaml_quotes_strings_a_yaml_reader_could_take_for_bools_numbers_or_null(
 
 @pytest.mark.parametrize("value", ["on", "y", "8", "1e3", "null", "$(HOME)"])
 def test_env_values_from_the_plan_stay_strings_in_the_manifest(value):
-    """Only LAUNCH_ENV_KEYS pass from a plan file (planner.plan); their values stay strings, `$(` stays literal."""
+    """Only LAUNCH_ENV_KEYS pass from a plan file (planfile.plan); their values stay strings, `$(` stays literal."""
     plan = PLANS["llama8b_1gpu"]()
     env = {"PYTORCH_CUDA_ALLOC_CONF": value, "NOT_PASSED": "x"}
     text = K.render(replace(plan, launch=replace(plan.launch, env=env)), LaunchSettings()).yaml()

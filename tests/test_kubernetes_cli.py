@@ -66,7 +66,7 @@ def test_dry_run_is_the_default_and_stdout_is_only_the_yaml_also_written_beside_
 
 def test_fresh_plan_for_one_gpu_renders_a_deployment_sized_by_vllm(tmp_path):
     """No launch.engine given: the target plans with vLLM's rules and sessions=auto, as launch.engine=vllm does."""
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     result = launch("model=llama-3.1-8b", "hardware=h100_80gb", "launch.target=kubernetes", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

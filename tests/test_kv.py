@@ -3,7 +3,7 @@
 Each model is built from a config sized like the inventory sees it; after a prefill of T tokens
 (and after one more decoded token) the key/value tensors of `past_key_values` are measured two
 ways: the bytes their shapes say, and the bytes of the storage they keep alive (a sliding layer's
-tensors are views into the step's concatenation). planner.kv plans the storage.
+tensors are views into the step's concatenation). planner.memory.kv plans the storage.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.kv import kv_bytes_per_token, kv_cache_bytes, layer_held_tokens, layer_kv_bytes
+from planner.memory.kv import kv_bytes_per_token, kv_cache_bytes, layer_held_tokens, layer_kv_bytes
 from planner.model.inventory import LayerSpec, build_inventory
 
 REFERENCE = Path(__file__).parent / "data/reference_models"
@@ -334,7 +334,7 @@ def test_kv_and_state_equal_what_the_cache_holds_for_modern_attention(name, prom
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from planner.kv import layer_state_bytes
+    from planner.memory.kv import layer_state_bytes
 
     arch = {**MODERN[name], **COMMON}
     inv = build_inventory(arch, dtype="bfloat16")
@@ -360,7 +360,7 @@ def test_mla_caches_the_latent_not_the_expanded_heads():
 
 
 def test_hybrid_models_hold_kv_only_on_attention_layers_and_a_state_per_sequence():
-    from planner.kv import state_bytes_per_sequence
+    from planner.memory.kv import state_bytes_per_sequence
 
     arch = json.loads((REFERENCE / "Qwen__Qwen3-Next-80B-A3B-Instruct.json").read_text())
     inv = build_inventory(arch, dtype="bfloat16")

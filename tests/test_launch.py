@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import ShardwiseError
-from planner.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
+from planner.planfile.plan import DeviceBudget, Limits, ModelInfo, Plan, Quantization
 from runner.launch import render as L
 
 H100 = "NVIDIA H100 80GB HBM3"

@@ -35,7 +35,7 @@ def here_plan(llama_dir):
 
 def launch(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", "launch", *args],
+        [sys.executable, "-m", "shardwise", "launch", *args],
         cwd=cwd,
         text=True,
         stdin=subprocess.PIPE,

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from planner.config.compose import make_plan
+from planner.decide.policy import Policy
 from planner.errors import ShardwiseError
-from planner.objective import Option, choose
-from planner.policy import Policy
+from planner.place.objective import Option, choose
 
 # llama-3.1-70b on four NVLinked H100s at 8k tokens: pipelines over 2-4 GPUs and tensor parallel 2 and 4 all fit
 FOUR_H100 = ["hardware.count=4", "policy.context_tokens=8192"]
@@ -71,7 +71,7 @@ def test_an_unknown_objective_is_refused():
 def test_an_invalid_objective_is_one_line_and_exit_2():
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     done = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "model=gpt2", "hardware=cpu", "policy.objective=fast"],
+        [sys.executable, "-m", "shardwise", "plan", "model=gpt2", "hardware=cpu", "policy.objective=fast"],
         capture_output=True,
         text=True,
         env=env,
@@ -116,8 +116,8 @@ def test_throughput_ranks_layouts_by_aggregate_at_the_planned_sessions():
 
 
 def test_the_speed_is_computed_once_per_layout_that_fits_not_per_context_probe(monkeypatch):
-    import planner.sizing as planning
-    import planner.speed as speed
+    import planner.place.sizing as planning
+    import planner.speed.block as speed
 
     calls = []
     real_block, real_decode = planning._speed, speed.decode_speeds

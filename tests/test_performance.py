@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.performance import (
+from planner.speed.roofline import (
     AttentionLayer,
     Efficiency,
     Link,
@@ -193,7 +193,7 @@ def test_tensor_parallel_over_a_slower_link_is_slower(fast, ratio):
 # ---- in the plan -----------------------------------------------------------------------------
 def test_every_fitting_plan_carries_a_performance_block_that_survives_plan_json(tmp_path):
     from planner.config.compose import make_plan
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     plan = make_plan("llama-3.1-70b", "h100_80gb", ["hardware.count=2", "policy.sessions=4"])
     perf = plan.performance
@@ -232,7 +232,7 @@ def test_cpu_plan_decode_is_the_weights_read_at_the_given_bandwidth():
 
 def test_report_and_sweep_show_the_predicted_speed():
     from planner.config.sweep import _tokens_per_s
-    from planner.report import performance_line
+    from planner.explain.report import performance_line
 
     perf = predict(one_stage(), context_tokens=8192, sessions=4).to_dict() | {"available": True}
     line = performance_line(perf)
@@ -303,7 +303,7 @@ def test_moe_plan_reads_only_the_routed_experts():
 
 # ---- calibration ------------------------------------------------------------------------------
 def test_fit_factors_recovers_the_factors_samples_were_made_with():
-    from planner.calibration import Sample, fit_factors
+    from planner.speed.calibration import Sample, fit_factors
 
     bandwidth, compute, per_layer, per_pass = 0.6, 0.8, 500e-6, 2e-3
     shapes = [(4, 0.002, 0.01), (12, 0.010, 0.05), (8, 0.030, 0.20), (24, 0.050, 0.31), (16, 0.120, 0.90)]

@@ -11,7 +11,7 @@ import pytest
 
 from planner.config.compose import make_plan
 
-# The behaviour checked is the count of single planning steps (planner.sizing places one request): the
+# The behaviour checked is the count of single planning steps (planner.place.sizing places one request): the
 # searches above it (sessions=auto, fixes) bisect, so a few dozen steps plan the largest inputs where a
 # linear walk over 65,536 sessions or 4,096 GPUs would take thousands. HANG_S only catches a hang: it is
 # far above what any machine, however loaded, needs (these took 3-20 s on a loaded 2-core box).
@@ -21,8 +21,8 @@ HANG_S = 300
 
 @pytest.fixture
 def placements(monkeypatch):
-    """How many times planner.sizing placed one request during the test."""
-    import planner.sizing as sizing
+    """How many times planner.place.sizing placed one request during the test."""
+    import planner.place.sizing as sizing
 
     count = [0]
     real = sizing._place_on
@@ -62,8 +62,8 @@ def test_the_largest_machines_plan_in_a_bounded_number_of_steps(model, hardware,
 
 def _exhaustive(monkeypatch):
     """Switch every bound of the search off: every pipeline size, every cross-node shape, every layout weighed."""
-    from planner import objective, search
-    from planner.memory import CostModel
+    from planner.memory.terms import CostModel
+    from planner.place import objective, search
 
     monkeypatch.setattr(search, "ALWAYS_STAGES", 10**6)
     monkeypatch.setattr(search, "LINEAR_RUN", 10**6)  # every layout of a run tried one by one, no bisection
@@ -118,7 +118,7 @@ def test_bisecting_every_run_of_layouts_takes_the_layout_trying_them_one_by_one_
 ):
     """search.first_fit bisects runs longer than LINEAR_RUN (machines claiming thousands of GPUs); with every
     run bisected, real clusters still get the layout, context and chunk of the one-by-one search."""
-    from planner import search
+    from planner.place import search
 
     with monkeypatch.context() as patch:
         patch.setattr(search, "LINEAR_RUN", 1)
@@ -133,10 +133,10 @@ def test_pipeline_shapes_are_bounded_by_the_model_not_by_the_gpus_claimed():
     from planner.config.compose import compose
     from planner.config.request import request_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.memory import CostModel
+    from planner.memory.terms import CostModel
     from planner.model.inventory import build_inventory
-    from planner.plan import Notes
-    from planner.search import attempts, most_stages
+    from planner.place.search import attempts, most_stages
+    from planner.planfile.plan import Notes
 
     cfg = compose("plan", ["model=gpt-oss-120b", "hardware=l4", "hardware.count=16", "hardware.nodes=256"])
     hw = resolve_hardware(cfg.hardware, name="l4")
@@ -158,11 +158,11 @@ def test_the_memory_floor_only_skips_layouts_that_do_not_fit():
     from planner.config.compose import compose
     from planner.config.request import request_from_config
     from planner.hardware.tiers import resolve_hardware
-    from planner.memory import CostModel
+    from planner.memory.terms import CostModel
     from planner.model.inventory import build_inventory
-    from planner.placement import evaluate
-    from planner.plan import Notes
-    from planner.search import attempts
+    from planner.place.placement import evaluate
+    from planner.place.search import attempts
+    from planner.planfile.plan import Notes
 
     cfg = compose("plan", ["model=gpt-oss-120b", "hardware=l4", "hardware.count=8", "hardware.nodes=2"])
     hw = resolve_hardware(cfg.hardware, name="l4")
@@ -206,7 +206,7 @@ def _report(plan) -> str:
 
     from rich.console import Console
 
-    from planner.report import render
+    from planner.explain.report import render
 
     out = io.StringIO()
     render(plan, console=Console(file=out, width=400))

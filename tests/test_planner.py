@@ -7,10 +7,10 @@ from functools import cache
 
 import pytest
 
-from planner import stack
-from planner.config.app import profile_names
 from planner.config.compose import compose, make_plan
+from planner.config.reader import profile_names
 from planner.config.request import plan_from_config
+from planner.decide import stack
 from planner.errors import ShardwiseError
 from planner.hardware.tiers import resolve_hardware
 from planner.units import GIB
@@ -398,8 +398,8 @@ def test_offload_keeps_gpu_layers_contiguous_and_spills_ram_then_disk():
 def test_mixed_gpus_plan_on_the_ones_that_keep_bf16_and_mxfp4():
     from planner.config.reader import profile_spec
     from planner.config.request import policy_from_config
+    from planner.driver.planning import plan_model
     from planner.hardware.devices import Device, Hardware
-    from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-20b"])
     hw = Hardware(
@@ -481,8 +481,8 @@ def test_a_split_that_fits_only_one_layer_off_proportional_is_found():
     """48 + 24 GiB: the proportional 24/12 split overflows GPU 1 at 32k; moving a boundary layer fits."""
     from planner.config.reader import profile_spec
     from planner.config.request import policy_from_config
+    from planner.driver.planning import plan_model
     from planner.hardware.devices import Device, Hardware
-    from planner.planning import plan_model
 
     cfg = compose("plan", ["model=gpt-oss-120b", "policy.context_tokens=32768"])
     hw = Hardware(

@@ -457,7 +457,7 @@ def test_shardwise_probe_bad_save_path_is_one_line_exit_2(tmp_path):
 
 def test_probe_modules_import_neither_torch_nor_pynvml():
     code = (
-        "import sys, planner.hardware.probe, planner.probe_cli, planner.hardware.tiers, "
+        "import sys, planner.hardware.probe, shardwise.verbs.probe, planner.hardware.tiers, "
         "planner.hardware.visible_devices;"
         "bad = [m for m in ('torch', 'transformers', 'pynvml', 'runner') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"

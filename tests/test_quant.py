@@ -325,7 +325,7 @@ ALL_PACKAGES = {"compressed-tensors": "0.15.1", "gptqmodel": "5.0.0", "optimum":
     ],
 )
 def test_each_format_is_kept_dequantized_or_refused_where_transformers_would(method, hw, expected, needle):
-    from planner.decisions import decide_quantization
+    from planner.decide.decisions import decide_quantization
 
     if expected == "cannot":
         with pytest.raises(ShardwiseError, match=needle.replace("(", r"\(").replace(")", r"\)")):
@@ -356,7 +356,7 @@ def test_fp8_profile_is_kept_on_h100_dequantized_on_a100_and_on_request():
 
 
 def test_on_load_quantization_sizes_the_loaded_linears_and_leaves_the_checkpoint_alone():
-    from planner.quant_support import ON_LOAD
+    from planner.decide.quant_support import ON_LOAD
 
     plain = build_inventory(ARCH, dtype="bfloat16")
     int8 = build_inventory(ARCH, dtype="bfloat16", load_quantization=ON_LOAD["bnb8"])
@@ -401,7 +401,7 @@ def test_on_load_quantization_is_refused_where_transformers_cannot_do_it(model, 
 
 def test_installed_versions_are_read_as_pip_reads_them():
     """Two-part, local and dev versions keep their release numbers; an unreadable one counts as missing."""
-    from planner.quant_support import version_tuple
+    from planner.decide.quant_support import version_tuple
 
     assert version_tuple("3.4") == (3, 4, 0)  # not (3, 4), which sorts below (3, 4, 0)
     assert version_tuple("3.5.0+cu128") == (3, 5, 0)

@@ -10,8 +10,8 @@ import pytest
 
 from planner.config.compose import compose, make_plan
 from planner.config.request import parse_tokens, policy_from_config, request_from_config
+from planner.decide.policy import Policy
 from planner.errors import ShardwiseError
-from planner.policy import Policy
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_the_offload_room_is_measured_when_the_request_is_built_not_in_the_core(
 
 def test_a_bad_context_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "plan", "hardware=t4", "policy.context_tokens=8kb"],
+        [sys.executable, "-m", "shardwise", "plan", "hardware=t4", "policy.context_tokens=8kb"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -115,7 +115,7 @@ def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
 def _shardwise(args, cwd, stdin=None, timeout=180):
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(cwd))
     return subprocess.run(
-        [sys.executable, "-m", "runner.cli", "chat", *args],
+        [sys.executable, "-m", "shardwise.cli", "chat", *args],
         cwd=cwd,
         env=env,
         input=stdin,

@@ -9,7 +9,7 @@ import torch
 from tiny_models import cpu_plan, tiny_gpt_oss, tiny_llama
 
 from planner.errors import ShardwiseError
-from planner.plan import Quantization
+from planner.planfile.plan import Quantization
 from runner.engine.loader import check_fresh, from_pretrained_kwargs, load, set_runtime_env
 from runner.engine.session import ChatSession
 from runner.engine.types import SamplingParams

@@ -16,9 +16,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from openai import OpenAI
 
-from planner.config.app import conf_dir
+from planner.config.reader import conf_dir
 from planner.errors import ShardwiseError
-from runner.openai import serve_cli
+from runner.openai import served
+from shardwise.verbs import serve as serve_cli
+from shardwise.verbs.app import remote_code_consent
 
 try:
     from tests.tiny_models import tiny_llama
@@ -84,34 +86,34 @@ def model_dir(tmp_path_factory):
 
 
 def test_model_path_is_served_under_its_directory_name(model_dir):
-    sources = serve_cli.model_sources(compose_serve(["hardware=cpu", f"model.path={model_dir}"]))
+    sources = served.model_sources(compose_serve(["hardware=cpu", f"model.path={model_dir}"]), consent=False)
     assert [(s.name, s.aliases) for s in sources] == [("tiny-llama", ())]
 
 
 def test_serve_plans_auto_sessions_by_default_and_says_so(model_dir):
     """serve's own config sizes the paged cache for as many sequences as fit (bounded), and the plan says why."""
-    from planner.sessions import MAX_SESSIONS_CPU
+    from planner.driver.sessions import MAX_SESSIONS_CPU
 
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}"])
-    plan = serve_cli.plan_for(cfg, cfg.model)
+    plan = served.plan_for(cfg, cfg.model)
     assert plan.limits.sessions == plan.serving.max_concurrent == MAX_SESSIONS_CPU
     assert plan.serving.mode == "batched"
     reason = next(d.reason for d in plan.decisions if d.what == "sessions")
     assert reason.startswith("policy.sessions=auto (serve's default; plan and chat size for 1): 16 sequence(s)")
     asked = compose_serve(["hardware=cpu", f"model.path={model_dir}", "policy.sessions=3"])
-    assert serve_cli.plan_for(asked, asked.model).serving.max_concurrent == 3
+    assert served.plan_for(asked, asked.model).serving.max_concurrent == 3
 
 
 def test_several_served_models_or_no_batching_plan_one_session_by_default(model_dir):
     """With serve.models the first model's cache must not take the memory the next ones are planned in; without
     batching nothing would use more sessions."""
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", f"serve.models=[{model_dir}]"])
-    plan = serve_cli.plan_for(cfg, cfg.model)
+    plan = served.plan_for(cfg, cfg.model)
     assert plan.limits.sessions == plan.serving.max_concurrent == 1
     reason = next(d.reason for d in plan.decisions if d.what == "sessions")
     assert reason.startswith("policy.sessions=1, not serve's default auto: the first of several served models")
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", "serve.batching=false"])
-    plan = serve_cli.plan_for(cfg, cfg.model)
+    plan = served.plan_for(cfg, cfg.model)
     assert plan.limits.sessions == 1
     assert "serve.batching=false serves one request at a time" in next(
         d.reason for d in plan.decisions if d.what == "sessions"
@@ -123,7 +125,7 @@ def test_serve_plans_one_session_for_a_layout_it_serves_sequentially(model_dir):
     sessions that never run, and the plan says why."""
     for typed in ([], ["policy.sessions=auto"]):
         cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}", "policy.attn_implementation=eager", *typed])
-        plan = serve_cli.plan_for(cfg, cfg.model)
+        plan = served.plan_for(cfg, cfg.model)
         assert plan.serving.mode == "sequential"
         assert plan.limits.sessions == 1
         reason = next(d.reason for d in plan.decisions if d.what == "sessions")
@@ -135,7 +137,7 @@ def test_serve_on_several_gpus_batches_on_one_rather_than_spreading_for_sessions
     time: serve keeps the batched one-GPU layout with the most sessions it holds, as on a one-GPU machine."""
     one = compose_serve(["model=llama-3.1-8b", "hardware=h100_80gb", "hardware.count=1"])
     four = compose_serve(["model=llama-3.1-8b", "hardware=h100_80gb", "hardware.count=4"])
-    alone, spread = serve_cli.plan_for(one, one.model), serve_cli.plan_for(four, four.model)
+    alone, spread = served.plan_for(one, one.model), served.plan_for(four, four.model)
     assert alone.serving.mode == spread.serving.mode == "batched"
     assert spread.strategy == "single_gpu"
     assert spread.serving.max_concurrent == alone.serving.max_concurrent > 1
@@ -147,10 +149,10 @@ def test_an_extra_served_model_asking_for_remote_code_is_refused_without_consent
     from dataclasses import replace
 
     cfg = compose_serve(["hardware=cpu", f"model.path={model_dir}"])
-    plan = serve_cli.plan_for(cfg, cfg.model)
+    plan = served.plan_for(cfg, cfg.model)
     asking = replace(plan, model=replace(plan.model, trust_remote_code=True))
     with pytest.raises(ShardwiseError, match="trust_remote_code"):
-        serve_cli.load_session(cfg, asking)
+        served.load_session(cfg, asking, consent=remote_code_consent(cfg))
 
 
 def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monkeypatch):
@@ -158,11 +160,11 @@ def test_serve_with_a_plan_file_serves_what_it_planned(model_dir, tmp_path, monk
     from planner.config.compose import make_plan
 
     path = make_plan(model_path=str(model_dir), hardware="cpu").save(tmp_path / "plan.json")
-    served = []
-    monkeypatch.setattr(serve_cli, "load_session", lambda cfg, plan: served.append(plan))
-    sources = serve_cli.model_sources(compose_serve(["hardware=cpu", f"plan_file={path}"]))
+    loaded = []
+    monkeypatch.setattr(served, "load_session", lambda cfg, plan, consent: loaded.append(plan))
+    sources = served.model_sources(compose_serve(["hardware=cpu", f"plan_file={path}"]), consent=False)
     sources[0].load()
-    assert served[0].limits.sessions == served[0].serving.max_concurrent == 1
+    assert loaded[0].limits.sessions == loaded[0].serving.max_concurrent == 1
 
 
 @pytest.mark.slow
@@ -225,7 +227,7 @@ def test_shardwise_serve_process_answers_the_openai_client(tmp_path, model_dir):
 
 def test_shardwise_serve_with_a_bad_block_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "shardwise", "serve", "hardware=cpu", "serve.port=70000", f"hydra.run.dir={tmp_path}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 from tiny_models import tiny_gpt_oss, tiny_llama
 
+from planner.memory.serving import geometry, paged_footprint, plan_serving, sectors_needed
 from planner.model.inventory import build_inventory
-from planner.plan import Plan
-from planner.serving import geometry, paged_footprint, plan_serving, sectors_needed
+from planner.planfile.plan import Plan
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_plan_json_round_trips_the_serving_block(models, tmp_path):
 def test_auto_sessions_is_the_most_that_fit_at_the_context():
     """policy.sessions=auto: n fits with batching's buffers, n + 1 does not, and the decision names what binds."""
     from planner.config.compose import make_plan
-    from planner.sessions import serving_fits
+    from planner.driver.sessions import serving_fits
 
     plan = make_plan(
         model="llama-3.2-1b", hardware="t4", overrides=["policy.sessions=auto", "policy.context_tokens=8192"]
@@ -207,7 +207,7 @@ def test_auto_sessions_stops_at_max_sessions_and_keeps_the_context(models):
     """A tiny model fits far more sequences than it needs: auto stops at the bound, and the context stays that of
     one session (16 on the CPU by default, policy.max_sessions=N otherwise)."""
     from planner.config.compose import make_plan
-    from planner.sessions import MAX_SESSIONS_CPU
+    from planner.driver.sessions import MAX_SESSIONS_CPU
 
     path = str(models["llama"])
     one = make_plan(model_path=path, hardware="cpu")
@@ -239,7 +239,7 @@ def test_a_bound_that_memory_meets_exactly_does_not_claim_memory_allows_more():
 
 def test_auto_sessions_on_gpus_is_bounded_at_64():
     from planner.config.compose import make_plan
-    from planner.sessions import MAX_SESSIONS_GPU
+    from planner.driver.sessions import MAX_SESSIONS_GPU
 
     plan = make_plan(
         model="llama-3.2-1b", hardware="h100_80gb", overrides=["policy.sessions=auto", "policy.context_tokens=8192"]

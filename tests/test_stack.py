@@ -6,8 +6,8 @@ from importlib import metadata
 
 import pytest
 
-from planner import stack
 from planner.config.compose import make_plan
+from planner.decide import stack
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The tree's boundaries, read from the source: the import graph and who opens files under conf/.
 
-The import graph is built from the AST of every module of planner/ and runner/, counting imports
+The import graph is built from the AST of every module of planner/, runner/ and shardwise/, counting imports
 inside functions and string arguments to importlib.import_module / __import__, so a boundary
 cannot be hidden by importing lazily or by name.
 """
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("planner", "runner")
+PACKAGES = ("planner", "runner", "shardwise")
 
 
 def module_name(path: Path) -> str:
@@ -49,7 +49,7 @@ def imported_names(path: Path, package: str) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of planner/ and runner/ it imports (names that are not modules are dropped)."""
+    """Module -> the modules of planner/, runner/ and shardwise/ it imports (names that are not modules are dropped)."""
     modules = all_modules()
     graph = {}
     for name, path in modules.items():
@@ -89,7 +89,7 @@ def test_the_graph_sees_lazy_and_importlib_imports():
     """The scanner itself: a function-level import and an importlib string are both edges."""
     graph = import_graph()
     assert "planner.config.request" in graph["planner.config.compose"]  # imported inside make_plan
-    assert "planner.planning" in graph["planner.config.request"]  # imported inside plan_from_config
+    assert "planner.driver.planning" in graph["planner.config.request"]  # imported inside plan_from_config
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -106,6 +106,24 @@ def test_planner_never_imports_runner():
     assert crossing == []
 
 
+def test_the_verbs_sit_above_both_packages():
+    """shardwise/ (the verbs, their Hydra app, the dispatcher) imports planner and runner, never the reverse; the
+    one exception is `python -m runner`, a program entry kept for old scripts that hands over to the dispatcher."""
+    graph = import_graph()
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.split(".")[0] in ("planner", "runner") and module != "runner.__main__"
+        for target in targets
+        if target.split(".")[0] == "shardwise"
+    )
+    assert upward == []
+    verbs = {m.rpartition(".")[2] for m in graph if m.startswith("shardwise.verbs.")} - {"app"}
+    from shardwise.cli import VERBS
+
+    assert verbs == set(VERBS)  # one module per verb, named after it
+
+
 def test_planner_modules_import_no_cycle():
     graph = import_graph()
     planner_only = {m: {t for t in ts if t.startswith("planner")} for m, ts in graph.items() if m.startswith("planner")}
@@ -116,15 +134,15 @@ def test_the_planner_core_does_not_import_the_config_layer():
     """planner/config hands the core a typed request; the core never reaches back into planner/config."""
     graph = import_graph()
     core = [
-        "planner.planning",
-        "planner.sizing",
-        "planner.sessions",
-        "planner.search",
-        "planner.explain",
-        "planner.fixes",
-        "planner.fallbacks",
+        "planner.driver.planning",
+        "planner.place.sizing",
+        "planner.driver.sessions",
+        "planner.place.search",
+        "planner.explain.prose",
+        "planner.driver.fixes",
+        "planner.driver.fallbacks",
     ]
-    core += ["planner.policy", "planner.placement", "planner.memory", "planner.decisions"]
+    core += ["planner.decide.policy", "planner.place.placement", "planner.memory.terms", "planner.decide.decisions"]
     reaching = sorted(f"{m} -> {t}" for m in core for t in graph[m] if t.startswith("planner.config"))
     assert reaching == []
 
@@ -135,7 +153,7 @@ CONF_USE = re.compile(r"""conf_dir\(|["']conf["']|["']conf/|/\s*["']conf\b""")
 
 def test_only_planner_config_opens_paths_under_conf():
     offenders = []
-    for folder in ("planner", "runner", "benchmarks"):
+    for folder in ("planner", "runner", "shardwise", "benchmarks"):
         for path in sorted((REPO / folder).rglob("*.py")):
             if path.is_relative_to(REPO / "planner" / "config"):
                 continue

@@ -198,7 +198,7 @@ def test_speed_grows_with_sessions_and_falls_with_tensor_parallel():
 
 
 def test_launch_with_vllm_sizes_sessions_and_max_num_seqs_like_serve(capsys, tmp_path, monkeypatch):
-    from runner.cli import main
+    from shardwise.cli import main
 
     monkeypatch.chdir(tmp_path)  # the launch verb writes its plan under outputs/
     try:
@@ -246,7 +246,7 @@ def test_calibration_records_are_within_tolerance():
 
 
 def test_unchanged_plan_dataclass_round_trips_with_engine():
-    from planner.plan import Plan
+    from planner.planfile.plan import Plan
 
     plan = vllm_plan("llama-3.1-8b", "policy.context_tokens=8192")
     again = Plan.from_dict(json.loads(plan.to_json()))
@@ -274,7 +274,7 @@ def test_quantization_on_load_renders_vllms_in_flight_method():
 def test_report_shows_vllms_view_and_its_refusal(capsys):
     from rich.console import Console
 
-    from planner.report import render
+    from planner.explain.report import render
 
     console = Console(width=200, force_terminal=False)
     render(vllm_plan("gpt-oss-20b", "launch.gpu_memory_utilization=0.95"), console=console)

@@ -348,7 +348,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_shardwise_chat_answers_a_vision_language_model_once(dirs, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "chat", f"model.path={dirs['llava']}", "hardware=cpu", "prompt=hello"]
+        [sys.executable, "-m", "shardwise.cli", "chat", f"model.path={dirs['llava']}", "hardware=cpu", "prompt=hello"]
         + ["generation.max_tokens=4", "generation.temperature=0"],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path)),
@@ -365,8 +365,8 @@ def test_shardwise_chat_answers_a_vision_language_model_once(dirs, tmp_path):
 def test_shardwise_serve_answers_text_and_an_image_on_a_vision_language_model(dirs, tmp_path):
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "serve", "hardware=cpu", f"model.path={dirs['llava']}", f"serve.port={port}"]
-        + [f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "shardwise", "serve", "hardware=cpu", f"model.path={dirs['llava']}"]
+        + [f"serve.port={port}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

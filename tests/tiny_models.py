@@ -302,7 +302,7 @@ def cpu_plan(
     attn_implementation: str = "sdpa",
 ):
     """A hand-built Plan for a tiny model directory (what the planner would say for hardware=cpu)."""
-    from planner.plan import Decision, Limits, ModelInfo, Plan, Quantization
+    from planner.planfile.plan import Decision, Limits, ModelInfo, Plan, Quantization
 
     config = model_config(model_dir)
     max_positions = config.get("max_position_embeddings") or config.get("n_positions") or 0
@@ -345,8 +345,8 @@ def cpu_plan(
 
 def cpu_serving(model_dir, *, sessions: int = 4, context_tokens: int | None = None):
     """The serving block the planner gives this tiny model on the CPU (float32, sdpa) for `sessions` sequences."""
+    from planner.memory.serving import plan_serving
     from planner.model.inventory import build_inventory
-    from planner.serving import plan_serving
 
     config = model_config(model_dir)
     context = context_tokens or config.get("max_position_embeddings") or config.get("n_positions")

@@ -21,8 +21,8 @@ def _curve(cfg, hardware, plan) -> dict | None:
     from planner.config.gpu_speeds import with_published_speeds
     from planner.config.reader import profile_spec
     from planner.config.request import request_from_config
+    from planner.driver.planning import plan_model
     from planner.model.inventory import build_inventory
-    from planner.planning import plan_model
 
     request = request_from_config(cfg)
     spec = request.model or profile_spec(plan.model.name)  # model=auto: the candidate it chose

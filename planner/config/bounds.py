@@ -80,7 +80,8 @@ def check(cfg, config_path=None) -> None:
             _at_least(cfg, f"policy.overhead.{key}", 0)
         _at_least(cfg, "policy.offload_disk_gib", 0)
         _at_least(cfg, "policy.headroom_mib", 0)
-        # policy.sessions and max_sessions: planner.sessions.parse_sessions checks type and range (schema.validate)
+        # policy.sessions and max_sessions: planner.driver.sessions.parse_sessions checks type and range
+        # (schema.validate)
     if "hardware" in cfg and cfg.hardware is not None:
         for key in ("host_ram_gib", "memory_mib"):
             _number(_select(cfg, f"hardware.{key}"), f"hardware.{key}")

@@ -7,9 +7,10 @@ plan = make_plan("gpt-oss-120b", "h100_80gb", ["hardware.count=2", "policy.conte
 from __future__ import annotations
 
 from planner.config import bounds
-from planner.config.app import composition_error, conf_dir, normalize_overrides, resolve_or_refuse
+from planner.config.overrides import composition_error, normalize_overrides, resolve_or_refuse
+from planner.config.reader import conf_dir
 from planner.hardware.devices import Hardware
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 
 
 def compose(config_name: str = "plan", overrides: list[str] = ()):

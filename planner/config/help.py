@@ -10,7 +10,7 @@ import re
 import textwrap
 
 from planner import terminal
-from planner.config.app import conf_dir, profile_names
+from planner.config.reader import conf_dir, profile_names
 
 # `key: value  # meaning` at the start of a line (indent captured: only top-level keys are listed)
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?:- )?(?P<key>[A-Za-z_][\w.@/]*)\s*:\s*(?P<value>.*?)\s+#\s*(?P<meaning>.+)$")

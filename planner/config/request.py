@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.decide.policy import Policy
+from planner.driver.sessions import parse_sessions
 from planner.errors import ShardwiseError
 from planner.hardware.devices import Hardware
-from planner.memory import Overheads
+from planner.memory.terms import Overheads
 from planner.model.source import ModelSpec, spec_from_config
-from planner.plan import Plan
-from planner.policy import Policy
-from planner.sessions import parse_sessions
+from planner.planfile.plan import Plan
 from planner.units import GIB, MIB
 from planner.vllm.rules import DEFAULT_VERSION, EngineSettings
 
@@ -172,7 +172,7 @@ def plan_from_config(cfg, hardware: Hardware, adjust_policy: Callable[[Policy], 
     """The Plan for a composed config on `hardware`: parse once, then hand the core typed values."""
     from planner.config.gpu_speeds import with_published_speeds  # probed GPUs: datasheet speeds by name
     from planner.config.reader import profile_spec
-    from planner.planning import plan
+    from planner.driver.planning import plan
 
     request = request_from_config(cfg, adjust_policy)
     return plan(request, with_published_speeds(hardware), load_profile=profile_spec)

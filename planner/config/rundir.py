@@ -67,7 +67,7 @@ def record_before(run_dir: str | os.PathLike) -> None:
 
 
 class RecordRunDir(Callback):
-    """Hydra callback (registered by planner.config.app.run_verb): records the run directory before Hydra makes it."""
+    """Hydra callback (registered by shardwise.verbs.app.run_verb): records the run directory before Hydra makes it."""
 
     def on_run_start(self, config, **kwargs) -> None:
         from omegaconf import OmegaConf

@@ -563,7 +563,7 @@ def validate(cfg) -> None:
         if group in cfg and cfg[group] is not None:
             check(cfg[group], cls, f"{group}.")
     if cfg.get("policy") is not None:
-        from planner.sessions import parse_sessions
+        from planner.driver.sessions import parse_sessions
 
         for key in ("sessions", "max_sessions"):  # string fields (to allow auto): check the type here
             if key in cfg.policy:

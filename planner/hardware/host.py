@@ -18,7 +18,7 @@ from pathlib import Path
 
 from planner.units import GIB
 
-# decide which quantized/attention kernels a plan may keep (planner/decisions.py, planner/quant_support.py)
+# decide which quantized/attention kernels a plan may keep (planner/decide/decisions.py and quant_support.py)
 KERNEL_PACKAGES = ("triton", "kernels", "compressed-tensors", "gptqmodel", "optimum", "bitsandbytes")
 CGROUP_MEMORY_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2

@@ -45,7 +45,7 @@ MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest profile's description is ~120 k
 REGENERATE = "python -m planner.model.regenerate"
 DTYPES = ("bfloat16", "float16", "float32")  # what a dtype-dependent description is shipped for
 
-Decision = tuple[str, str, str]  # (what, value, reason), as planner.plan.Notes.decide takes them
+Decision = tuple[str, str, str]  # (what, value, reason), as planner.planfile.plan.Notes.decide takes them
 
 
 @dataclass(frozen=True)

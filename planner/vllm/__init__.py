@@ -1,6 +1,6 @@
 """vLLM as the engine of a plan: its memory budget, KV capacity, refusals, speed and `vllm serve` flags.
 
-planner.planning hands a vLLM launch (policy.engine.name == "vllm") to `driver.plan_vllm` once the
+planner.driver.planning hands a vLLM launch (policy.engine.name == "vllm") to `driver.plan_vllm` once the
 formats and the inventory are decided; everything vLLM-specific lives here:
 
     rules.py   the version-dependent rules and defaults (which release they come from)

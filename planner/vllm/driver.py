@@ -1,6 +1,6 @@
 """A plan for vLLM: the layout, context and verdict vLLM itself would reach, and the Plan that says so.
 
-planner.planning calls `plan_vllm` once the formats and the inventory are decided. Tensor parallel
+planner.driver.planning calls `plan_vllm` once the formats and the inventory are decided. Tensor parallel
 size: every GPU of a node for policy.strategy=tensor_parallel (pipeline stages across nodes), one
 for single_gpu, and for auto the fewest (a divisor of the attention heads) on which vLLM starts.
 max_model_len: policy.context_tokens, or the model's maximum, or (auto) the longest that starts.
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 
+from planner.decide.stack import software_block
 from planner.errors import ShardwiseError
-from planner.kv import kv_bytes_per_token, state_bytes_per_sequence
+from planner.memory.kv import kv_bytes_per_token, state_bytes_per_sequence
 from planner.model.inventory import DTYPE_BYTES
-from planner.plan import DeviceBudget, Launch, Limits, Plan
-from planner.stack import software_block
+from planner.planfile.plan import DeviceBudget, Launch, Limits, Plan
 from planner.vllm import memory as vm
 from planner.vllm.flags import serve_flags
 from planner.vllm.rules import default_batching, rules_for
@@ -348,7 +348,7 @@ def engine_block(engine, sizer, mem: vm.VllmMemory, flags, tp, pp, length) -> di
 
 def runner_engine_block() -> dict:
     """plan.json's `engine` for shardwise's own runner (transformers, the version installed where it was planned)."""
-    from planner.stack import installed_version
+    from planner.decide.stack import installed_version
 
     return {"name": "transformers", "version": installed_version("transformers") or ""}
 

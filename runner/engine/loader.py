@@ -140,8 +140,8 @@ def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
 
 
 def _on_load_config(policy: str, dtype: str):
-    """The quantization_config the plan sized for policy.quantization=bnb4|bnb8|fp8 (planner/quant_support.py)."""
-    from planner.quant_support import ON_LOAD
+    """The quantization_config the plan sized for policy.quantization=bnb4|bnb8|fp8 (decide/quant_support.py)."""
+    from planner.decide.quant_support import ON_LOAD
 
     settings = {k: v for k, v in ON_LOAD[policy].items() if k != "quant_method"}
     if policy == "fp8":
@@ -225,7 +225,7 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     """Load the plan's model and tokenizer (and processor); transformers shows its own weight-loading progress bar."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     set_runtime_env(alloc_conf, log)
-    from planner.stack import drift
+    from planner.decide.stack import drift
 
     kept = plan.model.quantization.method if plan.model.quantization.kept else None
     for line in drift(plan.software, kept):

@@ -164,25 +164,11 @@ def check_model_reachable(model_cfg) -> bool:
 
 def check_runnable(plan) -> None:
     """Refuse, in one line, a plan this machine cannot load for reasons that are not memory (the plan's values
-    themselves were range-checked when it was read: planner.plan_check)."""
+    themselves were range-checked when it was read: planner.planfile.plan_check)."""
     _check_dtypes(plan)
     _check_source(plan)
     _check_devices(plan)
     _check_attention(plan)
-
-
-def remote_code_consent(cfg) -> bool:
-    """Whether this run's own command line allows code from the model directory: `trust_remote_code=true`,
-    or `model.trust_remote_code=true` typed for a fresh plan (a plan file or a profile cannot consent for you)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from planner.config.app import flag
-
-    try:
-        typed = list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed outside a Hydra run (tests): nothing was typed
-        typed = []
-    return consents_to_remote_code(flag(cfg, "trust_remote_code"), typed, fresh_plan=not cfg.get("plan_file"))
 
 
 def consents_to_remote_code(trust_remote_code: bool, overrides, *, fresh_plan: bool) -> bool:

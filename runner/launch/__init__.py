@@ -1,1 +1,2 @@
-"""Multi-GPU and multi-node launches: torchrun / SLURM / vLLM rendering, the launch verb, the rank worker."""
+"""Multi-GPU and multi-node launches: torchrun / SLURM / vLLM rendering and the rank worker (the launch verb is
+shardwise/verbs/launch.py)."""

@@ -8,7 +8,7 @@ Every number in the manifests comes from the plan: GPUs per pod = tp x pp / node
 the plan's nodes, and `vllm serve` gets the plan's flags (`vllm_serve_args`). A multi-node plan becomes
 one LeaderWorkerSet group per replica (leaderworkerset.x-k8s.io/v1, `LWS_LEADER_ADDRESS` and
 `LWS_WORKER_INDEX` in each pod), laid out as vLLM's own LWS guide does; one node becomes a Deployment.
-Pure rendering, no torch: `runner.launch.verb` prints, writes or applies what `render` returns.
+Pure rendering, no torch: `shardwise.verbs.launch` prints, writes or applies what `render` returns.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from planner.config.schema import LABEL_VALUE, KubernetesSettings, LaunchSettings, MultiNodeBackend
 from planner.errors import ShardwiseError
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 from runner.launch import render as L
 
 # The vLLM release whose flags and image the rendering assumes when the plan does not name one
@@ -188,7 +188,7 @@ def check_plan(plan: Plan) -> None:
             "this plan runs on MIG slices; launch.target=kubernetes requests whole GPUs (nvidia.com/gpu): plan for "
             "a whole-GPU tier, e.g. hardware=a100_80gb"
         )
-    # the runner's rule (planner.search); vLLM has its own tensor-parallel layers, and its planner checked them
+    # the runner's rule (planner.place.search); vLLM has its own tensor-parallel layers, and its planner checked them
     if plan.tp_size > 1 and not is_vllm_plan(plan) and not has_tp_plan(plan.model.model_type):
         raise ShardwiseError(
             f"this plan is tensor parallel {plan.tp_size} over {plan.nodes} node(s), but "

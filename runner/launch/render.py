@@ -19,7 +19,7 @@ from pathlib import Path
 from planner.config.quoting import hydra_literal, override
 from planner.config.schema import Engine, LaunchSettings, LaunchTask, SlurmSettings  # noqa: E402
 from planner.errors import ShardwiseError
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 from planner.units import GIB
 
 TORCHRUN_WORKER = "runner.launch.worker"
@@ -245,7 +245,7 @@ def describe_devices(devices: list) -> str:
 
 
 def launch_env(plan: Plan) -> dict[str, str]:
-    """Environment every launched process gets: the plan's own allowed variables (planner.plan.LAUNCH_ENV_KEYS;
+    """Environment every launched process gets: the plan's own allowed variables (planner.planfile.plan.LAUNCH_ENV_KEYS;
     `dropped_env` names the rest), plus CUDA ordering for GPU plans."""
     env, _ = plan.launch.safe_env()
     if plan.hardware.get("devices"):
@@ -256,7 +256,7 @@ def launch_env(plan: Plan) -> dict[str, str]:
 
 def dropped_env(plan: Plan) -> str | None:
     """A note naming the plan's launch.env variables no launched process gets, or None when there are none."""
-    from planner.plan import LAUNCH_ENV_KEYS
+    from planner.planfile.plan import LAUNCH_ENV_KEYS
 
     _, dropped = plan.launch.safe_env()
     if not dropped:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from planner.errors import ShardwiseError
-from planner.plan import Plan
+from planner.planfile.plan import Plan
 from runner.engine.prompt import ChatPrompt, ContextLengthError, context_tokens, max_new_tokens
 from runner.engine.sampling import SamplingParams
 
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from runner.cli import interrupts_end_cleanly
+    from runner.interrupts import interrupts_end_cleanly
 
     with interrupts_end_cleanly("shardwise worker"):
         main()

@@ -1,1 +1,2 @@
-"""The OpenAI Chat Completions surface: one protocol module, the HTTP app, its request queue and the serve verb."""
+"""The OpenAI Chat Completions surface: one protocol module, the HTTP app, its request queue (the serve verb is
+shardwise/verbs/serve.py)."""

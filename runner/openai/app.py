@@ -1,7 +1,7 @@
 """`shardwise serve`'s HTTP side: an OpenAI-compatible /v1/chat/completions on Starlette + uvicorn.
 
     app = create_app([ModelSource("gpt2", load=lambda: session)], ServeSettings())
-    # `shardwise serve` runs it with uvicorn (serve_cli); tests/background_server.py on a loopback thread
+    # `shardwise serve` runs it with uvicorn (shardwise/verbs/serve.py); tests/background_server.py on a loopback thread
 
 Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /health (200 once every model is
 loaded, 503 before), GET /health/live (200 while the process answers), GET /metrics (Prometheus,
