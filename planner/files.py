@@ -40,6 +40,15 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def names_existing(path: str | os.PathLike) -> bool:
+    """Whether a name a user typed is an existing path; a name no file system could hold (longer than
+    NAME_MAX, a NUL byte) is simply not one, where Path.exists() would raise."""
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
 def open_regular(path: str | os.PathLike, what: str = "file", hint: str = ""):
     """`path` opened for binary reading if it is a regular file; else one ShardwiseError naming `what` and the path.
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from planner import terminal
 from planner.plan import Plan
 from planner.units import GIB
 
@@ -71,44 +70,11 @@ def vllm_lines(engine: dict) -> list[str]:
     ]
 
 
-class NoTrailingSpaces:
-    """A text stream that drops the spaces rich leaves at the end of wrapped lines and padded table rows."""
-
-    def __init__(self, out):
-        self.out = out
-        self.encoding = getattr(out, "encoding", "utf-8")
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self.out.write(line.rstrip(" ") + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending:
-            self.out.write(self._pending)
-            self._pending = ""
-        self.out.flush()
-
-    def isatty(self) -> bool:
-        return self.out.isatty()
-
-    def fileno(self) -> int:
-        return self.out.fileno()
-
-
 def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     if console is None:
-        # the terminal's width; a pipe gets rich's 80 columns unless COLUMNS says otherwise
-        probe = Console()
-        console = Console(
-            file=NoTrailingSpaces(sys.stdout), width=probe.width, force_terminal=probe.is_terminal, highlight=False
-        )
+        console = terminal.console()
     m, lim = plan.model, plan.limits
     chars = {} if (console.encoding or "").lower().startswith("utf") else _ASCII
     quant = m.quantization
@@ -144,17 +110,10 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     console.print(f"strategy: [bold]{shape}[/bold]")
     console.print()
 
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    bar_width = max(4, min(BAR_WIDTH, console.width - 72))  # the other columns take about 72 at most
     has_state = any(row.state for row in plan.budget)
     kv_col = "kv+st" if has_state else "kv"
-    for col in ("device", "memory", "wts", kv_col, "act", "ovh", "plan", "usable", "free", "layers"):
-        table.add_column(
-            col,
-            justify="left" if col in ("device", "memory") else "right",
-            no_wrap=True,
-            min_width=bar_width if col == "memory" else None,
-        )
+    header = ("device", "memory", "wts", kv_col, "act", "ovh", "plan", "usable", "free", "layers")
+    cells = []
     for row in plan.budget:
         label = f"GPU {row.device}" if row.device not in ("cpu", "disk") else row.device
         if plan.strategy == "tensor_parallel":
@@ -162,18 +121,23 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         elif plan.nodes > 1:
             label += f" (node {row.node})"
         layers = f"{row.layers[0]}-{row.layers[1]}" if row.layers else "-"
+        numbers = (row.weights, row.kv_cache + row.state, row.activations, row.overhead, row.planned, row.usable)
+        cells.append((row, [label, "", *(_gib(n) for n in numbers), _gib(row.free_after), layers]))
+    # the bar takes what the other columns leave of the width (two spaces between columns), 4 to 40 cells
+    others = sum(max([len(h), *(len(texts[i]) for _, texts in cells)]) for i, h in enumerate(header) if i != 1)
+    bar_width = max(4, min(BAR_WIDTH, console.width - others - 2 * (len(header) - 1)))
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in header:
+        table.add_column(
+            col,
+            justify="left" if col in ("device", "memory") else "right",
+            no_wrap=True,
+            min_width=bar_width if col == "memory" else None,
+        )
+    for row, (label, _, *numbers, free, layers) in cells:
         free_style = "red" if row.free_after < 0 else "green"
         table.add_row(
-            label,
-            _bar(row, bar_width).translate(chars),
-            _gib(row.weights),
-            _gib(row.kv_cache + row.state),
-            _gib(row.activations),
-            _gib(row.overhead),
-            _gib(row.planned),
-            _gib(row.usable),
-            f"[{free_style}]{_gib(row.free_after)}[/{free_style}]",
-            layers,
+            label, _bar(row, bar_width).translate(chars), *numbers, f"[{free_style}]{free}[/{free_style}]", layers
         )
     console.print(table)
     kv_text = f"{kv_col} KV cache" + (" + fixed Mamba/linear-attention state" if has_state else "")

@@ -47,31 +47,10 @@ def _profile_or_hub_node(model: str) -> dict:
 
 
 def _composed(overrides):
-    """The plan config with `overrides`; what Hydra refuses becomes a one-line ShardwiseError."""
+    """The plan config with `overrides` (what Hydra refuses is a one-line ShardwiseError from compose)."""
     from planner.config.compose import compose
 
-    return _hydra_checked(lambda: compose("plan", list(overrides)))
-
-
-def _hydra_checked(call):
-    from planner.config.app import composition_error
-
-    try:
-        return call()
-    except ShardwiseError:
-        raise
-    except Exception as exc:
-        error = composition_error(exc, "plan")
-        if error is None:
-            raise
-        raise error from None
-
-
-def _make_plan(**kwargs):
-    """planner.config.compose.make_plan; what Hydra refuses in `overrides` becomes a one-line ShardwiseError."""
-    from planner.config.compose import make_plan
-
-    return _hydra_checked(lambda: make_plan(**kwargs))
+    return compose("plan", list(overrides))
 
 
 class OpenAIChat:
@@ -125,7 +104,9 @@ class OpenAIChat:
             checked = check_model_reachable(_profile_or_hub_node(model))  # offline: one error before planning
         if plan is None:
             hw = "cpu" if use_cpu else (hardware or "auto")
-            plan = _make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
+            from planner.config.compose import make_plan
+
+            plan = make_plan(model=model, hardware=hw, overrides=list(overrides), model_path=model_path)
         check_remote_code(plan, consent, _CONSENT_HOW)
         # OOM-time fallbacks obey this caller's consent (a copy: a policy shared with another chat keeps its own)
         self.recovery = replace(recovery or RecoveryPolicy(), remote_code_consent=consent)
@@ -242,6 +223,21 @@ class OpenAIChat:
     def clear_memory(self) -> None:
         self.session.clear_memory()
 
+    def close(self) -> None:
+        """Stop the continuous-batching loop (if this chat planned sessions); later calls run one at a time.
+
+        Not required before exit (the loop's thread never holds the process open); `with OpenAIChat(...) as chat:`
+        calls it at the end of the block."""
+        engine = getattr(self.session.loaded, "batching", None)
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> OpenAIChat:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def _chunks(session, messages: list[dict], params: SamplingParams, response) -> Iterator[dict]:
     """Generation starts at the first chunk asked for (a generator), and stops when the iterator is closed."""
@@ -257,7 +253,9 @@ def _cached_chat(
 ) -> OpenAIChat:
     from pathlib import Path
 
-    local = isinstance(model, str) and Path(model).expanduser().exists()  # "./m" names another model elsewhere
+    from planner.files import names_existing
+
+    local = isinstance(model, str) and names_existing(model)  # "./m" names another model elsewhere
     # consent is part of the key: a call without it never reuses a model loaded with it
     key = (str(Path(model).expanduser().resolve()) if local else model, use_cpu, hardware, model_path)
     key += (trust_remote_code,)

@@ -176,6 +176,16 @@ def interrupts_end_cleanly(prog: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:
+        # the reader left (`shardwise plan --help | head`): what it read was printed. stdout now points at
+        # /dev/null so the interpreter's last flush does not fail again; 141 is a shell's code for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
+
+
+def _main(argv: list[str] | None) -> None:
     _tolerate_narrow_encodings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

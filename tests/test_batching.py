@@ -78,6 +78,7 @@ def _concurrently(calls):
     return results
 
 
+@pytest.mark.slow
 def test_greedy_batched_equals_sequential_token_for_token(loaded, model_dir):
     session = ChatSession(loaded, defaults=SamplingParams(max_tokens=40, temperature=0))
     sequential = [_ask(session, p, None) for p in PROMPTS]
@@ -202,6 +203,7 @@ def test_plans_that_cannot_batch_are_served_sequentially(loaded, model_dir):
     assert loaded.batching is None
 
 
+@pytest.mark.slow
 def test_python_api_submits_concurrently_into_one_batch(model_dir):
     """OpenAIChat with a plan for 4 sessions batches calls from several threads; replies equal one-at-a-time ones."""
     from runner.api import OpenAIChat

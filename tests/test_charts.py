@@ -132,6 +132,7 @@ def test_the_context_curve_is_the_planner_re_planned_at_each_point():
     assert [int(e.get("data-window")) for e in ET.fromstring(svg).iter(f"{SVG}line") if e.get("data-window")] == [128]
 
 
+@pytest.mark.slow
 def test_the_sweep_matrix_has_one_cell_per_job_with_its_verdict_and_context():
     jobs = []
     for model in ("gpt2", "llama-3.1-8b", "llama-3.1-70b"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -187,8 +188,11 @@ def test_planning_imports_neither_torch_nor_transformers_nor_the_runner(tmp_path
 @pytest.mark.slow
 def test_the_wheel_ships_conf_and_plans_from_any_directory(tmp_path):
     wheel_dir = tmp_path / "wheel"
+    # built from a copy without build outputs: setuptools reuses a checkout's build/lib, stale modules included
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "outputs", "*.egg-info", "__pycache__"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

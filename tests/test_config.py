@@ -147,6 +147,7 @@ def meta_model(name: str):
 # --- composition and validation ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "group,option", [(group, option) for group in SCHEMAS for option in options(group)], ids=lambda v: str(v)
 )
@@ -245,6 +246,7 @@ def test_wrong_typed_value_is_rejected(override):
 # --- model profiles ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", model_profiles())
 def test_profile_builds_on_meta_device_with_the_public_parameter_count(name):
     assert name in PUBLIC_PARAMS, f"add the public parameter count of {name} to PUBLIC_PARAMS"
@@ -312,6 +314,7 @@ def test_no_hub_id_is_claimed_by_two_profiles():
     assert {h: o for h, o in owners.items() if len(o) > 1} == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", model_profiles())
 def test_fallback_chain_names_smaller_existing_profiles_and_ends(name):
     seen = [name]
@@ -341,6 +344,7 @@ def tiers() -> list[str]:
     return [name for name in options("hardware") if raw(CONF / "hardware" / f"{name}.yaml").get("kind") == "tier"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", tiers())
 def test_tier_memory_and_compute_capability_are_the_public_nvidia_smi_facts(name):
     hw = OmegaConf.to_object(compose_with([f"hardware={name}"]).hardware)
@@ -354,6 +358,7 @@ def test_tier_memory_and_compute_capability_are_the_public_nvidia_smi_facts(name
     assert hw.host_ram_gib * 1024 >= hw.memory_mib * hw.count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", tiers())
 def test_nvlink_only_on_sxm_data_center_parts(name):
     hw = OmegaConf.to_object(compose_with([f"hardware={name}"]).hardware)

@@ -94,6 +94,7 @@ def test_every_profile_has_a_current_shipped_description():
     assert {name for name, _, _ in regenerate.profiles()} == set(PROFILES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
 def test_shipped_description_equals_a_fresh_build_under_the_installed_transformers(profile):
     from planner.model.meta import describe_on_meta
@@ -112,6 +113,7 @@ def test_shipped_description_equals_a_fresh_build_under_the_installed_transforme
         )
 
 
+@pytest.mark.slow
 def test_profile_plans_of_meta_families_say_their_description_was_shipped(monkeypatch):
     from planner.config.compose import make_plan
 
@@ -278,6 +280,7 @@ def _plan_watched(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[
     return result, out.read_text() if out.is_file() else "(not written)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", META_PROFILES)
 def test_plan_of_a_meta_family_profile_imports_neither_torch_nor_transformers(tmp_path, profile):
     result, heavy = _plan_watched(tmp_path, "plan", f"model={profile}", "json=true")

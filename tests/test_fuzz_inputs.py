@@ -55,6 +55,7 @@ def _timed(call):
         assert time.perf_counter() - start < SLOW_PLAN_S
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     changes=st.dictionaries(
@@ -231,6 +232,7 @@ override_values = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])
 @given(overrides=st.lists(st.tuples(st.sampled_from(OVERRIDE_KEYS), override_values), min_size=1, max_size=3))
 def test_hostile_overrides_exit_0_or_2_without_a_traceback(tmp_path_factory, overrides):

@@ -58,6 +58,7 @@ def _unique(model) -> list:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_params_and_module_coverage_equal_transformers_full_build(path):
     """Exact parameters for the whole model (encoders too); every parameter under exactly one device_map key."""
@@ -121,6 +122,7 @@ def test_kv_per_token_of_full_size_configs():
     assert state_bytes_per_sequence(qwen35.layers, 2) == 48 * ((2 * 16 * 128 + 48 * 128) * 4 * 2 + 48 * 128 * 128 * 4)
 
 
+@pytest.mark.slow
 def test_representative_layer_forward_equals_the_whole_stack():
     """The one-token forward through one layer per distinct shape gives every layer the shapes the full run does."""
     from planner.model import meta, meta_cache
@@ -265,6 +267,7 @@ def _tensor_key(t) -> tuple:
     return (t.name, t.numel, t.is_param, t.persistent, t.fixed_dtype, t.matrix)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", REFERENCE + PROFILES, ids=[p.stem for p in REFERENCE + PROFILES])
 def test_fast_path_equals_the_general_path(path):
     """Every fast-path family on every profile and reference config: the same tensors, KV, state and layout."""
@@ -360,6 +363,7 @@ def test_images_per_request_prices_cross_attention_and_the_encoder(tmp_path):
         _plan(tmp_path, "llama-3.2-11b-vision", "policy.images_per_request=-1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", [p.stem for p in CONFIGS])
 def test_every_test_config_plans_without_a_traceback(tmp_path, stem):
     plan = _plan(tmp_path, stem, "policy.context_tokens=4096")

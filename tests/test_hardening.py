@@ -146,6 +146,7 @@ def _tiny_llama_config(**changes) -> dict:
     return {**TINY_LLAMA_CONFIG, **changes}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "raw,needle",
     [
@@ -305,6 +306,7 @@ def test_repl_load_of_a_hostile_file_keeps_the_conversation(tmp_path):
     assert session.history == [{"role": "user", "content": "keep me"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -339,6 +341,7 @@ def test_an_ascii_only_stdout_degrades_the_report_instead_of_crashing(tmp_path):
 # --- launch: environment and settings that cannot work are one line -------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,env,needle",
     [

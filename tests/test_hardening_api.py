@@ -90,7 +90,7 @@ def test_create_chat_completion_refuses_a_profile_asking_for_remote_code_without
     from tiny_models import cpu_plan
 
     model, marker = _remote_code_model(tmp_path)
-    monkeypatch.setattr(api, "_make_plan", lambda **kw: _asking(cpu_plan(model)))
+    monkeypatch.setattr("planner.config.compose.make_plan", lambda **kw: _asking(cpu_plan(model)))
     monkeypatch.setattr(api, "_CACHE", {})
     with pytest.raises(ShardwiseError) as caught:
         api.create_chat_completion(model="asks-for-code", messages=MESSAGES, use_cpu=True)

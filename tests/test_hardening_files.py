@@ -273,6 +273,7 @@ def _plan_config(tmp_path: Path, **changes):
 QC = "quantization_config"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes,needle",
     [
@@ -391,6 +392,7 @@ def _cached_repo(hf_home: Path, repo_id: str, files: dict[str, str]) -> str:
     return sha
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "files,needle",
     [
@@ -459,6 +461,7 @@ def _with(path: str, value) -> dict:
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "snapshot,needle",
     [
@@ -507,6 +510,7 @@ def test_run_dir_dot_in_an_empty_directory_keeps_the_directory(tmp_path):
     assert work.is_dir() and list(work.iterdir()) == []  # and Hydra's .hydra/ it added is taken back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", ["plan", "probe"])
 def test_a_users_empty_run_dir_survives_and_gets_nothing_left_in_it(tmp_path, verb):
     (tmp_path / "keepme").mkdir()

@@ -4,6 +4,9 @@ server's serve.max_queue."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +16,8 @@ from tiny_models import tiny_gpt2
 
 from planner.errors import ShardwiseError
 from runner.engine.batching import Admission, QueueFull
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def test_a_full_line_waits_for_room_up_to_its_bound():
@@ -69,6 +74,27 @@ def test_48_threads_on_a_4_session_chat_all_get_answers(tmp_path):
     def ask(i: int) -> str:
         return chat.chat([{"role": "user", "content": f"hello {i}"}], max_tokens=4, temperature=0)
 
-    with ThreadPoolExecutor(48) as pool:
+    with chat, ThreadPoolExecutor(48) as pool:
         answers = list(pool.map(ask, range(48)))
     assert len(answers) == 48 and all(isinstance(a, str) for a in answers)
+    assert not chat.session.loaded.batching.usable  # the with-block closed the batching loop
+    assert not [t for t in threading.enumerate() if "generation_loop" in t.name and t.is_alive()]
+    assert isinstance(chat.chat([{"role": "user", "content": "after"}], max_tokens=2, temperature=0), str)
+
+
+@pytest.mark.slow
+def test_a_script_that_never_closes_its_batching_chat_still_exits(tmp_path):
+    """transformers' generation loop must not hold the interpreter open after the script's last line."""
+    model = tiny_gpt2(tmp_path)
+    script = (
+        "from runner import OpenAIChat\n"
+        f"chat = OpenAIChat(model_path={str(model)!r}, use_cpu=True, overrides=['policy.sessions=2'],"
+        " notice=lambda line: None)\n"
+        "assert chat.session.loaded.batching is not None\n"
+        "print(repr(chat.chat([{'role': 'user', 'content': 'hi'}], max_tokens=2, temperature=0)))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env={**os.environ, **OFFLINE}
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("'")

@@ -107,3 +107,117 @@ def test_metrics_needs_the_api_key_as_the_readme_says():
         assert httpx.get(server.url + "/health").status_code == 200
     readme = (os.path.dirname(__file__) + "/../README.md").replace("tests/../", "")
     assert "`/metrics` needs the key" in open(readme).read()
+
+
+# --- widths, suggestions and pipes (item 16) -----------------------------------------------------
+
+
+def _plan_lines(model: str, hardware: str, overrides: list[str], width: int) -> list[str]:
+    from rich.console import Console
+
+    from planner.config.compose import make_plan
+    from planner.report import render
+
+    out = io.StringIO()
+    render(make_plan(model, hardware, overrides), console=Console(file=out, width=width, highlight=False))
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model,hardware,overrides",
+    [
+        ("llama-3.1-70b", "t4", []),  # negative free memory: the widest numbers
+        ("gpt-oss-120b", "h100_80gb", ["hardware.count=2"]),
+        ("qwen3-8b", "h100_80gb", ["launch.engine=vllm"]),
+    ],
+)
+@pytest.mark.parametrize("width", [80, 100])
+def test_the_memory_table_gives_its_bar_what_the_numbers_leave_of_the_width(model, hardware, overrides, width):
+    lines = _plan_lines(model, hardware, overrides, width)
+    table = [line for line in lines if line.startswith(("device ", "GPU ", "each of", "cpu "))]
+    assert table and max(len(line) for line in table) <= width, table
+    bars = [line for line in table if "█" in line or "·" in line]
+    assert bars  # the bar is still drawn, at least 4 cells
+    wider = _plan_lines(model, hardware, overrides, width + 20)
+    assert max(len(x) for x in wider if x.startswith(("GPU ", "each of"))) > max(len(x) for x in bars)
+
+
+def test_help_fits_the_pipe_or_the_columns_it_is_given(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    for columns, expected in ((None, 80), ("100", 100)):
+        run = subprocess.run(
+            [sys.executable, "-m", "runner", "launch", "--help"],
+            env={**env, **({"COLUMNS": columns} if columns else {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        assert max(len(line) for line in lines) <= expected
+        assert max(len(line) for line in lines) > expected - 10  # it uses the room it has
+        assert not [line for line in lines if line != line.rstrip()]
+        # a long key keeps its meaning aligned under itself, never split mid-word
+        assert any(line.startswith("  launch.gpu_memory_utilization") for line in lines)
+
+
+def test_a_help_read_by_head_ends_without_a_traceback():
+    import subprocess
+    import sys
+
+    reader = subprocess.run(
+        f"{sys.executable} -m runner plan --help | head -c 20 > /dev/null; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "40"},  # long enough help that the pipe fills before head leaves
+    )
+    assert "Traceback" not in reader.stderr, reader.stderr
+    assert reader.stdout.strip() in ("0", "141")
+
+
+@pytest.mark.parametrize(
+    "override,hint",
+    [
+        ("model=gpt-oss-12b", "did you mean 'gpt-oss-120b'"),
+        ("model=llama3.1-8b", "did you mean 'llama-3.1-8b'"),
+        ("hardware=h100", "did you mean 'h100_80gb'"),  # typed short: the longer name, not h200
+        ("policy.sesions=2", "did you mean 'policy.sessions'"),
+        ("+policy.contxt_tokens=2", "did you mean 'policy.context_tokens'"),
+        ("hardwar=t4", "did you mean 'hardware'"),
+    ],
+)
+def test_unknown_models_hardware_and_keys_suggest_the_nearest(override, hint):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    key, _, value = override.partition("=")
+    model = value if key == "model" else "gpt2"
+    hardware = value if key == "hardware" else "cpu"
+    rest = [] if key in ("model", "hardware") else [override]
+    with pytest.raises(ShardwiseError, match=hint.replace("(", r"\(").replace(".", r"\.")) as caught:
+        make_plan(model, hardware, rest)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_name_far_from_every_option_gets_no_suggestion():
+    from planner.errors import did_you_mean
+
+    assert did_you_mean("xyzzy", ["a100_80gb", "t4", "h200"]) == ""
+    assert did_you_mean("T4", ["a100_80gb", "t4"]) == " (did you mean 't4'?)"
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a" * 200 + "/" + "b" * 300, "gpt2\x00"])
+def test_a_model_name_no_file_system_could_hold_is_an_unknown_model(name):
+    from planner.config.compose import make_plan
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError) as caught:
+        make_plan(name, "cpu")
+    assert "\n" not in str(caught.value)

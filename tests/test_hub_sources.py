@@ -75,6 +75,7 @@ def test_a_hub_id_plans_from_config_and_safetensors_headers_without_downloading_
     assert "HTTP Request" not in result.stdout  # the HTTP client's INFO log stays off stdout
 
 
+@pytest.mark.slow
 def test_a_second_plan_comes_from_the_cache_with_the_hub_gone(sharded, tmp_path):
     hub, files, sha = sharded
     first, _ = plan(f"model={REPO_ID}", env=hub.env(tmp_path / "hf"), cwd=tmp_path)
@@ -104,6 +105,7 @@ def test_a_config_only_cache_entry_plans_offline_with_computed_bytes(sharded, tm
     assert p["model"]["checkpoint_bytes"] == tensor_bytes(files)
 
 
+@pytest.mark.slow
 def test_a_full_download_in_the_cache_plans_from_the_real_file_headers(sharded, tmp_path):
     hub, files, _ = sharded
     hf_download(hub.env(tmp_path / "hf"), REPO_ID)
@@ -114,6 +116,7 @@ def test_a_full_download_in_the_cache_plans_from_the_real_file_headers(sharded, 
     assert p["model"]["checkpoint_bytes"] == tensor_bytes(files)
 
 
+@pytest.mark.slow
 def test_an_absent_model_fails_fast_in_one_line_offline_and_without_network(tmp_path):
     hub = FakeHub()  # never started: its endpoint is a closed port
     baseline = time.perf_counter()
@@ -153,6 +156,7 @@ def test_an_unknown_hub_id_and_an_unknown_revision_are_one_line_each(sharded, tm
     assert "model.revision=v9 does not exist in org/tiny-llama" in one_line_error(bad_rev)
 
 
+@pytest.mark.slow
 def test_model_revision_pins_a_commit_online_and_offline(tmp_path):
     hub = FakeHub()
     old = hub.add(REPO_ID, llama_repo_files(num_layers=2), ref="v1")
@@ -171,6 +175,7 @@ def test_model_revision_pins_a_commit_online_and_offline(tmp_path):
         assert (p["model"]["revision"], p["model"]["num_layers"]) == (sha, layers)
 
 
+@pytest.mark.slow
 def test_a_local_directory_plans_by_model_and_by_model_path(tmp_path):
     files = llama_repo_files(num_layers=2)
     model_dir = tmp_path / "my-model"
@@ -186,6 +191,7 @@ def test_a_local_directory_plans_by_model_and_by_model_path(tmp_path):
         assert p["model"]["revision"] is None
 
 
+@pytest.mark.slow
 def test_a_sweep_mixes_a_profile_a_hub_id_and_a_directory(sharded, tmp_path):
     hub, files, _ = sharded
     model_dir = tmp_path / "local-llama"
@@ -238,6 +244,7 @@ def test_openaichat_and_create_chat_completion_take_a_local_directory(tmp_path, 
     assert reply["choices"][0]["message"]["role"] == "assistant"
 
 
+@pytest.mark.slow
 def test_openaichat_takes_any_hub_id_and_loads_it_from_the_hub(tmp_path):
     from tiny_models import tiny_llama
 

@@ -63,6 +63,7 @@ def _owners(name: str, entry_names) -> list[str]:
 CONFIGS = [pytest.param(p, id=p.stem) for p in REFERENCE + PROFILES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
 def test_fast_path_params_and_modules_match_the_meta_build(path):
     arch = _arch(path)
@@ -88,6 +89,7 @@ def test_fast_path_params_and_modules_match_the_meta_build(path):
     assert inv.tied_embeddings == (model.get_output_embeddings().weight is model.get_input_embeddings().weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
 def test_loaded_bytes_equal_the_meta_build_in_that_dtype(path):
     """bf16 and fp32: every tensor's bytes as transformers creates it in that dtype (buffers keep their own dtype)."""
@@ -102,6 +104,7 @@ def test_loaded_bytes_equal_the_meta_build_in_that_dtype(path):
         assert {m.name: m.bytes for m in inv.modules} == expected, dtype
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS)
 def test_layer_attention_kinds_follow_the_cache_transformers_builds(path):
     from transformers import DynamicCache

@@ -479,6 +479,7 @@ SHAPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, hardware, overrides", SHAPES)
 def test_planner_plans_render_with_their_own_numbers(model, hardware, overrides):
     """launch.target=kubernetes alone (no launch.engine) plans by vLLM's rules; every number renders as planned."""

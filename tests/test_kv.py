@@ -103,6 +103,7 @@ def _view_bytes(layer: LayerSpec, context: int) -> int:
     return SESSIONS * tokens * 2 * layer.num_kv_heads * layer.head_dim * DTYPE_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("prompt_tokens", [3, 7, 8, 20])
 def test_kv_bytes_equal_what_the_cache_holds_after_prefill_and_decode(name, prompt_tokens):
@@ -326,6 +327,7 @@ def _measure_all(cache) -> tuple[list[int], list[int]]:
     return kv, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODERN))
 @pytest.mark.parametrize("prompt_tokens", [5, 12])
 def test_kv_and_state_equal_what_the_cache_holds_for_modern_attention(name, prompt_tokens):

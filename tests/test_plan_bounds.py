@@ -100,6 +100,7 @@ SMALL_CLUSTERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,hardware,overrides", SMALL_CLUSTERS)
 def test_the_bounded_search_takes_the_layout_the_exhaustive_one_takes(model, hardware, overrides, monkeypatch):
     bounded = make_plan(model, hardware, overrides)
@@ -110,6 +111,7 @@ def test_the_bounded_search_takes_the_layout_the_exhaustive_one_takes(model, har
     assert [d.what for d in bounded.decisions] == [d.what for d in exhaustive.decisions]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,hardware,overrides", SMALL_CLUSTERS)
 def test_bisecting_every_run_of_layouts_takes_the_layout_trying_them_one_by_one_takes(
     model, hardware, overrides, monkeypatch

@@ -96,6 +96,7 @@ def test_a_small_model_on_eight_gpus_stays_on_one():
     assert "never spread" in decision(plan, "strategy").reason
 
 
+@pytest.mark.slow
 def test_without_a_context_asked_the_gpus_given_are_used_up_to_the_models_maximum():
     """The fewest GPUs that reach the full context, not the fewest that hold the weights with whatever is left."""
     two = make_plan("llama-3.1-70b", "a100_80gb", ["hardware.count=2"])
@@ -187,6 +188,7 @@ FIX_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,tier,overrides", FIX_CASES)
 def test_every_suggested_fix_fits_when_applied(model, tier, overrides):
     plan = make_plan(model, tier, overrides)
@@ -246,6 +248,7 @@ def grid_plan(model, tier, count, context):
     return plan_from_config(cfg, resolve_hardware(cfg.hardware, name=tier))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", GRID_MODELS)
 def test_grid_invariants(model):
     for tier, count, context in itertools.product(GRID_TIERS, GRID_COUNTS, GRID_CONTEXTS):
@@ -280,6 +283,7 @@ def test_more_memory_per_gpu_never_makes_a_plan_worse(model):
 MONOTONE_CONTEXTS = [2048, 4096, 8192, 16384, 32768, 65536, 131072]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,tier,count",
     [("gpt-oss-120b", "h100_80gb", 1), ("llama-3.1-70b", "a100_80gb", 2), ("mixtral-8x7b", "a100_80gb", 2)]
@@ -347,6 +351,7 @@ def meta_names(profile: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 PROFILES = [p for p in profile_names("model") if p != "auto"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
 def test_device_map_covers_every_parameter_and_buffer_exactly_once(profile):
     # Small GPUs force a multi-device map (fits or not, the layout is what is checked).

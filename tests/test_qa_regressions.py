@@ -34,6 +34,7 @@ def one_line_error(result: subprocess.CompletedProcess, verb: str, needle: str) 
 # --- what Hydra refuses before a verb runs -------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -73,6 +74,7 @@ def test_sweep_reports_a_bad_job_runs_the_others_and_exits_2(tmp_path):
 # --- plan output and model sources ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_out_to_an_unwritable_path_is_one_line_and_out_to_a_directory_writes_plan_json_inside(tmp_path):
     one_line_error(
         shardwise("plan", "out=/proc/no/such/plan.json", cwd=tmp_path),
@@ -130,6 +132,7 @@ DEVICE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra,needle",
     [
@@ -156,6 +159,7 @@ def test_snapshot_path_that_is_a_directory_says_so(tmp_path):
 # --- launch --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -177,6 +181,7 @@ def test_launch_dry_run_refuses_unusable_settings_in_one_line(tmp_path, args, ne
 # --- chat and serve: checked before any model loads ----------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [

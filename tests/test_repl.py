@@ -105,6 +105,7 @@ def terminal(tmp_path_factory, tmp_path):
     term.close()
 
 
+@pytest.mark.slow
 def test_repl_commands_multiline_and_ctrl_c(terminal, tmp_path):
     t = terminal
     t.expect(r">>> ")

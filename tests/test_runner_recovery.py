@@ -66,6 +66,7 @@ def test_exhausted_ladder_without_fallbacks_raises_and_keeps_no_dangling_turn(di
     assert calls == [64, 64, 32, 16] and s.history == []
 
 
+@pytest.mark.slow
 def test_fallback_model_continues_the_conversation(dirs):
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
     policy = RecoveryPolicy(plan_fallback=lambda entry: cpu_plan(entry["model"]), load=_quiet_load)
@@ -78,6 +79,7 @@ def test_fallback_model_continues_the_conversation(dirs):
     assert any("falling back to" in n and "tiny-gpt2" in n for n in notices)
 
 
+@pytest.mark.slow
 def test_a_fallback_asking_for_remote_code_is_skipped_without_the_runs_consent(dirs):
     """Issue 10 item 5: an out-of-memory fallback never runs the model directory's Python unasked."""
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
@@ -188,6 +190,7 @@ def test_out_of_memory_is_recognised_on_gpu_and_cpu(exc, expected):
     assert is_out_of_memory(exc) is expected
 
 
+@pytest.mark.slow
 def test_exhausted_fallback_chain_reloads_the_model_so_the_next_turn_works(dirs):
     load_all_but_gpt2 = load_failing_for("tiny-gpt2")
     fallback = {"model": str(dirs["gpt2"]), "hardware": "cpu", "reason": "smaller model"}
@@ -201,6 +204,7 @@ def test_exhausted_fallback_chain_reloads_the_model_so_the_next_turn_works(dirs)
     assert completion.usage.completion_tokens >= 1 and s.history[-2]["content"] == "hello again"
 
 
+@pytest.mark.slow
 def test_model_that_cannot_be_reloaded_answers_memory_exhausted_not_a_crash(dirs):
     def never_loads(plan):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")

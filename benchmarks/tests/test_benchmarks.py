@@ -145,6 +145,7 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_has_cuda(), reason="this machine has CUDA: the script would measure")
 def test_gpu_check_without_cuda_skips_with_exit_0():
     proc = subprocess.run(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))
 
@@ -31,6 +33,7 @@ def _five_hundreds(row) -> list:
     return [s for s in statuses if isinstance(s, int) and s >= 500] + ["5xx"] * row.during.abuse.get("5xx", 0)
 
 
+@pytest.mark.slow
 def test_abuse_phase_gives_no_5xx_and_the_server_answers_after_each_step():
     result = serve_load.measure_abuse(serve_load.build_parser().parse_args(TINY))
     rows = result["rows"]

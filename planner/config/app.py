@@ -18,8 +18,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from planner.config.reader import conf_dir, option_exists, profile_for, profile_names
-from planner.errors import ShardwiseError
+from planner.config.reader import conf_dir, model_aliases, option_exists, profile_for, profile_names
+from planner.errors import ShardwiseError, did_you_mean
+from planner.files import names_existing
 
 
 def resolve_model_name(name: str) -> str:
@@ -38,8 +39,9 @@ def resolve_model_name(name: str) -> str:
 
 def _unknown_model(name: str) -> ShardwiseError:
     choices = ", ".join(profile_names("model"))
+    hint = did_you_mean(name, [*profile_names("model"), *model_aliases()])
     return ShardwiseError(
-        f"unknown model {name!r}: not a profile ({choices}), model=auto, a local model directory or config.json, "
+        f"unknown model {name!r}{hint}: not a profile ({choices}), model=auto, a local model directory or config.json, "
         "or a hub id ORG/NAME"
     )
 
@@ -57,7 +59,7 @@ def model_option(name: str) -> str:
     if name == "auto" or profile_for(name) is not None:
         return resolve_model_name(name)
     path = Path(name).expanduser()
-    if path.exists():
+    if names_existing(path):
         import hashlib
 
         full = path.resolve()
@@ -85,7 +87,9 @@ def resolve_hardware_name(name: str) -> str:
     if option_exists("hardware", name):
         return name
     choices = ", ".join(profile_names("hardware"))
-    raise ShardwiseError(f"unknown hardware {name!r}: choose one of {choices}")
+    raise ShardwiseError(
+        f"unknown hardware {name!r}{did_you_mean(name, profile_names('hardware'))}: choose one of {choices}"
+    )
 
 
 def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -> str:
@@ -100,7 +104,7 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     wrapper = re.fullmatch(r"(choice)\((.*)\)", value)
     if wrapper:
         inner = wrapper.group(2)
-    if group == "model" and not wrapper and Path(value).expanduser().exists():
+    if group == "model" and not wrapper and names_existing(value):
         names = [resolve(value)]  # one directory whose name holds a comma, not a sweep
     else:
         names = [resolve(v.strip()) for v in inner.split(",")]
@@ -187,6 +191,19 @@ def _known_keys(object_type) -> str:
     return ""
 
 
+def _nearest_key(cause) -> str:
+    """The did-you-mean for a key OmegaConf refused: the closest key of the node it was looked up in."""
+    from omegaconf import DictConfig
+
+    parent = getattr(cause, "parent_node", None)
+    leaf = str(getattr(cause, "key", None) or "")
+    if not leaf or not isinstance(parent, DictConfig):
+        return ""
+    full = str(getattr(cause, "full_key", None) or leaf)
+    prefix = full[: -len(leaf)] if full.endswith(leaf) else ""
+    return did_you_mean(leaf, [str(k) for k in parent.keys()]).replace("mean '", f"mean '{prefix}", 1)
+
+
 def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
     """One line for what Hydra refuses before a verb runs (bad override, unknown key or option); None otherwise."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -228,7 +245,7 @@ def composition_error(exc: BaseException, verb: str) -> ShardwiseError | None:
             key = getattr(cause, "full_key", None) or "?"
             if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
                 known = _known_keys(getattr(cause, "object_type", None))
-                return ShardwiseError(f"unknown key {key}: {known or help_hint}")
+                return ShardwiseError(f"unknown key {key}{_nearest_key(cause)}: {known or help_hint}")
             reason = _first_line(getattr(cause, "msg", None) or cause)
             fix = f"write a list, e.g. {key}='[a, b]'" if "ListConfig" in reason else help_hint
             return ShardwiseError(f"bad value for {key} ({reason}): {fix}")

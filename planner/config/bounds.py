@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from planner import limits
-from planner.errors import ShardwiseError
+from planner.errors import ShardwiseError, did_you_mean
 
 
 def _number(value, key: str) -> float | None:
@@ -72,7 +72,8 @@ def check(cfg, config_path=None) -> None:
         unknown = sorted(str(k) for k in cfg.keys() if str(k) not in known)
         if unknown:
             raise ShardwiseError(
-                f"unknown key {unknown[0]}: `shardwise {config_path.stem}` knows {', '.join(sorted(known - {'hydra'}))}"
+                f"unknown key {unknown[0]}{did_you_mean(unknown[0], known - {'hydra'})}: "
+                f"`shardwise {config_path.stem}` knows {', '.join(sorted(known - {'hydra'}))}"
             )
     if "policy" in cfg and cfg.policy is not None:
         for key in ("cuda_context_mib", "workspace_mib", "fragmentation_fraction", "cpu_runtime_mib"):

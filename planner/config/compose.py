@@ -7,7 +7,7 @@ plan = make_plan("gpt-oss-120b", "h100_80gb", ["hardware.count=2", "policy.conte
 from __future__ import annotations
 
 from planner.config import bounds
-from planner.config.app import conf_dir, normalize_overrides, resolve_or_refuse
+from planner.config.app import composition_error, conf_dir, normalize_overrides, resolve_or_refuse
 from planner.hardware.devices import Hardware
 from planner.plan import Plan
 
@@ -27,7 +27,13 @@ def compose(config_name: str = "plan", overrides: list[str] = ()):
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=False)
+        except Exception as exc:  # what Hydra refuses (a bad override, an unknown key or option): one line
+            error = composition_error(exc, config_name)
+            if error is None:
+                raise
+            raise error from None
     resolve_or_refuse(cfg)
     schema.validate(cfg)
     bounds.check(cfg, conf_dir() / f"{config_name}.yaml")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import textwrap
 
+from planner import terminal
 from planner.config.app import conf_dir, profile_names
 
 # `key: value  # meaning` at the start of a line (indent captured: only top-level keys are listed)
@@ -49,41 +50,49 @@ def _defaults(path) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _block(rows: list[tuple[str, str]], width: int) -> list[str]:
-    return [f"  {name:<{width}} {meaning}" for name, meaning in rows]
+def _block(rows: list[tuple[str, str]], columns: int) -> list[str]:
+    """`  name  meaning` rows, the meanings aligned and wrapped under themselves (a long name: on the next line)."""
+    indent = min(2 + max(len(name) for name, _ in rows) + 1, columns // 2)
+    lines = []
+    for name, meaning in rows:
+        lines += terminal.hanging(f"  {name} ", meaning, indent, columns)
+    return lines
 
 
 def verb_help(verb: str, summary: str, doc: str | None) -> str:
     """The help text of one verb: summary, examples from the verb's docstring, groups, keys, pointers."""
+    columns = terminal.columns()
     primary = conf_dir() / f"{verb}.yaml"
     examples = [line.strip() for line in (doc or "").splitlines() if line.strip().startswith("shardwise ")]
-    lines = [f"usage: shardwise {verb} [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--cfg job]", "", f"{summary}.", ""]
+    lines = [f"usage: shardwise {verb} [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--cfg job]", ""]
+    lines += [*textwrap.wrap(f"{summary}.", columns), ""]
     if examples:
-        lines += ["examples:", *[f"  {example}" for example in examples], ""]
+        lines.append("examples:")
+        for example in examples:
+            lines += terminal.command_lines(example, 2, columns)
+        lines.append("")
     defaults = _defaults(primary)
     if defaults:
         lines.append("groups (GROUP=OPTION; the default in brackets):")
         for group, option, meaning in defaults:
-            lines.append(f"  {group:<12} [{option}] {meaning}")
+            lines += terminal.hanging(f"  {group:<12} ", f"[{option}] {meaning}", 15, columns)
             options = profile_names(group)
             if len(options) > 1:
-                wrapped = textwrap.wrap(
-                    ", ".join(options), width=96, initial_indent="options: ", subsequent_indent="  "
-                )
-                lines += [f"  {'':<12} {part}" for part in wrapped]
+                lines += terminal.hanging(" " * 15, "options: " + ", ".join(options), 17, columns)
         lines.append("")
     own = [(key, f"{meaning} (default: {value})") for key, value, meaning in _commented_keys(primary)]
     if own:
-        lines += ["keys:", *_block(own, max(len(k) for k, _ in own)), ""]
+        lines += ["keys:", *_block(own, columns), ""]
     for group, option, _ in defaults:
         if group not in _KEYED_GROUPS:
             continue
         group_file = conf_dir() / group / f"{option}.yaml"
         rows = [(f"{group}.{key}", meaning) for key, _, meaning in _commented_keys(group_file)]
         if rows:
-            lines += [f"{group} keys:", *_block(rows, max(len(k) for k, _ in rows)), ""]
-    lines += [
+            lines += [f"{group} keys:", *_block(rows, columns), ""]
+    lines += textwrap.wrap(
         f"every key and its value: shardwise {verb} --cfg job; Hydra's own flags: shardwise {verb} --hydra-help",
-        'tab completion: eval "$(shardwise --shell-completion install=bash)" (or install=zsh)',
-    ]
+        columns,
+    )
+    lines += ["tab completion (bash; or install=zsh):", '  eval "$(shardwise --shell-completion install=bash)"']
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from planner.errors import ShardwiseError
+from planner.errors import ShardwiseError, did_you_mean
 
 
 class HardwareKind(str, Enum):
@@ -546,7 +546,8 @@ def validate(cfg) -> None:
         known = {f.name: f for f in fields(cls)}
         for key in node.keys():
             if key not in known:
-                raise ShardwiseError(f"unknown key {prefix}{key}: {cls.__name__} has {', '.join(sorted(known))}")
+                hint = did_you_mean(key, known).replace("mean '", f"mean '{prefix}", 1)
+                raise ShardwiseError(f"unknown key {prefix}{key}{hint}: {cls.__name__} has {', '.join(sorted(known))}")
         if cls is PolicyConfig and "overhead" in node:
             check(node.overhead, OverheadConfig, f"{prefix}overhead.")
         if cls is PolicyConfig and "performance" in node:

@@ -49,15 +49,16 @@ class SweepSummary(Callback):
             )
         if not rows:
             return
-        from rich.console import Console
         from rich.table import Table
+
+        from planner import terminal
 
         table = Table(title="shardwise plan sweep", header_style="bold")
         for col in ("model", "hardware", "fits", "strategy", "GPUs", "max context", "tok/s"):
             table.add_column(col, no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        console = Console(highlight=False)  # the terminal's width; a pipe gets 80 columns unless COLUMNS says more
+        console = terminal.console()
         console.print(table)
         for line in misfit_lines(misfits):
             console.print(line, markup=False)

@@ -155,6 +155,31 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _start_as_daemon(manager) -> None:
+    """Start transformers' generation loop on a daemon thread.
+
+    transformers starts it as an ordinary thread, and the interpreter waits for those at exit: a script that
+    never closes its OpenAIChat (or a server torn down by an exception) would then hang forever after its last
+    line. A new thread takes its daemon flag from the thread that creates it, so the manager is started from a
+    short-lived daemon thread; close() still stops the loop cleanly when it is called."""
+    import torch
+
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with torch.inference_mode():  # the loop takes the inference mode of the thread that starts it
+                manager.start()
+        except BaseException as exc:  # handed to the caller's thread below
+            failures.append(exc)
+
+    starter = threading.Thread(target=start, name="shardwise-batching-start", daemon=True)
+    starter.start()
+    starter.join()
+    if failures:
+        raise failures[0]
+
+
 class BatchingEngine:
     """transformers' continuous batching for one model, with admission and per-request routing."""
 
@@ -217,12 +242,12 @@ class BatchingEngine:
         import torch
 
         generation, batching = self._configs()
-        with torch.inference_mode():  # the loop runs in the caller's inference mode
+        with torch.inference_mode():
             manager = self.loaded.model.init_continuous_batching(
                 generation_config=generation, continuous_batching_config=batching
             )
-            manager.output_router = _inbox_router(self._deliver)  # before start(): the loop takes it from the manager
-            manager.start()
+        manager.output_router = _inbox_router(self._deliver)  # before start(): the loop takes it from the manager
+        _start_as_daemon(manager)
         self._manager = manager
 
     def _alive(self) -> bool:
