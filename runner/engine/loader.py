@@ -33,9 +33,9 @@ DEFAULT_ALLOC_CONF = "expandable_segments:True"
 # torch's CPU threads (an OpenMP team) wait for their next parallel region asleep instead of spinning. The runner's
 # process has other threads that need a core for every token (the server's event loop and request threads, a chat
 # REPL), and a host is often shared: a spinning helper holds a core they need, and when one member of the team is
-# descheduled the others spin through their slices waiting for it. Seen on a shared 2-core host: one streamed request
-# on a ~40M model went from 28-40 tok/s to 3-5 tok/s for minutes at a time with the default (spinning) policy, and
-# stayed at 25-35 with PASSIVE (benchmarks/results/serve_versus.md). OpenMP reads it once, when torch loads.
+# descheduled the others spin through their slices waiting for it. Seen on a shared 2-core host: `shardwise serve`
+# streamed a ~40M model at 6 tok/s with the default (spinning) policy and 31-37 tok/s with PASSIVE, for one client
+# (benchmarks/results/serve_versus_cpu.md). OpenMP reads it once, when torch loads.
 OMP_WAIT_POLICY = "PASSIVE"
 
 
