@@ -20,7 +20,10 @@ With `--peer-python PY` (an environment with `transformers[serving]`; this venv 
 model directory, prompts, max_tokens, greedy settings, torch threads and cache sizes are also served by
 `transformers serve` and `transformers serve --continuous-batching` on 127.0.0.1 (benchmarks/serve_peer.py),
 one after the other, as more columns and ratios of the same tables; their greedy texts are compared with
-shardwise's and the matches counted (reported, never an error).
+shardwise's and the matches counted (reported, never an error). Here the shardwise server shares the load
+generator's process (and torch was imported before the serve runtime's environment was set); for the alternated
+side-by-side of the real `shardwise serve` process with `transformers serve --continuous-batching`, use
+serve_versus.py.
 
 `--abuse` serves a tiny model with continuous batching (4 slots, serve.max_queue=4) and times a normal
 small request (8 greedy tokens, non-streaming) just before, during and right after each of: (a) a

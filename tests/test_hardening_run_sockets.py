@@ -145,3 +145,28 @@ def test_at_the_descriptor_limit_the_server_keeps_serving_and_logs_sanely():
     assert "lowered to" in err
     assert "Too many open files" not in err or err.count("Too many open files") < 5
     assert len(err.splitlines()) < 50, err[-3000:]
+
+
+def test_accepted_connections_send_without_nagles_delay():
+    """A listening socket made with proto 0 (as `shardwise serve` and the tests bind) passes proto 0 to the sockets
+    it accepts, which asyncio leaves with Nagle's algorithm on: streamed chunks then waited ~40 ms for the client's
+    delayed ACK. The server's protocol turns TCP_NODELAY on for every connection (runner.openai.connections)."""
+    from runner.openai.connections import no_delay
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name):
+            return self.sock if name == "socket" else None
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # what asyncio would keep
+                no_delay(Transport(accepted))
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -134,3 +134,12 @@ def test_runtime_env_sets_allocator_and_device_order_but_keeps_user_values(monke
     set_now = set_runtime_env("expandable_segments:True")
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert os.environ["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST" and "CUDA_DEVICE_ORDER" not in set_now
+
+
+def test_runtime_env_lets_torch_threads_wait_asleep_unless_the_user_chose(monkeypatch):
+    """OpenMP's wait policy defaults to PASSIVE (spinning helpers starved the server's own threads on a shared host);
+    a policy the user exported is kept."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert set_runtime_env(None)["OMP_WAIT_POLICY"] == os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "OMP_WAIT_POLICY" not in set_runtime_env(None) and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

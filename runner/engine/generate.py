@@ -10,8 +10,9 @@ Rules it keeps (the same on one process and on every torchrun rank, whose logits
   do not count). transformers' repetition_penalty is a different, multiplicative rule over prompt
   and reply together, so it is not used;
 - stop strings are matched on the generated text only (a match that would straddle the prompt
-  boundary cannot trigger) and trimmed; streamed text holds back the characters that could still
-  become a stop string;
+  boundary cannot trigger) and trimmed; streamed text holds back only its end that could still
+  become a stop string (the longest tail that is the start of one), so deltas are not delayed by
+  a stop string the reply is not writing;
 - a prompt longer than the plan's `prefill_chunk_tokens` is prefilled in chunks of that size
   (the plan asks for it when a one-pass prefill would not fit);
 - usage: prompt_tokens = tokens fed to the model, completion_tokens = tokens it generated (an eos
@@ -34,7 +35,6 @@ class _Tracker:
     def __init__(self, tokenizer, stops, cancel, on_delta, eos_ids):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
-        self.holdback = max((len(s) for s in self.stops), default=1) - 1
         self.cancel = cancel
         self.on_delta = on_delta
         self.eos_ids = eos_ids
@@ -83,10 +83,9 @@ class _Tracker:
         if self.stop_at is not None:
             safe_end = self.stop_at
         else:
-            safe_end = len(self.text) - self.holdback
             # A trailing replacement character is half of a multi-byte character: wait for the rest.
             stripped = self.text.rstrip("\ufffd")
-            safe_end = min(safe_end, len(stripped))
+            safe_end = len(stripped) - _stop_prefix_tail(stripped, self.stops)
         self._emit(safe_end)
 
     def _emit(self, end: int) -> None:
@@ -102,6 +101,19 @@ class _Tracker:
         if self.on_delta is not None:
             self._emit(end)
         return self.text[:end]
+
+
+def _stop_prefix_tail(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string (0: none is): the characters a
+    stream must hold back. Any stop string that could still complete starts inside that end, so everything before it
+    is final."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
 
 
 class _OpenAIPenalties:

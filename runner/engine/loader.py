@@ -9,8 +9,8 @@ LM). A model transformers registers as taking images is loaded with its processo
 tokenizer + image processor + chat template), so image parts can reach it; any other model, or one
 whose directory has no usable processor (said in one line), gets its tokenizer and chats in text.
 
-The allocator environment (`PYTORCH_CUDA_ALLOC_CONF`, `CUDA_DEVICE_ORDER`) is set here before
-torch creates a CUDA context; the plan carries every other decision, so nothing is re-decided.
+The runtime environment (`PYTORCH_CUDA_ALLOC_CONF`, `CUDA_DEVICE_ORDER`, `OMP_WAIT_POLICY`) is set here
+before torch loads and creates a CUDA context; the plan carries every other decision, so nothing is re-decided.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ from planner.errors import ShardwiseError
 from planner.units import GIB
 
 DEFAULT_ALLOC_CONF = "expandable_segments:True"
+
+# torch's CPU threads (an OpenMP team) wait for their next parallel region asleep instead of spinning. The runner's
+# process has other threads that need a core for every token (the server's event loop and request threads, a chat
+# REPL), and a host is often shared: a spinning helper holds a core they need, and when one member of the team is
+# descheduled the others spin through their slices waiting for it. Seen on a shared 2-core host: `shardwise serve`
+# streamed a ~40M model at 6 tok/s with the default (spinning) policy and 31-37 tok/s with PASSIVE, for one client
+# (benchmarks/results/serve_versus_cpu.md). OpenMP reads it once, when torch loads.
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 @dataclass
@@ -61,12 +69,13 @@ class LoadedModel:
 
 
 def set_runtime_env(alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[str], None] | None = None) -> dict:
-    """Set allocator and device-order variables before CUDA starts; returns what was set.
+    """Set allocator, device-order and OpenMP wait variables before torch loads; returns what was set.
 
     A value already in the environment wins (the user set it on purpose); a CUDA context that
-    already exists cannot see a change, which is said instead of ignored.
+    already exists cannot see a change, which is said instead of ignored (OpenMP's wait policy,
+    read when torch loads, is simply kept as it was: the process runs, only a little slower).
     """
-    wanted = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    wanted = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_WAIT_POLICY": OMP_WAIT_POLICY}
     if alloc_conf:
         wanted["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
     set_now = {}

@@ -19,6 +19,7 @@ comes from runner.openai.protocol.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -261,6 +262,14 @@ async def read_json(request: Request, max_body_bytes: int):
         raise oai.invalid(f"the request body is not valid JSON ({exc})"[:300], None, "invalid_json") from None
 
 
+def _has_content_parts(body) -> bool:
+    """Whether a message of this (unvalidated) body has a list of content parts, the only place inline images are."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages
+    )
+
+
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
     info = request.scope.get("shardwise.log", {})
@@ -268,8 +277,7 @@ async def chat_completions(request: Request) -> Response:
     state.check_auth(request)
     body = await read_json(request, state.settings.max_body_bytes)
     settings = state.settings
-    # on a worker thread: decoding an inline image takes long enough to hold up every other request on the loop
-    chat = await run_in_threadpool(
+    parse = functools.partial(
         oai.parse_chat_request,
         body,
         settings.defaults,
@@ -277,6 +285,9 @@ async def chat_completions(request: Request) -> Response:
         max_messages=settings.max_messages,
         images=settings.images,
     )
+    # on a worker thread when it may decode inline images (long enough to hold up every other request on the loop);
+    # text alone is validated here: a thread hop would only delay the request's first token
+    chat = await run_in_threadpool(parse) if _has_content_parts(body) else parse()
     slot = state.find_model(chat.model)
     if not getattr(slot.session, "takes_images", False):
         oai.refuse_images(chat.messages, slot.source.name)
