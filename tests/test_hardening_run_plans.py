@@ -161,3 +161,24 @@ def test_the_rank_worker_checks_its_environment_and_plan_in_one_line(gpt2, tmp_p
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shardwise worker: error: ") and needle in lines[0], lines
+
+
+def test_every_plan_field_has_a_json_type_the_plan_check_knows():
+    """A field added to the Plan with a type the checker has no JSON word for is an error here, never a field
+    that any hand-edited plan.json may fill with anything."""
+    import dataclasses
+
+    import planner.planfile.plan as plan_module
+    from planner.planfile.plan_check import _allowed
+
+    classes = {n: c for n, c in vars(plan_module).items() if isinstance(c, type) and dataclasses.is_dataclass(c)}
+    assert {"Plan", "Limits", "DeviceBudget", "Decision"} <= set(classes)
+    checked = 0
+    for cls in classes.values():
+        for field in dataclasses.fields(cls):
+            kinds, _ = _allowed(field.type if isinstance(field.type, str) else field.type.__name__, classes)
+            assert kinds, (cls.__name__, field.name)
+            checked += 1
+    assert checked > 40
+    with pytest.raises(TypeError, match="cannot check the annotation"):
+        _allowed("set[int]", classes)

@@ -71,12 +71,20 @@ def vllm_lines(engine: dict) -> list[str]:
 
 
 def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
-    from rich.table import Table
-
+    """The report, top to bottom: what is planned, memory per device, limits and speed, decisions, the verdict."""
     if console is None:
         console = terminal.console()
-    m, lim = plan.model, plan.limits
     chars = {} if (console.encoding or "").lower().startswith("utf") else _ASCII
+    _print_header(plan, console)
+    _print_memory_table(plan, console, chars)
+    _print_limits(plan, console)
+    _print_decisions(plan, console)
+    _print_verdict(plan, console, plan_path)
+
+
+def _print_header(plan: Plan, console) -> None:
+    """Model, formats, hardware and strategy."""
+    m = plan.model
     quant = m.quantization
     quant_text = f"{quant.method} {'kept' if quant.kept else 'dequantized'}" if quant.method else "none"
     if quant.on_load:
@@ -109,6 +117,11 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     )
     console.print(f"strategy: [bold]{shape}[/bold]")
     console.print()
+
+
+def _print_memory_table(plan: Plan, console, chars: dict) -> None:
+    """One row per device: a bar and the terms (GiB) that make up its planned memory."""
+    from rich.table import Table
 
     has_state = any(row.state for row in plan.budget)
     kv_col = "kv+st" if has_state else "kv"
@@ -146,6 +159,11 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         f"plan = their sum, usable = free memory - headroom; bar {''.join(c for _, c, _ in SEGMENTS).translate(chars)} "
         f"in that order, {_FREE.translate(chars)} free"
     )
+
+
+def _print_limits(plan: Plan, console) -> None:
+    """Context, sessions and KV per token; predicted speed; vLLM's own numbers for a vLLM plan."""
+    lim = plan.limits
     kv_total = sum(row.kv_cache for row in plan.budget)
     linear = lim.kv_bytes_per_token * lim.context_tokens * lim.sessions
     if plan.strategy == "tensor_parallel":
@@ -177,6 +195,12 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
     for text in vllm_lines(plan.engine):
         console.print(text, markup=False, highlight=False)
     console.print()
+
+
+def _print_decisions(plan: Plan, console) -> None:
+    """Every automatic decision with its reason, then warnings, notes and the fallback chain."""
+    from rich.table import Table
+
     decisions = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     decisions.add_column("decision")
     decisions.add_column("value")
@@ -194,6 +218,11 @@ def render(plan: Plan, console=None, plan_path: str | None = None) -> None:
         chain = " -> ".join(f"{f['model']}" + (" on CPU" if f["hardware"] == "cpu" else "") for f in plan.fallbacks)
         console.print(f"fallbacks: {chain}")
     console.print()
+
+
+def _print_verdict(plan: Plan, console, plan_path: str | None) -> None:
+    """FITS and the command to run it, or DOES NOT FIT with what binds and the fixes that would fit."""
+    lim = plan.limits
     if plan.fits:
         command = plan.launch.command
         if plan_path:

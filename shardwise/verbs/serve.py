@@ -79,7 +79,7 @@ def _hardware_choice(cfg) -> str:
 def listen_socket(host: str, port: int) -> socket.socket:
     """Bind now, so a busy port is a one-line error instead of a uvicorn traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY on such sockets
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
