@@ -474,92 +474,132 @@ def _layer_types(cfg: _Config, n_layers: int) -> tuple[list[str], int | None]:
     return kinds, window
 
 
+@dataclass(frozen=True)
+class _DecoderShape:
+    """The numbers of a llama-shaped decoder that its per-layer tensors are built from."""
+
+    cfg: _Config
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    q_dim: int
+    kv_dim: int
+    inter: int
+    attn_bias: bool
+    num_experts: int
+    mlp_only: frozenset
+    sparse_step: int
+
+    @property
+    def mt(self) -> str:
+        return self.cfg.model_type
+
+
+def _attention_tensors(s: _DecoderShape, p: str) -> list[TensorSpec]:
+    a, mt = f"{p}.self_attn", s.mt
+    if mt == "phi3":
+        return [
+            *_linear(f"{a}.o_proj", s.hidden, s.q_dim, False),
+            *_linear(f"{a}.qkv_proj", s.q_dim + 2 * s.kv_dim, s.hidden, False),
+        ]
+    tensors = [TensorSpec(f"{a}.sinks", s.heads)] if mt == "gpt_oss" else []
+    qkv_bias = s.attn_bias or mt == "qwen2"  # qwen2 hard-codes q/k/v biases, no o_proj bias
+    tensors += [
+        *_linear(f"{a}.q_proj", s.q_dim, s.hidden, qkv_bias),
+        *_linear(f"{a}.k_proj", s.kv_dim, s.hidden, qkv_bias),
+        *_linear(f"{a}.v_proj", s.kv_dim, s.hidden, qkv_bias),
+        *_linear(f"{a}.o_proj", s.hidden, s.q_dim, s.attn_bias),
+    ]
+    if mt in ("qwen3", "qwen3_moe", "gemma3_text"):
+        tensors += [TensorSpec(f"{a}.q_norm.weight", s.head_dim), TensorSpec(f"{a}.k_norm.weight", s.head_dim)]
+    return tensors
+
+
+def _stacked_experts(m: str, s: _DecoderShape, width: int) -> list[TensorSpec]:
+    """mixtral's and qwen3_moe's sparse block: a router and the experts' stacked gate_up / down matrices."""
+    n, hidden = s.num_experts, s.hidden
+    return [
+        TensorSpec(f"{m}.gate.weight", n * hidden),
+        TensorSpec(f"{m}.experts.gate_up_proj", n * 2 * width * hidden, matrix=(2 * n, width, hidden)),
+        TensorSpec(f"{m}.experts.down_proj", n * hidden * width, matrix=(n, hidden, width)),
+    ]
+
+
+def _gpt_oss_experts(m: str, s: _DecoderShape) -> list[TensorSpec]:
+    n, hidden, inter, e = s.num_experts, s.hidden, s.inter, f"{m}.experts"
+    return [  # the router is transformers' GptOssTopKRouter, not a Linear: no format packs it
+        TensorSpec(f"{m}.router.weight", n * hidden),
+        TensorSpec(f"{m}.router.bias", n),
+        TensorSpec(
+            f"{e}.gate_up_proj",
+            n * hidden * 2 * inter,
+            expert_matrix=(n * 2 * inter, hidden),
+            matrix=(2 * n, inter, hidden),
+        ),
+        TensorSpec(f"{e}.gate_up_proj_bias", n * 2 * inter),
+        TensorSpec(f"{e}.down_proj", n * inter * hidden, expert_matrix=(n * hidden, inter), matrix=(n, hidden, inter)),
+        TensorSpec(f"{e}.down_proj_bias", n * hidden),
+    ]
+
+
+def _mlp_tensors(s: _DecoderShape, p: str, i: int) -> tuple[list[TensorSpec], bool]:
+    """Layer i's feed-forward tensors, and whether it is a mixture of experts."""
+    m, mt, hidden, inter = f"{p}.mlp", s.mt, s.hidden, s.inter
+    if mt == "phi3":
+        return [
+            *_linear(f"{m}.gate_up_proj", 2 * inter, hidden, False),
+            *_linear(f"{m}.down_proj", hidden, inter, False),
+        ], False
+    if mt == "mixtral":
+        return _stacked_experts(m, s, inter), True
+    if mt == "qwen3_moe" and i not in s.mlp_only and s.num_experts > 0 and (i + 1) % s.sparse_step == 0:
+        return _stacked_experts(m, s, s.cfg.count("moe_intermediate_size")), True
+    if mt == "gpt_oss":
+        return _gpt_oss_experts(m, s), True
+    mlp_bias = bool(s.cfg.get("mlp_bias")) and mt == "llama"
+    return [
+        *_linear(f"{m}.gate_proj", inter, hidden, mlp_bias),
+        *_linear(f"{m}.up_proj", inter, hidden, mlp_bias),
+        *_linear(f"{m}.down_proj", hidden, inter, mlp_bias),
+    ], False
+
+
+def _decoder_shape(cfg: _Config) -> _DecoderShape:
+    mt = cfg.model_type
+    hidden, heads = cfg.count("hidden_size"), cfg.count("num_attention_heads")
+    kv_heads, head_dim = cfg.heads(hidden, heads, "num_key_value_heads")
+    num_experts = 0
+    if mt in ("mixtral", "gpt_oss"):
+        num_experts = cfg.count("num_local_experts")
+    elif mt == "qwen3_moe":
+        num_experts = cfg.count("num_experts", 0)
+    return _DecoderShape(
+        cfg=cfg,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        q_dim=heads * head_dim,
+        kv_dim=kv_heads * head_dim,
+        inter=cfg.count("intermediate_size"),
+        attn_bias=bool(cfg.get("attention_bias")) and mt not in ("mistral", "mixtral", "phi3", "qwen2"),
+        num_experts=num_experts,
+        mlp_only=frozenset(cfg.get("mlp_only_layers") or ()),
+        sparse_step=cfg.get("decoder_sparse_step", 1),
+    )
+
+
 def _describe_decoder(cfg: _Config) -> ArchDescription:
     """The llama-shaped families: embed_tokens, layers, norm, rotary_emb, lm_head."""
     mt = cfg.model_type
     family = FAMILIES[mt]
-    hidden, heads = cfg.count("hidden_size"), cfg.count("num_attention_heads")
+    s = _decoder_shape(cfg)
+    hidden, head_dim = s.hidden, s.head_dim
     n_layers, vocab = cfg.count("num_hidden_layers"), cfg.count("vocab_size")
-    kv_heads, head_dim = cfg.heads(hidden, heads, "num_key_value_heads")
-    inter = cfg.count("intermediate_size")
     tied = bool(cfg.get("tie_word_embeddings"))
-    attn_bias = bool(cfg.get("attention_bias")) and mt not in ("mistral", "mixtral", "phi3", "qwen2")
-    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
     kinds, window = _layer_types(cfg, n_layers)
-
-    num_experts, top_k = 0, 0
-    if mt in ("mixtral", "gpt_oss"):
-        num_experts, top_k = cfg.count("num_local_experts"), cfg.count("num_experts_per_tok")
-    elif mt == "qwen3_moe":
-        num_experts, top_k = cfg.count("num_experts", 0), cfg.count("num_experts_per_tok")
-    mlp_only = set(cfg.get("mlp_only_layers") or ())
-    sparse_step = cfg.get("decoder_sparse_step", 1)
-
-    def attention(p: str) -> list[TensorSpec]:
-        a = f"{p}.self_attn"
-        if mt == "phi3":
-            return [
-                *_linear(f"{a}.o_proj", hidden, q_dim, False),
-                *_linear(f"{a}.qkv_proj", q_dim + 2 * kv_dim, hidden, False),
-            ]
-        tensors = [TensorSpec(f"{a}.sinks", heads)] if mt == "gpt_oss" else []
-        qkv_bias = attn_bias or mt == "qwen2"  # qwen2 hard-codes q/k/v biases, no o_proj bias
-        tensors += [
-            *_linear(f"{a}.q_proj", q_dim, hidden, qkv_bias),
-            *_linear(f"{a}.k_proj", kv_dim, hidden, qkv_bias),
-            *_linear(f"{a}.v_proj", kv_dim, hidden, qkv_bias),
-            *_linear(f"{a}.o_proj", hidden, q_dim, attn_bias),
-        ]
-        if mt in ("qwen3", "qwen3_moe", "gemma3_text"):
-            tensors += [TensorSpec(f"{a}.q_norm.weight", head_dim), TensorSpec(f"{a}.k_norm.weight", head_dim)]
-        return tensors
-
-    def mlp(p: str, i: int) -> tuple[list[TensorSpec], bool]:
-        m = f"{p}.mlp"
-        if mt == "phi3":
-            return [
-                *_linear(f"{m}.gate_up_proj", 2 * inter, hidden, False),
-                *_linear(f"{m}.down_proj", hidden, inter, False),
-            ], False
-        if mt == "mixtral" or (
-            mt == "qwen3_moe" and i not in mlp_only and num_experts > 0 and (i + 1) % sparse_step == 0
-        ):
-            width = inter if mt == "mixtral" else cfg.count("moe_intermediate_size")
-            experts = [
-                TensorSpec(
-                    f"{m}.experts.gate_up_proj",
-                    num_experts * 2 * width * hidden,
-                    matrix=(2 * num_experts, width, hidden),
-                ),
-                TensorSpec(f"{m}.experts.down_proj", num_experts * hidden * width, matrix=(num_experts, hidden, width)),
-            ]
-            return [TensorSpec(f"{m}.gate.weight", num_experts * hidden), *experts], True
-        if mt == "gpt_oss":
-            e = f"{m}.experts"
-            return [  # the router is transformers' GptOssTopKRouter, not a Linear: no format packs it
-                TensorSpec(f"{m}.router.weight", num_experts * hidden),
-                TensorSpec(f"{m}.router.bias", num_experts),
-                TensorSpec(
-                    f"{e}.gate_up_proj",
-                    num_experts * hidden * 2 * inter,
-                    expert_matrix=(num_experts * 2 * inter, hidden),
-                    matrix=(2 * num_experts, inter, hidden),
-                ),
-                TensorSpec(f"{e}.gate_up_proj_bias", num_experts * 2 * inter),
-                TensorSpec(
-                    f"{e}.down_proj",
-                    num_experts * inter * hidden,
-                    expert_matrix=(num_experts * hidden, inter),
-                    matrix=(num_experts, hidden, inter),
-                ),
-                TensorSpec(f"{e}.down_proj_bias", num_experts * hidden),
-            ], True
-        mlp_bias = bool(cfg.get("mlp_bias")) and mt == "llama"
-        return [
-            *_linear(f"{m}.gate_proj", inter, hidden, mlp_bias),
-            *_linear(f"{m}.up_proj", inter, hidden, mlp_bias),
-            *_linear(f"{m}.down_proj", hidden, inter, mlp_bias),
-        ], False
+    top_k = cfg.count("num_experts_per_tok") if mt in ("mixtral", "gpt_oss", "qwen3_moe") else 0
 
     gemma = mt in ("gemma2", "gemma3_text")
     embed = [TensorSpec("model.embed_tokens.weight", vocab * hidden)]
@@ -567,13 +607,13 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
         embed.append(TensorSpec("model.embed_tokens.embed_scale", 1, is_param=False, persistent=False))
     modules = [ModuleSpec("model.embed_tokens", "embed", tuple(embed))]
     layer_rules = []
+    norms = ["input_layernorm", "post_attention_layernorm"]
+    if gemma:
+        norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
     for i in range(n_layers):
         p = f"model.layers.{i}"
-        mlp_tensors, is_moe = mlp(p, i)
-        norms = ["input_layernorm", "post_attention_layernorm"]
-        if gemma:
-            norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
-        tensors = attention(p) + mlp_tensors + [TensorSpec(f"{p}.{n}.weight", hidden) for n in norms]
+        mlp_tensors, is_moe = _mlp_tensors(s, p, i)
+        tensors = _attention_tensors(s, p) + mlp_tensors + [TensorSpec(f"{p}.{n}.weight", hidden) for n in norms]
         modules.append(ModuleSpec(p, "layer", tuple(tensors), layer_index=i))
         sliding = kinds[i] == "sliding_attention"
         layer_rules.append(LayerRule("sliding" if sliding else "full", window if sliding else None, is_moe))
@@ -595,15 +635,15 @@ def _describe_decoder(cfg: _Config) -> ArchDescription:
         layers=tuple(layer_rules),
         hidden_size=hidden,
         vocab_size=vocab,
-        num_attention_heads=heads,
-        num_kv_heads=kv_heads,
+        num_attention_heads=s.heads,
+        num_kv_heads=s.kv_heads,
         head_dim=head_dim,
-        intermediate_size=cfg.count("moe_intermediate_size") if mt == "qwen3_moe" else inter,
+        intermediate_size=cfg.count("moe_intermediate_size") if mt == "qwen3_moe" else s.inter,
         max_context_tokens=cfg.count("max_position_embeddings"),
         tied_embeddings=tied,
         no_split_module=family.decoder_class,
         has_tp_plan=family.has_tp_plan,
-        num_experts=num_experts,
+        num_experts=s.num_experts,
         experts_per_token=top_k,
         keep_fp32=family.keep_fp32,
         keep_fp32_strict=family.keep_fp32_strict,
