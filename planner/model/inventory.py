@@ -230,6 +230,58 @@ def _shipped_format(arch: dict, quantization: str | None, model_dir: str | None)
     return parse_format({"quant_method": method})
 
 
+def _description(model_type: str, arch: dict, dtype: str):
+    """(ArchDescription, source, provenance): the fast path for a known family, else the general path (a stored
+    meta-device build, or a fresh one: planner.model.described)."""
+    from planner.model import architectures
+
+    if model_type in architectures.FAMILIES:
+        try:
+            return architectures.describe(model_type, arch), "fast", ()
+        except NotImplementedError:
+            pass  # an option only the real module tree can size: the meta build sizes it
+    from planner.model import described
+
+    desc, decision = described.describe(model_type, arch, dtype)
+    return desc, "meta", (decision,)
+
+
+def _measured_from_headers(entries: list, model_dir: str | None, *, kept: bool):
+    """(entries with their shipped bytes, total shipped bytes, coverage warnings) from a local directory's
+    safetensors headers; None without a directory or headers."""
+    if model_dir is None:
+        return None
+    from planner.model.headers import read_index
+
+    index = read_index(model_dir)
+    if index is None:
+        return None
+    per_module, coverage = index.bytes_by_module(
+        [e.name for e in entries], no_tensors_expected=[e.name for e in entries if e.checkpoint_bytes == 0]
+    )
+    measured = [_with_checkpoint_bytes(e, per_module.get(e.name, 0), kept=kept) for e in entries]
+    return measured, index.total_bytes, coverage.warnings()
+
+
+def _layer_specs(desc) -> tuple[LayerSpec, ...]:
+    """Per-layer attention, KV and state shapes; a layer without its own heads takes the model's."""
+    return tuple(
+        LayerSpec(
+            index=i,
+            attention=rule.attention,
+            window=rule.window,
+            num_kv_heads=rule.kv_heads or desc.num_kv_heads,
+            head_dim=rule.head_dim or desc.head_dim,
+            moe=rule.moe,
+            kv_elems=rule.kv_elems_per_token,
+            state_elems=rule.state_elems,
+            state_fp32_elems=rule.state_fp32_elems,
+            cross_kv_elems_per_token=rule.cross_kv_elems_per_token,
+        )
+        for i, rule in enumerate(desc.layers)
+    )
+
+
 def build_inventory(
     arch: dict,
     *,
@@ -270,17 +322,7 @@ def build_inventory(
             f"cannot size architecture {arch.get('architectures')!r}: config.json has no model_type; "
             "add model_type or give model.path to a directory with safetensors files"
         )
-    desc, source, provenance = None, "fast", ()
-    if model_type in architectures.FAMILIES:
-        try:
-            desc = architectures.describe(model_type, arch)
-        except NotImplementedError:
-            desc = None  # an option only the real module tree can size: fall through to the meta build
-    if desc is None:  # the general path: a stored meta-device build, else a fresh one (planner.model.described)
-        from planner.model import described
-
-        desc, decision = described.describe(model_type, arch, dtype)
-        source, provenance = "meta", (decision,)
+    desc, source, provenance = _description(model_type, arch, dtype)
     if fmt is not None and fmt.method == "mxfp4" and not any(t.expert_matrix for m in desc.modules for t in m.tensors):
         raise ShardwiseError(
             f"quantization 'mxfp4' on model_type {model_type!r}: only gpt_oss experts ship as MXFP4; "
@@ -294,38 +336,15 @@ def build_inventory(
         entries = _size_modules(desc, dtype, shipped_dtype, fmt, keep_quantized)
     checkpoint_total: int | None = sum(e.checkpoint_bytes for e in entries)
     warnings: list[str] = []
-    if model_dir is not None:
-        from planner.model.headers import read_index
-
-        index = read_index(model_dir)
-        if index is not None:
-            per_module, coverage = index.bytes_by_module(
-                [e.name for e in entries], no_tensors_expected=[e.name for e in entries if e.checkpoint_bytes == 0]
-            )
-            entries = [
-                _with_checkpoint_bytes(e, per_module.get(e.name, 0), kept=fmt is not None and keep_quantized)
-                for e in entries
-            ]
-            checkpoint_total, source = index.total_bytes, "safetensors"
-            warnings.extend(coverage.warnings())
+    measured = _measured_from_headers(entries, model_dir, kept=fmt is not None and keep_quantized)
+    if measured is not None:
+        entries, checkpoint_total, header_warnings = measured
+        source = "safetensors"
+        warnings.extend(header_warnings)
     max_context, context_limit, note = _context_limit(desc, model_type, model_dir)
     if note:
         warnings.append(note)
-    layers = tuple(
-        LayerSpec(
-            index=i,
-            attention=rule.attention,
-            window=rule.window,
-            num_kv_heads=rule.kv_heads or desc.num_kv_heads,
-            head_dim=rule.head_dim or desc.head_dim,
-            moe=rule.moe,
-            kv_elems=rule.kv_elems_per_token,
-            state_elems=rule.state_elems,
-            state_fp32_elems=rule.state_fp32_elems,
-            cross_kv_elems_per_token=rule.cross_kv_elems_per_token,
-        )
-        for i, rule in enumerate(desc.layers)
-    )
+    layers = _layer_specs(desc)
     return Inventory(
         model_type=model_type,
         params_total=sum(e.params for e in entries),
