@@ -106,13 +106,8 @@ class _Sizer:
         return lo
 
 
-def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
-    """The Plan of `spec` served by vLLM on `hw` (formats and inventory already decided)."""
-    if not hw.devices:
-        raise ShardwiseError("launch.engine=vllm needs GPUs: plan it on a GPU tier or a probed GPU machine")
-    sizer = _Sizer(inv, formats, hw, policy)
-    sizer.eight_bit_math = _eight_bit_math(spec, formats)
-    engine = policy.engine
+def _decide_engine_knobs(sizer, engine, notes) -> None:
+    """The engine and its three memory/batching knobs, each with whether the user or vLLM's default set it."""
     notes.decide("engine", f"vllm {engine.version}", f"launch.engine=vllm: sized by vLLM {sizer.rules.release}'s rules")
     notes.decide(
         "gpu_memory_utilization",
@@ -125,6 +120,68 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
         "launch.max_num_batched_tokens" if engine.max_num_batched_tokens else sizer.batching_reason,
     )
     notes.decide("max_num_seqs", sizer.seqs, "launch.max_num_seqs" if engine.max_num_seqs else sizer.batching_reason)
+
+
+def _first_layout_that_starts(sizer, layouts, requested, low: int, model_max: int):
+    """(tp, pp, max_model_len), or None when no layout starts.
+
+    The fewest GPUs that start at the context asked for; none asked: that reach the model's maximum, else the
+    layout that gives the most context (the fewest GPUs among equals), as the runner's placement does."""
+    chosen = None
+    for tp, pp in layouts:
+        length = requested or sizer.longest(tp, pp, low, model_max)
+        if length is None or not sizer.memory(tp, pp, length).fits:
+            continue
+        if chosen is None or length > chosen[2]:
+            chosen = (tp, pp, length)
+        if requested or length >= model_max:
+            break
+    return chosen
+
+
+def _auto_sessions(sizer, engine, mem, tp: int, pp: int, length: int, fits: bool, notes):
+    """policy.sessions=auto: as many sequences as the KV cache holds at max_model_len, up to max_num_seqs; with
+    vLLM's default max_num_seqs, that flag becomes those sessions (a smaller sampler profile, so the KV cache only
+    grows and they still fit). Returns (sessions, memory as sized then)."""
+    sessions = max(1, min(math.floor(mem.max_concurrency), sizer.seqs))
+    notes.decide(
+        "sessions",
+        sessions,
+        f"policy.sessions=auto: the KV cache holds {mem.max_concurrency:.2f} sequences of {length} tokens "
+        f"(at most max_num_seqs {sizer.seqs})",
+    )
+    if engine.max_num_seqs is None and fits:
+        sizer.seqs = sessions
+        mem = sizer.memory(tp, pp, length)
+        notes.decide("max_num_seqs", sessions, "the sessions policy.sessions=auto sized (as shardwise serve does)")
+    return sessions, mem
+
+
+def _budget_row(sizer, mem, num_layers: int) -> DeviceBudget:
+    """The plan's memory row for one GPU in vLLM's terms (non-torch memory and CUDA graphs as overhead)."""
+    kv = max(mem.kv_cache_bytes, 0)
+    overhead = mem.non_torch_bytes + mem.cudagraph_bytes
+    return DeviceBudget(
+        device=str(sizer.device.id),
+        weights=mem.weights_bytes,
+        kv_cache=kv,
+        activations=mem.activation_peak_bytes,
+        overhead=overhead,
+        planned=mem.weights_bytes + kv + mem.activation_peak_bytes + overhead,
+        usable=mem.free_at_start_bytes,
+        free_after=mem.free_at_start_bytes - mem.budget_bytes - mem.cudagraph_bytes,
+        layers=(0, num_layers - 1),
+    )
+
+
+def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
+    """The Plan of `spec` served by vLLM on `hw` (formats and inventory already decided)."""
+    if not hw.devices:
+        raise ShardwiseError("launch.engine=vllm needs GPUs: plan it on a GPU tier or a probed GPU machine")
+    sizer = _Sizer(inv, formats, hw, policy)
+    sizer.eight_bit_math = _eight_bit_math(spec, formats)
+    engine = policy.engine
+    _decide_engine_knobs(sizer, engine, notes)
     per_node = len([d for d in hw.devices if d.node == 0])
     layouts = _tp_sizes(inv, policy, per_node, hw.nodes)
     model_max = inv.max_context_tokens
@@ -135,17 +192,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
             f"use at most {model_max} or auto"
         )
     low = min(policy.min_context_tokens, model_max)
-    # the fewest GPUs that start at the context asked for; none asked: that reach the model's maximum,
-    # else the layout that gives the most context (the fewest GPUs among equals), as the runner's placement does
-    chosen = None
-    for tp, pp in layouts:
-        length = requested or sizer.longest(tp, pp, low, model_max)
-        if length is None or not sizer.memory(tp, pp, length).fits:
-            continue
-        if chosen is None or length > chosen[2]:
-            chosen = (tp, pp, length)
-        if requested or length >= model_max:
-            break
+    chosen = _first_layout_that_starts(sizer, layouts, requested, low, model_max)
     fits = chosen is not None
     if fits and policy.objective != "auto" and len(layouts) > 1:
         chosen = _by_objective(sizer, layouts, chosen, policy, notes)
@@ -162,18 +209,8 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
     notes.decide("max_model_len", length, why)
     notes.decide("tensor_parallel_size", tp, _layout_reason(policy, tp, pp, per_node, len(layouts)))
     sessions = policy.sessions
-    if sessions is None:  # auto: as many as the KV cache holds at max_model_len, up to max_num_seqs
-        sessions = max(1, min(math.floor(mem.max_concurrency), sizer.seqs))
-        notes.decide(
-            "sessions",
-            sessions,
-            f"policy.sessions=auto: the KV cache holds {mem.max_concurrency:.2f} sequences of {length} tokens "
-            f"(at most max_num_seqs {sizer.seqs})",
-        )
-        if engine.max_num_seqs is None and fits:  # --max-num-seqs = those sessions: a smaller sampler profile,
-            sizer.seqs = sessions  # so the KV cache only grows and they still fit
-            mem = sizer.memory(tp, pp, length)
-            notes.decide("max_num_seqs", sessions, "the sessions policy.sessions=auto sized (as shardwise serve does)")
+    if sessions is None:
+        sessions, mem = _auto_sessions(sizer, engine, mem, tp, pp, length, fits, notes)
     performance = _performance(sizer, mem, tp, pp, sessions, length) if fits else {}
     flags = serve_flags(
         tp=tp,
@@ -201,21 +238,7 @@ def plan_vllm(spec, hw, policy, formats, inv, notes, model_info) -> Plan:
             "fixes": _fixes(sizer, policy, tp, pp, length, requested, low, per_node, hw),
         }
     strategy = "tensor_parallel" if tp > 1 or hw.nodes > 1 else ("pipeline" if pp > 1 else "single_gpu")
-    row = DeviceBudget(
-        device=str(sizer.device.id),
-        weights=mem.weights_bytes,
-        kv_cache=max(mem.kv_cache_bytes, 0),
-        activations=mem.activation_peak_bytes,
-        overhead=mem.non_torch_bytes + mem.cudagraph_bytes,
-        planned=mem.weights_bytes
-        + max(mem.kv_cache_bytes, 0)
-        + mem.activation_peak_bytes
-        + mem.non_torch_bytes
-        + mem.cudagraph_bytes,
-        usable=mem.free_at_start_bytes,
-        free_after=mem.free_at_start_bytes - mem.budget_bytes - mem.cudagraph_bytes,
-        layers=(0, len(inv.layers) - 1),
-    )
+    row = _budget_row(sizer, mem, len(inv.layers))
     limits = Limits(
         context_tokens=length,
         sessions=sessions,
