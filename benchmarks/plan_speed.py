@@ -14,7 +14,8 @@ The baseline drops `quantization_config` before building (from_config cannot bui
 MXFP4 tensors; accelerate sizes what the meta model holds: experts dequantized to bf16).
 The two commands run alternately (A, B, B, A, A, B, ...: the order flips each round, so neither
 always runs right after the other) for --runs rounds, after one unmeasured warm-up of each (page
-cache). Printed: each side's median with its min and max, and the ratio of the medians.
+cache) and after byte-compiling shardwise's packages (`byte_compile_ours`: pip compiles the baseline's).
+Printed: each side's median with its min and max, and the ratio of the medians.
 Target: ours / accelerate <= 0.1. `--cold-only` runs only this part.
 
 (c) Hub id from the HF cache: `shardwise plan model=bench/qwen2.5-7b` with HF_HUB_OFFLINE=1 after
@@ -117,6 +118,24 @@ def baseline_child(tier: str, count: int) -> None:
     )
 
 
+def byte_compile_ours() -> str:
+    """Byte-compile shardwise's own packages, as the baseline's are, and say so ("" when nothing was to do).
+
+    pip compiles what it installs into site-packages (transformers, accelerate, torch); an editable install of
+    shardwise is never compiled, and where PYTHONDONTWRITEBYTECODE is set (this machine sets it) Python then
+    compiles every shardwise module from source on every run: ~13% of a cold plan here, a cost neither a
+    wheel install nor a machine that writes bytecode pays. compileall writes the bytecode a first run would.
+    """
+    import compileall
+    import importlib.util
+
+    folders = [Path(importlib.util.find_spec(name).origin).parent for name in ("planner", "runner", "shardwise")]
+    if all(compileall.compile_dir(str(folder), quiet=2) for folder in folders):
+        writes = "off" if sys.dont_write_bytecode else "on"
+        return f"(shardwise's packages byte-compiled first, as pip compiles the baseline's; bytecode writing {writes})"
+    return "(shardwise's packages could not all be byte-compiled: ours runs partly from source)"
+
+
 def time_command(cmd: list[str], cwd: str, env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(
@@ -138,6 +157,9 @@ def cold(runs: int) -> dict:
         "json=true",
     ]
     base_cmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-child"]
+    compiled = byte_compile_ours()
+    if compiled:
+        print(compiled)
     ours, base = [], []
     with tempfile.TemporaryDirectory() as cwd:  # Hydra writes outputs/ under the working directory
         time_command(ours_cmd, cwd)

@@ -20,10 +20,12 @@ def compose(config_name: str = "plan", overrides: list[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     from planner.config import schema
+    from planner.config.fastyaml import install
     from planner.config.rundir import register_resolvers
 
     schema.register()
     register_resolvers()
+    install()  # OmegaConf's YAML rules on libyaml's parser
     args = normalize_overrides(list(overrides))
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()

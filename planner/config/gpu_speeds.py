@@ -16,17 +16,16 @@ from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Hardware
 @functools.cache
 def published_speeds() -> dict[str, dict]:
     """Lower-cased GPU name -> {speed field: value} from every tier in conf/hardware/ that gives a bandwidth."""
-    from omegaconf import OmegaConf
-
-    from planner.config.reader import conf_dir
+    from planner.config.reader import profile_names, read_option
 
     table = {}
-    for path in sorted((conf_dir() / "hardware").glob("*.yaml")):
-        node = OmegaConf.load(path)
+    for name in profile_names("hardware"):
+        node = read_option("hardware", name)
         if node.get("kind") != "tier" or not node.get("name") or not node.get("memory_bandwidth_gb_per_s"):
             continue
         table.setdefault(
-            str(node.name).lower(), {key: float(node[key]) for key in (*DEVICE_SPEEDS, *LINK_SPEEDS) if key in node}
+            str(node["name"]).lower(),
+            {key: float(node[key]) for key in (*DEVICE_SPEEDS, *LINK_SPEEDS) if node.get(key) is not None},
         )
     return table
 

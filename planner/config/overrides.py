@@ -280,8 +280,10 @@ def hydra_app(config_name: str, task: Callable):
     import hydra
 
     from planner.config import schema
+    from planner.config.fastyaml import install
     from planner.config.rundir import register_resolvers
 
     schema.register()
     register_resolvers()
+    install()  # OmegaConf's YAML rules on libyaml's parser
     return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(task)

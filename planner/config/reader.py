@@ -7,6 +7,7 @@ profile is read the same way everywhere: its `defaults:` list dropped, merged on
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,9 @@ def option_exists(group: str, name: str) -> bool:
 def _read(group: str, name: str):
     from omegaconf import OmegaConf
 
+    from planner.config.fastyaml import install
+
+    install()
     node = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
     node.pop("defaults", None)
     OmegaConf.set_readonly(node, True)  # shared by every caller through the cache
@@ -128,7 +132,39 @@ def profile_spec(name: str):
     """The ModelSpec of a shipped profile: what the planner core is handed to load fallbacks and candidates."""
     from planner.model.source import spec_from_config
 
-    return spec_from_config(load_profile(name))
+    profile = profile_for(name)
+    fields = _profile_fields(profile) if profile not in (None, "auto") and option_exists("model", profile) else None
+    if fields is None:
+        return spec_from_config(load_profile(name))
+    return spec_from_config(copy.deepcopy(fields))  # each caller its own: the cached dict is never handed out
+
+
+@cache
+def _profile_fields(profile: str) -> dict | None:
+    """A profile checked against the schema as `load_profile` does, but with its `architecture` block left plain
+    (None for a file with `${...}` interpolations, which take `load_profile`'s way).
+
+    Why: `architecture` is config.json, hundreds of values typed only as a dict in the schema; as OmegaConf nodes
+    it is most of the ~25 ms a profile costs, and the planner turns it straight back into a dict (a plan of
+    gpt-oss-120b loads three fallback profiles). The other fields are merged onto the schema as before, so a
+    typo'd key or a wrong type is the same error; the architecture is checked by planner.model.config_check.
+    """
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf._utils import get_yaml_loader
+
+    from planner.config.fastyaml import install
+    from planner.config.schema import ModelConfig
+
+    text = (conf_dir() / "model" / f"{profile}.yaml").read_text()
+    if "${" in text:
+        return None
+    install()
+    data = yaml.load(text, Loader=get_yaml_loader()) or {}
+    data.pop("defaults", None)
+    architecture = data.pop("architecture", None)
+    checked = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ModelConfig), data), resolve=True)
+    return {**checked, "architecture": architecture if architecture is not None else {}}
 
 
 def profile_architecture(name: str) -> dict | None:

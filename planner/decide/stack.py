@@ -21,7 +21,9 @@ from packaging.version import InvalidVersion, Version
 STACK_PACKAGES = ("transformers", "torch", "accelerate", "kernels", "triton")
 
 
+@cache
 def installed_version(name: str) -> str | None:
+    """The installed release of `name` (read once per process: each read parses the package's METADATA)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

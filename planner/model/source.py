@@ -107,7 +107,7 @@ def _optional_json(path: Path) -> dict | None:
 def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
     if model_cfg.get("revision"):
         raise ShardwiseError(
-            f"model.revision={model_cfg.revision} pins a hub revision, but {str(path)!r} is a local directory: "
+            f"model.revision={model_cfg.get('revision')} pins a hub revision, but {str(path)!r} is a local directory: "
             "drop model.revision"
         )
     arch, model_dir = _read_config(Path(path).expanduser())
@@ -159,7 +159,8 @@ def _spec_from_hub(repo_id: str, model_cfg) -> ModelSpec:
 
 
 def spec_from_config(model_cfg) -> ModelSpec:
-    """ModelSpec from the composed `model` config node: model.path, a hub id, or a profile."""
+    """ModelSpec from the composed `model` config node (or the same as a plain dict): model.path, a hub id, or a
+    profile."""
     from planner.model.hub import is_hub_id
 
     path = model_cfg.get("path")
@@ -177,19 +178,16 @@ def spec_from_config(model_cfg) -> ModelSpec:
         )
     from omegaconf import OmegaConf
 
-    arch = (
-        OmegaConf.to_container(model_cfg.architecture, resolve=True)
-        if not isinstance(model_cfg.architecture, dict)
-        else dict(model_cfg.architecture)
-    )
+    arch = model_cfg.get("architecture")
+    arch = dict(arch) if isinstance(arch, dict) else OmegaConf.to_container(arch, resolve=True)
     from planner.model.config_check import check_config
 
-    check_config(arch, f"model profile {model_cfg.name} (architecture)")  # an override may have edited it
+    check_config(arch, f"model profile {model_cfg.get('name')} (architecture)")  # an override may have edited it
     return ModelSpec(
-        name=model_cfg.name,
-        source=model_cfg.hub_id or model_cfg.name,
+        name=model_cfg.get("name"),
+        source=model_cfg.get("hub_id") or model_cfg.get("name"),
         architecture=arch,
-        shipped_dtype=model_cfg.dtype,
+        shipped_dtype=model_cfg.get("dtype"),
         quantization=model_cfg.get("quantization"),
         fallback=model_cfg.get("fallback"),
         trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
