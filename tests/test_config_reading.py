@@ -140,3 +140,10 @@ def test_a_profile_with_interpolations_takes_the_resolving_way(custom_profile):
     assert reader._profile_fields("custom") is None
     spec = profile_spec("custom")
     assert spec.source == "custom" and spec.architecture["n_layer"] == 2
+
+
+def test_an_architecture_that_is_no_mapping_is_refused_by_the_schema(custom_profile):
+    custom_profile("name: custom\ndtype: float32\narchitecture: [1, 2]\n")
+    assert reader._profile_fields("custom") is None
+    with pytest.raises(OmegaConfBaseException):
+        profile_spec("custom")

@@ -1,4 +1,4 @@
-"""OmegaConf's YAML rules on libyaml's C parser: the config files of a run parsed ~9x faster.
+"""OmegaConf's YAML rules on libyaml's C parser: the config files of a run parsed ~7x faster.
 
 Hydra reads every option file through `OmegaConf.load`, which parses with PyYAML's pure-Python
 loader: about a third of composing a `shardwise plan` config. PyYAML ships libyaml's C parser
@@ -8,7 +8,7 @@ of that and take the C parser underneath. `install()` makes OmegaConf's `get_yam
 that class; nothing is re-typed from OmegaConf. Without libyaml (a PyYAML built without it) or with
 an OmegaConf that no longer has `get_yaml_loader`, nothing changes.
 
-Why a patch: neither OmegaConf nor Hydra has a setting for the loader. tests/test_fastyaml.py
+Why a patch: neither OmegaConf nor Hydra has a setting for the loader. tests/test_config_reading.py
 checks that both loaders give the same values (every file in conf/ and Hydra's own) and the same
 refusals.
 """

@@ -161,6 +161,8 @@ def _profile_fields(profile: str) -> dict | None:
         return None
     install()
     data = yaml.load(text, Loader=get_yaml_loader()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("architecture", {}), dict | None):
+        return None  # not a mapping: the schema's own refusal, through load_profile
     data.pop("defaults", None)
     architecture = data.pop("architecture", None)
     checked = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ModelConfig), data), resolve=True)
