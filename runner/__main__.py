@@ -3,7 +3,7 @@
 A program entry, not a library module: the one place under runner/ that reaches up to the dispatcher.
 """
 
-from shardwise.cli import main
+from shardwise.cli import program
 
 if __name__ == "__main__":
-    main()
+    program()

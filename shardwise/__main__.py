@@ -1,6 +1,6 @@
 """`python -m shardwise <verb> [overrides]` is the same as the `shardwise` console script."""
 
-from shardwise.cli import main
+from shardwise.cli import program
 
 if __name__ == "__main__":
-    main()
+    program()

@@ -122,6 +122,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(141) from None
 
 
+def program() -> None:
+    """The `shardwise` program (console script, `python -m shardwise`, `python -m runner`): `main()`, after which
+    a Ctrl+C is ignored. The verb has ended by then (its own interrupts are handled inside it: exit 130); while the
+    interpreter shuts down it restores the default SIGINT action, so a late Ctrl+C would otherwise turn a finished
+    run into a death by signal. Not in `main()` itself, which a test or script may call in its own process."""
+    import signal
+
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _main(argv: list[str] | None) -> None:
     _tolerate_narrow_encodings()
     argv = list(sys.argv[1:] if argv is None else argv)

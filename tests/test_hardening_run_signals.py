@@ -63,12 +63,32 @@ def assert_clean(code: int, err: str, expected: int) -> None:
 
 def test_ctrl_c_during_planning_exits_130_in_one_line(tmp_path):
     proc = start(["plan", "model=gpt-oss-120b", "hardware=cpu"], tmp_path)
-    time.sleep(1.0)  # Hydra composing or the planner measuring this host: the interrupt lands mid-work
+    time.sleep(0.5)  # Hydra composing or the planner measuring this host: the interrupt lands mid-work
     code, err = stop(proc, signal.SIGINT)
     if code == 0:
         pytest.skip("the plan finished before the interrupt")
     assert_clean(code, err, 130)
     assert err.strip().splitlines()[-1] == "shardwise plan: interrupted"
+
+
+def test_a_ctrl_c_after_the_verb_ended_does_not_kill_the_finished_run(tmp_path):
+    """The interpreter's shutdown restores the default SIGINT action; a late Ctrl+C then was a death by signal
+    (-2) for a plan that had finished. shardwise.cli.program ignores it once the verb has ended."""
+    script = (
+        "import os, signal, sys\n"
+        "import shardwise.cli as cli\n"
+        "def verb_then_ctrl_c(argv=None):\n"
+        "    print('done', flush=True)\n"
+        "    return None\n"
+        "cli.main = verb_then_ctrl_c\n"
+        "cli.program()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"  # after program(): where a Ctrl+C during shutdown lands
+        "print('still here', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout == "done\nstill here\n" and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
