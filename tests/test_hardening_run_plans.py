@@ -61,6 +61,8 @@ HOSTILE = {
     "fallbacks [{}]": (lambda d: d.update(fallbacks=[{}]), "fallbacks[0] names no model"),
     "binding.fixes 5": (lambda d: d.update(binding={"fixes": 5}), "binding.fixes must be a list"),
     "tp_size 0": (lambda d: d.update(tp_size=0), "tp_size=0"),
+    "on_load unknown": (lambda d: d["model"]["quantization"].update(on_load="x"), "quantization.on_load='x'"),
+    "quant method unknown": (lambda d: d["model"]["quantization"].update(method="int3"), "quantization.method='int3'"),
 }
 
 

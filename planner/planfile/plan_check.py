@@ -224,10 +224,29 @@ def _check_serving(serving: dict, limits: dict) -> None:
         )
 
 
+def _check_quantization(quant: dict) -> None:
+    """The quantization the runner asks transformers for: a format shardwise reads, a load-time policy it plans."""
+    from planner.decide.quant_support import ON_LOAD
+    from planner.model.quant import METHODS
+
+    method, on_load = quant.get("method"), quant.get("on_load")
+    if method is not None and method not in METHODS:
+        raise ShardwiseError(
+            f"model.quantization.method={method!r:.40} is not a format shardwise reads: use null or one of "
+            f"{', '.join(METHODS)}"
+        )
+    if on_load is not None and on_load not in ON_LOAD:
+        raise ShardwiseError(
+            f"model.quantization.on_load={on_load!r:.40} is not a load-time quantization shardwise plans: use null "
+            f"or one of {', '.join(ON_LOAD)}"
+        )
+
+
 def check_plan_values(data: dict) -> None:
     """Every value the runner hands to transformers or sizes threads and caches with is in range."""
     model = data["model"]
     _check_source(str(model.get("source", "")))
+    _check_quantization(model["quantization"])
     _check_devices(data)
     attn = data.get("attn_implementation", "sdpa")
     if attn not in known_attention():
