@@ -83,3 +83,23 @@ def test_the_python_api_raises_one_shardwise_error_without_retries(offline_env):
     seconds, _, message = result.stdout.strip().partition(" ")
     assert "hf download openai-community/gpt2" in message and "Retrying" not in result.stderr
     assert float(seconds) < BOUND_S
+
+
+@pytest.mark.parametrize("source", ["gpt2", "x", "org/model/extra", "http://example.com/m"])
+def test_a_plan_source_neither_here_nor_a_hub_id_is_refused_before_anything_asks_the_hub(tmp_path, source):
+    """A hand-edited model.source such as "gpt2" (no ORG/) skipped the hub check and reached transformers, which
+    retried for 37 s offline; the planner writes only directories and ORG/NAME ids, so anything else is one line."""
+    from dataclasses import replace
+
+    from test_hardening_run import here_plan
+    from tiny_models import tiny_gpt2
+
+    from planner.errors import ShardwiseError
+    from runner.engine.preflight import check_weights_reachable
+
+    plan = here_plan(tiny_gpt2(tmp_path))
+    plan = replace(plan, model=replace(plan.model, source=source))
+    with pytest.raises(ShardwiseError) as caught:
+        check_weights_reachable(plan)
+    assert "\n" not in str(caught.value)
+    assert "does not exist on this machine" in str(caught.value) or "nor a hub id ORG/NAME" in str(caught.value)

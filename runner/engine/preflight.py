@@ -118,10 +118,23 @@ def _check_source(plan) -> None:
                 "copy the tokenizer files of the model into it"
             )
         return
+    _check_missing_source(source)
+
+
+def _check_missing_source(source: str) -> None:
+    """A source that is not on this machine must be a hub id ORG/NAME, the only other kind the planner writes; any
+    other name ("gpt2", "x") would reach transformers, which asks the hub for it and retries for a minute offline."""
+    from planner.model.hub import is_hub_id
+
     if _looks_like_a_path(source):
         raise ShardwiseError(
             f"the plan's model source {source!r} does not exist on this machine: copy the model there, "
             "or re-plan with model.path=DIR"
+        )
+    if not is_hub_id(source):
+        raise ShardwiseError(
+            f"the plan's model source {source!r:.80} is neither a directory on this machine nor a hub id ORG/NAME: "
+            "re-plan with model.path=DIR or model=ORG/NAME"
         )
 
 
@@ -141,11 +154,11 @@ def check_weights_reachable(plan) -> None:
     """A hub model's weights are in the HF cache or the hub answers now: one line in seconds, not minutes of
     transformers' retries. Call it before torch is imported (it imports only huggingface_hub)."""
     from planner.model.hub import check_weights_reachable as check_hub
-    from planner.model.hub import is_hub_id
 
     source = str(plan.model.source)
-    if Path(source).expanduser().exists() or not is_hub_id(source):
+    if Path(source).expanduser().exists():
         return
+    _check_missing_source(source)
     check_hub(source, plan.model.revision, plan.model.name)
 
 
