@@ -49,6 +49,15 @@ def names_existing(path: str | os.PathLike) -> bool:
         return False
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """`Path(path).resolve()`, failing on a symlink loop with OSError (ELOOP) as Python 3.13 does: 3.11's pathlib
+    raises RuntimeError there, which no caller that handles file-system errors expects."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+
+
 def open_regular(path: str | os.PathLike, what: str = "file", hint: str = ""):
     """`path` opened for binary reading if it is a regular file; else one ShardwiseError naming `what` and the path.
 

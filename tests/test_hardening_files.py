@@ -236,6 +236,29 @@ def test_a_fifo_given_as_an_input_file_is_one_line(tmp_path, verb, key):
     one_line_error(result, verb, "is a FIFO")
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["launch", "plan_file=loop.json"], "Too many levels of symbolic links"),
+        (["plan", "model=gpt2", "hardware=t4", "policy.offload_folder=loop.json", "out=p.json"], None),
+        (["launch", "plan_file=p.json", "launch.dry_run=true", "hydra.run.dir=loop.json/x"], "loop.json/x"),
+    ],
+)
+def test_a_symlink_loop_as_a_path_is_one_line_not_a_runtime_error(tmp_path, args, needle):
+    """Python 3.11's Path.resolve() raises RuntimeError on a symlink loop (3.13: OSError); every path a user names
+    is resolved through planner.files.resolved, so a loop is a file error like any other."""
+    os.symlink(tmp_path / "loop2.json", tmp_path / "loop.json")
+    os.symlink(tmp_path / "loop.json", tmp_path / "loop2.json")
+    _a_plan().save(tmp_path / "p.json")
+    result = shardwise(*args, cwd=tmp_path, timeout=60)
+    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr, result.stderr[-2000:]
+    if needle is None:  # a loop as the offload folder leaves no room to offload to; the plan itself is made
+        assert result.returncode == 0, result.stderr[-2000:]
+    else:
+        one_line_error(result, args[0], needle)
+    assert os.path.islink(tmp_path / "loop.json") and os.path.islink(tmp_path / "loop2.json")
+
+
 def test_a_character_device_is_not_read_as_a_plan():
     from planner.errors import ShardwiseError
     from planner.planfile.plan import Plan

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from planner.config.reader import conf_dir, model_aliases, option_exists, profile_for, profile_names
 from planner.errors import ShardwiseError, did_you_mean
-from planner.files import names_existing
+from planner.files import names_existing, resolved
 
 
 def resolve_model_name(name: str) -> str:
@@ -58,7 +58,7 @@ def model_option(name: str) -> str:
     if names_existing(path):
         import hashlib
 
-        full = path.resolve()
+        full = resolved(path)
         dir_name = (full.parent if full.is_file() else full).name or "model"
         # the option id must lex as a Hydra override: ASCII letters, digits, `_.-` only (the name shown is the real one)
         label = re.sub(r"[^A-Za-z0-9_.-]", "_", dir_name)

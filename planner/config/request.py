@@ -17,6 +17,7 @@ from pathlib import Path
 from planner.decide.policy import Policy
 from planner.driver.sessions import parse_sessions
 from planner.errors import ShardwiseError
+from planner.files import resolved
 from planner.hardware.devices import Hardware
 from planner.memory.terms import Overheads
 from planner.model.source import ModelSpec, spec_from_config
@@ -60,12 +61,12 @@ def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
         raise ShardwiseError(f"policy.offload_disk_gib={offload_disk_gib} must be >= 0 (0: measure the free space)")
     if offload_disk_gib > 0:
         return int(offload_disk_gib * GIB)
-    where = Path(offload_folder).expanduser().resolve()
-    while not where.exists() and where != where.parent:
-        where = where.parent
     try:
+        where = resolved(Path(offload_folder).expanduser())
+        while not where.exists() and where != where.parent:
+            where = where.parent
         return shutil.disk_usage(where).free
-    except OSError:
+    except OSError:  # a symlink loop, a folder we may not read: no room to offload to
         return 0
 
 

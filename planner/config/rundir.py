@@ -20,6 +20,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from planner.files import resolved
+
 
 @cache
 def run_id() -> str:
@@ -60,7 +62,10 @@ _BEFORE: dict[Path, tuple[frozenset | None, Path]] = {}
 
 def record_before(run_dir: str | os.PathLike) -> None:
     """Note what exists at `run_dir` (and which ancestor exists) before the run creates anything there."""
-    path = Path(run_dir).resolve()
+    try:
+        path = resolved(run_dir)
+    except OSError:  # a symlink loop: Hydra cannot make the directory either, and says so; nothing to record
+        return
     held = frozenset(e.name for e in path.iterdir()) if path.is_dir() else None
     ancestor = path if held is not None else next((p for p in path.parents if p.exists()), Path(path.anchor))
     _BEFORE[path] = (held, ancestor)
@@ -78,8 +83,10 @@ class RecordRunDir(Callback):
 def discard_if_unused(run_dir: Path, stop_at: Path) -> bool:
     """Take back what this run added to `run_dir` if that is only Hydra's leftovers: the directory itself and its
     empty parents below `stop_at` when this run created them, else only the entries it added."""
-    run_dir = Path(run_dir).resolve()
-    stop_at = Path(stop_at).resolve()
+    try:
+        run_dir, stop_at = resolved(run_dir), resolved(stop_at)
+    except OSError:
+        return False  # a symlink loop holds nothing this run made
     if run_dir not in _BEFORE:
         return False  # no record of what was there before (a caller outside run_verb): nothing is known to be ours
     held, ancestor = _BEFORE[run_dir]
