@@ -34,8 +34,30 @@ def _depth_exceeds(value, limit: int) -> bool:
     return False
 
 
-def loads_json(raw: bytes | str, what: str, expect: type | tuple[type, ...] | None = dict, hint: str = ""):
-    """Parse `raw` (the contents of `what`, e.g. "config.json '/m/config.json'") or raise one ShardwiseError."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list) -> dict:
+    """A JSON object whose keys are all different: json.loads keeps the last of two equal keys without a word,
+    where a person reviewing the file may have read the first."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"the key {key!r:.60} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def loads_json(
+    raw: bytes | str,
+    what: str,
+    expect: type | tuple[type, ...] | None = dict,
+    hint: str = "",
+    unique_keys: bool = False,
+):
+    """Parse `raw` (the contents of `what`, e.g. "config.json '/m/config.json'") or raise one ShardwiseError;
+    `unique_keys`: refuse an object that names a key twice (files a person reviews, such as plan.json)."""
     tail = f": {hint}" if hint else ""
     if isinstance(raw, bytes):
         try:
@@ -43,7 +65,9 @@ def loads_json(raw: bytes | str, what: str, expect: type | tuple[type, ...] | No
         except UnicodeDecodeError as exc:
             raise ShardwiseError(f"{what} is not UTF-8 text (byte {exc.start}){tail}") from None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_pairs if unique_keys else None)
+    except _DuplicateKey as exc:
+        raise ShardwiseError(f"{what} is ambiguous: {exc}{tail}") from None
     except RecursionError:
         raise ShardwiseError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels{tail}") from None
     except ValueError as exc:  # JSONDecodeError, and the int-digits limit of Python >= 3.11
@@ -66,6 +90,7 @@ def read_json(
     expect: type | tuple[type, ...] | None = dict,
     hint: str = "",
     max_bytes: int = MAX_JSON_BYTES,
+    unique_keys: bool = False,
 ):
     """The JSON value in `path`, or one ShardwiseError naming `what` and the file (missing, too big, bad JSON...)."""
     path = Path(path)
@@ -81,7 +106,7 @@ def read_json(
         raise ShardwiseError(
             f"{label} is larger than {max_bytes // (1024 * 1024)} MiB: not a file shardwise reads{tail}"
         )
-    return loads_json(raw, label, expect, hint)
+    return loads_json(raw, label, expect, hint, unique_keys)
 
 
 def _first_non_finite(value, where: str) -> str | None:

@@ -184,3 +184,17 @@ def test_every_plan_field_has_a_json_type_the_plan_check_knows():
     assert checked > 40
     with pytest.raises(TypeError, match="cannot check the annotation"):
         _allowed("set[int]", classes)
+
+
+def test_a_plan_file_naming_a_key_twice_is_refused_not_read_as_its_last_value(gpt2, tmp_path):
+    """json.loads keeps the last of two equal keys: a reviewer who read `"attn_implementation": "sdpa"` would run
+    what a second key further on says. A plan file is reviewed, so a duplicate key is one line."""
+    text = here_plan(gpt2).to_json()
+    assert text.count('"device_map": {') == 1
+    path = tmp_path / "plan.json"
+    path.write_text(text.replace('"device_map": {', '"device_map": {"": "cpu", "": "disk", ', 1))
+    with pytest.raises(ShardwiseError) as caught:
+        Plan.load(path)
+    assert "the key '' appears twice in one object" in str(caught.value) and "\n" not in str(caught.value)
+    path.write_text(text)
+    assert Plan.load(path) == Plan.from_dict(json.loads(text))

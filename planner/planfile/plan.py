@@ -227,7 +227,7 @@ class Plan:
 
         path = Path(path)
         hint = "re-create it with `shardwise plan out=plan.json`"
-        data = read_json(path, "plan file", hint=hint)
+        data = read_json(path, "plan file", hint=hint, unique_keys=True)  # a reviewer reads every key once
         try:
             return cls.from_dict(data)
         except ShardwiseError as exc:
