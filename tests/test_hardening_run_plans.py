@@ -198,3 +198,34 @@ def test_a_plan_file_naming_a_key_twice_is_refused_not_read_as_its_last_value(gp
     assert "the key '' appears twice in one object" in str(caught.value) and "\n" not in str(caught.value)
     path.write_text(text)
     assert Plan.load(path) == Plan.from_dict(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "device_map, needle",
+    [
+        ({"nonexistent.module": "cpu"}, "names 'nonexistent.module', which GPT2LMHeadModel does not have"),
+        ({"": "cpu", "transformer.h.99": "cpu"}, "names 'transformer.h.99'"),
+        ({"transformer.wte": "cpu"}, "places no device for"),
+    ],
+)
+def test_a_device_map_naming_modules_the_model_lacks_or_leaving_some_out_is_refused(gpt2, device_map, needle):
+    """transformers loads such a map without a word and puts what it misses on the CPU: a GPU plan would run where
+    its budget never priced it. The loader compares the map with the model it built."""
+    from runner.engine.loader import load
+
+    plan = replace(here_plan(gpt2), device_map=device_map)
+    with pytest.raises(ShardwiseError) as caught:
+        load(plan, log=lambda line: None)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_device_map_of_whole_modules_that_covers_the_model_loads(gpt2):
+    from transformers import AutoConfig
+
+    from runner.engine.loader import load
+
+    layers = AutoConfig.from_pretrained(gpt2).n_layer
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu"}
+    device_map.update({f"transformer.h.{i}": "cpu" for i in range(layers)})
+    loaded = load(replace(here_plan(gpt2), device_map=device_map), log=lambda line: None)
+    assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}

@@ -148,6 +148,33 @@ def from_pretrained_kwargs(plan, offload_folder: str | None = None) -> dict:
     return kwargs
 
 
+def check_device_map_names(model, device_map) -> None:
+    """The plan's device_map names modules of this model and places every parameter: transformers loads a map that
+    names a module the model lacks, or leaves some out, without a word, and puts what the map misses on the CPU,
+    so a hand-edited plan would run somewhere its budget never priced."""
+    if not isinstance(device_map, dict) or not device_map:
+        return
+    parameters = [name for name, _ in model.named_parameters()]
+    known = {name for name, _ in model.named_modules()} | set(parameters)  # "" is the model itself
+    unknown = sorted(str(k) for k in device_map if k not in known)
+    if unknown:
+        raise ShardwiseError(
+            f"the plan's device_map names {', '.join(repr(k[:60]) for k in unknown[:3])}, which "
+            f"{type(model).__name__} does not have: re-create the plan with `shardwise plan`"
+        )
+
+    def placed(name: str) -> bool:  # the parameter or a module holding it is a key
+        parts = name.split(".")
+        return "" in device_map or any(".".join(parts[:i]) in device_map for i in range(1, len(parts) + 1))
+
+    unplaced = [name for name in parameters if not placed(name)]
+    if unplaced:
+        raise ShardwiseError(
+            f"the plan's device_map places no device for {len(unplaced)} parameter(s) of the model, such as "
+            f"{unplaced[0]!r}: re-create the plan with `shardwise plan`"
+        )
+
+
 def _on_load_config(policy: str, dtype: str):
     """The quantization_config the plan sized for policy.quantization=bnb4|bnb8|fp8 (decide/quant_support.py)."""
     from planner.decide.quant_support import ON_LOAD
@@ -261,6 +288,7 @@ def load(plan, *, alloc_conf: str | None = DEFAULT_ALLOC_CONF, log: Callable[[st
     log(f"loading {plan.model.name} ({where}) as {plan.model.dtype} on {_describe_placement(plan)}, {size}: {why}")
     tokenizer, processor = load_preprocessing(source, config, trust_remote_code=remote, revision=revision, log=log)
     model = auto.from_pretrained(source, **kwargs)
+    check_device_map_names(model, plan.device_map)
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tokenizer, plan=plan, load_s=time.perf_counter() - start, processor=processor
