@@ -50,7 +50,10 @@ def _without_tokenizer(model_dir: Path, where: Path) -> Path:
     return where
 
 
-@pytest.mark.parametrize("case", ["gpu 97", "cuda:98", "missing source", "int64", "no tokenizer"])
+CASES = ["gpu 97", "cuda:98", "missing source", "int64", "no tokenizer", "source is config.json", "source /dev/null"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_plan_files_wrong_for_this_machine_exit_2_with_what_is_wrong(gpt2, tmp_path, case):
     plan = here_plan(gpt2)
     needle = {
@@ -59,6 +62,8 @@ def test_plan_files_wrong_for_this_machine_exit_2_with_what_is_wrong(gpt2, tmp_p
         "missing source": "model source '/nonexistent/model' does not exist",
         "int64": "model.dtype is 'int64'",
         "no tokenizer": "has no tokenizer",
+        "source is config.json": "config.json' is a file, not a model directory",  # was exit 3, memory advice
+        "source /dev/null": "'/dev/null' is a file, not a model directory",
     }[case]
     if case == "gpu 97":
         plan = replace(plan, device_map={"": 97})
@@ -68,6 +73,9 @@ def test_plan_files_wrong_for_this_machine_exit_2_with_what_is_wrong(gpt2, tmp_p
         plan = replace(plan, model=replace(plan.model, source="/nonexistent/model"))
     elif case == "int64":
         plan = replace(plan, model=replace(plan.model, dtype="int64"))
+    elif case.startswith("source"):
+        source = str(gpt2 / "config.json") if "config.json" in case else "/dev/null"
+        plan = replace(plan, model=replace(plan.model, source=source))
     else:
         plan = here_plan(_without_tokenizer(gpt2, tmp_path / "no-tokenizer"))
     plan.save(tmp_path / "plan.json")

@@ -112,7 +112,12 @@ def _check_source(plan) -> None:
                 "socket): a model directory holds regular files only; remove them"
             )
     if where.exists():
-        if where.is_dir() and not any((where / name).is_file() for name in TOKENIZER_FILES):
+        if not where.is_dir():  # the planner writes a model's directory, never its config.json or another file
+            raise ShardwiseError(
+                f"the plan's model source {source!r} is a file, not a model directory: name the directory that holds "
+                "config.json, or re-plan with model.path=DIR"
+            )
+        if not any((where / name).is_file() for name in TOKENIZER_FILES):
             raise ShardwiseError(
                 f"model directory {source!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ...): "
                 "copy the tokenizer files of the model into it"
