@@ -139,3 +139,25 @@ def test_a_dry_run_for_a_model_directory_named_with_a_newline_runs_no_second_com
     args = (tmp_path / "args.txt").read_text().splitlines()
     prompt = next(a for a in args if a.startswith("prompt="))
     assert parsed_value(prompt) == ["-x --help", "${x}"]
+
+
+@pytest.mark.parametrize(
+    "prompt, needle",
+    [
+        ([None], "turn 1 of prompt is null"),
+        (["a", ["b"]], "turn 2 of prompt is a list"),
+        (["a", {"b": "c"}], "turn 2 of prompt is a mapping"),
+        ({"a": "b"}, "prompt is a mapping"),
+    ],
+)
+def test_a_prompt_turn_that_is_not_text_is_one_line_not_pythons_repr(prompt, needle):
+    """`prompt=[null]` or `prompt={a: b}` reached the model as the text "None" or "{'a': 'b'}"."""
+    from omegaconf import OmegaConf
+
+    from planner.errors import ShardwiseError
+    from shardwise.verbs.chat import read_prompt
+
+    with pytest.raises(ShardwiseError) as caught:
+        read_prompt(OmegaConf.create({"prompt": prompt}))
+    assert str(caught.value).startswith(needle) and "\n" not in str(caught.value)
+    assert read_prompt(OmegaConf.create({"prompt": ["Hi", 42, "-x"]})) == ["Hi", "42", "-x"]

@@ -67,14 +67,24 @@ def max_memory_caps(cfg) -> dict:
 
 def read_prompt(cfg) -> list[str] | None:
     """The turns to answer (prompt=TEXT, prompt='[a, b]' for a conversation, else a piped stdin), None for the REPL."""
-    from omegaconf import ListConfig
+    from omegaconf import DictConfig, ListConfig
 
     prompt = cfg.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     if prompt is None:
         return None
-    turns = [str(turn) for turn in prompt] if isinstance(prompt, (ListConfig, list)) else [str(prompt)]
+    given = list(prompt) if isinstance(prompt, (ListConfig, list)) else [prompt]
+    for number, turn in enumerate(given, 1):
+        # a turn is text: a null or a nested list/mapping would reach the model as Python's "None" or "['a']"
+        if turn is None or isinstance(turn, (DictConfig, ListConfig, dict, list)):
+            what = "null" if turn is None else "a list" if isinstance(turn, (ListConfig, list)) else "a mapping"
+            where = f"turn {number} of prompt" if isinstance(prompt, (ListConfig, list)) else "prompt"
+            raise ShardwiseError(
+                f"{where} is {what}, not text: give each turn as text, quoted when it holds brackets or commas, "
+                """e.g. 'prompt=["Hi", "And in French?"]'"""
+            )
+    turns = [str(turn) for turn in given]
     if not turns or not all(turn.strip() for turn in turns):
         raise ShardwiseError('the prompt is empty: pass prompt="..." or pipe text into shardwise chat')
     return turns
