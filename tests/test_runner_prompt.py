@@ -114,3 +114,18 @@ def test_a_template_that_refuses_a_lone_message_still_fits(llama_tokenizer):
     prompt = ChatPrompt(strict)
     messages = conversation(10)[1:]  # no system message: the first kept message must be a user turn
     assert prompt.fit(messages, context_tokens=96, max_tokens=8) == one_at_a_time(prompt, messages, 96, 8)
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_text_that_is_not_unicode_is_one_line_not_a_tokenizer_type_error(llama_tokenizer, long):
+    """A prompt argument holding a byte that is not UTF-8 reaches Python as a lone surrogate ('\\udcff'), which the
+    Rust tokenizer refuses with a TypeError (a traceback from `shardwise chat prompt=...`)."""
+    from planner.errors import ShardwiseError
+
+    prompt = ChatPrompt(llama_tokenizer, system_prompt="be brief")
+    text = ("word " * 2000 if long else "") + "caf\udcff"
+    with pytest.raises(ShardwiseError) as caught:
+        prompt.fit([{"role": "user", "content": text}], context_tokens=512, max_tokens=16)
+    assert "'\\udcff' at character" in str(caught.value) and "not Unicode text" in str(caught.value)
+    ids, dropped = prompt.fit([{"role": "user", "content": "café"}], context_tokens=512, max_tokens=16)
+    assert ids and dropped == 0

@@ -69,6 +69,21 @@ def _text(content) -> str:
     return str(content if content is not None else "")
 
 
+def _check_unicode(messages: list[dict]) -> None:
+    """Every text is Unicode a tokenizer can encode: bytes that were not UTF-8 (an argument or a piped stdin read
+    with surrogateescape, a JSON "\\udcff" escape) arrive as lone surrogates, which the Rust tokenizer refuses
+    with a TypeError."""
+    for message in messages:
+        text = _text(message.get("content"))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ShardwiseError(
+                f"a {message.get('role', 'user')} message holds {text[exc.start]!r} at character {exc.start}, which is "
+                "not Unicode text (bytes that were not UTF-8?): send UTF-8 text"
+            ) from None
+
+
 def _images(messages: list[dict]) -> list:
     return [
         p["image"]
@@ -258,6 +273,7 @@ class ChatPrompt:
         """`fit`, with the processor's inputs for the images the kept messages hold."""
         room = reply_room(context_tokens, max_tokens)
         kept = self.with_system(messages)
+        _check_unicode(kept)
         ids = media = None
         # The usual case: a conversation that is not obviously too long is encoded whole, once.
         if sum(len(_text(m.get("content"))) for m in kept) <= 4 * context_tokens:
