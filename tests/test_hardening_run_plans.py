@@ -229,3 +229,16 @@ def test_a_device_map_of_whole_modules_that_covers_the_model_loads(gpt2):
     device_map.update({f"transformer.h.{i}": "cpu" for i in range(layers)})
     loaded = load(replace(here_plan(gpt2), device_map=device_map), log=lambda line: None)
     assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+
+
+def test_an_offload_folder_that_is_a_file_is_one_line_not_out_of_memory(gpt2, tmp_path):
+    """os.makedirs on a file raised FileExistsError inside the load, and the recovery ladder called it memory."""
+    from runner.engine.loader import load
+
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    plan = replace(here_plan(gpt2), device_map={"": "disk"}, offload_folder=str(taken))
+    with pytest.raises(ShardwiseError) as caught:
+        load(plan, log=lambda line: None)
+    assert "cannot be a directory here (File exists)" in str(caught.value)
+    assert taken.read_text() == "keep me"

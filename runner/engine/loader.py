@@ -196,7 +196,13 @@ def _offload_folder(plan, log) -> str | None:
     if "disk" not in devices:
         return plan.offload_folder
     if plan.offload_folder:
-        os.makedirs(plan.offload_folder, exist_ok=True)
+        try:
+            os.makedirs(plan.offload_folder, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission: the plan's folder, not memory, is wrong
+            raise ShardwiseError(
+                f"the plan offloads to disk in offload_folder {plan.offload_folder!r:.120}, which cannot be a "
+                f"directory here ({exc.strerror or exc}): re-plan with policy.offload_folder=DIR"
+            ) from None
         return plan.offload_folder
     folder = tempfile.mkdtemp(prefix="shardwise-offload-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # ours alone: removed when the process ends
