@@ -243,3 +243,26 @@ def test_memory_is_freed_after_the_failed_attempt_released_its_tensors(monkeypat
     )
     recovery.generate_with_recovery(session, attempt, GREEDY, emitted=lambda: 0)
     assert alive_when_freeing == [False]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("Repo id must be in the form 'repo_name' or 'namespace/repo_name': '/dev/null'"),
+        ImportError("flash_attn is not installed"),
+        RuntimeError("Error(s) in loading state_dict: size mismatch for lm_head.weight"),
+    ],
+)
+def test_a_load_that_fails_for_a_reason_other_than_memory_is_not_exit_3(dirs, error):
+    """Exit 3 means memory that stays exhausted; a file or kernel the loader refuses, with no fallback that
+    loads, is bad input (exit 2) and its message does not advise a smaller model."""
+    from planner.errors import ShardwiseError
+
+    def refuse(plan):
+        raise error
+
+    policy = RecoveryPolicy(load=refuse, plan_fallback=lambda entry: cpu_plan(entry["model"]))
+    with pytest.raises(ShardwiseError) as caught:
+        load_with_fallbacks(cpu_plan(dirs["llama"]), policy=policy, notice=lambda line: None)
+    assert not isinstance(caught.value, MemoryExhaustedError)
+    assert type(error).__name__ in str(caught.value) and "smaller model" not in str(caught.value)

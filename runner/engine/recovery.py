@@ -131,14 +131,17 @@ def _weights_missing(error: str) -> bool:
     return isinstance(error, str) and any(text in error.lower() for text in _MISSING_WEIGHTS)
 
 
-def _load_fix(error: str, plan) -> str:
-    """What to do about a failed load: fetch the weights when they were missing, else make room."""
+def _load_fix(error: str, plan, memory: bool = True) -> str:
+    """What to do about a failed load: fetch the weights when they were missing, make room when memory ran out,
+    else look at what the loader refused."""
     if _weights_missing(error):
         return (
             f"the weights are not here: download them first (hf download {plan.model.source}) or point "
             f"model.path=DIR at a local copy; HF_HUB_OFFLINE=1 skips the network retries"
         )
-    return "use a smaller model, hardware=cpu, or allow offload (policy.allow_cpu_offload=true)"
+    if memory:
+        return "use a smaller model, hardware=cpu, or allow offload (policy.allow_cpu_offload=true)"
+    return "check the model's files and the plan (re-create it with `shardwise plan`)"
 
 
 def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: Callable[[str], None] = print):
@@ -155,17 +158,17 @@ def load_with_fallbacks(plan, *, policy: RecoveryPolicy | None = None, notice: C
         if not _load_failure(exc) or not policy.use_fallbacks:
             raise
         clear_memory()
-        first_error = _one_line(exc)
+        first_error, memory = _one_line(exc), is_out_of_memory(exc)
     found = next_fallback(
         list(plan.fallbacks), policy, notice, f"loading {plan.model.name} failed ({first_error})", plan
     )
     if found is None:
         message = (
             f"could not load {plan.model.name} ({first_error}) nor any of its {len(plan.fallbacks)} fallback(s): "
-            + _load_fix(first_error, plan)
+            + _load_fix(first_error, plan, memory)
         )
-        if _weights_missing(first_error):
-            raise ShardwiseError(message)  # nothing to do with memory: exit 2, not the out-of-memory status
+        if not memory:  # missing weights, a file or kernel the loader refused: exit 2, not the out-of-memory status
+            raise ShardwiseError(message)
         raise MemoryExhaustedError(message)
     return found[1]
 
