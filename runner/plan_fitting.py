@@ -34,12 +34,14 @@ def parse_max_memory(max_memory: dict | None) -> dict:
     """`{0: "20GiB", "cpu": 30 * 2**30}` -> {"0": bytes, "cpu": bytes} (plan budget keys)."""
     caps = {}
     for device, value in (max_memory or {}).items():
-        if isinstance(value, (int, float)):
-            caps[str(device)] = int(value)
-            continue
-        text = str(value).strip().lower().replace(" ", "")
-        unit = next((u for u in _UNITS if text.endswith(u)), None)
         try:
+            if isinstance(value, bool):  # YAML's true is no size
+                raise ValueError(value)
+            if isinstance(value, (int, float)):
+                caps[str(device)] = int(value)  # nan: ValueError, inf: OverflowError
+                continue
+            text = str(value).strip().lower().replace(" ", "")
+            unit = next((u for u in _UNITS if text.endswith(u)), None)
             caps[str(device)] = int(float(text[: -len(unit)] if unit else text) * _UNITS[unit or "b"])
         except (ValueError, OverflowError):
             raise ShardwiseError(

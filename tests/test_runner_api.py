@@ -112,6 +112,16 @@ def test_max_memory_cap_below_the_plan_marks_it_not_fitting(dirs):
     assert parse_max_memory({0: "20GiB", "cpu": 1024}) == {"0": 20 << 30, "cpu": 1024}
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "nanGiB", "garbage", -1])
+def test_max_memory_values_that_are_no_size_are_one_line(value):
+    """`max_memory={cpu: nan}` (YAML's .nan, 1e999) reached int() and raised ValueError/OverflowError."""
+    from planner.errors import ShardwiseError
+
+    with pytest.raises(ShardwiseError) as caught:
+        parse_max_memory({"cpu": value})
+    assert "max_memory['cpu']" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def _shardwise(args, cwd, stdin=None, timeout=180):
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(cwd))
     return subprocess.run(
