@@ -129,3 +129,17 @@ def test_text_that_is_not_unicode_is_one_line_not_a_tokenizer_type_error(llama_t
     assert "'\\udcff' at character" in str(caught.value) and "not Unicode text" in str(caught.value)
     ids, dropped = prompt.fit([{"role": "user", "content": "café"}], context_tokens=512, max_tokens=16)
     assert ids and dropped == 0
+
+
+def test_a_last_message_far_past_the_window_is_refused_without_encoding_the_prompt(llama_tokenizer, monkeypatch):
+    """A 2 MB message was tokenized three times (costs, the whole prompt, the error's count) before the refusal: a
+    minute on a busy machine. Its text alone already says it cannot fit."""
+    prompt = ChatPrompt(llama_tokenizer)
+    encoded = []
+    original = prompt.encode_with_media
+    monkeypatch.setattr(prompt, "encode_with_media", lambda messages: encoded.append(1) or original(messages))
+    with pytest.raises(ContextLengthError, match="last message alone is about .* context window holds 64"):
+        prompt.fit([{"role": "user", "content": "word " * 5000}], context_tokens=64, max_tokens=8)
+    assert encoded == []
+    ids, _ = prompt.fit([{"role": "user", "content": "word " * 5}], context_tokens=64, max_tokens=8)
+    assert ids and encoded == [1]

@@ -284,6 +284,7 @@ class ChatPrompt:
         # Estimated costs count text only: an image's tokens are known once the processor has seen it, so
         # the exact encodings below correct the estimate (a little more is dropped on each pass).
         costs = self._message_costs(kept)
+        _refuse_a_last_message_past(costs[-1] if costs else 0, context_tokens)
         fixed = self._rendered_length([], True) or 0
         if ids is not None:  # spread the estimate's error over the messages (separators, merges)
             error = (len(ids) - fixed - sum(costs)) / len(kept)
@@ -332,6 +333,20 @@ class ChatPrompt:
                 f"(policy.context_tokens)"
             )
         return FittedPrompt(ids, dropped, media, len(_images(without(dropped))))
+
+
+# tokens a message's text can lose to merges across the template's boundaries (a space or newline joining a word)
+_BOUNDARY_TOKENS = 8
+
+
+def _refuse_a_last_message_past(cost_tokens: int, context_tokens: int) -> None:
+    """The last message is never dropped: when its text alone is far past the window, say so now instead of
+    encoding a huge prompt twice more (a 2 MB message took a minute of tokenizing before the same refusal)."""
+    if cost_tokens > context_tokens + _BOUNDARY_TOKENS:
+        raise ContextLengthError(
+            f"the last message alone is about {cost_tokens} tokens but the context window holds {context_tokens}: "
+            "shorten the message, or plan a longer context (policy.context_tokens)"
+        )
 
 
 def _check(cancel: threading.Event | None) -> None:
