@@ -156,15 +156,17 @@ def _main(argv: list[str] | None) -> None:
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         print(f"shardwise: error: unknown verb {verb!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    run = verb_runner(verb)
-    if "--help" in rest or "-h" in rest:
-        from planner.config.help import verb_help
-
-        print(verb_help(verb, VERBS[verb], sys.modules[run.__module__].__doc__))
-        return
     from runner.interrupts import interrupts_end_cleanly
 
+    # from before the verb's module is imported (a second or more for chat and launch): a SIGTERM that early is
+    # exit 143 with one line too, not a death by signal
     with interrupts_end_cleanly(f"shardwise {verb}"):
+        run = verb_runner(verb)
+        if "--help" in rest or "-h" in rest:
+            from planner.config.help import verb_help
+
+            print(verb_help(verb, VERBS[verb], sys.modules[run.__module__].__doc__))
+            return
         run(rest)
 
 

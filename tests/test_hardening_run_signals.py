@@ -114,3 +114,21 @@ def test_ctrl_c_during_a_one_shot_generation_exits_130_without_an_abort(gpt2, tm
             continue  # finished before the interrupt arrived
         assert_clean(code, err, 130)
         assert err.strip().splitlines()[-1] == "shardwise chat: interrupted"
+
+
+def test_sigterm_is_handled_from_before_the_verbs_module_is_imported(monkeypatch):
+    """Importing chat's or launch's module takes a second or more on a busy machine; a SIGTERM then was a death by
+    signal (-15), not exit 143 with one line. The handler is in place before the import."""
+    from shardwise import cli
+
+    seen = {}
+
+    def runner_of(verb):
+        seen["handler"] = signal.getsignal(signal.SIGTERM)
+        return lambda rest: None
+
+    monkeypatch.setattr(cli, "verb_runner", runner_of)
+    before = signal.getsignal(signal.SIGTERM)
+    cli.main(["launch"])
+    assert seen["handler"] not in (signal.SIG_DFL, signal.SIG_IGN, None) and callable(seen["handler"])
+    assert signal.getsignal(signal.SIGTERM) == before
