@@ -148,6 +148,7 @@ def test_a_dry_run_for_a_model_directory_named_with_a_newline_runs_no_second_com
         (["a", ["b"]], "turn 2 of prompt is a list"),
         (["a", {"b": "c"}], "turn 2 of prompt is a mapping"),
         ({"a": "b"}, "prompt is a mapping"),
+        (["caf\udcff"], "the prompt holds '\\udcff' at character 3"),  # before the load, not after it
     ],
 )
 def test_a_prompt_turn_that_is_not_text_is_one_line_not_pythons_repr(prompt, needle):
