@@ -103,3 +103,29 @@ def test_a_plan_source_neither_here_nor_a_hub_id_is_refused_before_anything_asks
         check_weights_reachable(plan)
     assert "\n" not in str(caught.value)
     assert "does not exist on this machine" in str(caught.value) or "nor a hub id ORG/NAME" in str(caught.value)
+
+
+def test_replan_of_an_uncached_hub_model_offline_fails_before_planning(tmp_path, monkeypatch):
+    """`chat plan_file=... replan=true` planned afresh (measuring this machine, seconds) and only then found the
+    hub model neither cached nor reachable; the one-line check now comes first."""
+    from dataclasses import replace
+
+    from huggingface_hub import constants
+    from omegaconf import OmegaConf
+    from test_hardening_run import here_plan
+    from tiny_models import tiny_gpt2
+
+    import planner.config.compose as compose
+    from planner.errors import ShardwiseError
+    from shardwise.verbs import chat
+
+    plan = here_plan(tiny_gpt2(tmp_path / "models"))
+    plan = replace(plan, model=replace(plan.model, name="gpt2", source="openai-community/gpt2"))
+    plan.save(tmp_path / "plan.json")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    planned = []
+    monkeypatch.setattr(compose, "make_plan", lambda *a, **kw: planned.append(kw))
+    with pytest.raises(ShardwiseError, match="is not in the HF cache"):
+        chat.build_plan(OmegaConf.create({"plan_file": str(tmp_path / "plan.json"), "replan": True}))
+    assert planned == []

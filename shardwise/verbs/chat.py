@@ -41,6 +41,12 @@ def build_plan(cfg):
         _notice(f"replan=true: planning {plan.model.name} afresh for this machine")
         if Path(source).exists():
             return make_plan(model_path=source, hardware="auto")
+        from planner.model.hub import is_hub_id
+
+        if is_hub_id(source):  # offline and uncached: one line now, before planning measures this machine
+            from runner.engine.preflight import check_weights_reachable
+
+            check_weights_reachable(plan)
         return make_plan(model=plan.model.name, hardware="auto")
     from planner.config.request import plan_from_config
     from planner.hardware.tiers import resolve_hardware
