@@ -242,3 +242,19 @@ def test_an_offload_folder_that_is_a_file_is_one_line_not_out_of_memory(gpt2, tm
         load(plan, log=lambda line: None)
     assert "cannot be a directory here (File exists)" in str(caught.value)
     assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("value", [["a"], {"a": 1}, True, None])
+def test_a_plan_file_value_that_names_no_file_is_one_line(value):
+    """`plan_file=[a]`, `plan_file={a: 1}`: Hydra hands over a list or mapping, and Path() raised TypeError."""
+    from omegaconf import OmegaConf
+
+    given = OmegaConf.create({"v": value}).v
+    with pytest.raises(ShardwiseError, match="is not a path: name a plan file"):
+        Plan.load(given)
+
+
+def test_a_numeric_plan_file_value_is_a_file_of_that_name(gpt2, tmp_path, monkeypatch):
+    here_plan(gpt2).save(tmp_path / "5")
+    monkeypatch.chdir(tmp_path)
+    assert Plan.load(5).model.source == here_plan(gpt2).model.source

@@ -223,9 +223,14 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        import os
+
         from planner.jsonfile import read_json
 
-        path = Path(path)
+        # plan_file=5 is a file named "5"; plan_file=[a] or {a: 1} (Hydra's list and mapping) or true names no file
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike, int, float)):
+            raise ShardwiseError(f"plan_file={path!r:.60} is not a path: name a plan file, e.g. plan_file=plan.json")
+        path = Path(str(path) if isinstance(path, (int, float)) else path)
         hint = "re-create it with `shardwise plan out=plan.json`"
         data = read_json(path, "plan file", hint=hint, unique_keys=True)  # a reviewer reads every key once
         try:
