@@ -258,3 +258,11 @@ def test_a_numeric_plan_file_value_is_a_file_of_that_name(gpt2, tmp_path, monkey
     here_plan(gpt2).save(tmp_path / "5")
     monkeypatch.chdir(tmp_path)
     assert Plan.load(5).model.source == here_plan(gpt2).model.source
+
+
+def test_launch_with_a_plan_file_that_is_a_list_is_one_line(tmp_path):
+    result = shardwise("launch", "plan_file=[a]", "launch.dry_run=true", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "shardwise launch: error: plan_file=['a'] is not a path: name a plan file, e.g. plan_file=plan.json"
+    ]

@@ -133,6 +133,16 @@ class Launch:
         return kept, dropped
 
 
+def plan_file_path(value) -> Path:
+    """A `plan_file=` value as a path: plan_file=5 is a file named "5"; a list or mapping (Hydra parses `[a]` and
+    `{a: 1}`) or true names no file, in one line."""
+    import os
+
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike, int, float)):
+        raise ShardwiseError(f"plan_file={value!r:.60} is not a path: name a plan file, e.g. plan_file=plan.json")
+    return Path(str(value) if isinstance(value, (int, float)) else value)
+
+
 @dataclass(frozen=True)
 class Plan:
     model: ModelInfo
@@ -223,14 +233,9 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        import os
-
         from planner.jsonfile import read_json
 
-        # plan_file=5 is a file named "5"; plan_file=[a] or {a: 1} (Hydra's list and mapping) or true names no file
-        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike, int, float)):
-            raise ShardwiseError(f"plan_file={path!r:.60} is not a path: name a plan file, e.g. plan_file=plan.json")
-        path = Path(str(path) if isinstance(path, (int, float)) else path)
+        path = plan_file_path(path)
         hint = "re-create it with `shardwise plan out=plan.json`"
         data = read_json(path, "plan file", hint=hint, unique_keys=True)  # a reviewer reads every key once
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from planner.config.schema import Target
 from planner.errors import ShardwiseError
 from planner.files import resolved
-from planner.planfile.plan import Decision, Plan
+from planner.planfile.plan import Decision, Plan, plan_file_path
 from runner.launch import render as L
 
 
@@ -48,7 +48,7 @@ def task(cfg) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     notes: list[str] = []
     if cfg.plan_file:
-        plan_path = resolved(cfg.plan_file)
+        plan_path = resolved(plan_file_path(cfg.plan_file))
         plan = Plan.load(plan_path)
         if settings.dry_run and not kubernetes:
             notes.append("dry run: the plan's hardware was not compared with this machine")
