@@ -39,6 +39,26 @@ def test_a_lone_surrogate_in_content_is_a_400(server):
     assert error["param"] == "messages[0].content" and "surrogate" in error["message"]
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("model", "\ud800"), ("model", "x\udfffy"), ("stop", ["a", 5, "\ud800"]), ("response_format", {"type": "\ud800"})],
+)
+def test_an_error_that_quotes_a_lone_surrogate_is_still_an_openai_error_body(server, field, value, caplog):
+    """An error message quoting the request (an unknown model's name, a bad stop) renders even when what it quotes
+    cannot be encoded as UTF-8: the right 4xx with the surrogate escaped, no 500 and nothing in the log."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+    with caplog.at_level(logging.ERROR):
+        response = httpx.post(
+            server.url + "/v1/chat/completions",
+            content=json.dumps(body),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+    assert response.status_code in (400, 404), response.text
+    assert "\\ud" in response.json()["error"]["message"]  # written as its escape, readable
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_a_request_path_cannot_forge_a_log_line(server, caplog):
     with caplog.at_level(logging.INFO, logger="shardwise.serve"):
         httpx.get(server.url + "/v1/x%0A[forged] GET /health status=200", timeout=10)

@@ -43,6 +43,9 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict | None = None,
     ):
+        # a message or param may quote the request (an unknown model's name): a lone surrogate there (\ud800)
+        # cannot be encoded as UTF-8, and the error body would fail to render, a 500 in place of this error
+        message, param = _encodable(message), _encodable(param)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -53,6 +56,13 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _encodable(text: str | None) -> str | None:
+    """`text` with any character UTF-8 cannot encode (a lone surrogate) written as its escape, `\\ud800`."""
+    if not isinstance(text, str):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 MAX_MESSAGES = 4096  # messages one request may hold by default (serve.max_messages; the Python API's bound)
