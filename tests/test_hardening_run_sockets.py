@@ -5,6 +5,7 @@ and the server keeps serving, with rate-limited log lines. Loopback only, bounde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -174,6 +175,21 @@ def test_accepted_connections_send_without_nagles_delay():
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+@contextlib.contextmanager
+def uvicorn_log():
+    """The records uvicorn's own logger emits (it does not propagate to the root logger caplog reads); attached
+    after the server started, since uvicorn's logging setup replaces that logger's handlers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
 def _exchange(url: str, request: bytes | tuple[bytes, ...]) -> bytes:
     """Send raw bytes (a tuple: in pieces, 0.2 s apart) and read until the server closes (every case below ends in
     `connection: close`)."""
@@ -205,7 +221,7 @@ MALFORMED = {
 def test_a_request_http_cannot_parse_gets_an_openai_error_body_and_the_server_goes_on(case, caplog):
     """h11's refusals are OpenAI error bodies (400, or 431 for oversized headers) naming what was wrong, logged on
     one rate-limited line, never uvicorn's text/plain body nor a 5xx; a normal request is answered right after."""
-    with live_server(FakeSession()) as server, caplog.at_level(logging.INFO):
+    with live_server(FakeSession()) as server, caplog.at_level(logging.INFO), uvicorn_log() as uvicorn_records:
         answer = _exchange(server.url, MALFORMED[case])
         head, _, body = answer.partition(b"\r\n\r\n")
         status = int(head.split()[1])
@@ -215,15 +231,18 @@ def test_a_request_http_cannot_parse_gets_an_openai_error_body_and_the_server_go
         assert error["type"] == "invalid_request_error" and error["code"] == "invalid_http"
         assert error["message"].startswith("the request is not valid HTTP/1.1 (") and len(error["message"]) < 300
         assert httpx.get(server.url + "/v1/models", timeout=ANSWER_S).status_code == 200
-    assert not [r for r in caplog.records if r.name == "uvicorn.error" and "Invalid HTTP" in r.getMessage()]
+    # nothing else answers or fails: a route that answers without reading the broken body stands down
+    assert not uvicorn_records, [r.getMessage() for r in uvicorn_records]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r for r in caplog.records if r.name == "shardwise.serve" and "answered" in r.getMessage()]
 
 
-def test_an_upgrade_header_is_served_as_plain_http_without_install_advice_in_the_log(caplog):
-    with live_server(FakeSession()) as server, caplog.at_level(logging.INFO):
+def test_an_upgrade_header_is_served_as_plain_http_without_install_advice_in_the_log():
+    with live_server(FakeSession()) as server, uvicorn_log() as uvicorn_records:
         answer = _exchange(
             server.url,
             b"GET /v1/models HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         )
         assert answer.startswith(b"HTTP/1.1 200")
-    assert not [r for r in caplog.records if "WebSocket" in r.getMessage() or "upgrade" in r.getMessage()]
+    assert not uvicorn_records, [r.getMessage() for r in uvicorn_records]

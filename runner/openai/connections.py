@@ -192,7 +192,13 @@ class _Guarded(H11Protocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        with contextlib.suppress(h11.LocalProtocolError):  # a response already under way: only close
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            # the headers parsed and the app is running (the body is what broke): it must not answer too, or its
+            # response meets h11 closed and uvicorn logs a traceback. As connection_lost does: it reads a disconnect.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        with contextlib.suppress(h11.LocalProtocolError):  # the app's response already began: only close
             for event in (
                 h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
                 h11.Data(data=body),
