@@ -113,3 +113,22 @@ def test_serve_config_reads_and_range_checks_the_message_and_stall_bounds():
         serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.max_messages=0"]))
     with pytest.raises(ShardwiseError, match="serve.stream_stall_timeout_s=-1.0 is out of range"):
         serve_cli.settings_from_config(compose_serve(["hardware=cpu", "serve.stream_stall_timeout_s=-1"]))
+
+
+def test_with_a_key_set_unknown_urls_and_methods_and_doubled_keys_are_401_without_the_key():
+    """Without the key a client cannot map the server (404 for unknown URLs, 405 for wrong methods were answered
+    before the key was checked), and two Authorization headers, which a proxy and this server may read differently,
+    are refused even when one holds the key. With the key, 404 and 405 answer as before; /health stays open."""
+    with live_server(FakeSession(), api_key="k3y") as keyed:
+        good = {"authorization": "Bearer k3y"}
+        for method, path in [("GET", "/nope"), ("POST", "/v1/completions"), ("DELETE", "/v1/models")]:
+            keyless = httpx.request(method, keyed.url + path, timeout=10)
+            assert keyless.status_code == 401 and keyless.json()["error"]["code"] == "invalid_api_key", keyless.text
+            keyed_answer = httpx.request(method, keyed.url + path, headers=good, timeout=10)
+            assert keyed_answer.status_code in (404, 405) and "error" in keyed_answer.json()
+        doubled = [("authorization", "Bearer k3y"), ("authorization", "Bearer other")]
+        for headers in (doubled, doubled[::-1]):
+            response = httpx.get(keyed.url + "/v1/models", headers=headers, timeout=10)
+            assert response.status_code == 401 and "2 Authorization headers" in response.json()["error"]["message"]
+        assert httpx.get(keyed.url + "/v1/models", headers=good, timeout=10).status_code == 200
+        assert httpx.get(keyed.url + "/health", timeout=10).status_code == 200
