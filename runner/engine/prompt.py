@@ -23,7 +23,10 @@ render and cut conversations the same way:
   its role's template wrapper is measured once per role, the number to drop comes from prefix
   sums over those counts, and only the kept tail is encoded to check it (a conversation of
   thousands of short messages must not hold a server). A cancellation event is checked between
-  steps.
+  steps;
+- a message that must stay (the last one, a system message) and whose first characters alone already count
+  far more tokens than the context holds is refused from that prefix (`_surely_too_long`): a 1 MB message
+  for a 256-token context cost seconds of CPU and hundreds of MB per request, tokenized whole three times.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ FALLBACK_TEMPLATE = (
 )
 # Models without a template (gpt2) happily write the next user turn themselves.
 FALLBACK_STOPS = ("\nUser:",)
+
+
+# A kept message is refused from a prefix once the prefix alone counts more than twice the context plus this
+# many tokens. Cutting a text can change only the tokens around the cut (the last word of the prefix), so the whole
+# message has at least about as many tokens as its prefix; twice the context leaves a wide margin over that.
+PREFIX_MARGIN_TOKENS = 64
+# Characters of the prefix tokenized per token it must count: text runs about 4 characters a token, so a prefix this
+# long reaches the count for any ordinary text; when it does not, the message is fitted the usual way (exactly).
+PREFIX_CHARS_PER_TOKEN = 16
 
 
 class ContextLengthError(ShardwiseError):
@@ -258,6 +270,7 @@ class ChatPrompt:
         """`fit`, with the processor's inputs for the images the kept messages hold."""
         room = reply_room(context_tokens, max_tokens)
         kept = self.with_system(messages)
+        self._refuse_surely_too_long(kept, context_tokens)
         ids = media = None
         # The usual case: a conversation that is not obviously too long is encoded whole, once.
         if sum(len(_text(m.get("content"))) for m in kept) <= 4 * context_tokens:
@@ -316,6 +329,26 @@ class ChatPrompt:
                 f"(policy.context_tokens)"
             )
         return FittedPrompt(ids, dropped, media, len(_images(without(dropped))))
+
+    def _refuse_surely_too_long(self, kept: list[dict], context_tokens: int) -> None:
+        """ContextLengthError when a message that cannot be dropped (a system message, the last one) is far longer
+        than the context, judged from a prefix: tokenizing the whole of it would only confirm that, slowly."""
+        enough = 2 * context_tokens + PREFIX_MARGIN_TOKENS
+        prefix_chars = PREFIX_CHARS_PER_TOKEN * enough
+        for index, message in enumerate(kept):
+            if index != len(kept) - 1 and message.get("role") != "system":
+                continue
+            text = _text(message.get("content"))
+            if len(text) <= prefix_chars:
+                continue
+            counted = self._lengths([text[:prefix_chars]])[0]
+            if counted > enough:
+                which = "last" if index == len(kept) - 1 else "system"
+                raise ContextLengthError(
+                    f"the prompt is more than {counted} tokens (its first {prefix_chars} characters of the {which} "
+                    f"message alone, of {len(text)}) but the context window holds {context_tokens}: shorten the "
+                    "message, or plan a longer context (policy.context_tokens)"
+                )
 
 
 def _check(cancel: threading.Event | None) -> None:
