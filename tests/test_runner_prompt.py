@@ -120,6 +120,18 @@ def test_a_kept_message_far_past_the_context_is_refused_from_its_prefix_without_
     with pytest.raises(ContextLengthError, match="context window holds 256"):
         prompt.fit(huge, context_tokens=256, max_tokens=16)
     assert max(longest) < 20_000, longest  # the prefix only, never the million characters
+    longest.clear()  # an old message as long is dropped, judged from its prefix too
+    ids, dropped = prompt.fit(
+        [
+            {"role": "user", "content": "ab " * 340_000},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "hi"},
+        ],
+        context_tokens=256,
+        max_tokens=16,
+    )
+    assert dropped == 2 and ids == prompt.encode([{"role": "user", "content": "hi"}])
+    assert max(longest) < 20_000, longest
     near = [{"role": "user", "content": "the lazy dog " * 40}]
     with pytest.raises(ContextLengthError, match=r"the prompt is \d+ tokens \(last message"):
         prompt.fit(near, context_tokens=64, max_tokens=8)

@@ -24,8 +24,8 @@ render and cut conversations the same way:
   sums over those counts, and only the kept tail is encoded to check it (a conversation of
   thousands of short messages must not hold a server). A cancellation event is checked between
   steps;
-- a message that must stay (the last one, a system message) and whose first characters alone already count
-  far more tokens than the context holds is refused from that prefix (`_surely_too_long`): a 1 MB message
+- a message whose first characters alone already count far more tokens than the context holds is judged from
+  that prefix: refused when it must stay (the last one, a system message), dropped otherwise; a 1 MB message
   for a 256-token context cost seconds of CPU and hundreds of MB per request, tokenized whole three times.
 """
 
@@ -247,15 +247,22 @@ class ChatPrompt:
         pair, single = self._rendered_length([first, probe], False), self._rendered_length([first], False)
         return max(0, pair - single - word) if pair is not None and single is not None else 0
 
-    def _message_costs(self, messages: list[dict]) -> list[int]:
+    def _message_costs(self, messages: list[dict], context_tokens: int) -> list[int]:
         """About the tokens each message adds to a prompt: its text's tokens plus its role's wrapper.
 
         An estimate (tokens can merge across a boundary, templates treat the first message apart):
         fitting uses it to choose how many messages to drop, then encodes the result exactly.
         """
         wrappers = {role: self._wrapper_tokens(role) for role in {m.get("role") for m in messages}}
-        texts = self._lengths([_text(m.get("content")) for m in messages])
-        return [text + wrappers[m.get("role")] for m, text in zip(messages, texts)]
+        texts = [_text(m.get("content")) for m in messages]
+        enough, prefix_chars = _prefix_bounds(context_tokens)
+        counts = self._lengths([text[:prefix_chars] for text in texts])
+        # a message whose prefix alone counts more than `enough` must be dropped for anything to fit: that lower
+        # bound chooses the drop as well as its exact count would (the kept tail is encoded exactly after)
+        whole = [i for i, text in enumerate(texts) if len(text) > prefix_chars and counts[i] <= enough]
+        for i, count in zip(whole, self._lengths([texts[i] for i in whole])):
+            counts[i] = count
+        return [count + wrappers[m.get("role")] for m, count in zip(messages, counts)]
 
     def fit(
         self, messages: list[dict], *, context_tokens: int, max_tokens: int, cancel: threading.Event | None = None
@@ -280,7 +287,7 @@ class ChatPrompt:
         _check(cancel)
         # Estimated costs count text only: an image's tokens are known once the processor has seen it, so
         # the exact encodings below correct the estimate (a little more is dropped on each pass).
-        costs = self._message_costs(kept)
+        costs = self._message_costs(kept, context_tokens)
         fixed = self._rendered_length([], True) or 0
         if ids is not None:  # spread the estimate's error over the messages (separators, merges)
             error = (len(ids) - fixed - sum(costs)) / len(kept)
@@ -333,8 +340,7 @@ class ChatPrompt:
     def _refuse_surely_too_long(self, kept: list[dict], context_tokens: int) -> None:
         """ContextLengthError when a message that cannot be dropped (a system message, the last one) is far longer
         than the context, judged from a prefix: tokenizing the whole of it would only confirm that, slowly."""
-        enough = 2 * context_tokens + PREFIX_MARGIN_TOKENS
-        prefix_chars = PREFIX_CHARS_PER_TOKEN * enough
+        enough, prefix_chars = _prefix_bounds(context_tokens)
         for index, message in enumerate(kept):
             if index != len(kept) - 1 and message.get("role") != "system":
                 continue
@@ -349,6 +355,12 @@ class ChatPrompt:
                     f"message alone, of {len(text)}) but the context window holds {context_tokens}: shorten the "
                     "message, or plan a longer context (policy.context_tokens)"
                 )
+
+
+def _prefix_bounds(context_tokens: int) -> tuple[int, int]:
+    """(tokens a prefix must count to show its message is far past the context, characters of that prefix)."""
+    enough = 2 * context_tokens + PREFIX_MARGIN_TOKENS
+    return enough, PREFIX_CHARS_PER_TOKEN * enough
 
 
 def _check(cancel: threading.Event | None) -> None:
