@@ -328,7 +328,7 @@ def _stop(value) -> list[str] | None:
     return list(stops)
 
 
-def _refuse_unsupported(body: dict) -> None:
+def refuse_unsupported(body: dict) -> None:
     """Known OpenAI fields that would change the output but that this server cannot honour."""
     if body.get("tools") or body.get("functions"):
         name = "tools" if body.get("tools") else "functions"
@@ -370,7 +370,7 @@ def parse_chat_request(
             f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
         )
     messages = parse_messages(body.get("messages"), max_messages, images)
-    _refuse_unsupported(body)
+    refuse_unsupported(body)
 
     max_tokens = _positive_int(body, "max_tokens")
     max_completion_tokens = _positive_int(body, "max_completion_tokens")
