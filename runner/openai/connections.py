@@ -177,6 +177,7 @@ class _Guarded(H11Protocol):
         status hint: 431 for headers too long to buffer) is the exception being handled."""
         exc = sys.exc_info()[1]
         reason = str(exc) if isinstance(exc, h11.RemoteProtocolError) and str(exc) else "malformed request"
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."  # h11 may quote a whole header line
         hint = getattr(exc, "error_status_hint", 400)
         # a Transfer-Encoding h11 does not implement is hinted 501; for the client it is a request to resend plainly
         status = 431 if hint == 431 else 400
