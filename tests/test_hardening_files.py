@@ -322,6 +322,18 @@ def test_an_hf_quant_config_that_is_a_list_is_one_line(tmp_path):
         _plan_config(tmp_path)
 
 
+@pytest.mark.parametrize("quantization", ['"fp8"', "[1]", "5"])
+def test_an_hf_quant_config_whose_quantization_is_no_object_is_one_line(tmp_path, quantization):
+    """`{"quantization": "fp8"}` was indexed as a dict (AttributeError) before the format's own checks ran."""
+    from planner.errors import ShardwiseError
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "hf_quant_config.json").write_text(f'{{"quantization": {quantization}}}')
+    with pytest.raises(ShardwiseError, match=r"hf_quant_config.json.quantization is .*, not an object"):
+        _plan_config(tmp_path)
+
+
 @pytest.mark.parametrize("bits", [0, 1, 2, 3, 4, 5, 8, 16, -1])
 @pytest.mark.parametrize("group_size", [-1, 0, 1, 128, -5])
 def test_gptq_bits_and_group_size_ranges_are_transformers_own(bits, group_size):

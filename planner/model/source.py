@@ -76,9 +76,15 @@ def _shipped_dtype(arch: dict) -> str:
 
 def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
     """config.json with ModelOpt's hf_quant_config.json folded in as its quantization_config, when it has none."""
-    if arch.get("quantization_config") or not ((hf_quant or {}).get("quantization") or {}).get("quant_algo"):
-        return arch  # no side file, or one that names no algorithm: the checkpoint is not quantized
     from planner.model.quant import modelopt_quantization_config
+    from planner.model.quant_fields import QuantFields
+
+    if arch.get("quantization_config") or hf_quant is None:
+        return arch
+    # the side file is input: a `quantization` that is a string or a list is refused in one line, not indexed
+    section = QuantFields(hf_quant, "hf_quant_config.json").section("quantization")
+    if section is None or not section.cfg.get("quant_algo"):
+        return arch  # a side file that names no algorithm: the checkpoint is not quantized
 
     return {**arch, "quantization_config": modelopt_quantization_config(hf_quant)}
 
