@@ -40,11 +40,17 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def expand_user(path: str | os.PathLike) -> Path:
+    """`path` with a leading `~` or `~user` expanded as a shell does: a user that does not exist (or a home that
+    cannot be found) leaves the name as typed, where Path.expanduser() raises RuntimeError."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def names_existing(path: str | os.PathLike) -> bool:
     """Whether a name a user typed is an existing path; a name no file system could hold (longer than
     NAME_MAX, a NUL byte) is simply not one, where Path.exists() would raise."""
     try:
-        return Path(path).expanduser().exists()
+        return expand_user(path).exists()
     except (OSError, ValueError):
         return False
 

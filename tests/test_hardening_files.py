@@ -579,3 +579,25 @@ def test_experimental_rerun_is_refused_without_unpickling(tmp_path):
         result = shardwise("plan", *args, cwd=tmp_path)
         one_line_error(result, "plan", "--experimental-rerun unpickles its file")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["model", "snapshot", "spec"])
+def test_a_path_naming_an_unknown_user_is_a_name_not_a_traceback(tmp_path, where):
+    """`~nosuchuser/m` stays as typed, as a shell leaves it (Path.expanduser() raised RuntimeError)."""
+    from planner.errors import ShardwiseError
+
+    name = "~shardwise_no_such_user/m"
+    with pytest.raises(ShardwiseError) as caught:
+        if where == "model":
+            from planner.config.overrides import model_option
+
+            model_option(name)
+        elif where == "snapshot":
+            from planner.hardware.snapshot import load_snapshot
+
+            load_snapshot(name)
+        else:
+            from planner.model.source import spec_from_config
+
+            spec_from_config({"path": name})
+    assert "~shardwise_no_such_user" in str(caught.value) and "\n" not in str(caught.value)

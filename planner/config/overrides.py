@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from planner.config.reader import conf_dir, model_aliases, option_exists, profile_for, profile_names
 from planner.errors import ShardwiseError, did_you_mean
-from planner.files import names_existing
+from planner.files import expand_user, names_existing
 
 
 def resolve_model_name(name: str) -> str:
@@ -54,7 +53,7 @@ def model_option(name: str) -> str:
 
     if name == "auto" or profile_for(name) is not None:
         return resolve_model_name(name)
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if names_existing(path):
         import hashlib
 

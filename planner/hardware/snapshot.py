@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Device, Hardware
 from planner.jsonfile import dumps_json, finite_number, read_json, write_text_atomic
 from planner.limits import MAX_GPUS, MAX_HOST_RAM_GIB, MAX_NODES
@@ -38,7 +39,7 @@ _INTERCONNECTS = ("nvlink", "pcie", "none")
 
 def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
     """Write `hw` as a JSON snapshot that `hardware=snapshot hardware.path=FILE` replays; returns the path."""
-    target = Path(path).expanduser()
+    target = expand_user(path)
     data = {
         "snapshot_version": SNAPSHOT_VERSION,
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -182,7 +183,7 @@ def _check_host(path, data: dict) -> None:
 
 def load_snapshot(path: str | os.PathLike) -> Hardware:
     """The Hardware recorded in a snapshot file; its source is the path. Bad files raise a one-line ShardwiseError."""
-    file = Path(path).expanduser()
+    file = expand_user(path)
     if file.is_dir():
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from planner.config.overrides import flag
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 from planner.jsonfile import dumps_json
 from shardwise.verbs.app import run_verb
 
@@ -37,7 +38,7 @@ def out_path(out) -> Path | None:
     """Where `out=` asks for plan.json: a file, or DIR/plan.json for an existing directory."""
     if out is None or str(out) == "":
         return None
-    path = Path(str(out)).expanduser()
+    path = expand_user(str(out))
     return path / "plan.json" if path.is_dir() else path
 
 
