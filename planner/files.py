@@ -107,6 +107,33 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
     return path
 
 
+def check_writable(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse, in one line and before any work, a path `write_text` will not be able to write: a directory, a
+    parent that is missing or no directory, no permission. A verb that measures for minutes (calibrate, probe's
+    host speed) checks its target first instead of failing after the work is done. Creates nothing."""
+    path = expand_user(path)
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a file is written through
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # a symlink loop, a name too long, a component that is a file
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} ({exc.strerror or exc}): {fix}") from None
+    except ValueError:  # a NUL byte
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} (not a file name): {fix}") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise ShardwiseError(f"cannot write {what} to {str(path)!r}: it is a directory: {fix}")
+        if not os.access(path, os.W_OK):
+            raise ShardwiseError(f"cannot write {what} to {str(path)!r} (permission denied): {fix}")
+        return
+    target = Path(os.path.realpath(path))  # a dangling link: its target is created
+    parent = target.parent
+    if not parent.is_dir():
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r}: {str(parent)!r} is no directory: {fix}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} ({str(parent)!r}: permission denied): {fix}")
+
+
 def names_a_descriptor(path: Path) -> bool:
     """/dev/stdout, /dev/fd/N, /proc/self/fd/N: an open file of this process, which a rename would not reach
     (`out=/dev/stdout > x.json` must add to x.json through the shell's descriptor, not replace the file)."""

@@ -152,6 +152,20 @@ def flag(cfg, key: str) -> bool:
     raise ShardwiseError(f"{key}={value!r} is not true or false: set {key}=true or {key}=false")
 
 
+def path_option(cfg, key: str):
+    """A top-level file path option (out=...) as a Path, None when unset; a list, number or true/false is a one-line
+    error (`out=[a,b]` or `out=true` would otherwise name a file "['a', 'b']" or "True")."""
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ShardwiseError(
+            f"{key}={value!r} is not a file path: give {key}=FILE (quote a name Hydra would read as a value: "
+            f"{key}='5.json', {key}='a,b.json')"
+        )
+    return expand_user(value)
+
+
 def first_line(value) -> str:
     return next((line.strip() for line in str(value).splitlines() if line.strip()), "")
 
