@@ -601,3 +601,11 @@ def test_a_path_naming_an_unknown_user_is_a_name_not_a_traceback(tmp_path, where
 
             spec_from_config({"path": name})
     assert "~shardwise_no_such_user" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("out", ["[a.json,b.json]", "true", "{a:1}"])
+def test_plan_out_that_is_no_path_is_one_line_and_writes_nothing(tmp_path, out):
+    """`out=[a.json,b.json]` wrote a file named "['a.json', 'b.json']", `out=true` one named "True"."""
+    done = shardwise("plan", "model=gpt2", "hardware=cpu", "json=true", f"out={out}", cwd=tmp_path)
+    one_line_error(done, "plan", "is not a file path: give out=FILE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -52,6 +52,20 @@ def test_an_unknown_verb_suggests_the_nearest(tmp_path):
     assert result.returncode == 2 and "did you mean 'chat'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "typed, meant", [("PLAN", "plan"), ("Probe", "probe"), ("serv", "serve"), ("calib", "calibrate")]
+)
+def test_an_unknown_verb_suggests_the_nearest_in_any_case(capsys, typed, meant):
+    """`shardwise PLAN` suggested nothing: verbs now use the rule every unknown name uses (any case, prefixes)."""
+    from shardwise.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main([typed])
+    assert ended.value.code == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == f"shardwise: error: unknown verb {typed!r} (did you mean {meant!r}?)"
+
+
 def test_repl_set_takes_key_equals_value_and_suggests_keys():
     from runner.repl import Repl
 
