@@ -99,6 +99,26 @@ def test_model_takes_a_directory_with_a_comma_or_non_ascii_name(gpt2, tmp_path):
         assert plan.model.name == name and plan.model.source == str(where)
 
 
+def test_model_takes_a_directory_in_hydras_quotes(tmp_path):
+    """`model='./my model'` (Hydra's quoting, which its own errors advise) kept the quotes: "unknown model"."""
+    from planner.config.overrides import model_option
+
+    for name in ("my model", "a,b", "it's", "x=y"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    hydra_quoted = "\\'".join(f"{tmp_path}/it's".split("'"))  # Hydra's escape of a quote inside quotes
+    for value, names in [
+        (f"'{tmp_path}/my model'", [f"{tmp_path}/my model"]),
+        (f'"{tmp_path}/a,b"', [f"{tmp_path}/a,b"]),
+        (f"'{hydra_quoted}'", [f"{tmp_path}/it's"]),
+        (f"'{tmp_path}/x=y',gpt2", [f"{tmp_path}/x=y", "gpt2"]),
+        (f"choice('{tmp_path}/my model','gpt2')", [f"{tmp_path}/my model", "gpt2"]),
+    ]:
+        (arg,) = normalize_overrides([f"model={value}"])
+        chosen = arg.partition("=")[2].removeprefix("choice(").removesuffix(")").split(",")
+        assert chosen == [model_option(name) for name in names], (value, arg)
+
+
 def test_a_read_only_working_directory_moves_hydras_run_dir_to_the_temp_dir(monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     args = writable_run_dirs(["json=true"], "plan", cwd="/somewhere")

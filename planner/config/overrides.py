@@ -87,6 +87,22 @@ def resolve_hardware_name(name: str) -> str:
     )
 
 
+def _quoted_names(key: str, value: str) -> list[str] | None:
+    """The names in a group choice that uses Hydra's quotes (`'./a b'`, `'a,b',gpt2`, `choice('x y',z)`), read by
+    Hydra's own override parser; None when it does not parse as plain names (Hydra then reports it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, QuotedString
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"{key}={value}").value()
+    except HydraException:
+        return None
+    names = parsed.list if isinstance(parsed, ChoiceSweep) else [parsed]
+    names = [name.text if isinstance(name, QuotedString) else name for name in names]  # a sweep keeps the quotes
+    return names if all(isinstance(name, str) for name in names) else None
+
+
 def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -> str:
     """`model=openai/gpt-oss-120b` -> `model=gpt-oss-120b`; also sweeps `model=a,b` and Hydra's `model=choice(a,b)`."""
     key, _, value = arg.partition("=")
@@ -99,7 +115,10 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     wrapper = re.fullmatch(r"(choice)\((.*)\)", value)
     if wrapper:
         inner = wrapper.group(2)
-    if group == "model" and not wrapper and names_existing(value):
+    quoted = _quoted_names(key, value) if "'" in value or '"' in value else None
+    if quoted is not None:
+        names = [resolve(v) for v in quoted]  # `model='./my model'`: Hydra's quoting, as any other value takes
+    elif group == "model" and not wrapper and names_existing(value):
         names = [resolve(value)]  # one directory whose name holds a comma, not a sweep
     else:
         names = [resolve(v.strip()) for v in inner.split(",")]
