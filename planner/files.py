@@ -89,7 +89,10 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> Path:
     """Write `text` to `path`: atomically for a regular file (through a symlink to its target), plainly to a
-    device or FIFO; a directory raises IsADirectoryError. Returns the path as given."""
+    device or FIFO; a directory raises IsADirectoryError, and a name ending in "/" that is no directory
+    NotADirectoryError (`probe.save=nd/` must not write a file "nd"). Returns the path as given."""
+    if os.fspath(path).endswith(("/", os.sep)) and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(path))
     path = Path(path)
     try:
         mode = os.stat(path).st_mode  # follows symlinks: what is at the end of the path decides

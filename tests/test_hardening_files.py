@@ -609,3 +609,23 @@ def test_plan_out_that_is_no_path_is_one_line_and_writes_nothing(tmp_path, out):
     done = shardwise("plan", "model=gpt2", "hardware=cpu", "json=true", f"out={out}", cwd=tmp_path)
     one_line_error(done, "plan", "is not a file path: give out=FILE")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_path_ending_in_a_slash_is_never_written_as_a_file(tmp_path):
+    """`probe.save=nd/` and `out=nd/` wrote a file named "nd": a trailing "/" means a directory."""
+    from omegaconf import OmegaConf
+
+    from planner.config.overrides import path_option
+    from planner.errors import ShardwiseError
+    from planner.files import write_text
+    from planner.hardware.devices import Hardware
+    from planner.hardware.snapshot import save_snapshot
+
+    with pytest.raises(NotADirectoryError):
+        write_text(f"{tmp_path}/nd/", "{}")
+    with pytest.raises(ShardwiseError, match=r"\(Not a directory\)"):
+        save_snapshot(Hardware(source="cpu"), f"{tmp_path}/nd/")
+    with pytest.raises(ShardwiseError, match="names a directory that does not exist"):
+        path_option(OmegaConf.create({"out": f"{tmp_path}/nd/"}), "out")
+    assert list(tmp_path.iterdir()) == []
+    assert path_option(OmegaConf.create({"out": f"{tmp_path}/"}), "out") == tmp_path  # an existing one is taken

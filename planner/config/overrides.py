@@ -10,6 +10,7 @@ Hydra app of `conf/<name>.yaml`. The verbs' Hydra app framework (shardwise/verbs
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -182,7 +183,11 @@ def path_option(cfg, key: str):
             f"{key}={value!r} is not a file path: give {key}=FILE (quote a name Hydra would read as a value: "
             f"{key}='5.json', {key}='a,b.json')"
         )
-    return expand_user(value)
+    path = expand_user(value)
+    if value.endswith(("/", os.sep)) and not path.is_dir():
+        # `out=nd/` names a directory; writing a file called "nd" instead would surprise whoever typed it
+        raise ShardwiseError(f"{key}={value} names a directory that does not exist: create it, or give {key}=FILE")
+    return path
 
 
 def first_line(value) -> str:

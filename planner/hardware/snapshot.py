@@ -46,7 +46,8 @@ def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
         **hw.to_dict(),
     }
     try:
-        write_text_atomic(target, dumps_json(data, "hardware snapshot") + "\n", make_parents=False)
+        # the name as typed, `~` expanded: a trailing "/" (a directory meant) must reach the writer
+        write_text_atomic(os.path.expanduser(os.fspath(path)), dumps_json(data, "hardware snapshot") + "\n", False)
     except OSError as exc:
         raise ShardwiseError(
             f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with "
