@@ -12,11 +12,11 @@ import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from planner.decide.policy import Policy
 from planner.driver.sessions import parse_sessions
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 from planner.hardware.devices import Hardware
 from planner.memory.terms import Overheads
 from planner.model.source import ModelSpec, spec_from_config
@@ -60,7 +60,7 @@ def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
         raise ShardwiseError(f"policy.offload_disk_gib={offload_disk_gib} must be >= 0 (0: measure the free space)")
     if offload_disk_gib > 0:
         return int(offload_disk_gib * GIB)
-    where = Path(offload_folder).expanduser().resolve()
+    where = expand_user(offload_folder).resolve()
     while not where.exists() and where != where.parent:
         where = where.parent
     try:
