@@ -40,11 +40,17 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def expand_user(path: str | os.PathLike) -> Path:
+    """`path` with a leading `~` or `~user` expanded as a shell does: a user that does not exist (or a home that
+    cannot be found) leaves the name as typed, where Path.expanduser() raises RuntimeError."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def names_existing(path: str | os.PathLike) -> bool:
     """Whether a name a user typed is an existing path; a name no file system could hold (longer than
     NAME_MAX, a NUL byte) is simply not one, where Path.exists() would raise."""
     try:
-        return Path(path).expanduser().exists()
+        return expand_user(path).exists()
     except (OSError, ValueError):
         return False
 
@@ -92,7 +98,10 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> Path:
     """Write `text` to `path`: atomically for a regular file (through a symlink to its target), plainly to a
-    device or FIFO; a directory raises IsADirectoryError. Returns the path as given."""
+    device or FIFO; a directory raises IsADirectoryError, and a name ending in "/" that is no directory
+    NotADirectoryError (`probe.save=nd/` must not write a file "nd"). Returns the path as given."""
+    if os.fspath(path).endswith(("/", os.sep)) and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(path))
     path = Path(path)
     try:
         mode = os.stat(path).st_mode  # follows symlinks: what is at the end of the path decides
@@ -108,6 +117,33 @@ def write_text(path: str | os.PathLike, text: str, make_parents: bool = True) ->
         path.parent.mkdir(parents=True, exist_ok=True)
     _replace_atomically(target, text, None if mode is None else stat.S_IMODE(os.stat(target).st_mode))
     return path
+
+
+def check_writable(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse, in one line and before any work, a path `write_text` will not be able to write: a directory, a
+    parent that is missing or no directory, no permission. A verb that measures for minutes (calibrate, probe's
+    host speed) checks its target first instead of failing after the work is done. Creates nothing."""
+    path = expand_user(path)
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a file is written through
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # a symlink loop, a name too long, a component that is a file
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} ({exc.strerror or exc}): {fix}") from None
+    except ValueError:  # a NUL byte
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} (not a file name): {fix}") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise ShardwiseError(f"cannot write {what} to {str(path)!r}: it is a directory: {fix}")
+        if not os.access(path, os.W_OK):
+            raise ShardwiseError(f"cannot write {what} to {str(path)!r} (permission denied): {fix}")
+        return
+    target = Path(os.path.realpath(path))  # a dangling link: its target is created
+    parent = target.parent
+    if not parent.is_dir():
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r}: {str(parent)!r} is no directory: {fix}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ShardwiseError(f"cannot write {what} to {str(path)!r} ({str(parent)!r}: permission denied): {fix}")
 
 
 def names_a_descriptor(path: Path) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from planner.errors import ShardwiseError
-from runner.api_args import checked_messages
+from runner.api_args import check_sampling_kwargs, checked_messages
 from runner.engine.sampling import SamplingParams
 from runner.engine.types import Completion
 from runner.openai.protocol import APIError, Response, refuse_images
@@ -194,13 +194,16 @@ class OpenAIChat:
                 raise ShardwiseError(exc.message) from None
         return messages
 
-    def chat(self, messages: list[dict], max_tokens=100, **sampling) -> str:
-        """The assistant's reply text (the seed's `chat.chat(messages, max_tokens=100)`)."""
-        return self.completion(messages, max_tokens=max_tokens, **sampling).text
+    def chat(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> str:
+        """The assistant's reply text (the seed's `chat.chat(messages, max_tokens=100)`; 100 when left out)."""
+        sampling = check_sampling_kwargs("chat", _with_max_tokens(max_tokens, sampling))
+        sampling.setdefault("max_tokens", 100)
+        return self.completion(messages, **sampling).text
 
     def create(self, messages: list[dict], max_tokens=_UNSET, **sampling) -> dict:
         """The full OpenAI `chat.completion` object as a dict."""
-        return Response(self.model_name).completion([self.completion(messages, max_tokens=max_tokens, **sampling)])
+        sampling = check_sampling_kwargs("create", _with_max_tokens(max_tokens, sampling))
+        return Response(self.model_name).completion([self.completion(messages, **sampling)])
 
     def stream(
         self, messages: list[dict], max_tokens=_UNSET, *, include_usage: bool = False, **sampling
@@ -210,8 +213,9 @@ class OpenAIChat:
 
         Generation starts when the first chunk is asked for, and stops when the iterator is closed.
         """
+        sampling = check_sampling_kwargs("stream", _with_max_tokens(max_tokens, sampling))
         params = self._params(
-            max_tokens,
+            sampling.pop("max_tokens", _UNSET),
             *(
                 sampling.get(k, _UNSET)
                 for k in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
@@ -237,6 +241,11 @@ class OpenAIChat:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _with_max_tokens(max_tokens, sampling: dict) -> dict:
+    """A call's keyword arguments with its max_tokens among them (left out when the caller left it out)."""
+    return sampling if max_tokens is _UNSET else {"max_tokens": max_tokens, **sampling}
 
 
 def _chunks(session, messages: list[dict], params: SamplingParams, response) -> Iterator[dict]:
@@ -297,10 +306,12 @@ def create_chat_completion(
     if not messages:
         raise ShardwiseError("messages is empty: pass at least one {'role': 'user', 'content': ...} message")
     messages = checked_messages(messages)
-    chat = _cached_chat(model, use_cpu, hardware, model_path, trust_remote_code)
     stream_options = sampling.pop("stream_options", None) or {}
     if stream_options and not stream:
         raise ShardwiseError("stream_options is only allowed with stream=True")
+    # checked before a model is looked up or loaded, like every other argument
+    check_sampling_kwargs("create_chat_completion", _with_max_tokens(max_tokens, sampling))
+    chat = _cached_chat(model, use_cpu, hardware, model_path, trust_remote_code)
     if stream:
         return chat.stream(
             messages,

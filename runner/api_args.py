@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from planner.errors import ShardwiseError
-from runner.openai.protocol import APIError, parse_messages
+from runner.openai.protocol import APIError, parse_messages, refuse_unsupported
 
 
 def _text(name: str, value, optional: bool = True) -> None:
@@ -94,3 +94,62 @@ def checked_messages(messages) -> CheckedMessages:
         if exc.code == "too_many_messages" or ".content[" in (exc.param or ""):  # the message names the part
             raise ShardwiseError(exc.message) from None
         raise ShardwiseError(f"{exc.message}: pass messages=[{{'role': 'user', 'content': '...'}}, ...]") from None
+
+
+# The sampling keywords of OpenAIChat.chat/create/stream and create_chat_completion (SamplingParams' fields).
+SAMPLING_ARGS = ("max_tokens", "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+
+# OpenAI request fields that, once refuse_unsupported has passed them (no tools, logprobs off, text format), change
+# nothing in a reply: taken and ignored, as the server takes them in a body.
+OPENAI_FIELDS_WITHOUT_EFFECT = (
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "functions",
+    "tool_choice",
+    "parallel_tool_calls",
+    "logit_bias",
+    "response_format",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+)
+
+
+def check_sampling_kwargs(call: str, sampling: dict) -> dict:
+    """The keyword arguments of a chat call, checked as the server checks a body's fields, as SAMPLING_ARGS.
+
+    `max_completion_tokens` (OpenAI's newer name) is taken as max_tokens, as the server takes it; OpenAI fields this
+    API cannot honour (tools, logprobs, n above 1, ...) are refused naming them, as the server does; any other name
+    (a typo such as `temprature`) is refused too: a chat call must not silently ignore a setting."""
+    sampling = dict(sampling)
+    if "max_completion_tokens" in sampling:
+        newer = sampling.pop("max_completion_tokens")
+        older = sampling.get("max_tokens")
+        if older is not None and newer is not None and older != newer:
+            raise ShardwiseError(
+                f"{call}: max_tokens={older!r:.40} and max_completion_tokens={newer!r:.40} disagree: pass only one"
+            )
+        if newer is not None:
+            sampling["max_tokens"] = newer
+    try:
+        refuse_unsupported(sampling)
+    except APIError as exc:
+        raise ShardwiseError(f"{call}: {exc.message.replace(' by this server', '')}") from None
+    for name in OPENAI_FIELDS_WITHOUT_EFFECT:  # what refuse_unsupported let through changes nothing in the reply
+        sampling.pop(name, None)
+    n = sampling.pop("n", None)
+    if n is not None and n != 1:
+        raise ShardwiseError(f"{call}: n={n!r:.40} is not supported here (one choice per call): call it n times")
+    unknown = sorted(set(sampling) - set(SAMPLING_ARGS))
+    if unknown:
+        import difflib
+
+        name = unknown[0]
+        near = difflib.get_close_matches(name, SAMPLING_ARGS, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ShardwiseError(
+            f"{call} got an unknown argument {name!r:.60}: {hint}it takes messages and {', '.join(SAMPLING_ARGS)}"
+        )
+    return sampling

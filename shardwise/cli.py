@@ -150,10 +150,9 @@ def _main(argv: list[str] | None) -> None:
         return
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        import difflib
+        from planner.errors import did_you_mean
 
-        near = difflib.get_close_matches(verb, list(VERBS), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        hint = did_you_mean(verb, VERBS)  # the rule every unknown name uses: case-insensitive, prefixes first
         print(f"shardwise: error: unknown verb {verb!r}{hint}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     from runner.interrupts import interrupts_end_cleanly

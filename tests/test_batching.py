@@ -117,6 +117,20 @@ def test_mixed_sampling_settings_in_one_batch(loaded, engine):
     assert max(c.batch_size for c in (plain, narrow, hot1, hot2)) > 1
 
 
+@pytest.mark.parametrize("temperature", [1e-320, 1e-40, 5e-6])
+def test_a_tiny_positive_temperature_is_greedy_on_both_paths_and_leaves_the_batch_up(loaded, engine, temperature):
+    """A temperature that passes the 0..2 range yet overflows the logits when divided by (1e-320) samples greedily,
+    batched and alone (seeded), instead of failing with NaN probabilities and stopping the batch under everyone."""
+    session = ChatSession(loaded, defaults=SamplingParams(max_tokens=12, temperature=0))
+    engine_off, loaded.batching = loaded.batching, None
+    greedy = _ask(session, PROMPTS[3], None)
+    loaded.batching = engine_off
+    batched = _ask(session, PROMPTS[3], SamplingParams(max_tokens=12, temperature=temperature))
+    alone = _ask(session, PROMPTS[3], SamplingParams(max_tokens=12, temperature=temperature, seed=3))
+    assert batched.token_ids == greedy.token_ids and alone.token_ids == greedy.token_ids
+    assert engine.usable and engine._restarts == 0  # the loop never died
+
+
 def test_seeded_sampling_runs_alone_and_repeats(loaded, engine):
     """A seed cannot be honoured inside a shared batch, so it takes the sequential path and is reproducible."""
     session = ChatSession(loaded, defaults=SamplingParams(max_tokens=24, temperature=1.0))

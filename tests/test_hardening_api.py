@@ -41,6 +41,15 @@ def test_bad_openaichat_arguments_raise_one_error_type_naming_the_argument(kwarg
         ({"stream": True, "stream_options": [1]}, "stream_options must be a dict"),
         ({"stream": "yes"}, "stream must be True or False"),
         ({"messages": "hi"}, "messages must be a non-empty list"),
+        # OpenAI's fields this API cannot honour, and names it does not know, are refused by name (not a TypeError
+        # from an inner function, and never silently ignored by a stream)
+        ({"tools": [{"type": "function"}]}, "tools is not supported"),
+        ({"logprobs": True}, "logprobs is not supported"),
+        ({"n": 2}, "n=2 is not supported here"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"temprature": 0}, "unknown argument 'temprature': did you mean temperature?"),
+        ({"stream": True, "temprature": 0}, "unknown argument 'temprature'"),
+        ({"max_tokens": 5, "max_completion_tokens": 6}, "disagree"),
     ],
 )
 def test_bad_create_chat_completion_arguments_raise_one_error_type(kwargs, needle):

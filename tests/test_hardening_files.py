@@ -345,6 +345,18 @@ def test_an_hf_quant_config_that_is_a_list_is_one_line(tmp_path):
         _plan_config(tmp_path)
 
 
+@pytest.mark.parametrize("quantization", ['"fp8"', "[1]", "5"])
+def test_an_hf_quant_config_whose_quantization_is_no_object_is_one_line(tmp_path, quantization):
+    """`{"quantization": "fp8"}` was indexed as a dict (AttributeError) before the format's own checks ran."""
+    from planner.errors import ShardwiseError
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "hf_quant_config.json").write_text(f'{{"quantization": {quantization}}}')
+    with pytest.raises(ShardwiseError, match=r"hf_quant_config.json.quantization is .*, not an object"):
+        _plan_config(tmp_path)
+
+
 @pytest.mark.parametrize("bits", [0, 1, 2, 3, 4, 5, 8, 16, -1])
 @pytest.mark.parametrize("group_size", [-1, 0, 1, 128, -5])
 def test_gptq_bits_and_group_size_ranges_are_transformers_own(bits, group_size):
@@ -590,3 +602,53 @@ def test_experimental_rerun_is_refused_without_unpickling(tmp_path):
         result = shardwise("plan", *args, cwd=tmp_path)
         one_line_error(result, "plan", "--experimental-rerun unpickles its file")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["model", "snapshot", "spec"])
+def test_a_path_naming_an_unknown_user_is_a_name_not_a_traceback(tmp_path, where):
+    """`~nosuchuser/m` stays as typed, as a shell leaves it (Path.expanduser() raised RuntimeError)."""
+    from planner.errors import ShardwiseError
+
+    name = "~shardwise_no_such_user/m"
+    with pytest.raises(ShardwiseError) as caught:
+        if where == "model":
+            from planner.config.overrides import model_option
+
+            model_option(name)
+        elif where == "snapshot":
+            from planner.hardware.snapshot import load_snapshot
+
+            load_snapshot(name)
+        else:
+            from planner.model.source import spec_from_config
+
+            spec_from_config({"path": name})
+    assert "~shardwise_no_such_user" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("out", ["[a.json,b.json]", "true", "{a:1}"])
+def test_plan_out_that_is_no_path_is_one_line_and_writes_nothing(tmp_path, out):
+    """`out=[a.json,b.json]` wrote a file named "['a.json', 'b.json']", `out=true` one named "True"."""
+    done = shardwise("plan", "model=gpt2", "hardware=cpu", "json=true", f"out={out}", cwd=tmp_path)
+    one_line_error(done, "plan", "is not a file path: give out=FILE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_path_ending_in_a_slash_is_never_written_as_a_file(tmp_path):
+    """`probe.save=nd/` and `out=nd/` wrote a file named "nd": a trailing "/" means a directory."""
+    from omegaconf import OmegaConf
+
+    from planner.config.overrides import path_option
+    from planner.errors import ShardwiseError
+    from planner.files import write_text
+    from planner.hardware.devices import Hardware
+    from planner.hardware.snapshot import save_snapshot
+
+    with pytest.raises(NotADirectoryError):
+        write_text(f"{tmp_path}/nd/", "{}")
+    with pytest.raises(ShardwiseError, match=r"\(Not a directory\)"):
+        save_snapshot(Hardware(source="cpu"), f"{tmp_path}/nd/")
+    with pytest.raises(ShardwiseError, match="names a directory that does not exist"):
+        path_option(OmegaConf.create({"out": f"{tmp_path}/nd/"}), "out")
+    assert list(tmp_path.iterdir()) == []
+    assert path_option(OmegaConf.create({"out": f"{tmp_path}/"}), "out") == tmp_path  # an existing one is taken

@@ -52,6 +52,20 @@ def test_an_unknown_verb_suggests_the_nearest(tmp_path):
     assert result.returncode == 2 and "did you mean 'chat'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "typed, meant", [("PLAN", "plan"), ("Probe", "probe"), ("serv", "serve"), ("calib", "calibrate")]
+)
+def test_an_unknown_verb_suggests_the_nearest_in_any_case(capsys, typed, meant):
+    """`shardwise PLAN` suggested nothing: verbs now use the rule every unknown name uses (any case, prefixes)."""
+    from shardwise.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main([typed])
+    assert ended.value.code == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == f"shardwise: error: unknown verb {typed!r} (did you mean {meant!r}?)"
+
+
 def test_repl_set_takes_key_equals_value_and_suggests_keys():
     from runner.repl import Repl
 
@@ -83,6 +97,26 @@ def test_model_takes_a_directory_with_a_comma_or_non_ascii_name(gpt2, tmp_path):
         assert arg.startswith("model=dir/") and arg.isascii()
         plan = make_plan(model_path=str(where), hardware="cpu")
         assert plan.model.name == name and plan.model.source == str(where)
+
+
+def test_model_takes_a_directory_in_hydras_quotes(tmp_path):
+    """`model='./my model'` (Hydra's quoting, which its own errors advise) kept the quotes: "unknown model"."""
+    from planner.config.overrides import model_option
+
+    for name in ("my model", "a,b", "it's", "x=y"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    hydra_quoted = "\\'".join(f"{tmp_path}/it's".split("'"))  # Hydra's escape of a quote inside quotes
+    for value, names in [
+        (f"'{tmp_path}/my model'", [f"{tmp_path}/my model"]),
+        (f'"{tmp_path}/a,b"', [f"{tmp_path}/a,b"]),
+        (f"'{hydra_quoted}'", [f"{tmp_path}/it's"]),
+        (f"'{tmp_path}/x=y',gpt2", [f"{tmp_path}/x=y", "gpt2"]),
+        (f"choice('{tmp_path}/my model','gpt2')", [f"{tmp_path}/my model", "gpt2"]),
+    ]:
+        (arg,) = normalize_overrides([f"model={value}"])
+        chosen = arg.partition("=")[2].removeprefix("choice(").removesuffix(")").split(",")
+        assert chosen == [model_option(name) for name in names], (value, arg)
 
 
 def test_a_read_only_working_directory_moves_hydras_run_dir_to_the_temp_dir(monkeypatch):

@@ -5,6 +5,9 @@ and the server keeps serving, with rate-limited log lines. Loopback only, bounde
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import socket
 import subprocess
 import sys
@@ -170,3 +173,76 @@ def test_accepted_connections_send_without_nagles_delay():
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # what asyncio would keep
                 no_delay(Transport(accepted))
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@contextlib.contextmanager
+def uvicorn_log():
+    """The records uvicorn's own logger emits (it does not propagate to the root logger caplog reads); attached
+    after the server started, since uvicorn's logging setup replaces that logger's handlers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def _exchange(url: str, request: bytes | tuple[bytes, ...]) -> bytes:
+    """Send raw bytes (a tuple: in pieces, 0.2 s apart) and read until the server closes (every case below ends in
+    `connection: close`)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=ANSWER_S) as sock:
+        for piece in request if isinstance(request, tuple) else (request,):
+            sock.sendall(piece)
+            time.sleep(0.2)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+MALFORMED = {
+    "negative content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}",
+    "two content-lengths": b"POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    "bad chunk size": b"POST /v1/models HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+    "gzip transfer-encoding": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+    "NUL in a header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "no Host": b"GET /v1/models HTTP/1.1\r\n\r\n",
+    "not HTTP": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    # h11 refuses headers that stay incomplete past 16 KiB (sent whole and at once they may be taken)
+    "headers too long": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 10_000, b"a" * 10_000),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_request_http_cannot_parse_gets_an_openai_error_body_and_the_server_goes_on(case, caplog):
+    """h11's refusals are OpenAI error bodies (400, or 431 for oversized headers) naming what was wrong, logged on
+    one rate-limited line, never uvicorn's text/plain body nor a 5xx; a normal request is answered right after."""
+    with live_server(FakeSession()) as server, caplog.at_level(logging.INFO), uvicorn_log() as uvicorn_records:
+        answer = _exchange(server.url, MALFORMED[case])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        assert status == (431 if "too long" in case else 400), answer[:300]
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_http"
+        assert error["message"].startswith("the request is not valid HTTP/1.1 (") and len(error["message"]) < 300
+        assert httpx.get(server.url + "/v1/models", timeout=ANSWER_S).status_code == 200
+    # nothing else answers or fails: a route that answers without reading the broken body stands down
+    assert not uvicorn_records, [r.getMessage() for r in uvicorn_records]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r for r in caplog.records if r.name == "shardwise.serve" and "answered" in r.getMessage()]
+
+
+def test_an_upgrade_header_is_served_as_plain_http_without_install_advice_in_the_log():
+    with live_server(FakeSession()) as server, uvicorn_log() as uvicorn_records:
+        answer = _exchange(
+            server.url,
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 200")
+    assert not uvicorn_records, [r.getMessage() for r in uvicorn_records]

@@ -55,6 +55,22 @@ def test_create_returns_an_openai_chat_completion(chat):
     assert usage["completion_tokens"] <= 6
 
 
+def test_openai_keywords_on_a_loaded_chat_are_taken_or_refused_by_name(chat):
+    """max_completion_tokens is max_tokens (as the server takes it), fields without effect are taken, and what the
+    chat cannot honour or does not know is a ShardwiseError naming it: a stream never ignores a typo silently."""
+    from runner import ShardwiseError
+
+    assert chat.create(MESSAGES, max_completion_tokens=3, temperature=0)["usage"]["completion_tokens"] <= 3
+    assert chat.chat(MESSAGES, max_completion_tokens=2, temperature=0, user="u", logprobs=False) == chat.chat(
+        MESSAGES, max_tokens=2, temperature=0
+    )
+    for call in (chat.chat, chat.create, chat.stream):
+        with pytest.raises(ShardwiseError, match="did you mean temperature"):
+            call(MESSAGES, max_tokens=2, temprature=0)
+        with pytest.raises(ShardwiseError, match="tools is not supported"):
+            call(MESSAGES, max_tokens=2, tools=[{"type": "function"}])
+
+
 def test_create_chat_completion_streams_chunks_that_add_up(dirs):
     kwargs = dict(model_path=str(dirs["llama"]), use_cpu=True, messages=MESSAGES, max_tokens=8, temperature=0)
     whole = create_chat_completion(**kwargs)

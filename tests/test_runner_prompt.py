@@ -103,6 +103,40 @@ def test_a_prompt_that_cannot_fit_raises_the_context_error_instead_of_cutting_it
         prompt.fit(long, context_tokens=64, max_tokens=8)
 
 
+@pytest.mark.parametrize("role", ["user", "system"])
+def test_a_kept_message_far_past_the_context_is_refused_from_its_prefix_without_tokenizing_it_whole(
+    llama_tokenizer, role
+):
+    """A 1 MB message for a 256-token context is refused from its first characters: tokenizing it whole (three times)
+    cost seconds of CPU and hundreds of MB per request. A message that only just misses still gets the exact count."""
+    prompt = ChatPrompt(llama_tokenizer)
+    longest = []  # the longest text the tokenizer was handed, and the longest rendered prompt
+    real_lengths, real_encode = prompt._lengths, prompt.encode_with_media
+    prompt._lengths = lambda texts: longest.append(max(map(len, texts), default=0)) or real_lengths(texts)
+    prompt.encode_with_media = lambda kept: longest.append(len(prompt.render(kept))) or real_encode(kept)
+    huge = [{"role": role, "content": "ab " * 340_000}, {"role": "user", "content": "hi"}][
+        : 2 if role == "system" else 1
+    ]
+    with pytest.raises(ContextLengthError, match="context window holds 256"):
+        prompt.fit(huge, context_tokens=256, max_tokens=16)
+    assert max(longest) < 20_000, longest  # the prefix only, never the million characters
+    longest.clear()  # an old message as long is dropped, judged from its prefix too
+    ids, dropped = prompt.fit(
+        [
+            {"role": "user", "content": "ab " * 340_000},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "hi"},
+        ],
+        context_tokens=256,
+        max_tokens=16,
+    )
+    assert dropped == 2 and ids == prompt.encode([{"role": "user", "content": "hi"}])
+    assert max(longest) < 20_000, longest
+    near = [{"role": "user", "content": "the lazy dog " * 40}]
+    with pytest.raises(ContextLengthError, match=r"the prompt is \d+ tokens \(last message"):
+        prompt.fit(near, context_tokens=64, max_tokens=8)
+
+
 def test_a_template_that_refuses_a_lone_message_still_fits(llama_tokenizer):
     strict = train_tokenizer(
         chat_template=(
@@ -129,17 +163,3 @@ def test_text_that_is_not_unicode_is_one_line_not_a_tokenizer_type_error(llama_t
     assert "'\\udcff' at character" in str(caught.value) and "not Unicode text" in str(caught.value)
     ids, dropped = prompt.fit([{"role": "user", "content": "café"}], context_tokens=512, max_tokens=16)
     assert ids and dropped == 0
-
-
-def test_a_last_message_far_past_the_window_is_refused_without_encoding_the_prompt(llama_tokenizer, monkeypatch):
-    """A 2 MB message was tokenized three times (costs, the whole prompt, the error's count) before the refusal: a
-    minute on a busy machine. Its text alone already says it cannot fit."""
-    prompt = ChatPrompt(llama_tokenizer)
-    encoded = []
-    original = prompt.encode_with_media
-    monkeypatch.setattr(prompt, "encode_with_media", lambda messages: encoded.append(1) or original(messages))
-    with pytest.raises(ContextLengthError, match="last message alone is about .* context window holds 64"):
-        prompt.fit([{"role": "user", "content": "word " * 5000}], context_tokens=64, max_tokens=8)
-    assert encoded == []
-    ids, _ = prompt.fit([{"role": "user", "content": "word " * 5}], context_tokens=64, max_tokens=8)
-    assert ids and encoded == [1]

@@ -10,13 +10,13 @@ Hydra app of `conf/<name>.yaml`. The verbs' Hydra app framework (shardwise/verbs
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from planner.config.reader import conf_dir, model_aliases, option_exists, profile_for, profile_names
 from planner.errors import ShardwiseError, did_you_mean
-from planner.files import names_existing, resolved
+from planner.files import expand_user, names_existing, resolved
 
 
 def resolve_model_name(name: str) -> str:
@@ -54,7 +54,7 @@ def model_option(name: str) -> str:
 
     if name == "auto" or profile_for(name) is not None:
         return resolve_model_name(name)
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if names_existing(path):
         import hashlib
 
@@ -88,6 +88,22 @@ def resolve_hardware_name(name: str) -> str:
     )
 
 
+def _quoted_names(key: str, value: str) -> list[str] | None:
+    """The names in a group choice that uses Hydra's quotes (`'./a b'`, `'a,b',gpt2`, `choice('x y',z)`), read by
+    Hydra's own override parser; None when it does not parse as plain names (Hydra then reports it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, QuotedString
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"{key}={value}").value()
+    except HydraException:
+        return None
+    names = parsed.list if isinstance(parsed, ChoiceSweep) else [parsed]
+    names = [name.text if isinstance(name, QuotedString) else name for name in names]  # a sweep keeps the quotes
+    return names if all(isinstance(name, str) for name in names) else None
+
+
 def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -> str:
     """`model=openai/gpt-oss-120b` -> `model=gpt-oss-120b`; also sweeps `model=a,b` and Hydra's `model=choice(a,b)`."""
     key, _, value = arg.partition("=")
@@ -100,7 +116,10 @@ def _rewrite_group_choice(arg: str, group: str, resolve: Callable[[str], str]) -
     wrapper = re.fullmatch(r"(choice)\((.*)\)", value)
     if wrapper:
         inner = wrapper.group(2)
-    if group == "model" and not wrapper and names_existing(value):
+    quoted = _quoted_names(key, value) if "'" in value or '"' in value else None
+    if quoted is not None:
+        names = [resolve(v) for v in quoted]  # `model='./my model'`: Hydra's quoting, as any other value takes
+    elif group == "model" and not wrapper and names_existing(value):
         names = [resolve(value)]  # one directory whose name holds a comma, not a sweep
     else:
         names = [resolve(v.strip()) for v in inner.split(",")]
@@ -151,6 +170,24 @@ def flag(cfg, key: str) -> bool:
     if value is None or isinstance(value, bool):
         return bool(value)
     raise ShardwiseError(f"{key}={value!r} is not true or false: set {key}=true or {key}=false")
+
+
+def path_option(cfg, key: str):
+    """A top-level file path option (out=...) as a Path, None when unset; a list, number or true/false is a one-line
+    error (`out=[a,b]` or `out=true` would otherwise name a file "['a', 'b']" or "True")."""
+    value = cfg.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ShardwiseError(
+            f"{key}={value!r} is not a file path: give {key}=FILE (quote a name Hydra would read as a value: "
+            f"{key}='5.json', {key}='a,b.json')"
+        )
+    path = expand_user(value)
+    if value.endswith(("/", os.sep)) and not path.is_dir():
+        # `out=nd/` names a directory; writing a file called "nd" instead would surprise whoever typed it
+        raise ShardwiseError(f"{key}={value} names a directory that does not exist: create it, or give {key}=FILE")
+    return path
 
 
 def first_line(value) -> str:

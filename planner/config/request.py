@@ -12,12 +12,11 @@ import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from planner.decide.policy import Policy
 from planner.driver.sessions import parse_sessions
 from planner.errors import ShardwiseError
-from planner.files import resolved
+from planner.files import expand_user, resolved
 from planner.hardware.devices import Hardware
 from planner.memory.terms import Overheads
 from planner.model.source import ModelSpec, spec_from_config
@@ -62,7 +61,7 @@ def offload_disk_bytes(offload_disk_gib: float, offload_folder: str) -> int:
     if offload_disk_gib > 0:
         return int(offload_disk_gib * GIB)
     try:
-        where = resolved(Path(offload_folder).expanduser())
+        where = resolved(expand_user(offload_folder))
         while not where.exists() and where != where.parent:
             where = where.parent
         return shutil.disk_usage(where).free

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 from planner.hardware.devices import DEVICE_SPEEDS, LINK_SPEEDS, Device, Hardware
 from planner.jsonfile import dumps_json, finite_number, read_json, write_text_atomic
 from planner.limits import MAX_GPUS, MAX_HOST_RAM_GIB, MAX_NODES
@@ -38,14 +39,15 @@ _INTERCONNECTS = ("nvlink", "pcie", "none")
 
 def save_snapshot(hw: Hardware, path: str | os.PathLike) -> Path:
     """Write `hw` as a JSON snapshot that `hardware=snapshot hardware.path=FILE` replays; returns the path."""
-    target = Path(path).expanduser()
+    target = expand_user(path)
     data = {
         "snapshot_version": SNAPSHOT_VERSION,
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **hw.to_dict(),
     }
     try:
-        write_text_atomic(target, dumps_json(data, "hardware snapshot") + "\n", make_parents=False)
+        # the name as typed, `~` expanded: a trailing "/" (a directory meant) must reach the writer
+        write_text_atomic(os.path.expanduser(os.fspath(path)), dumps_json(data, "hardware snapshot") + "\n", False)
     except OSError as exc:
         raise ShardwiseError(
             f"cannot write the hardware snapshot to {str(path)!r} ({exc.strerror}): choose a writable path with "
@@ -182,7 +184,7 @@ def _check_host(path, data: dict) -> None:
 
 def load_snapshot(path: str | os.PathLike) -> Hardware:
     """The Hardware recorded in a snapshot file; its source is the path. Bad files raise a one-line ShardwiseError."""
-    file = Path(path).expanduser()
+    file = expand_user(path)
     if file.is_dir():
         raise ShardwiseError(
             f"hardware snapshot {str(path)!r} is a directory: give the JSON file written by `shardwise probe "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,15 @@ def _shipped_dtype(arch: dict) -> str:
 
 def _with_side_quantization(arch: dict, hf_quant: dict | None) -> dict:
     """config.json with ModelOpt's hf_quant_config.json folded in as its quantization_config, when it has none."""
-    if arch.get("quantization_config") or not ((hf_quant or {}).get("quantization") or {}).get("quant_algo"):
-        return arch  # no side file, or one that names no algorithm: the checkpoint is not quantized
     from planner.model.quant import modelopt_quantization_config
+    from planner.model.quant_fields import QuantFields
+
+    if arch.get("quantization_config") or hf_quant is None:
+        return arch
+    # the side file is input: a `quantization` that is a string or a list is refused in one line, not indexed
+    section = QuantFields(hf_quant, "hf_quant_config.json").section("quantization")
+    if section is None or not section.cfg.get("quant_algo"):
+        return arch  # a side file that names no algorithm: the checkpoint is not quantized
 
     return {**arch, "quantization_config": modelopt_quantization_config(hf_quant)}
 
@@ -110,13 +117,13 @@ def _spec_from_dir(path: str, model_cfg) -> ModelSpec:
             f"model.revision={model_cfg.get('revision')} pins a hub revision, but {str(path)!r} is a local directory: "
             "drop model.revision"
         )
-    arch, model_dir = _read_config(Path(path).expanduser())
+    arch, model_dir = _read_config(expand_user(path))
     name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
     hf_quant = _optional_json(model_dir / "hf_quant_config.json")
     arch = _with_side_quantization(arch, hf_quant)
     return ModelSpec(
         name=name or str(path),
-        source=str(Path(path).expanduser().resolve() if Path(path).is_dir() else model_dir.resolve()),
+        source=str(expand_user(path).resolve() if Path(path).is_dir() else model_dir.resolve()),
         architecture=arch,
         shipped_dtype=_shipped_dtype(arch),
         quantization=_quant_method(arch, f"model.path {str(path)!r}"),
@@ -165,7 +172,7 @@ def spec_from_config(model_cfg) -> ModelSpec:
 
     path = model_cfg.get("path")
     if path:
-        if not Path(path).expanduser().exists() and is_hub_id(path):
+        if not expand_user(path).exists() and is_hub_id(path):
             return _spec_from_hub(str(path), model_cfg)
         return _spec_from_dir(path, model_cfg)
     hub_id = model_cfg.get("hub_id")

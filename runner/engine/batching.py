@@ -281,7 +281,7 @@ class BatchingEngine:
 
     def batchable(self, params) -> str | None:
         """Why these sampling settings must run sequentially (None: they batch)."""
-        if params.seed is not None and params.temperature > 0:
+        if params.seed is not None and not params.greedy:
             return "a seeded sampled reply runs alone: batched sampling shares one random generator"
         if params.presence_penalty or params.frequency_penalty:
             return "presence/frequency penalties run alone: transformers has no per-request penalty processor"
@@ -336,7 +336,7 @@ class BatchingEngine:
             self._ensure_running()
             with self._routes_lock:
                 self._routes[request_id] = inbox
-            greedy = params.temperature <= 0
+            greedy = params.greedy
             accepted = self._manager.add_request(
                 input_ids=list(prompt_ids),
                 request_id=request_id,

@@ -178,7 +178,7 @@ def generate_ids(
     start = started_s if started_s is not None else time.perf_counter()
     tracker = _Tracker(tokenizer, [*params.stop, *stops], cancel, on_delta, eos_ids)
     generation_config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
-    greedy = params.temperature <= 0
+    greedy = params.greedy
     generation_config.update(
         max_new_tokens=max_new_tokens,
         min_new_tokens=None,

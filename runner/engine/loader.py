@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 from planner.units import GIB
 
 DEFAULT_ALLOC_CONF = "expandable_segments:True"
@@ -227,13 +228,12 @@ def local_source(plan) -> str | None:
 
     transformers and huggingface_hub ask the hub about a cached file before using it and retry for a minute
     when the network is down (unless HF_HUB_OFFLINE is set); loading the snapshot directory asks nothing."""
-    from pathlib import Path
 
     from planner.model.hub import cached_snapshot, is_hub_id
     from runner.engine.preflight import TOKENIZER_FILES
 
     source = str(plan.model.source)
-    if not plan.model.revision or not is_hub_id(source) or Path(source).expanduser().exists():
+    if not plan.model.revision or not is_hub_id(source) or expand_user(source).exists():
         return None
     snapshot = cached_snapshot(source, plan.model.revision)
     if snapshot is None or not any((snapshot / name).is_file() for name in TOKENIZER_FILES):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.errors import ShardwiseError
+from planner.files import expand_user
 
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 # any one of these in a model directory gives transformers a tokenizer to load
@@ -102,7 +103,7 @@ def _special_entries(directory: Path) -> list[str]:
 
 def _check_source(plan) -> None:
     source = str(plan.model.source)
-    where = Path(source).expanduser()
+    where = expand_user(source)
     if where.is_dir():
         special = _special_entries(where)
         if special:
@@ -161,7 +162,7 @@ def check_weights_reachable(plan) -> None:
     from planner.model.hub import check_weights_reachable as check_hub
 
     source = str(plan.model.source)
-    if Path(source).expanduser().exists():
+    if expand_user(source).exists():
         return
     _check_missing_source(source)
     check_hub(source, plan.model.revision, plan.model.name)
@@ -174,7 +175,7 @@ def check_model_reachable(model_cfg) -> bool:
     from planner.model.hub import is_hub_id
 
     hub_id = str(model_cfg.get("hub_id") or "")
-    if model_cfg.get("path") or not is_hub_id(hub_id) or Path(hub_id).expanduser().exists():
+    if model_cfg.get("path") or not is_hub_id(hub_id) or expand_user(hub_id).exists():
         return False
     check_hub(hub_id, model_cfg.get("revision"), str(model_cfg.get("name") or ""))
     return True

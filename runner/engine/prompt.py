@@ -23,7 +23,10 @@ render and cut conversations the same way:
   its role's template wrapper is measured once per role, the number to drop comes from prefix
   sums over those counts, and only the kept tail is encoded to check it (a conversation of
   thousands of short messages must not hold a server). A cancellation event is checked between
-  steps.
+  steps;
+- a message whose first characters alone already count far more tokens than the context holds is judged from
+  that prefix: refused when it must stay (the last one, a system message), dropped otherwise; a 1 MB message
+  for a 256-token context cost seconds of CPU and hundreds of MB per request, tokenized whole three times.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ FALLBACK_TEMPLATE = (
 )
 # Models without a template (gpt2) happily write the next user turn themselves.
 FALLBACK_STOPS = ("\nUser:",)
+
+
+# A kept message is refused from a prefix once the prefix alone counts more than twice the context plus this
+# many tokens. Cutting a text can change only the tokens around the cut (the last word of the prefix), so the whole
+# message has at least about as many tokens as its prefix; twice the context leaves a wide margin over that.
+PREFIX_MARGIN_TOKENS = 64
+# Characters of the prefix tokenized per token it must count: text runs about 4 characters a token, so a prefix this
+# long reaches the count for any ordinary text; when it does not, the message is fitted the usual way (exactly).
+PREFIX_CHARS_PER_TOKEN = 16
 
 
 class ContextLengthError(ShardwiseError):
@@ -250,15 +262,22 @@ class ChatPrompt:
         pair, single = self._rendered_length([first, probe], False), self._rendered_length([first], False)
         return max(0, pair - single - word) if pair is not None and single is not None else 0
 
-    def _message_costs(self, messages: list[dict]) -> list[int]:
+    def _message_costs(self, messages: list[dict], context_tokens: int) -> list[int]:
         """About the tokens each message adds to a prompt: its text's tokens plus its role's wrapper.
 
         An estimate (tokens can merge across a boundary, templates treat the first message apart):
         fitting uses it to choose how many messages to drop, then encodes the result exactly.
         """
         wrappers = {role: self._wrapper_tokens(role) for role in {m.get("role") for m in messages}}
-        texts = self._lengths([_text(m.get("content")) for m in messages])
-        return [text + wrappers[m.get("role")] for m, text in zip(messages, texts)]
+        texts = [_text(m.get("content")) for m in messages]
+        enough, prefix_chars = _prefix_bounds(context_tokens)
+        counts = self._lengths([text[:prefix_chars] for text in texts])
+        # a message whose prefix alone counts more than `enough` must be dropped for anything to fit: that lower
+        # bound chooses the drop as well as its exact count would (the kept tail is encoded exactly after)
+        whole = [i for i, text in enumerate(texts) if len(text) > prefix_chars and counts[i] <= enough]
+        for i, count in zip(whole, self._lengths([texts[i] for i in whole])):
+            counts[i] = count
+        return [count + wrappers[m.get("role")] for m, count in zip(messages, counts)]
 
     def fit(
         self, messages: list[dict], *, context_tokens: int, max_tokens: int, cancel: threading.Event | None = None
@@ -273,7 +292,8 @@ class ChatPrompt:
         """`fit`, with the processor's inputs for the images the kept messages hold."""
         room = reply_room(context_tokens, max_tokens)
         kept = self.with_system(messages)
-        _check_unicode(kept)
+        _check_unicode(kept)  # before any tokenizing, the prefix count below included
+        self._refuse_surely_too_long(kept, context_tokens)
         ids = media = None
         # The usual case: a conversation that is not obviously too long is encoded whole, once.
         if sum(len(_text(m.get("content"))) for m in kept) <= 4 * context_tokens:
@@ -283,8 +303,7 @@ class ChatPrompt:
         _check(cancel)
         # Estimated costs count text only: an image's tokens are known once the processor has seen it, so
         # the exact encodings below correct the estimate (a little more is dropped on each pass).
-        costs = self._message_costs(kept)
-        _refuse_a_last_message_past(costs[-1] if costs else 0, context_tokens)
+        costs = self._message_costs(kept, context_tokens)
         fixed = self._rendered_length([], True) or 0
         if ids is not None:  # spread the estimate's error over the messages (separators, merges)
             error = (len(ids) - fixed - sum(costs)) / len(kept)
@@ -334,19 +353,30 @@ class ChatPrompt:
             )
         return FittedPrompt(ids, dropped, media, len(_images(without(dropped))))
 
+    def _refuse_surely_too_long(self, kept: list[dict], context_tokens: int) -> None:
+        """ContextLengthError when a message that cannot be dropped (a system message, the last one) is far longer
+        than the context, judged from a prefix: tokenizing the whole of it would only confirm that, slowly."""
+        enough, prefix_chars = _prefix_bounds(context_tokens)
+        for index, message in enumerate(kept):
+            if index != len(kept) - 1 and message.get("role") != "system":
+                continue
+            text = _text(message.get("content"))
+            if len(text) <= prefix_chars:
+                continue
+            counted = self._lengths([text[:prefix_chars]])[0]
+            if counted > enough:
+                which = "last" if index == len(kept) - 1 else "system"
+                raise ContextLengthError(
+                    f"the prompt is more than {counted} tokens (its first {prefix_chars} characters of the {which} "
+                    f"message alone, of {len(text)}) but the context window holds {context_tokens}: shorten the "
+                    "message, or plan a longer context (policy.context_tokens)"
+                )
 
-# tokens a message's text can lose to merges across the template's boundaries (a space or newline joining a word)
-_BOUNDARY_TOKENS = 8
 
-
-def _refuse_a_last_message_past(cost_tokens: int, context_tokens: int) -> None:
-    """The last message is never dropped: when its text alone is far past the window, say so now instead of
-    encoding a huge prompt twice more (a 2 MB message took a minute of tokenizing before the same refusal)."""
-    if cost_tokens > context_tokens + _BOUNDARY_TOKENS:
-        raise ContextLengthError(
-            f"the last message alone is about {cost_tokens} tokens but the context window holds {context_tokens}: "
-            "shorten the message, or plan a longer context (policy.context_tokens)"
-        )
+def _prefix_bounds(context_tokens: int) -> tuple[int, int]:
+    """(tokens a prefix must count to show its message is far past the context, characters of that prefix)."""
+    enough = 2 * context_tokens + PREFIX_MARGIN_TOKENS
+    return enough, PREFIX_CHARS_PER_TOKEN * enough
 
 
 def _check(cancel: threading.Event | None) -> None:

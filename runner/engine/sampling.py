@@ -16,6 +16,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 from planner.errors import ShardwiseError
 
+# A temperature below this samples as greedy. Dividing logits by a positive temperature this small (1e-320 passes
+# every range check) overflows them to inf, the softmax turns to NaN, and torch.multinomial fails the request and
+# stops the continuous batch under every request in it; at such a temperature sampling is argmax anyway. vLLM
+# treats temperatures under the same 1e-5 as greedy.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -82,6 +88,11 @@ class SamplingParams:
             presence_penalty=float(self.presence_penalty),
             frequency_penalty=float(self.frequency_penalty),
         )
+
+    @property
+    def greedy(self) -> bool:
+        """Whether this turn takes the most likely token at each step (temperature 0, or too small to divide by)."""
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     def with_overrides(self, **changes) -> SamplingParams:
         """A copy with the given fields changed (None leaves a field alone)."""

@@ -303,7 +303,7 @@ class ChatSession:
             )
             completion.notices = notices
             return completion
-        seeded = params.seed is not None and params.temperature > 0
+        seeded = params.seed is not None and not params.greedy
         paused = batching.exclusive() if batching is not None else contextlib.nullcontext()
         chunk_tokens = self.plan.limits.prefill_chunk_tokens if self.plan is not None else 0
         if fitted.media and chunk_tokens and len(prompt_ids) > chunk_tokens:

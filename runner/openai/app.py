@@ -198,7 +198,14 @@ class ServerState:
         api_key = self.settings.api_key
         if api_key is None:
             return
-        header = request.headers.get("authorization", "")
+        headers = request.headers.getlist("authorization")
+        if len(headers) > 1:  # a proxy may check one and this server another: refuse the ambiguity
+            raise APIError(
+                401,
+                f"{len(headers)} Authorization headers were sent: send exactly one, `Authorization: Bearer <key>`",
+                code="invalid_api_key",
+            )
+        header = headers[0] if headers else ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             what = "no API key was provided" if not header else "the API key provided is not valid"
@@ -373,6 +380,12 @@ async def on_api_error(request: Request, exc: APIError) -> Response:
 
 async def on_http_error(request: Request, exc: HTTPException) -> Response:
     method, path = request.method, request.url.path
+    if exc.status_code in (404, 405):
+        # with a key set, a client without it learns nothing, not even which URLs and methods exist (/health is open)
+        try:
+            _state(request).check_auth(request)
+        except APIError as refused:
+            return await on_api_error(request, refused)
     if exc.status_code == 404:
         error = APIError(
             404,

@@ -11,17 +11,23 @@ would lock /health out while idle sockets hold the slots. So this module subclas
   closes the longest-waiting socket that has not sent a complete request, so a real client still gets in;
 - asyncio's "socket.accept() out of system resource" and our own drop notices are logged once per interval with
   a count, never once per event;
-- every connection sends without Nagle's delay (TCP_NODELAY), which streamed tokens need (`no_delay`).
+- every connection sends without Nagle's delay (TCP_NODELAY), which streamed tokens need (`no_delay`);
+- a request h11 cannot parse (a bad Content-Length, a broken chunk, a header with NUL) is answered with an OpenAI
+  error body naming what was wrong (uvicorn's own answer is a text/plain "Invalid HTTP request received."), and
+  uvicorn's per-request warnings for such requests and for `Upgrade:` headers are folded into rate-limited lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
+import sys
 import time
+from http import HTTPStatus
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -164,6 +170,61 @@ class _Guarded(H11Protocol):
         self._stop_reading()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request h11 could not parse with an OpenAI error body, then close (as uvicorn does).
+
+        uvicorn calls this only from inside its `except h11.RemoteProtocolError`, so the parser's reason (and its
+        status hint: 431 for headers too long to buffer) is the exception being handled."""
+        exc = sys.exc_info()[1]
+        reason = str(exc) if isinstance(exc, h11.RemoteProtocolError) and str(exc) else "malformed request"
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."  # h11 may quote a whole header line
+        hint = getattr(exc, "error_status_hint", 400)
+        # a Transfer-Encoding h11 does not implement is hinted 501; for the client it is a request to resend plainly
+        status = 431 if hint == 431 else 400
+        message = f"the request is not valid HTTP/1.1 ({reason})"
+        if status == 431:
+            message += ": send fewer or shorter headers"
+        self.drop_log(logging.INFO, f"answered {status} to {_peer(self.client)}: {message}")
+        body = json.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_http"}}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            # the headers parsed and the app is running (the body is what broke): it must not answer too, or its
+            # response meets h11 closed and uvicorn logs a traceback. As connection_lost does: it reads a disconnect.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        with contextlib.suppress(h11.LocalProtocolError):  # the app's response already began: only close
+            for event in (
+                h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+class _FoldUvicornNoise(logging.Filter):
+    """Drop uvicorn's per-request warnings that a client can trigger at will: a malformed request (answered and
+    logged, rate-limited, by `send_400_response`) and an `Upgrade:` header (this server has no WebSocket routes; the
+    request is served as plain HTTP, and uvicorn's advice to install a WebSocket library would mislead)."""
+
+    NOISE = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+def fold_uvicorn_noise() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _FoldUvicornNoise) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_FoldUvicornNoise())
+
 
 def no_delay(transport) -> None:
     """Send each write at once (TCP_NODELAY). asyncio sets it only on sockets whose `proto` is IPPROTO_TCP, and a
@@ -200,6 +261,7 @@ def make_server(app, settings, *, log_level: str, timeout_graceful_shutdown: flo
     """A uvicorn Server for `app` with the guarded protocol and the loop error log of `settings` (ServeSettings)."""
     import uvicorn
 
+    fold_uvicorn_noise()
     cap, lowered = connection_cap(settings.max_connections)
     if lowered:
         log.info("%s", lowered)

@@ -43,6 +43,9 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict | None = None,
     ):
+        # a message or param may quote the request (an unknown model's name): a lone surrogate there (\ud800)
+        # cannot be encoded as UTF-8, and the error body would fail to render, a 500 in place of this error
+        message, param = _encodable(message), _encodable(param)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -53,6 +56,13 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _encodable(text: str | None) -> str | None:
+    """`text` with any character UTF-8 cannot encode (a lone surrogate) written as its escape, `\\ud800`."""
+    if not isinstance(text, str):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 MAX_MESSAGES = 4096  # messages one request may hold by default (serve.max_messages; the Python API's bound)
@@ -318,7 +328,7 @@ def _stop(value) -> list[str] | None:
     return list(stops)
 
 
-def _refuse_unsupported(body: dict) -> None:
+def refuse_unsupported(body: dict) -> None:
     """Known OpenAI fields that would change the output but that this server cannot honour."""
     if body.get("tools") or body.get("functions"):
         name = "tools" if body.get("tools") else "functions"
@@ -360,7 +370,7 @@ def parse_chat_request(
             f"model must be a non-empty string naming a model from /v1/models, got {model!r}", "model", "invalid_value"
         )
     messages = parse_messages(body.get("messages"), max_messages, images)
-    _refuse_unsupported(body)
+    refuse_unsupported(body)
 
     max_tokens = _positive_int(body, "max_tokens")
     max_completion_tokens = _positive_int(body, "max_completion_tokens")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from planner.config.schema import Target
 from planner.errors import ShardwiseError
-from planner.files import resolved
+from planner.files import expand_user, resolved
 from planner.planfile.plan import Decision, Plan, plan_file_path
 from runner.launch import render as L
 
@@ -199,7 +199,7 @@ def check_record_dir(settings: L.LaunchSettings) -> None:
     """launch.record_dir is a directory the ranks can write into (created if missing), checked before they start."""
     if not settings.record_dir:
         return
-    where = Path(str(settings.record_dir)).expanduser()
+    where = expand_user(str(settings.record_dir))
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

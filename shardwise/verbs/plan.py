@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.config.overrides import flag
+from planner.config.overrides import flag, path_option
 from planner.errors import ShardwiseError
 from planner.jsonfile import dumps_json
 from shardwise.verbs.app import run_verb
@@ -33,11 +33,11 @@ def hardware_choice() -> str | None:
     return HydraConfig.get().runtime.choices.get("hardware")
 
 
-def out_path(out) -> Path | None:
+def out_path(cfg) -> Path | None:
     """Where `out=` asks for plan.json: a file, or DIR/plan.json for an existing directory."""
-    if out is None or str(out) == "":
+    path = path_option(cfg, "out")
+    if path is None:
         return None
-    path = Path(str(out)).expanduser()
     return path / "plan.json" if path.is_dir() else path
 
 
@@ -58,7 +58,7 @@ def task(cfg):
 
     as_json = flag(cfg, "json")
     charts = flag(cfg, "charts")
-    out = out_path(cfg.get("out"))
+    out = out_path(cfg)
     hardware = resolve_hardware(cfg.hardware, name=hardware_choice())
     plan = plan_from_config(cfg, hardware)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
