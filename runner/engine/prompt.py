@@ -81,19 +81,22 @@ def _text(content) -> str:
     return str(content if content is not None else "")
 
 
+def check_unicode(text: str, what: str) -> None:
+    """`text` is Unicode a tokenizer can encode: bytes that were not UTF-8 (an argument or a piped stdin read with
+    surrogateescape, a JSON "\\udcff" escape) arrive as lone surrogates, which the Rust tokenizer refuses with a
+    TypeError. `what` names the text in the one-line error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ShardwiseError(
+            f"{what} holds {text[exc.start]!r} at character {exc.start}, which is not Unicode text (bytes that were "
+            "not UTF-8?): send UTF-8 text"
+        ) from None
+
+
 def _check_unicode(messages: list[dict]) -> None:
-    """Every text is Unicode a tokenizer can encode: bytes that were not UTF-8 (an argument or a piped stdin read
-    with surrogateescape, a JSON "\\udcff" escape) arrive as lone surrogates, which the Rust tokenizer refuses
-    with a TypeError."""
     for message in messages:
-        text = _text(message.get("content"))
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ShardwiseError(
-                f"a {message.get('role', 'user')} message holds {text[exc.start]!r} at character {exc.start}, which is "
-                "not Unicode text (bytes that were not UTF-8?): send UTF-8 text"
-            ) from None
+        check_unicode(_text(message.get("content")), f"a {message.get('role', 'user')} message")
 
 
 def _images(messages: list[dict]) -> list:

@@ -91,14 +91,10 @@ def read_prompt(cfg) -> list[str] | None:
                 """e.g. 'prompt=["Hi", "And in French?"]'"""
             )
     turns = [str(turn) for turn in given]
+    from runner.engine.prompt import check_unicode
+
     for turn in turns:  # a byte that was not UTF-8 (argv and stdin decode with surrogateescape): say so before the load
-        try:
-            turn.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ShardwiseError(
-                f"the prompt holds {turn[exc.start]!r} at character {exc.start}, which is not Unicode text (bytes "
-                "that were not UTF-8?): send UTF-8 text"
-            ) from None
+        check_unicode(turn, "the prompt")
     if not turns or not all(turn.strip() for turn in turns):
         raise ShardwiseError('the prompt is empty: pass prompt="..." or pipe text into shardwise chat')
     return turns
